@@ -1,0 +1,28 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each creates .venv
+# with python3 -m venv on first use and installs xgrad with every framework and dev tool.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/seed_examples.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check xgrad tests scripts
+	$(BIN)/ruff format --check xgrad tests scripts
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,69 @@
+"""xgrad: do these dense models compute the same gradients in NumPy, JAX, Flax and Keras?
+
+The public API, re-exported by name. Importing xgrad imports no framework; each one is
+imported when its adapter is first asked for.
+"""
+
+from xgrad.activations import ACTIVATIONS, Activation, get_activation
+from xgrad.adapters import (
+    DTYPES,
+    AbstractAdapter,
+    AbstractModel,
+    Gradients,
+    LayerValues,
+    available_frameworks,
+    get_adapter,
+    known_frameworks,
+)
+from xgrad.errors import (
+    AlignmentError,
+    FrameworkError,
+    FrameworkNotInstalledError,
+    GradientMismatchError,
+    InputError,
+    ModelFileError,
+    OutputError,
+    ParamsError,
+    SpecError,
+    XgradError,
+)
+from xgrad.losses import LOSSES, Loss, get_loss
+from xgrad.params import Params, check_params, init_params, load_params, save_params
+from xgrad.spec import MLP, Dense
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "DTYPES",
+    "LOSSES",
+    "MLP",
+    "AbstractAdapter",
+    "AbstractModel",
+    "Activation",
+    "AlignmentError",
+    "Dense",
+    "FrameworkError",
+    "FrameworkNotInstalledError",
+    "GradientMismatchError",
+    "Gradients",
+    "InputError",
+    "LayerValues",
+    "Loss",
+    "ModelFileError",
+    "OutputError",
+    "Params",
+    "ParamsError",
+    "SpecError",
+    "XgradError",
+    "__version__",
+    "available_frameworks",
+    "check_params",
+    "get_activation",
+    "get_adapter",
+    "get_loss",
+    "init_params",
+    "known_frameworks",
+    "load_params",
+    "save_params",
+]

@@ -1,0 +1,3 @@
+from xgrad.cli import main
+
+raise SystemExit(main())
