@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python scripts/seed_examples.py
+	$(BIN)/xgrad examples
 
 lint: $(STAMP)
 	$(BIN)/ruff check xgrad tests scripts

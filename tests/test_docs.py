@@ -53,8 +53,13 @@ def test_page_examples_run_and_print_what_they_say(page, tmp_path, monkeypatch):
             assert got == want, f"{page.name} block {n + 1} printed something else"
 
 
-DOCTEST_MODULES = ["xgrad.spec", "xgrad.activations", "xgrad.losses", "xgrad.params",
-                   "xgrad.adapters.base"]
+DOCTEST_MODULES = [
+    "xgrad.spec",
+    "xgrad.activations",
+    "xgrad.losses",
+    "xgrad.params",
+    "xgrad.adapters.base",
+]
 
 
 @pytest.mark.parametrize("module", DOCTEST_MODULES)

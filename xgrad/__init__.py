@@ -4,6 +4,7 @@ The public API, re-exported by name. Importing xgrad imports no framework; each 
 imported when its adapter is first asked for.
 """
 
+from xgrad import testing
 from xgrad.activations import ACTIVATIONS, Activation, get_activation
 from xgrad.adapters import (
     DTYPES,
@@ -15,6 +16,7 @@ from xgrad.adapters import (
     get_adapter,
     known_frameworks,
 )
+from xgrad.compare import compare
 from xgrad.errors import (
     AlignmentError,
     FrameworkError,
@@ -28,7 +30,9 @@ from xgrad.errors import (
     XgradError,
 )
 from xgrad.losses import LOSSES, Loss, get_loss
+from xgrad.metrics import TOLERANCES, Metrics
 from xgrad.params import Params, check_params, init_params, load_params, save_params
+from xgrad.report import Entry, Report
 from xgrad.spec import MLP, Dense
 
 __version__ = "0.1.0"
@@ -37,12 +41,14 @@ __all__ = [
     "ACTIVATIONS",
     "DTYPES",
     "LOSSES",
+    "TOLERANCES",
     "MLP",
     "AbstractAdapter",
     "AbstractModel",
     "Activation",
     "AlignmentError",
     "Dense",
+    "Entry",
     "FrameworkError",
     "FrameworkNotInstalledError",
     "GradientMismatchError",
@@ -50,15 +56,19 @@ __all__ = [
     "InputError",
     "LayerValues",
     "Loss",
+    "Metrics",
     "ModelFileError",
     "OutputError",
     "Params",
     "ParamsError",
+    "Report",
     "SpecError",
     "XgradError",
     "__version__",
+    "testing",
     "available_frameworks",
     "check_params",
+    "compare",
     "get_activation",
     "get_adapter",
     "get_loss",

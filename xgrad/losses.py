@@ -35,7 +35,7 @@ import numpy as np
 
 from xgrad.errors import InputError, SpecError
 
-__all__ = ["EPSILON", "LOSSES", "Loss", "get_loss"]
+__all__ = ["EPSILON", "LOSSES", "Loss", "get_loss", "random_targets"]
 
 EPSILON = 1e-7
 
@@ -190,3 +190,17 @@ def get_loss(name: str) -> Loss:
     if isinstance(name, str) and name.strip().lower() in LOSSES:
         return LOSSES[name.strip().lower()]
     raise SpecError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
+
+
+def random_targets(loss: str, batch: int, units: int, seed: int):
+    """Deterministic targets for a loss when none are given: normal for mse, uniform in
+    [0, 1] for the binary crossentropies, class labels for the categorical ones."""
+    loss_obj = get_loss(loss)
+    if not loss_obj.needs_target:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    if loss_obj.categorical:
+        return rng.integers(0, units, size=batch)
+    if loss_obj.name.startswith("bce"):
+        return rng.uniform(0.0, 1.0, size=(batch, units))
+    return rng.standard_normal((batch, units))

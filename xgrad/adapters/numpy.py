@@ -80,20 +80,26 @@ class NumpyModel(AbstractModel):
     def export_params(self) -> Params:
         return {k: v.copy() for k, v in self._params.items()}
 
+    # Overflow and NaN are results to report (status "nonfinite"), not warnings to print;
+    # np.errstate restores the caller's settings on exit.
+
     def _value_and_grad(self, x, y, loss: Loss) -> Gradients:
-        values = forward(self.spec, self._params, x)
-        out = values[-1].a
-        value, grad_out = loss.value_and_grad(out, y)
-        grads, grad_x = backward(self.spec, self._params, x, values, grad_out)
+        with np.errstate(all="ignore"):
+            values = forward(self.spec, self._params, x)
+            out = values[-1].a
+            value, grad_out = loss.value_and_grad(out, y)
+            grads, grad_x = backward(self.spec, self._params, x, values, grad_out)
         return Gradients(loss=float(value), params=grads, input=grad_x, output=out)
 
     def _vjp(self, x, cotangent) -> Gradients:
-        values = forward(self.spec, self._params, x)
-        grads, grad_x = backward(self.spec, self._params, x, values, cotangent)
+        with np.errstate(all="ignore"):
+            values = forward(self.spec, self._params, x)
+            grads, grad_x = backward(self.spec, self._params, x, values, cotangent)
         return Gradients(loss=None, params=grads, input=grad_x, output=values[-1].a)
 
     def _layer_values(self, x) -> list[LayerValues]:
-        return forward(self.spec, self._params, x)
+        with np.errstate(all="ignore"):
+            return forward(self.spec, self._params, x)
 
 
 class NumpyAdapter(AbstractAdapter):

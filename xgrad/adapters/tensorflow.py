@@ -22,6 +22,7 @@ Those three are written here with every constant made directly in the input's dt
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -71,6 +72,25 @@ from xgrad.spec import MLP  # noqa: E402
 __all__ = ["TensorflowAdapter", "TensorflowModel", "keras_activation"]
 
 MODEL_NAME = "sequential"
+
+
+class _DropRetracingWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _own_traces() -> Iterator[None]:
+    """Each built model traces its own ``tf.function`` once, so TensorFlow's "excessive
+    retracing" warning is a false alarm in a sweep; drop that one message during our calls
+    (the filter is removed again in ``finally``)."""
+    logger = tf.get_logger()
+    drop = _DropRetracingWarning()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _leaky(slope: float):
@@ -228,7 +248,8 @@ class TensorflowModel(AbstractModel):
 
     def _value_and_grad(self, x, y, loss: Loss) -> Gradients:
         y_t = tf.zeros((0,), dtype=self.dtype) if y is None else tf.constant(y)
-        return self._pack(*self._grad_fn(loss)(tf.constant(x), y_t))
+        with _own_traces():
+            return self._pack(*self._grad_fn(loss)(tf.constant(x), y_t))
 
     def _vjp(self, x, cotangent) -> Gradients:
         if self._vjp_fn is None:
@@ -244,7 +265,8 @@ class TensorflowModel(AbstractModel):
                 return out, grad_vars, grad_x
 
             self._vjp_fn = pullback
-        out, grad_vars, grad_x = self._vjp_fn(tf.constant(x), tf.constant(cotangent))
+        with _own_traces():
+            out, grad_vars, grad_x = self._vjp_fn(tf.constant(x), tf.constant(cotangent))
         return self._pack(None, out, grad_vars, grad_x)
 
     def _layer_values(self, x) -> list[LayerValues]:

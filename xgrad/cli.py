@@ -1,0 +1,413 @@
+"""The ``xgrad`` command line: ``compare``, ``examples``, ``sweep``.
+
+Exit status: 0 when every gradient matches, 1 on any mismatch or non-finite gradient, 2 on
+bad usage or input (one line ``error: ...`` on stderr, never a traceback). Only the
+frameworks named with ``--frameworks`` are imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xgrad.errors import InputError, SpecError, XgradError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageError(Exception):
+    """Raised by the parser instead of printing usage and exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# -- parsing helpers ---------------------------------------------------------------------
+
+
+def parse_layers(text: str, *, use_bias: bool = True):
+    """``"8:relu,5:sigmoid"`` -> ``[Dense(8, "relu"), Dense(5, "sigmoid")]``.
+
+    Each item is ``UNITS[:ACTIVATION]``; the activation may carry a parameter, e.g.
+    ``16:leaky_relu:0.01``. A missing activation means ``linear``.
+    """
+    from xgrad.spec import Dense
+
+    items = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in items):
+        raise SpecError(f"--layers {text!r} has an empty item; write e.g. 8:relu,5:sigmoid")
+    layers = []
+    for item in items:
+        units_text, _, activation = item.partition(":")
+        try:
+            units = int(units_text)
+        except ValueError:
+            raise SpecError(
+                f"layer {item!r} in --layers: units must be a positive integer, got "
+                f"{units_text!r}; write e.g. 8:relu"
+            ) from None
+        layers.append(Dense(units, activation or "linear", use_bias=use_bias))
+    return layers
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(p) for p in _csv(text)]
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _load_array(path: str, flag: str, key: str | None = None) -> np.ndarray | None:
+    """An array from ``.npy`` (or key ``key`` of ``.npz``), never unpickling anything."""
+    p = Path(path)
+    if p.suffix.lower() not in (".npy", ".npz"):
+        raise InputError(f"{flag} {path!r}: expected a .npy or .npz file")
+    if not p.is_file():
+        raise InputError(f"{flag} {path!r}: no such file")
+    try:
+        if p.suffix.lower() == ".npy":
+            return np.load(p, allow_pickle=False)
+        with np.load(p, allow_pickle=False) as data:
+            if key is None:
+                raise InputError(f"{flag} {path!r}: give a .npy file")
+            if key not in data.files:
+                return None
+            return data[key]
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{flag} {path!r} cannot be read: {exc}") from None
+
+
+def _check_outputs(*paths) -> None:
+    from xgrad._io import check_writable
+
+    for path in paths:
+        if path is not None:
+            check_writable(path)
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _write_outputs(report_like, args) -> None:
+    if args.json:
+        report_like.to_json(args.json)
+    if getattr(args, "markdown", None):
+        report_like.to_markdown(args.markdown)
+    if getattr(args, "plot", None):
+        report_like.plot(args.plot)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_compare(args) -> int:
+    import xgrad
+
+    _check_outputs(args.json, args.markdown, args.plot)
+    x = y = None
+    if args.input:
+        if args.batch is not None:
+            raise InputError(
+                "conflicting flags: --batch and --input (the batch is the number "
+                "of rows in the input file); drop --batch"
+            )
+        x = _load_array(args.input, "--input", key="x")
+        if x is None:
+            raise InputError(f"--input {args.input!r}: the .npz file has no array named 'x'")
+        if args.input.lower().endswith(".npz"):
+            y = _load_array(args.input, "--input", key="y")
+        if x.ndim == 2 and args.input_dim is not None and x.shape[1] != args.input_dim:
+            raise InputError(
+                f"conflicting flags: --input-dim {args.input_dim} but the input "
+                f"file has {x.shape[1]} features per row"
+            )
+    input_dim = args.input_dim
+    if input_dim is None:
+        if x is None or x.ndim != 2:
+            raise InputError("--input-dim is required unless --input gives 2-D x")
+        input_dim = x.shape[1]
+    spec = xgrad.MLP(input_dim, parse_layers(args.layers, use_bias=not args.no_bias))
+    batch = args.batch if args.batch is not None else 2
+    if x is None:
+        if batch <= 0:
+            raise InputError(f"--batch must be a positive integer, got {batch}")
+        x = np.random.default_rng(args.seed).standard_normal((batch, input_dim))
+    cotangent = None
+    if args.cotangent:
+        if args.loss is not None:
+            raise InputError(
+                "conflicting flags: --cotangent and --loss (a cotangent replaces "
+                "the loss); drop one"
+            )
+        cotangent = _load_array(args.cotangent, "--cotangent")
+    loss = args.loss or "sum"
+    if args.targets:
+        if not xgrad.get_loss(loss).needs_target:
+            raise InputError(
+                f"conflicting flags: --targets with --loss {loss}, which takes no targets"
+            )
+        y = _load_array(args.targets, "--targets")
+    if y is None and cotangent is None:
+        from xgrad.losses import random_targets
+
+        y = random_targets(loss, x.shape[0] if x.ndim >= 1 else 0, spec.output_dim, args.seed)
+    params = xgrad.load_params(args.params) if args.params else None
+    report = xgrad.compare(
+        spec,
+        x,
+        y,
+        loss=loss,
+        frameworks=args.frameworks,
+        dtype=args.dtype,
+        params=params,
+        seed=args.seed,
+        cotangent=cotangent,
+        rtol=args.rtol,
+        title=args.title,
+    )
+    console = _console()
+    if args.quiet:
+        console.print(report.summary())
+    else:
+        report.print(console)
+    _write_outputs(report, args)
+    return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+class _ReportSet:
+    """Several reports written together (``xgrad examples``)."""
+
+    def __init__(self, schema: str, reports):
+        self.schema = schema
+        self.reports = list(reports)
+
+    def to_json(self, path) -> None:
+        import json
+
+        from xgrad._io import atomic_write
+
+        data = {
+            "schema": self.schema,
+            "ok": all(r.ok for r in self.reports),
+            "reports": [r.to_dict() for r in self.reports],
+        }
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        atomic_write(path, lambda f: f.write(text), binary=False)
+
+    def to_markdown(self, path) -> None:
+        from xgrad._io import atomic_write
+
+        text = "\n".join(r.to_markdown() for r in self.reports)
+        atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def cmd_examples(args) -> int:
+    import xgrad
+    from xgrad.examples import SEED_EXAMPLES
+
+    _check_outputs(args.json, args.markdown)
+    console = _console()
+    reports = []
+    for example in SEED_EXAMPLES:
+        report = xgrad.compare(
+            example.spec,
+            example.x,
+            loss=example.loss,
+            frameworks=args.frameworks,
+            dtype=args.dtype,
+            seed=args.seed,
+            rtol=args.rtol,
+            title=example.title,
+        )
+        reports.append(report)
+        report.print(console)
+        console.print()
+    _write_outputs(_ReportSet("xgrad.examples/1", reports), args)
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_MISMATCH
+
+
+def cmd_sweep(args) -> int:
+    from xgrad.sweep import SweepGrid, run_sweep
+
+    _check_outputs(args.json)
+    config = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise InputError(f"--config {args.config!r}: no such file")
+        try:
+            config = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"--config {args.config!r} is not valid TOML: {exc}") from None
+    flags = {
+        "activations": _csv(args.activations) if args.activations else None,
+        "losses": _csv(args.losses) if args.losses else None,
+        "dtypes": _csv(args.dtypes) if args.dtypes else None,
+        "batch_sizes": _ints(args.batch_sizes, "--batch-sizes") if args.batch_sizes else None,
+        "seeds": _ints(args.seeds, "--seeds") if args.seeds else None,
+        "input_dim": args.input_dim,
+        "hidden": _ints(args.hidden, "--hidden") if args.hidden else None,
+        "output_dim": args.output_dim,
+        "frameworks": _csv(args.frameworks) if args.frameworks else None,
+        "rtol": args.rtol,
+    }
+    grid = SweepGrid.from_mapping({**config, **{k: v for k, v in flags.items() if v is not None}})
+    console = _console()
+    result = run_sweep(grid, progress=not args.no_progress)
+    result.print(console)
+    if args.json:
+        result.to_json(args.json)
+    return EXIT_OK if result.ok else EXIT_MISMATCH
+
+
+# -- the parser --------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, *, frameworks_default: str | None = None) -> None:
+    from xgrad.adapters.base import DTYPES
+
+    p.add_argument(
+        "--frameworks",
+        default=frameworks_default,
+        metavar="LIST",
+        help="comma-separated: numpy,jax,flax,tensorflow (default: all installed)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="the dtype every framework computes in (default float32)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of params, inputs and targets")
+    p.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="normwise tolerance (default: float32 1e-5, float64 1e-10)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from xgrad import __version__
+    from xgrad.losses import LOSSES
+
+    parser = _Parser(
+        prog="xgrad",
+        description="Do these dense models compute the same "
+        "gradients in NumPy, JAX, Flax and TensorFlow/Keras?",
+    )
+    parser.add_argument("--version", action="version", version=f"xgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare one model's gradients across frameworks",
+        description="Compare one model's gradients across frameworks against "
+        "a float64 NumPy reference. Exit 0: all match; 1: mismatch; 2: error.",
+    )
+    p.add_argument("--input-dim", type=int, help="input features (or taken from --input)")
+    p.add_argument(
+        "--layers",
+        required=True,
+        metavar="SPEC",
+        help="UNITS[:ACTIVATION],... e.g. 8:relu,5:sigmoid or 16:leaky_relu:0.01",
+    )
+    p.add_argument("--no-bias", action="store_true", help="layers without bias")
+    p.add_argument("--batch", type=int, default=None, help="rows of random input (default 2)")
+    p.add_argument("--loss", choices=list(LOSSES), default=None, help="default: sum")
+    p.add_argument("--input", metavar="FILE", help=".npy with x, or .npz with x (and y)")
+    p.add_argument("--targets", metavar="FILE", help=".npy with y (default: random, seeded)")
+    p.add_argument("--params", metavar="FILE", help="canonical params (.npz / .safetensors)")
+    p.add_argument(
+        "--cotangent", metavar="FILE", help=".npy grad_output to back-propagate instead of a loss"
+    )
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the errors")
+    p.add_argument("--title", default=None, help="a heading for the report")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    _common(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "examples",
+        help="the seed article's three examples",
+        description="Run the seed article's three examples through every "
+        "framework and print their reports.",
+    )
+    p.add_argument("--json", metavar="PATH", help="write the three reports as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the three reports as Markdown")
+    _common(p)
+    p.set_defaults(func=cmd_examples)
+
+    p = sub.add_parser(
+        "sweep",
+        help="compare over a grid of activations, losses, dtypes...",
+        description="Compare over the product of activations x losses x "
+        "dtypes x batch sizes x seeds (flags, or a TOML file whose keys are "
+        "the flag names with underscores; flags win).",
+    )
+    p.add_argument("--config", metavar="TOML", help="grid file")
+    p.add_argument(
+        "--activations", metavar="LIST", help="hidden-layer activations (default: every activation)"
+    )
+    p.add_argument("--losses", metavar="LIST", help="default: sum,mse")
+    p.add_argument("--dtypes", metavar="LIST", help="default: float32,float64")
+    p.add_argument("--batch-sizes", metavar="LIST", help="default: 1,4")
+    p.add_argument("--seeds", metavar="LIST", help="default: 0")
+    p.add_argument("--input-dim", type=int, default=None, help="default 6")
+    p.add_argument("--hidden", metavar="LIST", help="hidden widths (default 8,8)")
+    p.add_argument("--output-dim", type=int, default=None, help="default 4")
+    p.add_argument(
+        "--frameworks",
+        default=None,
+        metavar="LIST",
+        help="comma-separated (default: all installed)",
+    )
+    p.add_argument("--rtol", type=float, default=None, help="normwise tolerance override")
+    p.add_argument("--json", metavar="PATH", help="write every cell's report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 match, 1 mismatch, 2 usage or input error)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any framework is imported
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return args.func(args)
+    except (_UsageError, XgradError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The comparison runner: the same params into every framework, gradients against a
+float64 reference, a :class:`~xgrad.report.Report` out.
+
+The runner never asks which framework it is talking to: it only uses the adapter
+interface, so a user's own :class:`~xgrad.adapters.base.AbstractAdapter` is compared
+exactly like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from xgrad.adapters.base import (
+    AbstractAdapter,
+    Gradients,
+    available_frameworks,
+    check_cotangent,
+    check_dtype,
+    check_input,
+    get_adapter,
+)
+from xgrad.errors import FrameworkError, InputError
+from xgrad.losses import get_loss
+from xgrad.metrics import compare_arrays, tolerance
+from xgrad.params import check_params, init_params
+from xgrad.report import Entry, Pairwise, Report
+from xgrad.spec import MLP
+
+__all__ = ["compare", "resolve_frameworks"]
+
+REFERENCE = {"framework": "numpy", "dtype": "float64"}
+
+
+def resolve_frameworks(
+    frameworks: str | Iterable[str | AbstractAdapter] | None,
+) -> list[AbstractAdapter]:
+    """Turn names and adapter objects into adapters, importing only the frameworks named.
+
+    Args:
+        frameworks: ``None`` for every installed framework; a comma-separated string; or
+            a sequence of names and :class:`AbstractAdapter` instances.
+
+    Raises:
+        FrameworkError: an unknown name, a non-adapter object, a repeated name, or none.
+        FrameworkNotInstalledError: a named framework is not installed.
+    """
+    if frameworks is None:
+        items: list = available_frameworks()
+    elif isinstance(frameworks, str):
+        items = [f for f in (p.strip() for p in frameworks.split(",")) if f]
+    elif isinstance(frameworks, AbstractAdapter):
+        items = [frameworks]
+    elif isinstance(frameworks, Iterable):
+        items = list(frameworks)
+    else:
+        raise FrameworkError(
+            f"frameworks must be names or adapter objects, got {type(frameworks).__name__}"
+        )
+    adapters: list[AbstractAdapter] = []
+    for item in items:
+        if isinstance(item, AbstractAdapter):
+            adapters.append(item)
+        elif isinstance(item, type) and issubclass(item, AbstractAdapter):
+            raise FrameworkError(
+                f"got the adapter class {item.__name__}; pass an instance: {item.__name__}()"
+            )
+        elif isinstance(item, str):
+            adapters.append(get_adapter(item))
+        else:
+            raise FrameworkError(
+                f"a framework is a name or an AbstractAdapter instance, got "
+                f"{type(item).__name__} {item!r}"
+            )
+    if not adapters:
+        raise FrameworkError("no framework to compare; name at least one, e.g. 'numpy,jax'")
+    names = [a.name for a in adapters]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FrameworkError(f"framework {repeated[0]!r} is named more than once in {names}")
+    return adapters
+
+
+def _entry(
+    name: str,
+    kind: str,
+    shape,
+    native: Mapping[str, str],
+    arrays: Mapping[str, np.ndarray],
+    reference: np.ndarray,
+    dtype: str,
+    tol: float,
+) -> Entry:
+    results = {
+        fw: compare_arrays(arr, reference, dtype=dtype, tol=tol) for fw, arr in arrays.items()
+    }
+    return Entry(name=name, kind=kind, shape=tuple(shape), native=dict(native), results=results)
+
+
+def _pairwise(
+    names: Sequence[str], grads: Mapping[str, Gradients], ref: Gradients
+) -> list[Pairwise]:
+    pairs = []
+    for a, b in itertools.combinations(names, 2):
+        worst, worst_name = -1.0, ""
+        candidates = [
+            (k, grads[a].params[k], grads[b].params[k], ref.params[k]) for k in ref.params
+        ]
+        candidates += [
+            ("input", grads[a].input, grads[b].input, ref.input),
+            ("output", grads[a].output, grads[b].output, ref.output),
+        ]
+        with np.errstate(all="ignore"):
+            for key, ga, gb, gr in candidates:
+                den = float(np.linalg.norm(gr))
+                num = float(np.linalg.norm(ga.astype(np.float64) - gb.astype(np.float64)))
+                value = num / den if den else (0.0 if num == 0 else np.inf)
+                if np.isnan(value):
+                    value = np.inf
+                if value > worst:
+                    worst, worst_name = value, key
+        pairs.append(Pairwise(frameworks=(a, b), rel_norm=float(worst), entry=worst_name))
+    return pairs
+
+
+def compare(
+    model: MLP,
+    x,
+    y=None,
+    *,
+    loss: str = "sum",
+    frameworks: str | Iterable[str | AbstractAdapter] | None = None,
+    dtype: str = "float32",
+    params: Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+    cotangent=None,
+    rtol: float | None = None,
+    title: str | None = None,
+) -> Report:
+    """Compare every framework's gradients of ``model`` against a float64 NumPy reference.
+
+    The canonical float64 params are cast once to ``dtype`` by each adapter and loaded into
+    its framework; the reference is the hand-written NumPy backprop in float64 from the same
+    params. Frameworks run one after another; each built model is released before the next.
+
+    Args:
+        model: the :class:`~xgrad.MLP` spec.
+        x: inputs, shape ``(batch, input_dim)``.
+        y: targets for the losses that need them (see :mod:`xgrad.losses`).
+        loss: a loss name; ignored when ``cotangent`` is given.
+        frameworks: names (``"numpy,jax"`` or a list) and/or adapter objects; ``None``
+            means every installed framework.
+        dtype: the dtype every framework computes in, ``"float32"`` or ``"float64"``.
+        params: canonical params (kernel ``(in, out)``, bias ``(out,)``); ``None`` draws
+            them with :func:`xgrad.init_params` ``(model, seed)``.
+        seed: the seed for ``params=None``.
+        cotangent: a ``grad_output = dL/doutput`` of shape ``(batch, units)`` to
+            back-propagate instead of a loss (the seed article's gradient "received from
+            the subsequent layer").
+        rtol: overrides the per-dtype normwise tolerance (:data:`xgrad.metrics.TOLERANCES`).
+        title: a heading for the report.
+
+    Returns:
+        A :class:`~xgrad.Report`; ``report.ok`` says whether everything matched.
+
+    Raises:
+        SpecError, InputError, ParamsError, FrameworkError: bad arguments, before any
+            framework computes anything.
+
+    Example:
+        >>> import numpy as np, xgrad
+        >>> spec = xgrad.MLP(3, [xgrad.Dense(4, "sigmoid")])
+        >>> report = xgrad.compare(spec, np.ones((2, 3)), frameworks="numpy")
+        >>> report.ok, [e.name for e in report.parameters]
+        (True, ['layers.0.kernel', 'layers.0.bias'])
+    """
+    if not isinstance(model, MLP):
+        raise InputError(
+            f"compare needs an xgrad.MLP spec as model, got {type(model).__name__}; for your "
+            "own Keras/Flax/JAX models use xgrad.compare_models"
+        )
+    dtype = check_dtype(dtype)
+    tol = tolerance(dtype, rtol)
+    xs = check_input(model, x)
+    batch = xs.shape[0]
+    if cotangent is not None:
+        cot = check_cotangent(model, cotangent, batch)
+        loss_name, ys = None, None
+    else:
+        loss_obj = get_loss(loss)
+        ys = loss_obj.prepare_target(y, (batch, model.output_dim))
+        loss_name, cot = loss_obj.name, None
+    checked = init_params(model, seed) if params is None else check_params(model, params)
+    adapters = resolve_frameworks(frameworks)
+    names = [a.name for a in adapters]
+
+    def run(adapter: AbstractAdapter, run_dtype: str) -> tuple[Gradients, dict[str, str]]:
+        built = adapter.build(model, checked, dtype=run_dtype)
+        if cot is not None:
+            grads = built.vjp(xs, cot)
+        else:
+            grads = built.gradients(xs, ys, loss=loss_name)
+        return grads, built.native_names
+
+    ref, _ = run(get_adapter("numpy"), "float64")
+    grads: dict[str, Gradients] = {}
+    native: dict[str, dict[str, str]] = {}
+    timing: dict[str, float] = {}
+    for adapter in adapters:
+        start = time.perf_counter()
+        grads[adapter.name], native[adapter.name] = run(adapter, dtype)
+        timing[adapter.name] = time.perf_counter() - start
+
+    shapes = model.param_shapes()
+    parameters = tuple(
+        _entry(
+            pname,
+            "parameter",
+            shape,
+            {fw: native[fw][pname] for fw in names},
+            {fw: grads[fw].params[pname] for fw in names},
+            ref.params[pname],
+            dtype,
+            tol,
+        )
+        for pname, shape in shapes.items()
+    )
+    input_entry = _entry(
+        "input",
+        "input",
+        xs.shape,
+        {fw: "input" for fw in names},
+        {fw: grads[fw].input for fw in names},
+        ref.input,
+        dtype,
+        tol,
+    )
+    output_entry = _entry(
+        "output",
+        "output",
+        ref.output.shape,
+        {fw: "output" for fw in names},
+        {fw: grads[fw].output for fw in names},
+        ref.output,
+        dtype,
+        tol,
+    )
+    loss_entry = None
+    losses: dict[str, float] = {}
+    if loss_name is not None:
+        losses = {fw: grads[fw].loss for fw in names}
+        loss_entry = _entry(
+            "loss",
+            "loss",
+            (),
+            {fw: loss_name for fw in names},
+            {fw: np.asarray(grads[fw].loss) for fw in names},
+            np.asarray(ref.loss),
+            dtype,
+            tol,
+        )
+    return Report(
+        model=model.describe(),
+        dtype=dtype,
+        loss=loss_name,
+        frameworks=tuple(names),
+        reference=dict(REFERENCE),
+        tolerance=tol,
+        batch=batch,
+        seed=seed if params is None else None,
+        losses=losses,
+        reference_loss=ref.loss,
+        parameters=parameters,
+        input=input_entry,
+        output=output_entry,
+        loss_value=loss_entry,
+        pairwise=tuple(_pairwise(names, grads, ref)),
+        timing=timing,
+        title=title,
+    )

@@ -1,0 +1,218 @@
+"""Discrepancy metrics between a gradient and its reference, and the tolerance table.
+
+The status of a comparison is decided by one number, the normwise relative error
+``||g - ref||_2 / ||ref||_2``, against a per-dtype tolerance (:data:`TOLERANCES`). Normwise,
+because elementwise relative errors explode wherever the reference is near zero (a ReLU
+layer has many such entries) while the gradient as a whole is right to rounding level.
+The other metrics are there to explain a status, not to decide it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from xgrad.errors import InputError
+
+__all__ = ["STATUSES", "TOLERANCES", "Metrics", "compare_arrays", "tolerance"]
+
+TOLERANCES: dict[str, float] = {
+    "float64": 1e-10,
+    "float32": 1e-5,
+    "float16": 1e-2,
+    "bfloat16": 1e-2,
+}
+"""Normwise relative tolerance per run dtype.
+
+float32: a dense layer's gradient is a sum of products, each rounded with unit roundoff
+u = 6e-8, and the error of such a sum grows like u times the square root of its length,
+so for the widths seen in practice (up to a few thousand) it stays near 1e-6. 1e-5 leaves
+a margin of about 10 above that and still flags the smallest real convention difference
+the frameworks have (GELU tanh vs erf, about 1e-4 normwise). float64: u = 1.1e-16; 1e-10
+is a wide margin that still flags a float32 computation, whose error is near 1e-7.
+16-bit: u = 4.9e-4 (float16) and 3.9e-3 (bfloat16). Override per call with ``rtol=``.
+"""
+
+STATUSES = ("match", "mismatch", "nonfinite")
+
+
+def tolerance(dtype: str, rtol: float | None = None) -> float:
+    """The tolerance for ``dtype``, or ``rtol`` when given.
+
+    Raises:
+        InputError: ``rtol`` is not a positive finite number, or the dtype has no entry.
+    """
+    if rtol is not None:
+        if (
+            isinstance(rtol, bool)
+            or not isinstance(rtol, int | float)
+            or not (math.isfinite(rtol) and rtol > 0)
+        ):
+            raise InputError(f"rtol must be a positive finite number, got {rtol!r}")
+        return float(rtol)
+    if dtype not in TOLERANCES:
+        raise InputError(f"no tolerance for dtype {dtype!r}; known: {', '.join(TOLERANCES)}")
+    return TOLERANCES[dtype]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """How one gradient differs from its reference.
+
+    Attributes:
+        max_abs: ``max |g - ref|`` over finite elements.
+        max_rel: ``max |g - ref| / max(|ref|, eps * max|ref|)``: elementwise, with a floor
+            so that elements negligible against the largest one do not divide by ~0.
+        rel_norm: ``||g - ref|| / ||ref||`` (0 when both are zero, inf when only ref is).
+        cosine: cosine similarity of ``g`` and ``ref`` (1 when both are zero).
+        ulp_max: the largest distance in units in the last place of the run dtype, after
+            rounding the reference to that dtype; ``None`` for a 0-size array.
+        mismatched: elements with ``|g - ref| > tol * (|ref| + max|ref|)``, for messages.
+        size: the number of elements.
+        worst_index: the index of the largest ``|g - ref|``.
+        worst_value, worst_reference: ``g`` and ``ref`` there.
+        nan, inf: NaN and Inf counts in ``g``.
+        first_nonfinite: the index of the first NaN/Inf in ``g`` (or in ``ref``), else None.
+        status: ``match`` (``rel_norm <= tol``), ``mismatch``, or ``nonfinite`` (NaN/Inf
+            in ``g`` or in the reference).
+        tol: the tolerance the status was decided with.
+    """
+
+    max_abs: float
+    max_rel: float
+    rel_norm: float
+    cosine: float
+    ulp_max: int | None
+    mismatched: int
+    size: int
+    worst_index: tuple[int, ...]
+    worst_value: float
+    worst_reference: float
+    nan: int
+    inf: int
+    first_nonfinite: tuple[int, ...] | None
+    status: str
+    tol: float
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values (lists for indices, None for undefined numbers)."""
+        out = asdict(self)
+        out["worst_index"] = list(self.worst_index)
+        out["first_nonfinite"] = (
+            None if self.first_nonfinite is None else list(self.first_nonfinite)
+        )
+        for key in ("max_abs", "max_rel", "rel_norm", "cosine", "worst_value", "worst_reference"):
+            out[key] = _json_float(out[key])
+        return out
+
+
+def _json_float(value: float) -> float | str:
+    """Floats for JSON: NaN and infinities as the strings "nan", "inf", "-inf"."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _ordered_ints(a: np.ndarray) -> np.ndarray:
+    """Map floats to integers whose differences count representable values between them."""
+    itype = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
+    i = a.view(itype).astype(np.int64)
+    return np.where(i < 0, np.int64(np.iinfo(itype).min) - i, i).astype(np.float64)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """Elementwise distance in ULPs of ``dtype`` between two arrays (rounded to it)."""
+    a = np.asarray(a, dtype=dtype)
+    b = np.asarray(b, dtype=dtype)
+    return np.abs(_ordered_ints(a) - _ordered_ints(b))
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...] | None:
+    if not mask.any():
+        return None
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def compare_arrays(candidate, reference, *, dtype: str, tol: float) -> Metrics:
+    """Every metric of ``candidate`` against ``reference`` (same shape) for run ``dtype``.
+
+    Args:
+        candidate: the framework's array, in the run dtype.
+        reference: the float64 reference.
+        dtype: the run dtype, for ULP distances.
+        tol: the normwise relative tolerance deciding the status.
+
+    Raises:
+        InputError: the shapes differ.
+    """
+    g = np.asarray(candidate)
+    ref = np.asarray(reference, dtype=np.float64)
+    if g.shape != ref.shape:
+        raise InputError(f"shapes differ: candidate {g.shape}, reference {ref.shape}")
+    g64 = g.astype(np.float64)
+    nan = int(np.isnan(g64).sum())
+    inf = int(np.isinf(g64).sum())
+    finite = np.isfinite(g64) & np.isfinite(ref)
+    first = _first(~np.isfinite(g64))
+    if first is None:
+        first = _first(~np.isfinite(ref))
+    with np.errstate(all="ignore"):
+        diff = np.where(finite, np.abs(g64 - ref), 0.0)
+        ref_abs = np.where(finite, np.abs(ref), 0.0)
+        scale = float(ref_abs.max()) if ref.size else 0.0
+        floor = (
+            np.finfo(
+                np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.float32
+            ).eps
+            * scale
+            or np.finfo(np.float64).tiny
+        )
+        rel = diff / np.maximum(ref_abs, floor)
+        ref_norm = float(np.linalg.norm(ref_abs))
+        diff_norm = float(np.linalg.norm(diff))
+        g_norm = float(np.linalg.norm(np.where(finite, g64, 0.0)))
+        if ref_norm > 0:
+            rel_norm = diff_norm / ref_norm
+        else:
+            rel_norm = 0.0 if diff_norm == 0 else math.inf
+        if ref_norm > 0 and g_norm > 0:
+            cosine = float(np.sum(np.where(finite, g64 * ref, 0.0)) / (g_norm * ref_norm))
+        else:
+            cosine = 1.0 if ref_norm == g_norm == 0 else 0.0
+        ulp = None
+        if ref.size and dtype in ("float16", "float32", "float64"):
+            ulp = int(np.where(finite, ulp_distance(g64, ref, dtype), 0).max())
+        mismatched = int((diff > tol * (ref_abs + scale)).sum())
+    if ref.size:
+        worst = np.unravel_index(int(np.argmax(diff)), ref.shape)
+        worst_index = tuple(int(i) for i in worst)
+        worst_value, worst_reference = float(g64[worst]), float(ref[worst])
+    else:
+        worst_index, worst_value, worst_reference = (), 0.0, 0.0
+    nonfinite = first is not None
+    if nonfinite:
+        status = "nonfinite"
+        mismatched += int((~finite).sum())
+    else:
+        status = "match" if rel_norm <= tol else "mismatch"
+    return Metrics(
+        max_abs=float(diff.max()) if ref.size else 0.0,
+        max_rel=float(rel.max()) if ref.size else 0.0,
+        rel_norm=rel_norm,
+        cosine=cosine,
+        ulp_max=ulp,
+        mismatched=mismatched,
+        size=int(ref.size),
+        worst_index=worst_index,
+        worst_value=worst_value,
+        worst_reference=worst_reference,
+        nan=nan,
+        inf=inf,
+        first_nonfinite=first,
+        status=status,
+        tol=tol,
+    )
