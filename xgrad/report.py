@@ -247,10 +247,11 @@ class Report:
         if worst is None:
             return verdict
         entry, fw, _, m = worst
-        return (
-            f"{verdict}; worst {entry.label} in {fw}: rel_norm {_fmt(m.rel_norm)} "
-            f"(tolerance {self.tolerance:g})"
-        )
+        if m.status == "nonfinite":
+            what = f"nonfinite ({m.nan} NaN, {m.inf} Inf, first at {m.first_nonfinite})"
+        else:
+            what = f"rel_norm {_fmt(m.rel_norm)} (tolerance {self.tolerance:g})"
+        return f"{verdict}; worst {entry.label} in {fw}: {what}"
 
     def _header(self) -> str:
         loss = f"loss {self.loss}" if self.loss else "given cotangent"
