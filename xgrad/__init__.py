@@ -32,6 +32,7 @@ from xgrad.errors import (
 from xgrad.losses import LOSSES, Loss, get_loss
 from xgrad.metrics import TOLERANCES, Metrics
 from xgrad.params import Params, check_params, init_params, load_params, save_params
+from xgrad.porting import compare_models, convert
 from xgrad.report import Entry, Report
 from xgrad.spec import MLP, Dense
 
@@ -69,6 +70,8 @@ __all__ = [
     "available_frameworks",
     "check_params",
     "compare",
+    "compare_models",
+    "convert",
     "get_activation",
     "get_adapter",
     "get_loss",

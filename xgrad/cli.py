@@ -1,4 +1,4 @@
-"""The ``xgrad`` command line: ``compare``, ``examples``, ``sweep``.
+"""The ``xgrad`` command line: ``compare``, ``examples``, ``sweep``, ``port``.
 
 Exit status: 0 when every gradient matches, 1 on any mismatch or non-finite gradient, 2 on
 bad usage or input (one line ``error: ...`` on stderr, never a traceback). Only the
@@ -279,6 +279,69 @@ def cmd_sweep(args) -> int:
     return EXIT_OK if result.ok else EXIT_MISMATCH
 
 
+def cmd_port(args) -> int:
+    import xgrad
+    from xgrad.porting.convert import TARGETS
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".npz", ".safetensors"):
+        raise InputError(f"--out {args.out!r}: the name must end in .npz or .safetensors")
+    _check_outputs(args.out, args.json, args.markdown)
+    if args.to not in TARGETS:
+        raise InputError(f"--to {args.to!r}: choose one of {', '.join(TARGETS)}")
+    from xgrad.porting.keras_source import KerasSource, load_keras_file
+
+    model = load_keras_file(args.model)
+    source = KerasSource(model)
+    spec = source.spec()
+    if spec is None:
+        unknown = [layer.name for layer in source.layers if layer.activation is None]
+        raise InputError(
+            f"{args.model!r}: layer(s) {unknown} use an activation xgrad does not "
+            "define, so the port cannot be rebuilt and verified"
+        )
+    params = source.native_params()
+    xgrad.save_params(out, {k: v.astype(source.dtype) for k, v in params.items()})
+    loaded = xgrad.load_params(out)
+    round_trip = list(loaded) == list(params) and all(
+        np.array_equal(loaded[k], params[k]) for k in params
+    )
+    candidate = _port_candidate(spec, loaded, args.to, source.dtype)
+    x = np.random.default_rng(args.seed).standard_normal((args.batch, spec.input_dim))
+    report = xgrad.compare_models(
+        model, candidate, x, transfer=False, title=f"{args.model} -> {args.to} ({out.name})"
+    )
+    console = _console()
+    report.print(console)
+    console.print(
+        f"weights written to {out} ({len(params)} arrays, canonical names); "
+        f"round trip {'bit-exact' if round_trip else 'NOT bit-exact'}"
+    )
+    if args.json:
+        report.to_json(args.json)
+    if args.markdown:
+        report.to_markdown(args.markdown)
+    return EXIT_OK if report.ok and round_trip else EXIT_MISMATCH
+
+
+def _port_candidate(spec, params, to: str, dtype: str):
+    """The converted model, rebuilt from the saved weights, in the target framework."""
+    if to == "numpy":
+        return (spec, {k: v.astype(dtype) for k, v in params.items()})
+    from xgrad.adapters.base import get_adapter
+
+    if to == "flax.linen":
+        raise InputError("--to flax.linen writes weights only; verify with --to flax")
+    name = {"flax": "flax", "jax": "jax", "tensorflow": "tensorflow"}[to]
+    built = get_adapter(name).build(spec, params, dtype=dtype)
+    if to == "jax":
+        from xgrad.adapters.jax import layer_fn
+
+        layers = layer_fn(spec)
+        return (lambda p, x: layers(p, x)[-1][1], built.native)
+    return built.native
+
+
 # -- the parser --------------------------------------------------------------------------
 
 
@@ -387,6 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write every cell's report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "port",
+        help="convert a .keras model's weights and verify the port",
+        description="Load a .keras model in Keras safe mode, write its weights "
+        "in canonical names, rebuild the model in the target framework from "
+        "the written file, and compare the two on random inputs.",
+    )
+    p.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file")
+    p.add_argument("--to", required=True, help="numpy, jax, flax or tensorflow")
+    p.add_argument(
+        "--out", required=True, metavar="PATH", help="weights file: .safetensors or .npz"
+    )
+    p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    p.add_argument("--json", metavar="PATH", help="write the verification report as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write it as Markdown")
+    p.set_defaults(func=cmd_port)
     return parser
 
 

@@ -16,7 +16,14 @@ import numpy as np
 
 from xgrad.errors import InputError
 
-__all__ = ["STATUSES", "TOLERANCES", "Metrics", "compare_arrays", "tolerance"]
+__all__ = [
+    "NOISE_FLOORS",
+    "STATUSES",
+    "TOLERANCES",
+    "Metrics",
+    "compare_arrays",
+    "tolerance",
+]
 
 TOLERANCES: dict[str, float] = {
     "float64": 1e-10,
@@ -33,6 +40,21 @@ a margin of about 10 above that and still flags the smallest real convention dif
 the frameworks have (GELU tanh vs erf, 4e-5 to 6e-4 normwise). float64: u = 1.1e-16; 1e-10
 is a wide margin that still flags a float32 computation, whose error is near 1e-7.
 16-bit: u = 4.9e-4 (float16) and 3.9e-3 (bfloat16). Override per call with ``rtol=``.
+"""
+
+NOISE_FLOORS: dict[str, float] = {
+    "float64": 1e-14,
+    "float32": 1e-6,
+    "float16": 1e-2,
+    "bfloat16": 1e-2,
+}
+"""Root-mean-square absolute difference below which a reference that is itself zero up to
+rounding counts as matched (about 10 times the dtype's machine epsilon).
+
+A relative error means nothing when the reference is 0: the gradient of ``sum(softmax(z))``
+is exactly 0, and a float32 framework returns rounding noise of about 1e-8 there. Only when
+the reference's own RMS is below the floor is the difference judged absolutely; everywhere
+else the status is the normwise relative rule.
 """
 
 STATUSES = ("match", "mismatch", "nonfinite")
@@ -75,7 +97,9 @@ class Metrics:
         worst_value, worst_reference: ``g`` and ``ref`` there.
         nan, inf: NaN and Inf counts in ``g``.
         first_nonfinite: the index of the first NaN/Inf in ``g`` (or in ``ref``), else None.
-        status: ``match`` (``rel_norm <= tol``), ``mismatch``, or ``nonfinite`` (NaN/Inf
+        status: ``match`` (``rel_norm <= tol``; or, for a reference that is zero up to
+            rounding, an RMS difference below :data:`NOISE_FLOORS`), ``mismatch``, or
+            ``nonfinite`` (NaN/Inf
             in ``g`` or in the reference). For ``nonfinite``, the distance metrics cover
             the finite elements only, so they still say whether the rest agrees.
         tol: the tolerance the status was decided with.
@@ -199,7 +223,11 @@ def compare_arrays(candidate, reference, *, dtype: str, tol: float) -> Metrics:
         status = "nonfinite"
         mismatched += int((~finite).sum())
     else:
-        status = "match" if rel_norm <= tol else "mismatch"
+        floor = NOISE_FLOORS.get(dtype, 0.0) * math.sqrt(max(ref.size, 1))
+        if ref_norm <= floor:  # the reference is zero up to rounding: judge absolutely
+            status = "match" if diff_norm <= floor else "mismatch"
+        else:
+            status = "match" if rel_norm <= tol else "mismatch"
     return Metrics(
         max_abs=float(diff.max()) if ref.size else 0.0,
         max_rel=float(rel.max()) if ref.size else 0.0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -176,7 +177,8 @@ def load_params(path: str | os.PathLike) -> Params:
     """Read canonical params from ``.npz`` (``allow_pickle=False``) or ``.safetensors``.
 
     Returns:
-        A dict of float64 arrays in the file's order.
+        A dict of float64 arrays: canonical names (``layers.{i}.kernel``/``bias``) in
+        canonical order, other names in the file's order.
 
     Raises:
         ModelFileError: the file is missing, truncated, corrupted, holds pickled objects or
@@ -218,4 +220,22 @@ def load_params(path: str | os.PathLike) -> Params:
         out[name] = arr.astype(np.float64)
     if not out:
         raise ModelFileError(f"weight file {str(path)!r} holds no arrays")
-    return out
+    return _canonical_order(out)
+
+
+_CANONICAL = re.compile(r"layers\.(\d+)\.(kernel|bias)")
+
+
+def _canonical_order(params: Params) -> Params:
+    """Canonical names in canonical order (safetensors stores keys sorted); others as read."""
+    keys = list(params)
+    matches = [_CANONICAL.fullmatch(k) for k in keys]
+    if not all(matches):
+        return params
+    keys.sort(
+        key=lambda k: (
+            int(_CANONICAL.fullmatch(k).group(1)),
+            _CANONICAL.fullmatch(k).group(2) != "kernel",
+        )
+    )
+    return {k: params[k] for k in keys}

@@ -81,6 +81,38 @@ class Pairwise:
 
 
 @dataclass(frozen=True)
+class LayerEntry:
+    """One aligned dense layer of two models: its activation and the gradient reaching it.
+
+    Attributes:
+        index: the layer's position in the reference's call order.
+        names: side -> the framework's name of the layer (``reference`` and the candidate).
+        shape: the activation's shape ``(batch, units)``.
+        forward: the candidate's activation ``a_i`` against the reference's.
+        backward: the candidate's ``dL/d a_i`` against the reference's.
+    """
+
+    index: int
+    names: dict[str, str]
+    shape: tuple[int, ...]
+    forward: Metrics
+    backward: Metrics
+
+    @property
+    def label(self) -> str:
+        return f"layer {self.index} ({' <-> '.join(self.names.values())})"
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "names": dict(self.names),
+            "shape": list(self.shape),
+            "forward": self.forward.to_dict(),
+            "backward": self.backward.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
 class Report:
     """The result of :func:`xgrad.compare`: per entry and framework, metrics vs reference.
 
@@ -104,6 +136,12 @@ class Report:
         timing: framework -> seconds spent building and differentiating (not deterministic,
             kept apart in the JSON).
         title: an optional heading.
+        layers: per aligned layer, forward and backward comparisons (from
+            :func:`xgrad.compare_models`; empty for :func:`xgrad.compare`).
+        first_divergence: where two models first part: ``{"layer", "where", "frameworks",
+            "names"}`` with ``where`` ``"forward"`` or ``"backward"``; ``None`` when all
+            layers match or no layers were compared.
+        models: for :func:`xgrad.compare_models`, a description of each side.
     """
 
     model: str
@@ -123,6 +161,9 @@ class Report:
     pairwise: tuple[Pairwise, ...] = ()
     timing: dict[str, float] = field(default_factory=dict, compare=False)
     title: str | None = None
+    layers: tuple[LayerEntry, ...] = ()
+    first_divergence: dict | None = None
+    models: dict | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -138,10 +179,19 @@ class Report:
             (e, fw, m) for e in self.entries for fw, m in e.results.items() if m.status != "match"
         ]
 
+    def layer_failures(self) -> list[tuple[LayerEntry, str, Metrics]]:
+        """``(layer, "forward" | "backward", metrics)`` for every layer comparison that fails."""
+        return [
+            (layer, where, m)
+            for layer in self.layers
+            for where, m in (("forward", layer.forward), ("backward", layer.backward))
+            if m.status != "match"
+        ]
+
     @property
     def ok(self) -> bool:
-        """True when every entry of every framework matches the reference."""
-        return not self.failures()
+        """True when every entry (and every compared layer) matches the reference."""
+        return not self.failures() and not self.layer_failures()
 
     def raise_for_mismatch(self) -> None:
         """Raise :class:`~xgrad.GradientMismatchError` unless :attr:`ok`.
@@ -156,20 +206,32 @@ class Report:
 
     def mismatch_message(self) -> str:
         """The text :meth:`raise_for_mismatch` raises with ('' when everything matches)."""
-        failures = self.failures()
+        failures = [
+            (entry.label, fw, self._native(entry, fw) or entry.name, m)
+            for entry, fw, m in self.failures()
+        ]
+        failures += [
+            (
+                layer.label,
+                where,
+                f"a_{layer.index}" if where == "forward" else f"dL/d a_{layer.index}",
+                m,
+            )
+            for layer, where, m in self.layer_failures()
+        ]
         if not failures:
             return ""
-        n_total = sum(len(e.results) for e in self.entries)
+        n_total = sum(len(e.results) for e in self.entries) + 2 * len(self.layers)
         lines = [
             f"Gradients differ from the reference ({self._reference_text()}): "
             f"{len(failures)} of {n_total} comparisons, model {self.model}, dtype "
             f"{self.dtype}, normwise rtol {self.tolerance:g}"
         ]
-        for entry, fw, m in failures:
+        if self.divergence_text():
+            lines.append(self.divergence_text())
+        for label, who, native, m in failures:
             lines.append("")
-            lines.append(
-                f"{entry.label} [{fw}: {entry.native.get(fw, entry.name)}] status {m.status}"
-            )
+            lines.append(f"{label} [{who}: {native}] status {m.status}")
             pct = 100.0 * m.mismatched / m.size if m.size else 0.0
             lines.append(f"Mismatched elements: {m.mismatched} / {m.size} ({pct:.3g}%)")
             if m.status == "nonfinite":
@@ -178,7 +240,7 @@ class Report:
             lines.append(f"Max relative difference: {m.max_rel:.6g}")
             lines.append(f"Normwise relative error: {m.rel_norm:.6g} (tolerance {m.tol:g})")
             lines.append(
-                f"Worst element at index {m.worst_index}: {fw} {m.worst_value!r}, "
+                f"Worst element at index {m.worst_index}: {who} {m.worst_value!r}, "
                 f"reference {m.worst_reference!r}"
             )
         return "\n".join(lines)
@@ -216,6 +278,9 @@ class Report:
             "output": self.output.to_dict(),
             "loss_value": None if self.loss_value is None else self.loss_value.to_dict(),
             "pairwise": [p.to_dict() for p in self.pairwise],
+            "models": self.models,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "first_divergence": self.first_divergence,
         }
         if timing:
             out["timing"] = {"seconds": dict(self.timing)}
@@ -230,19 +295,26 @@ class Report:
 
     # -- terminal and Markdown -------------------------------------------------------------
 
+    @staticmethod
+    def _native(entry: Entry, fw: str) -> str:
+        ref = entry.native.get("reference")
+        own = entry.native.get(fw, "")
+        return f"{ref} <-> {own}" if ref is not None and fw != "reference" else own
+
     def _rows(self):
         """(entry, framework, native, metrics) in display order."""
         for entry in self.entries:
             for fw, m in entry.results.items():
-                yield entry, fw, entry.native.get(fw, ""), m
+                yield entry, fw, self._native(entry, fw), m
 
     def summary(self) -> str:
         """One line: the verdict, and the worst comparison."""
         worst = max(self._rows(), key=lambda r: _sort_key(r[3]), default=None)
+        n_bad = len(self.failures()) + len(self.layer_failures())
         verdict = (
             "OK: every gradient matches"
             if self.ok
-            else f"MISMATCH: {len(self.failures())} comparison(s) beyond tolerance"
+            else f"MISMATCH: {n_bad} comparison(s) beyond tolerance"
         )
         if worst is None:
             return verdict
@@ -278,7 +350,7 @@ class Report:
                     entry.label if j == 0 else "",
                     _shape(entry.shape) if j == 0 else "",
                     fw,
-                    entry.native.get(fw, ""),
+                    self._native(entry, fw),
                     _fmt(m.max_abs),
                     _fmt(m.max_rel),
                     _fmt(m.rel_norm),
@@ -312,13 +384,50 @@ class Report:
             if not console.is_terminal:  # piped: do not squeeze the table to 80 columns
                 console = Console(width=160)
         console.print(self.table())
+        if self.layers:
+            console.print(self.layer_table())
         if self.pairwise:
             pairs = ", ".join(
                 f"{a}~{b} {_fmt(p.rel_norm)}" for p in self.pairwise for a, b in [p.frameworks]
             )
             console.print(f"framework vs framework (max rel norm over entries): {pairs}")
+        divergence = self.divergence_text()
+        if divergence:
+            console.print(f"[bold]{divergence}[/]")
         style = "green" if self.ok else "bold red"
         console.print(f"[{style}]{self.summary()}[/]")
+
+    def divergence_text(self) -> str | None:
+        """``first divergence: layer 1 (a <-> b), forward``, or None."""
+        d = self.first_divergence
+        if not d:
+            return None
+        names = " <-> ".join(d["names"].values())
+        return f"first divergence: layer {d['layer']} ({names}), {d['where']}"
+
+    def layer_table(self):
+        """A ``rich.table.Table`` of the per-layer forward and backward comparisons."""
+        from rich.table import Table
+
+        table = Table(
+            title="per layer: activation a_i (forward) and dL/d a_i (backward)",
+            title_justify="left",
+        )
+        table.add_column("layer", overflow="fold")
+        table.add_column("shape", no_wrap=True)
+        for col in ("forward rel norm", "forward", "backward rel norm", "backward"):
+            table.add_column(col, justify="right" if "norm" in col else "left", no_wrap=True)
+        for layer in self.layers:
+            f, b = layer.forward, layer.backward
+            table.add_row(
+                layer.label,
+                _shape(layer.shape),
+                _fmt(f.rel_norm),
+                f"[{_STATUS_STYLE[f.status]}]{f.status}[/]",
+                _fmt(b.rel_norm),
+                f"[{_STATUS_STYLE[b.status]}]{b.status}[/]",
+            )
+        return table
 
     def to_markdown(self, path: str | os.PathLike | None = None) -> str:
         """The report as a Markdown table; also written to ``path`` (atomically) if given."""
@@ -349,6 +458,20 @@ class Report:
                 )
             )
             lines.append("")
+        if self.layers:
+            lines += [
+                "| layer | shape | forward rel norm | forward | backward rel norm | backward |",
+                "|---|---|---:|---|---:|---|",
+            ]
+            for layer in self.layers:
+                f, b = layer.forward, layer.backward
+                lines.append(
+                    f"| {layer.label} | {_shape(layer.shape)} | {_fmt(f.rel_norm)} | "
+                    f"{f.status} | {_fmt(b.rel_norm)} | {b.status} |"
+                )
+            lines.append("")
+        if self.divergence_text():
+            lines += [self.divergence_text(), ""]
         lines.append(f"**{self.summary()}**")
         text = "\n".join(lines) + "\n"
         if path is not None:

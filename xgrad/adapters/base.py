@@ -113,6 +113,11 @@ def check_input(spec: MLP, x) -> np.ndarray:
         InputError: ``x`` is not 2-D, has the wrong width, an empty batch, a non-float dtype,
             or NaN/Inf values.
     """
+    return check_input_width(spec.input_dim, x)
+
+
+def check_input_width(input_dim: int, x) -> np.ndarray:
+    """:func:`check_input` for a model that takes ``input_dim`` features."""
     is_array = hasattr(x, "dtype") and hasattr(x, "shape")
     try:
         arr = np.asarray(x) if is_array else np.asarray(x, dtype=np.float64)
@@ -126,11 +131,11 @@ def check_input(spec: MLP, x) -> np.ndarray:
             if arr.ndim == 1
             else ""
         )
-        raise InputError(f"x must be 2-D (batch, {spec.input_dim}), got shape {arr.shape}{hint}")
-    if arr.shape[1] != spec.input_dim:
+        raise InputError(f"x must be 2-D (batch, {input_dim}), got shape {arr.shape}{hint}")
+    if arr.shape[1] != input_dim:
         raise InputError(
-            f"x has shape {arr.shape} but the model takes {spec.input_dim} input features "
-            f"(spec input_dim={spec.input_dim})"
+            f"x has shape {arr.shape} but the model takes {input_dim} input features "
+            f"(input_dim={input_dim})"
         )
     if arr.shape[0] == 0:
         raise InputError(f"x has an empty batch (shape {arr.shape}); give at least one row")
@@ -140,8 +145,13 @@ def check_input(spec: MLP, x) -> np.ndarray:
 
 def check_cotangent(spec: MLP, cotangent, batch: int) -> np.ndarray:
     """Validate a grad_output of shape ``(batch, output_dim)``; returns a float64 copy."""
+    return check_cotangent_shape(spec.output_dim, cotangent, batch)
+
+
+def check_cotangent_shape(units: int, cotangent, batch: int) -> np.ndarray:
+    """:func:`check_cotangent` for a model with ``units`` outputs."""
     arr = np.asarray(cotangent)
-    want = (batch, spec.output_dim)
+    want = (batch, units)
     if arr.shape != want:
         raise InputError(
             f"cotangent (grad_output) has shape {arr.shape} but the model output has shape {want}"

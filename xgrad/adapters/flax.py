@@ -132,6 +132,11 @@ class FlaxModel(AbstractModel):
             return nnx.merge(self._graphdef, self._state)
 
     @property
+    def state(self):
+        """The module's ``nnx.State`` (``nnx.Param`` leaves, paths ``layers/{i}/kernel``)."""
+        return self._state
+
+    @property
     def native_names(self) -> dict[str, str]:
         native = {name: name.replace(".", "/") for name in self._names}
         return {k: native[k] for k in self.spec.param_shapes()}

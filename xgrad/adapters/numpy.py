@@ -36,7 +36,12 @@ def forward(spec: MLP, params: Params, x: np.ndarray) -> list[LayerValues]:
 
 
 def backward(
-    spec: MLP, params: Params, x: np.ndarray, values: list[LayerValues], grad_output: np.ndarray
+    spec: MLP,
+    params: Params,
+    x: np.ndarray,
+    values: list[LayerValues],
+    grad_output: np.ndarray,
+    layer_grads: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Back-propagate ``grad_output = dL/d(output)``; returns ``(dL/dparams, dL/dinput)``.
 
@@ -46,10 +51,14 @@ def backward(
         x: the inputs the forward pass saw.
         values: :func:`forward`'s result for ``x``.
         grad_output: ``dL/d(output)``, shape ``(batch, units)``.
+        layer_grads: if a list is given, ``dL/d a_i`` of every layer is put in it, in
+            layer order.
     """
     grads: dict[str, np.ndarray] = {}
     grad_a = grad_output
+    seen = []
     for i in range(len(spec.layers) - 1, -1, -1):
+        seen.append(grad_a)
         layer = spec.layers[i]
         a_prev = values[i - 1].a if i > 0 else x
         delta = layer.act.vjp(values[i].z, values[i].a, grad_a)
@@ -58,6 +67,8 @@ def backward(
         if layer.use_bias:
             grads[f"layers.{i}.bias"] = delta.sum(axis=0)
         grad_a = delta @ kernel.T
+    if layer_grads is not None:
+        layer_grads.extend(reversed(seen))
     ordered = {name: grads[name] for name in spec.param_shapes()}
     return ordered, grad_a
 

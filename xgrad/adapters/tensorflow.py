@@ -69,7 +69,13 @@ from xgrad.losses import EPSILON, Loss  # noqa: E402
 from xgrad.params import Params  # noqa: E402
 from xgrad.spec import MLP  # noqa: E402
 
-__all__ = ["TensorflowAdapter", "TensorflowModel", "keras_activation"]
+__all__ = [
+    "TensorflowAdapter",
+    "TensorflowModel",
+    "build_keras_model",
+    "keras_activation",
+    "tf_loss",
+]
 
 MODEL_NAME = "sequential"
 
@@ -168,6 +174,11 @@ _LOSSES = {
     "cce_logits": lambda out, y: -tf.reduce_sum(y * tf.nn.log_softmax(out, axis=-1)) / _batch(out),
     "cce": lambda out, y: -tf.reduce_sum(y * tf.math.log(_clip(out))) / _batch(out),
 }
+
+
+def tf_loss(loss: Loss):
+    """The TensorFlow function ``(out, y) -> scalar`` for a :class:`~xgrad.losses.Loss`."""
+    return _LOSSES[loss.name]
 
 
 def build_keras_model(spec: MLP, params: Params, dtype: str) -> keras.Model:
