@@ -328,3 +328,76 @@ def test_python_dash_m_xgrad():
         [sys.executable, "-m", "xgrad", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.strip() == "xgrad 0.1.0"
+
+
+needs_all = pytest.mark.skipif(
+    {"jax", "flax", "tensorflow"} - INSTALLED, reason="port needs jax, flax and tensorflow"
+)
+
+
+def _save_keras(path, *, lam=False):
+    import keras
+
+    import xgrad.adapters.tensorflow  # noqa: F401 - quiet TensorFlow import
+
+    layers = [keras.Input((5,))]
+    if lam:
+        layers.append(keras.layers.Lambda(lambda t: t * 2))
+    layers += [
+        keras.layers.Dense(6, activation="relu", name="hidden"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(3, activation="softmax"),
+    ]
+    keras.Sequential(layers, name="m").save(path)
+    return path
+
+
+@needs_all
+@pytest.mark.parametrize("to", ["flax", "jax", "tensorflow", "numpy"])
+def test_port_converts_verifies_and_writes(capsys, tmp_path, to):
+    import xgrad
+
+    model = _save_keras(tmp_path / "m.keras")
+    out = tmp_path / "p.safetensors"
+    code, text, err = run(
+        capsys,
+        "port",
+        str(model),
+        "--to",
+        to,
+        "--out",
+        str(out),
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert code == 0, err
+    assert "round trip bit-exact" in text and "OK: every gradient matches" in text
+    params = xgrad.load_params(out)
+    assert list(params) == ["layers.0.kernel", "layers.0.bias", "layers.1.kernel", "layers.1.bias"]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["parameters"][0]["native"]["reference"].endswith("hidden/kernel")
+    assert len(data["layers"]) == 2 and data["first_divergence"] is None
+
+
+@needs_all
+def test_port_refuses_code_and_broken_files(capsys, tmp_path):
+    lam = _save_keras(tmp_path / "lam.keras", lam=True)
+    code, _, err = run(capsys, "port", str(lam), "--to", "flax", "--out", str(tmp_path / "p.npz"))
+    assert code == 2 and "was refused: it holds code" in err
+    assert not (tmp_path / "p.npz").exists()
+    good = _save_keras(tmp_path / "m.keras")
+    (tmp_path / "cut.keras").write_bytes(good.read_bytes()[:200])
+    code, _, err = run(
+        capsys,
+        "port",
+        str(tmp_path / "cut.keras"),
+        "--to",
+        "flax",
+        "--out",
+        str(tmp_path / "p.npz"),
+    )
+    assert code == 2 and "is not a .keras archive" in err
+    code, _, err = run(capsys, "port", str(good), "--to", "flax", "--out", str(tmp_path / "p.txt"))
+    assert code == 2 and "must end in .npz or .safetensors" in err
+    code, _, err = run(capsys, "port", str(good), "--to", "mxnet", "--out", str(tmp_path / "p.npz"))
+    assert code == 2 and "--to 'mxnet': choose one of" in err
