@@ -183,9 +183,12 @@ def cmd_compare(args) -> int:
         cotangent=cotangent,
         rtol=args.rtol,
         title=args.title,
+        explain=args.explain,
     )
     console = _console()
     if args.quiet:
+        for line in report.diagnosis_lines():
+            console.print(line, highlight=False)
         console.print(report.summary())
     else:
         report.print(console)
@@ -408,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="write a PNG of the errors")
     p.add_argument("--title", default=None, help="a heading for the report")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.add_argument(
+        "--explain",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test the known causes of a mismatch (default: only when one is found)",
+    )
     _common(p)
     p.set_defaults(func=cmd_compare)
 

@@ -8,6 +8,7 @@ exactly like the built-in ones.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -139,6 +140,7 @@ def compare(
     cotangent=None,
     rtol: float | None = None,
     title: str | None = None,
+    explain: bool | None = None,
 ) -> Report:
     """Compare every framework's gradients of ``model`` against a float64 NumPy reference.
 
@@ -162,6 +164,9 @@ def compare(
             the subsequent layer").
         rtol: overrides the per-dtype normwise tolerance (:data:`xgrad.metrics.TOLERANCES`).
         title: a heading for the report.
+        explain: test the known causes of any mismatch (:mod:`xgrad.diagnose`) and put
+            the result in ``report.diagnoses``. ``None`` (default): only when something
+            mismatches; ``True``: always; ``False``: never.
 
     Returns:
         A :class:`~xgrad.Report`; ``report.ok`` says whether everything matched.
@@ -197,22 +202,27 @@ def compare(
     adapters = resolve_frameworks(frameworks)
     names = [a.name for a in adapters]
 
-    def run(adapter: AbstractAdapter, run_dtype: str) -> tuple[Gradients, dict[str, str]]:
+    def run(adapter: AbstractAdapter, run_dtype: str):
         built = adapter.build(model, checked, dtype=run_dtype)
         if cot is not None:
             grads = built.vjp(xs, cot)
         else:
             grads = built.gradients(xs, ys, loss=loss_name)
-        return grads, built.native_names
+        return grads, built
 
     ref, _ = run(get_adapter("numpy"), "float64")
     grads: dict[str, Gradients] = {}
     native: dict[str, dict[str, str]] = {}
+    values: dict[str, list] = {}
     timing: dict[str, float] = {}
     for adapter in adapters:
         start = time.perf_counter()
-        grads[adapter.name], native[adapter.name] = run(adapter, dtype)
+        grads[adapter.name], built = run(adapter, dtype)
         timing[adapter.name] = time.perf_counter() - start
+        native[adapter.name] = built.native_names
+        if explain is not False and _mismatched(grads[adapter.name], ref, dtype, tol):
+            values[adapter.name] = built.layer_values(xs)  # for the diagnosis, before release
+        del built
 
     shapes = model.param_shapes()
     parameters = tuple(
@@ -262,7 +272,7 @@ def compare(
             dtype,
             tol,
         )
-    return Report(
+    report = Report(
         model=model.describe(),
         dtype=dtype,
         loss=loss_name,
@@ -281,3 +291,75 @@ def compare(
         timing=timing,
         title=title,
     )
+    if explain is False or (explain is None and report.ok):
+        return report
+    diagnoses = []
+    for fw in names:
+        if fw in values:
+            diagnoses += _explain(
+                model, checked, xs, ys, cot, loss_name, fw, grads[fw], values[fw], dtype, tol
+            )
+    return dataclasses.replace(report, diagnoses=tuple(diagnoses))
+
+
+def _mismatched(grads: Gradients, ref: Gradients, dtype: str, tol: float) -> bool:
+    pairs = [(grads.input, ref.input), (grads.output, ref.output)]
+    pairs += [(grads.params[k], ref.params[k]) for k in ref.params]
+    return any(compare_arrays(g, r, dtype=dtype, tol=tol).status != "match" for g, r in pairs)
+
+
+def _explain(model, params, xs, ys, cot, loss_name, fw, grads, values, dtype, tol):
+    """Evidence for one mismatching framework from its layer values, then diagnose it."""
+    from xgrad.adapters.numpy import backward, forward
+    from xgrad.diagnose import Evidence, LayerEvidence, diagnose
+
+    with np.errstate(all="ignore"):
+        ref_values = forward(model, params, xs)
+        if cot is not None:
+            grad_out = cot
+        else:
+            grad_out = get_loss(loss_name).value_and_grad(ref_values[-1].a, ys)[1]
+        layer_grads: list[np.ndarray] = []
+        ref_params, ref_dx = backward(
+            model, params, xs, ref_values, grad_out, layer_grads=layer_grads
+        )
+    layers = []
+    for i, layer in enumerate(model.layers):
+        kernel, bias = params[f"layers.{i}.kernel"], params.get(f"layers.{i}.bias")
+        cand_bias = grads.params.get(f"layers.{i}.bias")
+        layers.append(
+            LayerEvidence(
+                index=i,
+                label=f"layer {i}",
+                activation=layer.activation,
+                kernel_ref=kernel,
+                bias_ref=bias,
+                kernel_cand=kernel,
+                bias_cand=bias,
+                input_ref=xs if i == 0 else ref_values[i - 1].a,
+                input_cand=xs if i == 0 else np.asarray(values[i - 1].a, dtype=np.float64),
+                act_ref=ref_values[i].a,
+                act_cand=np.asarray(values[i].a, dtype=np.float64),
+                grad_ref=layer_grads[i],
+                grad_cand=None,
+                dkernel_ref=ref_params[f"layers.{i}.kernel"],
+                dkernel_cand=np.asarray(grads.params[f"layers.{i}.kernel"], dtype=np.float64),
+                dbias_ref=ref_params.get(f"layers.{i}.bias"),
+                dbias_cand=None if cand_bias is None else np.asarray(cand_bias, dtype=np.float64),
+            )
+        )
+    evidence = Evidence(
+        framework=fw,
+        layers=layers,
+        dinput_ref=ref_dx,
+        dinput_cand=np.asarray(grads.input, dtype=np.float64),
+        output_ref=ref_values[-1].a,
+        output_cand=np.asarray(grads.output, dtype=np.float64),
+        loss=loss_name,
+        y=ys,
+        dtype=dtype,
+        dtype_ref="float64",
+        dtype_cand=str(np.asarray(grads.output).dtype),
+        tol=tol,
+    )
+    return diagnose(evidence)

@@ -142,6 +142,9 @@ class Report:
             "names"}`` with ``where`` ``"forward"`` or ``"backward"``; ``None`` when all
             layers match or no layers were compared.
         models: for :func:`xgrad.compare_models`, a description of each side.
+        diagnoses: the tested explanations of the mismatches
+            (:class:`~xgrad.diagnose.Diagnosis`); ``()`` when explanation ran and found
+            nothing to explain, ``None`` when it did not run.
     """
 
     model: str
@@ -164,6 +167,7 @@ class Report:
     layers: tuple[LayerEntry, ...] = ()
     first_divergence: dict | None = None
     models: dict | None = None
+    diagnoses: tuple | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -229,6 +233,7 @@ class Report:
         ]
         if self.divergence_text():
             lines.append(self.divergence_text())
+        lines.extend(self.diagnosis_lines())
         for label, who, native, m in failures:
             lines.append("")
             lines.append(f"{label} [{who}: {native}] status {m.status}")
@@ -281,6 +286,7 @@ class Report:
             "models": self.models,
             "layers": [layer.to_dict() for layer in self.layers],
             "first_divergence": self.first_divergence,
+            "diagnoses": None if self.diagnoses is None else [d.to_dict() for d in self.diagnoses],
         }
         if timing:
             out["timing"] = {"seconds": dict(self.timing)}
@@ -394,8 +400,15 @@ class Report:
         divergence = self.divergence_text()
         if divergence:
             console.print(f"[bold]{divergence}[/]")
+        for line in self.diagnosis_lines():
+            console.print(f"[yellow]{line}[/]", highlight=False)
         style = "green" if self.ok else "bold red"
         console.print(f"[{style}]{self.summary()}[/]")
+
+    def diagnosis_lines(self) -> list[str]:
+        """One line per diagnosis: ``diagnosis: layer 1 (a <-> b) [fw]: forward diverges; ...``."""
+        labels = {layer.index: layer.label for layer in self.layers}
+        return [f"diagnosis: {d.text(labels.get(d.layer))}" for d in self.diagnoses or ()]
 
     def divergence_text(self) -> str | None:
         """``first divergence: layer 1 (a <-> b), forward``, or None."""
@@ -472,6 +485,10 @@ class Report:
             lines.append("")
         if self.divergence_text():
             lines += [self.divergence_text(), ""]
+        for line in self.diagnosis_lines():
+            lines += [f"- {line}"]
+        if self.diagnoses:
+            lines.append("")
         lines.append(f"**{self.summary()}**")
         text = "\n".join(lines) + "\n"
         if path is not None:
@@ -541,6 +558,8 @@ class Report:
 def _sort_key(m: Metrics) -> float:
     if m.status == "nonfinite" or math.isnan(m.rel_norm):
         return math.inf
+    if m.status == "match" and math.isinf(m.rel_norm):  # zero reference, within noise
+        return 0.0
     return m.rel_norm
 
 

@@ -8,6 +8,7 @@ sides' native names, a per-layer section and the first divergence.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from xgrad.adapters.base import check_cotangent_shape, check_input_width
 from xgrad.compare import _entry
+from xgrad.diagnose import Evidence, LayerEvidence, diagnose
 from xgrad.errors import AlignmentError, InputError
 from xgrad.losses import get_loss
 from xgrad.metrics import compare_arrays, tolerance
@@ -176,6 +178,7 @@ def compare_models(
     rtol: float | None = None,
     cotangent=None,
     title: str | None = None,
+    explain: bool | None = None,
 ) -> Report:
     """Compare a model with its port: outputs, loss, gradients and every layer.
 
@@ -196,6 +199,9 @@ def compare_models(
         rtol: overrides the per-dtype normwise tolerance.
         cotangent: a ``grad_output`` of shape ``(batch, units)`` instead of a loss.
         title: a heading for the report.
+        explain: test the known causes of a mismatch (:mod:`xgrad.diagnose`) and put
+            them in ``report.diagnoses``; ``None`` (default) only when something
+            mismatches, ``True`` always, ``False`` never.
 
     Returns:
         A :class:`~xgrad.Report` whose reference is the reference model; the candidate is
@@ -224,7 +230,9 @@ def compare_models(
         ys = loss_obj.prepare_target(y, (batch, units))
     if transfer:
         cand = cand.with_params(_remap(ref.native_params(), pairs, forward=True))
-    dtype = ref.dtype if ref.dtype == cand.dtype else "float32"
+    # The reference says what precision is asked for: a float32 port of a float64 model is
+    # judged at float64 tolerance, and the diagnosis names the dtype.
+    dtype = ref.dtype if ref.dtype in ("float32", "float64") else "float32"
     tol = tolerance(dtype, rtol)
 
     timing = {}
@@ -301,7 +309,7 @@ def compare_models(
             )
         )
     by_name = {e.name: e for e in [*entries, input_entry]}
-    return Report(
+    report = Report(
         model=" -> ".join(
             [str(ref.input_dim)]
             + [f"{layer.out_dim}:{layer.activation or '?'}" for layer in ref.layers]
@@ -332,4 +340,85 @@ def compare_models(
                 "transferred": transfer,
             },
         },
+    )
+    if explain is False or (explain is None and report.ok):
+        return report
+    evidence = _evidence(
+        ref,
+        cand,
+        pairs,
+        xs,
+        ys,
+        loss_obj,
+        label,
+        ref_grads,
+        cand_grads,
+        ref_capture,
+        cand_capture,
+        layers,
+        dtype,
+        tol,
+    )
+    return dataclasses.replace(report, diagnoses=tuple(diagnose(evidence)))
+
+
+def _evidence(
+    ref,
+    cand,
+    pairs,
+    xs,
+    ys,
+    loss_obj,
+    label,
+    ref_grads,
+    cand_grads,
+    ref_capture,
+    cand_capture,
+    layers,
+    dtype,
+    tol,
+) -> Evidence:
+    ref_params = ref.native_params()
+    cand_params = _remap(cand.native_params(), pairs, forward=False)
+    cand_grad_params = _remap(cand_grads.params, pairs, forward=False)
+
+    def f64(a):
+        return None if a is None else np.asarray(a, dtype=np.float64)
+
+    out = []
+    for (i, j), entry in zip(pairs, layers, strict=True):
+        out.append(
+            LayerEvidence(
+                index=i,
+                label=entry.label,
+                activation=ref.layers[i].activation,
+                kernel_ref=ref_params[f"layers.{i}.kernel"],
+                bias_ref=ref_params.get(f"layers.{i}.bias"),
+                kernel_cand=cand_params[f"layers.{i}.kernel"],
+                bias_cand=cand_params.get(f"layers.{i}.bias"),
+                input_ref=xs if i == 0 else f64(ref_capture.activations[i - 1]),
+                input_cand=xs if j == 0 else f64(cand_capture.activations[j - 1]),
+                act_ref=f64(ref_capture.activations[i]),
+                act_cand=f64(cand_capture.activations[j]),
+                grad_ref=f64(ref_capture.gradients[i]),
+                grad_cand=f64(cand_capture.gradients[j]),
+                dkernel_ref=f64(ref_grads.params[f"layers.{i}.kernel"]),
+                dkernel_cand=f64(cand_grad_params[f"layers.{i}.kernel"]),
+                dbias_ref=f64(ref_grads.params.get(f"layers.{i}.bias")),
+                dbias_cand=f64(cand_grad_params.get(f"layers.{i}.bias")),
+            )
+        )
+    return Evidence(
+        framework=label,
+        layers=out,
+        dinput_ref=f64(ref_grads.input),
+        dinput_cand=f64(cand_grads.input),
+        output_ref=f64(ref_grads.output),
+        output_cand=f64(cand_grads.output),
+        loss=None if loss_obj is None else loss_obj.name,
+        y=ys,
+        dtype=dtype,
+        dtype_ref=ref.dtype,
+        dtype_cand=cand.dtype,
+        tol=tol,
     )

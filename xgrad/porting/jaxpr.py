@@ -28,6 +28,7 @@ from xgrad.errors import AlignmentError
 __all__ = ["TracedDense", "Trace", "analyse", "capture"]
 
 _LAYOUT = {
+    "reduce_precision",  # keeps the kernel's identity: its rounding is diagnosed, not refused
     "convert_element_type",
     "reshape",
     "broadcast_in_dim",
@@ -116,6 +117,8 @@ class _Analyser:
 
     def walk(self, jaxpr, in_origins, path):
         env = {}
+        producers = {}  # var -> the var a unary layout op made it from, at this level
+        saved, self._producers = getattr(self, "_producers", None), producers
 
         def read(v):
             return None if _is_literal(v) else env.get(v)
@@ -132,6 +135,8 @@ class _Analyser:
                 outs = self.walk(sub.jaxpr, ins, (*path, i))
             elif name in _LAYOUT and len(ins) == 1:
                 outs = [self._layout(eqn, ins[0])]
+                if not _is_literal(eqn.invars[0]):
+                    producers[eqn.outvars[0]] = eqn.invars[0]
             elif name == "dot_general":
                 outs = [self._dot(eqn, ins, path)]
             elif name in ("add", "add_any") and any(isinstance(o, _DenseOut) for o in ins):
@@ -140,6 +145,7 @@ class _Analyser:
                 outs = [self._other(eqn, ins)] * len(eqn.outvars)
             for v, o in zip(eqn.outvars, outs, strict=True):
                 env[v] = o
+        self._producers = saved
         return [read(v) for v in jaxpr.outvars]
 
     def _layout(self, eqn, origin):
@@ -179,6 +185,10 @@ class _Analyser:
                 "dense layers, without skip connections"
             )
         self._use(rhs.leaf, f"kernel of dense layer {k}")
+        # Capture the activation itself, before any cast or rounding that feeds the matmul.
+        source = eqn.invars[0]
+        while source in self._producers:
+            source = self._producers[source]
         self.trace.layers.append(
             TracedDense(
                 kernel_leaf=rhs.leaf,
@@ -186,7 +196,7 @@ class _Analyser:
                 transposed=transposed,
                 in_dim=n_in,
                 out_dim=n_out,
-                input_key=(path, eqn.invars[0]),
+                input_key=(path, source),
             )
         )
         return _DenseOut(k, False)
