@@ -426,3 +426,28 @@ def test_cli_explain_flag(capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "diagnosis" not in out
+
+
+def test_kink_rounding_one_preactivation_on_the_other_side():
+    """A pre-activation 5e-14 above relu's kink, and a candidate whose rounding puts it
+    5e-14 below: the forward agrees to 1e-13, the gradients differ at 1e-2."""
+    spec = xgrad.MLP(3, [xgrad.Dense(4, "relu"), xgrad.Dense(2)])
+    params = xgrad.init_params(spec, seed=3)
+    x = _x(3, rows=5)
+    params["layers.0.bias"][0] = 5e-14 - x[0] @ params["layers.0.kernel"][:, 0]
+    assert 0 < (x @ params["layers.0.kernel"] + params["layers.0.bias"])[0, 0] < 1e-13
+
+    class Shifted(NumpyAdapter):
+        name = "rounds-the-other-way"
+
+        def _build(self, spec, params, dtype):
+            shifted = dict(params)
+            shifted["layers.0.bias"] = params["layers.0.bias"] - np.array([1e-13, 0, 0, 0])
+            return NumpyModel(spec, shifted, dtype)
+
+    report = xgrad.compare(spec, x, params=params, frameworks=[Shifted()], dtype="float64")
+    assert report.output.results["rounds-the-other-way"].status == "match"
+    d = _one(report)
+    assert (d.cause, d.layer, d.where) == ("kink-rounding", 0, "backward")
+    assert d.detail.startswith("1 pre-activation(s) lie within rounding of relu's kink")
+    assert d.residual <= 1e-10 < d.before

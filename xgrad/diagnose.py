@@ -6,7 +6,7 @@ It is *confirmed* only when the discrepancy then drops to rounding level (``resi
 tolerance``). When no hypothesis is confirmed, the answer is ``unexplained``.
 
 Cause ids: ``gelu-approximation``, ``leaky-relu-slope``, ``activation-mismatch``,
-``kink-convention``, ``crossentropy-clipping``, ``loss-reduction``, ``matmul-precision``,
+``kink-convention``, ``kink-rounding``, ``crossentropy-clipping``, ``loss-reduction``, ``matmul-precision``,
 ``dtype``, ``weight-layout``, ``unexplained``. See ``docs/pitfalls.md``.
 
 Everything here is NumPy in float64; no framework is imported.
@@ -29,6 +29,7 @@ CAUSES = (
     "leaky-relu-slope",
     "activation-mismatch",
     "kink-convention",
+    "kink-rounding",
     "crossentropy-clipping",
     "loss-reduction",
     "matmul-precision",
@@ -526,6 +527,54 @@ def _kink(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | None
     return None
 
 
+def _side_derivative(name: str, a: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    """The derivative on the side of each kink that the activation values ``a`` show."""
+    act = get_activation(name)
+    if act.kind == "relu":
+        return (a > 0).astype(np.float64)
+    if act.kind == "leaky_relu":
+        return np.where(a > 0, 1.0, act.slope)
+    if act.kind == "relu6":
+        return ((a > 0) & (a < 6)).astype(np.float64)
+    if act.kind == "hard_sigmoid":
+        return ((a > 0) & (a < 1)).astype(np.float64) / 6
+    if act.kind == "selu":
+        return np.where(a > 0, SELU_SCALE, SELU_SCALE * SELU_ALPHA * np.exp(np.minimum(z, 0)))
+    return None
+
+
+def _kink_rounding(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | None:
+    """Pre-activations within rounding of a kink, rounded to its other side by the candidate."""
+    name = layer.activation or _fit(layer.z_ref(), layer.act_ref, ev.tol)[0]
+    if name is None or not get_activation(name).kinks:
+        return None
+    z = layer.z_ref()
+    side = _side_derivative(name, layer.act_cand, z)
+    if side is None:
+        return None
+    base = _derivative(name, z)
+    flipped = side != base
+    if not flipped.any():
+        return None
+    kinks = np.array(get_activation(name).kinks)
+    distance = np.min(np.abs(z[flipped][:, None] - kinks[None, :]), axis=1)
+    # float32 rounding of z: a few units of eps times the size of the terms summed into it
+    bound = 1e3 * np.finfo(np.float32).eps * max(float(np.abs(z).max()), 1.0)
+    if float(distance.max()) > bound:
+        return None
+    residual = _grads_residual(layer, layer.grad_ref * side)
+    if residual > ev.tol:
+        return None
+    detail = (
+        f"{int(flipped.sum())} pre-activation(s) lie within rounding of {name}'s kink "
+        f"(largest distance {float(distance.max()):.2g}); the candidate's rounding puts "
+        "them on the other side, which flips the derivative there; with the candidate's "
+        f"side on both {_drop(before, residual)}. Both sides are right to their "
+        "precision: this is rounding, not a convention"
+    )
+    return _make(ev, "kink-rounding", layer.index, detail, residual, before, "backward")
+
+
 def _backward_activation(ev: Evidence, layer: LayerEvidence, before: float):
     z = layer.z_ref()
     ref_name = layer.activation or _fit(z, layer.act_ref, ev.tol)[0]
@@ -623,7 +672,7 @@ def _diagnose(ev: Evidence) -> list[Diagnosis]:
     if where == "forward":
         tests = (_weights, _activation, _dtype, _matmul_precision)
     else:
-        tests = (_clipping, _kink, _backward_activation)
+        tests = (_clipping, _kink, _kink_rounding, _backward_activation)
     for test in tests:
         found = test(ev, layer, before)
         if found is not None:
