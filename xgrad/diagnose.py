@@ -6,8 +6,8 @@ It is *confirmed* only when the discrepancy then drops to rounding level (``resi
 tolerance``). When no hypothesis is confirmed, the answer is ``unexplained``.
 
 Cause ids: ``gelu-approximation``, ``leaky-relu-slope``, ``activation-mismatch``,
-``kink-convention``, ``kink-rounding``, ``crossentropy-clipping``, ``loss-reduction``, ``matmul-precision``,
-``dtype``, ``weight-layout``, ``unexplained``. See ``docs/pitfalls.md``.
+``kink-convention``, ``kink-rounding``, ``crossentropy-clipping``, ``loss-reduction``,
+``matmul-precision``, ``dtype``, ``weight-layout``, ``unexplained``. See ``docs/pitfalls.md``.
 
 Everything here is NumPy in float64; no framework is imported.
 """
