@@ -25,5 +25,14 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# OpenBLAS is pinned to an older kernel on this kind of machine for correctness in tests and
+# CI (OPENBLAS_CORETYPE); the benchmark unsets it for its own command only, so that NumPy runs
+# the kernel it would pick itself. The JSON records which kernel ran.
+bench: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python scripts/bench.py --json bench.json
+
+bench-smoke: $(STAMP)
+	$(BIN)/python scripts/bench.py --smoke
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

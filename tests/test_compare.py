@@ -316,3 +316,49 @@ def test_metrics_by_hand():
         np.array([-0.0], dtype=np.float32), np.array([0.0]), dtype="float32", tol=1e-5
     )
     assert across_zero.ulp_max == 0
+
+
+def test_fast_and_general_metric_paths_agree():
+    """The all-finite, chunked path gives the masked general path's answers."""
+    from xgrad.metrics import _CHUNK, PreparedReference, _slow_compare
+
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(3, _CHUNK // 2 + 7))  # spans several chunks
+    cand = (ref * (1 + 1e-6 * rng.normal(size=ref.shape))).astype(np.float32)
+    cand[2, 11] = -3.5  # one clear outlier, the worst element
+    fast = PreparedReference(ref, dtype="float32", tol=1e-5).compare(cand)
+    slow = _slow_compare(cand, ref, dtype="float32", tol=1e-5)
+    for key in (
+        "mismatched",
+        "size",
+        "worst_index",
+        "worst_value",
+        "worst_reference",
+        "ulp_max",
+        "status",
+        "nan",
+        "inf",
+    ):
+        assert getattr(fast, key) == getattr(slow, key), key
+    for key in ("max_abs", "max_rel", "rel_norm", "cosine"):
+        assert getattr(fast, key) == pytest.approx(getattr(slow, key), rel=1e-9), key
+    with_nan = cand.copy()
+    with_nan[0, 0] = np.nan
+    m = PreparedReference(ref, dtype="float32", tol=1e-5).compare(with_nan)
+    assert (m.status, m.nan, m.first_nonfinite) == ("nonfinite", 1, (0, 0))
+
+
+def test_names_in_brackets_are_printed_not_taken_as_markup():
+    class Bracketed(NumpyAdapter):
+        name = "bold"  # a rich style name: as markup, "[bold]" would vanish
+
+    spec = xgrad.MLP(4, [xgrad.Dense(4, "tanh"), xgrad.Dense(3)])
+    report = xgrad.compare(
+        spec,
+        np.ones((2, 4)),
+        frameworks=["numpy", NoTransposeAdapter(), Bracketed()],
+        dtype="float64",
+    )
+    text = report.to_text(width=250)
+    assert "[no-transpose]" in text
+    assert "| bold " in text.replace("│", "|") or " bold " in text

@@ -27,6 +27,7 @@ default), ``relu6``, ``hard_sigmoid`` (Keras 3 definition, ``relu6(x + 3) / 6``)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,6 +141,10 @@ class Activation:
         """
         if self.derivative is None:  # softmax
             return a * (grad_a - np.sum(grad_a * a, axis=-1, keepdims=True))
+        if self.kind == "linear":  # the same numbers, without multiplying by ones
+            return grad_a
+        if self.kind == "relu":  # the same numbers, without casting the mask first
+            return grad_a * (z > 0)
         return grad_a * self.derivative(z)
 
 
@@ -241,6 +246,11 @@ def get_activation(name: str | None) -> Activation:
             f"activation must be a name (str), got {type(name).__name__} {name!r}; "
             f"known names: {', '.join(_KNOWN)}"
         )
+    return _lookup(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _lookup(name: str | None) -> Activation:
     key = _ALIASES.get(name, name)
     key = key.strip().lower()
     if key in ACTIVATIONS:

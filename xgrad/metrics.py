@@ -18,6 +18,7 @@ from xgrad.errors import InputError
 
 __all__ = [
     "NOISE_FLOORS",
+    "PreparedReference",
     "STATUSES",
     "TOLERANCES",
     "Metrics",
@@ -142,24 +143,150 @@ def _json_float(value: float) -> float | str:
     return value
 
 
-def _ordered_ints(a: np.ndarray) -> np.ndarray:
-    """Map floats to integers whose differences count representable values between them."""
-    itype = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
-    i = a.view(itype).astype(np.int64)
-    return np.where(i < 0, np.int64(np.iinfo(itype).min) - i, i).astype(np.float64)
+_CHUNK = 1 << 18  # elements per pass of the fast path: its temporaries stay in cache
+
+_EXACT = {
+    "float16": (np.float16, np.int16),
+    "float32": (np.float32, np.int32),
+    "float64": (np.float64, np.int64),
+}
+
+
+def _ordered(a: np.ndarray, dtype: str) -> np.ndarray | None:
+    """Integers in the order of the floats ``a`` (rounded to ``dtype``), one apart per ULP.
+
+    IEEE floats are sign and magnitude: negative values are mirrored so that differences of
+    the integers count the representable values between two floats; -0.0 maps to 0 like
+    +0.0.
+    """
+    if dtype not in _EXACT:
+        return None
+    ftype, itype = _EXACT[dtype]
+    arr = np.asarray(a, dtype=ftype)
+    i = arr.reshape(-1).view(itype)  # 1-D, so that a 0-d value takes out= too
+    # sign = -1 for negative floats, else 0; for those, flip the magnitude bits and add 1:
+    # i = MIN + m  ->  (i ^ MAX) + 1 = -m. Three passes, no boolean mask.
+    sign = np.right_shift(i, np.iinfo(itype).bits - 1)
+    out = np.bitwise_and(sign, itype(np.iinfo(itype).max))
+    np.bitwise_xor(out, i, out=out)
+    np.subtract(out, sign, out=out)
+    return out.reshape(arr.shape)
 
 
 def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     """Elementwise distance in ULPs of ``dtype`` between two arrays (rounded to it)."""
-    a = np.asarray(a, dtype=dtype)
-    b = np.asarray(b, dtype=dtype)
-    return np.abs(_ordered_ints(a) - _ordered_ints(b))
+    return np.abs(np.subtract(_ordered(a, dtype), _ordered(b, dtype), dtype=np.int64))
 
 
 def _first(mask: np.ndarray) -> tuple[int, ...] | None:
     if not mask.any():
         return None
     return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+class PreparedReference:
+    """Everything about a reference that every framework's comparison reuses.
+
+    :func:`compare_arrays` makes one for a single comparison; the runner makes one per
+    entry and compares every framework against it, so the reference's absolute values,
+    norm, thresholds and rounded ULP integers are computed once.
+    """
+
+    def __init__(self, reference, *, dtype: str, tol: float) -> None:
+        ref = np.asarray(reference, dtype=np.float64)
+        if not ref.flags.c_contiguous:  # (ascontiguousarray would make a 0-d array 1-d)
+            ref = ref.copy()
+        self.ref, self.dtype, self.tol = ref, dtype, tol
+        self.shape, self.size = ref.shape, int(ref.size)
+        flat = ref.ravel()
+        norm2 = float(flat @ flat) if ref.size else 0.0
+        self.finite = bool(math.isfinite(norm2) and np.isfinite(norm2))
+        if self.finite and ref.size:
+            self._prepare(ref, norm2, dtype, tol)
+
+    def _prepare(self, ref: np.ndarray, norm2: float, dtype: str, tol: float) -> None:
+        with np.errstate(all="ignore"):  # a float64 value can overflow the run dtype
+            absref = np.abs(ref)
+            self.scale = float(absref.max())
+            self.norm = math.sqrt(norm2)
+            self.absref = absref
+            eps = np.finfo(_EXACT.get(dtype, (np.float32,))[0]).eps
+            self.floor = eps * self.scale or np.finfo(np.float64).tiny
+            self.ordered = _ordered(ref, dtype)
+
+    def compare(self, candidate) -> Metrics:
+        """Every metric of ``candidate`` (same shape) against this reference."""
+        g = np.asarray(candidate)
+        if g.shape != self.shape:
+            raise InputError(f"shapes differ: candidate {g.shape}, reference {self.shape}")
+        if self.finite and self.size:
+            with np.errstate(all="ignore"):
+                fast = self._fast(g)
+            if fast is not None:
+                return fast
+        return _slow_compare(g, self.ref, dtype=self.dtype, tol=self.tol)
+
+    def _status(self, rel_norm: float, diff_norm: float) -> str:
+        floor = NOISE_FLOORS.get(self.dtype, 0.0) * math.sqrt(max(self.size, 1))
+        if self.norm <= floor:  # the reference is zero up to rounding: judge absolutely
+            return "match" if diff_norm <= floor else "mismatch"
+        return "match" if rel_norm <= self.tol else "mismatch"
+
+    def _fast(self, g: np.ndarray) -> Metrics | None:
+        """All-finite path: no masks, and in chunks that stay in cache (None if anything
+        is not finite)."""
+        g_flat = g.reshape(-1)
+        ref = self.ref.reshape(-1)
+        absref = self.absref.reshape(-1)
+        ordered = None if self.ordered is None else self.ordered.reshape(-1)
+        dd = rd = max_rel = 0.0
+        worst, worst_abs, mismatched, ulp = 0, -1.0, 0, 0
+        for lo in range(0, self.size, _CHUNK):
+            hi = min(lo + _CHUNK, self.size)
+            diff = np.subtract(g_flat[lo:hi], ref[lo:hi], dtype=np.float64)
+            dd += float(diff @ diff)
+            if not math.isfinite(dd):
+                return None
+            rd += float(ref[lo:hi] @ diff)
+            if ordered is not None:
+                steps = np.subtract(
+                    _ordered(g_flat[lo:hi], self.dtype), ordered[lo:hi], dtype=np.int64
+                )
+                ulp = max(ulp, int(steps.max()), -int(steps.min()))
+            absdiff = np.abs(diff, out=diff)
+            k = int(np.argmax(absdiff))
+            if absdiff[k] > worst_abs:
+                worst, worst_abs = lo + k, float(absdiff[k])
+            a = absref[lo:hi]
+            mismatched += int(np.count_nonzero(absdiff > self.tol * (a + self.scale)))
+            np.divide(absdiff, np.maximum(a, self.floor), out=absdiff)
+            max_rel = max(max_rel, float(absdiff.max()))
+        rr = self.norm**2
+        gg = max(rr + 2 * rd + dd, 0.0)
+        diff_norm = math.sqrt(dd)
+        rel_norm = diff_norm / self.norm if self.norm else (0.0 if dd == 0 else math.inf)
+        if rr > 0 and gg > 0:
+            cosine = (rr + rd) / math.sqrt(rr * gg)
+        else:
+            cosine = 1.0 if rr == gg == 0 else 0.0
+        index = tuple(int(i) for i in np.unravel_index(worst, self.shape))
+        return Metrics(
+            max_abs=worst_abs,
+            max_rel=max_rel,
+            rel_norm=rel_norm,
+            cosine=cosine,
+            ulp_max=None if ordered is None else ulp,
+            mismatched=mismatched,
+            size=self.size,
+            worst_index=index,
+            worst_value=float(g_flat[worst]),
+            worst_reference=float(ref[worst]),
+            nan=0,
+            inf=0,
+            first_nonfinite=None,
+            status=self._status(rel_norm, diff_norm),
+            tol=self.tol,
+        )
 
 
 def compare_arrays(candidate, reference, *, dtype: str, tol: float) -> Metrics:
@@ -174,6 +301,22 @@ def compare_arrays(candidate, reference, *, dtype: str, tol: float) -> Metrics:
     Raises:
         InputError: the shapes differ.
     """
+    return PreparedReference(reference, dtype=dtype, tol=tol).compare(candidate)
+
+
+def quick_rel_norm(candidate, reference) -> float:
+    """``||g - ref|| / ||ref||`` in two passes (inf when anything is not finite)."""
+    with np.errstate(all="ignore"):
+        diff = np.subtract(np.asarray(candidate), reference, dtype=np.float64).ravel()
+        ref = np.asarray(reference, dtype=np.float64).ravel()
+        dd, rr = float(diff @ diff), float(ref @ ref)
+    if not (math.isfinite(dd) and math.isfinite(rr)):
+        return math.inf
+    return math.sqrt(dd / rr) if rr else (0.0 if dd == 0 else math.inf)
+
+
+def _slow_compare(candidate, reference, *, dtype: str, tol: float) -> Metrics:
+    """The general path, with masks for NaN/Inf in either array."""
     g = np.asarray(candidate)
     ref = np.asarray(reference, dtype=np.float64)
     if g.shape != ref.shape:
@@ -209,8 +352,14 @@ def compare_arrays(candidate, reference, *, dtype: str, tol: float) -> Metrics:
         else:
             cosine = 1.0 if ref_norm == g_norm == 0 else 0.0
         ulp = None
-        if ref.size and dtype in ("float16", "float32", "float64"):
-            ulp = int(np.where(finite, ulp_distance(g64, ref, dtype), 0).max())
+        if ref.size and dtype in _EXACT:
+            ulp = int(
+                np.where(
+                    finite,
+                    ulp_distance(np.where(finite, g64, 0), np.where(finite, ref, 0), dtype),
+                    0,
+                ).max()
+            )
         mismatched = int((diff > tol * (ref_abs + scale)).sum())
     if ref.size:
         worst = np.unravel_index(int(np.argmax(diff)), ref.shape)

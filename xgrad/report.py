@@ -340,10 +340,15 @@ class Report:
 
     def table(self):
         """A ``rich.table.Table`` of every entry and framework; print it with rich."""
+        from rich.markup import escape
         from rich.table import Table
 
+        title = None if self.title is None else escape(self.title)
         table = Table(
-            title=self.title, caption=self._header(), title_justify="left", caption_justify="left"
+            title=title,
+            caption=escape(self._header()),
+            title_justify="left",
+            caption_justify="left",
         )
         for col in ("entry", "shape", "framework", "native name"):
             table.add_column(col, overflow="fold", min_width=5)
@@ -353,10 +358,10 @@ class Report:
         for entry in self.entries:
             for j, (fw, m) in enumerate(entry.results.items()):
                 table.add_row(
-                    entry.label if j == 0 else "",
+                    escape(entry.label) if j == 0 else "",
                     _shape(entry.shape) if j == 0 else "",
-                    fw,
-                    self._native(entry, fw),
+                    escape(fw),
+                    escape(self._native(entry, fw)),
                     _fmt(m.max_abs),
                     _fmt(m.max_rel),
                     _fmt(m.rel_norm),
@@ -384,6 +389,7 @@ class Report:
     def print(self, console=None) -> None:
         """Print the table, the pairwise summary and a verdict line to a rich console."""
         from rich.console import Console
+        from rich.text import Text
 
         if console is None:
             console = Console()
@@ -396,14 +402,13 @@ class Report:
             pairs = ", ".join(
                 f"{a}~{b} {_fmt(p.rel_norm)}" for p in self.pairwise for a, b in [p.frameworks]
             )
-            console.print(f"framework vs framework (max rel norm over entries): {pairs}")
+            console.print(Text(f"framework vs framework (max rel norm over entries): {pairs}"))
         divergence = self.divergence_text()
         if divergence:
-            console.print(f"[bold]{divergence}[/]")
-        for line in self.diagnosis_lines():
-            console.print(f"[yellow]{line}[/]", highlight=False)
-        style = "green" if self.ok else "bold red"
-        console.print(f"[{style}]{self.summary()}[/]")
+            console.print(Text(divergence, style="bold"))
+        for line in self.diagnosis_lines():  # names in brackets are text, never markup
+            console.print(Text(line, style="yellow"))
+        console.print(Text(self.summary(), style="green" if self.ok else "bold red"))
 
     def diagnosis_lines(self) -> list[str]:
         """One line per diagnosis: ``diagnosis: layer 1 (a <-> b) [fw]: forward diverges; ...``."""
@@ -420,6 +425,7 @@ class Report:
 
     def layer_table(self):
         """A ``rich.table.Table`` of the per-layer forward and backward comparisons."""
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(
@@ -433,7 +439,7 @@ class Report:
         for layer in self.layers:
             f, b = layer.forward, layer.backward
             table.add_row(
-                layer.label,
+                escape(layer.label),
                 _shape(layer.shape),
                 _fmt(f.rel_norm),
                 f"[{_STATUS_STYLE[f.status]}]{f.status}[/]",

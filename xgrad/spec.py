@@ -7,6 +7,7 @@ and bias of shape ``(out,)``.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class Dense:
     @property
     def act(self) -> Activation:
         """The :class:`~xgrad.activations.Activation` object of this layer."""
-        return get_activation(self.activation)
+        return get_activation(self.activation)  # cached by name
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,16 @@ class MLP:
         ``layers.{i}.kernel`` has shape ``(in, out)`` and ``layers.{i}.bias`` shape ``(out,)``;
         layers built with ``use_bias=False`` have no bias entry.
         """
+        return dict(self._shapes)
+
+    @functools.cached_property
+    def param_names(self) -> tuple[str, ...]:
+        """The canonical parameter names, in canonical order (computed once per spec)."""
+        return tuple(self._shapes)
+
+    @functools.cached_property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        # computed once per spec (specs are immutable); param_shapes hands out copies
         shapes: dict[str, tuple[int, ...]] = {}
         for i, (layer, (n_in, n_out)) in enumerate(
             zip(self.layers, self.layer_dims(), strict=True)

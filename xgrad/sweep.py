@@ -134,6 +134,7 @@ class SweepResult:
         return all(c.report.ok for c in self.cells)
 
     def print(self, console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         from xgrad.report import _fmt
@@ -163,7 +164,7 @@ class SweepResult:
                 str(c.batch),
                 str(c.seed),
                 _fmt(value),
-                f"{fw}: {label}",
+                escape(f"{fw}: {label}"),
                 f"[{style}]{status}[/]",
             )
         console.print(table)

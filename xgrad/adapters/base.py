@@ -91,6 +91,8 @@ def check_dtype(dtype) -> str:
 
 
 def _check_finite_float(arr: np.ndarray, what: str, fix: str) -> None:
+    if arr.dtype.kind == "f" and np.isfinite(arr).all():
+        return
     if arr.dtype.kind in "iub":
         raise InputError(f"{what} has {arr.dtype} dtype; pass floats, {fix}")
     if arr.dtype.kind != "f":
@@ -105,9 +107,10 @@ def _check_finite_float(arr: np.ndarray, what: str, fix: str) -> None:
 
 
 def check_input(spec: MLP, x) -> np.ndarray:
-    """Validate a batch of inputs for ``spec``; returns a float64 copy of shape (batch, in).
+    """Validate a batch of inputs for ``spec``; returns it as a float array (batch, in).
 
-    Python lists of numbers are accepted as they are; NumPy arrays must have a float dtype.
+    Python lists of numbers become float64; NumPy arrays must have a float dtype and are
+    returned as they are (no copy), for each adapter to cast once to its own dtype.
 
     Raises:
         InputError: ``x`` is not 2-D, has the wrong width, an empty batch, a non-float dtype,
@@ -140,7 +143,7 @@ def check_input_width(input_dim: int, x) -> np.ndarray:
     if arr.shape[0] == 0:
         raise InputError(f"x has an empty batch (shape {arr.shape}); give at least one row")
     _check_finite_float(arr, "x", "e.g. x.astype('float32')")
-    return np.array(arr, dtype=np.float64)
+    return arr
 
 
 def check_cotangent(spec: MLP, cotangent, batch: int) -> np.ndarray:

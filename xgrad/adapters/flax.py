@@ -124,6 +124,7 @@ class FlaxModel(AbstractModel):
             self._state = jax.tree_util.tree_unflatten(treedef, leaves)
         self._graphdef = graphdef
         self._names = names
+        self._fns: dict[str, object] = {}
 
     @property
     def native(self) -> FlaxMLP:
@@ -144,14 +145,16 @@ class FlaxModel(AbstractModel):
     def _canonical(self, state) -> dict[str, np.ndarray]:
         leaves = jax.tree_util.tree_leaves(state)
         flat = {name: np.asarray(leaf) for name, leaf in zip(self._names, leaves, strict=True)}
-        return {k: flat[k] for k in self.spec.param_shapes()}
+        return {k: flat[k] for k in self.spec.param_names}
 
     def export_params(self) -> Params:
         return {k: v.copy() for k, v in self._canonical(self._state).items()}
 
     def _value_and_grad(self, x, y, loss: Loss) -> Gradients:
+        fn = self._fns.get(loss.name)
+        if fn is None:
+            fn = self._fns[loss.name] = _grad_fn(self.spec, self.dtype, loss)
         with x64(self.dtype):
-            fn = _grad_fn(self.spec, self.dtype, loss)
             (value, out), (grad_state, grad_x) = fn(self._state, x, y)
             return Gradients(
                 loss=float(value),

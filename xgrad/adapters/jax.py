@@ -91,6 +91,7 @@ class JaxModel(AbstractModel):
 
     def __init__(self, spec: MLP, params: Params, dtype: str) -> None:
         super().__init__(spec, dtype)
+        self._fns: dict[str, object] = {}
         with x64(dtype):
             self._params: NativeParams = []
             for i, layer in enumerate(spec.layers):
@@ -116,14 +117,17 @@ class JaxModel(AbstractModel):
         for i, entry in enumerate(native):
             for kind, value in entry.items():
                 flat[f"layers.{i}.{kind}"] = np.asarray(value)
-        return {k: flat[k] for k in self.spec.param_shapes()}
+        return {k: flat[k] for k in self.spec.param_names}
 
     def export_params(self) -> Params:
         return {k: v.copy() for k, v in self._canonical(self._params).items()}
 
     def _value_and_grad(self, x, y, loss: Loss) -> Gradients:
+        fn = self._fns.get(loss.name)
+        if fn is None:  # a dict lookup per call, not a hash of the spec
+            fn = self._fns[loss.name] = _grad_fn(self.spec, loss)
         with x64(self.dtype):
-            (value, out), (grad_params, grad_x) = _grad_fn(self.spec, loss)(self._params, x, y)
+            (value, out), (grad_params, grad_x) = fn(self._params, x, y)
             return Gradients(
                 loss=float(value),
                 params=self._canonical(grad_params),

@@ -69,7 +69,7 @@ def backward(
         grad_a = delta @ kernel.T
     if layer_grads is not None:
         layer_grads.extend(reversed(seen))
-    ordered = {name: grads[name] for name in spec.param_shapes()}
+    ordered = {name: grads[name] for name in spec.param_names}
     return ordered, grad_a
 
 

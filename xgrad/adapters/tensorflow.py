@@ -181,26 +181,36 @@ def tf_loss(loss: Loss):
     return _LOSSES[loss.name]
 
 
+def _given(value: np.ndarray):
+    """A Keras initializer that returns ``value`` (already in the layer's dtype)."""
+
+    def initializer(shape, dtype=None):
+        return tf.constant(value, dtype=dtype)
+
+    return initializer
+
+
 def build_keras_model(spec: MLP, params: Params, dtype: str) -> keras.Model:
-    """A ``keras.Sequential`` for ``spec`` with ``params`` (canonical) loaded, in ``dtype``."""
+    """A ``keras.Sequential`` for ``spec`` with ``params`` (canonical) loaded, in ``dtype``.
+
+    The weights are the layers' initializers, so no random initialisation is drawn and
+    nothing is assigned twice.
+    """
     layers = [keras.Input((spec.input_dim,), dtype=dtype, name="input")]
     for i, layer in enumerate(spec.layers):
+        bias = params.get(f"layers.{i}.bias")
         layers.append(
             keras.layers.Dense(
                 layer.units,
                 activation=keras_activation(layer.act),
                 use_bias=layer.use_bias,
+                kernel_initializer=_given(params[f"layers.{i}.kernel"].astype(dtype)),
+                bias_initializer=_given(bias.astype(dtype)) if bias is not None else "zeros",
                 name=f"dense_{i}",
                 dtype=dtype,
             )
         )
-    model = keras.Sequential(layers, name=MODEL_NAME)
-    for i, layer in enumerate(spec.layers):
-        dense = model.get_layer(f"dense_{i}")
-        dense.kernel.assign(params[f"layers.{i}.kernel"].astype(dtype))
-        if layer.use_bias:
-            dense.bias.assign(params[f"layers.{i}.bias"].astype(dtype))
-    return model
+    return keras.Sequential(layers, name=MODEL_NAME)
 
 
 class TensorflowModel(AbstractModel):
@@ -217,6 +227,7 @@ class TensorflowModel(AbstractModel):
                 self._variables[f"layers.{i}.bias"] = dense.bias
         self._names = list(self._variables)
         self._grad_fns: dict[str, tf.types.experimental.GenericFunction] = {}
+        self._no_target = tf.zeros((0,), dtype=dtype)  # stands for y in losses without one
         self._vjp_fn = None
 
     @property
@@ -258,7 +269,7 @@ class TensorflowModel(AbstractModel):
         )
 
     def _value_and_grad(self, x, y, loss: Loss) -> Gradients:
-        y_t = tf.zeros((0,), dtype=self.dtype) if y is None else tf.constant(y)
+        y_t = self._no_target if y is None else tf.constant(y)
         with _own_traces():
             return self._pack(*self._grad_fn(loss)(tf.constant(x), y_t))
 
