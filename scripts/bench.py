@@ -322,6 +322,7 @@ def section_compare(frameworks, overhead_rows, spec, x, repeats):
 
     run()  # first call: framework start-up and compilation
     whole = median_time(run, max(1, repeats // 2), warmup=0)
+    breakdown = run().timing  # where a comparison's time goes (seconds)
     start = time.perf_counter()
     report = xgrad.compare(spec, x, params=params, frameworks=frameworks)
     with_explain = time.perf_counter() - start
@@ -336,6 +337,7 @@ def section_compare(frameworks, overhead_rows, spec, x, repeats):
         "report_ok": report.ok,
         "diagnoses": report.diagnosis_lines(),
         "compare_with_diagnosis_s": with_explain,
+        "breakdown_s": breakdown,
     }
 
 
@@ -359,10 +361,14 @@ def _timed_process(code: str, repeats: int) -> tuple[float, str]:
 
 def section_startup(frameworks, repeats, smoke):
     cli = (
-        "import sys\nfrom xgrad.cli import main\n"
+        "import sys, time\nt0 = time.perf_counter()\n"
+        "import xgrad\nfor fw in {fws!r}.split(','): xgrad.get_adapter(fw)\n"
+        "t1 = time.perf_counter()\nfrom xgrad.cli import main\n"
         "rc = main(['compare', '--input-dim', '10', '--layers', '8:relu,5:sigmoid', "
         "'--batch', '2', '--quiet', '--frameworks', {fws!r}])\n"
+        "t2 = time.perf_counter()\n"
         "print('TF_IMPORTED', 'tensorflow' in sys.modules)\n"
+        "print('SPLIT', t1 - t0, t2 - t1)\n"
     )
     cases = []
     if smoke:
@@ -386,6 +392,7 @@ def section_startup(frameworks, repeats, smoke):
         ours, out = _timed_process(cli.format(fws=fws), repeats)
         base, _ = _timed_process(baseline_code, repeats)
         tf_imported = "TF_IMPORTED True" in out
+        split = next(line.split()[1:] for line in out.splitlines() if line.startswith("SPLIT"))
         rows.append(
             {
                 "frameworks": label,
@@ -397,6 +404,8 @@ def section_startup(frameworks, repeats, smoke):
                 "ok": ours / base <= TARGETS["startup"]
                 and ("tensorflow" in fws or not tf_imported),
                 "tensorflow_imported": tf_imported,
+                "imports_s": float(split[0]),
+                "comparison_s": float(split[1]),
             }
         )
     return rows
@@ -421,6 +430,20 @@ with open("/proc/self/status") as f:
     hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 print(json.dumps({"maxrss_kb": hwm, "params": n}))
 """
+
+
+def linear_fit(rows) -> dict:
+    """Least-squares ``extra = intercept + slope * params`` over the measured sizes."""
+    n = np.array([r["params"] for r in rows], dtype=float)
+    extra = np.array([r["extra_mb"] * 2**20 for r in rows])
+    slope, intercept = np.polyfit(n, extra, 1)
+    fitted = intercept + slope * n
+    worst = float(np.max(np.abs(fitted - extra) / np.maximum(extra, 1)))
+    return {
+        "bytes_per_param": float(slope),
+        "intercept_mb": float(intercept / 2**20),
+        "max_relative_residual": worst,
+    }
 
 
 def section_memory(frameworks, sizes):
@@ -550,6 +573,8 @@ def print_results(results: dict) -> None:
             f" s): ratio {c['ratio']:.3f} (target <= {c['target']}) {verdict(c['ok'])}; "
             f"with diagnosis of the mismatches: {c['compare_with_diagnosis_s']:.3f} s"
         )
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in c["breakdown_s"].items())
+        console.print(Text(f"   where the time goes (s): {parts}"))
         for line in c["diagnoses"]:
             console.print(Text(f"   {line}"))
     if "startup" in results:
@@ -562,6 +587,8 @@ def print_results(results: dict) -> None:
             "ratio",
             "TF imported",
             "met",
+            "of which: imports s",
+            "comparison s",
         ):
             t.add_column(col)
         for r in results["startup"]:
@@ -573,10 +600,17 @@ def print_results(results: dict) -> None:
                 f"{r['ratio']:.2f}",
                 str(r["tensorflow_imported"]),
                 verdict(r["ok"]),
+                f"{r['imports_s']:.2f}",
+                f"{r['comparison_s']:.2f}",
             )
         console.print(t)
     if "memory" in results:
-        t = Table(title="e. memory: peak RSS of a full comparison beyond the import baseline")
+        fit = results["memory_fit"]
+        t = Table(
+            title="e. memory: peak RSS of a full comparison beyond the import baseline; linear "
+            f"fit: {fit['bytes_per_param']:.1f} bytes/param + {fit['intercept_mb']:.0f} MB "
+            f"(largest residual {100 * fit['max_relative_residual']:.1f}%)"
+        )
         for col in (
             "params",
             "peak MB",
@@ -643,6 +677,7 @@ def main(argv=None) -> int:
     if "e" in sections:
         sizes = [(32, 1), (64, 2)] if args.smoke else [(1000, 1), (1826, 3), (4083, 3)]
         results["memory"] = section_memory(frameworks if not args.smoke else ["numpy"], sizes)
+        results["memory_fit"] = linear_fit(results["memory"])
     results["machine"] = machine()
     results["seconds"] = time.perf_counter() - start
     print_results(results)

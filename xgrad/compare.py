@@ -216,7 +216,9 @@ def compare(
             grads = built.gradients(xs, ys, loss=loss_name)
         return grads, built
 
+    start = time.perf_counter()
     ref, _ = run(get_adapter("numpy"), "float64")
+    reference_s = time.perf_counter() - start
     grads: dict[str, Gradients] = {}
     native: dict[str, dict[str, str]] = {}
     values: dict[str, list] = {}
@@ -230,6 +232,7 @@ def compare(
             values[adapter.name] = built.layer_values(xs)  # for the diagnosis, before release
         del built
 
+    start = time.perf_counter()
     shapes = model.param_shapes()
     parameters = tuple(
         _entry(
@@ -278,6 +281,9 @@ def compare(
             dtype,
             tol,
         )
+    pairwise = tuple(_pairwise(names, grads, ref))
+    timing["reference (numpy float64)"] = reference_s
+    timing["metrics and report"] = time.perf_counter() - start
     report = Report(
         model=model.describe(),
         dtype=dtype,
@@ -293,7 +299,7 @@ def compare(
         input=input_entry,
         output=output_entry,
         loss_value=loss_entry,
-        pairwise=tuple(_pairwise(names, grads, ref)),
+        pairwise=pairwise,
         timing=timing,
         title=title,
     )
