@@ -78,14 +78,15 @@ def _load_array(path: str, flag: str, key: str | None = None) -> np.ndarray | No
     if not p.is_file():
         raise InputError(f"{flag} {path!r}: no such file")
     try:
-        if p.suffix.lower() == ".npy":
-            return np.load(p, allow_pickle=False)
-        with np.load(p, allow_pickle=False) as data:
-            if key is None:
-                raise InputError(f"{flag} {path!r}: give a .npy file")
-            if key not in data.files:
-                return None
-            return data[key]
+        with open(p, "rb") as f:  # our handle, closed even when np.load fails half-way
+            if p.suffix.lower() == ".npy":
+                return np.load(f, allow_pickle=False)
+            with np.load(f, allow_pickle=False) as data:
+                if key is None:
+                    raise InputError(f"{flag} {path!r}: give a .npy file")
+                if key not in data.files:
+                    return None
+                return data[key]
     except InputError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:

@@ -160,7 +160,15 @@ class Loss:
                 f"targets y have shape {arr.shape} but loss {self.name!r} needs shape "
                 f"{tuple(out_shape)} (batch, units){hint}"
             )
-        return arr.astype(np.float64)
+        out = arr.astype(np.float64)
+        bad = ~np.isfinite(out)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(
+                f"targets y contain {int(bad.sum())} NaN/Inf value(s), the first at index "
+                f"{first}; targets must be finite"
+            )
+        return out
 
 
 _TABLE = [

@@ -190,7 +190,8 @@ def load_params(path: str | os.PathLike) -> Params:
         raise ModelFileError(f"weight file {str(path)!r} does not exist")
     try:
         if fmt == ".npz":
-            with np.load(path, allow_pickle=False) as data:
+            # our own file handle: np.load leaves its own open when the archive is truncated
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
                 raw = {k: data[k] for k in data.files}
         else:
             from safetensors.numpy import load_file

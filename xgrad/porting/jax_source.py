@@ -101,7 +101,13 @@ class JaxFunctionSource(ModelSource):
             except AlignmentError as exc:
                 errors.append(exc)
                 continue
-            except Exception:  # noqa: BLE001 - shape errors of a wrong trial width
+            except Exception as exc:  # a shape error: the wrong width, or a broken function
+                if input_dim is not None:
+                    text = " ".join(str(exc).split())[:300]
+                    raise InputError(
+                        f"{self.description} does not run on inputs of width {input_dim} "
+                        f"(the width of x): {type(exc).__name__}: {text}"
+                    ) from None
                 continue
             if trace.layers[0].in_dim == dim:
                 found.append(trace)
