@@ -136,6 +136,10 @@ class Evidence:
     dtype_cand: str
     tol: float
     extras: dict = field(default_factory=dict)
+    fit_tol: float | None = None
+    """The tolerance a re-evaluation must reach to confirm a cause: ``tol``, or float32's
+    when the candidate computes in float32 although float64 was asked (then no
+    re-evaluation can get below float32 rounding). Set by :func:`diagnose`."""
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -274,14 +278,14 @@ def _loss_reduction(ev: Evidence) -> Diagnosis | None:
     cand = np.concatenate([np.ravel(c) for c, _ in pairs])
     ref = np.concatenate([np.ravel(r) for _, r in pairs])
     den = float(ref @ ref)
-    if den == 0 or _rel(ev.output_cand, ev.output_ref) > ev.tol:
+    if den == 0 or _rel(ev.output_cand, ev.output_ref) > ev.fit_tol:
         return None
     factor = float(cand @ ref) / den
     if abs(factor - 1) < 1e-3 or factor == 0:
         return None
     residual = _rel(cand, factor * ref)
     before = _rel(cand, ref)
-    if residual > ev.tol:
+    if residual > ev.fit_tol:
         return None
     batch, units = ev.output_ref.shape
     named = {
@@ -315,7 +319,7 @@ def _weights(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | N
         if ref is None or cand is None:
             return ref is None and cand is None
         rounded = np.asarray(ref).astype(ev.dtype_cand).astype(np.float64)
-        return cand.shape == ref.shape and _rel(cand, rounded) <= ev.tol
+        return cand.shape == ref.shape and _rel(cand, rounded) <= ev.fit_tol
 
     if same(layer.kernel_cand, layer.kernel_ref) and same(layer.bias_cand, layer.bias_ref):
         return None
@@ -329,7 +333,7 @@ def _weights(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | N
             return get_activation(act)(z)
 
     k, r = layer.kernel_cand, layer.kernel_ref
-    if k.shape == r.T.shape and _rel(k, r.T) <= ev.tol:
+    if k.shape == r.T.shape and _rel(k, r.T) <= ev.fit_tol:
         residual = _rel(rerun(r), layer.act_ref)
         detail = (
             f"the candidate's kernel is the reference's transposed ({k.shape}); with the "
@@ -340,7 +344,7 @@ def _weights(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | N
         if (
             other.index != layer.index
             and other.kernel_ref.shape == k.shape
-            and _rel(k, other.kernel_ref) <= ev.tol
+            and _rel(k, other.kernel_ref) <= ev.fit_tol
         ):
             residual = _rel(rerun(r), layer.act_ref)
             detail = (
@@ -359,8 +363,8 @@ def _weights(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | N
 
 def _activation(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | None:
     z_ref, z_cand = layer.z_ref(), layer.z_cand()
-    ref_name = layer.activation or _fit(z_ref, layer.act_ref, ev.tol)[0]
-    cand_name, _ = _fit(z_cand, layer.act_cand, ev.tol)
+    ref_name = layer.activation or _fit(z_ref, layer.act_ref, ev.fit_tol)[0]
+    cand_name, _ = _fit(z_cand, layer.act_cand, ev.fit_tol)
     if ref_name is None or cand_name is None:
         return None
     ref_act, cand_act = get_activation(ref_name), get_activation(cand_name)
@@ -368,7 +372,7 @@ def _activation(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis 
         return None
     with np.errstate(all="ignore"):
         residual = _rel(ref_act(z_cand), layer.act_ref)
-    if residual > ev.tol:
+    if residual > ev.fit_tol:
         return None
     kinds = {ref_act.kind, cand_act.kind}
     if kinds == {"gelu", "gelu_tanh"}:
@@ -442,7 +446,7 @@ def _matmul_precision(ev: Evidence, layer: LayerEvidence, before: float) -> Diag
         if best is None or residual < best[1]:
             best = (fmt, residual)
     fmt, residual = best
-    if residual > max(_FLOAT32_TOL, ev.tol) or residual > before / 5:
+    if residual > max(_FLOAT32_TOL, ev.fit_tol) or residual > before / 5:
         return None
     detail = (
         f"the candidate's matmul reads its operands as {fmt.upper()} "
@@ -467,7 +471,7 @@ def _clipping(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | 
         logits_delta = (soft * ev.y.sum(axis=-1, keepdims=True) - ev.y) / p.shape[0]
     saturated = int(((p < EPSILON) | (p > 1 - EPSILON)).sum())
     residual = _grads_residual(layer, logits_delta)
-    if saturated == 0 or residual > ev.tol:
+    if saturated == 0 or residual > ev.fit_tol:
         return None
     detail = (
         f"{saturated} output(s) are saturated (p < 1e-7 or p > 1 - 1e-7): the reference "
@@ -491,7 +495,7 @@ _KINK_SOURCES = {
 
 
 def _kink(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | None:
-    name = layer.activation or _fit(layer.z_ref(), layer.act_ref, ev.tol)[0]
+    name = layer.activation or _fit(layer.z_ref(), layer.act_ref, ev.fit_tol)[0]
     if name is None:
         return None
     act = get_activation(name)
@@ -513,7 +517,7 @@ def _kink(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | None
         for v in values:
             deriv = np.where(mask, v, base)
             residual = _grads_residual(layer, layer.grad_ref * deriv)
-            if residual <= ev.tol and _rel(deriv, base) > 0:
+            if residual <= ev.fit_tol and _rel(deriv, base) > 0:
                 ref_value = float(base[mask][0])
                 detail = (
                     f"{int(mask.sum())} pre-activation(s) are exactly at {act.name}'s "
@@ -545,7 +549,7 @@ def _side_derivative(name: str, a: np.ndarray, z: np.ndarray) -> np.ndarray | No
 
 def _kink_rounding(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnosis | None:
     """Pre-activations within rounding of a kink, rounded to its other side by the candidate."""
-    name = layer.activation or _fit(layer.z_ref(), layer.act_ref, ev.tol)[0]
+    name = layer.activation or _fit(layer.z_ref(), layer.act_ref, ev.fit_tol)[0]
     if name is None or not get_activation(name).kinks:
         return None
     z = layer.z_ref()
@@ -563,7 +567,7 @@ def _kink_rounding(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnos
     if float(distance.max()) > bound:
         return None
     residual = _grads_residual(layer, layer.grad_ref * side)
-    if residual > ev.tol:
+    if residual > ev.fit_tol:
         return None
     detail = (
         f"{int(flipped.sum())} pre-activation(s) lie within rounding of {name}'s kink "
@@ -577,13 +581,13 @@ def _kink_rounding(ev: Evidence, layer: LayerEvidence, before: float) -> Diagnos
 
 def _backward_activation(ev: Evidence, layer: LayerEvidence, before: float):
     z = layer.z_ref()
-    ref_name = layer.activation or _fit(z, layer.act_ref, ev.tol)[0]
+    ref_name = layer.activation or _fit(z, layer.act_ref, ev.fit_tol)[0]
     for name in ACTIVATIONS:
         if name in ("softmax", ref_name):
             continue
         with np.errstate(all="ignore"):
             residual = _grads_residual(layer, layer.grad_ref * _derivative(name, z))
-        if residual <= ev.tol:
+        if residual <= ev.fit_tol:
             detail = (
                 f"the forward values agree, but the candidate back-propagates the "
                 f"derivative of {name} where the reference's is that of {ref_name}; with "
@@ -600,13 +604,13 @@ def _untransposed_dinput(ev: Evidence, before: float) -> Diagnosis | None:
     k = layer.kernel_ref
     if k.shape[0] != k.shape[1]:
         return None
-    name = layer.activation or _fit(layer.z_ref(), layer.act_ref, ev.tol)[0]
+    name = layer.activation or _fit(layer.z_ref(), layer.act_ref, ev.fit_tol)[0]
     if name is None:
         return None
     act = get_activation(name)
     delta = act.vjp(layer.z_ref(), layer.act_ref, layer.grad_ref)
     residual = _rel(ev.dinput_cand, delta @ k)
-    if residual > ev.tol:
+    if residual > ev.fit_tol:
         return None
     detail = (
         f"the candidate's dL/dinput is delta @ W instead of delta @ W.T (a missing "
@@ -631,7 +635,40 @@ def _nonfinite(ev: Evidence) -> bool:
     return any(not np.all(np.isfinite(a)) for a in arrays)
 
 
+def _lower_precision(ev: Evidence) -> str | None:
+    """How the candidate shows that it computes in float32 when float64 was asked."""
+    if ev.dtype != "float64":
+        return None
+    if ev.dtype_cand != "float64":
+        return f"it declares {ev.dtype_cand}"
+    if ev.layers and all(_float32_exact(layer.act_cand) for layer in ev.layers):
+        return "it returns values that are all float32 numbers"
+    return None
+
+
 def _diagnose(ev: Evidence) -> list[Diagnosis]:
+    lower = _lower_precision(ev)
+    ev.fit_tol = max(ev.tol, _FLOAT32_TOL) if lower else ev.tol
+    found = _diagnose_one(ev)
+    if lower and found and found[0].cause not in ("dtype", "unexplained"):
+        found.append(
+            _make(
+                ev,
+                "dtype",
+                None,
+                f"besides, float64 was asked but the candidate computes in float32 "
+                f"({lower}): that alone makes differences of about 1e-7, so the "
+                f"cause above was confirmed to float32's tolerance "
+                f"({_FLOAT32_TOL:g})",
+                None,
+                None,
+                None,
+            )
+        )
+    return found
+
+
+def _diagnose_one(ev: Evidence) -> list[Diagnosis]:
     if _nonfinite(ev):
         return [
             _make(

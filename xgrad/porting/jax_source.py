@@ -106,7 +106,9 @@ class JaxFunctionSource(ModelSource):
                     text = " ".join(str(exc).split())[:300]
                     raise InputError(
                         f"{self.description} does not run on inputs of width {input_dim} "
-                        f"(the width of x): {type(exc).__name__}: {text}"
+                        f"(the width of x): {type(exc).__name__}: {text}; check that x has "
+                        "the model's input width and that every kernel has the shape of "
+                        "its layer (a transposed kernel?)"
                     ) from None
                 continue
             if trace.layers[0].in_dim == dim:
