@@ -344,9 +344,16 @@ def _save_keras(path, *, lam=False):
     if lam:
         layers.append(keras.layers.Lambda(lambda t: t * 2))
     layers += [
-        keras.layers.Dense(6, activation="relu", name="hidden"),
+        keras.layers.Dense(
+            6,
+            activation="relu",
+            name="hidden",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+        ),
         keras.layers.Dropout(0.2),
-        keras.layers.Dense(3, activation="softmax"),
+        keras.layers.Dense(
+            3, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=2)
+        ),
     ]
     keras.Sequential(layers, name="m").save(path)
     return path

@@ -362,3 +362,19 @@ def test_names_in_brackets_are_printed_not_taken_as_markup():
     text = report.to_text(width=250)
     assert "[no-transpose]" in text
     assert "| bold " in text.replace("│", "|") or " bold " in text
+
+
+def test_a_cancelling_sum_loss_is_judged_by_its_terms():
+    from xgrad.compare import loss_scale
+    from xgrad.metrics import PreparedReference
+
+    out = np.array([[0.3, -0.29], [0.2, -0.2033]])  # sums to 0.0067: terms around 0.25
+    assert loss_scale("sum", out) == pytest.approx(0.9933)
+    assert loss_scale("mean", out) == pytest.approx(0.9933 / 4)
+    assert loss_scale("mse", out) is None
+    ref = np.asarray(out.sum())
+    cand = np.float32(ref + 3e-7)  # float32 rounding of the terms, not of the sum
+    assert PreparedReference(ref, dtype="float32", tol=1e-5).compare(cand).status == "mismatch"
+    judged = PreparedReference(ref, dtype="float32", tol=1e-5, scale=loss_scale("sum", out))
+    assert judged.compare(cand).status == "match"
+    assert judged.compare(np.float32(ref + 1e-4)).status == "mismatch"  # a real difference

@@ -34,7 +34,12 @@ def _one(report):
 def _keras(dims, acts, name="s"):
     layers = [keras.Input((dims[0],))]
     layers += [
-        keras.layers.Dense(w, activation=a, name=f"l{i}")
+        keras.layers.Dense(
+            w,
+            activation=a,
+            name=f"l{i}",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=i),
+        )
         for i, (w, a) in enumerate(zip(dims[1:], acts, strict=True))
     ]
     return keras.Sequential(layers, name=name)

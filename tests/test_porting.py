@@ -65,6 +65,14 @@ if not {"jax", "flax", "tensorflow"} - INSTALLED:
             return x
 
 
+def _init(seed):
+    """Seeded initialisers: Keras' defaults draw new weights each run."""
+    return {
+        "kernel_initializer": keras.initializers.GlorotUniform(seed=seed),
+        "bias_initializer": keras.initializers.RandomUniform(-0.1, 0.1, seed=seed + 100),
+    }
+
+
 def keras_sequential(dims, acts, *, name="seq", dropout=False):
     layers = [keras.Input((dims[0],))]
     for width, act in zip(dims[1:], acts, strict=True):
@@ -73,6 +81,7 @@ def keras_sequential(dims, acts, *, name="seq", dropout=False):
                 width,
                 activation=act,
                 name=f"d{len(layers) // 2}" if dropout else f"d{len(layers) - 1}",
+                **_init(len(layers)),
             )
         )
         if dropout:
@@ -84,7 +93,7 @@ def keras_functional(dims, acts):
     inp = keras.Input((dims[0],))
     h = inp
     for width, act in zip(dims[1:], acts, strict=True):
-        h = keras.layers.Dense(width)(h)
+        h = keras.layers.Dense(width, **_init(width))(h)
         h = keras.layers.Activation(act)(h)
     return keras.Model(inp, h, name="functional")
 
@@ -243,8 +252,8 @@ def test_torch_style_transposed_kernel_is_aligned_and_transferred():
     ref = keras.Sequential(
         [
             keras.Input((6,)),
-            keras.layers.Dense(8, activation="tanh"),
-            keras.layers.Dense(3, use_bias=False),
+            keras.layers.Dense(8, activation="tanh", **_init(1)),
+            keras.layers.Dense(3, use_bias=False, **_init(2)),
         ],
         name="seq",
     )
@@ -358,8 +367,8 @@ def test_keras_float64_leaky_relu_is_caught_against_xgrad_reference():
     model = keras.Sequential(
         [
             keras.Input((4,), dtype="float64"),
-            keras.layers.Dense(6, activation="leaky_relu", dtype="float64"),
-            keras.layers.Dense(2, dtype="float64"),
+            keras.layers.Dense(6, activation="leaky_relu", dtype="float64", **_init(1)),
+            keras.layers.Dense(2, dtype="float64", **_init(2)),
         ],
         name="k64",
     )

@@ -69,8 +69,18 @@ def _keras64():
     return keras.Sequential(
         [
             keras.Input((4,), dtype="float64"),
-            keras.layers.Dense(5, activation="gelu", dtype="float64"),
-            keras.layers.Dense(3, activation="softmax", dtype="float64"),
+            keras.layers.Dense(
+                5,
+                activation="gelu",
+                dtype="float64",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+            ),
+            keras.layers.Dense(
+                3,
+                activation="softmax",
+                dtype="float64",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=2),
+            ),
         ]
     )
 

@@ -31,7 +31,23 @@ from xgrad.params import check_params, init_params
 from xgrad.report import Entry, Pairwise, Report
 from xgrad.spec import MLP
 
-__all__ = ["compare", "resolve_frameworks"]
+__all__ = ["compare", "loss_scale", "resolve_frameworks"]
+
+
+def loss_scale(loss_name: str | None, output: np.ndarray) -> float | None:
+    """The scale a loss value is judged against when its terms can cancel.
+
+    ``sum`` and ``mean`` add outputs of either sign: their value can be far smaller than
+    its terms, and its rounding error scales with the terms, so it is compared relative to
+    the sum (or mean) of ``|output|``. The other losses add non-negative terms, for which
+    ``|loss|`` is that scale already (``None``).
+    """
+    if loss_name == "sum":
+        return float(np.abs(output).sum())
+    if loss_name == "mean":
+        return float(np.abs(output).mean())
+    return None
+
 
 REFERENCE = {"framework": "numpy", "dtype": "float64"}
 
@@ -94,8 +110,10 @@ def _entry(
     reference: np.ndarray,
     dtype: str,
     tol: float,
+    scale: float | None = None,
 ) -> Entry:
-    prepared = PreparedReference(reference, dtype=dtype, tol=tol)  # shared by the frameworks
+    # one prepared reference, shared by the frameworks
+    prepared = PreparedReference(reference, dtype=dtype, tol=tol, scale=scale)
     results = {fw: prepared.compare(arr) for fw, arr in arrays.items()}
     return Entry(name=name, kind=kind, shape=tuple(shape), native=dict(native), results=results)
 
@@ -280,6 +298,7 @@ def compare(
             np.asarray(ref.loss),
             dtype,
             tol,
+            scale=loss_scale(loss_name, ref.output),
         )
     pairwise = tuple(_pairwise(names, grads, ref))
     timing["reference (numpy float64)"] = reference_s

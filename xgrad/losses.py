@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xgrad._checks import require_finite
 from xgrad.errors import InputError, SpecError
 
 __all__ = ["EPSILON", "LOSSES", "Loss", "get_loss", "random_targets"]
@@ -161,13 +162,7 @@ class Loss:
                 f"{tuple(out_shape)} (batch, units){hint}"
             )
         out = arr.astype(np.float64)
-        bad = ~np.isfinite(out)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise InputError(
-                f"targets y contain {int(bad.sum())} NaN/Inf value(s), the first at index "
-                f"{first}; targets must be finite"
-            )
+        require_finite(out, "targets y contain", InputError, "targets must be finite")
         return out
 
 

@@ -190,9 +190,14 @@ class PreparedReference:
     :func:`compare_arrays` makes one for a single comparison; the runner makes one per
     entry and compares every framework against it, so the reference's absolute values,
     norm, thresholds and rounded ULP integers are computed once.
+
+    ``scale`` replaces the reference's norm as the denominator of ``rel_norm`` when it is
+    larger: the runner passes the sum of magnitudes of the terms of a ``sum``/``mean`` loss,
+    whose value can cancel to nearly nothing while its rounding error scales with the
+    terms.
     """
 
-    def __init__(self, reference, *, dtype: str, tol: float) -> None:
+    def __init__(self, reference, *, dtype: str, tol: float, scale: float | None = None) -> None:
         ref = np.asarray(reference, dtype=np.float64)
         if not ref.flags.c_contiguous:  # (ascontiguousarray would make a 0-d array 1-d)
             ref = ref.copy()
@@ -203,6 +208,8 @@ class PreparedReference:
         self.finite = bool(math.isfinite(norm2) and np.isfinite(norm2))
         if self.finite and ref.size:
             self._prepare(ref, norm2, dtype, tol)
+            if scale is not None:  # a sum whose terms cancel: judge it by their magnitudes
+                self.norm = max(self.norm, float(scale))
 
     def _prepare(self, ref: np.ndarray, norm2: float, dtype: str, tol: float) -> None:
         with np.errstate(all="ignore"):  # a float64 value can overflow the run dtype

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xgrad._checks import require_finite
 from xgrad._io import atomic_write
 from xgrad.errors import ModelFileError, ParamsError
 from xgrad.spec import MLP
@@ -110,13 +111,7 @@ def check_params(spec: MLP, params: Mapping[str, object]) -> Params:
             raise ParamsError(
                 f"param {name!r} has shape {arr.shape} but the spec needs {shape}{hint}"
             )
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ParamsError(
-                f"param {name!r} contains {int(bad.sum())} NaN/Inf value(s), the first at "
-                f"index {first}; parameters must be finite"
-            )
+        require_finite(arr, f"param {name!r} contains", ParamsError, "parameters must be finite")
         out[name] = np.array(arr, dtype=np.float64, copy=True)
     return out
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from xgrad.activations import SELU_ALPHA, SELU_SCALE, Activation
 from xgrad.losses import EPSILON, Loss
 
-__all__ = ["jax_activation", "jax_loss", "x64"]
+__all__ = ["jax_activation", "jax_loss", "key_path_parts", "x64"]
 
 
 @contextlib.contextmanager
@@ -99,3 +99,20 @@ _LOSSES: dict[str, Callable] = {
 def jax_loss(loss: Loss) -> Callable:
     """The ``jax.numpy`` function ``(out, y) -> scalar`` for a :class:`~xgrad.losses.Loss`."""
     return _LOSSES[loss.name]
+
+
+def key_path_parts(path) -> list[str]:
+    """A pytree key path as plain parts: dict keys, list indices and attribute names, without
+    the ``value`` attribute that NNX variables add. ``("layers", "0", "kernel")``."""
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            if key.name != "value":
+                parts.append(key.name)
+        else:
+            parts.append(str(key))
+    return parts

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from xgrad._checks import require_finite
 from xgrad.errors import FrameworkError, FrameworkNotInstalledError, InputError
 from xgrad.losses import Loss, get_loss
 from xgrad.params import Params, check_params
@@ -97,13 +98,9 @@ def _check_finite_float(arr: np.ndarray, what: str, fix: str) -> None:
         raise InputError(f"{what} has {arr.dtype} dtype; pass floats, {fix}")
     if arr.dtype.kind != "f":
         raise InputError(f"{what} must be a real floating-point array, got dtype {arr.dtype}")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(
-            f"{what} contains {int(bad.sum())} NaN/Inf value(s), the first at index {first}; "
-            "xgrad compares gradients at finite points only"
-        )
+    require_finite(
+        arr, f"{what} contains", InputError, "xgrad compares gradients at finite points only"
+    )
 
 
 def check_input(spec: MLP, x) -> np.ndarray:

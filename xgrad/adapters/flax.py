@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xgrad.adapters._jax_ops import jax_activation, jax_loss, x64
+from xgrad.adapters._jax_ops import jax_activation, jax_loss, key_path_parts, x64
 from xgrad.adapters.base import AbstractAdapter, AbstractModel, Gradients, LayerValues
 from xgrad.losses import Loss
 from xgrad.params import Params
@@ -54,20 +54,7 @@ class FlaxMLP(nnx.Module):
         return values if intermediates else x
 
 
-def _path_name(path) -> tuple[str, ...]:
-    """A pytree key path into an NNX state, as plain parts without the trailing ``value``."""
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.GetAttrKey) and key.name != "value":
-            parts.append(key.name)
-    return tuple(parts)
-
-
-def _canonical_name(parts: tuple[str, ...]) -> str:
+def _canonical_name(parts: list[str]) -> str:
     # ("layers", "0", "kernel") -> "layers.0.kernel"
     return ".".join(parts)
 
@@ -79,7 +66,7 @@ def _graphdef(spec: MLP, dtype: str):
         abstract = nnx.eval_shape(lambda: FlaxMLP(spec, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0)))
         graphdef, state = nnx.split(abstract)
         leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-    names = tuple(_canonical_name(_path_name(path)) for path, _ in leaves)
+    names = tuple(_canonical_name(key_path_parts(path)) for path, _ in leaves)
     return graphdef, treedef, names
 
 

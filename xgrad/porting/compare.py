@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
 from xgrad.adapters.base import check_cotangent_shape, check_input_width
-from xgrad.compare import _entry
+from xgrad.compare import _entry, loss_scale
 from xgrad.diagnose import Evidence, LayerEvidence, diagnose
 from xgrad.errors import AlignmentError, InputError
 from xgrad.losses import get_loss
@@ -292,6 +293,7 @@ def compare_models(
             np.asarray(ref_grads.loss),
             dtype,
             tol,
+            scale=loss_scale(loss_obj.name, ref_grads.output),
         )
     layers = []
     for i, j in pairs:
@@ -344,17 +346,13 @@ def compare_models(
     if explain is False or (explain is None and report.ok):
         return report
     evidence = _evidence(
-        ref,
-        cand,
+        _Side(ref, ref_grads, ref_capture),
+        _Side(cand, cand_grads, cand_capture),
         pairs,
         xs,
         ys,
         loss_obj,
         label,
-        ref_grads,
-        cand_grads,
-        ref_capture,
-        cand_capture,
         layers,
         dtype,
         tol,
@@ -362,22 +360,17 @@ def compare_models(
     return dataclasses.replace(report, diagnoses=tuple(diagnose(evidence)))
 
 
-def _evidence(
-    ref,
-    cand,
-    pairs,
-    xs,
-    ys,
-    loss_obj,
-    label,
-    ref_grads,
-    cand_grads,
-    ref_capture,
-    cand_capture,
-    layers,
-    dtype,
-    tol,
-) -> Evidence:
+class _Side(NamedTuple):
+    """One model as compared: its source, its gradients and its per-layer capture."""
+
+    source: ModelSource
+    grads: object
+    capture: object
+
+
+def _evidence(r: _Side, c: _Side, pairs, xs, ys, loss_obj, label, layers, dtype, tol) -> Evidence:
+    ref, ref_grads, ref_capture = r
+    cand, cand_grads, cand_capture = c
     ref_params = ref.native_params()
     cand_params = _remap(cand.native_params(), pairs, forward=False)
     cand_grad_params = _remap(cand_grads.params, pairs, forward=False)

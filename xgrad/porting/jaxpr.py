@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import jax
 from jax.extend import core as jcore
 
+from xgrad.adapters._jax_ops import key_path_parts
 from xgrad.errors import AlignmentError
 
 __all__ = ["TracedDense", "Trace", "analyse", "capture"]
@@ -337,17 +338,6 @@ def tree_paths(tree) -> tuple[list[str], list, object]:
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
     names, leaves = [], []
     for path, leaf in leaves_with_path:
-        parts = []
-        for key in path:
-            if isinstance(key, jax.tree_util.DictKey):
-                parts.append(str(key.key))
-            elif isinstance(key, jax.tree_util.SequenceKey):
-                parts.append(str(key.idx))
-            elif isinstance(key, jax.tree_util.GetAttrKey):
-                if key.name != "value":
-                    parts.append(key.name)
-            else:
-                parts.append(str(key))
-        names.append("/".join(parts))
+        names.append("/".join(key_path_parts(path)))
         leaves.append(leaf)
     return names, leaves, treedef
