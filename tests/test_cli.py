@@ -408,3 +408,8 @@ def test_port_refuses_code_and_broken_files(capsys, tmp_path):
     assert code == 2 and "must end in .npz or .safetensors" in err
     code, _, err = run(capsys, "port", str(good), "--to", "mxnet", "--out", str(tmp_path / "p.npz"))
     assert code == 2 and "--to 'mxnet': choose one of" in err
+    code, _, err = run(
+        capsys, "port", str(good), "--to", "flax.linen", "--out", str(tmp_path / "linen.npz")
+    )
+    assert code == 2 and "choose one of numpy, jax, flax, tensorflow" in err
+    assert not (tmp_path / "linen.npz").exists()  # refused before anything is written
