@@ -378,3 +378,11 @@ def test_a_cancelling_sum_loss_is_judged_by_its_terms():
     judged = PreparedReference(ref, dtype="float32", tol=1e-5, scale=loss_scale("sum", out))
     assert judged.compare(cand).status == "match"
     assert judged.compare(np.float32(ref + 1e-4)).status == "mismatch"  # a real difference
+
+
+def test_compact_table_for_narrow_terminals():
+    report = xgrad.compare(xgrad.MLP(3, [xgrad.Dense(2)]), np.ones((1, 3)), frameworks="numpy")
+    narrow = report.to_text(width=100)
+    assert "rel norm" in narrow and "ULP" not in narrow and "cosine" not in narrow
+    wide = report.to_text(width=200)
+    assert "ULP" in wide and "cosine" in wide

@@ -338,8 +338,13 @@ class Report:
             f"reference {self._reference_text()}; normwise rtol {self.tolerance:g}"
         )
 
-    def table(self):
-        """A ``rich.table.Table`` of every entry and framework; print it with rich."""
+    def table(self, *, compact: bool = False):
+        """A ``rich.table.Table`` of every entry and framework; print it with rich.
+
+        Args:
+            compact: leave out max abs, cosine and ULP (for terminals under 150 columns;
+                the JSON and Markdown always hold every metric).
+        """
         from rich.markup import escape
         from rich.table import Table
 
@@ -350,9 +355,22 @@ class Report:
             title_justify="left",
             caption_justify="left",
         )
-        for col in ("entry", "shape", "framework", "native name"):
-            table.add_column(col, overflow="fold", min_width=5)
-        for col in ("max abs", "max rel", "rel norm", "cosine", "ULP"):
+        # entry names stay whole; only the native names fold when the terminal is narrow
+        longest = max((len(e.label) for e in self.entries), default=5)
+        table.add_column("entry", no_wrap=True, min_width=longest)
+        table.add_column("shape", no_wrap=True)
+        table.add_column("framework", no_wrap=True)
+        table.add_column("native name", overflow="fold", min_width=8)
+        metrics = {
+            "max abs": lambda m: _fmt(m.max_abs),
+            "max rel": lambda m: _fmt(m.max_rel),
+            "rel norm": lambda m: _fmt(m.rel_norm),
+            "cosine": lambda m: _fmt_cos(m.cosine),
+            "ULP": lambda m: "" if m.ulp_max is None else str(m.ulp_max),
+        }
+        if compact:
+            metrics = {k: v for k, v in metrics.items() if k in ("max rel", "rel norm")}
+        for col in metrics:
             table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
         table.add_column("status", no_wrap=True, min_width=9)
         for entry in self.entries:
@@ -362,11 +380,7 @@ class Report:
                     _shape(entry.shape) if j == 0 else "",
                     escape(fw),
                     escape(self._native(entry, fw)),
-                    _fmt(m.max_abs),
-                    _fmt(m.max_rel),
-                    _fmt(m.rel_norm),
-                    _fmt_cos(m.cosine),
-                    "" if m.ulp_max is None else str(m.ulp_max),
+                    *(show(m) for show in metrics.values()),
                     f"[{_STATUS_STYLE[m.status]}]{m.status}[/]",
                     end_section=j == len(entry.results) - 1,
                 )
@@ -395,7 +409,7 @@ class Report:
             console = Console()
             if not console.is_terminal:  # piped: do not squeeze the table to 80 columns
                 console = Console(width=160)
-        console.print(self.table())
+        console.print(self.table(compact=console.width < 150))
         if self.layers:
             console.print(self.layer_table())
         if self.pairwise:
