@@ -15,7 +15,7 @@ Everything here is NumPy in float64; no framework is imported.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -135,7 +135,6 @@ class Evidence:
     dtype_ref: str
     dtype_cand: str
     tol: float
-    extras: dict = field(default_factory=dict)
     fit_tol: float | None = None
     """The tolerance a re-evaluation must reach to confirm a cause: ``tol``, or float32's
     when the candidate computes in float32 although float64 was asked (then no

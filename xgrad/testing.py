@@ -12,7 +12,7 @@ from __future__ import annotations
 from xgrad.compare import compare
 from xgrad.report import Report
 
-__all__ = ["assert_gradients_close", "assert_report_ok"]
+__all__ = ["assert_gradients_close"]
 
 
 def assert_gradients_close(model, x, y=None, **kwargs) -> Report:
@@ -31,9 +31,3 @@ def assert_gradients_close(model, x, y=None, **kwargs) -> Report:
     report = compare(model, x, y, **kwargs)
     report.raise_for_mismatch()
     return report
-
-
-def assert_report_ok(report: Report) -> None:
-    """Fail with the mismatch message unless ``report.ok``."""
-    __tracebackhide__ = True
-    report.raise_for_mismatch()
