@@ -1,4 +1,5 @@
-"""Test helpers: random cases and finite differences computed independently of adapters."""
+"""Test helpers: random cases and finite differences, computed independently of the
+frameworks under test."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ ACTIVATION_NAMES = [
     "sigmoid",
     "tanh",
     "softmax",
+    "log_softmax",
     "gelu",
     "gelu_tanh",
     "elu",
@@ -27,7 +29,24 @@ ACTIVATION_NAMES = [
     "relu6",
     "hard_sigmoid",
 ]
-LOSS_NAMES = ["sum", "mean", "mse", "bce_logits", "bce", "cce_logits", "cce"]
+LOSS_NAMES = ["sum", "mean", "projection", "mse", "bce_logits", "bce", "cce_logits", "cce"]
+
+# A model with every layer kind: the one most tests run through every framework.
+EVERY_LAYER = xgrad.MLP(
+    (2, 3),
+    [
+        xgrad.Flatten(),
+        xgrad.Dense(8, "relu"),
+        xgrad.LayerNorm(),
+        xgrad.Residual([xgrad.Dense(8, "gelu"), xgrad.BatchNorm(training=True)]),
+        xgrad.Dropout(0.5, active=True),
+        xgrad.RMSNorm(),
+        xgrad.Dropout(0.25),
+        xgrad.BatchNorm(),
+        xgrad.Activation("tanh"),
+        xgrad.Dense(3, "selu"),
+    ],
+)
 
 
 def make_target(loss: str, rng, shape):
@@ -45,7 +64,7 @@ def last_activation_for(loss: str) -> str:
 
 
 def _plain_forward(spec, params, x):
-    """A forward pass written again here, from the formulas, for finite differences."""
+    """A dense-only forward pass written again here, from the formulas."""
     a = x
     zs = []
     for i, layer in enumerate(spec.layers):
@@ -69,7 +88,7 @@ def kink_distance(spec, params, x) -> float:
 
 @functools.cache
 def case(kind: str, name: str, seed: int = 0):
-    """A (spec, params, x, y, loss) case away from kinks, for an activation or a loss."""
+    """A dense (spec, params, x, y, loss) case away from kinks, for an activation or a loss."""
     for attempt in range(50):
         rng = np.random.default_rng(1000 * seed + attempt)
         if kind == "activation":
@@ -88,8 +107,33 @@ def case(kind: str, name: str, seed: int = 0):
     raise AssertionError(f"no kink-free case for {kind} {name}")
 
 
+def numeric_gradients(f, params: dict, x: np.ndarray, h: float = 1e-6):
+    """Central differences of a scalar ``f(params, x)``: ``(dparams, dx)``, float64.
+
+    ``params`` entries not to differentiate (state) should be left out by the caller's
+    ``f`` closure; every entry given here is differentiated.
+    """
+    grads = {}
+    for name, value in params.items():
+        g = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            plus, minus = dict(params), dict(params)
+            plus[name], minus[name] = value.copy(), value.copy()
+            plus[name][idx] += h
+            minus[name][idx] -= h
+            g[idx] = (f(plus, x) - f(minus, x)) / (2 * h)
+        grads[name] = g
+    gx = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        gx[idx] = (f(params, xp) - f(params, xm)) / (2 * h)
+    return grads, gx
+
+
 def finite_differences(spec, params, x, y, loss, h=1e-6):
-    """Central differences of the loss in float64: (dL/dparams, dL/dx)."""
+    """Central differences of a dense spec's loss in float64: (dL/dparams, dL/dx)."""
     loss_obj = get_loss(loss)
     y_arr = loss_obj.prepare_target(y, (x.shape[0], spec.output_dim))
 
@@ -97,23 +141,11 @@ def finite_differences(spec, params, x, y, loss, h=1e-6):
         out, _ = _plain_forward(spec, p, xx)
         return float(loss_obj.value_and_grad(out, y_arr)[0])
 
-    grads = {}
-    for name, value in params.items():
-        g = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            plus = dict(params)
-            minus = dict(params)
-            plus[name] = value.copy()
-            minus[name] = value.copy()
-            plus[name][idx] += h
-            minus[name][idx] -= h
-            g[idx] = (f(plus, x) - f(minus, x)) / (2 * h)
-        grads[name] = g
-    gx = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp = x.copy()
-        xm = x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        gx[idx] = (f(params, xp) - f(params, xm)) / (2 * h)
-    return grads, gx
+    return numeric_gradients(f, params, x, h)
+
+
+def rel_norm(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    den = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / den) if den else float(np.linalg.norm(a - b))

@@ -9,7 +9,7 @@ import pytest
 from xgrad.activations import ACTIVATIONS, SELU_SCALE, get_activation
 from xgrad.losses import LOSSES
 
-ELEMENTWISE = [name for name in ACTIVATIONS if name != "softmax"] + ["leaky_relu:0.01"]
+ELEMENTWISE = [n for n in ACTIVATIONS if n not in ("softmax", "log_softmax")] + ["leaky_relu:0.01"]
 
 
 def _away_from_kinks(act, z, margin=1e-3):
@@ -27,8 +27,9 @@ def test_derivative_matches_central_differences(name, rng):
     np.testing.assert_allclose(act.derivative(z), fd, rtol=1e-6, atol=1e-8)
 
 
-def test_softmax_vjp_matches_central_differences(rng):
-    act = get_activation("softmax")
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_vjp_matches_central_differences(name, rng):
+    act = get_activation(name)
     z = rng.normal(size=(3, 5))
     g = rng.normal(size=(3, 5))
     h = 1e-6

@@ -192,7 +192,7 @@ CASES = [
     ),
     (
         "adapter-class-not-instance",
-        lambda: _compare(SPEC, X, frameworks=[xgrad.get_adapter("numpy").__class__]),
+        lambda: _compare(SPEC, X, frameworks=[xgrad.get_framework("numpy").__class__]),
         FrameworkError,
         "pass an instance: NumpyAdapter()",
     ),
@@ -261,7 +261,7 @@ CASES = [
     ),
     (
         "get-adapter-not-a-string",
-        lambda: xgrad.get_adapter(3),
+        lambda: xgrad.get_framework(3),
         FrameworkError,
         "a framework is a name or an adapter object, got int 3",
     ),
@@ -291,7 +291,7 @@ def test_framework_not_installed_names_the_extra(monkeypatch):
         FrameworkNotInstalledError,
         match=re.escape("install it with: pip install 'xgrad[tensorflow]'"),
     ):
-        xgrad.get_adapter("tensorflow")
+        xgrad.get_framework("tensorflow")
     assert "tensorflow" not in xgrad.available_frameworks()
 
 

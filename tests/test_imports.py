@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-HEAVY = ("tensorflow", "keras", "jax", "flax")
+HEAVY = ("tensorflow", "keras", "jax", "flax", "torch")
 
 
 def _imported_after(code: str) -> list[str]:
@@ -20,18 +20,26 @@ def test_import_xgrad_imports_no_framework():
     assert _imported_after("import xgrad") == []
 
 
-def test_numpy_adapter_imports_no_framework():
+def test_numpy_imports_no_framework():
     code = (
         "import xgrad, numpy as np\n"
         "spec = xgrad.MLP(3, [xgrad.Dense(2, 'relu')])\n"
-        "xgrad.get_adapter('numpy').build(spec).gradients(np.ones((1, 3)))"
+        "xgrad.get_framework('numpy').build(spec).gradients(np.ones((1, 3)))"
     )
     assert _imported_after(code) == []
 
 
 @pytest.mark.skipif("jax" not in __import__("conftest").INSTALLED, reason="jax not installed")
-def test_jax_adapter_does_not_import_tensorflow():
-    code = "import xgrad\nxgrad.get_adapter('jax')"
+def test_jax_and_flax_import_neither_tensorflow_nor_torch():
+    code = (
+        "import xgrad, numpy as np\n"
+        "spec = xgrad.MLP(3, [xgrad.Dense(2, 'relu')])\n"
+        "xgrad.compare(spec, np.ones((1, 3)), frameworks='numpy,jax,flax')"
+    )
     imported = _imported_after(code)
-    assert "jax" in imported
-    assert "tensorflow" not in imported and "keras" not in imported
+    assert "jax" in imported and "flax" in imported
+    assert not {"tensorflow", "keras", "torch"} & set(imported)
+
+
+def test_naming_a_framework_imports_nothing_until_it_is_used():
+    assert _imported_after("import xgrad\nxgrad.get_framework('tensorflow')") == []

@@ -4,7 +4,7 @@ with central finite differences. Hypothesis shrinks a failure to a minimal spec.
 Inputs and weights are drawn from a seed (not element by element), so that pre-activations
 are generic: a kink hit exactly, or within the finite-difference step, is rejected with
 ``assume`` rather than tested, since there the derivative is a convention (tested
-separately in test_adapters.py). The probability losses get the head they expect
+separately in tests/frameworks/test_contract.py). The probability losses get the head they expect
 (sigmoid for bce, softmax for cce); any other activation may come before it.
 """
 
@@ -57,11 +57,11 @@ def _close(a, b, rtol, atol=1e-13):
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 @given(cases())
-def test_adapters_agree_and_match_finite_differences(case):
+def test_frameworks_agree_and_match_finite_differences(case):
     spec, params, x, y, loss = case
     assume(kink_distance(spec, params, x) > 1e-4)
     results = {
-        fw: xgrad.get_adapter(fw).build(spec, params, dtype="float64").gradients(x, y, loss=loss)
+        fw: xgrad.get_framework(fw).build(spec, params, dtype="float64").gradients(x, y, loss=loss)
         for fw in FRAMEWORKS
     }
     ref = results["numpy"]

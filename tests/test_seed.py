@@ -48,7 +48,7 @@ def test_one_layer_examples_match_the_formulas_by_hand(example, framework, dtype
     params = xgrad.init_params(example.spec, seed=0)
     loss, dw, db, dx = _hand(example, params)
     got = (
-        xgrad.get_adapter(framework)
+        xgrad.get_framework(framework)
         .build(example.spec, params, dtype=dtype)
         .gradients(example.x, loss="sum")
     )
@@ -81,7 +81,7 @@ def test_example_three_by_hand_two_layers():
         "layers.0.kernel": ex.x.T @ delta1,
         "layers.0.bias": delta1.sum(0),
     }
-    got = xgrad.get_adapter("numpy").build(ex.spec, p, dtype="float64").gradients(ex.x)
+    got = xgrad.get_framework("numpy").build(ex.spec, p, dtype="float64").gradients(ex.x)
     for name, value in expected.items():
         np.testing.assert_allclose(got.params[name], value, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(got.input, delta1 @ w1.T, rtol=1e-14, atol=1e-15)
@@ -92,10 +92,10 @@ def test_example_three_by_hand_two_layers():
 def test_seed_examples_agree_across_frameworks(example, framework):
     params = xgrad.init_params(example.spec, seed=0)
     ref = (
-        xgrad.get_adapter("numpy").build(example.spec, params, dtype="float64").gradients(example.x)
+        xgrad.get_framework("numpy").build(example.spec, params, dtype="float64").gradients(example.x)
     )
     got = (
-        xgrad.get_adapter(framework)
+        xgrad.get_framework(framework)
         .build(example.spec, params, dtype="float32")
         .gradients(example.x)
     )

@@ -49,10 +49,10 @@ def test_param_shapes_follow_the_canonical_layout():
         (lambda: Dense(3, "leaky_relu:nan"), "leaky_relu slope must be finite"),
         (lambda: Dense(3, 7), "activation must be a name (str), got int 7"),
         (lambda: Dense(3, use_bias="yes"), "use_bias must be True or False, got 'yes'"),
-        (lambda: MLP(3, []), "an MLP needs at least one Dense layer, got an empty list"),
+        (lambda: MLP(3, []), "a model needs at least one layer, got an empty list"),
         (lambda: MLP(0, [Dense(1)]), "input_dim must be a positive integer, got 0"),
         (lambda: MLP(3, Dense(1)), "wrap it: layers=[Dense(...)]"),
-        (lambda: MLP(3, [Dense(1), 4]), "layers[1] must be an xgrad.Dense, got int 4"),
+        (lambda: MLP(3, [Dense(1), 4]), "layers[1] must be an xgrad layer (xgrad.Dense, xgrad.LayerNorm, ...), got int 4"),
     ],
 )
 def test_bad_specs_raise_spec_error_naming_the_value(make, pattern):
@@ -61,7 +61,7 @@ def test_bad_specs_raise_spec_error_naming_the_value(make, pattern):
 
 
 def test_unknown_loss_lists_the_known_ones():
-    with pytest.raises(SpecError, match=re.escape("unknown loss 'hinge'; known losses: sum, mean")):
+    with pytest.raises(SpecError, match=re.escape("unknown loss 'hinge'; known losses: sum, projection, mean")):
         xgrad.get_loss("hinge")
 
 

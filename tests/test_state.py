@@ -99,7 +99,7 @@ CALLS = {
     ),
     "compare-models-nnx": lambda: xgrad.compare_models(
         (SPEC, xgrad.init_params(SPEC)),
-        xgrad.get_adapter("flax").build(SPEC, dtype="float32").native,
+        xgrad.get_framework("flax").build(SPEC, dtype="float32").native,
         X,
     ),
     "convert-to-jax-float64": lambda: xgrad.convert((SPEC, xgrad.init_params(SPEC)), to="jax"),
@@ -137,10 +137,10 @@ def test_no_global_state_changes(name, capsys):
 
 def test_a_float64_run_really_computes_in_float64():
     assert not jax.config.jax_enable_x64
-    grads = xgrad.get_adapter("jax").build(SPEC, dtype="float64").gradients(X)
+    grads = xgrad.get_framework("jax").build(SPEC, dtype="float64").gradients(X)
     assert grads.params["layers.0.kernel"].dtype == np.float64
     assert not jax.config.jax_enable_x64
-    model = xgrad.get_adapter("tensorflow").build(SPEC, dtype="float64").native
+    model = xgrad.get_framework("tensorflow").build(SPEC, dtype="float64").native
     assert model.layers[0].compute_dtype == "float64" and keras.config.floatx() == "float32"
-    module = xgrad.get_adapter("flax").build(SPEC, dtype="float64").native
+    module = xgrad.get_framework("flax").build(SPEC, dtype="float64").native
     assert isinstance(module, nnx.Module)

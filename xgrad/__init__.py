@@ -1,22 +1,14 @@
-"""xgrad: do these dense models compute the same gradients in NumPy, JAX, Flax and Keras?
+"""xgrad: do these models compute the same gradients in NumPy, JAX, Flax and Keras, and if
+not, where and why not?
 
 The public API, re-exported by name. Importing xgrad imports no framework; each one is
-imported when its adapter is first asked for.
+imported when it is first asked for.
 """
 
 from xgrad import testing
-from xgrad.activations import ACTIVATIONS, Activation, get_activation
-from xgrad.adapters import (
-    DTYPES,
-    AbstractAdapter,
-    AbstractModel,
-    Gradients,
-    LayerValues,
-    available_frameworks,
-    get_adapter,
-    known_frameworks,
-)
-from xgrad.compare import compare
+from xgrad.activations import ACTIVATIONS, get_activation
+from xgrad.align import align
+from xgrad.convert import convert
 from xgrad.errors import (
     AlignmentError,
     FrameworkError,
@@ -29,44 +21,78 @@ from xgrad.errors import (
     SpecError,
     XgradError,
 )
+from xgrad.frameworks import (
+    DTYPES,
+    AbstractFramework,
+    AbstractModel,
+    Gradients,
+    LayerInfo,
+    available_frameworks,
+    get_framework,
+    known_frameworks,
+    read_model,
+)
+from xgrad.layers import (
+    LAYERS,
+    Activation,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Flatten,
+    LayerNorm,
+    Residual,
+    RMSNorm,
+)
 from xgrad.losses import LOSSES, Loss, get_loss
 from xgrad.metrics import TOLERANCES, Metrics
 from xgrad.params import Params, check_params, init_params, load_params, save_params
-from xgrad.porting import compare_models, convert
-from xgrad.report import Entry, Report
-from xgrad.spec import MLP, Dense
+from xgrad.report import Entry, LayerEntry, Report
+from xgrad.runner import compare, compare_models
+from xgrad.spec import MLP
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+get_adapter = get_framework  # the 0.1 name
+AbstractAdapter = AbstractFramework  # the 0.1 name
 
 __all__ = [
     "ACTIVATIONS",
     "DTYPES",
+    "LAYERS",
     "LOSSES",
-    "TOLERANCES",
     "MLP",
+    "TOLERANCES",
     "AbstractAdapter",
+    "AbstractFramework",
     "AbstractModel",
     "Activation",
     "AlignmentError",
+    "BatchNorm",
     "Dense",
+    "Dropout",
     "Entry",
+    "Flatten",
     "FrameworkError",
     "FrameworkNotInstalledError",
     "GradientMismatchError",
     "Gradients",
     "InputError",
-    "LayerValues",
+    "LayerEntry",
+    "LayerInfo",
+    "LayerNorm",
     "Loss",
     "Metrics",
     "ModelFileError",
     "OutputError",
     "Params",
     "ParamsError",
+    "RMSNorm",
     "Report",
+    "Residual",
     "SpecError",
     "XgradError",
     "__version__",
-    "testing",
+    "align",
     "available_frameworks",
     "check_params",
     "compare",
@@ -74,9 +100,12 @@ __all__ = [
     "convert",
     "get_activation",
     "get_adapter",
+    "get_framework",
     "get_loss",
     "init_params",
     "known_frameworks",
     "load_params",
+    "read_model",
     "save_params",
+    "testing",
 ]

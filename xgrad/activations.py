@@ -18,7 +18,8 @@ selu                      selu'(0) = scale = 1.0507...  (JAX and PyTorch give sc
 elu                       elu'(0) = 1 (both sides agree for alpha = 1)
 ========================  =============================================================
 
-Names: ``linear``, ``relu``, ``sigmoid``, ``tanh``, ``softmax`` (over the last axis),
+Names: ``linear``, ``relu``, ``sigmoid``, ``tanh``, ``softmax`` and ``log_softmax`` (over
+the last axis),
 ``gelu`` (exact erf form), ``gelu_tanh`` (tanh approximation), ``elu`` (alpha 1), ``selu``,
 ``softplus``, ``silu`` (alias ``swish``), ``leaky_relu`` (default slope 0.2, the slope of
 Keras ``Dense(activation="leaky_relu")``; write ``leaky_relu:0.01`` for JAX's and PyTorch's
@@ -74,6 +75,11 @@ def _softmax(z: Array) -> Array:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _log_softmax(z: Array) -> Array:
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def _gelu(z: Array) -> Array:
     return 0.5 * z * (1 + _erf(z / np.sqrt(z.dtype.type(2))))
 
@@ -120,7 +126,8 @@ class Activation:
         slope: the negative slope of ``leaky_relu``; ``None`` for the others.
         kinks: the inputs where the derivative is a convention, not a limit.
         value: NumPy function ``z -> a``, elementwise except softmax (last axis).
-        derivative: NumPy function ``z -> a'(z)`` (elementwise), ``None`` for softmax.
+        derivative: NumPy function ``z -> a'(z)`` (elementwise), ``None`` for softmax and
+            log_softmax (see :meth:`vjp`).
     """
 
     name: str
@@ -137,15 +144,54 @@ class Activation:
         """Back-propagate ``grad_a = dL/da`` through the activation: returns ``dL/dz``.
 
         ``delta = grad_a * a'(z)`` for elementwise activations; for softmax the product
-        with its Jacobian, ``a * (grad_a - sum(grad_a * a, axis=-1))``.
+        with its Jacobian, ``a * (grad_a - sum(grad_a * a, axis=-1))``; for log_softmax
+        ``grad_a - softmax(z) * sum(grad_a, axis=-1)``.
         """
-        if self.derivative is None:  # softmax
+        if self.kind == "softmax":
             return a * (grad_a - np.sum(grad_a * a, axis=-1, keepdims=True))
+        if self.kind == "log_softmax":  # a = z - logsumexp(z): dz = g - softmax(z) * sum(g)
+            return grad_a - np.exp(a) * np.sum(grad_a, axis=-1, keepdims=True)
         if self.kind == "linear":  # the same numbers, without multiplying by ones
             return grad_a
         if self.kind == "relu":  # the same numbers, without casting the mask first
             return grad_a * (z > 0)
         return grad_a * self.derivative(z)
+
+    def other_kink_derivatives(self) -> dict[float, tuple[float, ...]]:
+        """At each kink, the derivative values frameworks use there, xgrad's included.
+
+        ``0.5`` is what ``jnp.maximum(x, 0)`` and lax's balanced min/max give at a tie; a
+        ``>=`` comparison (``jax.nn.leaky_relu``) takes the right-hand slope; JAX's and
+        PyTorch's ``selu`` take ``scale * alpha`` at 0.
+        """
+        if self.kind == "leaky_relu":
+            s = self.slope
+            return {0.0: (s, 1.0, (1 + s) / 2)}
+        return _KINK_ALTERNATIVES.get(self.kind, {})
+
+    def side_derivative(self, z: Array, a: Array) -> Array | None:
+        """The derivative on the side of each kink that the activation values ``a`` show
+        (``None`` for activations without kinks): how a computation that rounded ``z`` to
+        the other side of a kink differentiates there."""
+        if self.kind == "relu":
+            return (a > 0).astype(np.float64)
+        if self.kind == "leaky_relu":
+            return np.where(a > 0, 1.0, self.slope)
+        if self.kind == "relu6":
+            return ((a > 0) & (a < 6)).astype(np.float64)
+        if self.kind == "hard_sigmoid":
+            return ((a > 0) & (a < 1)).astype(np.float64) / 6
+        if self.kind == "selu":
+            return np.where(a > 0, SELU_SCALE, SELU_SCALE * SELU_ALPHA * np.exp(np.minimum(z, 0)))
+        return None
+
+
+_KINK_ALTERNATIVES = {
+    "relu": {0.0: (0.0, 1.0, 0.5)},
+    "relu6": {0.0: (0.0, 1.0, 0.5), 6.0: (0.0, 1.0, 0.5)},
+    "hard_sigmoid": {-3.0: (0.0, 1 / 6, 1 / 12), 3.0: (0.0, 1 / 6, 1 / 12)},
+    "selu": {0.0: (SELU_SCALE, SELU_SCALE * SELU_ALPHA, SELU_SCALE * (1 + SELU_ALPHA) / 2)},
+}
 
 
 def _leaky(slope: float) -> Activation:
@@ -176,6 +222,7 @@ def _make_table() -> dict[str, Activation]:
         Activation("sigmoid", "sigmoid", _sigmoid, sig_grad),
         Activation("tanh", "tanh", np.tanh, lambda z: 1 - np.tanh(z) ** 2),
         Activation("softmax", "softmax", _softmax, None),
+        Activation("log_softmax", "log_softmax", _log_softmax, None),
         Activation("gelu", "gelu", _gelu, _gelu_grad),
         Activation("gelu_tanh", "gelu_tanh", _gelu_tanh, _gelu_tanh_grad),
         Activation(

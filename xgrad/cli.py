@@ -2,13 +2,16 @@
 
 Exit status: 0 when every gradient matches, 1 on any mismatch or non-finite gradient, 2 on
 bad usage or input (one line ``error: ...`` on stderr, never a traceback). Only the
-frameworks named with ``--frameworks`` are imported.
+frameworks named with ``--frameworks`` are imported. Every command takes ``--quiet``,
+``--json PATH`` and ``--markdown PATH``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 import tomllib
 import zipfile
@@ -17,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xgrad.errors import InputError, SpecError, XgradError
+from xgrad.errors import InputError, XgradError
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
-PORT_TARGETS = ("numpy", "jax", "flax", "tensorflow")  # frameworks a port is rebuilt in
+PORT_TARGETS = ("numpy", "jax", "flax", "tensorflow", "torch")  # frameworks a port is rebuilt in
 
 
 class _UsageError(Exception):
@@ -28,36 +31,52 @@ class _UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --layer is not --layers
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, no usage dump
-        raise _UsageError(f"{message} (see '{self.prog} --help')")
+        raise _UsageError(f"{message}{_did_you_mean(self, message)} (see '{self.prog} --help')")
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    out = []
+    for action in parser._actions:
+        out += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _options(sub)
+    return out
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    match = re.search(r"unrecognized arguments: (\S+)", message)
+    if not match:
+        return ""
+    close = difflib.get_close_matches(match.group(1).split("=")[0], set(_options(parser)), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 # -- parsing helpers ---------------------------------------------------------------------
 
 
 def parse_layers(text: str, *, use_bias: bool = True):
-    """``"8:relu,5:sigmoid"`` -> ``[Dense(8, "relu"), Dense(5, "sigmoid")]``.
+    """``"8:relu,layernorm,5:sigmoid"`` -> layers (see :mod:`xgrad.layers.text`)."""
+    from xgrad.layers.text import parse_layers as parse
 
-    Each item is ``UNITS[:ACTIVATION]``; the activation may carry a parameter, e.g.
-    ``16:leaky_relu:0.01``. A missing activation means ``linear``.
-    """
-    from xgrad.spec import Dense
+    return parse(text, use_bias=use_bias)
 
-    items = [p.strip() for p in text.split(",")]
-    if not text.strip() or any(not p for p in items):
-        raise SpecError(f"--layers {text!r} has an empty item; write e.g. 8:relu,5:sigmoid")
-    layers = []
-    for item in items:
-        units_text, _, activation = item.partition(":")
-        try:
-            units = int(units_text)
-        except ValueError:
-            raise SpecError(
-                f"layer {item!r} in --layers: units must be a positive integer, got "
-                f"{units_text!r}; write e.g. 8:relu"
-            ) from None
-        layers.append(Dense(units, activation or "linear", use_bias=use_bias))
-    return layers
+
+def _shape(text: str) -> int | tuple[int, ...]:
+    try:
+        dims = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise InputError(
+            f"--input-dim takes a width (10) or an example shape (28x28), got {text!r}"
+        ) from None
+    if any(d <= 0 for d in dims):
+        raise InputError(f"--input-dim must be positive, got {text!r}")
+    return dims[0] if len(dims) == 1 else dims
 
 
 def _csv(text: str) -> list[str]:
@@ -94,12 +113,16 @@ def _load_array(path: str, flag: str, key: str | None = None) -> np.ndarray | No
         raise InputError(f"{flag} {path!r} cannot be read: {exc}") from None
 
 
-def _check_outputs(*paths) -> None:
+def _check_outputs(args) -> None:
     from xgrad._io import check_writable
 
-    for path in paths:
+    for name in ("json", "markdown", "plot", "out"):
+        path = getattr(args, name, None)
         if path is not None:
             check_writable(path)
+    plot = getattr(args, "plot", None)
+    if plot is not None and not plot.lower().endswith(".png"):
+        raise InputError(f"--plot {plot!r}: xgrad writes PNG images; name the file *.png")
 
 
 def _console():
@@ -109,10 +132,16 @@ def _console():
     return console if console.is_terminal else Console(width=160)
 
 
-def _write_outputs(report_like, args) -> None:
+def _show(report_like, args, console) -> None:
+    if args.quiet:
+        for line in getattr(report_like, "diagnosis_lines", list)():
+            console.print(line, highlight=False, markup=False)
+        console.print(report_like.summary(), highlight=False, markup=False)
+    else:
+        report_like.print(console)
     if args.json:
         report_like.to_json(args.json)
-    if getattr(args, "markdown", None):
+    if args.markdown:
         report_like.to_markdown(args.markdown)
     if getattr(args, "plot", None):
         report_like.plot(args.plot)
@@ -124,7 +153,7 @@ def _write_outputs(report_like, args) -> None:
 def cmd_compare(args) -> int:
     import xgrad
 
-    _check_outputs(args.json, args.markdown, args.plot)
+    _check_outputs(args)
     x = y = None
     if args.input:
         if args.batch is not None:
@@ -137,22 +166,23 @@ def cmd_compare(args) -> int:
             raise InputError(f"--input {args.input!r}: the .npz file has no array named 'x'")
         if args.input.lower().endswith(".npz"):
             y = _load_array(args.input, "--input", key="y")
-        if x.ndim == 2 and args.input_dim is not None and x.shape[1] != args.input_dim:
-            raise InputError(
-                f"conflicting flags: --input-dim {args.input_dim} but the input "
-                f"file has {x.shape[1]} features per row"
-            )
-    input_dim = args.input_dim
+    input_dim = _shape(args.input_dim) if args.input_dim is not None else None
     if input_dim is None:
-        if x is None or x.ndim != 2:
-            raise InputError("--input-dim is required unless --input gives 2-D x")
-        input_dim = x.shape[1]
+        if x is None or x.ndim < 2:
+            raise InputError("--input-dim is required unless --input gives a batch of inputs")
+        input_dim = x.shape[1] if x.ndim == 2 else tuple(x.shape[1:])
+    shape = input_dim if isinstance(input_dim, tuple) else (input_dim,)
+    if x is not None and tuple(x.shape[1:]) != shape:
+        raise InputError(
+            f"conflicting flags: --input-dim {args.input_dim} but the input file has examples "
+            f"of shape {tuple(x.shape[1:])}"
+        )
     spec = xgrad.MLP(input_dim, parse_layers(args.layers, use_bias=not args.no_bias))
     batch = args.batch if args.batch is not None else 2
     if x is None:
         if batch <= 0:
             raise InputError(f"--batch must be a positive integer, got {batch}")
-        x = np.random.default_rng(args.seed).standard_normal((batch, input_dim))
+        x = np.random.default_rng(args.seed).standard_normal((batch, *shape))
     cotangent = None
     if args.cotangent:
         if args.loss is not None:
@@ -171,7 +201,7 @@ def cmd_compare(args) -> int:
     if y is None and cotangent is None:
         from xgrad.losses import random_targets
 
-        y = random_targets(loss, x.shape[0] if x.ndim >= 1 else 0, spec.output_dim, args.seed)
+        y = random_targets(loss, x.shape[0], spec.output_dim, args.seed)
     params = xgrad.load_params(args.params) if args.params else None
     report = xgrad.compare(
         spec,
@@ -187,23 +217,34 @@ def cmd_compare(args) -> int:
         title=args.title,
         explain=args.explain,
     )
-    console = _console()
-    if args.quiet:
-        for line in report.diagnosis_lines():
-            console.print(line, highlight=False)
-        console.print(report.summary())
-    else:
-        report.print(console)
-    _write_outputs(report, args)
+    _show(report, args, _console())
     return EXIT_OK if report.ok else EXIT_MISMATCH
 
 
-class _ReportSet:
-    """Several reports written together (``xgrad examples``)."""
+class ReportSet:
+    """Several reports shown and written together (``xgrad examples``)."""
 
     def __init__(self, schema: str, reports):
         self.schema = schema
         self.reports = list(reports)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    def summary(self) -> str:
+        bad = sum(not r.ok for r in self.reports)
+        if not bad:
+            return f"OK: every gradient matches in all {len(self.reports)} reports"
+        return f"MISMATCH in {bad} of {len(self.reports)} reports"
+
+    def diagnosis_lines(self) -> list[str]:
+        return [line for r in self.reports for line in r.diagnosis_lines()]
+
+    def print(self, console) -> None:
+        for report in self.reports:
+            report.print(console)
+            console.print()
 
     def to_json(self, path) -> None:
         import json
@@ -212,7 +253,7 @@ class _ReportSet:
 
         data = {
             "schema": self.schema,
-            "ok": all(r.ok for r in self.reports),
+            "ok": self.ok,
             "reports": [r.to_dict() for r in self.reports],
         }
         text = json.dumps(data, indent=2, allow_nan=False) + "\n"
@@ -229,11 +270,9 @@ def cmd_examples(args) -> int:
     import xgrad
     from xgrad.examples import SEED_EXAMPLES
 
-    _check_outputs(args.json, args.markdown)
-    console = _console()
-    reports = []
-    for example in SEED_EXAMPLES:
-        report = xgrad.compare(
+    _check_outputs(args)
+    reports = [
+        xgrad.compare(
             example.spec,
             example.x,
             loss=example.loss,
@@ -243,17 +282,17 @@ def cmd_examples(args) -> int:
             rtol=args.rtol,
             title=example.title,
         )
-        reports.append(report)
-        report.print(console)
-        console.print()
-    _write_outputs(_ReportSet("xgrad.examples/1", reports), args)
-    return EXIT_OK if all(r.ok for r in reports) else EXIT_MISMATCH
+        for example in SEED_EXAMPLES
+    ]
+    result = ReportSet("xgrad.examples/1", reports)
+    _show(result, args, _console())
+    return EXIT_OK if result.ok else EXIT_MISMATCH
 
 
 def cmd_sweep(args) -> int:
     from xgrad.sweep import SweepGrid, run_sweep
 
-    _check_outputs(args.json)
+    _check_outputs(args)
     config = {}
     if args.config:
         path = Path(args.config)
@@ -272,15 +311,13 @@ def cmd_sweep(args) -> int:
         "input_dim": args.input_dim,
         "hidden": _ints(args.hidden, "--hidden") if args.hidden else None,
         "output_dim": args.output_dim,
+        "layers": args.layers,
         "frameworks": _csv(args.frameworks) if args.frameworks else None,
         "rtol": args.rtol,
     }
     grid = SweepGrid.from_mapping({**config, **{k: v for k, v in flags.items() if v is not None}})
-    console = _console()
-    result = run_sweep(grid, progress=not args.no_progress)
-    result.print(console)
-    if args.json:
-        result.to_json(args.json)
+    result = run_sweep(grid, progress=not (args.no_progress or args.quiet))
+    _show(result, args, _console())
     return EXIT_OK if result.ok else EXIT_MISMATCH
 
 
@@ -290,70 +327,76 @@ def cmd_port(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".npz", ".safetensors"):
         raise InputError(f"--out {args.out!r}: the name must end in .npz or .safetensors")
-    _check_outputs(args.out, args.json, args.markdown)
-    if args.to not in PORT_TARGETS:  # before anything is written
+    _check_outputs(args)
+    if args.to not in PORT_TARGETS:  # before anything is written or imported
         raise InputError(f"--to {args.to!r}: choose one of {', '.join(PORT_TARGETS)}")
-    from xgrad.porting.keras_source import KerasSource, load_keras_file
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise InputError(f"model file {args.model!r} does not exist")
+    if model_path.suffix.lower() != ".keras":
+        raise InputError(f"model file {args.model!r}: expected a .keras file (Keras 3 format)")
+    if args.batch <= 0:
+        raise InputError(f"--batch must be a positive integer, got {args.batch}")
+    loss = args.loss or "projection"
+    xgrad.get_loss(loss)
+    get = xgrad.get_framework
+    get(args.to)  # installed?
+    from xgrad.convert import spec_of
 
-    model = load_keras_file(args.model)
-    source = KerasSource(model)
-    spec = source.spec()
-    if spec is None:
-        unknown = [layer.name for layer in source.layers if layer.activation is None]
-        raise InputError(
-            f"{args.model!r}: layer(s) {unknown} use an activation xgrad does not "
-            "define, so the port cannot be rebuilt and verified"
-        )
-    params = source.native_params()
-    xgrad.save_params(out, {k: v.astype(source.dtype) for k, v in params.items()})
+    keras_model = get("tensorflow").load(args.model)
+    source = xgrad.read_model(keras_model)
+    spec = spec_of(source)
+    weights = source.weights()
+    xgrad.save_params(out, weights)
     loaded = xgrad.load_params(out)
-    round_trip = list(loaded) == list(params) and all(
-        np.array_equal(loaded[k], params[k]) for k in params
+    round_trip = list(loaded) == list(weights) and all(
+        np.array_equal(loaded[k], np.asarray(weights[k], dtype=np.float64)) for k in weights
     )
-    candidate = _port_candidate(spec, loaded, args.to, source.dtype)
-    x = np.random.default_rng(args.seed).standard_normal((args.batch, spec.input_dim))
+    candidate = get(args.to).build(spec, loaded, dtype=source.dtype).native
+    x = np.random.default_rng(args.seed).standard_normal((args.batch, *spec.input_shape))
+    from xgrad.losses import random_targets
+
+    y = random_targets(loss, args.batch, spec.output_dim, args.seed)
     report = xgrad.compare_models(
-        model, candidate, x, transfer=False, title=f"{args.model} -> {args.to} ({out.name})"
+        keras_model,
+        candidate,
+        x,
+        y,
+        loss=loss,
+        transfer=False,
+        title=f"{args.model} -> {args.to} ({out.name})",
     )
     console = _console()
-    report.print(console)
+    _show(report, args, console)
     console.print(
-        f"weights written to {out} ({len(params)} arrays, canonical names); "
-        f"round trip {'bit-exact' if round_trip else 'NOT bit-exact'}"
+        f"weights written to {out} ({len(weights)} arrays, canonical names); round trip "
+        f"{'bit-exact' if round_trip else 'NOT bit-exact'}",
+        highlight=False,
     )
-    if args.json:
-        report.to_json(args.json)
-    if args.markdown:
-        report.to_markdown(args.markdown)
     return EXIT_OK if report.ok and round_trip else EXIT_MISMATCH
-
-
-def _port_candidate(spec, params, to: str, dtype: str):
-    """The converted model, rebuilt from the saved weights, in the target framework."""
-    if to == "numpy":
-        return (spec, {k: v.astype(dtype) for k, v in params.items()})
-    from xgrad.adapters.base import get_adapter
-
-    built = get_adapter(to).build(spec, params, dtype=dtype)
-    if to == "jax":
-        from xgrad.adapters.jax import layer_fn
-
-        layers = layer_fn(spec)
-        return (lambda p, x: layers(p, x)[-1][1], built.native)
-    return built.native
 
 
 # -- the parser --------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, *, frameworks_default: str | None = None) -> None:
-    from xgrad.adapters.base import DTYPES
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from xgrad.frameworks.base import DTYPES
 
     p.add_argument(
         "--frameworks",
-        default=frameworks_default,
+        default=None,
         metavar="LIST",
-        help="comma-separated: numpy,jax,flax,tensorflow (default: all installed)",
+        help="comma-separated: numpy,jax,flax,tensorflow,torch (default: all installed)",
     )
     p.add_argument(
         "--dtype",
@@ -361,7 +404,7 @@ def _common(p: argparse.ArgumentParser, *, frameworks_default: str | None = None
         choices=DTYPES,
         help="the dtype every framework computes in (default float32)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of params, inputs and targets")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of params, inputs and targets")
     p.add_argument(
         "--rtol",
         type=float,
@@ -370,14 +413,22 @@ def _common(p: argparse.ArgumentParser, *, frameworks_default: str | None = None
     )
 
 
+def _outputs(p: argparse.ArgumentParser, *, plot: bool = False) -> None:
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
+    if plot:
+        p.add_argument("--plot", metavar="PATH", help="write a PNG of the errors")
+    p.add_argument("--quiet", action="store_true", help="print only the diagnoses and verdict")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xgrad import __version__
     from xgrad.losses import LOSSES
 
     parser = _Parser(
         prog="xgrad",
-        description="Do these dense models compute the same "
-        "gradients in NumPy, JAX, Flax and TensorFlow/Keras?",
+        description="Do these models compute the same gradients in NumPy, JAX, Flax, "
+        "TensorFlow/Keras and PyTorch, and if not, where and why not?",
     )
     parser.add_argument("--version", action="version", version=f"xgrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -388,14 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare one model's gradients across frameworks against "
         "a float64 NumPy reference. Exit 0: all match; 1: mismatch; 2: error.",
     )
-    p.add_argument("--input-dim", type=int, help="input features (or taken from --input)")
+    p.add_argument("--input-dim", help="input features (10) or example shape (28x28)")
     p.add_argument(
         "--layers",
         required=True,
         metavar="SPEC",
-        help="UNITS[:ACTIVATION],... e.g. 8:relu,5:sigmoid or 16:leaky_relu:0.01",
+        help="e.g. 8:relu,5:sigmoid or 64:gelu,layernorm,residual(64:relu),dropout(0.1),10",
     )
-    p.add_argument("--no-bias", action="store_true", help="layers without bias")
+    p.add_argument("--no-bias", action="store_true", help="Dense layers without bias")
     p.add_argument("--batch", type=int, default=None, help="rows of random input (default 2)")
     p.add_argument("--loss", choices=list(LOSSES), default=None, help="default: sum")
     p.add_argument("--input", metavar="FILE", help=".npy with x, or .npz with x (and y)")
@@ -404,17 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cotangent", metavar="FILE", help=".npy grad_output to back-propagate instead of a loss"
     )
-    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of the errors")
     p.add_argument("--title", default=None, help="a heading for the report")
-    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument(
         "--explain",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="test the known causes of a mismatch (default: only when one is found)",
+        help="compare every layer and test the known causes of a mismatch (default: only "
+        "when one is found)",
     )
+    _outputs(p, plot=True)
     _common(p)
     p.set_defaults(func=cmd_compare)
 
@@ -424,17 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the seed article's three examples through every "
         "framework and print their reports.",
     )
-    p.add_argument("--json", metavar="PATH", help="write the three reports as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the three reports as Markdown")
+    _outputs(p)
     _common(p)
     p.set_defaults(func=cmd_examples)
 
     p = sub.add_parser(
         "sweep",
         help="compare over a grid of activations, losses, dtypes...",
-        description="Compare over the product of activations x losses x "
-        "dtypes x batch sizes x seeds (flags, or a TOML file whose keys are "
-        "the flag names with underscores; flags win).",
+        description="Compare over the product of activations x losses x dtypes x batch "
+        "sizes x seeds (flags, or a TOML file whose keys are the flag names with "
+        "underscores; flags win).",
     )
     p.add_argument("--config", metavar="TOML", help="grid file")
     p.add_argument(
@@ -448,32 +496,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", metavar="LIST", help="hidden widths (default 8,8)")
     p.add_argument("--output-dim", type=int, default=None, help="default 4")
     p.add_argument(
-        "--frameworks",
-        default=None,
-        metavar="LIST",
-        help="comma-separated (default: all installed)",
+        "--layers",
+        metavar="TEMPLATE",
+        help="model template instead of --hidden: ACT and HEAD stand for each cell's "
+        "activation and the loss's head, e.g. 8:ACT,layernorm,residual(8:ACT),4:HEAD",
     )
+    p.add_argument("--frameworks", default=None, metavar="LIST", help="default: all installed")
     p.add_argument("--rtol", type=float, default=None, help="normwise tolerance override")
-    p.add_argument("--json", metavar="PATH", help="write every cell's report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _outputs(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "port",
         help="convert a .keras model's weights and verify the port",
-        description="Load a .keras model in Keras safe mode, write its weights "
-        "in canonical names, rebuild the model in the target framework from "
-        "the written file, and compare the two on random inputs.",
+        description="Load a .keras model in Keras safe mode, write its weights in canonical "
+        "names, rebuild the model in the target framework from the written file, and compare "
+        "the two on a seeded random batch.",
     )
     p.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file")
-    p.add_argument("--to", required=True, help="numpy, jax, flax or tensorflow")
+    p.add_argument("--to", required=True, help="numpy, jax, flax, tensorflow or torch")
     p.add_argument(
         "--out", required=True, metavar="PATH", help="weights file: .safetensors or .npz"
     )
     p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
-    p.add_argument("--json", metavar="PATH", help="write the verification report as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write it as Markdown")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random input")
+    p.add_argument(
+        "--loss",
+        choices=list(LOSSES),
+        default=None,
+        help="default: projection, sum(output * r) for a seeded random r (never degenerate)",
+    )
+    _outputs(p)
     p.set_defaults(func=cmd_port)
     return parser
 

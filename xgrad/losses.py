@@ -9,6 +9,7 @@ Keras' default ``sum_over_batch_size`` for the matching Keras loss.
 name           formula                                                     needs ``y``
 =============  ==========================================================  ===========
 sum            ``sum(out)`` (the seed's ``tf.reduce_sum(output)``)         no
+projection     ``sum(out * y)``: a fixed random direction ``y``             yes (drawn)
 mean           ``sum(out) / N``                                            no
 mse            ``sum((out - y)**2) / N``                                   yes
 bce_logits     ``sum(max(out,0) - out*y + log1p(exp(-|out|))) / N``        yes
@@ -16,6 +17,12 @@ bce            ``-sum(y*log(p) + (1-y)*log(1-p)) / N``, ``p = clip(out)``  yes
 cce_logits     ``-sum(y * log_softmax(out)) / B``                          yes
 cce            ``-sum(y * log(clip(out))) / B``                            yes
 =============  ==========================================================  ===========
+
+``projection`` is the loss whose gradients are never degenerate: ``dL/d output = y``, a
+seeded random direction, so every parameter receives a non-zero, informative gradient
+(``sum`` of a softmax output is constant and gives gradients of pure rounding noise).
+It is the default of :func:`xgrad.compare_models` and ``xgrad port``; ``y`` is drawn from
+the seed when not given.
 
 ``clip`` limits probabilities to ``[EPSILON, 1 - EPSILON]`` with ``EPSILON = 1e-7`` (Keras'
 ``backend.epsilon()``); the gradient passes through where ``EPSILON <= p <= 1 - EPSILON`` and is
@@ -57,6 +64,10 @@ def _log_softmax(z: Array) -> Array:
 
 def _sum(out, y):
     return out.sum(), np.ones_like(out)
+
+
+def _projection(out, y):
+    return (out * y).sum(), y.astype(out.dtype, copy=True)
 
 
 def _mean(out, y):
@@ -168,6 +179,7 @@ class Loss:
 
 _TABLE = [
     Loss("sum", False, False, "sum over all elements", _sum),
+    Loss("projection", True, False, "sum over all elements of output * y", _projection),
     Loss("mean", False, False, "mean over all elements", _mean),
     Loss("mse", True, False, "mean over all elements", _mse),
     Loss("bce_logits", True, False, "mean over all elements", _bce_logits),
@@ -206,4 +218,6 @@ def random_targets(loss: str, batch: int, units: int, seed: int):
         return rng.integers(0, units, size=batch)
     if loss_obj.name.startswith("bce"):
         return rng.uniform(0.0, 1.0, size=(batch, units))
+    if loss_obj.name == "projection":  # a direction of its own stream, whatever the loss
+        return np.random.default_rng([seed, 2]).standard_normal((batch, units))
     return rng.standard_normal((batch, units))

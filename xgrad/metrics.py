@@ -23,6 +23,7 @@ __all__ = [
     "TOLERANCES",
     "Metrics",
     "compare_arrays",
+    "json_float",
     "tolerance",
 ]
 
@@ -59,6 +60,10 @@ else the status is the normwise relative rule.
 """
 
 STATUSES = ("match", "mismatch", "nonfinite")
+"""Every status a comparison can have."""
+
+OK_STATUSES = ("match",)
+"""The statuses that count as a pass."""
 
 
 def tolerance(dtype: str, rtol: float | None = None) -> float:
@@ -130,12 +135,14 @@ class Metrics:
             None if self.first_nonfinite is None else list(self.first_nonfinite)
         )
         for key in ("max_abs", "max_rel", "rel_norm", "cosine", "worst_value", "worst_reference"):
-            out[key] = _json_float(out[key])
+            out[key] = json_float(out[key])
         return out
 
 
-def _json_float(value: float) -> float | str:
+def json_float(value: float | None) -> float | str | None:
     """Floats for JSON: NaN and infinities as the strings "nan", "inf", "-inf"."""
+    if value is None:
+        return None
     if math.isnan(value):
         return "nan"
     if math.isinf(value):

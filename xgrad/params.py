@@ -1,12 +1,16 @@
-"""Canonical parameters: names, layout, deterministic initialisation, save and load.
+"""Canonical weights: names, layout, deterministic initialisation, save and load.
 
-Canonical params are an ordered ``dict`` from name to a float64 NumPy array:
+Canonical params are an ordered ``dict`` from name to a float64 NumPy array. Layer ``i``
+owns ``layers.{i}.{local}`` (nested: ``layers.{i}.layers.{j}.{local}``):
 
-* ``layers.{i}.kernel``: shape ``(in, out)``, so a layer computes ``x @ kernel + bias``
-  (Keras and Flax store the kernel the same way; PyTorch stores ``(out, in)``);
-* ``layers.{i}.bias``: shape ``(out,)``, absent for layers with ``use_bias=False``.
+* Dense ``kernel``: shape ``(in, out)``, so a layer computes ``x @ kernel + bias`` (Keras
+  and Flax store the kernel the same way; PyTorch stores ``(out, in)``); ``bias``: ``(out,)``,
+  absent for layers with ``use_bias=False``;
+* LayerNorm / RMSNorm / BatchNorm ``scale`` and ``bias``: ``(features,)``;
+* BatchNorm state ``mean`` and ``var``: ``(features,)``; they travel with the parameters
+  (one dict, one file) but have no gradient.
 
-Every adapter maps its native names and layout to and from this form.
+Every framework maps its native names and layout to and from this form.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ from xgrad.spec import MLP
 
 __all__ = ["Params", "check_params", "init_params", "load_params", "save_params"]
 
-Params = dict[str, np.ndarray]  # canonical name -> array; kernel (in, out), bias (out,)
+Params = dict[str, np.ndarray]  # canonical name -> array; kernel (in, out), bias (out,), ...
 
 
 def init_params(spec: MLP, seed: int = 0, *, bias_scale: float = 0.1) -> Params:
-    """Deterministic float64 parameters for ``spec``.
+    """Deterministic float64 weights for ``spec``: parameters and state.
 
-    Kernels are Glorot-uniform, ``U(-l, l)`` with ``l = sqrt(6 / (in + out))``; biases are
-    ``U(-bias_scale, bias_scale)``, non-zero by default so that bias gradients and the
-    ``+ bias`` path are exercised (pass ``bias_scale=0`` for Keras' zero biases). The same
+    Each layer draws its own weights (see its ``init``) from one generator, in layer order:
+    Dense kernels are Glorot-uniform, ``U(-l, l)`` with ``l = sqrt(6 / (in + out))``, and
+    biases (Dense and norm ``bias``) ``U(-bias_scale, bias_scale)``, non-zero by default so that bias gradients and the
+    ``+ bias`` path are exercised (pass ``bias_scale=0`` for Keras' zero biases); norm scales
+    are drawn around 1 and BatchNorm's moving statistics around (0, 1). The same
     ``(spec, seed, bias_scale)`` always gives the same arrays, on every platform; the global
     NumPy random state is neither read nor changed.
 
@@ -45,7 +51,7 @@ def init_params(spec: MLP, seed: int = 0, *, bias_scale: float = 0.1) -> Params:
         bias_scale: half-width of the bias distribution, ``>= 0``.
 
     Returns:
-        Canonical params in canonical order (see :meth:`MLP.param_shapes`).
+        Canonical weights in canonical order (see :meth:`MLP.weight_shapes`).
 
     Example:
         >>> from xgrad import MLP, Dense
@@ -60,18 +66,16 @@ def init_params(spec: MLP, seed: int = 0, *, bias_scale: float = 0.1) -> Params:
     if not (isinstance(bias_scale, int | float) and math.isfinite(bias_scale) and bias_scale >= 0):
         raise ParamsError(f"bias_scale must be a finite number >= 0, got {bias_scale!r}")
     rng = np.random.default_rng(int(seed))
+    inputs = spec.layer_input_shapes()
     params: Params = {}
-    for name, shape in spec.param_shapes().items():
-        if name.endswith(".kernel"):
-            limit = math.sqrt(6.0 / (shape[0] + shape[1]))
-            params[name] = rng.uniform(-limit, limit, size=shape)
-        else:
-            params[name] = rng.uniform(-bias_scale, bias_scale, size=shape)
-    return params
+    for path, layer in spec.walk():
+        for name, value in layer.init(rng, inputs[path], bias_scale=float(bias_scale)).items():
+            params[f"{path}.{name}"] = value
+    return {name: params[name] for name in spec.weight_shapes()}
 
 
 def check_params(spec: MLP, params: Mapping[str, object]) -> Params:
-    """Validate ``params`` against ``spec`` and return them as float64, in canonical order.
+    """Validate ``params`` (parameters and state) against ``spec``; float64 copies, in order.
 
     The arrays are copied, so later changes to the caller's arrays change nothing here.
 
@@ -83,7 +87,7 @@ def check_params(spec: MLP, params: Mapping[str, object]) -> Params:
         raise ParamsError(
             f"params must be a mapping of canonical names to arrays, got {type(params).__name__}"
         )
-    shapes = spec.param_shapes()
+    shapes = spec.weight_shapes()
     missing = [k for k in shapes if k not in params]
     extra = [k for k in params if k not in shapes]
     if missing or extra:
@@ -219,19 +223,22 @@ def load_params(path: str | os.PathLike) -> Params:
     return _canonical_order(out)
 
 
-_CANONICAL = re.compile(r"layers\.(\d+)\.(kernel|bias)")
+_CANONICAL = re.compile(r"layers\.\d+(\.layers\.\d+)*\.[a-z_]+")
+_LOCAL_ORDER = {"kernel": 0, "scale": 1, "bias": 2, "mean": 3, "var": 4}
 
 
 def _canonical_order(params: Params) -> Params:
     """Canonical names in canonical order (safetensors stores keys sorted); others as read."""
     keys = list(params)
-    matches = [_CANONICAL.fullmatch(k) for k in keys]
-    if not all(matches):
+    if not all(_CANONICAL.fullmatch(k) for k in keys):
         return params
-    keys.sort(
-        key=lambda k: (
-            int(_CANONICAL.fullmatch(k).group(1)),
-            _CANONICAL.fullmatch(k).group(2) != "kernel",
+
+    def key(name: str):
+        parts = name.split(".")
+        return (
+            tuple(int(p) for p in parts[1:-1:2]),
+            _LOCAL_ORDER.get(parts[-1], len(_LOCAL_ORDER)),
+            parts[-1],
         )
-    )
-    return {k: params[k] for k in keys}
+
+    return {k: params[k] for k in sorted(keys, key=key)}

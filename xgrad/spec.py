@@ -1,76 +1,50 @@
-"""The model spec: an immutable, validated description of a dense model.
+"""The model spec: an immutable, validated description of a model, without weights.
 
-A spec says what the model computes; it holds no weights. Layer ``i`` computes
-``a_i = act_i(a_{i-1} @ kernel_i + bias_i)`` with ``a_0 = x``, kernel of shape ``(in, out)``
-and bias of shape ``(out,)``.
+``MLP(input_dim, layers)`` runs ``layers`` (see :mod:`xgrad.layers`) one after another on
+inputs of shape ``(batch, input_dim)`` (or ``(batch, *input_dim)`` when ``input_dim`` is a
+tuple and a :class:`~xgrad.Flatten` comes first). Layer ``i`` owns the weights
+``layers.{i}.{local}``; a layer inside a residual block at ``i`` owns
+``layers.{i}.layers.{j}.{local}``.
 """
 
 from __future__ import annotations
 
 import functools
-import numbers
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from xgrad.activations import Activation, get_activation
 from xgrad.errors import SpecError
+from xgrad.layers import AbstractLayer, Dense, Shape
+from xgrad.layers.base import check_positive_int
 
-__all__ = ["MLP", "Dense"]
-
-
-def _check_positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SpecError(f"{what} must be a positive integer, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise SpecError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
+__all__ = ["MLP", "Dense", "walk"]
 
 
-@dataclass(frozen=True)
-class Dense:
-    """A fully connected layer: ``activation(x @ kernel + bias)``.
-
-    Args:
-        units: the number of outputs, a positive integer.
-        activation: an activation name (see :mod:`xgrad.activations`); stored in canonical
-            form, so ``"leaky_relu"`` becomes ``"leaky_relu:0.2"`` and ``"swish"`` ``"silu"``.
-        use_bias: whether the layer has a bias of shape ``(units,)``.
-
-    Raises:
-        SpecError: ``units`` is not a positive integer or the activation is unknown.
-
-    Example:
-        >>> Dense(4, "sigmoid")
-        Dense(units=4, activation='sigmoid', use_bias=True)
-    """
-
-    units: int
-    activation: str = "linear"
-    use_bias: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "units", _check_positive_int(self.units, "Dense units"))
-        object.__setattr__(self, "activation", get_activation(self.activation).name)
-        if not isinstance(self.use_bias, bool):
-            raise SpecError(f"Dense use_bias must be True or False, got {self.use_bias!r}")
-
-    @property
-    def act(self) -> Activation:
-        """The :class:`~xgrad.activations.Activation` object of this layer."""
-        return get_activation(self.activation)  # cached by name
+def walk(layers, prefix: str = "layers") -> Iterator[tuple[str, AbstractLayer]]:
+    """``(path, layer)`` for every layer, nested ones right after their block, in call order."""
+    for i, layer in enumerate(layers):
+        path = f"{prefix}.{i}"
+        yield path, layer
+        if layer.children:
+            yield from walk(layer.children, f"{path}.layers")
 
 
 @dataclass(frozen=True)
 class MLP:
-    """A stack of :class:`Dense` layers applied to inputs of width ``input_dim``.
+    """A sequence of layers applied to inputs of shape ``(batch, input_dim)``.
 
     Args:
-        input_dim: the number of input features, a positive integer.
-        layers: one or more :class:`Dense` layers (any iterable; stored as a tuple).
+        input_dim: the number of input features, a positive integer; or the shape of one
+            example, a tuple such as ``(28, 28)``, when the first layer is a ``Flatten``.
+        layers: one or more layers (any iterable; stored as a tuple): :class:`~xgrad.Dense`,
+            :class:`~xgrad.LayerNorm`, :class:`~xgrad.RMSNorm`, :class:`~xgrad.BatchNorm`,
+            :class:`~xgrad.Dropout`, :class:`~xgrad.Activation`, :class:`~xgrad.Flatten`,
+            :class:`~xgrad.Residual`.
 
     Raises:
-        SpecError: ``input_dim`` is not a positive integer, ``layers`` is empty, or an item
-            is not a :class:`Dense`.
+        SpecError: a bad ``input_dim``, an empty ``layers``, an item that is not a layer, or
+            a layer whose input shape does not fit (named, with the fix).
 
     Example:
         >>> spec = MLP(10, [Dense(8, "relu"), Dense(5, "sigmoid")])
@@ -78,74 +52,138 @@ class MLP:
         {'layers.0.kernel': (10, 8), 'layers.0.bias': (8,), 'layers.1.kernel': (8, 5), 'layers.1.bias': (5,)}
     """  # noqa: E501
 
-    input_dim: int
-    layers: tuple[Dense, ...]
+    input_dim: int | tuple[int, ...]
+    layers: tuple[AbstractLayer, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_dim", _check_positive_int(self.input_dim, "input_dim"))
-        if isinstance(self.layers, Dense):
-            raise SpecError("layers must be a list of Dense layers; wrap it: layers=[Dense(...)]")
+        if isinstance(self.input_dim, tuple | list):
+            if not self.input_dim:
+                raise SpecError("input_dim must be a positive integer or a non-empty tuple")
+            dims = tuple(check_positive_int(d, "input_dim") for d in self.input_dim)
+            object.__setattr__(self, "input_dim", dims[0] if len(dims) == 1 else dims)
+        else:
+            object.__setattr__(self, "input_dim", check_positive_int(self.input_dim, "input_dim"))
+        if isinstance(self.layers, AbstractLayer):
+            raise SpecError("layers must be a list of layers; wrap it: layers=[Dense(...)]")
         if not isinstance(self.layers, Iterable) or isinstance(self.layers, str | bytes):
-            raise SpecError(f"layers must be a list of Dense layers, got {self.layers!r}")
+            raise SpecError(f"layers must be a list of layers, got {self.layers!r}")
         layers = tuple(self.layers)
         if not layers:
-            raise SpecError("an MLP needs at least one Dense layer, got an empty list")
+            raise SpecError("a model needs at least one layer, got an empty list")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Dense):
+            if not isinstance(layer, AbstractLayer):
                 raise SpecError(
-                    f"layers[{i}] must be an xgrad.Dense, got {type(layer).__name__} {layer!r}"
+                    f"layers[{i}] must be an xgrad layer (xgrad.Dense, xgrad.LayerNorm, ...), "
+                    f"got {type(layer).__name__} {layer!r}"
                 )
         object.__setattr__(self, "layers", layers)
+        shape = self.input_shape
+        for i, layer in enumerate(layers):
+            try:
+                shape = layer.output_shape(shape)
+            except SpecError as exc:
+                raise SpecError(f"layers[{i}] ({layer.describe()}): {exc}") from None
+
+    # -- shapes ----------------------------------------------------------------------------
+
+    @property
+    def input_shape(self) -> Shape:
+        """The shape of one input example, e.g. ``(10,)`` or ``(28, 28)``."""
+        return self.input_dim if isinstance(self.input_dim, tuple) else (self.input_dim,)
+
+    @functools.cached_property
+    def _shapes(self) -> tuple[dict[str, Shape], dict[str, Shape], dict[str, Shape]]:
+        # (params, state, layer input shapes by path): computed once (specs are immutable)
+        params: dict[str, Shape] = {}
+        state: dict[str, Shape] = {}
+        inputs: dict[str, Shape] = {}
+
+        def visit(layers, prefix, shape):
+            for i, layer in enumerate(layers):
+                path = f"{prefix}.{i}"
+                inputs[path] = shape
+                local = layer.weight_shapes(shape)
+                for name in layer.param_names():
+                    params[f"{path}.{name}"] = local[name]
+                for name in layer.state_names():
+                    state[f"{path}.{name}"] = local[name]
+                if layer.children:
+                    visit(layer.children, f"{path}.layers", shape)
+                shape = layer.output_shape(shape)
+            return shape
+
+        visit(self.layers, "layers", self.input_shape)
+        return params, state, inputs
+
+    @property
+    def output_shape(self) -> Shape:
+        """The shape of one output example."""
+        shape = self.input_shape
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
 
     @property
     def output_dim(self) -> int:
-        """The number of outputs of the last layer."""
-        return self.layers[-1].units
+        """The number of outputs (the last axis of the output)."""
+        return self.output_shape[-1]
 
-    def layer_dims(self) -> list[tuple[int, int]]:
-        """``(in, out)`` of every layer, in order."""
-        dims = [self.input_dim, *(layer.units for layer in self.layers)]
-        return list(zip(dims[:-1], dims[1:], strict=True))
+    def layer_input_shapes(self) -> dict[str, Shape]:
+        """The input shape of every layer, by path (nested layers included)."""
+        return dict(self._shapes[2])
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Canonical parameter names and shapes, in canonical order.
+    def param_shapes(self) -> dict[str, Shape]:
+        """Canonical names and shapes of the trainable parameters, in canonical order.
 
         ``layers.{i}.kernel`` has shape ``(in, out)`` and ``layers.{i}.bias`` shape ``(out,)``;
         layers built with ``use_bias=False`` have no bias entry.
         """
-        return dict(self._shapes)
+        return dict(self._shapes[0])
+
+    def state_shapes(self) -> dict[str, Shape]:
+        """Canonical names and shapes of the non-trainable state (BatchNorm's ``mean``/``var``)."""
+        return dict(self._shapes[1])
+
+    def weight_shapes(self) -> dict[str, Shape]:
+        """Parameters and state together, in the order of the layers."""
+        order = {path: n for n, (path, _) in enumerate(walk(self.layers))}
+        both = {**self._shapes[0], **self._shapes[1]}
+        return dict(sorted(both.items(), key=lambda kv: (order[kv[0].rsplit(".", 1)[0]], 0)))
 
     @functools.cached_property
     def param_names(self) -> tuple[str, ...]:
         """The canonical parameter names, in canonical order (computed once per spec)."""
-        return tuple(self._shapes)
+        return tuple(self._shapes[0])
 
     @functools.cached_property
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        # computed once per spec (specs are immutable); param_shapes hands out copies
-        shapes: dict[str, tuple[int, ...]] = {}
-        for i, (layer, (n_in, n_out)) in enumerate(
-            zip(self.layers, self.layer_dims(), strict=True)
-        ):
-            shapes[f"layers.{i}.kernel"] = (n_in, n_out)
-            if layer.use_bias:
-                shapes[f"layers.{i}.bias"] = (n_out,)
-        return shapes
+    def state_names(self) -> tuple[str, ...]:
+        """The canonical state names (BatchNorm moving statistics), in order."""
+        return tuple(self._shapes[1])
 
     def n_params(self) -> int:
-        """The total number of scalar parameters."""
-        total = 0
-        for shape in self.param_shapes().values():
-            size = 1
-            for d in shape:
-                size *= d
-            total += size
-        return total
+        """The total number of scalar trainable parameters."""
+        return sum(math.prod(shape) for shape in self._shapes[0].values())
+
+    def walk(self) -> Iterator[tuple[str, AbstractLayer]]:
+        """``(path, layer)`` for every layer in call order, nested ones included."""
+        return walk(self.layers)
+
+    # -- text ------------------------------------------------------------------------------
+
+    def layer_dims(self) -> list[tuple[int, int]]:
+        """``(in, out)`` of every top-level Dense layer, in order (dense-only specs)."""
+        shapes = self._shapes[2]
+        return [
+            (shapes[f"layers.{i}"][0], layer.units)
+            for i, layer in enumerate(self.layers)
+            if isinstance(layer, Dense)
+        ]
 
     def describe(self) -> str:
-        """A short text form, e.g. ``"10 -> 8:relu -> 5:sigmoid"``."""
-        parts = [str(self.input_dim)]
-        for layer in self.layers:
-            bias = "" if layer.use_bias else " (no bias)"
-            parts.append(f"{layer.units}:{layer.activation}{bias}")
-        return " -> ".join(parts)
+        """A short text form, e.g. ``"10 -> 8:relu -> layernorm(eps=0.001) -> 5:sigmoid"``."""
+        dims = (
+            self.input_dim
+            if isinstance(self.input_dim, int)
+            else "x".join(map(str, self.input_dim))
+        )
+        return " -> ".join([str(dims), *(layer.describe() for layer in self.layers)])

@@ -2,8 +2,11 @@
 
 A cell is one (activation, loss, dtype, batch size, seed). Its model is
 ``MLP(input_dim, [Dense(h, activation) for h in hidden] + [Dense(output_dim, head)])`` with
-the head the loss expects: ``sigmoid`` for ``bce``, ``softmax`` for ``cce``, else ``linear``.
-Inputs are standard normal and targets drawn as in ``xgrad compare``, all from the seed.
+the head the loss expects: ``sigmoid`` for ``bce``, ``softmax`` for ``cce``, else ``linear``;
+or, with ``layers``, a template in the text form of :mod:`xgrad.layers.text` where ``ACT``
+and ``HEAD`` stand for the cell's activation and head
+(``8:ACT,layernorm,residual(8:ACT),4:HEAD``). Inputs are standard normal and targets drawn
+as in ``xgrad compare``, all from the seed.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
@@ -19,8 +23,8 @@ import numpy as np
 
 from xgrad._io import atomic_write
 from xgrad.activations import ACTIVATIONS, get_activation
-from xgrad.adapters.base import check_dtype
 from xgrad.errors import InputError
+from xgrad.frameworks.base import check_dtype
 from xgrad.losses import get_loss, random_targets
 from xgrad.report import Report
 
@@ -45,6 +49,7 @@ class SweepGrid:
     input_dim: int = 6
     hidden: tuple[int, ...] = (8, 8)
     output_dim: int = 4
+    layers: str | None = None
     frameworks: tuple[str, ...] | None = None
     rtol: float | None = None
 
@@ -68,6 +73,10 @@ class SweepGrid:
                 kwargs[key] = value
             elif key == "rtol":
                 kwargs[key] = None if value is None else float(value)
+            elif key == "layers":
+                if not isinstance(value, str):
+                    raise InputError(f"sweep layers must be a text template, got {value!r}")
+                kwargs[key] = value
             else:
                 if isinstance(value, str):
                     value = [v.strip() for v in value.split(",") if v.strip()]
@@ -85,6 +94,9 @@ class SweepGrid:
             get_loss(name)
         for dtype in self.dtypes:
             check_dtype(dtype)
+        for activation in self.activations:
+            for loss in self.losses:
+                self.spec(activation, loss)
         for key in ("batch_sizes", "seeds", "hidden"):
             for v in getattr(self, key):
                 if (
@@ -93,6 +105,19 @@ class SweepGrid:
                     or v < (0 if key == "seeds" else 1)
                 ):
                     raise InputError(f"sweep {key} must hold positive integers, got {v!r}")
+
+    def spec(self, activation: str, loss: str):
+        """The model of the cells with this activation and loss."""
+        from xgrad.layers.text import parse_layers
+        from xgrad.spec import MLP, Dense
+
+        head = HEADS.get(get_loss(loss).name, "linear")
+        if self.layers is None:
+            layers = [*(Dense(h, activation) for h in self.hidden), Dense(self.output_dim, head)]
+        else:
+            text = re.sub(r"\bHEAD\b", head, re.sub(r"\bACT\b", activation, self.layers))
+            layers = parse_layers(text)
+        return MLP(self.input_dim, layers)
 
     def cells(self) -> list[tuple[str, str, str, int, int]]:
         return list(
@@ -137,7 +162,7 @@ class SweepResult:
         from rich.markup import escape
         from rich.table import Table
 
-        from xgrad.report import _fmt
+        from xgrad.report.data import fmt as _fmt
 
         table = Table(title="xgrad sweep: worst normwise error per cell", title_justify="left")
         for col in (
@@ -155,7 +180,8 @@ class SweepResult:
             )
         for c in self.cells:
             value, fw, label = c.worst()
-            status = "match" if c.report.ok else next(m.status for _, _, m in c.report.failures())
+            failures = c.report.failures()
+            status = "match" if c.report.ok else (failures[0][2].status if failures else "mismatch")
             style = {"match": "green", "mismatch": "bold red"}.get(status, "bold magenta")
             table.add_row(
                 c.activation,
@@ -175,6 +201,35 @@ class SweepResult:
             else f"[bold red]MISMATCH: {bad} of {len(self.cells)} cells[/]"
         )
         console.print(verdict)
+
+    def summary(self) -> str:
+        bad = sum(not c.report.ok for c in self.cells)
+        if not bad:
+            return f"OK: every cell matches ({len(self.cells)} cells)"
+        return f"MISMATCH: {bad} of {len(self.cells)} cells"
+
+    def diagnosis_lines(self) -> list[str]:
+        return [line for c in self.cells for line in c.report.diagnosis_lines()]
+
+    def to_markdown(self, path: str | os.PathLike | None = None) -> str:
+        """A Markdown table: the worst normwise error, where, and the status per cell."""
+        from xgrad.report.data import fmt
+
+        lines = [
+            "| activation | loss | dtype | batch | seed | worst rel norm | where | status |",
+            "|---|---|---|---:|---:|---:|---|---|",
+        ]
+        for c in self.cells:
+            value, fw, label = c.worst()
+            status = "match" if c.report.ok else "**mismatch**"
+            lines.append(
+                f"| {c.activation} | {c.loss} | {c.dtype} | {c.batch} | {c.seed} | "
+                f"{fmt(value)} | {fw}: {label} | {status} |"
+            )
+        text = "\n".join([*lines, "", f"**{self.summary()}**", ""])
+        if path is not None:
+            atomic_write(path, lambda f: f.write(text), binary=False)
+        return text
 
     def to_dict(self) -> dict:
         cells = []
@@ -207,8 +262,7 @@ class SweepResult:
 
 def run_sweep(grid: SweepGrid, *, progress: bool = False) -> SweepResult:
     """Run :func:`xgrad.compare` on every cell of ``grid``."""
-    from xgrad.compare import compare, resolve_frameworks
-    from xgrad.spec import MLP, Dense
+    from xgrad.runner import compare, resolve_frameworks
 
     adapters = resolve_frameworks(None if grid.frameworks is None else list(grid.frameworks))
     cells = grid.cells()
@@ -222,13 +276,9 @@ def run_sweep(grid: SweepGrid, *, progress: bool = False) -> SweepResult:
         task = bar.add_task("sweep", total=len(cells))
     try:
         for activation, loss, dtype, batch, seed in cells:
-            head = HEADS.get(get_loss(loss).name, "linear")
-            spec = MLP(
-                grid.input_dim,
-                [*(Dense(h, activation) for h in grid.hidden), Dense(grid.output_dim, head)],
-            )
+            spec = grid.spec(activation, loss)
             x = np.random.default_rng(seed).standard_normal((batch, grid.input_dim))
-            y = random_targets(loss, batch, grid.output_dim, seed)
+            y = random_targets(loss, batch, spec.output_dim, seed)
             report = compare(
                 spec,
                 x,

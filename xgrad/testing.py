@@ -9,8 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from xgrad.compare import compare
 from xgrad.report import Report
+from xgrad.runner import compare
 
 __all__ = ["assert_gradients_close"]
 

@@ -1,0 +1,224 @@
+"""Diagnosis: name the cause of a discrepancy by testing each known cause.
+
+Nothing here is guessed from names. Each cause (a record in :data:`CAUSES`: id, the
+evidence it needs, its test, its wording) re-evaluates the diverging layer with the
+layer's own NumPy forward or VJP, or the loss gradient, under the alternative convention.
+It is *confirmed* only when the discrepancy then falls within tolerance. When no cause is
+confirmed, the answer is ``unexplained``. A new cause is one record here and one test.
+
+Everything here is NumPy in float64; no framework is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from xgrad.diagnosis import activation, kinks, layout, loss, norms, precision, structure
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence, build_evidence
+from xgrad.diagnosis.precision import float32_exact, round_mantissa
+from xgrad.diagnosis.records import Cause, Diagnosis, Finding
+from xgrad.metrics import OK_STATUSES
+
+__all__ = [
+    "CAUSES",
+    "CAUSE_IDS",
+    "Cause",
+    "Diagnosis",
+    "Evidence",
+    "UnitEvidence",
+    "build_evidence",
+    "diagnose",
+    "diagnose_side",
+    "round_mantissa",
+]
+
+CAUSES: tuple[Cause, ...] = (
+    # forward: the first layer whose output differs, in this order
+    *structure.CAUSES[:1],  # residual-missing
+    layout.CAUSES[0],  # weight-layout
+    *structure.CAUSES[1:],  # dropout-active
+    *norms.CAUSES[:5],  # batchnorm-mode, norm-affine, *-epsilon
+    *activation.CAUSES[:3],  # gelu-approximation, leaky-relu-slope, activation-mismatch
+    *precision.CAUSES,  # dtype, matmul-precision
+    # backward: outputs agree, gradients differ
+    loss.CAUSES[0],  # crossentropy-clipping
+    *kinks.CAUSES,  # kink-convention, kink-rounding
+    activation.CAUSES[3],  # activation-mismatch (derivative only)
+    layout.CAUSES[1],  # weight-layout (dL/dinput)
+    # state: updated moving statistics differ
+    norms.CAUSES[5],  # batchnorm-momentum
+    # the whole model
+    loss.CAUSES[1],  # loss-reduction
+)
+"""Every known cause, in the order they are tried."""
+
+CAUSE_IDS: tuple[str, ...] = (*dict.fromkeys(c.id for c in CAUSES), "unexplained")
+"""Every cause id a diagnosis can carry."""
+
+
+def _make(ev: Evidence, cause: str, layer, finding: Finding, where) -> Diagnosis:
+    return Diagnosis(
+        cause=cause if finding.confirmed else "unexplained",
+        layer=layer,
+        detail=finding.detail,
+        confirmed=finding.confirmed,
+        residual=finding.residual,
+        before=finding.before,
+        where=where,
+        framework=ev.framework,
+    )
+
+
+def _unexplained(ev: Evidence, layer, detail: str, before=None, where=None) -> Diagnosis:
+    return _make(ev, "unexplained", layer, Finding(detail, None, before, confirmed=False), where)
+
+
+def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> Diagnosis | None:
+    layer = None if unit is None else unit.path
+    for cause in CAUSES:
+        if cause.where != where or not cause.applies(unit):
+            continue
+        found = cause.test(ev, unit, before)
+        if found is not None:
+            return _make(ev, cause.id, layer, found, None if where == "model" else where)
+    return None
+
+
+def _nonfinite(ev: Evidence) -> bool:
+    arrays = [ev.dinput_cand, ev.output_cand]
+    for unit in ev.units:
+        arrays += [unit.output_cand, *unit.dweights_cand.values()]
+    return any(not np.all(np.isfinite(a)) for a in arrays)
+
+
+def _lower_precision(ev: Evidence) -> str | None:
+    """How the candidate shows that it computes in float32 when float64 was asked."""
+    if ev.dtype != "float64":
+        return None
+    if ev.dtype_cand != "float64":
+        return f"it declares {ev.dtype_cand}"
+    if ev.units and all(float32_exact(u.output_cand) for u in ev.units):
+        return "it returns values that are all float32 numbers"
+    return None
+
+
+def diagnose(
+    ev: Evidence,
+    divergence: tuple[str, str, float] | None,
+    state: Sequence[tuple[str, float]] = (),
+) -> list[Diagnosis]:
+    """Test the known causes against the evidence.
+
+    Args:
+        ev: what both sides computed.
+        divergence: ``(unit path, "forward" | "backward", normwise error there)`` where
+            the candidate first parts from the reference, or ``None``.
+        state: ``(unit path, error)`` for each unit whose updated state differs.
+
+    Returns:
+        The confirmed causes, or one ``unexplained``; empty when nothing differs.
+    """
+    with np.errstate(all="ignore"):
+        found = _diagnose(ev, divergence, state)
+    lower = _lower_precision(ev)
+    if lower and found and found[0].cause not in ("dtype", "unexplained"):
+        detail = (
+            f"besides, float64 was asked but the candidate computes in float32 ({lower}): "
+            "that alone makes differences of about 1e-7, so the cause above was confirmed "
+            f"to float32's tolerance ({precision.FLOAT32_TOL:g})"
+        )
+        found.append(_make(ev, "dtype", None, Finding(detail, None, None), None))
+    return found
+
+
+def _diagnose(ev, divergence, state) -> list[Diagnosis]:
+    ev.fit_tol = max(ev.tol, precision.FLOAT32_TOL) if _lower_precision(ev) else ev.tol
+    if _nonfinite(ev):
+        return [
+            _unexplained(
+                ev,
+                None,
+                "the candidate produced NaN/Inf (an overflow, or a NaN in its code); xgrad "
+                "diagnoses finite discrepancies only, see the nonfinite entries for where",
+            )
+        ]
+    out = []
+    for path, before in state:
+        unit = ev.unit(path)
+        found = _try(ev, "state", unit, before)
+        out.append(
+            found
+            or _unexplained(
+                ev,
+                path,
+                "the updated moving statistics differ; no known momentum or variance "
+                "convention reproduces them",
+                before,
+                "state",
+            )
+        )
+    if divergence is None:
+        return out
+    path, where, before = divergence
+    whole = _try(ev, "model", None, before)
+    if whole is not None:
+        return [*out, whole]
+    unit = ev.unit(path)
+    found = _try(ev, where, unit, before)
+    if found is not None:
+        return [*out, found]
+    if where == "forward":
+        detail = (
+            "none of the known causes (activation form or slope, norm epsilon, affine terms "
+            "or mode, dropout, skip connection, loss reduction, matmul precision, dtype, "
+            "weight layout) reproduces the candidate's output here"
+        )
+    else:
+        detail = (
+            "the forward values agree; none of the known causes (kink convention or rounding, "
+            "clipping, another activation's derivative, loss reduction, a missing transpose) "
+            "reproduces the candidate's gradients"
+        )
+    return [*out, _unexplained(ev, path, detail, before, where)]
+
+
+def diagnose_side(
+    report, ref, side, alignment, inputs, *, dtype: str, tol: float
+) -> list[Diagnosis]:
+    """The diagnoses of one compared side of a report (see :func:`xgrad.runner.assemble`)."""
+    ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol)
+    if not ev.units:
+        return []
+    layers = {layer.path: layer for layer in report.layers}
+    divergence = None
+    for d in report.divergences:
+        if d.framework == side.label:
+            entry = layers[d.path]
+            m = entry.forward[side.label] if d.where == "forward" else entry.backward[side.label]
+            before = m.rel_norm
+            if d.where == "backward":
+                own = [
+                    e.results[side.label].rel_norm
+                    for e in report.parameters
+                    if e.name.startswith(d.path + ".") and side.label in e.results
+                ]
+                before = max([before, *own])
+            divergence = (d.path, d.where, before)
+    state = []
+    for entry in report.state:
+        m = entry.results.get(side.label)
+        if m is not None and m.status not in OK_STATUSES:
+            unit_path = entry.name.rsplit(".", 1)[0]
+            if unit_path not in [s for s, _ in state]:
+                state.append((unit_path, m.rel_norm))
+    if divergence is None and not state:
+        failing = [e for e, fw, _ in report.failures() if fw == side.label]
+        if not failing:
+            return []
+        whole = _try(ev, "model", None, 0.0)
+        if whole is not None:
+            return [whole]
+        return [_unexplained(ev, None, "the outputs or dL/dinput differ, but no layer does")]
+    return diagnose(ev, divergence, state)

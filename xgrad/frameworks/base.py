@@ -1,0 +1,420 @@
+"""The one model interface, stated once, and the framework interface around it.
+
+A model is whatever xgrad compares: a framework's model of an :class:`~xgrad.MLP` spec
+(:meth:`AbstractFramework.build`) or a user's own model read by that framework's reader
+(:meth:`AbstractFramework.read`). Both are :class:`AbstractModel` objects and answer the
+same questions, in canonical names and layout, with NumPy arrays:
+
+* :attr:`AbstractModel.layers`: its layers in call order (:class:`LayerInfo`), each with
+  its kind, configuration when known, and the native name of each weight;
+* :meth:`AbstractModel.weights` / :meth:`AbstractModel.with_weights`: weights out and in
+  (kernel ``(in, out)``, see :mod:`xgrad.params`); the model itself never changes;
+* :meth:`AbstractModel.evaluate`: output, loss, ``dL/dparams``, ``dL/dinput``, updated
+  state, and with ``capture=True`` every layer's output and ``dL/d output``, in one pass.
+
+The public methods validate inputs here, once; frameworks implement the ``_``-methods.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from xgrad._checks import require_finite
+from xgrad.errors import FrameworkError, InputError
+from xgrad.layers import AbstractLayer, Residual, Shape
+from xgrad.losses import Loss, get_loss
+from xgrad.params import Params, check_params
+from xgrad.spec import MLP
+
+__all__ = [
+    "DTYPES",
+    "AbstractFramework",
+    "AbstractModel",
+    "Gradients",
+    "LayerInfo",
+    "check_dtype",
+    "check_input",
+    "module_of",
+]
+
+DTYPES = ("float32", "float64")
+"""The dtypes every framework builds a spec in."""
+
+LossArg = str | Loss | Callable  # a loss name, a Loss, or a function of the model's framework
+
+
+def module_of(obj) -> tuple[str, ...]:
+    """The modules of ``obj``'s class and its bases (to recognise a framework's objects
+    without importing the framework)."""
+    return tuple(c.__module__ or "" for c in type(obj).__mro__)
+
+
+def is_from(obj, package: str) -> bool:
+    """Whether ``obj``'s class (or a base) comes from ``package`` or a subpackage of it."""
+    return any(m == package or m.startswith(package + ".") for m in module_of(obj))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer of a model, in call order.
+
+    Attributes:
+        path: its canonical path in this model, ``layers.{i}`` (nested:
+            ``layers.{i}.layers.{j}``); its weights are ``{path}.{local}``.
+        kind: a layer kind of :data:`xgrad.layers.LAYERS` (``dense``, ``layernorm``, ...).
+        name: the framework's own name of the layer (``dense_1``, ``layers/0``, ``0``).
+        layer: its configuration, or ``None`` where the framework does not state it (an
+            activation written as code, read numerically later).
+        params: local name -> native name of each trainable parameter.
+        state: local name -> native name of each state array (no gradient).
+        transposed: local names stored transposed natively (PyTorch's ``(out, in)``).
+        input_shape, output_shape: the shapes of one example in and out.
+        children: the layers of a residual block.
+        note: what the reader noticed (e.g. a layer left in training mode).
+    """
+
+    path: str
+    kind: str
+    name: str
+    layer: AbstractLayer | None
+    params: dict[str, str] = field(default_factory=dict)
+    state: dict[str, str] = field(default_factory=dict)
+    transposed: frozenset[str] = frozenset()
+    input_shape: Shape = ()
+    output_shape: Shape = ()
+    children: tuple[LayerInfo, ...] = ()
+    note: str | None = None
+
+    @property
+    def weights(self) -> dict[str, str]:
+        """Local name -> native name of every parameter, then every state array."""
+        return {**self.params, **self.state}
+
+    def walk(self) -> Iterator[LayerInfo]:
+        """This layer and every nested one, in call order."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def describe(self) -> str:
+        if self.layer is not None:
+            return self.layer.describe()
+        if self.children:
+            return "residual(" + " -> ".join(c.describe() for c in self.children) + ")"
+        return f"{self.kind}(?)"
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """What one evaluation returns, in canonical names and layout, in the model's dtype.
+
+    Attributes:
+        loss: the loss value, or ``None`` when a cotangent was back-propagated instead.
+        params: ``dL/dparam`` by canonical name (trainable parameters only).
+        input: ``dL/dinput``, shape ``(batch, *input_shape)``.
+        output: the model output.
+        state: updated state by canonical name (BatchNorm in training mode), else empty.
+        activations: with ``capture=True``: layer path -> the layer's output.
+        activation_grads: with ``capture=True``: layer path -> ``dL/d`` the layer's output.
+    """
+
+    loss: float | None
+    params: dict[str, np.ndarray]
+    input: np.ndarray
+    output: np.ndarray
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    activations: dict[str, np.ndarray] | None = None
+    activation_grads: dict[str, np.ndarray] | None = None
+
+
+# -- input checks ---------------------------------------------------------------------------
+
+
+def check_dtype(dtype, allowed: tuple[str, ...] = DTYPES) -> str:
+    """The dtype's name if it is one of ``allowed``, else :class:`InputError`."""
+    name = getattr(dtype, "name", None) if not isinstance(dtype, str) else dtype
+    if name is None:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    if name not in allowed:
+        raise InputError(f"dtype {dtype!r} is not supported; use one of {', '.join(allowed)}")
+    return name
+
+
+def _check_finite_float(arr: np.ndarray, what: str, fix: str) -> None:
+    if arr.dtype.kind == "f" and np.isfinite(arr).all():
+        return
+    if arr.dtype.kind in "iub":
+        raise InputError(f"{what} has {arr.dtype} dtype; pass floats, {fix}")
+    if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
+        raise InputError(f"{what} must be a real floating-point array, got dtype {arr.dtype}")
+    require_finite(
+        arr.astype(np.float64),
+        f"{what} contains",
+        InputError,
+        "xgrad compares gradients at finite points only",
+    )
+
+
+def _as_array(x, what: str) -> np.ndarray:
+    is_array = hasattr(x, "dtype") and hasattr(x, "shape")
+    try:
+        return np.asarray(x) if is_array else np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"{what} must be an array of numbers, got {type(x).__name__}: {exc}"
+        ) from None
+
+
+def check_input(input_shape: Shape, x) -> np.ndarray:
+    """Validate a batch for a model taking examples of ``input_shape``; returns it as an array.
+
+    Python lists of numbers become float64; NumPy arrays must have a float dtype and are
+    returned as they are (no copy), for each model to cast once to its own dtype.
+
+    Raises:
+        InputError: a wrong rank or shape, an empty batch, a non-float dtype, or NaN/Inf.
+    """
+    input_shape = tuple(input_shape)
+    arr = _as_array(x, "x")
+    want = "(batch, " + ", ".join(map(str, input_shape)) + ")"
+    if arr.ndim != len(input_shape) + 1:
+        hint = ""
+        if arr.ndim == len(input_shape) and arr.shape == input_shape:
+            hint = f"; for one example write x[None] (shape (1, {', '.join(map(str, arr.shape))}))"
+        raise InputError(
+            f"x must be {arr.ndim and len(input_shape) + 1}-D {want}, got shape {arr.shape}{hint}"
+        )
+    if arr.shape[1:] != input_shape:
+        what = (
+            f"{input_shape[0]} input features (input_dim={input_shape[0]})"
+            if len(input_shape) == 1
+            else f"examples of shape {input_shape}"
+        )
+        raise InputError(f"x has shape {arr.shape} but the model takes {what}")
+    if arr.shape[0] == 0:
+        raise InputError(f"x has an empty batch (shape {arr.shape}); give at least one row")
+    _check_finite_float(arr, "x", "e.g. x.astype('float32')")
+    return arr
+
+
+def check_cotangent(output_shape: Shape, cotangent, batch: int) -> np.ndarray:
+    """Validate a ``grad_output`` of shape ``(batch, *output_shape)``; returns a float64 copy."""
+    arr = _as_array(cotangent, "cotangent")
+    want = (batch, *output_shape)
+    if arr.shape != want:
+        raise InputError(
+            f"cotangent (grad_output) has shape {arr.shape} but the model output has shape {want}"
+        )
+    _check_finite_float(arr, "cotangent", "e.g. cotangent.astype('float32')")
+    return np.array(arr, dtype=np.float64)
+
+
+def prepare_loss(loss: LossArg, y, batch: int, output_shape: Shape):
+    """``(loss object or function, checked targets)`` for :meth:`AbstractModel.evaluate`."""
+    if callable(loss) and not isinstance(loss, Loss):
+        return loss, (None if y is None else np.asarray(y))
+    loss_obj = loss if isinstance(loss, Loss) else get_loss(loss)
+    return loss_obj, loss_obj.prepare_target(y, (batch, output_shape[-1]))
+
+
+# -- the model interface -----------------------------------------------------------------
+
+
+class AbstractModel(abc.ABC):
+    """One model, in one framework, answering in canonical names and layout.
+
+    Attributes:
+        framework: ``numpy``, ``jax``, ``flax.nnx``, ``flax.linen``, ``tensorflow``, ...
+        description: a short text naming the model.
+        dtype: the dtype it computes in.
+        input_shape: the shape of one input example.
+        output_shape: the shape of one output example.
+        layers: its layers in call order.
+    """
+
+    framework: str
+    description: str
+    dtype: str
+    input_shape: Shape
+    output_shape: Shape
+    layers: tuple[LayerInfo, ...]
+
+    # -- implemented by each framework -----------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def native(self) -> object:
+        """The framework's own object holding this model's weights (a Keras model, an NNX
+        module, a ``(linen module, variables)`` or ``(apply_fn, params)`` pair, ...)."""
+
+    @abc.abstractmethod
+    def weights(self) -> Params:
+        """Parameters and state in canonical names and layout, arrays of the model's dtype."""
+
+    @abc.abstractmethod
+    def with_weights(self, weights: Mapping[str, np.ndarray]) -> AbstractModel:
+        """A new model holding ``weights`` (canonical; names not given keep their value).
+
+        The model itself, and the user's object it was read from, are not changed."""
+
+    @abc.abstractmethod
+    def _evaluate(self, x: np.ndarray, y, loss, cotangent, capture: bool) -> Gradients:
+        """Evaluate on checked inputs; ``loss`` is a :class:`~xgrad.losses.Loss`, a function
+        of the framework's tensors ``(output, y) -> scalar``, or ``None`` with a cotangent."""
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def walk(self) -> Iterator[LayerInfo]:
+        """Every layer, nested ones right after their block, in call order."""
+        for info in self.layers:
+            yield from info.walk()
+
+    def native_names(self) -> dict[str, str]:
+        """Canonical name -> the framework's own name, for every parameter and state array."""
+        return {
+            f"{info.path}.{local}": native
+            for info in self.walk()
+            for local, native in info.weights.items()
+        }
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Canonical names of the trainable parameters (those with a gradient), in order."""
+        return tuple(f"{info.path}.{local}" for info in self.walk() for local in info.params)
+
+    def spec(self) -> MLP | None:
+        """The equivalent :class:`~xgrad.MLP` when every layer's configuration is known."""
+
+        def config(info: LayerInfo):
+            if info.children:
+                inner = [config(c) for c in info.children]
+                return None if any(c is None for c in inner) else Residual(inner)
+            return info.layer
+
+        layers = [config(info) for info in self.layers]
+        if any(layer is None for layer in layers):
+            return None
+        return MLP(self.input_shape if len(self.input_shape) > 1 else self.input_shape[0], layers)
+
+    def evaluate(
+        self, x, y=None, *, loss: LossArg = "sum", cotangent=None, capture: bool = False
+    ) -> Gradients:
+        """Output, loss, ``dL/dparams``, ``dL/dinput`` (and every layer's values with
+        ``capture=True``) for the batch ``x``.
+
+        Args:
+            x: inputs of shape ``(batch, *input_shape)``.
+            y: targets for the losses that need them.
+            loss: a loss name (:data:`xgrad.losses.LOSSES`), or a function of this model's
+                framework ``(output, y) -> scalar``; ignored when ``cotangent`` is given.
+            cotangent: a ``grad_output = dL/doutput`` to back-propagate instead of a loss.
+            capture: also return each layer's output and ``dL/d`` output.
+
+        Raises:
+            InputError: ``x``, ``y`` or ``cotangent`` do not fit the model or the loss.
+            SpecError: the loss name is unknown.
+        """
+        xs = check_input(self.input_shape, x)
+        if cotangent is not None:
+            cot = check_cotangent(self.output_shape, cotangent, xs.shape[0])
+            return self._evaluate(self._cast(xs), None, None, self._cast(cot), capture)
+        loss_fn, ys = prepare_loss(loss, y, xs.shape[0], self.output_shape)
+        if ys is not None and isinstance(loss_fn, Loss):
+            ys = self._cast(ys)
+        return self._evaluate(self._cast(xs), ys, loss_fn, None, capture)
+
+    def gradients(self, x, y=None, *, loss: LossArg = "sum") -> Gradients:
+        """Loss value, ``dL/dparams`` and ``dL/dinput`` for a loss (see :meth:`evaluate`)."""
+        return self.evaluate(x, y, loss=loss)
+
+    def vjp(self, x, cotangent) -> Gradients:
+        """``dL/dparams`` and ``dL/dinput`` for a given ``grad_output = dL/doutput``."""
+        return self.evaluate(x, cotangent=cotangent)
+
+    def export_params(self) -> Params:
+        """The weights in canonical names and layout (same as :meth:`weights`)."""
+        return self.weights()
+
+    def _cast(self, arr: np.ndarray) -> np.ndarray:
+        return np.asarray(arr, dtype=self.dtype) if self.dtype in DTYPES else np.asarray(arr)
+
+    def __repr__(self) -> str:
+        return f"<{self.framework} model {self.description} {self.dtype}>"
+
+
+# -- the framework interface -----------------------------------------------------------------
+
+
+class AbstractFramework(abc.ABC):
+    """One framework: builds models of a spec, and reads users' own models.
+
+    Attributes:
+        name: the framework's name in reports and on the command line.
+        requires: the Python packages it imports.
+        extra: the pip extra that installs them (``pip install 'xgrad[extra]'``).
+        aliases: other names accepted for it (``tf``, ``keras``).
+        dtypes: the dtypes it builds a spec in.
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+    aliases: ClassVar[tuple[str, ...]] = ()
+    dtypes: ClassVar[tuple[str, ...]] = DTYPES
+
+    def build(
+        self,
+        spec: MLP,
+        params: Mapping[str, np.ndarray] | None = None,
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+    ) -> AbstractModel:
+        """This framework's model of ``spec`` holding ``params`` cast to ``dtype``.
+
+        Args:
+            spec: the model.
+            params: canonical weights (kernel ``(in, out)``, ...); ``None`` means
+                :func:`xgrad.init_params` ``(spec, seed)``.
+            dtype: one of :attr:`dtypes`.
+            seed: used only when ``params`` is ``None``.
+
+        Raises:
+            ParamsError: params do not match the spec.
+            InputError: the dtype is not supported.
+        """
+        from xgrad.params import init_params
+
+        if not isinstance(spec, MLP):
+            raise InputError(f"build needs an xgrad.MLP spec, got {type(spec).__name__}")
+        checked = init_params(spec, seed) if params is None else check_params(spec, params)
+        return self._build(spec, checked, check_dtype(dtype, self.dtypes))
+
+    @abc.abstractmethod
+    def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
+        """Build from checked float64 canonical weights."""
+
+    @classmethod
+    def claims(cls, obj) -> bool:
+        """Whether ``obj`` is a model of this framework (decided without importing it)."""
+        return False
+
+    def read(self, obj, *, input_shape: Shape | None = None) -> AbstractModel:
+        """A user's own model of this framework as an :class:`AbstractModel` (never changed).
+
+        Args:
+            obj: the framework's model object (see each framework's documentation).
+            input_shape: the shape of one input example, when the model does not say it.
+        """
+        raise FrameworkError(f"xgrad does not read {self.name} models")
+
+    def __repr__(self) -> str:
+        return f"<xgrad framework {self.name!r}>"

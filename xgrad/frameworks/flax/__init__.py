@@ -1,0 +1,44 @@
+"""Flax: a spec as an NNX module of Flax's own layers (:mod:`.builder`), and users' NNX
+modules and Linen ``(module, variables)`` pairs read through their jaxpr (:mod:`.reader`).
+
+Importing this package imports no framework.
+"""
+
+from __future__ import annotations
+
+from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
+from xgrad.params import Params
+from xgrad.spec import MLP
+
+__all__ = ["FRAMEWORK", "FlaxFramework"]
+
+
+class FlaxFramework(AbstractFramework):
+    """Flax NNX layers (``nnx.Linear``, ``nnx.LayerNorm``, ...); ``jax.value_and_grad`` over
+    the split state. Reads ``flax.nnx.Module`` objects and ``(flax.linen.Module, variables)``
+    pairs."""
+
+    name = "flax"
+    requires = ("jax", "flax")
+    extra = "jax"
+
+    def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
+        from xgrad.frameworks.flax.builder import FlaxSpecModel
+
+        return FlaxSpecModel(spec, params, dtype)
+
+    @classmethod
+    def claims(cls, obj) -> bool:
+        if is_from(obj, "flax.nnx"):
+            return True
+        return isinstance(obj, tuple) and len(obj) == 2 and is_from(obj[0], "flax.linen")
+
+    def read(self, obj, *, input_shape=None) -> AbstractModel:
+        from xgrad.frameworks.flax.reader import linen_model, nnx_model
+
+        if isinstance(obj, tuple):
+            return linen_model(obj[0], obj[1], input_shape=input_shape)
+        return nnx_model(obj, input_shape=input_shape)
+
+
+FRAMEWORK = FlaxFramework()

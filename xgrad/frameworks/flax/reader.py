@@ -1,0 +1,91 @@
+"""Users' Flax models: NNX modules and Linen ``(module, variables)`` pairs.
+
+Both become a pure function ``fn(params, state, x) -> (output, new_state)`` read by the JAX
+reader (:class:`~xgrad.frameworks.jax.reader.JaxFunctionModel`): for NNX the ``nnx.Param``
+state is ``params`` and everything else (``BatchStat``, RNG state) ``state``; for Linen
+``variables["params"]`` and the other collections (``batch_stats``). The user's objects are
+never changed: each call merges a fresh module from the arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from xgrad.errors import InputError
+from xgrad.frameworks.jax.reader import JaxFunctionModel
+
+__all__ = ["linen_model", "nnx_model"]
+
+
+def nnx_model(module, *, input_shape=None) -> JaxFunctionModel:
+    """A Flax NNX module; ``nnx.Param`` leaves are trained, the rest is state."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def fn(p, state, x):
+        # fresh Variables at the caller's trace level: BatchNorm and RNG updates may assign
+        state = jax.tree_util.tree_map(lambda a: a, state)
+        live = nnx.merge(graphdef, p, state)
+        out = live(x)
+        return out, nnx.state(live, nnx.BatchStat)
+
+    def rebuild(p, state):
+        return nnx.merge(graphdef, p, state)
+
+    modules = {"/".join(map(str, path)): node for path, node in nnx.iter_graph(module)}
+
+    def hints(name: str) -> dict:
+        node = modules.get(name)
+        if isinstance(node, nnx.BatchNorm):
+            return {"kind": "batchnorm", "epsilon": node.epsilon, "momentum": node.momentum}
+        if isinstance(node, nnx.LayerNorm):
+            return {"kind": "layernorm", "epsilon": node.epsilon}
+        if isinstance(node, nnx.RMSNorm):
+            return {"kind": "rmsnorm", "epsilon": node.epsilon}
+        return {}
+
+    return JaxFunctionModel(
+        fn,
+        params,
+        rest,
+        framework="flax.nnx",
+        description=f"flax.nnx {type(module).__name__}",
+        rebuild=rebuild,
+        input_shape=input_shape,
+        hints=hints,
+    )
+
+
+def linen_model(module, variables, *, input_shape=None) -> JaxFunctionModel:
+    """A Flax Linen module with its variables: ``params`` are trained, other collections
+    (``batch_stats``) are state. A module whose ``__call__`` needs more than ``x`` (a
+    ``train`` flag) is read as a pure-JAX pair instead:
+    ``(lambda v, x: module.apply(v, x, train=False), variables)``."""
+    if not hasattr(variables, "get") or "params" not in variables:
+        raise InputError(
+            "a Linen model is a (module, variables) pair whose variables hold a 'params' "
+            "collection, e.g. module.init(key, x)"
+        )
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    mutable = [k for k in rest if k == "batch_stats"]
+
+    def fn(p, state, x):
+        try:
+            out, updates = module.apply({**p, **state}, x, mutable=mutable)
+        except TypeError as exc:
+            raise InputError(
+                f"calling flax.linen {type(module).__name__} with x alone failed ({exc}); if "
+                "its __call__ takes a train/deterministic flag, pass "
+                "(lambda v, x: module.apply(v, x, train=False), variables) instead"
+            ) from None
+        return out, {**state, **updates}
+
+    return JaxFunctionModel(
+        fn,
+        {"params": variables["params"]},
+        rest,
+        framework="flax.linen",
+        description=f"flax.linen {type(module).__name__}",
+        rebuild=lambda p, state: (module, {**p, **state}),
+        input_shape=input_shape,
+    )

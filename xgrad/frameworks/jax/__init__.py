@@ -1,0 +1,56 @@
+"""JAX: a spec as a pure ``jax.numpy`` function (:mod:`.builder`), and users' pure-JAX models
+``(apply_fn, params)`` read through their jaxpr (:mod:`.reader`, :mod:`.jaxpr`).
+
+Importing this package imports no framework; JAX is imported when a model is built or read.
+"""
+
+from __future__ import annotations
+
+from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
+from xgrad.params import Params
+from xgrad.spec import MLP
+
+__all__ = ["FRAMEWORK", "JaxFramework"]
+
+
+def _other_framework(obj) -> bool:
+    return any(is_from(obj, p) for p in ("flax", "keras", "torch", "tensorflow"))
+
+
+class JaxFramework(AbstractFramework):
+    """Pure ``jax.numpy`` models; ``jax.value_and_grad`` for losses, ``jax.vjp`` for cotangents.
+
+    Reads ``(apply_fn, params)`` pairs: ``apply_fn(params, x) -> output`` with ``params`` any
+    pytree (dicts, lists, tuples) of float arrays, in any layout (``x @ W``, ``x @ W.T``,
+    ``jnp.dot(W, x)`` under ``jax.vmap``, ``jnp.einsum``), with layer norms written by hand
+    and residual additions.
+    """
+
+    name = "jax"
+    requires = ("jax",)
+    extra = "jax"
+
+    def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
+        from xgrad.frameworks.jax.builder import JaxSpecModel
+
+        return JaxSpecModel(spec, params, dtype)
+
+    @classmethod
+    def claims(cls, obj) -> bool:
+        return (
+            isinstance(obj, tuple)
+            and len(obj) == 2
+            and callable(obj[0])
+            and not isinstance(obj[0], type)
+            and not _other_framework(obj[0])
+            and not isinstance(obj[0], MLP)
+        )
+
+    def read(self, obj, *, input_shape=None) -> AbstractModel:
+        from xgrad.frameworks.jax.reader import function_model
+
+        apply, params = obj
+        return function_model(apply, params, input_shape=input_shape)
+
+
+FRAMEWORK = JaxFramework()

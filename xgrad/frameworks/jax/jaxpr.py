@@ -1,0 +1,596 @@
+"""Read the layers of a JAX function from its jaxpr, and evaluate it capturing each layer.
+
+A function ``f(params, state, x)`` is traced once per input shape and its jaxpr flattened
+(nested ``jit`` calls inlined; ``custom_jvp``/``custom_vjp`` calls kept whole so that their
+derivative rules stay in force). Then:
+
+1. **The stream**: every value that depends on ``x``, with the position of its batch axis
+   (``jax.vmap`` moves it: ``jnp.dot(W, x)`` per example gives ``(out, batch)`` values).
+2. **Cut points**: stream values that every path from ``x`` to the output passes through.
+   Between two cut points lies a *segment*: one matmul, a bias add, an activation, a whole
+   normalisation, or a whole residual block ``x + f(x)`` (``x`` stays alive across it).
+3. **Layers**: segments grouped by what they do with the parameters: a matmul of the stream
+   with a 2-D leaf (a kernel, stored ``(in, out)`` or ``(out, in)`` as its contraction says)
+   and the bias added after it; reductions over the features with per-feature scale and
+   shift (a norm; over the batch axis: BatchNorm in training mode); elementwise functions
+   (activations); random masks (dropout in training mode); a reshape of the input
+   (flatten); a residual block, read recursively. What a layer computes exactly (which
+   activation, which norm and epsilon) is identified numerically afterwards
+   (:mod:`xgrad.identify`), from values captured by :func:`run`.
+
+Anything else that touches a parameter is reported as unsupported rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from jax.extend import core as jcore
+
+from xgrad.errors import AlignmentError
+
+__all__ = ["Graph", "ReadLayer", "analyse", "run"]
+
+_CALLS = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"}
+_LAYOUT = {
+    "reduce_precision",
+    "convert_element_type",
+    "reshape",
+    "broadcast_in_dim",
+    "squeeze",
+    "expand_dims",
+    "copy",
+    "copy_p",
+    "transpose",
+}
+_REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"}
+_RANDOM = {"random_bits", "random_wrap", "random_unwrap", "threefry2x32", "random_seed"}
+_ROOTS = {"rsqrt", "sqrt", "pow", "div", "integer_pow"}
+
+
+def _is_literal(v) -> bool:
+    return isinstance(v, jcore.Literal)
+
+
+@dataclass
+class Node:
+    """One primitive application of the flattened jaxpr (``ins``: value ids or literals)."""
+
+    eqn: object
+    ins: list
+    outs: list[int]
+
+    @property
+    def name(self) -> str:
+        return self.eqn.primitive.name
+
+
+class Graph:
+    """A jaxpr flattened into one list of nodes over integer value ids."""
+
+    def __init__(self, closed) -> None:
+        self.nodes: list[Node] = []
+        self.consts: dict[int, object] = {}
+        self.avals: dict[int, object] = {}
+        self.inputs = [self._new(v.aval) for v in closed.jaxpr.invars]
+        self.outputs = self._flatten(closed.jaxpr, closed.consts, self.inputs)
+
+    def _new(self, aval) -> int:
+        i = len(self.avals)
+        self.avals[i] = aval
+        return i
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return tuple(self.avals[i].shape)
+
+    def _flatten(self, jaxpr, consts, in_ids) -> list[int]:
+        env = {}
+        for v, c in zip(jaxpr.constvars, consts, strict=True):
+            i = self._new(v.aval)
+            self.consts[i] = c
+            env[v] = i
+        for v, i in zip(jaxpr.invars, in_ids, strict=True):
+            env[v] = i
+
+        def ref(v):
+            if _is_literal(v):
+                i = self._new(v.aval)
+                self.consts[i] = v.val
+                return i
+            return env[v]
+
+        for eqn in jaxpr.eqns:
+            sub = None
+            if eqn.primitive.name in _CALLS:
+                sub = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+            if sub is not None:
+                if not isinstance(sub, jcore.ClosedJaxpr):
+                    sub = jcore.ClosedJaxpr(sub, ())
+                outs = self._flatten(sub.jaxpr, sub.consts, [ref(v) for v in eqn.invars])
+            else:
+                ins = [v if _is_literal(v) else env[v] for v in eqn.invars]
+                outs = [self._new(v.aval) for v in eqn.outvars]
+                self.nodes.append(Node(eqn, ins, outs))
+            for v, o in zip(eqn.outvars, outs, strict=True):
+                env[v] = o
+        return [ref(v) for v in jaxpr.outvars]
+
+
+def run(graph: Graph, inputs, hook=None):
+    """Evaluate the graph on ``inputs`` (one per graph input), binding every primitive as
+    it was traced (so custom derivative rules stay in force). ``hook(id, value)`` may
+    replace any value as it is produced (used to add perturbations and record values).
+    Returns the graph's outputs."""
+    vals = dict(graph.consts)
+    for i, v in zip(graph.inputs, inputs, strict=True):
+        vals[i] = hook(i, v) if hook else v
+    for node in graph.nodes:
+        eqn = node.eqn
+        invals = [v.val if _is_literal(v) else vals[v] for v in node.ins]
+        params = eqn.primitive.get_bind_params(eqn.params)
+        with eqn.ctx.manager:
+            outs = eqn.primitive.bind(*invals, **params)
+        if not eqn.primitive.multiple_results:
+            outs = [outs]
+        for o, val in zip(node.outs, outs, strict=True):
+            vals[o] = hook(o, val) if hook else val
+    return [vals[o] for o in graph.outputs]
+
+
+# -- the stream and its batch axis -----------------------------------------------------------
+
+
+def _batch_axis(node: Node, graph: Graph, axis: dict[int, int | None], stream) -> int | None:
+    """Where the batch axis of ``node``'s (first) output is, from its stream input."""
+    name = node.name
+    src = next((v for v in node.ins if not _is_literal(v) and v in stream), None)
+    a = axis.get(src)
+    if a is None:
+        return None
+    p = node.eqn.params
+    out_shape = graph.shape(node.outs[0])
+    if name == "broadcast_in_dim":
+        return p["broadcast_dimensions"][a]
+    if name == "transpose":
+        return list(p["permutation"]).index(a)
+    if name in _REDUCE:
+        axes = p.get("axes", ())
+        return None if a in axes else a - sum(1 for ax in axes if ax < a)
+    if name == "squeeze":
+        dims = p["dimensions"]
+        return None if a in dims else a - sum(1 for d in dims if d < a)
+    if name == "expand_dims":
+        for d in sorted(p["dimensions"]):
+            if d <= a:
+                a += 1
+        return a
+    if name == "reshape":
+        in_shape = graph.shape(src)
+        before = int(np.prod(in_shape[:a]))
+        for k in range(len(out_shape)):
+            if int(np.prod(out_shape[:k])) == before and out_shape[k] == in_shape[a]:
+                return k
+        return None
+    if name == "dot_general":
+        (lc, rc), (lb, rb) = p["dimension_numbers"]
+        lhs, rhs = node.ins
+        n_lhs = len(graph.shape(lhs)) if not _is_literal(lhs) else 0
+        if not _is_literal(lhs) and lhs in stream and axis.get(lhs) is not None:
+            al = axis[lhs]
+            if al in lb:
+                return list(lb).index(al)
+            free = [d for d in range(n_lhs) if d not in lc and d not in lb]
+            return len(lb) + free.index(al) if al in free else None
+        ar = axis.get(rhs)
+        if ar is None:
+            return None
+        if ar in rb:
+            return list(rb).index(ar)
+        free_l = [d for d in range(n_lhs) if d not in lc and d not in lb]
+        free_r = [d for d in range(len(graph.shape(rhs))) if d not in rc and d not in rb]
+        return len(lb) + len(free_l) + free_r.index(ar) if ar in free_r else None
+    if len(out_shape) == len(graph.shape(src)):
+        return a
+    return None
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadLayer:
+    """One layer found in the jaxpr.
+
+    Attributes:
+        kind: ``dense``, ``norm``, ``activation``, ``dropout``, ``flatten``, ``residual``.
+        leaves: local role -> leaf index (``kernel``, ``bias``, ``scale``, ``mean``, ``var``).
+        transposed: the kernel is stored ``(out, in)``.
+        start, end: ids of the values entering and leaving the layer.
+        pre: for a dense layer, the id of ``x @ W + b`` (before the activation).
+        batch_stats: a norm normalising by batch statistics (training mode).
+        constants: literal numbers in the layer (epsilon candidates).
+        children: a residual block's layers.
+    """
+
+    kind: str
+    start: int
+    end: int
+    leaves: dict[str, int] = field(default_factory=dict)
+    transposed: bool = False
+    pre: int | None = None
+    batch_stats: bool = False
+    constants: list[float] = field(default_factory=list)
+    children: list[ReadLayer] = field(default_factory=list)
+    scaling: bool = False  # only multiplies or divides by constants (a dropout's 1 / keep)
+    reduced: bool = False  # computes statistics of its input (LayerNorm, RMSNorm, training BN)
+
+
+class _Analyser:
+    def __init__(self, graph: Graph, names: list[str], n_leaves: int) -> None:
+        self.g = graph
+        self.names = names
+        self.n = n_leaves
+        self.x = graph.inputs[n_leaves]
+        self.producer: dict[int, int] = {}
+        for k, node in enumerate(graph.nodes):
+            for o in node.outs:
+                self.producer[o] = k
+        self._live_nodes()
+        self._mark()
+
+    def fail(self, text: str):
+        raise AlignmentError(text)
+
+    def _live_nodes(self) -> None:
+        needed = {self.g.outputs[0]}
+        live = []
+        for k in range(len(self.g.nodes) - 1, -1, -1):
+            node = self.g.nodes[k]
+            if any(o in needed for o in node.outs):
+                live.append(k)
+                needed.update(v for v in node.ins if not _is_literal(v))
+        self.live = sorted(live)
+
+    def _mark(self) -> None:
+        """Stream flags, batch axes, parameter origins (through layout ops), static deps."""
+        g = self.g
+        self.stream = {self.x}
+        self.axis: dict[int, int | None] = {self.x: 0}
+        self.origin: dict[int, tuple[int, bool]] = {
+            i: (k, False) for k, i in enumerate(g.inputs[: self.n])
+        }
+        self.static: dict[int, dict[int, bool]] = {
+            i: {k: False} for k, i in enumerate(g.inputs[: self.n])
+        }
+        self.random: set[int] = set()
+        for k in self.live:
+            node = g.nodes[k]
+            ins = [v for v in node.ins if not _is_literal(v)]
+            if any(v in self.stream for v in ins):
+                for o in node.outs:
+                    self.stream.add(o)
+                self.axis[node.outs[0]] = _batch_axis(node, g, self.axis, self.stream)
+                continue
+            deps: dict[int, bool] = {}
+            for v in ins:
+                for leaf, rooted in self.static.get(v, {}).items():
+                    deps[leaf] = deps.get(leaf, False) or rooted or node.name in _ROOTS
+            rnd = node.name in _RANDOM or any(v in self.random for v in ins)
+            for o in node.outs:
+                if deps:
+                    self.static[o] = deps
+                if rnd:
+                    self.random.add(o)
+            if node.name in _LAYOUT and len(ins) == 1 and ins[0] in self.origin:
+                leaf, t = self.origin[ins[0]]
+                if node.name == "transpose" and tuple(node.eqn.params["permutation"]) == (1, 0):
+                    t = not t
+                self.origin[node.outs[0]] = (leaf, t)
+
+    # -- cut points ------------------------------------------------------------------------
+
+    def cuts(self, nodes: list[int], source: int, sink: int) -> list[int]:
+        """Stream values every path from ``source`` to ``sink`` passes through, in order."""
+        last: dict[int, int] = {}
+        for pos, k in enumerate(nodes):
+            for v in self.g.nodes[k].ins:
+                if not _is_literal(v) and v in self.stream:
+                    last[v] = pos
+        last[sink] = len(nodes)
+        out = [source]
+        live = {source} if last.get(source, -1) >= 0 else set()
+        for pos, k in enumerate(nodes):
+            for o in self.g.nodes[k].outs:
+                if o in self.stream and last.get(o, -1) > pos:
+                    live.add(o)
+            live = {v for v in live if last.get(v, -1) > pos}
+            if len(live) == 1:
+                (v,) = live
+                if v != out[-1]:
+                    out.append(v)
+        if out[-1] != sink:
+            out.append(sink)
+        return out
+
+    def _between(self, nodes: list[int], a: int, b: int) -> list[int]:
+        lo = self.producer.get(a, -1)
+        hi = self.producer[b]
+        return [
+            k for k in nodes if lo < k <= hi and any(o in self.stream for o in self.g.nodes[k].outs)
+        ]
+
+    # -- segments --------------------------------------------------------------------------
+
+    def _leaf_of(self, v) -> tuple[int, bool] | None:
+        return None if _is_literal(v) else self.origin.get(v)
+
+    def describe(self, seg: list[int], a: int, b: int) -> dict:
+        g = self.g
+        info = {
+            "dots": [],
+            "scale": [],
+            "shift": [],
+            "sub": [],
+            "static": {},
+            "reduce_features": False,
+            "reduce_batch": False,
+            "random": False,
+            "reshape": False,
+            "layout": all(g.nodes[k].name in _LAYOUT for k in seg),
+            "scaling": all(g.nodes[k].name in ("mul", "div", *_LAYOUT) for k in seg),
+            "constants": [],
+            "other": [],
+        }
+        for k in seg:
+            node = g.nodes[k]
+            name = node.name
+            stream_in = [v for v in node.ins if not _is_literal(v) and v in self.stream]
+            other = [v for v in node.ins if _is_literal(v) or v not in self.stream]
+            for v in other:
+                if _is_literal(v):
+                    try:
+                        info["constants"].append(float(v.val))
+                    except (TypeError, ValueError):
+                        pass
+                elif v in self.consts_scalar():
+                    info["constants"].append(float(np.asarray(g.consts[v])))
+            if name in _REDUCE:
+                if self.axis.get(stream_in[0]) in node.eqn.params.get("axes", ()):
+                    info["reduce_batch"] = True
+                else:
+                    info["reduce_features"] = True
+            if name == "reshape" and len(g.shape(node.outs[0])) < len(g.shape(stream_in[0])):
+                info["reshape"] = True
+            for v in other:
+                if _is_literal(v):
+                    continue
+                if v in self.random:
+                    info["random"] = True
+                origin = self._leaf_of(v)
+                if origin is not None:
+                    leaf, t = origin
+                    if name == "dot_general":
+                        info["dots"].append((k, leaf, t, v))
+                    elif name == "mul":
+                        info["scale"].append(leaf)
+                    elif name == "add" or name == "add_any":
+                        info["shift"].append(leaf)
+                    elif name == "sub" and node.ins[0] in self.stream:
+                        info["sub"].append(leaf)
+                    else:
+                        info["other"].append((name, leaf))
+                elif v in self.static:
+                    for leaf, rooted in self.static[v].items():
+                        info["static"][leaf] = info["static"].get(leaf, False) or rooted
+        return info
+
+    def consts_scalar(self) -> set[int]:
+        return {i for i, c in self.g.consts.items() if np.ndim(c) == 0}
+
+    def _residual(self, seg: list[int], a: int, b: int):
+        """``(inner output id, inner nodes)`` if the segment is ``a + f(a)``, else None."""
+        last = self.g.nodes[self.producer[b]]
+        if last.name not in ("add", "add_any") or len(last.ins) != 2:
+            return None
+        x_side = None
+        for idx, v in enumerate(last.ins):
+            w = v
+            while (
+                not _is_literal(w)
+                and w != a
+                and w in self.producer
+                and self.g.nodes[self.producer[w]].name in _LAYOUT
+            ):
+                w = self.g.nodes[self.producer[w]].ins[0]
+            if w == a:
+                x_side = idx
+        if x_side is None:
+            return None
+        inner = last.ins[1 - x_side]
+        if _is_literal(inner) or inner not in self.stream or inner == a:
+            return None
+        inner_nodes = [
+            k for k in seg if k != self.producer[b] and self.producer.get(inner, -1) >= k
+        ]
+        return inner, inner_nodes
+
+    def chain(self, nodes: list[int], source: int, sink: int) -> list[ReadLayer]:
+        """The layers between ``source`` and ``sink``."""
+        points = self.cuts(nodes, source, sink)
+        layers: list[ReadLayer] = []
+        for a, b in zip(points[:-1], points[1:], strict=True):
+            seg = self._between(nodes, a, b)
+            res = self._residual(seg, a, b)
+            if res is not None:
+                inner, inner_nodes = res
+                children = self.chain(inner_nodes, a, inner)
+                if any(child.leaves for child in children):
+                    layers.append(ReadLayer("residual", a, b, children=children))
+                    continue
+            self._add(layers, self.describe(seg, a, b), a, b)
+        return layers
+
+    def _param(self, leaf: int) -> str:
+        return self.names[leaf]
+
+    def _add(self, layers: list[ReadLayer], d: dict, a: int, b: int) -> None:
+        last = layers[-1] if layers and layers[-1].end == a else None
+        for name, leaf in d["other"]:
+            self.fail(
+                f"parameter {self._param(leaf)!r} is used by '{name}' in a way xgrad does not "
+                "read (an embedding, convolution or custom layer?); xgrad reads dense layers, "
+                "layer/RMS/batch norms, dropout, flatten, elementwise activations and residual "
+                "blocks"
+            )
+        reduces = d["reduce_features"] or d["reduce_batch"]
+        has_params = bool(d["scale"] or d["shift"] or d["sub"] or d["static"])
+        if d["dots"]:
+            self._dense(layers, d, a, b)
+            return
+        if d["random"]:
+            if last is not None and last.kind == "activation" and last.scaling:
+                last.kind = "dropout"  # x / keep_probability, then the random mask
+                last.end = b
+            else:
+                layers.append(ReadLayer("dropout", a, b))
+            return
+        if not has_params:
+            if d["reshape"] and last is None:
+                layers.append(ReadLayer("flatten", a, b))
+            elif d["reshape"] or d["layout"]:
+                # a transpose, cast or rounding: part of no layer, except before a dense
+                # layer's bias (vmap's transposes), where the bias add still follows
+                if last is not None and last.kind == "dense" and last.pre == last.end:
+                    last.pre = last.end = b
+            elif (
+                reduces and last is not None and last.kind in ("reduce", "norm") and not last.leaves
+            ):
+                last.end = b
+                last.batch_stats |= d["reduce_batch"]
+                last.constants += d["constants"]
+            elif reduces:
+                layers.append(
+                    ReadLayer(
+                        "reduce",
+                        a,
+                        b,
+                        batch_stats=d["reduce_batch"],
+                        constants=d["constants"],
+                        reduced=True,
+                    )
+                )
+            elif last is not None and last.kind in ("dense", "activation"):
+                last.end = b  # an elementwise function after a dense layer: its activation
+            else:
+                layers.append(
+                    ReadLayer("activation", a, b, constants=d["constants"], scaling=d["scaling"])
+                )
+            return
+        only_shift = len(d["shift"]) == 1 and not (d["scale"] or d["sub"] or d["static"] or reduces)
+        if (
+            only_shift
+            and last is not None
+            and last.kind == "dense"
+            and "bias" not in last.leaves
+            and last.pre == last.end
+        ):
+            last.leaves["bias"] = d["shift"][0]
+            last.end = last.pre = b
+            return
+        if last is not None and last.kind in ("reduce", "norm") and not reduces:
+            new = ReadLayer("norm", a, b)
+            self._roles(new, d)
+            allowed = {"scale", "bias"} if last.reduced else {"scale", "bias", "mean", "var"}
+            if set(new.leaves) <= allowed - set(last.leaves):
+                last.kind = "norm"  # the per-feature terms after (or of) a normalisation
+                self._roles(last, d)
+                last.end = b
+                last.constants += d["constants"]
+                return
+        layer = ReadLayer(
+            "norm",
+            a,
+            b,
+            batch_stats=d["reduce_batch"],
+            constants=list(d["constants"]),
+            reduced=bool(reduces),
+        )
+        self._roles(layer, d)
+        layers.append(layer)
+
+    def _dense(self, layers: list[ReadLayer], d: dict, a: int, b: int) -> None:
+        if len(d["dots"]) > 1 or d["scale"] or d["shift"] or d["sub"]:
+            names = [self._param(dot[1]) for dot in d["dots"]]
+            self.fail(
+                f"parameters {names} are combined in one step xgrad cannot read as a dense layer"
+            )
+        k, leaf, t, v = d["dots"][0]
+        node = self.g.nodes[k]
+        (lc, rc), (lb, rb) = node.eqn.params["dimension_numbers"]
+        shape = self.g.shape(self.g.inputs[leaf])
+        if len(shape) != 2 or lb or rb:
+            self.fail(
+                f"parameter {self._param(leaf)!r} of shape {shape} is used in a matmul xgrad "
+                "cannot read as a dense kernel"
+            )
+        contracted = (lc if node.ins[0] == v else rc)[0]
+        transposed = (contracted == 1) != t
+        layers.append(ReadLayer("dense", a, b, {"kernel": leaf}, transposed=transposed, pre=b))
+
+    def _roles(self, layer: ReadLayer, d: dict) -> None:
+        roles = layer.leaves
+        for leaf in d["sub"]:
+            roles.setdefault("mean", leaf)
+        for leaf, rooted in d["static"].items():
+            if rooted:
+                roles.setdefault("var", leaf)
+            elif leaf not in roles.values():
+                roles.setdefault("scale", leaf)
+        for leaf in d["scale"]:
+            if leaf not in roles.values():
+                roles.setdefault("scale", leaf)
+        for leaf in d["shift"]:
+            if leaf not in roles.values():
+                roles.setdefault("bias", leaf)
+
+
+def analyse(closed, names: list[str], n_leaves: int) -> tuple[Graph, list[ReadLayer]]:
+    """The layers of ``closed`` = ``jax.make_jaxpr(f)(*leaves, x)`` (``n_leaves`` weight
+    leaves named ``names``, then the input).
+
+    Raises:
+        AlignmentError: something touches a parameter in a way xgrad does not read.
+    """
+    graph = Graph(closed)
+    analyser = _Analyser(graph, names, n_leaves)
+    out = graph.outputs[0]
+    if out not in analyser.stream:
+        raise AlignmentError("the model's output does not depend on its input")
+    layers = analyser.chain(analyser.live, analyser.x, out)
+    used: dict[int, str] = {}
+
+    def check(layer_list, where=""):
+        for layer in layer_list:
+            for role, leaf in layer.leaves.items():
+                if leaf in used:
+                    raise AlignmentError(
+                        f"parameter {names[leaf]!r} is used twice ({used[leaf]} and {role}); "
+                        "shared weights are not supported"
+                    )
+                used[leaf] = role
+            check(layer.children)
+
+    check(layers)
+    graph.axis = analyser.axis
+    graph.unused = [
+        names[i] for i in range(n_leaves) if i not in used and not _unused_ok(analyser, i)
+    ]
+    return graph, layers
+
+
+def _unused_ok(analyser: _Analyser, leaf: int) -> bool:
+    """A leaf that does not reach the output (e.g. an RNG counter) is fine."""
+    return analyser.g.inputs[leaf] not in {
+        v for k in analyser.live for v in analyser.g.nodes[k].ins if not _is_literal(v)
+    }

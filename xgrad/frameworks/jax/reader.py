@@ -1,0 +1,572 @@
+"""Users' JAX models as :class:`~xgrad.frameworks.base.AbstractModel` objects.
+
+Every JAX model kind becomes one pure function ``fn(params, state, x) -> (output,
+new_state)`` over two pytrees: the trainable leaves and the others (BatchNorm statistics, RNG
+state). A pure-JAX ``(apply_fn, params)`` pair has no state pytree; an NNX module and a
+Linen ``(module, variables)`` pair are split by the Flax package (:mod:`xgrad.frameworks.flax`).
+
+Layers are read from the jaxpr (:mod:`xgrad.frameworks.jax.jaxpr`) and identified
+numerically on a seeded probe batch. Native names are pytree paths joined with ``/``:
+``l1/kernel`` (an NNX attribute), ``params/Dense_0/kernel`` (Linen), ``0/0`` (a list of
+``(W, b)`` tuples). Gradients come from ``jax.value_and_grad`` / ``jax.vjp`` of the user's
+own function; per-layer values from an interpreter over its jaxpr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xgrad.errors import AlignmentError, InputError
+from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
+from xgrad.frameworks.jax import jaxpr
+from xgrad.frameworks.jax.ops import jax_loss, key_path_parts, x64
+from xgrad.identify import fit_activation, fit_norm
+from xgrad.layers import Activation, Dense, Flatten, Residual
+from xgrad.losses import Loss
+from xgrad.params import Params
+
+__all__ = ["JaxFunctionModel", "function_model", "tree_leaves"]
+
+PROBE_BATCH = 16
+
+
+def tree_leaves(tree) -> tuple[list[str], list, object]:
+    """Flatten a pytree: ``(native names joined with '/', leaves, treedef)``."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    names = ["/".join(key_path_parts(path)) for path, _ in with_path]
+    return names, [leaf for _, leaf in with_path], treedef
+
+
+def _float_dtype(leaves, description: str) -> str:
+    dtypes = {jnp.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)) for leaf in leaves}
+    floats = {d for d in dtypes if jnp.issubdtype(d, jnp.floating)}
+    if not leaves or len(floats) != 1 or floats != dtypes:
+        raise InputError(
+            f"{description}: trainable params must be float arrays of one dtype, got "
+            f"{sorted(str(d) for d in dtypes)}"
+        )
+    return floats.pop().name
+
+
+class JaxFunctionModel(AbstractModel):
+    """A pure JAX function of (params, state, x), its layers read from its jaxpr.
+
+    Args:
+        fn: ``fn(params, state, x) -> (output, new_state)``.
+        params: the trainable pytree.
+        state: the non-trainable pytree (may be empty).
+        framework: the label shown in reports (``jax``, ``flax.nnx``, ``flax.linen``).
+        description: a short text naming the model.
+        rebuild: ``(params, state) -> native object`` (the user's kind of model).
+        input_shape: the shape of one example; found by trial when ``None``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        params,
+        state,
+        *,
+        framework: str,
+        description: str,
+        rebuild: Callable,
+        input_shape=None,
+        hints: Callable[[str], dict] | None = None,
+        _read=None,
+        _traces: dict | None = None,
+    ) -> None:
+        self._fn = fn
+        self._hints = hints
+        self._params, self._state = params, state
+        self._rebuild = rebuild
+        self.framework = framework
+        self.description = description
+        self._p_names, self._p_leaves, self._p_tree = tree_leaves(params)
+        self._s_names, self._s_leaves, self._s_tree = tree_leaves(state)
+        self.dtype = _float_dtype(self._p_leaves, description)
+        self._grad_fns: dict = {}
+        self._traces: dict = {} if _traces is None else _traces
+        if _read is None:
+            _read = self._read(input_shape)
+        (self.input_shape, self.output_shape, self.layers, self._roles, self.structure_error) = (
+            _read
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def _names(self) -> list[str]:
+        return [*self._p_names, *self._s_names]
+
+    def _flat_fn(self):
+        p_tree, s_tree, n_p = self._p_tree, self._s_tree, len(self._p_leaves)
+        fn = self._fn
+
+        def flat(*args):
+            params = jax.tree_util.tree_unflatten(p_tree, args[:n_p])
+            state = jax.tree_util.tree_unflatten(s_tree, args[n_p:-1])
+            return fn(params, state, args[-1])[0]
+
+        return flat
+
+    def _analysis(self, shape):
+        """``(graph, read layers)`` for inputs of ``shape`` (batch included), cached."""
+        shape = tuple(shape)
+        if shape not in self._traces:
+            x = jax.ShapeDtypeStruct(shape, jnp.dtype(self.dtype))
+            with x64(self.dtype):
+                closed = jax.make_jaxpr(self._flat_fn())(*self._p_leaves, *self._s_leaves, x)
+            n = len(self._p_leaves) + len(self._s_leaves)
+            self._traces[shape] = jaxpr.analyse(closed, self._names, n)
+        return self._traces[shape]
+
+    def _candidate_shapes(self, input_shape):
+        if input_shape is not None:
+            return [tuple(input_shape)]
+        dims = sorted({d for leaf in self._p_leaves if np.ndim(leaf) == 2 for d in np.shape(leaf)})
+        return [(d,) for d in dims]
+
+    def _read(self, input_shape):
+        errors, found = [], []
+        for shape in self._candidate_shapes(input_shape):
+            try:
+                graph, layers = self._analysis((PROBE_BATCH, *shape))
+            except AlignmentError as exc:
+                errors.append((shape, exc))
+                continue
+            except Exception as exc:  # the wrong width, or a broken function
+                if input_shape is not None:
+                    text = " ".join(str(exc).split())[:300]
+                    raise InputError(
+                        f"{self.description} does not run on inputs of shape {tuple(shape)} "
+                        f"(the shape of x's examples): {type(exc).__name__}: {text}; check that "
+                        "x has the model's input width and that every kernel has the shape of "
+                        "its layer (a transposed kernel?)"
+                    ) from None
+                continue
+            found.append((shape, graph, layers))
+        if len(found) != 1:
+            if errors and not found:
+                shape, exc = errors[0]
+                return self._opaque(shape, str(exc))
+            what = (
+                "no input width works"
+                if not found
+                else (f"input shapes {[f[0] for f in found]} all work")
+            )
+            raise AlignmentError(
+                f"{self.description}: cannot tell the input shape ({what}); pass an example "
+                "input (x=...)"
+            )
+        shape, graph, layers = found[0]
+        return self._identify(shape, graph, layers)
+
+    def _opaque(self, shape, why: str):
+        """A model whose layers cannot be read: parameters by native name only."""
+        x = jax.ShapeDtypeStruct((2, *shape), jnp.dtype(self.dtype))
+        with x64(self.dtype):
+            out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)
+        return tuple(shape), tuple(out.shape[1:]), (), {}, why
+
+    def _record(self, graph, read, x) -> dict[int, np.ndarray]:
+        """Every layer boundary's value (batch axis first, float64) for the batch ``x``."""
+        ids = {
+            i for layer in _walk(read) for i in (layer.start, layer.end, layer.pre) if i is not None
+        }
+        recorded = {}
+
+        def hook(i, value):
+            if i in ids:
+                v = np.asarray(value, dtype=np.float64)
+                recorded[i] = np.moveaxis(v, graph.axis.get(i) or 0, 0)
+            return value
+
+        with x64(self.dtype):
+            jaxpr.run(
+                graph, [*self._p_leaves, *self._s_leaves, jnp.asarray(x, dtype=self.dtype)], hook
+            )
+        return recorded
+
+    def _identify(self, shape, graph, read):
+        """LayerInfo for each read layer, configs identified on a seeded probe batch."""
+        probe = 4 * np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape))
+        values = self._record(graph, read, probe)
+        arrays = [_to64(leaf) for leaf in (*self._p_leaves, *self._s_leaves)]
+        dtype = self.dtype if self.dtype in ("float32", "float64") else "bfloat16"
+        n_p = len(self._p_leaves)
+        roles: dict[str, tuple[int, bool]] = {}
+
+        def info(layer, path, in_shape) -> LayerInfo:
+            if layer.kind == "residual":
+                children, s = [], in_shape
+                for j, child in enumerate(layer.children):
+                    children.append(info(child, f"{path}.layers.{j}", s))
+                    s = children[-1].output_shape
+                configs = [c.layer for c in children]
+                return LayerInfo(
+                    path=path,
+                    kind="residual",
+                    name=path,
+                    layer=None if any(c is None for c in configs) else Residual(configs),
+                    input_shape=in_shape,
+                    output_shape=in_shape,
+                    children=tuple(children),
+                )
+            config, kind, out_shape, note, transposed = _configure(
+                layer, arrays, values, in_shape, dtype
+            )
+            natives = [self._names[leaf] for leaf in layer.leaves.values() if leaf < n_p]
+            name = (
+                natives[0].rsplit("/", 1)[0]
+                if natives and "/" in natives[0]
+                else (natives[0] if natives else path)
+            )
+            if layer.batch_stats:
+                # training mode: the moving statistics only feed the update, not the output
+                layer.leaves.update(self._statistics(name))
+            if self._hints is not None and natives:
+                config = _hinted(config, self._hints(name), layer)
+            params, state = {}, {}
+            for role, leaf in layer.leaves.items():
+                roles[f"{path}.{role}"] = (leaf, role == "kernel" and layer.transposed)
+                (params if leaf < n_p else state)[role] = self._names[leaf]
+            return LayerInfo(
+                path=path,
+                kind=kind,
+                name=name,
+                layer=config,
+                params=params,
+                state=state,
+                transposed=transposed,
+                input_shape=in_shape,
+                output_shape=out_shape,
+                note=note,
+            )
+
+        infos, s = [], tuple(shape)
+        for i, layer in enumerate(read):
+            infos.append(info(layer, f"layers.{i}", s))
+            s = infos[-1].output_shape
+        return tuple(shape), s, tuple(infos), roles, None
+
+    def _statistics(self, name: str) -> dict[str, int]:
+        """The state leaves ``.../mean`` and ``.../var`` of the module called ``name``
+        (``bn`` in NNX, ``params/BatchNorm_0`` in Linen, whose statistics live in
+        ``batch_stats/BatchNorm_0``)."""
+        module = name.split("/", 1)[1] if name.startswith("params/") else name
+        out = {}
+        for k, state_name in enumerate(self._s_names):
+            for role in ("mean", "var"):
+                if state_name == f"{module}/{role}" or state_name.endswith(f"/{module}/{role}"):
+                    out[role] = len(self._p_leaves) + k
+        return out if len(out) == 2 else {}
+
+    # -- weights -----------------------------------------------------------------------------
+
+    @property
+    def native(self):
+        return self._rebuild(self._params, self._state)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        if self.structure_error:
+            return tuple(self._p_names)
+        return super().param_names
+
+    def native_names(self) -> dict[str, str]:
+        if self.structure_error:
+            return {n: n for n in self._names}
+        return super().native_names()
+
+    def _leaf_index(self) -> dict[str, tuple[int, bool]]:
+        if self.structure_error:
+            return {n: (i, False) for i, n in enumerate(self._names)}
+        return self._roles
+
+    def weights(self) -> Params:
+        leaves = [*self._p_leaves, *self._s_leaves]
+        out = {}
+        for name, (leaf, transposed) in self._leaf_index().items():
+            arr = np.array(leaves[leaf])
+            if not self.structure_error and arr.ndim > 1 and not name.endswith(".kernel"):
+                arr = arr.reshape(-1)
+            out[name] = arr.T.copy() if transposed else arr
+        return out
+
+    def with_weights(self, weights: Mapping[str, np.ndarray]) -> JaxFunctionModel:
+        leaves = [*self._p_leaves, *self._s_leaves]
+        index = self._leaf_index()
+        unknown = sorted(set(weights) - set(index))
+        if unknown:
+            raise InputError(
+                f"{self.description} has no weight(s) {unknown}; it has {sorted(index)}"
+            )
+        with x64(self.dtype):
+            for name, value in weights.items():
+                leaf, transposed = index[name]
+                arr = np.asarray(value)
+                arr = arr.T if transposed else arr
+                old = leaves[leaf]
+                leaves[leaf] = jnp.asarray(arr.reshape(np.shape(old)), dtype=old.dtype)
+        n_p = len(self._p_leaves)
+        params = jax.tree_util.tree_unflatten(self._p_tree, leaves[:n_p])
+        state = jax.tree_util.tree_unflatten(self._s_tree, leaves[n_p:])
+        # the structure is the same; what each layer computes is identified again with the
+        # new weights (an activation cannot be told from all-zero weights)
+        return JaxFunctionModel(
+            self._fn,
+            params,
+            state,
+            framework=self.framework,
+            description=self.description,
+            rebuild=self._rebuild,
+            input_shape=self.input_shape,
+            hints=self._hints,
+            _read=None if not self.structure_error else (
+                self.input_shape, self.output_shape, (), {}, self.structure_error
+            ),
+            _traces=self._traces,
+        )
+
+    # -- gradients ---------------------------------------------------------------------------
+
+    def _grads(self, loss):
+        key = loss.name if isinstance(loss, Loss) else (None if loss is None else id(loss))
+        if key not in self._grad_fns:
+            fn = self._fn
+            if loss is None:
+
+                def run(params, state, x, cot):
+                    (out, new_state), vjp = jax.vjp(lambda p, xx: fn(p, state, xx), params, x)
+                    zeros = jax.tree_util.tree_map(jnp.zeros_like, new_state)
+                    gp, gx = vjp((cot, zeros))
+                    return None, out, new_state, gp, gx
+
+                self._grad_fns[key] = jax.jit(run)
+            else:
+                loss_fn = jax_loss(loss) if isinstance(loss, Loss) else loss
+
+                def objective(params, state, x, y):
+                    out, new_state = fn(params, state, x)
+                    return loss_fn(out, y), (out, new_state)
+
+                grad = jax.value_and_grad(objective, argnums=(0, 2), has_aux=True)
+
+                def run(params, state, x, y):
+                    (value, (out, new_state)), (gp, gx) = grad(params, state, x, y)
+                    return value, out, new_state, gp, gx
+
+                self._grad_fns[key] = run if not isinstance(loss, Loss) else jax.jit(run)
+        return self._grad_fns[key]
+
+    def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        with x64(self.dtype):
+            xs = jnp.asarray(x, dtype=self.dtype)
+            last = cotangent if loss is None else y
+            if last is not None and isinstance(last, np.ndarray) and last.dtype.kind == "f":
+                last = jnp.asarray(last, dtype=self.dtype)
+            value, out, new_state, gp, gx = self._grads(loss)(self._params, self._state, xs, last)
+            grad_leaves = jax.tree_util.tree_leaves(gp)
+        params, state = {}, {}
+        names = set(self.param_names)
+        p_new = jax.tree_util.tree_leaves(new_state)
+        for name, (leaf, transposed) in self._leaf_index().items():
+            if leaf < len(grad_leaves) and name in names:
+                g = np.asarray(grad_leaves[leaf])
+                g = g.T if transposed else g
+                params[name] = (
+                    g
+                    if g.ndim < 2 or name.endswith(".kernel") or self.structure_error
+                    else g.reshape(-1)
+                )
+        if p_new and not self.structure_error:
+            n_p = len(self._p_leaves)
+            changed = {
+                name: np.asarray(p_new[leaf - n_p]).reshape(-1)
+                for name, (leaf, _) in self._roles.items()
+                if leaf >= n_p
+                and leaf - n_p < len(p_new)
+                and not np.array_equal(
+                    np.asarray(p_new[leaf - n_p]), np.asarray(self._s_leaves[leaf - n_p])
+                )
+            }
+            state = changed
+        activations = grads = None
+        if capture and self.layers:
+            activations, grads = self._capture(x, y, loss, cotangent)
+        return Gradients(
+            loss=None if value is None else float(value),
+            params=params,
+            input=np.asarray(gx),
+            output=np.asarray(out),
+            state=state,
+            activations=activations,
+            activation_grads=grads,
+        )
+
+    def _capture(self, x, y, loss, cotangent):
+        """Every layer's output and dL/d output, from the interpreter over the jaxpr."""
+        graph, read = self._analysis(np.shape(x))
+        ends = {}
+
+        def collect(layers, infos):
+            for layer, info in zip(layers, infos, strict=True):
+                collect(layer.children, info.children)
+                ends[info.path] = layer.end
+
+        collect(read, self.layers)
+        targets = {v: k for k, v in ends.items()}
+        axis = graph.axis
+        with x64(self.dtype):
+            leaves = [*self._p_leaves, *self._s_leaves]
+            xs = jnp.asarray(x, dtype=self.dtype)
+            eps = {
+                path: jnp.zeros(graph.shape(i), dtype=graph.avals[i].dtype)
+                for path, i in ends.items()
+            }
+
+            def forward(e):
+                record = {}
+
+                def hook(i, value):
+                    path = targets.get(i)
+                    if path is None:
+                        return value
+                    value = value + e[path]
+                    record[path] = value
+                    return value
+
+                (out,) = jaxpr.run(graph, [*leaves, xs], hook)[:1]
+                return out, record
+
+            if loss is None:
+                (out, record), pullback = jax.vjp(forward, eps)
+                zeros = {k: jnp.zeros_like(v) for k, v in record.items()}
+                (g,) = pullback((jnp.asarray(cotangent, dtype=out.dtype), zeros))
+            else:
+                loss_fn = jax_loss(loss) if isinstance(loss, Loss) else loss
+                ys = (
+                    y
+                    if not (isinstance(y, np.ndarray) and y.dtype.kind == "f")
+                    else jnp.asarray(y, dtype=self.dtype)
+                )
+
+                def objective(e):
+                    out, record = forward(e)
+                    return loss_fn(out, ys), record
+
+                g, record = jax.grad(objective, has_aux=True)(eps)
+        acts = {p: np.moveaxis(np.asarray(v), axis.get(ends[p]) or 0, 0) for p, v in record.items()}
+        grads = {p: np.moveaxis(np.asarray(v), axis.get(ends[p]) or 0, 0) for p, v in g.items()}
+        return acts, grads
+
+
+def _walk(layers):
+    for layer in layers:
+        yield layer
+        yield from _walk(layer.children)
+
+
+def _to64(leaf):
+    try:
+        return np.asarray(leaf, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def _configure(layer, arrays, values, in_shape, dtype):
+    """``(config or None, kind, output shape, note, transposed locals)`` of a read layer."""
+    transposed = frozenset()
+    note = None
+    if layer.kind == "dense":
+        k = arrays[layer.leaves["kernel"]]
+        kernel = k.T if layer.transposed else k
+        if layer.transposed:
+            transposed = frozenset({"kernel"})
+        z, a = values[layer.pre], values[layer.end]
+        act = "linear" if layer.end == layer.pre else fit_activation(z, a, dtype)[0]
+        use_bias = "bias" in layer.leaves
+        config = None if act is None else Dense(kernel.shape[1], act, use_bias=use_bias)
+        return config, "dense", (kernel.shape[1],), note, transposed
+    if layer.kind == "norm":
+        local = {role: arrays[leaf].reshape(-1) for role, leaf in layer.leaves.items()}
+        config, _ = fit_norm(
+            values[layer.start],
+            values[layer.end],
+            local,
+            dtype=dtype,
+            epsilons=layer.constants,
+            training=layer.batch_stats,
+        )
+        if config is not None:
+            kind = config.kind
+        elif {"mean", "var"} & set(local) or layer.batch_stats:
+            kind = "batchnorm"
+        else:
+            kind = "layernorm"
+        if layer.batch_stats:
+            note = (
+                "BatchNorm in training mode (batch statistics): call model.eval() (NNX) or "
+                "use_running_average=True (Linen) to compare in inference mode"
+            )
+        return config, kind, in_shape, note, transposed
+    if layer.kind in ("activation", "reduce"):
+        name = fit_activation(values[layer.start], values[layer.end], dtype)[0]
+        return (
+            (None if name is None else Activation(name)),
+            "activation",
+            in_shape,
+            note,
+            transposed,
+        )
+    if layer.kind == "dropout":
+        note = (
+            "dropout in training mode (random masks): call model.eval() (NNX) or pass "
+            "deterministic=True (Linen)"
+        )
+        return None, "dropout", in_shape, note, transposed
+    return Flatten(), "flatten", (int(np.prod(in_shape)),), note, transposed
+
+
+def _hinted(config, hint: dict, layer):
+    """A norm's configuration completed with what its module states (epsilon, momentum)."""
+    from dataclasses import fields, replace
+
+    from xgrad.layers import LAYERS
+
+    if not hint:
+        return config
+    kind = hint.pop("kind", None)
+    if config is None and kind in ("layernorm", "rmsnorm", "batchnorm"):
+        flags = {"scale": "scale" in layer.leaves}
+        if kind != "rmsnorm":
+            flags["center"] = "bias" in layer.leaves
+        if kind == "batchnorm":
+            flags["training"] = layer.batch_stats
+        config = LAYERS[kind](**flags)
+    if config is None:
+        return None
+    names = {f.name for f in fields(config)}
+    return replace(config, **{k: v for k, v in hint.items() if k in names})
+
+
+def function_model(apply_fn, params, *, input_shape=None) -> JaxFunctionModel:
+    """A pure-JAX ``apply_fn(params, x)`` with its params pytree."""
+    name = getattr(apply_fn, "__name__", type(apply_fn).__name__)
+
+    def fn(p, state, x):
+        return apply_fn(p, x), state
+
+    return JaxFunctionModel(
+        fn,
+        params,
+        {},
+        framework="jax",
+        description=f"jax function {name}",
+        rebuild=lambda p, state: (apply_fn, p),
+        input_shape=input_shape,
+    )

@@ -1,0 +1,141 @@
+"""NumPy: the spec evaluated by each layer's own forward and VJP (no autodiff).
+
+In float64 this is xgrad's reference. Backward is the seed article's chain rule, layer by
+layer from the output (see :mod:`xgrad.layers`). Native names are the canonical names and
+the native layout is the canonical one. An ``(xgrad.MLP, params)`` pair is read as a NumPy
+model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from xgrad.frameworks.base import AbstractFramework, AbstractModel, Gradients, LayerInfo
+from xgrad.layers import forward_sequence, vjp_sequence
+from xgrad.layers.base import steps_by_path
+from xgrad.losses import Loss
+from xgrad.params import Params, check_params
+from xgrad.spec import MLP
+
+__all__ = ["FRAMEWORK", "NumpyFramework", "NumpyModel", "spec_layers"]
+
+NUMPY_DTYPES = ("float16", "float32", "float64")
+
+
+def spec_layers(spec: MLP, native_name=lambda path, local: f"{path}.{local}", layer_name=None):
+    """:class:`LayerInfo` for every layer of a spec, naming weights with ``native_name``.
+
+    Frameworks that build a spec use this with their own naming functions.
+    """
+    inputs = spec.layer_input_shapes()
+
+    def info(path, layer) -> LayerInfo:
+        shape = inputs[path]
+        children = tuple(info(f"{path}.layers.{j}", c) for j, c in enumerate(layer.children))
+        return LayerInfo(
+            path=path,
+            kind=layer.kind,
+            name=layer_name(path, layer) if layer_name else path,
+            layer=layer,
+            params={n: native_name(path, n) for n in layer.param_names()},
+            state={n: native_name(path, n) for n in layer.state_names()},
+            input_shape=shape,
+            output_shape=layer.output_shape(shape),
+            children=children,
+        )
+
+    return tuple(info(f"layers.{i}", layer) for i, layer in enumerate(spec.layers))
+
+
+class NumpyModel(AbstractModel):
+    """A spec evaluated with plain NumPy; weights held as canonical arrays."""
+
+    framework = "numpy"
+
+    def __init__(self, spec: MLP, weights: Params, dtype: str) -> None:
+        self._spec = spec
+        self.dtype = dtype
+        self.description = f"xgrad.MLP {spec.describe()}"
+        self.input_shape = spec.input_shape
+        self.output_shape = spec.output_shape
+        self.layers = spec_layers(spec)
+        self._weights = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
+
+    @property
+    def native(self) -> tuple[MLP, dict[str, np.ndarray]]:
+        return self._spec, self._weights
+
+    def weights(self) -> Params:
+        return {k: v.copy() for k, v in self._weights.items()}
+
+    def with_weights(self, weights: Mapping[str, np.ndarray]) -> NumpyModel:
+        merged = {**self._weights, **{k: np.asarray(v) for k, v in weights.items()}}
+        return NumpyModel(self._spec, check_params(self._spec, merged), self.dtype)
+
+    def spec(self) -> MLP:
+        return self._spec
+
+    def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        # Overflow and NaN are results to report (status "nonfinite"), not warnings to print;
+        # np.errstate restores the caller's settings on exit.
+        weights = self._weights
+        with np.errstate(all="ignore"):
+            out, steps = forward_sequence(self._spec.layers, weights, x)
+            value = None
+            if cotangent is not None:
+                grad_out = cotangent
+            elif isinstance(loss, Loss):
+                value, grad_out = loss.value_and_grad(out, y)
+                value = float(value)
+            else:
+                from xgrad.errors import InputError
+
+                raise InputError(
+                    "a NumPy model takes a loss name; a loss function is for models of a "
+                    "framework with automatic differentiation"
+                )
+            grads: dict[str, np.ndarray] = {}
+            output_grads = {} if capture else None
+            grad_x = vjp_sequence(weights, steps, grad_out, grads, output_grads)
+        state = {k: v for step in steps for k, v in step.state.items()}
+        activations = None
+        if capture:
+            activations = {path: step.output for path, step in steps_by_path(steps).items()}
+        return Gradients(
+            loss=value,
+            params={name: grads[name] for name in self._spec.param_names},
+            input=grad_x,
+            output=out,
+            state=state,
+            activations=activations,
+            activation_grads=output_grads,
+        )
+
+
+class NumpyFramework(AbstractFramework):
+    """Hand-written NumPy backprop (float16, float32, float64); the reference in float64."""
+
+    name = "numpy"
+    aliases = ("np",)
+    dtypes = NUMPY_DTYPES
+
+    def _build(self, spec: MLP, params: Params, dtype: str) -> NumpyModel:
+        return NumpyModel(spec, params, dtype)
+
+    @classmethod
+    def claims(cls, obj) -> bool:
+        return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], MLP)
+
+    def read(self, obj, *, input_shape=None) -> NumpyModel:
+        """An ``(xgrad.MLP, params)`` pair; it computes in the params' dtype (float32 when
+        every array is float32, else float64)."""
+        spec, params = obj
+        raw = dict(params)
+        dtypes = {np.asarray(v).dtype for v in raw.values()}
+        dtype = "float32" if dtypes <= {np.dtype(np.float32)} else "float64"
+        return NumpyModel(spec, check_params(spec, raw), dtype)
+
+
+FRAMEWORK = NumpyFramework()

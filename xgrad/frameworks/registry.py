@@ -1,0 +1,109 @@
+"""The registry of frameworks: one line each. Nothing here imports a framework.
+
+Each entry names the package that holds the framework (its builder and its reader) and
+exports ``FRAMEWORK``, an :class:`~xgrad.frameworks.base.AbstractFramework`. A framework's
+package is imported when it is first asked for; its ``claims`` recognises the framework's
+objects by their classes' module names, so reading a model imports only its framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from xgrad.errors import FrameworkError, FrameworkNotInstalledError, InputError
+from xgrad.frameworks.base import AbstractFramework, AbstractModel
+
+__all__ = [
+    "REGISTRY",
+    "available_frameworks",
+    "get_framework",
+    "known_frameworks",
+    "read_model",
+]
+
+REGISTRY: dict[str, str] = {
+    "numpy": "xgrad.frameworks.numpy",
+    "jax": "xgrad.frameworks.jax",
+    "flax": "xgrad.frameworks.flax",
+    "tensorflow": "xgrad.frameworks.tensorflow",
+    "torch": "xgrad.frameworks.torch",
+}
+"""Framework name -> the package holding it, in the order reports list them."""
+
+
+def _entry(name: str) -> AbstractFramework:
+    return importlib.import_module(REGISTRY[name]).FRAMEWORK
+
+
+def _installed(fw: AbstractFramework) -> bool:
+    return all(importlib.util.find_spec(p) is not None for p in fw.requires)
+
+
+def known_frameworks() -> list[str]:
+    """Every framework name xgrad knows, installed or not."""
+    return list(REGISTRY)
+
+
+def available_frameworks() -> list[str]:
+    """The framework names whose packages are installed (no framework is imported)."""
+    return [name for name in REGISTRY if _installed(_entry(name))]
+
+
+def _aliases() -> dict[str, str]:
+    return {alias: name for name in REGISTRY for alias in _entry(name).aliases}
+
+
+def get_framework(name: str) -> AbstractFramework:
+    """The framework called ``name`` (``numpy``, ``jax``, ``flax``, ``tensorflow``, ...).
+
+    ``tf`` and ``keras`` are accepted for ``tensorflow``, ``np`` for ``numpy``.
+
+    Raises:
+        FrameworkError: the name is unknown.
+        FrameworkNotInstalledError: its package is not installed; the message names the
+            pip extra to install.
+
+    Example:
+        >>> get_framework("numpy").name
+        'numpy'
+    """
+    if not isinstance(name, str):
+        raise FrameworkError(
+            f"a framework is a name or a framework object, got {type(name).__name__} {name!r}"
+        )
+    key = name.strip().lower()
+    key = _aliases().get(key, key)
+    if key not in REGISTRY:
+        raise FrameworkError(f"unknown framework {name!r}; known frameworks: {', '.join(REGISTRY)}")
+    fw = _entry(key)
+    missing = [p for p in fw.requires if importlib.util.find_spec(p) is None]
+    if missing:
+        raise FrameworkNotInstalledError(
+            f"framework {key!r} needs {', '.join(missing)}, which is not installed; "
+            f"install it with: pip install 'xgrad[{fw.extra}]'"
+        )
+    return fw
+
+
+SUPPORTED = (
+    "a keras.Model (Sequential, Functional or subclassed), a torch.nn.Module, a "
+    "flax.nnx.Module, a (flax.linen.Module, variables) pair, a pure-JAX (apply_fn, params) "
+    "pair or an (xgrad.MLP, params) pair"
+)
+
+
+def read_model(obj, *, input_shape=None) -> AbstractModel:
+    """Read a user's model with the framework that claims it (only that one is imported).
+
+    Raises:
+        InputError: no framework recognises the object.
+        FrameworkNotInstalledError: it belongs to a framework that is not installed.
+    """
+    if isinstance(obj, AbstractModel):
+        return obj
+    for name in REGISTRY:
+        fw = _entry(name)
+        if fw.claims(obj):
+            return get_framework(name).read(obj, input_shape=input_shape)
+    raise InputError(f"cannot read a model of type {type(obj).__name__}; pass {SUPPORTED}")

@@ -1,0 +1,78 @@
+"""PyTorch: a spec as an ``nn.Sequential`` of torch's own layers (:mod:`.builder`), and users'
+``nn.Module`` objects read through ``torch.fx`` or, failing that, forward hooks
+(:mod:`.reader`).
+
+Both become a :class:`~xgrad.frameworks.torch.model.TorchModel`: evaluated with
+``torch.func.functional_call`` on fresh copies of the weights and buffers, so neither the
+user's module nor the model's own is ever changed, and differentiated with
+``torch.autograd.grad``. ``nn.Linear`` stores its weight ``(out, in)``; every answer is given
+in the canonical layout, kernel ``(in, out)``.
+
+Importing this package imports no framework; torch is imported when a model is built or read.
+"""
+
+from __future__ import annotations
+
+from xgrad.frameworks.base import AbstractFramework, AbstractModel
+from xgrad.layers import Shape
+from xgrad.params import Params
+from xgrad.spec import MLP
+
+__all__ = ["FRAMEWORK", "TorchFramework"]
+
+
+def _is_module(obj) -> bool:
+    """Whether ``obj`` is a ``torch.nn.Module``, decided from its classes without importing
+    torch (a tensor or a plain function is not)."""
+    return any(
+        cls.__module__ == "torch.nn.modules.module" and cls.__name__ == "Module"
+        for cls in type(obj).__mro__
+    )
+
+
+class TorchFramework(AbstractFramework):
+    """PyTorch modules (``nn.Linear``, ``nn.LayerNorm``, ...) in float32 or float64 on the CPU.
+
+    Builds a spec as an ``nn.Sequential`` (see :mod:`xgrad.frameworks.torch.builder` for the
+    native names, ``0.0.weight`` and so on). Reads ``torch.nn.Module`` objects: an
+    ``nn.Sequential`` or a module of your own whose ``forward`` calls submodules and
+    functional code (``F.gelu``, ``torch.tanh``, ``x + h`` residuals, ``x.flatten(1)``).
+    """
+
+    name = "torch"
+    aliases = ("pytorch",)
+    requires = ("torch",)
+    extra = "torch"
+    dtypes = ("float32", "float64")
+
+    def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
+        from xgrad.frameworks.torch.builder import build_model
+
+        return build_model(spec, params, dtype)
+
+    @classmethod
+    def claims(cls, obj) -> bool:
+        return _is_module(obj)
+
+    def read(self, obj, *, input_shape: Shape | None = None) -> AbstractModel:
+        """A user's ``torch.nn.Module`` (never changed: the model works on a deep copy).
+
+        Args:
+            obj: the module. Its layers are read in call order; each module is used as the
+                user left it (``.training`` flags included: a BatchNorm or Dropout in
+                training mode is read as such, with a note).
+            input_shape: the shape of one input example; needed when the first layer does
+                not say it (a ``Flatten`` first).
+
+        Raises:
+            InputError: ``obj`` is not a module, its dtype is not float32/float64, or the
+                input shape cannot be told.
+            AlignmentError: a layer xgrad does not read (``nn.Conv2d``, ...), named with its
+                class.
+        """
+        from xgrad.frameworks.torch.reader import read_module
+
+        return read_module(obj, input_shape=input_shape)
+
+
+FRAMEWORK = TorchFramework()

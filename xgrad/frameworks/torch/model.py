@@ -1,0 +1,406 @@
+"""The torch model: one ``nn.Module``, its layers, and how to tap each layer's output.
+
+:class:`TorchModel` answers for a built spec and for a user's module alike. An evaluation
+never changes the module: :func:`call_with` runs it under ``torch.func.functional_call`` with
+fresh copies of its parameters (leaves that require grad, whatever the module's own
+``requires_grad`` flags) and of its buffers (so a BatchNorm in training mode updates the
+copies: the updated running statistics are read from them). ``torch.enable_grad`` and
+``torch.random.fork_rng`` restore grad mode and the global RNG on exit; the default dtype,
+matmul precision and thread count are never touched.
+
+Per-layer values (``capture=True``) come from *taps*. A tap adds a zero tensor ``eps`` to a
+layer's output; ``dL/d eps`` is ``dL/d`` that output, through every use of it and also when a
+later in-place op (``nn.ReLU(inplace=True)``) overwrites it. Two kinds of taps:
+
+* :class:`HookTap`: forward hooks on submodules (a built spec; a user's module that
+  ``torch.fx`` cannot trace);
+* :class:`GraphTap`: a ``torch.fx`` graph of the module run by an interpreter that taps the
+  nodes that end a layer.
+
+Importing this module imports torch.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from xgrad.errors import InputError, ParamsError, XgradError
+from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
+from xgrad.frameworks.torch.losses import torch_loss
+from xgrad.layers import BatchNorm, Shape
+from xgrad.losses import Loss
+from xgrad.params import Params
+from xgrad.spec import MLP
+
+__all__ = ["Capture", "GraphTap", "HookTap", "TorchModel", "call_with", "torch_dtype"]
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """``"float32"`` -> ``torch.float32``."""
+    return _TORCH_DTYPES[dtype]
+
+
+class Capture:
+    """Per-layer values of one evaluation, filled in by a tap.
+
+    Attributes:
+        values: layer path -> its output (a detached copy, taken when it was computed).
+        targets: layer path -> the tensor to differentiate for ``dL/d`` that output.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+        self.targets: dict[str, torch.Tensor] = {}
+
+    def tap(self, path: str, value: torch.Tensor) -> torch.Tensor:
+        """``value + eps`` with a fresh zero ``eps``: use the result in place of ``value``."""
+        eps = torch.zeros_like(value, requires_grad=True)
+        out = value + eps
+        self.values[path] = out.detach().clone()
+        self.targets[path] = eps
+        return out
+
+    def watch(self, path: str, value: torch.Tensor) -> None:
+        """Record a value that cannot be replaced (one computed by code between two hooked
+        modules): its gradient is taken with respect to the tensor itself."""
+        self.values[path] = value.detach().clone()
+        self.targets[path] = value
+
+
+class AbstractTap(abc.ABC):
+    """How to run a module so that each layer's output is tapped."""
+
+    @abc.abstractmethod
+    def run(self, module: nn.Module, x: torch.Tensor, capture: Capture | None) -> torch.Tensor:
+        """The module's output for ``x``; with ``capture``, every layer tapped into it."""
+
+
+class HookTap(AbstractTap):
+    """Taps through forward hooks, registered for one run and removed after it.
+
+    Args:
+        outputs: submodule name (``"0"``, ``"2.0"``) -> the path of the layer it ends.
+        inputs: submodule name -> the path of a layer computed by code just before that
+            submodule (its input is the layer's output; :meth:`Capture.watch`).
+        result: the path of a layer computed by code at the end of ``forward`` (the
+            module's output is the layer's output), or ``None``.
+    """
+
+    def __init__(
+        self,
+        outputs: Mapping[str, str],
+        inputs: Mapping[str, str] | None = None,
+        result: str | None = None,
+    ) -> None:
+        self.outputs = dict(outputs)
+        self.inputs = dict(inputs or {})
+        self.result = result
+
+    def run(self, module, x, capture):
+        if capture is None:
+            return module(x)
+        handles = []
+        try:
+            for name, path in self.outputs.items():
+                sub = module.get_submodule(name)
+                handles.append(
+                    sub.register_forward_hook(lambda m, args, out, p=path: capture.tap(p, out))
+                )
+            for name, path in self.inputs.items():
+                sub = module.get_submodule(name)
+                handles.append(
+                    sub.register_forward_pre_hook(lambda m, args, p=path: capture.watch(p, args[0]))
+                )
+            out = module(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out if self.result is None else capture.tap(self.result, out)
+
+
+class _TapInterpreter(torch.fx.Interpreter):
+    def __init__(self, module, graph, taps, capture):
+        super().__init__(module, graph=graph)
+        self.taps = taps
+        self.capture = capture
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        path = self.taps.get(n.name)
+        if path is not None and self.capture is not None:
+            out = self.capture.tap(path, out)
+        return out
+
+
+class GraphTap(AbstractTap):
+    """Runs a ``torch.fx`` graph of the module, tapping the nodes that end a layer.
+
+    Args:
+        graph: the graph traced from the module (its ``get_attr`` and ``call_module``
+            targets are looked up on the module at each run, so it serves every copy).
+        taps: node name -> the path of the layer that node ends.
+    """
+
+    def __init__(self, graph: torch.fx.Graph, taps: Mapping[str, str]) -> None:
+        self.graph = graph
+        self.taps = dict(taps)
+
+    def run(self, module, x, capture):
+        return _TapInterpreter(module, self.graph, self.taps, capture).run(x)
+
+
+class _Call(nn.Module):
+    """``fn(net, x)`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, net: nn.Module, fn: Callable) -> None:
+        super().__init__()
+        self.net = net
+        self._fn = fn
+
+    def forward(self, x):
+        return self._fn(self.net, x)
+
+
+def call_with(module: nn.Module, tensors: Mapping[str, torch.Tensor], fn: Callable, x):
+    """``fn(module, x)`` with ``module``'s parameters and buffers replaced by ``tensors``
+    (state-dict names) for the call; the module itself is left as it was."""
+    return torch.func.functional_call(
+        _Call(module, fn), {f"net.{k}": v for k, v in tensors.items()}, (x,)
+    )
+
+
+def fresh_tensors(module: nn.Module, *, grad: bool) -> tuple[dict, dict]:
+    """Copies of the module's parameters (leaves requiring grad when ``grad``) and buffers."""
+    params = {
+        name: p.detach().clone().requires_grad_(grad) for name, p in module.named_parameters()
+    }
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    return params, buffers
+
+
+def rng_devices(module: nn.Module) -> list:
+    """The CUDA devices whose RNG a run of ``module`` may draw from (CPU's is always saved)."""
+    return sorted({t.device for t in module.parameters() if t.device.type == "cuda"}, key=str)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+def _write(target: torch.Tensor, arr: np.ndarray, transposed: bool, name: str) -> None:
+    """Copy the canonical array ``arr`` into the module's tensor (transposed if stored so)."""
+    want = tuple(target.shape)[::-1] if transposed else tuple(target.shape)
+    if arr.dtype.kind != "f":
+        raise ParamsError(f"weight {name!r} has dtype {arr.dtype}; weights must be floats")
+    if arr.shape != want:
+        hint = " (transposed? canonical kernels are (in, out))" if arr.shape == want[::-1] else ""
+        raise ParamsError(f"weight {name!r} has shape {arr.shape} but the model needs {want}{hint}")
+    if not np.isfinite(arr).all():
+        raise ParamsError(f"weight {name!r} contains NaN/Inf; weights must be finite")
+    target.copy_(torch.from_numpy(np.ascontiguousarray(arr.T if transposed else arr)))
+
+
+class TorchModel(AbstractModel):
+    """An ``nn.Module`` answering in canonical names and layout.
+
+    Args:
+        module: the module holding the weights (owned by this model: a built one, or a deep
+            copy of the user's); never changed.
+        layers: its layers in call order; ``LayerInfo.params`` / ``state`` give each
+            weight's state-dict name, ``transposed`` the weights stored transposed
+            (``nn.Linear``'s ``(out, in)`` weight is the kernel ``(in, out)`` transposed).
+        tap: how to run the module with each layer's output tapped.
+        dtype: ``"float32"`` or ``"float64"``.
+        input_shape, output_shape: the shapes of one example in and out.
+        description: a short text naming the model.
+        spec: the spec it was built from, or ``None`` for a user's module.
+    """
+
+    framework = "torch"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        layers: tuple[LayerInfo, ...],
+        tap: AbstractTap,
+        *,
+        dtype: str,
+        input_shape: Shape,
+        output_shape: Shape,
+        description: str,
+        spec: MLP | None = None,
+    ) -> None:
+        self._module = module
+        self.layers = tuple(layers)
+        self._tap = tap
+        self.dtype = dtype
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
+        self.description = description
+        self._spec = spec
+
+    @property
+    def native(self) -> nn.Module:
+        """The ``nn.Module`` holding this model's weights (changing it changes the model)."""
+        return self._module
+
+    def spec(self) -> MLP | None:
+        return self._spec if self._spec is not None else super().spec()
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def _infos(self) -> dict[str, tuple[LayerInfo, str, str]]:
+        """Canonical name -> (layer, local name, native name), parameters then state per layer."""
+        return {
+            f"{info.path}.{local}": (info, local, native)
+            for info in self.walk()
+            for local, native in info.weights.items()
+        }
+
+    def weights(self) -> Params:
+        """Parameters and state in canonical names and layout (kernel ``(in, out)``), arrays of
+        the model's dtype."""
+        tensors = self._module.state_dict()
+        out = {}
+        for name, (info, local, native) in self._infos().items():
+            arr = _numpy(tensors[native])
+            out[name] = np.ascontiguousarray(arr.T) if local in info.transposed else arr
+        return out
+
+    def with_weights(self, weights: Mapping[str, np.ndarray]) -> TorchModel:
+        """A new model on a deep copy of the module, holding ``weights`` (canonical names and
+        layout; names not given keep their value).
+
+        Raises:
+            ParamsError: an unknown name, a wrong shape, a non-float array, or NaN/Inf.
+        """
+        infos = self._infos()
+        unknown = [k for k in weights if k not in infos]
+        if unknown:
+            raise ParamsError(
+                f"unknown weight name(s) {unknown} for {self.description}; its canonical "
+                f"names are {list(infos)}"
+            )
+        module = copy.deepcopy(self._module)
+        tensors = module.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, value in weights.items():
+                info, local, native = infos[name]
+                _write(tensors[native], np.asarray(value), local in info.transposed, name)
+        return TorchModel(
+            module,
+            self.layers,
+            self._tap,
+            dtype=self.dtype,
+            input_shape=self.input_shape,
+            output_shape=self.output_shape,
+            description=self.description,
+            spec=self._spec,
+        )
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def _loss(self, loss, out: torch.Tensor, y) -> torch.Tensor:
+        if isinstance(loss, Loss):
+            yt = None if y is None else torch.from_numpy(np.asarray(y)).to(out.device)
+            return torch_loss(loss)(out, yt)
+        yt = None
+        if y is not None:
+            arr = np.asarray(y)
+            yt = torch.from_numpy(np.ascontiguousarray(arr)).to(out.device)
+            if arr.dtype.kind == "f":
+                yt = yt.to(out.dtype)
+        value = loss(out, yt)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InputError(
+                f"a torch loss function must return a scalar tensor, got {got}; reduce it, "
+                "e.g. with .sum() or .mean()"
+            )
+        return value.reshape(())
+
+    def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        module = self._module
+        device = module_device(module)
+        param_names = {
+            f"{info.path}.{local}": (info, local, native)
+            for info in self.walk()
+            for local, native in info.params.items()
+        }
+        with torch.enable_grad(), torch.random.fork_rng(devices=rng_devices(module)):
+            params, buffers = fresh_tensors(module, grad=True)
+            xt = torch.from_numpy(np.array(x)).to(device).requires_grad_(True)
+            cap = Capture() if capture else None
+            try:
+                out = call_with(
+                    module,
+                    {**params, **buffers},
+                    lambda net, inp: self._tap.run(net, inp, cap),
+                    xt.clone(),
+                )
+                self._check_output(out, x.shape[0])
+                value = None
+                if cotangent is None:
+                    root = value = self._loss(loss, out, y)
+                    seed = None
+                else:
+                    root = out
+                    seed = torch.from_numpy(np.array(cotangent)).to(device)
+                paths = [info.path for info in self.walk()] if cap is not None else []
+                wrt = [params[native] for _, _, native in param_names.values()]
+                wrt += [xt] + [cap.targets[p] for p in paths]
+                grads = torch.autograd.grad(root, wrt, grad_outputs=seed, allow_unused=True)
+            except XgradError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                raise InputError(
+                    f"torch could not evaluate {self.description}: {type(exc).__name__}: {exc}"
+                ) from None
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
+        n = len(param_names)
+        dparams = {}
+        for (name, (info, local, _)), g in zip(param_names.items(), grads[:n], strict=True):
+            arr = _numpy(g)
+            dparams[name] = np.ascontiguousarray(arr.T) if local in info.transposed else arr
+        state = {
+            f"{info.path}.{local}": _numpy(buffers[native])
+            for info in self.walk()
+            if isinstance(info.layer, BatchNorm) and info.layer.training
+            for local, native in info.state.items()
+        }
+        return Gradients(
+            loss=None if value is None else float(value.detach()),
+            params=dparams,
+            input=_numpy(grads[n]),
+            output=_numpy(out),
+            state=state,
+            activations={p: _numpy(cap.values[p]) for p in paths} if capture else None,
+            activation_grads=(
+                {p: _numpy(g) for p, g in zip(paths, grads[n + 1 :], strict=True)}
+                if capture
+                else None
+            ),
+        )
+
+    def _check_output(self, out, batch: int) -> None:
+        want = (batch, *self.output_shape)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(
+                f"{self.description} returned {got}, expected a tensor of shape {want}"
+            )

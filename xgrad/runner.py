@@ -1,0 +1,661 @@
+"""The one runner: evaluate each model once, line them up, and assemble the Report.
+
+* :func:`compare` is "the float64 NumPy model of a spec against each framework's model of
+  it": every framework builds the spec from the same weights.
+* :func:`compare_models` is "the user's reference model against the candidate": both are
+  read by their frameworks' readers, their layers aligned, the reference's weights copied
+  into (a copy of) the candidate.
+
+Both go through :func:`assemble`: entries per parameter, updated state, dL/dinput, output
+and loss; per-layer forward and backward comparisons; where each side first diverges; and,
+on a mismatch, the diagnosis (:mod:`xgrad.diagnosis`). The runner never asks which framework
+it is talking to.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from xgrad.align import Alignment, Unit, align, identity_alignment
+from xgrad.errors import FrameworkError, InputError
+from xgrad.frameworks.base import (
+    AbstractFramework,
+    AbstractModel,
+    Gradients,
+    check_cotangent,
+    check_dtype,
+    check_input,
+    prepare_loss,
+)
+from xgrad.frameworks.registry import available_frameworks, get_framework, read_model
+from xgrad.losses import Loss
+from xgrad.metrics import OK_STATUSES, PreparedReference, compare_arrays, quick_rel_norm, tolerance
+from xgrad.params import check_params, init_params
+from xgrad.report import Divergence, Entry, LayerEntry, Pairwise, Report
+from xgrad.spec import MLP
+
+__all__ = [
+    "Inputs",
+    "Side",
+    "assemble",
+    "compare",
+    "compare_models",
+    "loss_scale",
+    "resolve_frameworks",
+]
+
+REFERENCE = {"framework": "numpy", "dtype": "float64"}
+
+
+def loss_scale(loss_name: str | None, output: np.ndarray) -> float | None:
+    """The scale a loss value is judged against when its terms can cancel.
+
+    ``sum`` and ``mean`` add outputs of either sign: their value can be far smaller than
+    its terms, and its rounding error scales with the terms, so it is compared relative to
+    the sum (or mean) of ``|output|``. The other losses add non-negative terms, for which
+    ``|loss|`` is that scale already (``None``).
+    """
+    if loss_name == "sum":
+        return float(np.abs(output).sum())
+    if loss_name == "mean":
+        return float(np.abs(output).mean())
+    return None
+
+
+def resolve_frameworks(
+    frameworks: str | Iterable[str | AbstractFramework] | None,
+) -> list[AbstractFramework]:
+    """Turn names and framework objects into frameworks, importing only those named.
+
+    Args:
+        frameworks: ``None`` for every installed framework; a comma-separated string; or
+            a sequence of names and :class:`~xgrad.frameworks.AbstractFramework` instances.
+
+    Raises:
+        FrameworkError: an unknown name, a non-framework object, a repeated name, or none.
+        FrameworkNotInstalledError: a named framework is not installed.
+    """
+    if frameworks is None:
+        items: list = available_frameworks()
+    elif isinstance(frameworks, str):
+        items = [f for f in (p.strip() for p in frameworks.split(",")) if f]
+    elif isinstance(frameworks, AbstractFramework):
+        items = [frameworks]
+    elif isinstance(frameworks, Iterable):
+        items = list(frameworks)
+    else:
+        raise FrameworkError(
+            f"frameworks must be names or framework objects, got {type(frameworks).__name__}"
+        )
+    out: list[AbstractFramework] = []
+    for item in items:
+        if isinstance(item, AbstractFramework):
+            out.append(item)
+        elif isinstance(item, type) and issubclass(item, AbstractFramework):
+            raise FrameworkError(
+                f"got the framework class {item.__name__}; pass an instance: {item.__name__}()"
+            )
+        elif isinstance(item, str):
+            out.append(get_framework(item))
+        else:
+            raise FrameworkError(
+                f"a framework is a name or an AbstractFramework instance, got "
+                f"{type(item).__name__} {item!r}"
+            )
+    if not out:
+        raise FrameworkError("no framework to compare; name at least one, e.g. 'numpy,jax'")
+    names = [fw.name for fw in out]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FrameworkError(f"framework {repeated[0]!r} is named more than once in {names}")
+    return out
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One batch, checked: inputs, targets, the loss (or a cotangent instead)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    loss: Loss | object | None  # a Loss, a pair of loss functions, or None with a cotangent
+    cotangent: np.ndarray | None
+
+    @property
+    def loss_name(self) -> str | None:
+        if self.cotangent is not None:
+            return None
+        return self.loss.name if isinstance(self.loss, Loss) else "custom"
+
+    def loss_for(self, side: int):
+        """The loss argument of :meth:`AbstractModel.evaluate` for side 0 or 1."""
+        if isinstance(self.loss, tuple):
+            return self.loss[side]
+        return self.loss
+
+
+@dataclass
+class Side:
+    """One evaluated model: its label in the report, the model, its gradients."""
+
+    label: str
+    model: AbstractModel
+    grads: Gradients
+    seconds: float = 0.0
+
+
+def evaluate(
+    label: str, model: AbstractModel, inputs: Inputs, *, capture: bool, side: int = 1
+) -> Side:
+    """Evaluate ``model`` on ``inputs`` (timed)."""
+    start = time.perf_counter()
+    if inputs.cotangent is not None:
+        grads = model.evaluate(inputs.x, cotangent=inputs.cotangent, capture=capture)
+    else:
+        grads = model.evaluate(inputs.x, inputs.y, loss=inputs.loss_for(side), capture=capture)
+    return Side(label, model, grads, time.perf_counter() - start)
+
+
+# -- assembling the report -----------------------------------------------------------------
+
+
+def _entry(name, kind, shape, native, arrays, reference, dtype, tol, scale=None) -> Entry:
+    prepared = PreparedReference(reference, dtype=dtype, tol=tol, scale=scale)
+    results = {fw: prepared.compare(arr) for fw, arr in arrays.items()}
+    return Entry(name=name, kind=kind, shape=tuple(shape), native=dict(native), results=results)
+
+
+def _pairwise(labels: Sequence[str], arrays: Mapping[str, tuple]) -> list[Pairwise]:
+    """Largest ``||g_a - g_b|| / ||ref||`` over the entries, for each pair of sides.
+
+    ``arrays`` maps an entry name to ``(reference array, {label: array})``. The difference
+    is taken in the run dtype: two nearby floats subtract exactly there (Sterbenz), so no
+    float64 copies of whole gradients are made.
+    """
+    norms = {key: float(np.linalg.norm(ref)) for key, (ref, _) in arrays.items()}
+    pairs = []
+    for a, b in itertools.combinations(labels, 2):
+        worst, worst_name = -1.0, ""
+        with np.errstate(all="ignore"):
+            for key, (_, by_side) in arrays.items():
+                num = float(np.linalg.norm(np.subtract(by_side[a], by_side[b])))
+                den = norms[key]
+                value = num / den if den else (0.0 if num == 0 else np.inf)
+                if np.isnan(value):
+                    value = np.inf
+                if value > worst:
+                    worst, worst_name = value, key
+        pairs.append(Pairwise(frameworks=(a, b), rel_norm=float(worst), entry=worst_name))
+    return pairs
+
+
+def _divergence(side: str, pairs, layers: dict[str, LayerEntry], by_name: dict[str, Entry]):
+    """Where ``side`` first parts from the reference: the first layer (in call order) whose
+    output differs; else, from the output back, the first whose gradients differ."""
+
+    def bad(m) -> bool:
+        return m is not None and m.status not in OK_STATUSES
+
+    for ref_unit, _ in pairs:
+        entry = layers.get(ref_unit.path)
+        if entry is not None and bad(entry.forward.get(side)):
+            return Divergence(side, ref_unit.path, "forward", dict(entry.names))
+    first = pairs[0][0].path if pairs else None
+    for ref_unit, _ in reversed(pairs):
+        entry = layers.get(ref_unit.path)
+        if entry is None:
+            continue
+        own = [by_name.get(f"{ref_unit.path}.{local}") for local in ref_unit.info.params]
+        if (
+            bad(entry.backward.get(side))
+            or any(e is not None and bad(e.results.get(side)) for e in own)
+            or (ref_unit.path == first and bad(by_name["input"].results.get(side)))
+        ):
+            return Divergence(side, ref_unit.path, "backward", dict(entry.names))
+    return None
+
+
+def assemble(
+    ref: Side,
+    sides: Sequence[Side],
+    alignments: Mapping[str, Alignment],
+    inputs: Inputs,
+    *,
+    dtype: str,
+    tol: float,
+    reference: dict,
+    model_text: str,
+    native_reference: bool,
+    seed: int | None = None,
+    title: str | None = None,
+    models: dict | None = None,
+    notes: Sequence[str] = (),
+    timing: dict | None = None,
+) -> Report:
+    """The :class:`~xgrad.Report` of ``sides`` against ``ref``.
+
+    Args:
+        ref: the evaluated reference.
+        sides: the evaluated candidates.
+        alignments: side label -> how that side's names and units correspond to ``ref``'s.
+        native_reference: list the reference's own names beside each side's (porting).
+    """
+    start = time.perf_counter()
+    ref_native = ref.model.native_names()
+    entries = []
+    grad_arrays: dict[str, dict[str, np.ndarray]] = {}
+    for name in ref.model.param_names:
+        if name not in ref.grads.params or not all(
+            name in alignments[s.label].names for s in sides
+        ):
+            continue
+        native = {"reference": ref_native[name]} if native_reference else {}
+        arrays = {}
+        for s in sides:
+            a = alignments[s.label]
+            cand_name = a.names[name]
+            native[s.label] = s.model.native_names().get(cand_name, cand_name)
+            g = s.grads.params[cand_name]
+            arrays[s.label] = g.T if name in a.transposed else g
+        grad_arrays[name] = arrays
+        entries.append(
+            _entry(
+                name,
+                "parameter",
+                ref.grads.params[name].shape,
+                native,
+                arrays,
+                ref.grads.params[name],
+                dtype,
+                tol,
+            )
+        )
+    state_entries = []
+    for name, value in ref.grads.state.items():
+        arrays, native = {}, ({"reference": ref_native.get(name, name)} if native_reference else {})
+        for s in sides:
+            cand_name = alignments[s.label].names.get(name)
+            if cand_name is not None and cand_name in s.grads.state:
+                arrays[s.label] = s.grads.state[cand_name]
+                native[s.label] = s.model.native_names().get(cand_name, cand_name)
+        if arrays:
+            state_entries.append(
+                _entry(name, "state", value.shape, native, arrays, value, dtype, tol)
+            )
+
+    def simple(name, kind, pick, scale=None, native_name=None):
+        native = {s.label: native_name or name for s in sides}
+        if native_reference:
+            native = {"reference": native_name or name, **native}
+        return _entry(
+            name,
+            kind,
+            np.shape(pick(ref.grads)),
+            native,
+            {s.label: pick(s.grads) for s in sides},
+            pick(ref.grads),
+            dtype,
+            tol,
+            scale,
+        )
+
+    input_entry = simple("input", "input", lambda g: g.input)
+    output_entry = simple("output", "output", lambda g: g.output)
+    loss_entry = None
+    loss_name = inputs.loss_name
+    if loss_name is not None:
+        loss_entry = simple(
+            "loss",
+            "loss",
+            lambda g: np.asarray(g.loss),
+            scale=loss_scale(loss_name, ref.grads.output),
+            native_name=loss_name,
+        )
+
+    # per layer, for the sides whose layers were captured
+    layer_entries: dict[str, LayerEntry] = {}
+    captured = [s for s in sides if s.grads.activations is not None]
+    if ref.grads.activations is not None and captured:
+        for ref_unit, _ in next(iter(alignments.values())).pairs:
+            fwd, bwd, names = {}, {}, {}
+            if native_reference:
+                names["reference"] = ref_unit.info.name
+            shape = ref.grads.activations[ref_unit.end].shape
+            for s in captured:
+                cand_unit = _partner(alignments[s.label], ref_unit)
+                if cand_unit is None:
+                    continue
+                a = s.grads.activations.get(cand_unit.end)
+                g = s.grads.activation_grads.get(cand_unit.end)
+                if a is None or g is None or np.shape(a) != shape:
+                    continue
+                names[s.label] = cand_unit.info.name
+                fwd[s.label] = compare_arrays(
+                    a, ref.grads.activations[ref_unit.end], dtype=dtype, tol=tol
+                )
+                bwd[s.label] = compare_arrays(
+                    g, ref.grads.activation_grads[ref_unit.end], dtype=dtype, tol=tol
+                )
+            if fwd:
+                layer_entries[ref_unit.path] = LayerEntry(
+                    path=ref_unit.path,
+                    kind=ref_unit.info.kind,
+                    names=names,
+                    shape=tuple(shape),
+                    forward=fwd,
+                    backward=bwd,
+                )
+    by_name = {e.name: e for e in [*entries, input_entry]}
+    divergences = []
+    for s in captured:
+        d = _divergence(s.label, alignments[s.label].pairs, layer_entries, by_name)
+        if d is not None:
+            divergences.append(d)
+
+    pairwise = []
+    if len(sides) > 1:
+        arrays = {name: (ref.grads.params[name], grad_arrays[name]) for name in grad_arrays}
+        arrays["input"] = (ref.grads.input, {s.label: s.grads.input for s in sides})
+        arrays["output"] = (ref.grads.output, {s.label: s.grads.output for s in sides})
+        pairwise = _pairwise([s.label for s in sides], arrays)
+    timing = dict(timing or {})
+    timing["metrics and report"] = time.perf_counter() - start
+    return Report(
+        model=model_text,
+        dtype=dtype,
+        loss=loss_name,
+        frameworks=tuple(s.label for s in sides),
+        reference=dict(reference),
+        tolerance=tol,
+        batch=int(inputs.x.shape[0]),
+        seed=seed,
+        losses={} if loss_name is None else {s.label: s.grads.loss for s in sides},
+        reference_loss=ref.grads.loss,
+        parameters=tuple(entries),
+        state=tuple(state_entries),
+        input=input_entry,
+        output=output_entry,
+        loss_value=loss_entry,
+        pairwise=tuple(pairwise),
+        timing=timing,
+        title=title,
+        layers=tuple(layer_entries.values()),
+        divergences=tuple(divergences),
+        models=models,
+        notes=tuple(notes),
+    )
+
+
+def _partner(alignment: Alignment, ref_unit: Unit) -> Unit | None:
+    for r, c in alignment.pairs:
+        if r.path == ref_unit.path:
+            return c
+    return None
+
+
+def _mismatched(grads: Gradients, ref: Gradients, names: Mapping[str, str], tol: float) -> bool:
+    """A cheap first look (normwise only), to decide whether to capture layers."""
+    pairs = [(grads.input, ref.input), (grads.output, ref.output)]
+    pairs += [(grads.params[names[k]], ref.params[k]) for k in ref.params if k in names]
+    pairs += [
+        (grads.state[names[k]], ref.state[k]) for k in ref.state if names.get(k) in grads.state
+    ]
+    return any(quick_rel_norm(g, r) > tol for g, r in pairs)
+
+
+def _explain(
+    report: Report, ref: Side, sides: Sequence[Side], alignments, inputs, dtype, tol
+) -> Report:
+    from dataclasses import replace
+
+    from xgrad.diagnosis import diagnose_side
+
+    diagnoses = []
+    for s in sides:
+        if s.grads.activations is None:
+            continue
+        diagnoses += diagnose_side(
+            report, ref, s, alignments[s.label], inputs, dtype=dtype, tol=tol
+        )
+    return replace(report, diagnoses=tuple(diagnoses))
+
+
+# -- compare: a spec in every framework ----------------------------------------------------
+
+
+def _inputs(model: AbstractModel, x, y, loss, cotangent) -> Inputs:
+    xs = check_input(model.input_shape, x)
+    if cotangent is not None:
+        return Inputs(xs, None, None, check_cotangent(model.output_shape, cotangent, xs.shape[0]))
+    if isinstance(loss, tuple):
+        from xgrad.errors import InputError as _IE
+
+        if len(loss) != 2 or not all(callable(f) for f in loss):
+            raise _IE("loss=(reference_fn, candidate_fn) takes two loss functions")
+        return Inputs(xs, None if y is None else np.asarray(y), loss, None)
+    loss_fn, ys = prepare_loss(loss, y, xs.shape[0], model.output_shape)
+    return Inputs(xs, ys, loss_fn, None)
+
+
+def compare(
+    model: MLP,
+    x,
+    y=None,
+    *,
+    loss: str = "sum",
+    frameworks: str | Iterable[str | AbstractFramework] | None = None,
+    dtype: str = "float32",
+    params: Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+    cotangent=None,
+    rtol: float | None = None,
+    title: str | None = None,
+    explain: bool | None = None,
+) -> Report:
+    """Compare every framework's gradients of ``model`` against a float64 NumPy reference.
+
+    Each framework builds the spec from the same canonical weights, cast to ``dtype``; the
+    reference is xgrad's NumPy model of it in float64 (every layer's own forward and VJP).
+
+    Args:
+        model: the :class:`~xgrad.MLP` spec.
+        x: inputs, shape ``(batch, *input_shape)``.
+        y: targets for the losses that need them (see :mod:`xgrad.losses`).
+        loss: a loss name; ignored when ``cotangent`` is given.
+        frameworks: names (``"numpy,jax"`` or a list) and/or framework objects; ``None``
+            means every installed framework.
+        dtype: the dtype every framework computes in, ``"float32"`` or ``"float64"``.
+        params: canonical weights (see :mod:`xgrad.params`); ``None`` draws them with
+            :func:`xgrad.init_params` ``(model, seed)``.
+        seed: the seed for ``params=None``.
+        cotangent: a ``grad_output = dL/doutput`` to back-propagate instead of a loss (the
+            seed article's gradient "received from the subsequent layer").
+        rtol: overrides the per-dtype normwise tolerance (:data:`xgrad.metrics.TOLERANCES`).
+        title: a heading for the report.
+        explain: on a mismatch, compare every layer and test the known causes
+            (:mod:`xgrad.diagnosis`), into ``report.layers`` and ``report.diagnoses``.
+            ``None`` (default): only when something mismatches; ``True``: always; ``False``:
+            never.
+
+    Returns:
+        A :class:`~xgrad.Report`; ``report.ok`` says whether everything matched.
+
+    Raises:
+        SpecError, InputError, ParamsError, FrameworkError: bad arguments, before any
+            framework computes anything.
+
+    Example:
+        >>> import numpy as np, xgrad
+        >>> spec = xgrad.MLP(3, [xgrad.Dense(4, "sigmoid")])
+        >>> report = xgrad.compare(spec, np.ones((2, 3)), frameworks="numpy")
+        >>> report.ok, [e.name for e in report.parameters]
+        (True, ['layers.0.kernel', 'layers.0.bias'])
+    """
+    if not isinstance(model, MLP):
+        raise InputError(
+            f"compare needs an xgrad.MLP spec as model, got {type(model).__name__}; for your "
+            "own Keras/Flax/JAX models use xgrad.compare_models"
+        )
+    from xgrad.frameworks.numpy import FRAMEWORK as NUMPY
+
+    frameworks_ = resolve_frameworks(frameworks)
+    dtype = check_dtype(dtype, tuple(dict.fromkeys(d for fw in frameworks_ for d in fw.dtypes)))
+    for fw in frameworks_:
+        check_dtype(dtype, fw.dtypes)
+    tol = tolerance(dtype, rtol)
+    weights = init_params(model, seed) if params is None else check_params(model, params)
+    referee = NUMPY._build(model, weights, "float64")
+    inputs = _inputs(referee, x, y, loss, cotangent)
+    alignment = identity_alignment(referee)
+
+    ref = evaluate("reference", referee, inputs, capture=False)
+    timing = {"reference (numpy float64)": ref.seconds}
+    sides = []
+    for fw in frameworks_:
+        start = time.perf_counter()
+        built = fw._build(model, weights, dtype)
+        side = evaluate(fw.name, built, inputs, capture=False)
+        if explain is True or (
+            explain is None and _mismatched(side.grads, ref.grads, alignment.names, tol)
+        ):
+            side = evaluate(fw.name, built, inputs, capture=True)
+        side.seconds = time.perf_counter() - start
+        timing[fw.name] = side.seconds
+        sides.append(side)
+    if any(s.grads.activations is not None for s in sides):
+        ref = evaluate("reference", referee, inputs, capture=True)
+    report = assemble(
+        ref,
+        sides,
+        {s.label: alignment for s in sides},
+        inputs,
+        dtype=dtype,
+        tol=tol,
+        reference=REFERENCE,
+        model_text=model.describe(),
+        native_reference=False,
+        seed=seed if params is None else None,
+        title=title,
+        timing=timing,
+    )
+    if explain is False or (explain is None and report.ok):
+        return report
+    return _explain(report, ref, sides, {s.label: alignment for s in sides}, inputs, dtype, tol)
+
+
+# -- compare_models: a user's model against its port ----------------------------------------
+
+
+def _input_shape(x) -> tuple[int, ...] | None:
+    shape = np.shape(x)
+    return tuple(shape[1:]) if len(shape) >= 2 else None
+
+
+def model_text(model: AbstractModel) -> str:
+    """The model in short text form (``10 -> 8:relu -> ...``), ``?`` where unknown."""
+    shape = model.input_shape
+    dims = str(shape[0]) if len(shape) == 1 else "x".join(map(str, shape))
+    return " -> ".join([dims, *(info.describe() for info in model.layers)])
+
+
+def compare_models(
+    reference,
+    candidate,
+    x,
+    y=None,
+    *,
+    loss="sum",
+    mapping: str | Mapping[str, str] = "auto",
+    transfer: bool = True,
+    rtol: float | None = None,
+    cotangent=None,
+    title: str | None = None,
+    explain: bool | None = None,
+) -> Report:
+    """Compare a model with its port: outputs, loss, gradients and every layer.
+
+    Args:
+        reference: the model you trust: a ``keras.Model`` (Sequential, Functional or
+            subclassed), a ``torch.nn.Module``, a ``flax.nnx.Module``, a
+            ``(flax.linen.Module, variables)`` pair, a pure-JAX ``(apply_fn, params)`` pair or
+            an ``(xgrad.MLP, params)`` pair.
+        candidate: the port, any of the same kinds.
+        x: inputs, shape ``(batch, *input_shape)``.
+        y: targets, for the losses that need them.
+        loss: a loss name (see :mod:`xgrad.losses`), computed on each side in its own
+            framework with xgrad's definition.
+        mapping: ``"auto"`` pairs layers in call order; ``{reference layer name: candidate
+            layer name}`` pairs them by name; ``{reference parameter: candidate parameter}``
+            (native names) pairs parameters when the layers cannot be read.
+        transfer: copy the reference's weights into a copy of the candidate first, so both
+            start identical. Neither of your objects is ever changed.
+        rtol: overrides the per-dtype normwise tolerance.
+        cotangent: a ``grad_output`` of the output's shape instead of a loss.
+        title: a heading for the report.
+        explain: test the known causes of a mismatch (:mod:`xgrad.diagnosis`) and put
+            them in ``report.diagnoses``; ``None`` (default) only when something
+            mismatches, ``True`` always, ``False`` never.
+
+    Returns:
+        A :class:`~xgrad.Report` whose reference is the reference model; the candidate is
+        reported under its framework's name. ``report.layers`` holds each aligned layer's
+        forward (output) and backward (``dL/d output``) comparison;
+        ``report.first_divergence`` says where the two first part.
+
+    Raises:
+        AlignmentError: the layers cannot be paired (depth, kind, width, bias); the message
+            names the layer on both sides and what to change.
+        InputError: ``x``, ``y``, ``cotangent`` or ``mapping`` are malformed.
+    """
+    shape = _input_shape(x)
+    ref_model = read_model(reference, input_shape=shape)
+    cand_model = read_model(candidate, input_shape=shape)
+    alignment = align(ref_model, cand_model, mapping)
+    inputs = _inputs(ref_model, x, y, loss, cotangent)
+    check_input(cand_model.input_shape, inputs.x)
+    notes = []
+    if alignment.note:
+        notes.append(alignment.note)
+    if transfer:
+        cand_model = cand_model.with_weights(alignment.to_candidate(ref_model.weights()))
+    dtype = ref_model.dtype if ref_model.dtype in ("float32", "float64") else "float32"
+    tol = tolerance(dtype, rtol)
+    capture = bool(alignment.pairs)
+    ref = evaluate("reference", ref_model, inputs, capture=capture, side=0)
+    label = cand_model.framework if cand_model.framework != "reference" else "candidate"
+    cand = evaluate(label, cand_model, inputs, capture=capture, side=1)
+    describe = {
+        "model": ref_model.description,
+        "framework": ref_model.framework,
+        "dtype": ref_model.dtype,
+    }
+    report = assemble(
+        ref,
+        [cand],
+        {label: alignment},
+        inputs,
+        dtype=dtype,
+        tol=tol,
+        reference=describe,
+        model_text=model_text(ref_model),
+        native_reference=True,
+        title=title,
+        models={
+            "reference": describe,
+            label: {
+                "model": cand_model.description,
+                "framework": cand_model.framework,
+                "dtype": cand_model.dtype,
+                "transferred": transfer,
+            },
+        },
+        notes=notes,
+        timing={"reference": ref.seconds, label: cand.seconds},
+    )
+    if explain is False or (explain is None and report.ok):
+        return report
+    return _explain(report, ref, [cand], {label: alignment}, inputs, dtype, tol)
