@@ -1,0 +1,52 @@
+"""TensorFlow / Keras 3: a spec as a Keras model of Keras' own layers (:mod:`.builder`), users'
+Keras models read layer by layer (:mod:`.reader`, :mod:`.layer_readers`), both evaluated under
+``tf.GradientTape`` (:mod:`.model`); xgrad's activations and losses in TensorFlow
+(:mod:`.ops`); ``.keras`` files loaded in safe mode (:mod:`.files`).
+
+Importing this package imports neither TensorFlow nor Keras; they are imported (quietly, see
+:mod:`.ops`) when a model is first built or read.
+"""
+
+from __future__ import annotations
+
+from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
+from xgrad.frameworks.tensorflow.files import load_keras_file
+from xgrad.layers import Shape
+from xgrad.params import Params
+from xgrad.spec import MLP
+
+__all__ = ["FRAMEWORK", "TensorflowFramework", "load_keras_file"]
+
+
+class TensorflowFramework(AbstractFramework):
+    """Keras 3 layers on the TensorFlow backend (float32, float64); ``tf.GradientTape``
+    gradients. Reads ``keras.Model`` objects: ``Sequential``, Functional and subclassed.
+
+    Raises:
+        FrameworkError: Keras runs on another backend than TensorFlow.
+    """
+
+    name = "tensorflow"
+    aliases = ("tf", "keras")
+    requires = ("tensorflow",)
+    extra = "tensorflow"
+
+    def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
+        from xgrad.frameworks.tensorflow.builder import SpecModel
+        from xgrad.frameworks.tensorflow.ops import check_backend
+
+        check_backend()
+        return SpecModel(spec, params, dtype)
+
+    @classmethod
+    def claims(cls, obj) -> bool:
+        return is_from(obj, "keras")
+
+    def read(self, obj, *, input_shape: Shape | None = None) -> AbstractModel:
+        """A user's built ``keras.Model`` (see :func:`~.reader.read_keras_model`)."""
+        from xgrad.frameworks.tensorflow.reader import read_keras_model
+
+        return read_keras_model(obj, input_shape=input_shape)
+
+
+FRAMEWORK = TensorflowFramework()

@@ -1,0 +1,163 @@
+"""A spec as a real Keras model made of Keras' own layers.
+
+======================  ==============================================  ======================
+xgrad layer             Keras layer                                     weights (Keras names)
+======================  ==============================================  ======================
+Dense                   ``Dense(units, activation, use_bias)``          kernel (in, out), bias
+Activation              ``Activation(activation)``                      -
+LayerNorm               ``LayerNormalization(epsilon, center, scale)``  gamma, beta
+RMSNorm                 ``RMSNormalization(epsilon)``                   scale
+BatchNorm               ``BatchNormalization(epsilon, momentum, ...)``  gamma, beta,
+                                                                        moving_mean,
+                                                                        moving_variance
+Dropout                 ``Dropout(rate)`` (xgrad applies its own mask)  -
+Flatten                 ``Flatten()``                                   -
+Residual                its layers, then ``Add()([x, block(x)])``       -
+======================  ==============================================  ======================
+
+A spec without residual blocks is a ``keras.Sequential`` named ``sequential``; one with them a
+Functional ``keras.Model`` named ``functional``. Layers are named from their canonical path
+(``layers.2`` -> ``dense_2``, ``layers.2.layers.0`` -> ``dense_2_0``), so native names are
+Keras variable paths such as ``sequential/dense_0/kernel`` (a Functional model's have no model
+prefix: ``dense_2_0/kernel``, as Keras names them). Activations are those of
+:func:`~xgrad.frameworks.tensorflow.ops.tf_activation`. float64 is set per layer
+(``dtype="float64"``), never through the global ``keras.config.floatx``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from xgrad.errors import FrameworkError
+from xgrad.frameworks.numpy import spec_layers
+from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel
+from xgrad.frameworks.tensorflow.ops import keras, tf_activation
+from xgrad.layers import (
+    AbstractLayer,
+    Activation,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Flatten,
+    LayerNorm,
+    RMSNorm,
+)
+from xgrad.params import Params, check_params
+from xgrad.spec import MLP
+
+__all__ = ["SpecModel", "build_keras_model", "layer_name"]
+
+
+def layer_name(path: str, layer: AbstractLayer) -> str:
+    """The Keras name of the layer at ``path``: ``layers.2`` -> ``dense_2``,
+    ``layers.2.layers.0`` -> ``dense_2_0``, a residual block's ``Add`` -> ``residual_2``."""
+    return f"{layer.kind}_" + "_".join(path.split(".")[1::2])
+
+
+def _keras_layer(layer: AbstractLayer, name: str, dtype: str) -> keras.layers.Layer:
+    """Keras' layer for one xgrad layer (weights are assigned once the model is built)."""
+    if isinstance(layer, Dense):
+        return keras.layers.Dense(
+            layer.units,
+            activation=tf_activation(layer.act),
+            use_bias=layer.use_bias,
+            kernel_initializer="zeros",  # assigned next: no random draw
+            name=name,
+            dtype=dtype,
+        )
+    if isinstance(layer, Activation):
+        return keras.layers.Activation(tf_activation(layer.act), name=name, dtype=dtype)
+    if isinstance(layer, LayerNorm):
+        return keras.layers.LayerNormalization(
+            epsilon=layer.epsilon, center=layer.center, scale=layer.scale, name=name, dtype=dtype
+        )
+    if isinstance(layer, RMSNorm):
+        if not layer.scale:
+            raise FrameworkError(
+                f"layer {name} ({layer.describe()}): Keras' RMSNormalization always has a "
+                "learned scale; xgrad cannot build RMSNorm(scale=False) in tensorflow "
+                "(use RMSNorm(scale=True) with a scale of ones)"
+            )
+        if not hasattr(keras.layers, "RMSNormalization"):
+            raise FrameworkError(
+                f"layer {name} ({layer.describe()}): Keras {keras.__version__} has no "
+                "RMSNormalization layer; upgrade Keras (3.9 or later)"
+            )
+        return keras.layers.RMSNormalization(epsilon=layer.epsilon, name=name, dtype=dtype)
+    if isinstance(layer, BatchNorm):
+        return keras.layers.BatchNormalization(
+            epsilon=layer.epsilon,
+            momentum=layer.momentum,
+            center=layer.center,
+            scale=layer.scale,
+            name=name,
+            dtype=dtype,
+        )
+    if isinstance(layer, Dropout):
+        return keras.layers.Dropout(layer.rate, name=name, dtype=dtype)
+    if isinstance(layer, Flatten):
+        return keras.layers.Flatten(name=name, dtype=dtype)
+    raise FrameworkError(f"xgrad cannot build a {layer.kind} layer ({name}) in tensorflow")
+
+
+def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, keras.layers.Layer]]:
+    """The Keras model of ``spec`` in ``dtype`` (weights zero, Keras' defaults for norms), and
+    the Keras layer computing each canonical path's output (a residual block: its ``Add``).
+
+    Raises:
+        FrameworkError: a layer Keras cannot express (``RMSNorm(scale=False)``).
+    """
+    by_path: dict[str, keras.layers.Layer] = {}
+
+    def chain(layers, prefix: str, h):
+        for i, layer in enumerate(layers):
+            path = f"{prefix}.{i}"
+            if layer.children:
+                inner = chain(layer.children, f"{path}.layers", h)
+                by_path[path] = keras.layers.Add(name=layer_name(path, layer), dtype=dtype)
+                h = by_path[path]([h, inner])
+            else:
+                by_path[path] = _keras_layer(layer, layer_name(path, layer), dtype)
+                h = by_path[path](h)
+        return h
+
+    inputs = keras.Input(spec.input_shape, dtype=dtype, name="input")
+    if any(layer.children for layer in spec.layers):
+        return keras.Model(inputs, chain(spec.layers, "layers", inputs), name="functional"), by_path
+    for path, layer in spec.walk():
+        by_path[path] = _keras_layer(layer, layer_name(path, layer), dtype)
+    return keras.Sequential([inputs, *by_path.values()], name="sequential"), by_path
+
+
+class SpecModel(KerasModel):
+    """A spec as a Keras model (see the module docstring) holding canonical weights."""
+
+    def __init__(self, spec: MLP, weights: Params, dtype: str) -> None:
+        model, by_path = build_keras_model(spec, dtype)
+        variables = {
+            f"{path}.{local}": getattr(by_path[path], KERAS_WEIGHTS[layer.kind][local])
+            for path, layer in spec.walk()
+            for local in (*layer.param_names(), *layer.state_names())
+        }
+        for name, var in variables.items():
+            var.assign(np.asarray(weights[name], dtype=dtype))
+        super().__init__(
+            model,
+            spec_layers(spec, lambda path, local: variables[f"{path}.{local}"].path, layer_name),
+            by_path,
+            variables,
+            dtype=dtype,
+            description=f"keras {type(model).__name__} of xgrad.MLP {spec.describe()}",
+            input_shape=spec.input_shape,
+        )
+        self._spec = spec
+
+    def spec(self) -> MLP:
+        return self._spec
+
+    def with_weights(self, weights: Mapping[str, np.ndarray]) -> SpecModel:
+        """A new Keras model of the spec holding ``weights`` (the others keep their value)."""
+        merged = {**self.weights(), **{k: np.asarray(v) for k, v in weights.items()}}
+        return SpecModel(self._spec, check_params(self._spec, merged), self.dtype)

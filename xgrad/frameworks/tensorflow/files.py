@@ -1,0 +1,54 @@
+"""Loading ``.keras`` model files in Keras safe mode: code stored in a file is never run.
+
+Importing this module imports no framework; Keras is imported when a file is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+from xgrad.errors import ModelFileError
+
+__all__ = ["load_keras_file"]
+
+
+def load_keras_file(path: str | os.PathLike):
+    """Load a ``.keras`` file (Keras 3 format) in safe mode, without its training config.
+
+    Args:
+        path: the ``.keras`` file.
+
+    Returns:
+        The ``keras.Model``.
+
+    Raises:
+        ModelFileError: the file is missing, not a ``.keras`` archive, truncated or
+            corrupted, or holds code (a ``Lambda`` layer or another custom object) that safe
+            mode refuses to run.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".keras":
+        raise ModelFileError(f"model file {str(p)!r}: expected a .keras file (Keras 3 format)")
+    if not p.is_file():
+        raise ModelFileError(f"model file {str(p)!r} does not exist")
+    if not zipfile.is_zipfile(p):
+        raise ModelFileError(
+            f"model file {str(p)!r} is not a .keras archive (truncated or corrupted?)"
+        )
+    from xgrad.frameworks.tensorflow.ops import keras
+
+    try:
+        return keras.saving.load_model(p, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, TypeError, KeyError, OSError...
+        text = " ".join(str(exc).split())
+        if "lambda" in text.lower() or "safe_mode" in text.lower():
+            raise ModelFileError(
+                f"model file {str(p)!r} was refused: it holds code (a Lambda layer or custom "
+                "object) that would have to run to load it; xgrad loads models in Keras safe "
+                "mode and never runs code from a file"
+            ) from None
+        raise ModelFileError(
+            f"cannot load model file {str(p)!r}: {type(exc).__name__}: {text[:300]}"
+        ) from None

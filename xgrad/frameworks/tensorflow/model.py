@@ -1,0 +1,221 @@
+"""The model shared by built and read Keras models: a Keras model, its layers in call order,
+and one evaluation under ``tf.GradientTape``.
+
+A model is evaluated by calling its Keras layers one after another, as ``Sequential`` and
+``Functional`` models do, following :attr:`AbstractModel.layers` (residual blocks add their
+input back, with their ``keras.layers.Add`` when they have one). The readers check, on a
+probe batch, that this sequence computes what the user's own ``call`` computes. Walking the
+layers makes xgrad's semantics explicit:
+
+* an active :class:`~xgrad.Dropout` multiplies by xgrad's mask (``layer.scaled_mask``), never
+  by a Keras random mask; an inactive one is the identity;
+* a :class:`~xgrad.BatchNorm` in training mode is called with ``training=True``: Keras
+  normalises by the batch statistics and assigns the new moving statistics, which are read
+  and then restored, so evaluating never changes the model;
+* every other layer is called with ``training=False``;
+* with ``capture=True`` every layer's output is watched, so ``dL/d output`` is its total
+  derivative (through a residual's skip connection too).
+
+The step runs in a ``tf.function`` cached per model, loss and capture flag (a user's loss
+function runs eagerly).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xgrad.errors import InputError
+from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
+from xgrad.frameworks.tensorflow.ops import keras, own_traces, tf, tf_loss
+from xgrad.layers import BatchNorm, Dropout
+from xgrad.losses import Loss
+from xgrad.params import Params
+
+__all__ = ["KERAS_WEIGHTS", "KerasModel"]
+
+ZERO = tf.UnconnectedGradients.ZERO
+
+KERAS_WEIGHTS: dict[str, dict[str, str]] = {
+    "dense": {"kernel": "kernel", "bias": "bias"},
+    "layernorm": {"scale": "gamma", "bias": "beta"},
+    "rmsnorm": {"scale": "scale"},
+    "batchnorm": {
+        "scale": "gamma",
+        "bias": "beta",
+        "mean": "moving_mean",
+        "var": "moving_variance",
+    },
+}
+"""Layer kind -> xgrad's local weight name -> the attribute of Keras' layer holding it
+(``Dense``, ``LayerNormalization``, ``RMSNormalization``, ``BatchNormalization``)."""
+
+
+class KerasModel(AbstractModel):
+    """A Keras model evaluated layer by layer (see the module docstring).
+
+    Subclasses say how to copy the model with other weights (:meth:`with_weights`).
+
+    Args:
+        native: the Keras model holding the weights.
+        layers: its layers in call order.
+        keras_layers: layer path -> the Keras layer computing that path's output (a
+            residual block: its ``Add`` layer, or ``None`` for ``x + block(x)`` in code).
+        variables: canonical weight name -> Keras variable (params and state).
+        dtype: the dtype the layers compute in.
+        description: a short text naming the model.
+        input_shape: the shape of one input example.
+    """
+
+    framework = "tensorflow"
+
+    def __init__(
+        self,
+        native: keras.Model,
+        layers: tuple[LayerInfo, ...],
+        keras_layers: dict[str, keras.layers.Layer | None],
+        variables: dict[str, keras.Variable],
+        *,
+        dtype: str,
+        description: str,
+        input_shape: tuple[int, ...],
+    ) -> None:
+        self._model = native
+        self.layers = layers
+        self._keras_layers = keras_layers
+        self._variables = variables
+        self.dtype = dtype
+        self.description = description
+        self.input_shape = tuple(input_shape)
+        self.output_shape = layers[-1].output_shape
+        self._params = [variables[name] for name in self.param_names]
+        self._training_state = {
+            f"{info.path}.{local}": variables[f"{info.path}.{local}"]
+            for info in self.walk()
+            if isinstance(info.layer, BatchNorm) and info.layer.training
+            for local in info.state
+        }
+        self._steps: dict[tuple, object] = {}
+
+    @property
+    def native(self) -> keras.Model:
+        """The Keras model holding this model's weights."""
+        return self._model
+
+    def weights(self) -> Params:
+        """Parameters and state by canonical name, as the variables store them (kernel
+        ``(in, out)`` as Keras does)."""
+        return {name: np.array(var.numpy()) for name, var in self._variables.items()}
+
+    # -- one step -------------------------------------------------------------------------
+
+    def _run(self, infos, a, masks, values, tape):
+        """Call the layers of ``infos`` on ``a``; record each output in ``values``."""
+        for info in infos:
+            layer = self._keras_layers.get(info.path)
+            if info.children:
+                inner = self._run(info.children, a, masks, values, tape)
+                a = a + inner if layer is None else layer([a, inner])
+            elif isinstance(info.layer, Dropout):
+                a = a * masks[info.path] if info.path in masks else a
+            else:
+                training = isinstance(info.layer, BatchNorm) and info.layer.training
+                a = layer(a, training=training)
+            if values is not None:
+                tape.watch(a)
+                values[info.path] = a
+        return a
+
+    def _step(self, loss_fn, capture: bool):
+        """``(x, target, masks) -> (loss, output, dL/dparams, dL/dx, dL/dvalues, values)``,
+        where ``values`` are the layers' outputs by path (empty unless ``capture``) and
+        ``target`` is ``y`` for a loss, or the cotangent when ``loss_fn`` is ``None``."""
+
+        def step(x, target, masks):
+            values = {} if capture else None
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = self._run(self.layers, x, masks, values, tape)
+                value = None if loss_fn is None else loss_fn(out, target)
+            sources = (self._params, x, values or {})
+            if loss_fn is None:
+                grads = tape.gradient(
+                    out, sources, output_gradients=target, unconnected_gradients=ZERO
+                )
+            else:
+                grads = tape.gradient(value, sources, unconnected_gradients=ZERO)
+            return (value, out, *grads, values or {})
+
+        return step
+
+    def _compiled(self, loss: Loss | None, capture: bool):
+        key = (None if loss is None else loss.name, capture)
+        if key not in self._steps:
+            self._steps[key] = tf.function(
+                self._step(None if loss is None else tf_loss(loss), capture)
+            )
+        return self._steps[key]
+
+    def _masks(self, batch: int) -> dict[str, tf.Tensor]:
+        """xgrad's scaled dropout mask of every active Dropout, for a batch of ``batch``."""
+        return {
+            info.path: tf.constant(
+                info.layer.scaled_mask(info.path, (batch, *info.input_shape), self.dtype)
+            )
+            for info in self.walk()
+            if isinstance(info.layer, Dropout) and info.layer.active
+        }
+
+    def _tensor(self, y):
+        y = np.asarray(y)
+        return tf.constant(y, dtype=self.dtype) if y.dtype.kind == "f" else tf.constant(y)
+
+    def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        if cotangent is not None:
+            step, target = self._compiled(None, capture), tf.constant(cotangent)
+        elif isinstance(loss, Loss):
+            # losses without targets get an empty tensor in their place: one trace each
+            target = tf.zeros((0,), self.dtype) if y is None else self._tensor(y)
+            step = self._compiled(loss, capture)
+        else:  # a user's function of tensors: run eagerly, as written
+            step = self._step(_checked(loss), capture)
+            target = None if y is None else self._tensor(y)
+        saved = {name: var.numpy() for name, var in self._training_state.items()}
+        try:
+            with own_traces():
+                value, out, grad_params, grad_x, grad_values, values = step(
+                    tf.constant(x), target, self._masks(x.shape[0])
+                )
+            state = {name: np.array(var.numpy()) for name, var in self._training_state.items()}
+        finally:
+            for name, var in self._training_state.items():
+                var.assign(saved[name])
+        return Gradients(
+            loss=None if value is None else float(value),
+            params={n: np.asarray(g) for n, g in zip(self.param_names, grad_params, strict=True)},
+            input=np.asarray(grad_x),
+            output=np.asarray(out),
+            state=state,
+            activations=_numpy(values) if capture else None,
+            activation_grads=_numpy(grad_values) if capture else None,
+        )
+
+
+def _numpy(tensors: dict) -> dict[str, np.ndarray]:
+    return {name: np.asarray(t) for name, t in tensors.items()}
+
+
+def _checked(loss_fn):
+    """A user's loss function, checked to return a scalar tensor."""
+
+    def loss(out, y):
+        value = loss_fn(out, y)
+        if not tf.is_tensor(value) or value.shape.rank != 0:
+            shape = getattr(value, "shape", None)
+            raise InputError(
+                "a loss function for a tensorflow model must return a scalar TensorFlow "
+                f"tensor computed from the output, got {type(value).__name__}"
+                + (f" of shape {tuple(shape)}" if shape is not None else "")
+            )
+        return value
+
+    return loss

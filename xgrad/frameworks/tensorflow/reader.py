@@ -1,0 +1,434 @@
+"""Reading a user's Keras model (``Sequential``, Functional or subclassed) into layers.
+
+The model is called once, eagerly, on a probe batch, with each of its layers' ``call``
+wrapped on the instance to record ``(layer, input, output)`` in call order (the wrappers are
+removed again in ``finally``; the model is never changed). The calls are then read as a chain:
+
+* each layer must take the output of the layer called before it;
+* ``keras.layers.Add()([x, f(x)])`` and ``x + f(x)`` written in ``call`` (recognised by its
+  value) close a residual block whose layers are those called since ``x``;
+* the model's output must be the last value of the chain.
+
+Anything else (branches, concatenations, code between layers, a layer called twice) raises
+:class:`~xgrad.errors.AlignmentError` naming the layer. Each layer is read by
+:mod:`.layer_readers`: Keras' own ``Dense``, ``Activation``, ``ReLU``, ``LeakyReLU``,
+``Softmax``, ``ELU``, ``LayerNormalization``, ``RMSNormalization``, ``BatchNormalization``
+(inference, as when the model is called normally), ``Dropout`` (inference: the identity) and
+``Flatten``.
+
+Native names are Keras variable paths (``sequential/dense_1/kernel``); layers keep their
+Keras names. The model returned evaluates the Keras layers themselves
+(:class:`~xgrad.frameworks.tensorflow.model.KerasModel`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xgrad.errors import AlignmentError, InputError, ParamsError
+from xgrad.frameworks.base import LayerInfo
+from xgrad.frameworks.tensorflow.layer_readers import read_layer, where
+from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel
+from xgrad.frameworks.tensorflow.ops import check_backend, keras
+from xgrad.identify import FIT, rel
+from xgrad.layers import AbstractLayer, Residual, Shape
+
+__all__ = ["ReadModel", "read_keras_model"]
+
+CHAIN = (
+    "xgrad reads models whose layers form a chain, each taking the previous layer's output, "
+    "with residual blocks x + f(x) (keras.layers.Add or + in call)"
+)
+
+PROBE_BATCH = 4
+
+# -- recording one call -----------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    """One layer call: the layer, its input (a list for ``Add``) and its output."""
+
+    layer: keras.layers.Layer
+    input: object
+    output: object
+
+
+def _leaves(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's layers, nested models opened, each once."""
+    out: dict[int, keras.layers.Layer] = {}
+    for layer in model.layers:
+        for leaf in _leaves(layer) if isinstance(layer, keras.Model) else [layer]:
+            out.setdefault(id(leaf), leaf)
+    return list(out.values())
+
+
+def _recorder(layer, call, calls: list[_Call]):
+    def record(*args, **kwargs):
+        out = call(*args, **kwargs)
+        calls.append(_Call(layer, args[0] if args else kwargs.get("inputs"), out))
+        return out
+
+    return record
+
+
+@contextlib.contextmanager
+def _recording(layers, calls: list[_Call]) -> Iterator[None]:
+    """Wrap each layer's ``call`` on the instance to record it; restored in ``finally``."""
+    patched = []
+    try:
+        for layer in layers:
+            own = vars(layer).get("call")
+            object.__setattr__(layer, "call", _recorder(layer, layer.call, calls))
+            patched.append((layer, own))
+        yield
+    finally:
+        for layer, own in patched:
+            if own is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", own)
+
+
+# -- one layer ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Draft:
+    """A layer (or residual block) read, before paths are given."""
+
+    layer: keras.layers.Layer | None
+    kind: str
+    config: AbstractLayer | None
+    weights: dict[str, object]  # local name -> Keras variable
+    input_shape: Shape
+    output_shape: Shape
+    name: str | None
+    note: str | None = None
+    children: list[_Draft] = field(default_factory=list)
+
+
+def _describe(layer, x, out, dtype: str) -> _Draft:
+    """Read one called layer (see :func:`.layer_readers.read_layer`)."""
+    read = read_layer(layer, x, out, dtype)
+    attrs = KERAS_WEIGHTS.get(read.kind, {})
+    return _Draft(
+        layer=layer,
+        kind=read.kind,
+        config=read.config,
+        weights={local: getattr(layer, attrs[local]) for local in read.weights},
+        input_shape=tuple(x.shape[1:]),
+        output_shape=tuple(out.shape[1:]),
+        name=layer.name,
+        note=read.note,
+    )
+
+
+# -- the chain ----------------------------------------------------------------------------------
+
+
+class _Chain:
+    """The drafts read so far, and the values between them (to find residual blocks)."""
+
+    def __init__(self, x, dtype: str) -> None:
+        self.items: list[_Draft] = []
+        self.points: list[tuple[object, int]] = [(x, 0)]  # (value, number of items before it)
+        self.tol = FIT.get(dtype, 1e-5)
+
+    def same(self, a, b) -> bool:
+        if a is b:
+            return True
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and rel(a, b) <= self.tol
+
+    @property
+    def current(self):
+        return self.points[-1][0]
+
+    def skip_from(self, value) -> int | None:
+        """The latest earlier point whose value is ``value`` (a skip connection's start)."""
+        for j in range(len(self.points) - 2, -1, -1):
+            if self.same(self.points[j][0], value):
+                return j
+        return None
+
+    def sum_from(self, value) -> int | None:
+        """The latest earlier point ``j`` with ``value == points[j] + current``."""
+        current, value = np.asarray(self.current), np.asarray(value)
+        for j in range(len(self.points) - 2, -1, -1):
+            x = np.asarray(self.points[j][0])
+            if x.shape == current.shape == value.shape and self.same(x + current, value):
+                return j
+        return None
+
+    def close_block(self, j: int, add, output) -> None:
+        """Make the items since point ``j`` a residual block whose output is ``output``."""
+        first, start = self.points[j]
+        block = self.items[start:]
+        del self.items[start:]
+        shape = tuple(np.asarray(first).shape[1:])
+        name = add.name if add is not None else None  # x + f(x) in code: named by its path
+        self.items.append(_Draft(add, "residual", None, {}, shape, shape, name, children=block))
+        del self.points[j + 1 :]
+        self.points.append((output, len(self.items)))
+
+    def add(self, call: _Call) -> None:
+        """Read one call of an ``Add`` layer (a residual block)."""
+        inputs = list(call.input) if isinstance(call.input, list | tuple) else [call.input]
+        if len(inputs) == 2:
+            for k in (1, 0):
+                if self.same(inputs[k], self.current):
+                    j = self.skip_from(inputs[1 - k])
+                    if j is not None:
+                        return self.close_block(j, call.layer, call.output)
+        raise AlignmentError(
+            f"{where(call.layer)} adds {len(inputs)} values that are not x and f(x) for a "
+            f"block f of the layers called since x; {CHAIN}"
+        )
+
+    def append(self, call: _Call, draft: _Draft) -> None:
+        """Read one call of any other layer."""
+        if not self.same(call.input, self.current):
+            j = self.sum_from(call.input)
+            if j is None:
+                raise AlignmentError(
+                    f"{where(call.layer)} takes an input that is not the output of the layer "
+                    f"called before it (a branch, or code between layers); {CHAIN}"
+                )
+            self.close_block(j, None, call.input)
+        self.items.append(draft)
+        self.points.append((call.output, len(self.items)))
+
+    def end(self, output, model) -> None:
+        """Check that the model's output is the chain's last value."""
+        if self.same(output, self.current):
+            return
+        j = self.sum_from(output)
+        if j is None:
+            raise AlignmentError(
+                f"the output of Keras model {model.name!r} is not the output of its last layer "
+                f"(code after it?); {CHAIN}"
+            )
+        self.close_block(j, None, output)
+
+
+def _infos(drafts, prefix, by_path, variables) -> tuple[LayerInfo, ...]:
+    """Give the drafts their paths: :class:`LayerInfo`, Keras layers and variables by path."""
+    out = []
+    for i, d in enumerate(drafts):
+        path = f"{prefix}.{i}"
+        children = _infos(d.children, f"{path}.layers", by_path, variables)
+        config = d.config
+        if d.kind == "residual" and all(c.layer is not None for c in children):
+            config = Residual([c.layer for c in children])
+        by_path[path] = d.layer
+        variables.update({f"{path}.{local}": var for local, var in d.weights.items()})
+        out.append(
+            LayerInfo(
+                path=path,
+                kind=d.kind,
+                name=d.name or path,
+                layer=config,
+                params={k: v.path for k, v in d.weights.items() if k not in ("mean", "var")},
+                state={k: v.path for k, v in d.weights.items() if k in ("mean", "var")},
+                input_shape=d.input_shape,
+                output_shape=d.output_shape,
+                children=children,
+                note=d.note,
+            )
+        )
+    return tuple(out)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+def _input_shape(model: keras.Model, given: Shape | None) -> Shape:
+    try:
+        inputs = model.inputs
+    except AttributeError:  # a subclassed model
+        inputs = None
+    if inputs:
+        if len(inputs) != 1:
+            raise AlignmentError(
+                f"Keras model {model.name!r} takes {len(inputs)} inputs; xgrad reads models of one"
+            )
+        shape = tuple(inputs[0].shape[1:])
+        if None not in shape:
+            return shape
+    config = model.get_build_config() or {}
+    shape = config.get("input_shape")
+    if shape is not None and len(shape) > 1 and None not in tuple(shape)[1:]:
+        return tuple(shape)[1:]
+    if given is None:
+        raise InputError(
+            f"cannot tell the input shape of Keras model {model.name!r}; pass input_shape "
+            "(the shape of one example), or give the model a keras.Input"
+        )
+    return tuple(given)
+
+
+def _dtype(model: keras.Model, calls: list[_Call]) -> str:
+    with_weights = {c.layer.compute_dtype for c in calls if c.layer.weights}
+    dtypes = with_weights or {c.layer.compute_dtype for c in calls}
+    if len(dtypes) != 1:
+        raise AlignmentError(
+            f"the layers of Keras model {model.name!r} compute in several dtypes "
+            f"{sorted(dtypes)}; xgrad reads models of one dtype"
+        )
+    return dtypes.pop()
+
+
+def read_keras_model(model, *, input_shape: Shape | None = None) -> ReadModel:
+    """A user's built ``keras.Model`` as an xgrad model (the Keras object is never changed).
+
+    Args:
+        model: a built ``keras.Sequential``, Functional ``keras.Model`` or subclassed model.
+        input_shape: the shape of one example, when the model has no ``keras.Input`` and has
+            not recorded one.
+
+    Raises:
+        FrameworkError: Keras runs on another backend than TensorFlow.
+        InputError: not a ``keras.Model``, not built, or an unknown input shape.
+        AlignmentError: a layer or a connection xgrad does not read (the message names it).
+    """
+    check_backend()
+    if not isinstance(model, keras.Model):
+        hint = ""
+        if isinstance(model, keras.layers.Layer):
+            hint = "; wrap the layer: keras.Sequential([keras.Input(shape), layer])"
+        raise InputError(f"xgrad reads keras.Model objects, got {type(model).__name__}{hint}")
+    if not model.built:
+        raise InputError(
+            f"Keras model {model.name!r} is not built (it has no weights yet); call it once on "
+            "a batch, or start it with keras.Input(shape)"
+        )
+    shape = _input_shape(model, input_shape)
+    input_dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else model.compute_dtype
+    probe = np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape)).astype(input_dtype)
+    calls: list[_Call] = []
+    try:
+        with _recording(_leaves(model), calls):
+            output = model(probe, training=False)
+    except Exception as exc:  # the user's call: any error, shown with its own text
+        raise InputError(
+            f"calling Keras model {model.name!r} on a batch of shape {probe.shape} failed: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from exc
+    if not calls:
+        raise AlignmentError(f"Keras model {model.name!r} calls no layer")
+    dtype = _dtype(model, calls)
+    counts = Counter(id(call.layer) for call in calls)
+    for call in calls:
+        if counts[id(call.layer)] > 1:
+            raise AlignmentError(
+                f"{where(call.layer)} is called {counts[id(call.layer)]} times in one pass "
+                "(shared weights); xgrad reads models that call each layer once"
+            )
+    chain = _Chain(probe, dtype)
+    for call in calls:
+        if type(call.layer) is keras.layers.Add:
+            chain.add(call)
+        else:
+            chain.append(call, _describe(call.layer, call.input, call.output, dtype))
+    chain.end(output, model)
+    by_path: dict[str, keras.layers.Layer | None] = {}
+    variables: dict[str, object] = {}
+    layers = _infos(chain.items, "layers", by_path, variables)
+    return ReadModel(model, layers, by_path, variables, dtype=dtype, input_shape=shape)
+
+
+def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """Keras' own clone of a layer (from its config), but with its activation passed as the
+    function itself: a user's function cannot be found again from its name in a config."""
+    config = layer.get_config()
+    if "activation" in config:
+        config["activation"] = layer.activation
+    return type(layer).from_config(config)
+
+
+def _clone(model: keras.Model) -> keras.Model:
+    """A new Keras model computing as ``model`` does, holding a copy of its weights."""
+    if isinstance(model, keras.Sequential) or type(model).__name__ == "Functional":
+        clone = keras.models.clone_model(model, clone_function=_clone_layer, recursive=True)
+    else:  # subclassed: rebuilt from get_config() by its own constructor
+        clone = keras.models.clone_model(model)
+    if not clone.built:
+        clone.build_from_config(model.get_build_config())
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+class ReadModel(KerasModel):
+    """A user's Keras model read by :func:`read_keras_model`."""
+
+    def __init__(
+        self, model, layers, by_path, variables, *, dtype: str, input_shape: Shape
+    ) -> None:
+        super().__init__(
+            model,
+            layers,
+            by_path,
+            variables,
+            dtype=dtype,
+            description=f"keras {type(model).__name__} {model.name!r}",
+            input_shape=input_shape,
+        )
+
+    def _check_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        for name, value in weights.items():
+            if name not in self._variables:
+                raise ParamsError(
+                    f"{name!r} is not a weight of {self.description}; its weights are "
+                    f"{list(self._variables)}"
+                )
+            arr = np.asarray(value)
+            want = tuple(self._variables[name].shape)
+            if arr.shape != want:
+                raise ParamsError(
+                    f"weight {name!r} has shape {arr.shape} but the model's is {want}"
+                )
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise ParamsError(f"weight {name!r} has dtype {arr.dtype}; weights are floats")
+            if not np.isfinite(arr).all():
+                raise ParamsError(
+                    f"weight {name!r} contains NaN/Inf values; weights must be finite"
+                )
+
+    def with_weights(self, weights: Mapping[str, np.ndarray]) -> ReadModel:
+        """A copy of the Keras model (``keras.models.clone_model``) holding ``weights``; the
+        layers keep the names of the model read.
+
+        Raises:
+            ParamsError: an unknown name, a wrong shape, a non-float or non-finite array.
+            InputError: the Keras model cannot be copied (a subclassed model without a
+                usable ``get_config``).
+        """
+        self._check_weights(weights)
+        try:
+            clone = _clone(self._model)
+        except Exception as exc:  # Keras raises NotImplementedError, TypeError, ValueError...
+            raise InputError(
+                f"cannot copy {self.description} to give it other weights "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); a subclassed "
+                "model needs a get_config() returning its constructor's arguments"
+            ) from None
+        copy = read_keras_model(clone, input_shape=self.input_shape)
+        if [i.kind for i in copy.walk()] != [i.kind for i in self.walk()]:
+            raise InputError(f"the copy of {self.description} reads differently from the model")
+        for name, value in weights.items():
+            var = copy._variables[name]
+            var.assign(np.asarray(value, dtype=var.dtype))
+        return ReadModel(
+            clone,
+            self.layers,
+            copy._keras_layers,
+            copy._variables,
+            dtype=self.dtype,
+            input_shape=self.input_shape,
+        )
