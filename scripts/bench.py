@@ -211,7 +211,7 @@ RAW = {"numpy": raw_numpy, "jax": raw_jax, "flax": raw_flax, "tensorflow": raw_t
 
 
 def adapter_step(framework, spec, params, x):
-    model = xgrad.get_adapter(framework).build(spec, params, dtype="float32")
+    model = xgrad.get_framework(framework).build(spec, params, dtype="float32")
     return lambda: model.gradients(x, loss="sum")
 
 
@@ -362,7 +362,7 @@ def _timed_process(code: str, repeats: int) -> tuple[float, str]:
 def section_startup(frameworks, repeats, smoke):
     cli = (
         "import sys, time\nt0 = time.perf_counter()\n"
-        "import xgrad\nfor fw in {fws!r}.split(','): xgrad.get_adapter(fw)\n"
+        "import xgrad\nfor fw in {fws!r}.split(','): xgrad.get_framework(fw)\n"
         "t1 = time.perf_counter()\nfrom xgrad.cli import main\n"
         "rc = main(['compare', '--input-dim', '10', '--layers', '8:relu,5:sigmoid', "
         "'--batch', '2', '--quiet', '--frameworks', {fws!r}])\n"
@@ -418,7 +418,7 @@ import numpy as np, xgrad
 fws = sys.argv[1].split(",")
 width, depth = int(sys.argv[2]), int(sys.argv[3])
 for fw in fws:
-    xgrad.get_adapter(fw)  # import every framework first: the baseline includes them
+    xgrad.get_framework(fw)  # import every framework first: the baseline includes them
 n = 0
 if depth:
     spec = xgrad.MLP(width, [xgrad.Dense(width, "relu")] * depth)
@@ -646,7 +646,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     frameworks = [f for f in args.frameworks.split(",") if f]
     for fw in frameworks:
-        xgrad.get_adapter(fw)  # imports each framework once, TensorFlow's start-up noise hidden
+        xgrad.get_framework(fw)  # imports each framework once, TensorFlow's start-up noise hidden
     sections = set(args.sections.split(","))
     repeats = args.repeats or (2 if args.smoke else 7)
     large = SMOKE_LARGE if args.smoke else LARGE

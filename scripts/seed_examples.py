@@ -1,4 +1,4 @@
-"""The seed article's three examples through every installed adapter, side by side.
+"""The seed article's three examples through every installed framework, side by side.
 
 For each example and parameter, one table: a row per element (the first few of each), a
 column per framework headed by that framework's native name of the parameter, then the
@@ -54,13 +54,13 @@ def main(argv=None) -> int:
     frameworks = [f for f in args.frameworks.split(",") if f]
     for example in SEED_EXAMPLES:
         params = xgrad.init_params(example.spec, seed=0)
-        ref = xgrad.get_adapter("numpy").build(example.spec, params, dtype="float64")
+        ref = xgrad.get_framework("numpy").build(example.spec, params, dtype="float64")
         ref_grads = ref.gradients(example.x, loss=example.loss)
         results = []
         for name in frameworks:
-            model = xgrad.get_adapter(name).build(example.spec, params, dtype=args.dtype)
+            model = xgrad.get_framework(name).build(example.spec, params, dtype=args.dtype)
             results.append(
-                (name, model.native_names, model.gradients(example.x, loss=example.loss))
+                (name, model.native_names(), model.gradients(example.x, loss=example.loss))
             )
         console.rule(f"[bold]{example.title}")
         console.print(

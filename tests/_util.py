@@ -38,7 +38,8 @@ EVERY_LAYER = xgrad.MLP(
         xgrad.Flatten(),
         xgrad.Dense(8, "relu"),
         xgrad.LayerNorm(),
-        xgrad.Residual([xgrad.Dense(8, "gelu"), xgrad.BatchNorm(training=True)]),
+        # no bias before a batch norm: its gradient all but cancels (rounding, magnified)
+        xgrad.Residual([xgrad.Dense(8, "gelu", use_bias=False), xgrad.BatchNorm(training=True)]),
         xgrad.Dropout(0.5, active=True),
         xgrad.RMSNorm(),
         xgrad.Dropout(0.25),

@@ -92,7 +92,9 @@ def test_example_three_by_hand_two_layers():
 def test_seed_examples_agree_across_frameworks(example, framework):
     params = xgrad.init_params(example.spec, seed=0)
     ref = (
-        xgrad.get_framework("numpy").build(example.spec, params, dtype="float64").gradients(example.x)
+        xgrad.get_framework("numpy")
+        .build(example.spec, params, dtype="float64")
+        .gradients(example.x)
     )
     got = (
         xgrad.get_framework(framework)

@@ -52,7 +52,10 @@ def test_param_shapes_follow_the_canonical_layout():
         (lambda: MLP(3, []), "a model needs at least one layer, got an empty list"),
         (lambda: MLP(0, [Dense(1)]), "input_dim must be a positive integer, got 0"),
         (lambda: MLP(3, Dense(1)), "wrap it: layers=[Dense(...)]"),
-        (lambda: MLP(3, [Dense(1), 4]), "layers[1] must be an xgrad layer (xgrad.Dense, xgrad.LayerNorm, ...), got int 4"),
+        (
+            lambda: MLP(3, [Dense(1), 4]),
+            "layers[1] must be an xgrad layer (xgrad.Dense, xgrad.LayerNorm, ...), got int 4",
+        ),
     ],
 )
 def test_bad_specs_raise_spec_error_naming_the_value(make, pattern):
@@ -61,7 +64,9 @@ def test_bad_specs_raise_spec_error_naming_the_value(make, pattern):
 
 
 def test_unknown_loss_lists_the_known_ones():
-    with pytest.raises(SpecError, match=re.escape("unknown loss 'hinge'; known losses: sum, projection, mean")):
+    with pytest.raises(
+        SpecError, match=re.escape("unknown loss 'hinge'; known losses: sum, projection, mean")
+    ):
         xgrad.get_loss("hinge")
 
 

@@ -22,7 +22,7 @@ if not {"jax", "flax", "tensorflow"} - INSTALLED:
     import tensorflow as tf
     from flax import nnx
 
-    import xgrad.adapters.tensorflow  # noqa: F401
+    import xgrad.frameworks.tensorflow.ops  # noqa: F401 - imports TensorFlow quietly
 
 
 def snapshot() -> dict:

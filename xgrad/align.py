@@ -61,14 +61,15 @@ class Unit:
 
 
 def units(layers: Sequence[LayerInfo], start: str | None = None) -> tuple[Unit, ...]:
-    """The units of a layer sequence (weight-free layers before the first unit, such as a
-    ``Flatten`` of the input, belong to none)."""
+    """The units of a layer sequence: each layer with weights, and each norm (with or without
+    affine terms), with the weight-free layers after it. Weight-free layers before the first
+    unit, such as a ``Flatten`` of the input, belong to none."""
     out: list[Unit] = []
     previous = start
     for info in layers:
         if info.children:
             out.append(Unit(info, info.path, previous, children=units(info.children, previous)))
-        elif info.params or info.state:
+        elif info.params or info.state or info.kind in NORMS:  # a norm, even without weights
             out.append(Unit(info, info.path, previous))
         elif out:
             last = out[-1]
@@ -141,7 +142,10 @@ def _shapes(info: LayerInfo) -> str:
 
 def _check_pair(r: Unit, c: Unit) -> None:
     ri, ci = r.info, c.info
-    where = f"layer {r.path}: reference {ri.name!r} ({ri.describe()}) <-> candidate {ci.name!r} ({ci.describe()})"
+    where = (
+        f"layer {r.path}: reference {ri.name!r} ({ri.describe()}) <-> candidate "
+        f"{ci.name!r} ({ci.describe()})"
+    )
     rk, ck = ri.kind, ci.kind
     if (rk in NORMS) != (ck in NORMS) or (rk not in NORMS and rk != ck):
         raise AlignmentError(
@@ -196,7 +200,18 @@ def _no_skip(block: Unit, inline: Sequence[Unit]) -> Unit:
     return Unit(info, inline[-1].end, inline[0].start)
 
 
+def _layers_with_weights(tree: Sequence[Unit]) -> int:
+    return sum(_layers_with_weights(u.children) if u.children else 1 for u in tree)
+
+
 def _pair(ref: Sequence[Unit], cand: Sequence[Unit], where: str) -> list[tuple[Unit, Unit]]:
+    if _layers_with_weights(ref) != _layers_with_weights(cand):
+        raise AlignmentError(
+            f"{where}the reference has {_layers_with_weights(ref)} layers with weights "
+            f"({_unit_list(ref)}) but the candidate has {_layers_with_weights(cand)} "
+            f"({_unit_list(cand)}); make the depths equal, or pass "
+            "mapping={reference layer: candidate layer}"
+        )
     out: list[tuple[Unit, Unit]] = []
     i = j = 0
     while i < len(ref) and j < len(cand):

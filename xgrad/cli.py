@@ -342,8 +342,9 @@ def cmd_port(args) -> int:
     get = xgrad.get_framework
     get(args.to)  # installed?
     from xgrad.convert import spec_of
+    from xgrad.frameworks.tensorflow import load_keras_file
 
-    keras_model = get("tensorflow").load(args.model)
+    keras_model = load_keras_file(args.model)
     source = xgrad.read_model(keras_model)
     spec = spec_of(source)
     weights = source.weights()

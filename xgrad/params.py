@@ -39,9 +39,10 @@ def init_params(spec: MLP, seed: int = 0, *, bias_scale: float = 0.1) -> Params:
 
     Each layer draws its own weights (see its ``init``) from one generator, in layer order:
     Dense kernels are Glorot-uniform, ``U(-l, l)`` with ``l = sqrt(6 / (in + out))``, and
-    biases (Dense and norm ``bias``) ``U(-bias_scale, bias_scale)``, non-zero by default so that bias gradients and the
-    ``+ bias`` path are exercised (pass ``bias_scale=0`` for Keras' zero biases); norm scales
-    are drawn around 1 and BatchNorm's moving statistics around (0, 1). The same
+    biases (Dense and norm ``bias``) ``U(-bias_scale, bias_scale)``, non-zero by default so
+    that bias gradients and the ``+ bias`` path are exercised (pass ``bias_scale=0`` for
+    Keras' zero biases); norm scales are drawn around 1 and BatchNorm's moving statistics
+    around (0, 1). The same
     ``(spec, seed, bias_scale)`` always gives the same arrays, on every platform; the global
     NumPy random state is neither read nor changed.
 

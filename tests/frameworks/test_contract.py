@@ -8,8 +8,8 @@ import functools
 
 import numpy as np
 import pytest
-from _util import EVERY_LAYER, ACTIVATION_NAMES, LOSS_NAMES, case, finite_differences
-from conftest import ALL_FRAMEWORKS, INSTALLED, rel_norm
+from _util import ACTIVATION_NAMES, EVERY_LAYER, LOSS_NAMES, case, finite_differences
+from conftest import ALL_FRAMEWORKS, INSTALLED, framework_param, rel_norm
 
 import xgrad
 
@@ -23,9 +23,11 @@ def _fd(kind, name):
     return finite_differences(spec, params, x, y, loss)
 
 
-@pytest.mark.parametrize("framework", ALL_FRAMEWORKS)
+@pytest.mark.parametrize("framework", [framework_param("numpy"), framework_param("jax")])
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=CASE_IDS)
 def test_gradients_match_finite_differences(framework, kind, name):
+    """The NumPy reference (hand-written backprop) and one autodiff framework against
+    central differences; every other framework is held to the reference below."""
     spec, params, x, y, loss = case(kind, name)
     fd_params, fd_x = _fd(kind, name)
     got = (

@@ -76,14 +76,20 @@ def _unexplained(ev: Evidence, layer, detail: str, before=None, where=None) -> D
 
 
 def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> Diagnosis | None:
+    """The first confirmed cause; else the first specific but unconfirmed finding."""
     layer = None if unit is None else unit.path
+    fallback = None
     for cause in CAUSES:
         if cause.where != where or not cause.applies(unit):
             continue
         found = cause.test(ev, unit, before)
-        if found is not None:
-            return _make(ev, cause.id, layer, found, None if where == "model" else where)
-    return None
+        if found is None:
+            continue
+        made = _make(ev, cause.id, layer, found, None if where == "model" else where)
+        if found.confirmed:
+            return made
+        fallback = fallback or made
+    return fallback
 
 
 def _nonfinite(ev: Evidence) -> bool:

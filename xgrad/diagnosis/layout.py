@@ -24,7 +24,8 @@ def _same(ev: Evidence, cand, ref) -> bool:
 
 
 def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
-    if all(_same(ev, unit.weights_cand.get(k), v) for k, v in unit.weights_ref.items()):
+    shared = [k for k in unit.weights_ref if k in unit.weights_cand]  # absent: norm-affine's
+    if all(_same(ev, unit.weights_cand[k], unit.weights_ref[k]) for k in shared):
         return None
     if any(layer is None for layer in unit.layers_ref):
         return None
@@ -59,9 +60,9 @@ def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
                     before,
                 )
     diffs = ", ".join(
-        f"{name} rel {rel(unit.weights_cand.get(name), value):.2g}"
-        for name, value in unit.weights_ref.items()
-        if not _same(ev, unit.weights_cand.get(name), value)
+        f"{name} rel {rel(unit.weights_cand[name], unit.weights_ref[name]):.2g}"
+        for name in shared
+        if not _same(ev, unit.weights_cand[name], unit.weights_ref[name])
     )
     return Finding(
         f"the candidate's weights of layer {unit.path} differ from the reference's ({diffs}), "

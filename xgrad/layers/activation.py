@@ -1,8 +1,9 @@
 """``Activation``: an activation function as a layer of its own (Keras ``Activation``,
 PyTorch ``nn.ReLU``), for where one follows a layer other than :class:`~xgrad.Dense`.
 
-Readers fold an activation that directly follows a linear ``Dense`` into it, so
-``Dense(8)`` then ``Activation("relu")`` and ``Dense(8, "relu")`` are the same model.
+``Dense(8)`` then ``Activation("relu")`` and ``Dense(8, "relu")`` compute the same thing, and
+compare as the same: alignment pairs a layer with weights together with the weight-free
+layers after it (:mod:`xgrad.align`), however each framework's reader splits them.
 """
 
 from __future__ import annotations

@@ -326,9 +326,9 @@ class JaxFunctionModel(AbstractModel):
             rebuild=self._rebuild,
             input_shape=self.input_shape,
             hints=self._hints,
-            _read=None if not self.structure_error else (
-                self.input_shape, self.output_shape, (), {}, self.structure_error
-            ),
+            _read=None
+            if not self.structure_error
+            else (self.input_shape, self.output_shape, (), {}, self.structure_error),
             _traces=self._traces,
         )
 
