@@ -59,10 +59,14 @@ the reference's own RMS is below the floor is the difference judged absolutely; 
 else the status is the normwise relative rule.
 """
 
-STATUSES = ("match", "mismatch", "nonfinite")
-"""Every status a comparison can have."""
+STATUSES = ("match", "match-kink", "match-clip", "mismatch", "nonfinite", "uninformative")
+"""Every status a comparison can have. ``uninformative``: every reference gradient is zero up
+to rounding (the loss does not depend on the parameters, e.g. ``sum`` of a softmax output),
+so nothing could be seen; the runner sets it (see :func:`xgrad.runner.assemble`).
+``match-kink`` and ``match-clip``: a difference that rounding at an activation's kink or at
+crossentropy's clipping bound explains entirely (:mod:`xgrad.diagnosis.rounding`)."""
 
-OK_STATUSES = ("match",)
+OK_STATUSES = ("match", "match-kink", "match-clip")
 """The statuses that count as a pass."""
 
 

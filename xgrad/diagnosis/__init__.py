@@ -43,14 +43,15 @@ CAUSES: tuple[Cause, ...] = (
     *activation.CAUSES[:3],  # gelu-approximation, leaky-relu-slope, activation-mismatch
     *precision.CAUSES,  # dtype, matmul-precision
     # backward: outputs agree, gradients differ
-    loss.CAUSES[0],  # crossentropy-clipping
+    loss.CAUSES[0],  # crossentropy-form
+    loss.CAUSES[1],  # crossentropy-clipping
     *kinks.CAUSES,  # kink-convention, kink-rounding
     activation.CAUSES[3],  # activation-mismatch (derivative only)
     layout.CAUSES[1],  # weight-layout (dL/dinput)
     # state: updated moving statistics differ
     norms.CAUSES[5],  # batchnorm-momentum
     # the whole model
-    loss.CAUSES[1],  # loss-reduction
+    loss.CAUSES[2],  # loss-reduction
 )
 """Every known cause, in the order they are tried."""
 

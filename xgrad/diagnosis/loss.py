@@ -100,7 +100,60 @@ def loss_reduction(ev: Evidence, unit: UnitEvidence | None, before: float) -> Fi
     )
 
 
+def crossentropy_form(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
+    """At the output: one side's loss takes the output as logits (``from_logits=True``,
+    ``optax.softmax_cross_entropy``), the other as probabilities."""
+    if unit is not ev.units[-1] or ev.y is None or ev.y.shape != unit.output_ref.shape:
+        return None
+    out, y = unit.output_ref, ev.y
+    forms = {}
+    with np.errstate(all="ignore"):
+        for name in ("cce", "cce_logits", "bce", "bce_logits"):
+            g = get_loss(name).value_and_grad(out, y)[1]
+            if np.all(np.isfinite(g)):
+                forms[name] = g
+
+    def closest(grad):
+        best = None
+        for name, g in forms.items():
+            den = float(np.vdot(g, g))
+            if den == 0:
+                continue
+            factor = float(np.vdot(grad, g)) / den
+            err = rel(grad, factor * g)
+            if best is None or err < best[2]:
+                best = (name, factor, err)
+        return best
+
+    ref_form, cand_form = closest(unit.grad_ref), closest(unit.grad_cand)
+    if ref_form is None or cand_form is None:
+        return None
+    if max(ref_form[2], cand_form[2]) > ev.fit_tol or ref_form[0] == cand_form[0]:
+        return None
+    if ref_form[0].rstrip("_logits") != cand_form[0].rstrip("_logits"):
+        return None  # binary against categorical: another loss, not another form
+
+    def words(form):
+        return "from logits" if form.endswith("_logits") else "from probabilities"
+
+    return Finding(
+        f"the reference's loss takes the output {words(ref_form[0])}, the candidate's "
+        f"{words(cand_form[0])} (Keras' from_logits, optax's softmax_cross_entropy takes "
+        f"logits, PyTorch's CrossEntropyLoss takes logits and NLLLoss log-probabilities); "
+        f"dL/d output is that of {cand_form[0]} on the candidate's side to {cand_form[2]:.2g}",
+        cand_form[2],
+        before,
+    )
+
+
 CAUSES = (
+    Cause(
+        "crossentropy-form",
+        "backward",
+        (),
+        "crossentropy taking logits on one side and probabilities on the other",
+        crossentropy_form,
+    ),
     Cause(
         "crossentropy-clipping",
         "backward",

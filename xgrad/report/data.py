@@ -238,6 +238,11 @@ class Report:
         return not self.failures() and not self.layer_failures()
 
     @property
+    def uninformative(self) -> bool:
+        """True when every reference gradient was zero up to rounding: nothing was compared."""
+        return any(m.status == "uninformative" for e in self.entries for m in e.results.values())
+
+    @property
     def first_divergence(self) -> dict | None:
         """The first :class:`Divergence` as a dict (``None`` when nothing diverges)."""
         return self.divergences[0].to_dict() if self.divergences else None
@@ -310,11 +315,24 @@ class Report:
         """One line: the verdict, and the worst comparison."""
         worst = max(self.rows(), key=lambda r: sort_key(r[3]), default=None)
         n_bad = len(self.failures()) + len(self.layer_failures())
+        uninformative = [m for _, _, m in self.failures() if m.status == "uninformative"]
+        if uninformative and len(uninformative) == len(self.failures()):
+            return (
+                "UNINFORMATIVE: every reference gradient is zero up to rounding, so nothing "
+                "was compared; use loss='projection' or a loss with targets"
+            )
         verdict = (
             "OK: every gradient matches"
             if self.ok
             else f"MISMATCH: {n_bad} comparison(s) beyond tolerance"
         )
+        rounded = sorted(
+            {m.status for e in self.entries for m in e.results.values()}
+            & {"match-kink", "match-clip"}
+        )
+        if rounded:
+            n = sum(m.status in rounded for e in self.entries for m in e.results.values())
+            verdict += f" ({n} only up to rounding: {', '.join(rounded)}, see the notes)"
         if worst is None:
             return verdict
         entry, fw, _, m = worst
@@ -433,8 +451,8 @@ def sort_key(m: Metrics) -> float:
     """How bad a comparison is, for picking the worst one."""
     if m.status == "nonfinite" or math.isnan(m.rel_norm):
         return math.inf
-    if m.status in OK_STATUSES and math.isinf(m.rel_norm):  # zero reference, within noise
-        return 0.0
+    if m.status in OK_STATUSES and (math.isinf(m.rel_norm) or m.status != "match"):
+        return 0.0  # a zero reference within noise, or a difference rounding explains
     return m.rel_norm
 
 

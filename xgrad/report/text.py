@@ -11,8 +11,11 @@ __all__ = ["STATUS_STYLE", "entry_table", "layer_table", "print_report", "to_tex
 
 STATUS_STYLE = {
     "match": "green",
+    "match-kink": "green",
+    "match-clip": "green",
     "mismatch": "bold red",
     "nonfinite": "bold magenta",
+    "uninformative": "bold yellow",
 }
 
 
