@@ -31,7 +31,7 @@ TOLERANCES: dict[str, float] = {
     "float64": 1e-10,
     "float32": 1e-5,
     "float16": 1e-2,
-    "bfloat16": 1e-2,
+    "bfloat16": 4e-2,
 }
 """Normwise relative tolerance per run dtype.
 
@@ -41,7 +41,9 @@ so for the widths seen in practice (up to a few thousand) it stays near 1e-6. 1e
 a margin of about 10 above that and still flags the smallest real convention difference
 the frameworks have (GELU tanh vs erf, 4e-5 to 6e-4 normwise). float64: u = 1.1e-16; 1e-10
 is a wide margin that still flags a float32 computation, whose error is near 1e-7.
-16-bit: u = 4.9e-4 (float16) and 3.9e-3 (bfloat16). Override per call with ``rtol=``.
+16-bit: u = 4.9e-4 (float16) and 3.9e-3 (bfloat16): about 20 and 10 units of roundoff,
+measured on small GELU/LayerNorm/residual models where the frameworks' 16-bit gradients
+land between 1e-3 and 2e-2. Override per call with ``rtol=``.
 """
 
 NOISE_FLOORS: dict[str, float] = {

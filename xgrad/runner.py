@@ -35,7 +35,14 @@ from xgrad.frameworks.base import (
 )
 from xgrad.frameworks.registry import available_frameworks, get_framework, read_model
 from xgrad.losses import Loss
-from xgrad.metrics import OK_STATUSES, PreparedReference, compare_arrays, quick_rel_norm, tolerance
+from xgrad.metrics import (
+    OK_STATUSES,
+    TOLERANCES,
+    PreparedReference,
+    compare_arrays,
+    quick_rel_norm,
+    tolerance,
+)
 from xgrad.params import check_params, init_params
 from xgrad.report import Divergence, Entry, LayerEntry, Pairwise, Report
 from xgrad.spec import MLP
@@ -807,7 +814,7 @@ def compare_models(
         )
     if transfer:
         cand_model = cand_model.with_weights(alignment.to_candidate(ref_model.weights()))
-    dtype = ref_model.dtype if ref_model.dtype in ("float32", "float64") else "float32"
+    dtype = ref_model.dtype if ref_model.dtype in TOLERANCES else "float32"
     tol = tolerance(dtype, rtol)
     capture = bool(alignment.pairs)
     ref = evaluate("reference", ref_model, inputs, capture=capture, side=0)

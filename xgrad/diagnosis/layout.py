@@ -3,9 +3,8 @@ the backward pass."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit
+from xgrad.diagnosis.precision import as_dtype
 from xgrad.diagnosis.records import Cause, Finding, drop
 from xgrad.identify import rel
 
@@ -13,14 +12,16 @@ __all__ = ["CAUSES"]
 
 
 def _same(ev: Evidence, cand, ref) -> bool:
-    """Equal up to the rounding of a copy into the candidate's dtype."""
+    """Equal up to the rounding of a copy into the candidate's storage dtype (whichever
+    precision it keeps its weights in)."""
     if ref is None or cand is None:
         return ref is None and cand is None
-    try:
-        rounded = np.asarray(ref).astype(ev.dtype_cand).astype(np.float64)
-    except TypeError:
-        rounded = ref
-    return cand.shape == ref.shape and rel(cand, rounded) <= ev.fit_tol
+    if cand.shape != ref.shape:
+        return False
+    return any(
+        rel(cand, as_dtype(ref, dtype)) <= ev.fit_tol
+        for dtype in ("float64", "float32", "bfloat16", "float16")
+    )
 
 
 def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:

@@ -9,6 +9,7 @@ from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit
 from xgrad.diagnosis.records import Cause, Finding
 from xgrad.identify import rel
 from xgrad.layers import Activation, Dense
+from xgrad.metrics import TOLERANCES
 
 __all__ = ["CAUSES", "float32_exact", "round_mantissa"]
 
@@ -27,32 +28,64 @@ def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
     return i.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
-def float32_exact(a: np.ndarray) -> bool:
-    """Whether every value is a float32 number (a float64 array computed in float32)."""
+LOWER = {"float64": ("float32", "bfloat16", "float16"), "float32": ("bfloat16", "float16")}
+"""The lower precisions a candidate may compute in, for each precision asked."""
+
+
+def as_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` rounded to ``dtype`` (bfloat16 through ml_dtypes), back as float64."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+    return np.asarray(a).astype(dtype).astype(np.float64)
+
+
+def exact_in(a: np.ndarray, dtype: str) -> bool:
+    """Whether every value is a number of ``dtype`` (a float64 array computed in it)."""
     a = np.asarray(a, dtype=np.float64)
     with np.errstate(all="ignore"):
-        return bool(np.all(a.astype(np.float32).astype(np.float64) == a))
+        return bool(np.all(as_dtype(a, dtype) == a))
+
+
+def float32_exact(a: np.ndarray) -> bool:
+    """Whether every value is a float32 number (a float64 array computed in float32)."""
+    return exact_in(a, "float32")
+
+
+def _emulated(unit: UnitEvidence, dtype: str) -> np.ndarray:
+    """The reference's unit computed the way a ``dtype`` layer does: inputs and weights
+    stored in ``dtype``, arithmetic in float32 (float64 for a float32 layer), the output
+    rounded to ``dtype``."""
+    work = np.float64 if dtype == "float32" else np.float32
+    weights = {k: as_dtype(v, dtype).astype(work) for k, v in unit.weights_ref.items()}
+    out = run_unit(unit.layers_ref, weights, as_dtype(unit.input_ref, dtype).astype(work))
+    return as_dtype(out, dtype)
 
 
 def dtype_cause(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
-    if ev.dtype != "float64" or any(layer is None for layer in unit.layers_ref):
+    if any(layer is None for layer in unit.layers_ref):
         return None
-    declared = ev.dtype_cand != "float64"
-    if not (declared or float32_exact(unit.output_cand)):
-        return None
-    f32 = np.float32
-    weights = {k: v.astype(f32) for k, v in unit.weights_ref.items()}
-    a32 = run_unit(unit.layers_ref, weights, unit.input_ref.astype(f32))
-    residual = rel(unit.output_cand, a32)
-    if residual > FLOAT32_TOL:
-        return None
-    how = f"declares {ev.dtype_cand}" if declared else "returns values that are all float32 numbers"
-    return Finding(
-        f"float64 was asked, but the candidate computes in float32 (it {how}); the reference "
-        f"evaluated in float32 agrees with it to {residual:.2g}, against {before:.2g} in float64",
-        residual,
-        before,
-    )
+    for low in LOWER.get(ev.dtype, ()):
+        declared = ev.dtype_cand == low
+        if not (declared or exact_in(unit.output_cand, low)):
+            continue
+        residual = rel(unit.output_cand, _emulated(unit, low))
+        if residual > TOLERANCES[low]:
+            continue
+        how = (
+            f"declares {ev.dtype_cand}"
+            if declared
+            else f"returns values that are all {low} numbers"
+        )
+        return Finding(
+            f"{ev.dtype} was asked, but the candidate computes this layer in {low} (it {how}); "
+            f"the reference evaluated in {low} agrees with it to {residual:.2g}, against "
+            f"{before:.2g} in {ev.dtype}",
+            residual,
+            before,
+        )
+    return None
 
 
 def matmul_precision(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
@@ -89,7 +122,8 @@ CAUSES = (
         "dtype",
         "forward",
         (),
-        "float64 asked, float32 computed (Keras floatx, JAX x64 off, a float32 layer inside)",
+        "a lower precision computed than asked (Keras floatx or a mixed_bfloat16 policy, "
+        "JAX x64 off, an nnx layer with dtype=bfloat16, a float32 layer inside)",
         dtype_cause,
     ),
     Cause(

@@ -29,6 +29,26 @@ BENIGN = {"kink": "match-kink", "clip": "match-clip"}
 """The passing status of each benign rounding."""
 
 
+def numpy_dtype(name: str):
+    """The NumPy dtype of a dtype name (bfloat16: ml_dtypes'), or ``None``."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover
+            return None
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
+
+
+def _eps(dtype) -> float:
+    if dtype.name == "bfloat16":
+        return 2.0**-7
+    return float(np.finfo(dtype).eps)
+
+
 def _backward(weights, steps, g, grads, deltas):
     """The steps' VJP where some layers' activation VJP ``dL/da -> dL/dz`` is given (by
     path), and every other layer runs its own."""
@@ -82,7 +102,7 @@ def _sides(steps, values: dict, dtype) -> tuple[dict, int]:
         if side is not None and np.any(side != base):
             kinks = np.array(act.kinks)
             near = np.min(np.abs(z[side != base][:, None] - kinks[None, :]), axis=1)
-            bound = 1e3 * np.finfo(dtype).eps * max(float(np.abs(z).max()), 1.0)
+            bound = 1e3 * _eps(dtype) * max(float(np.abs(z).max()), 1.0)
             if float(near.max()) > bound:
                 return {}, -1
             deltas[path] = lambda g, d=side: g * d
@@ -145,7 +165,7 @@ def explain_rounding(report, ref, side, alignment, inputs, *, tol: float):
         return report, None
     weights = {k: np.asarray(v, np.float64) for k, v in ref.model.weights().items()}
     x = np.asarray(inputs.x, np.float64)
-    dtype = np.dtype(side.model.dtype) if side.model.dtype in ("float32", "float64") else None
+    dtype = numpy_dtype(side.model.dtype)
     if dtype is None or dtype == np.float64 and ref.model.dtype == "float64":
         return report, None
     by_ref = {r.end: c.end for r, c in alignment.pairs}
@@ -174,7 +194,9 @@ def explain_rounding(report, ref, side, alignment, inputs, *, tol: float):
         return report, None
     if ref.model.dtype != "float64":  # both sides must be right to their own precision
         own = {p: ref.grads.activations[p] for p in by_ref if p in (ref.grads.activations or {})}
-        again = _rerun(spec, weights, x, own, ref.grads.output, inputs, np.dtype(ref.model.dtype))
+        again = _rerun(
+            spec, weights, x, own, ref.grads.output, inputs, numpy_dtype(ref.model.dtype)
+        )
         if again is None:
             return report, None
         ref_worst = rel(ref.grads.input, again[1])

@@ -32,6 +32,7 @@ from xgrad.params import Params, check_params
 from xgrad.spec import MLP
 
 __all__ = [
+    "ALL_DTYPES",
     "DTYPES",
     "AbstractFramework",
     "AbstractModel",
@@ -44,6 +45,9 @@ __all__ = [
 
 DTYPES = ("float32", "float64")
 """The dtypes every framework builds a spec in."""
+
+ALL_DTYPES = ("float32", "float64", "bfloat16", "float16")
+"""Every dtype a framework may build in; 16-bit where the framework says so."""
 
 LossArg = str | Loss | Callable  # a loss name, a Loss, or a function of the model's framework
 
@@ -133,6 +137,21 @@ class Gradients:
 
 
 # -- input checks ---------------------------------------------------------------------------
+
+
+def as_numpy_dtype(arr, dtype: str) -> np.ndarray:
+    """``arr`` as a NumPy array of ``dtype`` (bfloat16 is ml_dtypes', which JAX brings);
+    unchanged when NumPy cannot hold that dtype."""
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover - only without jax
+            return np.asarray(arr)
+        return np.asarray(arr).astype(ml_dtypes.bfloat16)
+    try:
+        return np.asarray(arr, dtype=dtype)
+    except TypeError:
+        return np.asarray(arr)
 
 
 def check_dtype(dtype, allowed: tuple[str, ...] = DTYPES) -> str:
@@ -344,7 +363,7 @@ class AbstractModel(abc.ABC):
         return self.weights()
 
     def _cast(self, arr: np.ndarray) -> np.ndarray:
-        return np.asarray(arr, dtype=self.dtype) if self.dtype in DTYPES else np.asarray(arr)
+        return as_numpy_dtype(arr, self.dtype)
 
     def __repr__(self) -> str:
         return f"<{self.framework} model {self.description} {self.dtype}>"

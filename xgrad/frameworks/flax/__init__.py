@@ -6,7 +6,7 @@ Importing this package imports no framework.
 
 from __future__ import annotations
 
-from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
+from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework, AbstractModel, is_from
 from xgrad.params import Params
 from xgrad.spec import MLP
 
@@ -21,6 +21,7 @@ class FlaxFramework(AbstractFramework):
     name = "flax"
     requires = ("jax", "flax")
     extra = "jax"
+    dtypes = ALL_DTYPES
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         from xgrad.frameworks.flax.builder import FlaxSpecModel

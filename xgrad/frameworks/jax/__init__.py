@@ -6,7 +6,7 @@ Importing this package imports no framework; JAX is imported when a model is bui
 
 from __future__ import annotations
 
-from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
+from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework, AbstractModel, is_from
 from xgrad.params import Params
 from xgrad.spec import MLP
 
@@ -29,6 +29,7 @@ class JaxFramework(AbstractFramework):
     name = "jax"
     requires = ("jax",)
     extra = "jax"
+    dtypes = ALL_DTYPES
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         from xgrad.frameworks.jax.builder import JaxSpecModel

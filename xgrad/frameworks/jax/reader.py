@@ -87,7 +87,8 @@ class JaxFunctionModel(AbstractModel):
         self.description = description
         self._p_names, self._p_leaves, self._p_tree = tree_leaves(params)
         self._s_names, self._s_leaves, self._s_tree = tree_leaves(state)
-        self.dtype = _float_dtype(self._p_leaves, description)
+        self._param_dtype = _float_dtype(self._p_leaves, description)
+        self.dtype = self._param_dtype  # until the output's dtype is known (below)
         self._grad_fns: dict = {}
         self._traces: dict = {} if _traces is None else _traces
         if _read is None:
@@ -95,8 +96,18 @@ class JaxFunctionModel(AbstractModel):
         (self.input_shape, self.output_shape, self.layers, self._roles, self.structure_error) = (
             _read
         )
+        self.dtype = self._compute_dtype()
 
     # -- reading -----------------------------------------------------------------------------
+
+    def _compute_dtype(self) -> str:
+        """The dtype the output is computed in: lower than the params' for NNX/Linen layers
+        built with ``dtype=jnp.bfloat16`` over float32 params."""
+        x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.dtype(self._param_dtype))
+        with x64(self._param_dtype):
+            out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)
+        name = jnp.dtype(out.dtype).name
+        return name if jnp.issubdtype(out.dtype, jnp.floating) else self._param_dtype
 
     @property
     def _names(self) -> list[str]:
@@ -117,8 +128,8 @@ class JaxFunctionModel(AbstractModel):
         """``(graph, read layers)`` for inputs of ``shape`` (batch included), cached."""
         shape = tuple(shape)
         if shape not in self._traces:
-            x = jax.ShapeDtypeStruct(shape, jnp.dtype(self.dtype))
-            with x64(self.dtype):
+            x = jax.ShapeDtypeStruct(shape, jnp.dtype(self._param_dtype))
+            with x64(self._param_dtype):
                 closed = jax.make_jaxpr(self._flat_fn())(*self._p_leaves, *self._s_leaves, x)
             n = len(self._p_leaves) + len(self._s_leaves)
             self._traces[shape] = jaxpr.analyse(closed, self._names, n)
@@ -167,8 +178,8 @@ class JaxFunctionModel(AbstractModel):
 
     def _opaque(self, shape, why: str):
         """A model whose layers cannot be read: parameters by native name only."""
-        x = jax.ShapeDtypeStruct((2, *shape), jnp.dtype(self.dtype))
-        with x64(self.dtype):
+        x = jax.ShapeDtypeStruct((2, *shape), jnp.dtype(self._param_dtype))
+        with x64(self._param_dtype):
             out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)
         return tuple(shape), tuple(out.shape[1:]), (), {}, why
 
@@ -185,9 +196,11 @@ class JaxFunctionModel(AbstractModel):
                 recorded[i] = np.moveaxis(v, graph.axis.get(i) or 0, 0)
             return value
 
-        with x64(self.dtype):
+        with x64(self._param_dtype):
             jaxpr.run(
-                graph, [*self._p_leaves, *self._s_leaves, jnp.asarray(x, dtype=self.dtype)], hook
+                graph,
+                [*self._p_leaves, *self._s_leaves, jnp.asarray(x, dtype=self._param_dtype)],
+                hook,
             )
         return recorded
 
@@ -196,7 +209,7 @@ class JaxFunctionModel(AbstractModel):
         probe = 4 * np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape))
         values = self._record(graph, read, probe)
         arrays = [_to64(leaf) for leaf in (*self._p_leaves, *self._s_leaves)]
-        dtype = self.dtype if self.dtype in ("float32", "float64") else "bfloat16"
+        dtype = self._param_dtype if self._param_dtype in ("float32", "float64") else "bfloat16"
         n_p = len(self._p_leaves)
         roles: dict[str, tuple[int, bool]] = {}
 
@@ -305,7 +318,7 @@ class JaxFunctionModel(AbstractModel):
             raise InputError(
                 f"{self.description} has no weight(s) {unknown}; it has {sorted(index)}"
             )
-        with x64(self.dtype):
+        with x64(self._param_dtype):
             for name, value in weights.items():
                 leaf, transposed = index[name]
                 arr = np.asarray(value)
@@ -364,11 +377,11 @@ class JaxFunctionModel(AbstractModel):
         return self._grad_fns[key]
 
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
-        with x64(self.dtype):
-            xs = jnp.asarray(x, dtype=self.dtype)
+        with x64(self._param_dtype):
+            xs = jnp.asarray(x, dtype=self._param_dtype)
             last = cotangent if loss is None else y
             if last is not None and isinstance(last, np.ndarray) and last.dtype.kind == "f":
-                last = jnp.asarray(last, dtype=self.dtype)
+                last = jnp.asarray(last, dtype=self._param_dtype)
             value, out, new_state, gp, gx = self._grads(loss)(self._params, self._state, xs, last)
             grad_leaves = jax.tree_util.tree_leaves(gp)
         params, state = {}, {}
@@ -421,9 +434,9 @@ class JaxFunctionModel(AbstractModel):
         collect(read, self.layers)
         targets = {v: k for k, v in ends.items()}
         axis = graph.axis
-        with x64(self.dtype):
+        with x64(self._param_dtype):
             leaves = [*self._p_leaves, *self._s_leaves]
-            xs = jnp.asarray(x, dtype=self.dtype)
+            xs = jnp.asarray(x, dtype=self._param_dtype)
             eps = {
                 path: jnp.zeros(graph.shape(i), dtype=graph.avals[i].dtype)
                 for path, i in ends.items()
@@ -452,7 +465,7 @@ class JaxFunctionModel(AbstractModel):
                 ys = (
                     y
                     if not (isinstance(y, np.ndarray) and y.dtype.kind == "f")
-                    else jnp.asarray(y, dtype=self.dtype)
+                    else jnp.asarray(y, dtype=self._param_dtype)
                 )
 
                 def objective(e):

@@ -9,7 +9,7 @@ Importing this package imports neither TensorFlow nor Keras; they are imported (
 
 from __future__ import annotations
 
-from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
+from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework, AbstractModel, is_from
 from xgrad.frameworks.tensorflow.files import load_keras_file
 from xgrad.layers import Shape
 from xgrad.params import Params
@@ -19,7 +19,8 @@ __all__ = ["FRAMEWORK", "TensorflowFramework", "load_keras_file"]
 
 
 class TensorflowFramework(AbstractFramework):
-    """Keras 3 layers on the TensorFlow backend (float32, float64); ``tf.GradientTape``
+    """Keras 3 layers on the TensorFlow backend (float32, float64, bfloat16, float16);
+    ``tf.GradientTape``
     gradients. Reads ``keras.Model`` objects: ``Sequential``, Functional and subclassed.
 
     Raises:
@@ -30,6 +31,7 @@ class TensorflowFramework(AbstractFramework):
     aliases = ("tf", "keras")
     requires = ("tensorflow",)
     extra = "tensorflow"
+    dtypes = ALL_DTYPES
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         from xgrad.frameworks.tensorflow.builder import SpecModel

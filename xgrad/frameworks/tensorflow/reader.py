@@ -274,14 +274,13 @@ def _input_shape(model: keras.Model, given: Shape | None) -> Shape:
 
 
 def _dtype(model: keras.Model, calls: list[_Call]) -> str:
-    with_weights = {c.layer.compute_dtype for c in calls if c.layer.weights}
-    dtypes = with_weights or {c.layer.compute_dtype for c in calls}
-    if len(dtypes) != 1:
-        raise AlignmentError(
-            f"the layers of Keras model {model.name!r} compute in several dtypes "
-            f"{sorted(dtypes)}; xgrad reads models of one dtype"
-        )
-    return dtypes.pop()
+    """The dtype the model's output is computed in: its last layer with weights' compute
+    dtype (``bfloat16`` under a ``mixed_bfloat16`` policy). Layers of other dtypes inside
+    are allowed: Keras casts between them, and xgrad compares what comes out (a float32 layer
+    inside a float64 model is then diagnosed ``dtype`` at that layer)."""
+    with_weights = [c.layer.compute_dtype for c in calls if c.layer.weights]
+    dtypes = with_weights or [c.layer.compute_dtype for c in calls]
+    return dtypes[-1]
 
 
 def read_keras_model(model, *, input_shape: Shape | None = None) -> ReadModel:

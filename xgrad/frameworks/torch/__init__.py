@@ -43,7 +43,7 @@ class TorchFramework(AbstractFramework):
     aliases = ("pytorch",)
     requires = ("torch",)
     extra = "torch"
-    dtypes = ("float32", "float64")
+    dtypes = ("float32", "float64", "bfloat16", "float16")
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         from xgrad.frameworks.torch.builder import build_model

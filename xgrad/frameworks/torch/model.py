@@ -41,7 +41,12 @@ from xgrad.spec import MLP
 
 __all__ = ["Capture", "GraphTap", "HookTap", "TorchModel", "call_with", "torch_dtype"]
 
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
@@ -199,6 +204,10 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: ml_dtypes' (via JAX)
+        import ml_dtypes
+
+        return t.detach().cpu().float().numpy().astype(ml_dtypes.bfloat16)
     return t.detach().cpu().numpy().copy()
 
 
@@ -317,7 +326,9 @@ class TorchModel(AbstractModel):
 
     def _loss(self, loss, out: torch.Tensor, y) -> torch.Tensor:
         if isinstance(loss, Loss):
-            yt = None if y is None else torch.from_numpy(np.asarray(y)).to(out.device)
+            yt = None
+            if y is not None:
+                yt = torch.from_numpy(np.asarray(y, dtype=np.float64)).to(out.device, out.dtype)
             return torch_loss(loss)(out, yt)
         yt = None
         if y is not None:
@@ -344,7 +355,9 @@ class TorchModel(AbstractModel):
         }
         with torch.enable_grad(), torch.random.fork_rng(devices=rng_devices(module)):
             params, buffers = fresh_tensors(module, grad=True)
-            xt = torch.from_numpy(np.array(x)).to(device).requires_grad_(True)
+            dtype = torch_dtype(self.dtype)
+            xt = torch.from_numpy(np.array(x, dtype=np.float64)).to(device=device, dtype=dtype)
+            xt.requires_grad_(True)
             cap = Capture() if capture else None
             try:
                 out = call_with(
@@ -360,7 +373,8 @@ class TorchModel(AbstractModel):
                     seed = None
                 else:
                     root = out
-                    seed = torch.from_numpy(np.array(cotangent)).to(device)
+                    seed = torch.from_numpy(np.array(cotangent, dtype=np.float64))
+                    seed = seed.to(device=device, dtype=out.dtype)
                 paths = [info.path for info in self.walk()] if cap is not None else []
                 wrt = [params[native] for _, _, native in param_names.values()]
                 wrt += [xt] + [cap.targets[p] for p in paths]

@@ -80,10 +80,10 @@ def _dtype(module: nn.Module) -> str:
             f"{type(module).__name__} holds weights of several dtypes ({', '.join(names)}); "
             "convert it to one first, e.g. module.double()"
         )
-    if names[0] not in ("float32", "float64"):
+    if names[0] not in ("float32", "float64", "bfloat16", "float16"):
         raise InputError(
-            f"{type(module).__name__} holds {names[0]} weights; xgrad reads float32 and float64 "
-            "torch modules: pass a copy converted with .float() or .double()"
+            f"{type(module).__name__} holds {names[0]} weights; xgrad reads float16, bfloat16, "
+            "float32 and float64 torch modules: pass a copy converted, e.g. with .float()"
         )
     return names[0]
 
