@@ -58,7 +58,15 @@ DOCTEST_MODULES = [
     "xgrad.activations",
     "xgrad.losses",
     "xgrad.params",
-    "xgrad.adapters.base",
+    "xgrad.layers.dense",
+    "xgrad.layers.activation",
+    "xgrad.layers.layernorm",
+    "xgrad.layers.batchnorm",
+    "xgrad.layers.residual",
+    "xgrad.layers.text",
+    "xgrad.identify",
+    "xgrad.frameworks.registry",
+    "xgrad.runner",
 ]
 
 
