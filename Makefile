@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-smoke clean
+.PHONY: demo test lint bench bench-smoke fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP) lint
 # the kernel it would pick itself. The JSON records which kernel ran.
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python scripts/bench.py --json bench.json
+
+# The randomized corpus of hand-written ports with planted bugs (scripts/corpus.py), larger
+# than the one the tests run: scores for false alarms, wrong causes, naming, localisation.
+fuzz: $(STAMP)
+	$(BIN)/python scripts/corpus.py --cases 240 --json corpus.json
 
 bench-smoke: $(STAMP)
 	$(BIN)/python scripts/bench.py --smoke

@@ -27,7 +27,7 @@ def nnx_model(module, *, input_shape=None) -> JaxFunctionModel:
         state = jax.tree_util.tree_map(lambda a: a, state)
         live = nnx.merge(graphdef, p, state)
         out = live(x)
-        return out, nnx.state(live, nnx.BatchStat)
+        return out, nnx.split(live, nnx.Param, ...)[2]  # the state, as it came in, updated
 
     def rebuild(p, state):
         return nnx.merge(graphdef, p, state)

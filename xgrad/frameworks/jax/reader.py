@@ -91,6 +91,7 @@ class JaxFunctionModel(AbstractModel):
         self.dtype = self._param_dtype  # until the output's dtype is known (below)
         self._grad_fns: dict = {}
         self._traces: dict = {} if _traces is None else _traces
+        self._captures: dict = {}
         if _read is None:
             _read = self._read(input_shape)
         (self.input_shape, self.output_shape, self.layers, self._roles, self.structure_error) = (
@@ -105,7 +106,7 @@ class JaxFunctionModel(AbstractModel):
         built with ``dtype=jnp.bfloat16`` over float32 params."""
         x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.dtype(self._param_dtype))
         with x64(self._param_dtype):
-            out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)
+            out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)[0]
         name = jnp.dtype(out.dtype).name
         return name if jnp.issubdtype(out.dtype, jnp.floating) else self._param_dtype
 
@@ -118,9 +119,11 @@ class JaxFunctionModel(AbstractModel):
         fn = self._fn
 
         def flat(*args):
+            """``(output, *new state leaves)`` of the leaves and ``x``."""
             params = jax.tree_util.tree_unflatten(p_tree, args[:n_p])
             state = jax.tree_util.tree_unflatten(s_tree, args[n_p:-1])
-            return fn(params, state, args[-1])[0]
+            out, new_state = fn(params, state, args[-1])
+            return (out, *jax.tree_util.tree_leaves(new_state))
 
         return flat
 
@@ -180,29 +183,41 @@ class JaxFunctionModel(AbstractModel):
         """A model whose layers cannot be read: parameters by native name only."""
         x = jax.ShapeDtypeStruct((2, *shape), jnp.dtype(self._param_dtype))
         with x64(self._param_dtype):
-            out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)
+            out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)[0]
         return tuple(shape), tuple(out.shape[1:]), (), {}, why
 
     def _record(self, graph, read, x) -> dict[int, np.ndarray]:
-        """Every layer boundary's value (batch axis first, float64) for the batch ``x``."""
-        ids = {
-            i for layer in _walk(read) for i in (layer.start, layer.end, layer.pre) if i is not None
-        }
-        recorded = {}
+        """Every layer boundary's value (batch axis first, float64) for the batch ``x``, from
+        one compiled run of the jaxpr."""
+        ids = sorted(
+            {
+                i
+                for layer in _walk(read)
+                for i in (layer.start, layer.end, layer.pre)
+                if i is not None
+            }
+        )
 
-        def hook(i, value):
-            if i in ids:
-                v = np.asarray(value, dtype=np.float64)
-                recorded[i] = np.moveaxis(v, graph.axis.get(i) or 0, 0)
-            return value
+        def values(leaves, xs):
+            recorded = {}
 
+            def hook(i, value):
+                if i in recorded or i not in ids_set:
+                    return value
+                recorded[i] = value
+                return value
+
+            jaxpr.run(graph, [*leaves, xs], hook)
+            return [recorded[i] for i in ids]
+
+        ids_set = set(ids)
         with x64(self._param_dtype):
-            jaxpr.run(
-                graph,
-                [*self._p_leaves, *self._s_leaves, jnp.asarray(x, dtype=self._param_dtype)],
-                hook,
-            )
-        return recorded
+            xs = jnp.asarray(x, dtype=self._param_dtype)
+            got = jax.jit(values)([*self._p_leaves, *self._s_leaves], xs)
+        return {
+            i: np.moveaxis(np.asarray(v, dtype=np.float64), graph.axis.get(i) or 0, 0)
+            for i, v in zip(ids, got, strict=True)
+        }
 
     def _identify(self, shape, graph, read):
         """LayerInfo for each read layer, configs identified on a seeded probe batch."""
@@ -382,11 +397,19 @@ class JaxFunctionModel(AbstractModel):
             last = cotangent if loss is None else y
             if last is not None and isinstance(last, np.ndarray) and last.dtype.kind == "f":
                 last = jnp.asarray(last, dtype=self._param_dtype)
-            value, out, new_state, gp, gx = self._grads(loss)(self._params, self._state, xs, last)
-            grad_leaves = jax.tree_util.tree_leaves(gp)
+            activations = grads = None
+            if capture and self.layers:
+                value, out, p_new, grad_leaves, gx, activations, grads = self._capture(
+                    x, y, loss, cotangent
+                )
+            else:
+                value, out, new_state, gp, gx = self._grads(loss)(
+                    self._params, self._state, xs, last
+                )
+                grad_leaves = jax.tree_util.tree_leaves(gp)
+                p_new = jax.tree_util.tree_leaves(new_state)
         params, state = {}, {}
         names = set(self.param_names)
-        p_new = jax.tree_util.tree_leaves(new_state)
         for name, (leaf, transposed) in self._leaf_index().items():
             if leaf < len(grad_leaves) and name in names:
                 g = np.asarray(grad_leaves[leaf])
@@ -408,9 +431,6 @@ class JaxFunctionModel(AbstractModel):
                 )
             }
             state = changed
-        activations = grads = None
-        if capture and self.layers:
-            activations, grads = self._capture(x, y, loss, cotangent)
         return Gradients(
             loss=None if value is None else float(value),
             params=params,
@@ -421,10 +441,15 @@ class JaxFunctionModel(AbstractModel):
             activation_grads=grads,
         )
 
-    def _capture(self, x, y, loss, cotangent):
-        """Every layer's output and dL/d output, from the interpreter over the jaxpr."""
-        graph, read = self._analysis(np.shape(x))
-        ends = {}
+    def _captured(self, shape, loss):
+        """A compiled ``(leaves, state leaves, x, eps, y or cotangent) -> (loss, output, new
+        state leaves, dL/d leaves, dL/dx, layer outputs, dL/d layer outputs)``: gradients and
+        every layer's values in one pass of the interpreter over the jaxpr."""
+        key = (tuple(shape), loss.name if isinstance(loss, Loss) else id(loss))
+        if key in self._captures:
+            return self._captures[key]
+        graph, read = self._analysis(shape)
+        ends: dict[str, int] = {}
 
         def collect(layers, infos):
             for layer, info in zip(layers, infos, strict=True):
@@ -433,49 +458,60 @@ class JaxFunctionModel(AbstractModel):
 
         collect(read, self.layers)
         targets = {v: k for k, v in ends.items()}
-        axis = graph.axis
+        loss_fn = None if loss is None else jax_loss(loss) if isinstance(loss, Loss) else loss
+
+        def forward(leaves, state, xs, eps):
+            record = {}
+
+            def hook(i, value):
+                path = targets.get(i)
+                if path is None or path in record:
+                    return value
+                value = value + eps[path]
+                record[path] = value
+                return value
+
+            outs = jaxpr.run(graph, [*leaves, *state, xs], hook)
+            return outs[0], (outs[1:], record)
+
+        def run(leaves, state, xs, eps, last):
+            if loss_fn is None:
+                out, vjp, (new_state, record) = jax.vjp(
+                    lambda p, xx, e: forward(p, state, xx, e), leaves, xs, eps, has_aux=True
+                )
+                gp, gx, ge = vjp(last.astype(out.dtype))
+                return None, out, new_state, gp, gx, record, ge
+
+            def objective(p, xx, e):
+                out, (new_state, record) = forward(p, state, xx, e)
+                return loss_fn(out, last), (out, new_state, record)
+
+            (value, (out, new_state, record)), (gp, gx, ge) = jax.value_and_grad(
+                objective, argnums=(0, 1, 2), has_aux=True
+            )(leaves, xs, eps)
+            return value, out, new_state, gp, gx, record, ge
+
+        self._captures[key] = (jax.jit(run), ends, graph)
+        return self._captures[key]
+
+    def _capture(self, x, y, loss, cotangent):
+        """Loss, output, new state, gradients and every layer's values, in one compiled pass."""
+        fn, ends, graph = self._captured(np.shape(x), loss)
         with x64(self._param_dtype):
-            leaves = [*self._p_leaves, *self._s_leaves]
             xs = jnp.asarray(x, dtype=self._param_dtype)
             eps = {
-                path: jnp.zeros(graph.shape(i), dtype=graph.avals[i].dtype)
-                for path, i in ends.items()
+                p: jnp.zeros(graph.shape(i), dtype=graph.avals[i].dtype) for p, i in ends.items()
             }
-
-            def forward(e):
-                record = {}
-
-                def hook(i, value):
-                    path = targets.get(i)
-                    if path is None:
-                        return value
-                    value = value + e[path]
-                    record[path] = value
-                    return value
-
-                (out,) = jaxpr.run(graph, [*leaves, xs], hook)[:1]
-                return out, record
-
-            if loss is None:
-                (out, record), pullback = jax.vjp(forward, eps)
-                zeros = {k: jnp.zeros_like(v) for k, v in record.items()}
-                (g,) = pullback((jnp.asarray(cotangent, dtype=out.dtype), zeros))
-            else:
-                loss_fn = jax_loss(loss) if isinstance(loss, Loss) else loss
-                ys = (
-                    y
-                    if not (isinstance(y, np.ndarray) and y.dtype.kind == "f")
-                    else jnp.asarray(y, dtype=self._param_dtype)
-                )
-
-                def objective(e):
-                    out, record = forward(e)
-                    return loss_fn(out, ys), record
-
-                g, record = jax.grad(objective, has_aux=True)(eps)
+            last = cotangent if loss is None else y
+            if isinstance(last, np.ndarray) and last.dtype.kind == "f":
+                last = jnp.asarray(last, dtype=self._param_dtype)
+            value, out, new_state, gp, gx, record, ge = fn(
+                list(self._p_leaves), list(self._s_leaves), xs, eps, last
+            )
+        axis = graph.axis
         acts = {p: np.moveaxis(np.asarray(v), axis.get(ends[p]) or 0, 0) for p, v in record.items()}
-        grads = {p: np.moveaxis(np.asarray(v), axis.get(ends[p]) or 0, 0) for p, v in g.items()}
-        return acts, grads
+        grads = {p: np.moveaxis(np.asarray(v), axis.get(ends[p]) or 0, 0) for p, v in ge.items()}
+        return value, out, new_state, gp, gx, acts, grads
 
 
 def _walk(layers):
@@ -529,13 +565,20 @@ def _configure(layer, arrays, values, in_shape, dtype):
         return config, kind, in_shape, note, transposed
     if layer.kind in ("activation", "reduce"):
         name = fit_activation(values[layer.start], values[layer.end], dtype)[0]
-        return (
-            (None if name is None else Activation(name)),
-            "activation",
-            in_shape,
-            note,
-            transposed,
-        )
+        if name is not None:
+            return Activation(name), "activation", in_shape, note, transposed
+        if layer.kind == "reduce":  # a normalisation without scale or shift
+            norm, _ = fit_norm(
+                values[layer.start],
+                values[layer.end],
+                {},
+                dtype=dtype,
+                epsilons=layer.constants,
+                training=layer.batch_stats,
+            )
+            if norm is not None:
+                return norm, norm.kind, in_shape, note, transposed
+        return None, "activation", in_shape, note, transposed
     if layer.kind == "dropout":
         note = (
             "dropout in training mode (random masks): call model.eval() (NNX) or pass "

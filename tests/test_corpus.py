@@ -1,0 +1,32 @@
+"""The randomized corpus of hand-written ports (scripts/corpus.py), small and seeded: no false
+alarm on an exact port, no wrong confirmed cause, and the planted bugs named at their layer.
+`make fuzz` runs a larger one."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import INSTALLED
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif("jax" not in INSTALLED, reason="the ports are written in JAX")
+
+
+def _corpus():
+    spec = importlib.util.spec_from_file_location("corpus", ROOT / "scripts" / "corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["corpus"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_seeded_corpus_scores():
+    corpus = _corpus()
+    rows = [corpus.run_case(case) for case in corpus.corpus(len(corpus.CYCLE), seed=1)]
+    scores = corpus.scores(rows)  # one of each planted bug, and four exact ports
+    assert scores["exact"] == 4 and scores["visible"] >= 9
+    assert scores["false_alarms"] == 0, [r for r in rows if r["outcome"] == "false-alarm"]
+    assert scores["wrong_causes"] == 0, [r for r in rows if r["outcome"] == "wrong-cause"]
+    assert scores["named_rate"] >= 0.95, [r for r in rows if r["outcome"] == "unnamed"]
