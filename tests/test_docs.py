@@ -59,6 +59,7 @@ DOCTEST_MODULES = [
     "xgrad.losses",
     "xgrad.params",
     "xgrad.layers.dense",
+    "xgrad.layers.dropout",
     "xgrad.layers.activation",
     "xgrad.layers.layernorm",
     "xgrad.layers.batchnorm",
@@ -67,6 +68,7 @@ DOCTEST_MODULES = [
     "xgrad.identify",
     "xgrad.frameworks.registry",
     "xgrad.runner",
+    "xgrad.testing",
 ]
 
 

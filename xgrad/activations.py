@@ -298,8 +298,8 @@ def get_activation(name: str | None) -> Activation:
 
 @functools.lru_cache(maxsize=1024)
 def _lookup(name: str | None) -> Activation:
-    key = _ALIASES.get(name, name)
-    key = key.strip().lower()
+    key = "linear" if name is None else name.strip().lower()
+    key = _ALIASES.get(key, key)
     if key in ACTIVATIONS:
         return ACTIVATIONS[key]
     if key == "leaky_relu":

@@ -120,12 +120,14 @@ class Alignment:
         return out
 
 
-def identity_alignment(model: AbstractModel) -> Alignment:
-    """Two models built from one spec: every name and unit pairs with itself."""
-    tree = units(model.layers)
+def identity_alignment(reference: AbstractModel, built: AbstractModel | None = None) -> Alignment:
+    """Models built from one spec: every name and unit pairs with the one at the same path
+    (``built``'s units carry its framework's own layer names)."""
+    ref_units = _flat(units(reference.layers))
+    own = {u.path: u for u in _flat(units((built or reference).layers))}
     return Alignment(
-        pairs=tuple((u, u) for u in _flat(tree)),
-        names={name: name for name in model.native_names()},
+        pairs=tuple((u, own.get(u.path, u)) for u in ref_units),
+        names={name: name for name in reference.native_names()},
     )
 
 

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from xgrad.align import align
@@ -73,42 +71,6 @@ def spec_of(model: AbstractModel, *, exact: bool = True) -> MLP:
     return MLP(shape if len(shape) > 1 else shape[0], [_placeholder(i) for i in model.layers])
 
 
-def _linen(spec: MLP, weights: Mapping[str, np.ndarray], dtype: str) -> dict:
-    import jax.numpy as jnp
-
-    from xgrad.frameworks.jax.ops import x64
-
-    names = {
-        "dense": "Dense",
-        "layernorm": "LayerNorm",
-        "rmsnorm": "RMSNorm",
-        "batchnorm": "BatchNorm",
-    }
-    counters: dict[str, int] = {}
-    params: dict = {}
-    stats: dict = {}
-    with x64(dtype):
-        for path, layer in spec.walk():
-            if layer.kind not in names:
-                continue
-            base = names[layer.kind]
-            module = f"{base}_{counters.get(base, 0)}"
-            counters[base] = counters.get(base, 0) + 1
-            local = {"kernel": "kernel", "bias": "bias", "scale": "scale"}
-            params[module] = {
-                local[n]: jnp.asarray(weights[f"{path}.{n}"], dtype=dtype)
-                for n in layer.param_names()
-            }
-            if layer.state_names():
-                stats[module] = {
-                    n: jnp.asarray(weights[f"{path}.{n}"], dtype=dtype) for n in layer.state_names()
-                }
-    out = {"params": params}
-    if stats:
-        out["batch_stats"] = stats
-    return out
-
-
 def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
     """A model's weights in another framework's native form, or inside your own model.
 
@@ -146,14 +108,6 @@ def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
     ordered = {name: weights[name] for name in spec.weight_shapes()}
     dtype = source.dtype if source.dtype in ("float32", "float64") else "float32"
     if to == "flax.linen":
-        return _linen(spec, ordered, dtype)
-    built = get_framework(to).build(spec, ordered, dtype=dtype)
-    if to == "jax":
-        return built.native[1]
-    if to == "flax":
-        from flax import nnx
-
-        return nnx.state(built.native)
-    if to == "torch":
-        return built.native.state_dict()
-    return built.native
+        return get_framework("flax").linen_variables(spec, ordered, dtype)
+    framework = get_framework(to)
+    return framework.native_weights(framework.build(spec, ordered, dtype=dtype))

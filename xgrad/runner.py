@@ -650,7 +650,7 @@ def compare(
     weights = init_params(model, seed) if params is None else check_params(model, params)
     referee = NUMPY._build(model, weights, "float64")
     inputs = _inputs(referee, x, y, loss, cotangent)
-    alignment = identity_alignment(referee)
+    alignments: dict[str, Alignment] = {}
 
     ref = evaluate("reference", referee, inputs, capture=False)
     timing = {"reference (numpy float64)": ref.seconds}
@@ -658,6 +658,7 @@ def compare(
     for fw in frameworks_:
         start = time.perf_counter()
         built = fw._build(model, weights, dtype)
+        alignment = alignments[fw.name] = identity_alignment(referee, built)
         side = evaluate(fw.name, built, inputs, capture=False)
         if explain is True or (
             explain is None and _mismatched(side.grads, ref.grads, alignment.names, tol)
@@ -671,7 +672,7 @@ def compare(
     report = assemble(
         ref,
         sides,
-        {s.label: alignment for s in sides},
+        alignments,
         inputs,
         dtype=dtype,
         tol=tol,
@@ -684,7 +685,7 @@ def compare(
     )
     if explain is False or (explain is None and report.ok) or report.uninformative:
         return report
-    return _explain(report, ref, sides, {s.label: alignment for s in sides}, inputs, dtype, tol)
+    return _explain(report, ref, sides, alignments, inputs, dtype, tol)
 
 
 # -- compare_models: a user's model against its port ----------------------------------------
@@ -797,7 +798,12 @@ def compare_models(
         y = random_targets("projection", batch, int(np.prod(ref_model.output_shape)), seed)
     inputs = _inputs(ref_model, x, y, loss, cotangent)
     check_input(cand_model.input_shape, inputs.x)
-    notes = []
+    notes = [
+        f"{side} {info.path} ({info.name}): {info.note}"
+        for side, model in (("reference", ref_model), ("candidate", cand_model))
+        for info in model.walk()
+        if info.note
+    ]
     if alignment.note:
         notes.append(alignment.note)
     if transfer not in (True, False, "auto"):

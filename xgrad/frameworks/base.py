@@ -421,6 +421,11 @@ class AbstractFramework(abc.ABC):
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         """Build from checked float64 canonical weights."""
 
+    def native_weights(self, model: AbstractModel) -> object:
+        """The weights of one of this framework's models in the form the framework keeps them
+        (what ``xgrad.convert(..., to=name)`` returns); the native model by default."""
+        return model.native
+
     @classmethod
     def claims(cls, obj) -> bool:
         """Whether ``obj`` is a model of this framework (decided without importing it)."""

@@ -30,8 +30,8 @@ class Dropout(AbstractLayer):
 
     Example:
         >>> Dropout(0.5, active=True).mask("layers.0", (2, 4)).astype(int)
-        array([[0, 1, 1, 1],
-               [1, 0, 1, 0]])
+        array([[0, 1, 0, 1],
+               [0, 1, 1, 1]])
     """
 
     kind = "dropout"

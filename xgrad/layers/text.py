@@ -66,7 +66,10 @@ def _layer(item: str, use_bias: bool) -> AbstractLayer:
     head = item.split(":", 1)[0]
     if head.strip().isdigit() or head.strip().lstrip("-").isdigit():
         units_text, _, activation = item.partition(":")
-        return Dense(int(units_text), activation or "linear", use_bias=use_bias)
+        try:
+            return Dense(int(units_text), activation or "linear", use_bias=use_bias)
+        except SpecError as exc:
+            raise SpecError(f"layer {item!r}: {exc}") from None
     name, _, rest = item.partition("(")
     name = name.strip().lower()
     if rest and not rest.endswith(")"):
@@ -103,6 +106,8 @@ def _layer(item: str, use_bias: bool) -> AbstractLayer:
         return cls(*positional, **keywords)
     except TypeError as exc:
         raise SpecError(f"layer {item!r}: {exc}; {name} takes {names}") from None
+    except SpecError as exc:
+        raise SpecError(f"layer {item!r}: {exc}") from None
 
 
 def parse_layers(text: str, *, use_bias: bool = True) -> list[AbstractLayer]:

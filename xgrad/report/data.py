@@ -447,13 +447,16 @@ class Report:
         return plot(self, path)
 
 
-def sort_key(m: Metrics) -> float:
-    """How bad a comparison is, for picking the worst one."""
+def sort_key(m: Metrics) -> tuple[bool, float]:
+    """How bad a comparison is, for picking the worst one: failures first, then the largest
+    normwise error among the passing ones judged by it (not those that pass by the noise
+    floor of a zero reference, or because rounding explains them)."""
+    failing = m.status not in OK_STATUSES
     if m.status == "nonfinite" or math.isnan(m.rel_norm):
-        return math.inf
-    if m.status in OK_STATUSES and (math.isinf(m.rel_norm) or m.status != "match"):
-        return 0.0  # a zero reference within noise, or a difference rounding explains
-    return m.rel_norm
+        return failing, math.inf
+    if not failing and (m.status != "match" or m.rel_norm > m.tol):
+        return failing, 0.0
+    return failing, m.rel_norm
 
 
 def fmt(value: float) -> str:

@@ -28,6 +28,20 @@ class FlaxFramework(AbstractFramework):
 
         return FlaxSpecModel(spec, params, dtype)
 
+    def native_weights(self, model: AbstractModel):
+        """The module's ``nnx.State`` (``layers/{i}/kernel``, ...), for ``nnx.update``."""
+        from flax import nnx
+
+        return nnx.state(model.native)
+
+    def linen_variables(self, spec: MLP, weights: Params, dtype: str) -> dict:
+        """Linen variables ``{"params": {"Dense_0": ...}, "batch_stats": ...}``: the names
+        ``nn.Dense``, ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.BatchNorm`` get in a compact
+        module that calls them in the spec's order."""
+        from xgrad.frameworks.flax.builder import linen_variables
+
+        return linen_variables(spec, weights, dtype)
+
     @classmethod
     def claims(cls, obj) -> bool:
         if is_from(obj, "flax.nnx"):

@@ -30,7 +30,7 @@ from xgrad.losses import Loss
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
 
-__all__ = ["FlaxSpecModel", "XgradModule", "native_name"]
+__all__ = ["FlaxSpecModel", "XgradModule", "linen_variables", "native_name"]
 
 
 class ActivationLayer(nnx.Module):
@@ -306,3 +306,37 @@ class FlaxSpecModel(AbstractModel):
                 activations={k: np.asarray(v) for k, v in values.items()} if capture else None,
                 activation_grads={k: np.asarray(v) for k, v in ge.items()} if capture else None,
             )
+
+
+def linen_variables(spec: MLP, weights, dtype: str) -> dict:
+    """Canonical weights as the variables of a compact Linen module calling ``nn.Dense``,
+    ``nn.LayerNorm``, ``nn.RMSNorm`` and ``nn.BatchNorm`` in the spec's order."""
+    names = {
+        "dense": "Dense",
+        "layernorm": "LayerNorm",
+        "rmsnorm": "RMSNorm",
+        "batchnorm": "BatchNorm",
+    }
+    counters: dict[str, int] = {}
+    params: dict = {}
+    stats: dict = {}
+    with x64(dtype):
+        for path, layer in spec.walk():
+            if layer.kind not in names:
+                continue
+            base = names[layer.kind]
+            module = f"{base}_{counters.get(base, 0)}"
+            counters[base] = counters.get(base, 0) + 1
+            local = {"kernel": "kernel", "bias": "bias", "scale": "scale"}
+            params[module] = {
+                local[n]: jnp.asarray(weights[f"{path}.{n}"], dtype=dtype)
+                for n in layer.param_names()
+            }
+            if layer.state_names():
+                stats[module] = {
+                    n: jnp.asarray(weights[f"{path}.{n}"], dtype=dtype) for n in layer.state_names()
+                }
+    out = {"params": params}
+    if stats:
+        out["batch_stats"] = stats
+    return out

@@ -36,6 +36,10 @@ class JaxFramework(AbstractFramework):
 
         return JaxSpecModel(spec, params, dtype)
 
+    def native_weights(self, model: AbstractModel):
+        """The params pytree of the ``(apply_fn, params)`` pair."""
+        return model.native[1]
+
     @classmethod
     def claims(cls, obj) -> bool:
         return (

@@ -578,6 +578,10 @@ def _configure(layer, arrays, values, in_shape, dtype):
             )
             if norm is not None:
                 return norm, norm.kind, in_shape, note, transposed
+        note = (
+            "computes a function none of xgrad's activations reproduces on a probe batch "
+            "(its values are still compared; diagnosis cannot name a cause inside it)"
+        )
         return None, "activation", in_shape, note, transposed
     if layer.kind == "dropout":
         note = (

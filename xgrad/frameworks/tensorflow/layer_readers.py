@@ -216,13 +216,13 @@ def _batchnorm(layer, x, out, dtype) -> LayerRead:
         raise AlignmentError(
             f"{where(layer)} uses batch renormalisation, which xgrad does not read"
         )
+    # read in inference mode (moving statistics): how the model computes when called
     config = BatchNorm(layer.epsilon, layer.momentum, False, layer.center, layer.scale)
-    note = "inference mode (moving statistics), as the model computes when called"
-    return LayerRead("batchnorm", config, (*config.param_names(), *config.state_names()), note)
+    return LayerRead("batchnorm", config, (*config.param_names(), *config.state_names()))
 
 
 def _dropout(layer, x, out, dtype) -> LayerRead:
-    return LayerRead("dropout", Dropout(float(layer.rate)), note="inference mode: the identity")
+    return LayerRead("dropout", Dropout(float(layer.rate)))  # inference mode: the identity
 
 
 def _flatten(layer, x, out, dtype) -> LayerRead:

@@ -50,6 +50,10 @@ class TorchFramework(AbstractFramework):
 
         return build_model(spec, params, dtype)
 
+    def native_weights(self, model: AbstractModel):
+        """The module's ``state_dict`` (``0.0.weight`` ``(out, in)``, ...)."""
+        return model.native.state_dict()
+
     @classmethod
     def claims(cls, obj) -> bool:
         return _is_module(obj)
