@@ -53,7 +53,11 @@ __all__ = [
     "assemble",
     "compare",
     "compare_models",
+    "evaluate",
+    "explain_report",
     "loss_scale",
+    "model_text",
+    "prepare_inputs",
     "resolve_frameworks",
 ]
 
@@ -543,7 +547,7 @@ def _mismatched(grads: Gradients, ref: Gradients, names: Mapping[str, str], tol:
     return any(quick_rel_norm(g, r) > tol for g, r in pairs)
 
 
-def _explain(
+def explain_report(
     report: Report, ref: Side, sides: Sequence[Side], alignments, inputs, dtype, tol
 ) -> Report:
     """Rounding that explains a side's failures entirely makes them pass (``match-kink``,
@@ -567,15 +571,15 @@ def _explain(
 # -- compare: a spec in every framework ----------------------------------------------------
 
 
-def _inputs(model: AbstractModel, x, y, loss, cotangent) -> Inputs:
+def prepare_inputs(model: AbstractModel, x, y=None, loss="projection", cotangent=None) -> Inputs:
+    """The checked batch for ``model``: ``x`` of its input shape, targets checked against the
+    loss (or a cotangent of its output shape instead); a pair of loss functions is kept."""
     xs = check_input(model.input_shape, x)
     if cotangent is not None:
         return Inputs(xs, None, None, check_cotangent(model.output_shape, cotangent, xs.shape[0]))
     if isinstance(loss, tuple):
-        from xgrad.errors import InputError as _IE
-
         if len(loss) != 2 or not all(callable(f) for f in loss):
-            raise _IE("loss=(reference_fn, candidate_fn) takes two loss functions")
+            raise InputError("loss=(reference_fn, candidate_fn) takes two loss functions")
         return Inputs(xs, None if y is None else np.asarray(y), loss, None)
     loss_fn, ys = prepare_loss(loss, y, xs.shape[0], model.output_shape)
     return Inputs(xs, ys, loss_fn, None)
@@ -649,7 +653,7 @@ def compare(
     tol = tolerance(dtype, rtol)
     weights = init_params(model, seed) if params is None else check_params(model, params)
     referee = NUMPY._build(model, weights, "float64")
-    inputs = _inputs(referee, x, y, loss, cotangent)
+    inputs = prepare_inputs(referee, x, y, loss, cotangent)
     alignments: dict[str, Alignment] = {}
 
     ref = evaluate("reference", referee, inputs, capture=False)
@@ -685,7 +689,7 @@ def compare(
     )
     if explain is False or (explain is None and report.ok) or report.uninformative:
         return report
-    return _explain(report, ref, sides, alignments, inputs, dtype, tol)
+    return explain_report(report, ref, sides, alignments, inputs, dtype, tol)
 
 
 # -- compare_models: a user's model against its port ----------------------------------------
@@ -796,7 +800,7 @@ def compare_models(
 
         batch = int(np.shape(x)[0]) if np.ndim(x) else 0
         y = random_targets("projection", batch, int(np.prod(ref_model.output_shape)), seed)
-    inputs = _inputs(ref_model, x, y, loss, cotangent)
+    inputs = prepare_inputs(ref_model, x, y, loss, cotangent)
     check_input(cand_model.input_shape, inputs.x)
     notes = [
         f"{side} {info.path} ({info.name}): {info.note}"
@@ -856,4 +860,4 @@ def compare_models(
     )
     if explain is False or (explain is None and report.ok) or report.uninformative:
         return report
-    return _explain(report, ref, [cand], {label: alignment}, inputs, dtype, tol)
+    return explain_report(report, ref, [cand], {label: alignment}, inputs, dtype, tol)

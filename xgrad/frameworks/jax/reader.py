@@ -78,6 +78,7 @@ class JaxFunctionModel(AbstractModel):
         hints: Callable[[str], dict] | None = None,
         _read=None,
         _traces: dict | None = None,
+        _grad_fns: dict | None = None,
     ) -> None:
         self._fn = fn
         self._hints = hints
@@ -89,7 +90,9 @@ class JaxFunctionModel(AbstractModel):
         self._s_names, self._s_leaves, self._s_tree = tree_leaves(state)
         self._param_dtype = _float_dtype(self._p_leaves, description)
         self.dtype = self._param_dtype  # until the output's dtype is known (below)
-        self._grad_fns: dict = {}
+        # compiled gradient functions depend on the function and the loss only: copies made
+        # by with_weights share them (a training loop would otherwise recompile every step)
+        self._grad_fns: dict = {} if _grad_fns is None else _grad_fns
         self._traces: dict = {} if _traces is None else _traces
         self._captures: dict = {}
         if _read is None:
@@ -358,12 +361,14 @@ class JaxFunctionModel(AbstractModel):
             if not self.structure_error
             else (self.input_shape, self.output_shape, (), {}, self.structure_error),
             _traces=self._traces,
+            _grad_fns=self._grad_fns,
         )
 
     # -- gradients ---------------------------------------------------------------------------
 
     def _grads(self, loss):
-        key = loss.name if isinstance(loss, Loss) else (None if loss is None else id(loss))
+        # a user's loss function is its own key (held, so its id cannot be reused)
+        key = loss.name if isinstance(loss, Loss) else loss
         if key not in self._grad_fns:
             fn = self._fn
             if loss is None:

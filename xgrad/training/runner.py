@@ -1,0 +1,368 @@
+"""compare_training: N optimizer steps of a model and its port, side by side.
+
+Each step evaluates both models on the batch (gradients in canonical names, through
+:func:`xgrad.runner.evaluate`), lets each side's own optimizer update copies of its weights
+in its own framework (:mod:`xgrad.training.optimizers`), and gives each model the new
+weights with ``with_weights`` (parameters, and BatchNorm moving statistics from the
+evaluation). The reference's rule runs beside both, in float64 NumPy on each side's own
+gradients: the referee (:mod:`xgrad.training.rules`). The weights are compared after every
+step against ``tol * sqrt(step)``; the first divergence is explained by
+:mod:`xgrad.training.diagnose`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from xgrad.align import Alignment, align
+from xgrad.errors import InputError
+from xgrad.frameworks.base import AbstractModel, check_input
+from xgrad.frameworks.registry import read_model
+from xgrad.metrics import tolerance
+from xgrad.runner import evaluate, model_text, prepare_inputs
+from xgrad.training.diagnose import Divergent, History, diagnose, precision
+from xgrad.training.optimizers import AbstractRun, as_optimizer
+from xgrad.training.replay import relative
+from xgrad.training.report import (
+    Divergence,
+    Step,
+    TrainingReport,
+    WeightInfo,
+    WeightStep,
+    step_tolerance,
+)
+from xgrad.training.rules import Arrays, Rule
+
+__all__ = ["compare_training"]
+
+F64 = np.float64
+
+
+# -- checking the arguments ------------------------------------------------------------------
+
+
+def _batches(x, y, batches, steps: int) -> tuple[list[tuple], str | None]:
+    """One ``(x, y)`` per step, and a note when ``batches`` ran out early."""
+    if batches is None:
+        if x is None:
+            raise InputError("compare_training needs x (one batch for every step) or batches")
+        return [(x, y)] * steps, None
+    if isinstance(batches, tuple) and len(batches) == 2 and not isinstance(batches[0], tuple):
+        raise InputError(
+            "batches is an iterable of (x, y) pairs, one per step, e.g. [(x1, y1), (x2, y2)]; "
+            "for the same batch every step pass x and y instead"
+        )
+    out = []
+    for item in batches:
+        if len(out) == steps:
+            break
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise InputError(
+                f"each item of batches must be an (x, y) pair, got {type(item).__name__}"
+            )
+        out.append(tuple(item))
+    if not out:
+        raise InputError("batches is empty; give at least one (x, y) pair")
+    if len(out) < steps:
+        return out, f"batches ran out after {len(out)} of the {steps} steps asked for"
+    return out, None
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    return int(steps)
+
+
+def _check_optimizers(optimizers) -> tuple:
+    if not isinstance(optimizers, tuple | list) or len(optimizers) != 2:
+        raise InputError(
+            "optimizers=(reference optimizer, candidate optimizer): give two, e.g. "
+            f"(keras.optimizers.Adam(), optax.adam(1e-3)); got {type(optimizers).__name__}"
+        )
+    return tuple(optimizers)
+
+
+# -- the referee -------------------------------------------------------------------------------
+
+
+class _Referee:
+    """The reference's rule in float64 NumPy, one run per side on that side's gradients."""
+
+    def __init__(self, rule: Rule, starts: Mapping[str, Arrays]) -> None:
+        self.rule = rule
+        self._runs = {side: [start, rule.init(start)] for side, start in starts.items()}
+
+    def step(self, side: str, grads: Arrays, count: int) -> Arrays:
+        params, state = self._runs[side]
+        with np.errstate(all="ignore"):
+            updates, state = self.rule.update(grads, params, state, count)
+        params = {k: params[k] + updates[k] for k in params}
+        self._runs[side] = [params, state]
+        return params
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def _f64(arrays: Mapping[str, np.ndarray]) -> Arrays:
+    return {k: np.asarray(v, dtype=F64) for k, v in arrays.items()}
+
+
+def _side(model: AbstractModel, run: AbstractRun, transfer=None) -> dict:
+    out = {
+        "model": model.description,
+        "framework": model.framework,
+        "dtype": model.dtype,
+        "optimizer": run.description,
+        "rule": None if run.rule is None else run.rule.describe(),
+    }
+    if transfer is not None:
+        out["transferred"] = transfer
+    return out
+
+
+def _weights_info(ref: AbstractModel, cand: AbstractModel, alignment: Alignment, label: str):
+    names = alignment.names
+    w_ref, w_cand = ref.weights(), cand.weights()
+    ref_native, cand_native = ref.native_names(), cand.native_names()
+    params = set(ref.param_names)
+    return tuple(
+        WeightInfo(
+            n,
+            "parameter" if n in params else "state",
+            tuple(np.shape(w_ref[n])),
+            {"reference": ref_native.get(n, n), label: cand_native.get(names[n], names[n])},
+        )
+        for n in w_ref
+        if n in names and names[n] in w_cand
+    )
+
+
+def _step_record(t, dtype, tol, infos, now, before, grads, drift, losses) -> Step:
+    """One :class:`Step`: every compared weight, candidate against reference; ``now``,
+    ``before`` (the weights) and ``grads`` are ``(reference, candidate)`` pairs."""
+    (wr, wc), (br, bc), (gr, gc) = now, before, grads
+    tol_t = step_tolerance(tol, t)
+    entries = []
+    for info in infos:
+        n = info.name
+        err = relative(wc[n], wr[n], dtype)
+        finite = bool(np.all(np.isfinite(wr[n])) and np.all(np.isfinite(wc[n])))
+        status = "nonfinite" if not finite else ("match" if err <= tol_t else "mismatch")
+        entries.append(
+            WeightStep(
+                name=n,
+                weights=err,
+                update=relative(wc[n] - bc[n], wr[n] - br[n], "float64"),
+                gradient=relative(gc[n], gr[n], "float64") if n in gr else None,
+                referee={side: d[n] for side, d in drift.items() if n in d},
+                status=status,
+            )
+        )
+    return Step(step=t, tolerance=tol_t, losses=losses, weights=tuple(entries))
+
+
+def _first_divergence(record: Step, infos) -> Divergence | None:
+    bad = [w for w in record.weights if w.status != "match"]
+    if not bad:
+        return None
+    worst = max(bad, key=lambda w: w.weights if math.isfinite(w.weights) else math.inf)
+    native = next(dict(i.native) for i in infos if i.name == worst.name)
+    return Divergence(
+        record.step, worst.name, native, worst.weights, record.tolerance, worst.status
+    )
+
+
+def compare_training(
+    reference,
+    candidate,
+    x=None,
+    y=None,
+    *,
+    loss,
+    optimizers,
+    steps: int = 10,
+    batches: Iterable | None = None,
+    transfer: bool = True,
+    rtol: float | None = None,
+    explain: bool | None = None,
+    mapping: str | Mapping[str, str] = "auto",
+    title: str | None = None,
+) -> TrainingReport:
+    """Train a model and its port side by side for ``steps`` optimizer steps and find where,
+    and why, their weights part.
+
+    Args:
+        reference: the model you trust: any model :func:`xgrad.compare_models` accepts.
+        candidate: the port, any of the same kinds.
+        x: inputs of one batch, used at every step (unless ``batches`` is given).
+        y: its targets, for the losses that need them.
+        loss: a loss name (:data:`xgrad.losses.LOSSES`), computed on each side in its own
+            framework, or ``(reference_fn, candidate_fn)``.
+        optimizers: ``(reference optimizer, candidate optimizer)``, each in its own
+            framework: a ``keras.optimizers.Optimizer``, an ``optax.GradientTransformation``
+            (or ``(tx, xgrad.training.Adam(...))`` naming its rule), a factory
+            ``params -> torch.optim.Optimizer``, or an :class:`xgrad.training.Rule`. Each
+            starts fresh; an optimizer object you pass is never built or stepped.
+        steps: the number of optimizer steps.
+        batches: an iterable of ``(x, y)``, one per step (the run stops early, with a note,
+            if it runs out).
+        transfer: copy the reference's weights into a copy of the candidate first. Neither
+            of your models is changed.
+        rtol: overrides the base tolerance (:data:`xgrad.TOLERANCES` of the reference's
+            dtype); after ``t`` steps the weights must agree to ``rtol * sqrt(t)``.
+        explain: diagnose the first divergence and, in float32, list the conventions too
+            small to be seen: ``None`` (default) and ``True`` do, ``False`` does not.
+        mapping: how layers pair, as in :func:`xgrad.compare_models`.
+        title: a heading for the report.
+
+    Returns:
+        A :class:`~xgrad.training.TrainingReport`; ``report.ok`` says whether the weights
+        stayed within tolerance at every step.
+
+    Raises:
+        InputError: bad steps, batches, optimizers, inputs or loss, before any step.
+        AlignmentError: the models' layers cannot be paired.
+
+    Example:
+        >>> import numpy as np, xgrad
+        >>> from xgrad.training import SGD
+        >>> model = (xgrad.MLP(2, [xgrad.Dense(2)]), {"layers.0.kernel": np.eye(2),
+        ...                                           "layers.0.bias": np.zeros(2)})
+        >>> report = xgrad.compare_training(model, model, np.ones((1, 2)), np.zeros((1, 2)),
+        ...     loss="mse", optimizers=(SGD(0.1), SGD(0.2)), steps=2)
+        >>> report.first_divergence.step, report.diagnoses[0].cause
+        (1, 'learning-rate')
+    """
+    start_time = time.perf_counter()
+    steps = _check_steps(steps)
+    opt_ref, opt_cand = (
+        as_optimizer(o, side)
+        for o, side in zip(_check_optimizers(optimizers), ("reference", "candidate"), strict=True)
+    )
+    plan, batch_note = _batches(x, y, batches, steps)
+    shape = np.shape(plan[0][0])
+    input_shape = tuple(shape[1:]) if len(shape) >= 2 else None
+    ref_model = read_model(reference, input_shape=input_shape)
+    cand_model = read_model(candidate, input_shape=input_shape)
+    alignment = align(ref_model, cand_model, mapping)
+    inputs = [prepare_inputs(ref_model, bx, by, loss) for bx, by in plan]
+    for batch in inputs:
+        check_input(cand_model.input_shape, batch.x)
+    notes = [n for n in (alignment.note, batch_note) if n]
+    if transfer:
+        cand_model = cand_model.with_weights(alignment.to_candidate(ref_model.weights()))
+    dtype = ref_model.dtype if ref_model.dtype in ("float32", "float64") else "float32"
+    tol = tolerance(dtype, rtol)
+    label = cand_model.framework if cand_model.framework != "reference" else "candidate"
+
+    names = alignment.names  # reference canonical name -> candidate canonical name
+    ref_params = [n for n in ref_model.param_names if n in names]
+    unpaired = [n for n in cand_model.param_names if n not in set(names.values())]
+    if unpaired:
+        notes.append(f"candidate parameters not paired with the reference's: {unpaired}")
+    infos = _weights_info(ref_model, cand_model, alignment, label)
+    w_ref, w_cand = ref_model.weights(), cand_model.weights()
+    run_ref = opt_ref.start({n: w_ref[n] for n in ref_model.param_names}, ref_model.dtype)
+    run_cand = opt_cand.start({n: w_cand[n] for n in cand_model.param_names}, cand_model.dtype)
+
+    def in_ref(arrays: Mapping[str, np.ndarray], only: Iterable[str] | None = None) -> Arrays:
+        """Candidate-named arrays in the reference's names, float64 (those of ``only``)."""
+        out = _f64(alignment.to_reference(arrays))
+        return out if only is None else {n: out[n] for n in only if n in out}
+
+    history = History(start=_f64({n: w_ref[n] for n in ref_params}), dtype=dtype, tol=tol)
+    history.cand_start = in_ref(w_cand, ref_params)
+    referee = None
+    if run_ref.rule is None:
+        notes.append(f"no float64 referee: the reference's rule is unknown ({run_ref.rule_note})")
+    else:
+        referee = _Referee(run_ref.rule, {"reference": history.start, label: history.cand_start})
+
+    records: list[Step] = []
+    first: Divergence | None = None
+    divergent: Divergent | None = None
+    timing = {"reference": 0.0, label: 0.0, "optimizers": 0.0, "referee": 0.0}
+    for t, batch in enumerate(inputs, start=1):
+        ref_side = evaluate("reference", ref_model, batch, capture=False, side=0)
+        cand_side = evaluate(label, cand_model, batch, capture=False, side=1)
+        timing["reference"] += ref_side.seconds
+        timing[label] += cand_side.seconds
+        g_ref, g_cand = ref_side.grads, cand_side.grads
+        clock = time.perf_counter()
+        new_ref = run_ref.step({n: g_ref.params[n] for n in ref_model.param_names})
+        new_cand = run_cand.step({n: g_cand.params[n] for n in cand_model.param_names})
+        timing["optimizers"] += time.perf_counter() - clock
+        before = (_f64(w_ref), in_ref(w_cand))
+        w_ref = {**w_ref, **new_ref, **g_ref.state}
+        w_cand = {**w_cand, **new_cand, **g_cand.state}
+        evaluated = (ref_model, cand_model)
+        finite = all(np.all(np.isfinite(v)) for w in (w_ref, w_cand) for v in w.values())
+        if finite:
+            ref_model = ref_model.with_weights({**new_ref, **g_ref.state})
+            cand_model = cand_model.with_weights({**new_cand, **g_cand.state})
+
+        now = (_f64(w_ref), in_ref(w_cand))
+        grads = (_f64({n: g_ref.params[n] for n in ref_params}), in_ref(g_cand.params, ref_params))
+        history.ref_grads.append(grads[0])
+        history.cand_grads.append(grads[1])
+        history.cand_weights.append({n: now[1][n] for n in ref_params})
+        drift: dict[str, dict[str, float]] = {}
+        if referee is not None:
+            clock = time.perf_counter()
+            for side, g, w in (("reference", grads[0], now[0]), (label, grads[1], now[1])):
+                math_w = referee.step(side, g, t - 1)
+                drift[side] = {k: relative(w[k], math_w[k], dtype) for k in math_w}
+            timing["referee"] += time.perf_counter() - clock
+        losses = {"reference": g_ref.loss, label: g_cand.loss}
+        record = _step_record(t, dtype, tol, infos, now, before, grads, drift, losses)
+        records.append(record)
+        if first is None:
+            first = _first_divergence(record, infos)
+            if first is not None:
+                divergent = Divergent(first, *evaluated, batch)
+        if not finite:
+            if t < len(inputs):
+                notes.append(f"the run stopped after step {t}: weights are no longer finite")
+            break
+
+    clock = time.perf_counter()
+    diagnoses, gradient_report, notes_p = (), None, ()
+    if explain is not False:
+        rule, cand_rule = run_ref.rule, run_cand.rule
+        if divergent is not None:
+            divergent.ref_drift = records[first.step - 1].referee_drift("reference")
+            diagnoses, gradient_report = diagnose(
+                divergent, history, rule, cand_rule, loss=loss, mapping=mapping, rtol=rtol
+            )
+        if dtype == "float32" and gradient_report is None and rule is not None:
+            if not any(d.confirmed for d in diagnoses):
+                notes_p = precision(history, rule, cand_rule)
+    timing["diagnosis"] = time.perf_counter() - clock
+    timing["total"] = time.perf_counter() - start_time
+    return TrainingReport(
+        model=model_text(ref_model),
+        dtype=dtype,
+        loss=inputs[0].loss_name or "custom",
+        candidate=label,
+        sides={
+            "reference": _side(ref_model, run_ref),
+            label: _side(cand_model, run_cand, transfer),
+        },
+        tolerance=tol,
+        referee=None if run_ref.rule is None else run_ref.rule.to_dict(),
+        weights=infos,
+        steps=tuple(records),
+        first_divergence=first,
+        diagnoses=tuple(diagnoses),
+        precision=tuple(notes_p),
+        gradient_report=gradient_report,
+        notes=tuple(notes),
+        title=title,
+        timing=timing,
+    )
