@@ -17,8 +17,12 @@ e. memory      peak RSS of a full comparison at about 1M, 10M and 50M float32 pa
                beyond the import baseline, over the bytes the comparison must hold
                (params f64 + reference gradients f64 + each framework's gradients f32): <= 3,
                and growing linearly.
+f. sweep       cells per second of a 64-cell `xgrad sweep` grid, each run in a fresh process:
+               1 local worker, 2 local workers, a 2-worker Dask LocalCluster (loopback); the
+               speed-up against the ideal 2 x, the machine's measured 2-process capacity and
+               the measured worker start-up; the merged reports must be byte-identical.
 
-Usage: ``python scripts/bench.py [--json PATH] [--smoke] [--sections a,b,c,d,e]``. ``--smoke``
+Usage: ``python scripts/bench.py [--json PATH] [--smoke] [--sections a,b,c,d,e,f]``. ``--smoke``
 runs tiny shapes and few repeats: it checks the harness, its figures mean nothing.
 """
 
@@ -484,6 +488,149 @@ def section_memory(frameworks, sizes):
     return rows
 
 
+# 8 activations x 2 losses x 2 dtypes x 2 batch sizes = 64 cells; smoke: 4 cells, NumPy only
+SWEEP_GRID = {
+    "activations": ["relu", "tanh", "gelu", "elu", "selu", "softplus", "silu", "leaky_relu"],
+    "losses": ["sum", "mse"],
+    "dtypes": ["float32", "float64"],
+    "batch_sizes": [1, 4],
+    "hidden": [16, 16],
+}
+SMOKE_SWEEP_GRID = {**SWEEP_GRID, "activations": ["relu"], "losses": ["sum"]}
+
+_SWEEP_CHILD = """
+import hashlib, json, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from xgrad.sweep import SweepGrid, run_sweep
+grid = SweepGrid.from_mapping(json.loads(sys.argv[1]))
+mode, n = sys.argv[2], int(sys.argv[3])
+out = {"mode": mode, "workers": n, "cluster_start_s": None}
+if mode == "dask":
+    from distributed import Client, LocalCluster
+    start = time.perf_counter()
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    client = Client(cluster)
+    out["cluster_start_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    result = run_sweep(grid, executor=client.get_executor())
+    out["seconds"] = time.perf_counter() - start
+    client.close()
+    cluster.close()
+else:
+    start = time.perf_counter()
+    result = run_sweep(grid, workers=n)
+    out["seconds"] = time.perf_counter() - start
+out["cells"] = len(result.cells)
+out["ok"] = result.ok
+out["report_sha256"] = hashlib.sha256(result.to_json().encode()).hexdigest()
+print(json.dumps(out))
+"""
+
+_STARTUP_CHILD = """
+import json, multiprocessing, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from concurrent.futures import ProcessPoolExecutor
+from xgrad.sweep import CellConfig, SweepGrid, run_cells
+
+if __name__ == "__main__":
+    n = int(sys.argv[2])
+    # one tiny cell per worker: each imports its frameworks and builds one model
+    grid = SweepGrid(hidden=(2,), output_dim=2, frameworks=tuple(sys.argv[1].split(",")))
+    cell = CellConfig("relu", "sum", "float32", 1, 0)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_cells, grid, [cell]) for _ in range(n)]
+        statuses = [f.result()[0].status for f in futures]
+    print(json.dumps({"seconds": time.perf_counter() - start, "statuses": statuses}))
+"""
+
+_BURN = "s = 0\nfor i in range({n}):\n    s += i\n"
+
+
+def burn_capacity(n: int) -> dict:
+    """How many times one process's pure-Python work two processes get done at once:
+    2.0 on two free cores, less where the cores are shared or throttled."""
+    code = _BURN.format(n=n)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    for proc in procs:
+        proc.wait(timeout=600)
+    two = time.perf_counter() - start
+    return {"one_s": one, "two_s": two, "capacity": 2 * one / two}
+
+
+def _child_json(code: str, *argv: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"sweep benchmark subprocess failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def section_sweep(frameworks, smoke, repeats):
+    """Cells per second of one grid in a fresh process per run (imports, worker start-up and
+    compilation included, as a user of `xgrad sweep` meets them); the median of ``repeats``
+    runs of each, interleaved."""
+    grid = {**(SMOKE_SWEEP_GRID if smoke else SWEEP_GRID)}
+    grid["frameworks"] = ["numpy"] if smoke else list(frameworks)
+    text = json.dumps(grid)
+    runs = [("local", 1), ("local", 2)]
+    try:
+        import distributed  # noqa: F401
+
+        if not smoke:
+            runs.append(("dask", 2))
+    except ImportError:
+        pass
+    load_before = os.getloadavg()  # other work on the machine shows here
+    samples = {run: [] for run in runs}
+    for _ in range(repeats):
+        for mode, n in runs:
+            row = _child_json(_SWEEP_CHILD, text, mode, str(n))
+            samples[(mode, n)].append(row)
+            print(f"f. sweep, {mode} x {n}: {row['seconds']:.1f} s", file=sys.stderr, flush=True)
+    rows = []
+    for found in samples.values():
+        row = sorted(found, key=lambda r: r["seconds"])[len(found) // 2]
+        row["samples_s"] = [r["seconds"] for r in found]
+        row["report_sha256"] = sorted({r["report_sha256"] for r in found})
+        row["cells_per_s"] = row["cells"] / row["seconds"]
+        rows.append(row)
+    burn = burn_capacity(2_000_000 if smoke else 60_000_000)
+    capacity = burn["capacity"]
+    startup = _child_json(_STARTUP_CHILD, ",".join(grid["frameworks"]), "2")
+    one = rows[0]["seconds"]
+    for row in rows:
+        row["speedup"] = one / row["seconds"]
+        if row["workers"] == 2:
+            row["efficiency_vs_ideal"] = row["speedup"] / 2
+            # what 2 workers would take with perfect splitting on this machine's capacity,
+            # plus the measured start-up of two workers
+            row["expected_s"] = one / capacity + startup["seconds"]
+            row["overhead_s"] = row["seconds"] - one / 2
+    return {
+        "grid": grid,
+        "cells": rows[0]["cells"],
+        "rows": rows,
+        "ideal_speedup": 2.0,
+        "machine_capacity": capacity,
+        "burn": burn,
+        "worker_startup_s": startup["seconds"],
+        "same_report": len({h for r in rows for h in r["report_sha256"]}) == 1,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+    }
+
+
 # -- output -------------------------------------------------------------------------------
 
 
@@ -634,13 +781,37 @@ def print_results(results: dict) -> None:
                 verdict(r["ok"]),
             )
         console.print(t)
+    if "sweep" in results:
+        sw = results["sweep"]
+        t = Table(
+            title=f"f. sweep: {sw['cells']} cells ({', '.join(sw['grid']['frameworks'])}), each "
+            f"run in a fresh process; ideal speed-up {sw['ideal_speedup']:.1f} x, this "
+            f"machine's 2-process capacity {sw['machine_capacity']:.2f} x, start-up of 2 "
+            f"workers {sw['worker_startup_s']:.1f} s; same merged report: {sw['same_report']} "
+            "(median of the runs)"
+        )
+        for col in ("run", "workers", "s", "cells/s", "speed-up", "expected s", "cluster s"):
+            t.add_column(col)
+        for r in sw["rows"]:
+            expected = r.get("expected_s")
+            cluster = r["cluster_start_s"]
+            t.add_row(
+                r["mode"],
+                str(r["workers"]),
+                f"{r['seconds']:.1f}",
+                f"{r['cells_per_s']:.2f}",
+                f"{r['speedup']:.2f}",
+                "" if expected is None else f"{expected:.1f}",
+                "" if cluster is None else f"{cluster:.1f}",
+            )
+        console.print(t)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write every figure as JSON")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: harness check only")
-    parser.add_argument("--sections", default="a,b,c,d,e")
+    parser.add_argument("--sections", default="a,b,c,d,e,f")
     parser.add_argument("--frameworks", default=",".join(xgrad.available_frameworks()))
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
@@ -678,6 +849,10 @@ def main(argv=None) -> int:
         sizes = [(32, 1), (64, 2)] if args.smoke else [(1000, 1), (1826, 3), (4083, 3)]
         results["memory"] = section_memory(frameworks if not args.smoke else ["numpy"], sizes)
         results["memory_fit"] = linear_fit(results["memory"])
+    if "f" in sections:
+        results["sweep"] = section_sweep(
+            frameworks, args.smoke, args.repeats or (1 if args.smoke else 3)
+        )
     results["machine"] = machine()
     results["seconds"] = time.perf_counter() - start
     print_results(results)

@@ -1,4 +1,4 @@
-"""``xgrad sweep``: :func:`xgrad.compare` over a grid of configurations.
+"""``xgrad sweep``: :func:`xgrad.compare` over a grid of configurations, on any executor.
 
 A cell is one (activation, loss, dtype, batch size, seed). Its model is
 ``MLP(input_dim, [Dense(h, activation) for h in hidden] + [Dense(output_dim, head)])`` with
@@ -7,39 +7,119 @@ or, with ``layers``, a template in the text form of :mod:`xgrad.layers.text` whe
 and ``HEAD`` stand for the cell's activation and head
 (``8:ACT,layernorm,residual(8:ACT),4:HEAD``). Inputs are standard normal and targets drawn
 as in ``xgrad compare``, all from the seed.
+
+A cell is a pure function of its configuration (:func:`run_cell`), so a sweep gives the
+same merged report whichever worker ran which cell, in whatever order. :func:`run_sweep`
+runs the cells here, on ``workers`` local processes, or on any
+:class:`concurrent.futures.Executor` (a Dask cluster's ``Client(...).get_executor()``).
+Cells of one model travel together (:func:`chunks`), so a worker reuses what it built and
+compiled for the first. With ``out``, each finished cell is written at once
+(``out/cells/*.json``, atomically) and a re-run skips the cells found there; the merged
+report (``out/sweep.json``, schema :data:`SCHEMA`, and ``out/sweep.md``) is written when
+every cell is done. See ``docs/sweeps.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from xgrad._io import atomic_write
 from xgrad.activations import ACTIVATIONS, get_activation
-from xgrad.errors import InputError
-from xgrad.frameworks.base import check_dtype
+from xgrad.errors import InputError, OutputError
+from xgrad.frameworks.base import AbstractFramework, check_dtype
 from xgrad.losses import get_loss, random_targets
-from xgrad.report import Report
 
-__all__ = ["SweepCell", "SweepGrid", "SweepResult", "run_sweep"]
+__all__ = [
+    "CELL_SCHEMA",
+    "SCHEMA",
+    "STATUSES",
+    "CellConfig",
+    "SweepCell",
+    "SweepGrid",
+    "SweepInterrupted",
+    "SweepResult",
+    "chunks",
+    "dask_executor",
+    "run_cell",
+    "run_cells",
+    "run_sweep",
+]
+
+SCHEMA = "xgrad.sweep/2"
+"""The merged report's JSON schema name and version; bumped on any incompatible change."""
+
+CELL_SCHEMA = "xgrad.sweep-cell/1"
+"""The schema of one finished cell's file in ``out/cells/``; part of every cell's key."""
+
+STATUSES = ("match", "mismatch", "nonfinite", "error", "timeout", "lost")
+"""A cell's status: its report's verdict (``match``, ``mismatch``, ``nonfinite``), or why it
+has no report: it raised (``error``), ran past ``cell_timeout`` (``timeout``), or its worker
+died or could not run it (``lost``)."""
+
+KEPT = ("match", "mismatch", "nonfinite")
+"""The statuses a re-run keeps from ``out/cells/``; the others are run again."""
 
 HEADS = {"bce": "sigmoid", "cce": "softmax"}
+CHUNK_CELLS = 4  # at most this many cells of one model go to a worker as one task
 
 
 def _default_activations() -> tuple[str, ...]:
     return (*ACTIVATIONS, "leaky_relu")
 
 
+class CellConfig(NamedTuple):
+    """One point of the grid (a tuple, as :meth:`SweepGrid.cells` always returned)."""
+
+    activation: str
+    loss: str
+    dtype: str
+    batch: int
+    seed: int
+
+    @property
+    def title(self) -> str:
+        return (
+            f"{self.activation} / {self.loss} / {self.dtype} / batch {self.batch} / "
+            f"seed {self.seed}"
+        )
+
+
+# -- the grid ---------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class SweepGrid:
-    """The axes of a sweep and the fixed model shape around them."""
+    """The axes of a sweep and the fixed model shape around them.
+
+    Attributes:
+        activations, losses, dtypes, batch_sizes, seeds: the axes; the cells are their
+            product (:meth:`cells`).
+        input_dim, hidden, output_dim: the model of each cell (``hidden`` widths use the
+            cell's activation), unless ``layers`` gives a template (see the module).
+        frameworks: names (``"numpy"``, ``"jax"``, ...) or
+            :class:`~xgrad.frameworks.AbstractFramework` instances, as for
+            :func:`xgrad.compare`; ``None`` means every installed framework. Instances must
+            pickle (a class importable by name) to run in worker processes.
+        rtol: overrides the per-dtype normwise tolerance.
+    """
 
     activations: tuple[str, ...] = field(default_factory=_default_activations)
     losses: tuple[str, ...] = ("sum", "mse")
@@ -50,7 +130,7 @@ class SweepGrid:
     hidden: tuple[int, ...] = (8, 8)
     output_dim: int = 4
     layers: str | None = None
-    frameworks: tuple[str, ...] | None = None
+    frameworks: tuple[str | AbstractFramework, ...] | None = None
     rtol: float | None = None
 
     @classmethod
@@ -88,6 +168,12 @@ class SweepGrid:
         return grid
 
     def validate(self) -> None:
+        """Check every axis and build every cell's model (no framework is imported).
+
+        Raises:
+            InputError: a bad dtype, batch size, seed or width.
+            SpecError: an unknown activation or loss, or a template that does not build.
+        """
         for name in self.activations:
             get_activation(name)
         for name in self.losses:
@@ -119,112 +205,441 @@ class SweepGrid:
             layers = parse_layers(text)
         return MLP(self.input_dim, layers)
 
-    def cells(self) -> list[tuple[str, str, str, int, int]]:
-        return list(
-            itertools.product(
+    def cells(self) -> list[CellConfig]:
+        """Every cell, in grid order: activations, then losses, dtypes, batch sizes, seeds."""
+        return [
+            CellConfig(*c)
+            for c in itertools.product(
                 self.activations, self.losses, self.dtypes, self.batch_sizes, self.seeds
             )
+        ]
+
+    def _framework_entries(self) -> list[str | AbstractFramework]:
+        from xgrad.frameworks.registry import available_frameworks
+
+        if self.frameworks is None:
+            return available_frameworks()
+        if isinstance(self.frameworks, str):  # "numpy,jax", as the flag is written
+            return [p.strip() for p in self.frameworks.split(",") if p.strip()]
+        return list(self.frameworks)
+
+    def framework_names(self) -> list[str]:
+        """The frameworks' names, in order (``None`` lists the installed ones)."""
+        return [
+            e.name if isinstance(e, AbstractFramework) else str(e)
+            for e in self._framework_entries()
+        ]
+
+    def resolved(self) -> SweepGrid:
+        """This grid with ``frameworks`` checked and spelled out (``None`` -> the installed
+        ones, ``tf`` -> ``tensorflow``), importing none of them.
+
+        Raises:
+            FrameworkError: an unknown or repeated name, or none.
+            FrameworkNotInstalledError: a named framework is not installed here.
+        """
+        from xgrad.runner import resolve_frameworks
+
+        entries = self._framework_entries()
+        checked = resolve_frameworks(entries)
+        names = tuple(
+            e if isinstance(e, AbstractFramework) else fw.name
+            for e, fw in zip(entries, checked, strict=True)
         )
+        return replace(self, frameworks=names)
+
+    def model_config(self) -> dict:
+        """What every cell's result depends on besides its own axes (JSON-ready)."""
+        return {
+            "input_dim": self.input_dim,
+            "hidden": list(self.hidden),
+            "output_dim": self.output_dim,
+            "layers": self.layers,
+            "frameworks": self.framework_names(),
+            "rtol": self.rtol,
+        }
+
+    def to_dict(self) -> dict:
+        """The grid as JSON-ready data (the merged report's ``grid``)."""
+        return {
+            "activations": list(self.activations),
+            "losses": list(self.losses),
+            "dtypes": list(self.dtypes),
+            "batch_sizes": list(self.batch_sizes),
+            "seeds": list(self.seeds),
+            **self.model_config(),
+        }
+
+    def cell_key(self, cell: CellConfig) -> str:
+        """A stable name for ``cell`` of this grid: a hash of everything its result depends
+        on (the cell's axes, :meth:`model_config`, the xgrad version and :data:`CELL_SCHEMA`),
+        the same in every process and on every machine. The other axes are not part of it,
+        so a cell keeps its key when the grid around it grows."""
+        digest = hashlib.sha256(_canonical(self._key_payload(cell)).encode()).hexdigest()
+        return digest[:20]
+
+    def _key_payload(self, cell: CellConfig) -> dict:
+        from xgrad import __version__
+
+        return {
+            "schema": CELL_SCHEMA,
+            "xgrad": __version__,
+            "model": self.model_config(),
+            "cell": dict(cell._asdict()),
+        }
+
+
+def _canonical(data) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+# -- one cell -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One cell's configuration and report."""
+    """One cell's configuration and what came of it, as plain data (its JSON form).
+
+    Attributes:
+        activation, loss, dtype, batch, seed: the cell (:class:`CellConfig`).
+        key: :meth:`SweepGrid.cell_key`.
+        status: one of :data:`STATUSES`.
+        worst: ``(rel_norm, framework, entry label)`` of the worst comparison
+            (``inf`` for a non-finite one), or ``None`` without a report.
+        cause: one line: the confirmed causes, where it diverges, or the error.
+        error: ``{"type", "message", "where"}`` for ``error``, ``timeout`` and ``lost``.
+        diagnoses: the report's diagnosis lines.
+        report: the cell's :meth:`xgrad.Report.to_dict` ``(timing=False)``, or ``None``.
+    """
 
     activation: str
     loss: str
     dtype: str
     batch: int
     seed: int
-    report: Report
+    key: str
+    status: str
+    worst: tuple[float, str, str] | None = None
+    cause: str = ""
+    error: dict | None = None
+    diagnoses: tuple[str, ...] = ()
+    report: dict | None = None
 
-    def worst(self) -> tuple[float, str, str]:
-        """(worst rel_norm, framework, entry label) over the cell's report."""
-        best = (-1.0, "", "")
-        for entry in self.report.entries:
-            for fw, m in entry.results.items():
-                value = math.inf if m.status == "nonfinite" else m.rel_norm
-                if value > best[0]:
-                    best = (value, fw, entry.label)
-        return best
+    @property
+    def config(self) -> CellConfig:
+        return CellConfig(self.activation, self.loss, self.dtype, self.batch, self.seed)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "match"
+
+    def to_dict(self) -> dict:
+        worst = None
+        if self.worst is not None:
+            value, fw, label = self.worst
+            worst = {
+                "rel_norm": value if math.isfinite(value) else "inf",
+                "framework": fw,
+                "entry": label,
+            }
+        return {
+            "key": self.key,
+            **self.config._asdict(),
+            "status": self.status,
+            "ok": self.ok,
+            "worst": worst,
+            "cause": self.cause,
+            "error": self.error,
+            "diagnoses": list(self.diagnoses),
+            "report": self.report,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SweepCell:
+        """The cell :meth:`to_dict` wrote (``KeyError``/``TypeError`` when it is not one)."""
+        worst = data["worst"]
+        if worst is not None:
+            value = worst["rel_norm"]
+            worst = (
+                math.inf if value == "inf" else float(value),
+                worst["framework"],
+                worst["entry"],
+            )
+        status = data["status"]
+        if status not in STATUSES:
+            raise KeyError(status)
+        return cls(
+            data["activation"],
+            data["loss"],
+            data["dtype"],
+            int(data["batch"]),
+            int(data["seed"]),
+            key=data["key"],
+            status=status,
+            worst=worst,
+            cause=data["cause"],
+            error=data["error"],
+            diagnoses=tuple(data["diagnoses"]),
+            report=data["report"],
+        )
+
+
+def _worst(report) -> tuple[float, str, str]:
+    best = (-1.0, "", "")
+    for entry in report.entries:
+        for fw, m in entry.results.items():
+            value = math.inf if m.status == "nonfinite" else m.rel_norm
+            if value > best[0]:
+                best = (value, fw, entry.label)
+    return best
+
+
+def _cause(report) -> str:
+    confirmed = [d for d in report.diagnoses if d.confirmed]
+    if confirmed:
+        return "; ".join(
+            dict.fromkeys(f"{d.cause} at {d.layer or 'model'} [{d.framework}]" for d in confirmed)
+        )
+    if report.divergences:
+        first = report.divergences[0]
+        found = "unexplained, " if report.diagnoses else ""
+        return f"{found}diverges at {first.path} ({first.where}) [{first.framework}]"
+    failures = report.failures()
+    if failures:  # no layer comparison to localise it: name the first failing entry
+        entry, fw, m = failures[0]
+        return f"{m.status} of {entry.label} [{fw}]"
+    return ""
+
+
+def run_cell(grid: SweepGrid, cell: CellConfig) -> SweepCell:
+    """Compare every framework on one cell: a pure function of ``grid`` and ``cell``.
+
+    The params, inputs and targets are drawn from ``cell.seed``, so the result is the same
+    in every process. Exceptions propagate (:func:`run_cells` records them).
+    """
+    from xgrad.runner import compare
+
+    spec = grid.spec(cell.activation, cell.loss)
+    x = np.random.default_rng(cell.seed).standard_normal((cell.batch, grid.input_dim))
+    y = random_targets(cell.loss, cell.batch, spec.output_dim, cell.seed)
+    report = compare(
+        spec,
+        x,
+        y,
+        loss=cell.loss,
+        frameworks=list(grid.frameworks) if grid.frameworks is not None else None,
+        dtype=cell.dtype,
+        seed=cell.seed,
+        rtol=grid.rtol,
+        title=cell.title,
+    )
+    failures = report.failures()
+    status = "match" if report.ok else (failures[0][2].status if failures else "mismatch")
+    return SweepCell(
+        *cell,
+        key=grid.cell_key(cell),
+        status=status,
+        worst=_worst(report),
+        cause=_cause(report),
+        diagnoses=tuple(report.diagnosis_lines()),
+        report=report.to_dict(timing=False),
+    )
+
+
+class CellTimeout(BaseException):
+    """Raised inside a cell that ran past its time limit. A BaseException, so that no
+    framework's ``except Exception`` swallows it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[dict]:
+    """Raise :class:`CellTimeout` in this thread once ``seconds`` have passed.
+
+    A watchdog timer sets an asynchronous exception on the thread
+    (``PyThreadState_SetAsyncExc``), which works in a process's main thread and in a Dask
+    worker's threads alike. It is raised at the next Python instruction: a cell stuck in
+    one long native call (a compilation, a BLAS routine) stops when that call returns. The
+    yielded dict's ``fired`` says whether the limit was reached.
+    """
+    state = {"running": True, "fired": False}
+    if seconds is None:
+        yield state
+        return
+    thread_id = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+
+    def fire() -> None:
+        with lock:
+            if state["running"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, ctypes.py_object(CellTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield state
+    finally:
+        timer.cancel()
+        with lock:
+            state["running"] = False
+            if state["fired"]:  # set but not raised yet: take it back
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, None)
+
+
+def _error(exc: BaseException) -> dict:
+    """``{"type", "message", "where"}``: ``where`` is the innermost frame by module name,
+    the same on every machine."""
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        where = f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return {"type": type(exc).__name__, "message": " ".join(str(exc).split()), "where": where}
+
+
+def _failed(grid: SweepGrid, cell: CellConfig, status: str, error: dict, cause: str) -> SweepCell:
+    """The record of a cell without a report."""
+    return SweepCell(*cell, key=grid.cell_key(cell), status=status, cause=cause, error=error)
+
+
+def run_cells(
+    grid: SweepGrid, cells: Sequence[CellConfig], cell_timeout: float | None = None
+) -> list[SweepCell]:
+    """Run ``cells`` one after another here: the task a worker runs.
+
+    A cell that raises is recorded as ``error`` and one that runs past ``cell_timeout``
+    seconds as ``timeout``; the next cell runs either way. Only an interrupt
+    (``KeyboardInterrupt``) stops the task.
+    """
+    out = []
+    for cell in cells:
+        cell = CellConfig(*cell)
+        try:
+            with _time_limit(cell_timeout) as limit:
+                result = run_cell(grid, cell)
+            if limit["fired"]:  # raised, and caught by the framework
+                raise CellTimeout
+        except CellTimeout:
+            cause = f"timed out after {cell_timeout:g} s"
+            error = {"type": "CellTimeout", "message": cause, "where": ""}  # where varies
+            result = _failed(grid, cell, "timeout", error, cause)
+        except Exception as exc:
+            error = _error(exc)
+            result = _failed(grid, cell, "error", error, f"{error['type']}: {error['message']}")
+        out.append(result)
+    return out
+
+
+def chunks(cells: Sequence[CellConfig], size: int = CHUNK_CELLS) -> list[list[CellConfig]]:
+    """``cells`` (of one grid, so of one set of frameworks) in tasks of at most ``size``,
+    each holding cells of one model (activation and loss), in order: a worker builds and
+    compiles a model once for the cells of its task, and keeps those builds for later
+    tasks."""
+    out: list[list[CellConfig]] = []
+    for _, group in itertools.groupby(cells, key=lambda c: (c.activation, c.loss)):
+        group = list(group)
+        out += [group[i : i + size] for i in range(0, len(group), size)]
+    return out
+
+
+# -- the result ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SweepResult:
+    """Every cell of a grid, in grid order: what ``xgrad sweep`` prints and writes.
+
+    Attributes:
+        grid: the grid, its frameworks spelled out (:meth:`SweepGrid.resolved`).
+        cells: one :class:`SweepCell` per cell of the grid, in grid order.
+        computed: how many cells this run computed.
+        resumed: how many it took from ``out/cells/`` instead.
+    """
+
     grid: SweepGrid
     cells: tuple[SweepCell, ...]
+    computed: int = field(default=0, compare=False)
+    resumed: int = field(default=0, compare=False)
 
     @property
     def ok(self) -> bool:
-        return all(c.report.ok for c in self.cells)
+        return all(c.ok for c in self.cells)
+
+    def counts(self) -> dict[str, int]:
+        """Cells per status, every status listed (in :data:`STATUSES` order)."""
+        return {s: sum(c.status == s for c in self.cells) for s in STATUSES}
+
+    def summary(self) -> str:
+        counts = {s: n for s, n in self.counts().items() if n and s != "match"}
+        bad = sum(counts.values())
+        if not bad:
+            return f"OK: every cell matches ({len(self.cells)} cells)"
+        verdict = "MISMATCH" if counts.keys() & {"mismatch", "nonfinite"} else "FAILED"
+        what = ", ".join(f"{n} {s}" for s, n in counts.items())
+        return f"{verdict}: {bad} of {len(self.cells)} cells ({what})"
+
+    def diagnosis_lines(self) -> list[str]:
+        lines = [line for c in self.cells for line in c.diagnoses]
+        lines += [f"{c.status}: {c.config.title}: {c.cause}" for c in self.cells if c.error]
+        return lines
+
+    def rows(self) -> Iterator[tuple[SweepCell, str, str]]:
+        """``(cell, worst rel norm, where)`` per cell, formatted for tables."""
+        from xgrad.report.data import fmt
+
+        for c in self.cells:
+            if c.worst is None:
+                yield c, "-", "-"
+            else:
+                value, fw, label = c.worst
+                yield c, fmt(value), f"{fw}: {label}"
 
     def print(self, console) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from xgrad.report.data import fmt as _fmt
-
         table = Table(title="xgrad sweep: worst normwise error per cell", title_justify="left")
-        for col in (
-            "activation",
-            "loss",
-            "dtype",
-            "batch",
-            "seed",
-            "worst rel norm",
-            "where",
-            "status",
-        ):
+        columns = ("activation", "loss", "dtype", "batch", "seed", "worst rel norm", "where")
+        for col in (*columns, "status", "cause"):
             table.add_column(
                 col, justify="right" if col in ("batch", "seed", "worst rel norm") else "left"
             )
-        for c in self.cells:
-            value, fw, label = c.worst()
-            failures = c.report.failures()
-            status = "match" if c.report.ok else (failures[0][2].status if failures else "mismatch")
-            style = {"match": "green", "mismatch": "bold red"}.get(status, "bold magenta")
+        for c, value, where in self.rows():
+            style = {"match": "green", "mismatch": "bold red"}.get(c.status, "bold magenta")
             table.add_row(
                 c.activation,
                 c.loss,
                 c.dtype,
                 str(c.batch),
                 str(c.seed),
-                _fmt(value),
-                escape(f"{fw}: {label}"),
-                f"[{style}]{status}[/]",
+                value,
+                escape(where),
+                f"[{style}]{c.status}[/]",
+                escape(c.cause),
             )
         console.print(table)
-        bad = sum(not c.report.ok for c in self.cells)
-        verdict = (
-            "[green]OK: every cell matches[/]"
-            if not bad
-            else f"[bold red]MISMATCH: {bad} of {len(self.cells)} cells[/]"
-        )
-        console.print(verdict)
-
-    def summary(self) -> str:
-        bad = sum(not c.report.ok for c in self.cells)
-        if not bad:
-            return f"OK: every cell matches ({len(self.cells)} cells)"
-        return f"MISMATCH: {bad} of {len(self.cells)} cells"
-
-    def diagnosis_lines(self) -> list[str]:
-        return [line for c in self.cells for line in c.report.diagnosis_lines()]
+        style = "green" if self.ok else "bold red"
+        console.print(f"[{style}]{escape(self.summary())}[/]")
 
     def to_markdown(self, path: str | os.PathLike | None = None) -> str:
-        """A Markdown table: the worst normwise error, where, and the status per cell."""
-        from xgrad.report.data import fmt
+        """A Markdown table: the worst normwise error, where, the status and the cause per
+        cell; also written to ``path`` (atomically) when given."""
+
+        def cell_text(text: str) -> str:
+            return text.replace("|", "\\|")
 
         lines = [
-            "| activation | loss | dtype | batch | seed | worst rel norm | where | status |",
-            "|---|---|---|---:|---:|---:|---|---|",
+            "| activation | loss | dtype | batch | seed | worst rel norm | where | status "
+            "| cause |",
+            "|---|---|---|---:|---:|---:|---|---|---|",
         ]
-        for c in self.cells:
-            value, fw, label = c.worst()
-            status = "match" if c.report.ok else "**mismatch**"
+        for c, value, where in self.rows():
+            status = c.status if c.ok else f"**{c.status}**"
             lines.append(
-                f"| {c.activation} | {c.loss} | {c.dtype} | {c.batch} | {c.seed} | "
-                f"{fmt(value)} | {fw}: {label} | {status} |"
+                f"| {c.activation} | {c.loss} | {c.dtype} | {c.batch} | {c.seed} | {value} | "
+                f"{cell_text(where)} | {status} | {cell_text(c.cause)} |"
             )
         text = "\n".join([*lines, "", f"**{self.summary()}**", ""])
         if path is not None:
@@ -232,26 +647,15 @@ class SweepResult:
         return text
 
     def to_dict(self) -> dict:
-        cells = []
-        for c in self.cells:
-            value, fw, label = c.worst()
-            cells.append(
-                {
-                    "activation": c.activation,
-                    "loss": c.loss,
-                    "dtype": c.dtype,
-                    "batch": c.batch,
-                    "seed": c.seed,
-                    "ok": c.report.ok,
-                    "worst": {
-                        "rel_norm": value if math.isfinite(value) else "inf",
-                        "framework": fw,
-                        "entry": label,
-                    },
-                    "report": c.report.to_dict(timing=False),
-                }
-            )
-        return {"schema": "xgrad.sweep/1", "ok": self.ok, "cells": cells}
+        """The merged report (schema :data:`SCHEMA`): the same bytes for the same grid,
+        whichever workers ran it and whether it was resumed (no timing, no host)."""
+        return {
+            "schema": SCHEMA,
+            "ok": self.ok,
+            "grid": self.grid.to_dict(),
+            "counts": {"cells": len(self.cells), **self.counts()},
+            "cells": [c.to_dict() for c in self.cells],
+        }
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
@@ -260,40 +664,312 @@ class SweepResult:
         return text
 
 
-def run_sweep(grid: SweepGrid, *, progress: bool = False) -> SweepResult:
-    """Run :func:`xgrad.compare` on every cell of ``grid``."""
-    from xgrad.runner import compare, resolve_frameworks
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was interrupted (Ctrl-C); the cells it finished are kept in ``out``.
 
-    adapters = resolve_frameworks(None if grid.frameworks is None else list(grid.frameworks))
-    cells = grid.cells()
-    results = []
-    bar = None
-    if progress:
-        from rich.progress import Progress
+    Attributes:
+        finished: cells finished (computed or resumed) before the interrupt.
+        total: cells in the grid.
+        out: the output folder, or ``None``.
+    """
 
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("sweep", total=len(cells))
+    def __init__(self, finished: int, total: int, out: Path | None):
+        self.finished, self.total, self.out = finished, total, out
+        if out is None:
+            where = "not kept (no output folder); run with --out DIR to make a sweep resumable"
+        else:
+            where = f"kept in {str(out)!r}; run the same sweep again to resume"
+        super().__init__(f"{finished} of {total} cells finished, {where}")
+
+
+# -- the output folder --------------------------------------------------------------------------
+
+
+class _Store:
+    """``out/cells/<cell>-<key>.json`` per finished cell; ``out/sweep.json`` and
+    ``out/sweep.md`` once all are done."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.cells = self.folder / "cells"
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(f"output folder {str(self.folder)!r} is a file; give a folder")
+        try:
+            self.cells.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {str(self.cells)!r}: {exc.strerror}") from None
+
+    def path(self, cell: CellConfig, key: str) -> Path:
+        name = f"{cell.activation}-{cell.loss}-{cell.dtype}-b{cell.batch}-s{cell.seed}"
+        return self.cells / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{key}.json"
+
+    def load(self, grid: SweepGrid, cell: CellConfig, key: str) -> SweepCell | None:
+        """The cell's file if it holds a report of exactly this cell; else ``None``."""
+        try:
+            data = json.loads(self.path(cell, key).read_text(encoding="utf-8"))
+            if (
+                data["schema"] != CELL_SCHEMA
+                or data["key"] != key
+                or _canonical(data["config"]) != _canonical(grid._key_payload(cell))
+            ):
+                return None
+            found = SweepCell.from_dict(data["cell"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing, half-written by another tool, or from another version
+        return found if found.status in KEPT and found.config == cell else None
+
+    def write(self, grid: SweepGrid, cell: SweepCell) -> None:
+        data = {
+            "schema": CELL_SCHEMA,
+            "key": cell.key,
+            "config": grid._key_payload(cell.config),
+            "cell": cell.to_dict(),
+        }
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        atomic_write(self.path(cell.config, cell.key), lambda f: f.write(text), binary=False)
+
+    def write_merged(self, result: SweepResult) -> None:
+        result.to_json(self.folder / "sweep.json")
+        result.to_markdown(self.folder / "sweep.md")
+
+
+# -- running the grid ---------------------------------------------------------------------------
+
+
+class _Bar:
+    """A rich progress bar over the cells, with the running count of mismatches."""
+
+    def __init__(self, enabled: bool, total: int, done: Sequence[SweepCell]):
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("cells, {task.fields[bad]} mismatched, {task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self.task = self.progress.add_task("sweep", total=total, bad=0, failed=0)
+        self.bad = self.failed = 0
+        self.advance(done)
+
+    def advance(self, cells: Sequence[SweepCell]) -> None:
+        if self.progress is None:
+            return
+        self.bad += sum(c.status in ("mismatch", "nonfinite") for c in cells)
+        self.failed += sum(c.status in ("error", "timeout", "lost") for c in cells)
+        self.progress.update(self.task, advance=len(cells), bad=self.bad, failed=self.failed)
+
+    def __enter__(self) -> _Bar:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _init_worker() -> None:
+    """In each local worker process: Ctrl-C is the parent's to handle (it stops the
+    workers), and TensorFlow's start-up logging stays quiet."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _local_pool(workers: int) -> ProcessPoolExecutor:
+    # "spawn": a fresh interpreter per worker, never a fork of a parent whose JAX,
+    # TensorFlow or BLAS threads are running.
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+    )
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a local pool at once: queued tasks are cancelled, running ones abandoned."""
+    if sys.version_info >= (3, 14):
+        pool.terminate_workers()
+        return
+    processes = list((pool._processes or {}).values())  # no public way before 3.14
+    for process in processes:
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_here(grid, todo, cell_timeout, finish) -> None:
+    for cell in todo:
+        finish(run_cells(grid, [cell], cell_timeout))
+
+
+def _run_on(executor: Executor, grid, todo, cell_timeout, finish) -> None:
+    pending: dict[Future, list[CellConfig]] = {
+        executor.submit(run_cells, grid, task, cell_timeout): task for task in chunks(todo)
+    }
     try:
-        for activation, loss, dtype, batch, seed in cells:
-            spec = grid.spec(activation, loss)
-            x = np.random.default_rng(seed).standard_normal((batch, grid.input_dim))
-            y = random_targets(loss, batch, spec.output_dim, seed)
-            report = compare(
-                spec,
-                x,
-                y,
-                loss=loss,
-                frameworks=adapters,
-                dtype=dtype,
-                seed=seed,
-                rtol=grid.rtol,
-                title=f"{activation} / {loss} / {dtype} / batch {batch} / seed {seed}",
-            )
-            results.append(SweepCell(activation, loss, dtype, batch, seed, report))
-            if bar is not None:
-                bar.advance(task)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = pending.pop(future)
+                try:
+                    cells = future.result()
+                except Exception as exc:  # the worker died, or the task could not be sent
+                    error = _error(exc)
+                    cause = f"worker lost: {error['type']}: {error['message']}"
+                    cells = [_failed(grid, c, "lost", error, cause) for c in task]
+                finish(cells)
     finally:
-        if bar is not None:
-            bar.stop()
-    return SweepResult(grid, tuple(results))
+        for future in pending:
+            future.cancel()
+
+
+def run_sweep(
+    grid: SweepGrid,
+    *,
+    executor: Executor | None = None,
+    workers: int = 1,
+    out: str | os.PathLike | None = None,
+    cell_timeout: float | None = None,
+    progress: bool = False,
+    on_cell: Callable[[SweepCell], None] | None = None,
+) -> SweepResult:
+    """Run :func:`xgrad.compare` on every cell of ``grid``.
+
+    Args:
+        grid: the grid.
+        executor: any :class:`concurrent.futures.Executor` to run the cells on, e.g.
+            ``dask.distributed.Client(address).get_executor()`` (see :func:`dask_executor`);
+            the caller owns it. Cells of one model go as one task (:func:`chunks`).
+        workers: with no ``executor``: ``1`` runs the cells here, one after another; ``N``
+            runs them on ``N`` local worker processes (started with ``spawn``, stopped at
+            the end). The frameworks are imported in the workers only.
+        out: a folder. Each finished cell is written to ``out/cells/`` as it completes
+            (atomically); cells already there with a report are not run again (a cell is
+            found by :meth:`SweepGrid.cell_key`); ``out/sweep.json`` and ``out/sweep.md``
+            are written once every cell is done.
+        cell_timeout: seconds a cell may run; one that runs longer is recorded as
+            ``timeout`` and the sweep goes on.
+        progress: show a progress bar counting cells and mismatches.
+        on_cell: called here with each cell this run computes, once it is written.
+
+    Returns:
+        A :class:`SweepResult` with every cell in grid order.
+
+    Raises:
+        InputError: conflicting or out-of-range options.
+        FrameworkError: an unknown framework, or one not installed here.
+        OutputError: ``out`` cannot be created.
+        SweepInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), once the workers are
+            stopped; the cells finished so far are in ``out``.
+
+    Example:
+        >>> from xgrad.sweep import SweepGrid, run_sweep
+        >>> grid = SweepGrid(activations=("relu",), losses=("mse",), frameworks=("numpy",))
+        >>> run_sweep(grid).summary()
+        'OK: every cell matches (4 cells)'
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    if executor is not None and workers != 1:
+        raise InputError(
+            f"conflicting options: executor and workers={workers} (the executor's workers "
+            "run the cells); give one"
+        )
+    if cell_timeout is not None and not cell_timeout > 0:
+        raise InputError(f"cell_timeout must be a positive number of seconds, got {cell_timeout}")
+    grid = grid.resolved()
+    store = None if out is None else _Store(out)
+    configs = grid.cells()
+    keys = [grid.cell_key(c) for c in configs]
+    found: dict[str, SweepCell] = {}
+    if store is not None:
+        for cell, key in zip(configs, keys, strict=True):
+            loaded = store.load(grid, cell, key)
+            if loaded is not None:
+                found[key] = loaded
+    resumed = len(found)
+    todo = [c for c, k in zip(configs, keys, strict=True) if k not in found]
+    try:
+        with _Bar(progress, len(configs), list(found.values())) as bar:
+
+            def finish(cells: list[SweepCell]) -> None:
+                for cell in cells:
+                    if store is not None:
+                        store.write(grid, cell)
+                    found[cell.key] = cell
+                bar.advance(cells)
+                for cell in cells:
+                    if on_cell is not None:
+                        on_cell(cell)
+
+            if not todo:
+                pass
+            elif executor is not None:
+                _run_on(executor, grid, todo, cell_timeout, finish)
+            elif workers == 1:
+                _run_here(grid, todo, cell_timeout, finish)
+            else:
+                pool = _local_pool(workers)
+                try:
+                    _run_on(pool, grid, todo, cell_timeout, finish)
+                except BaseException:
+                    _stop_pool(pool)
+                    raise
+                pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        folder = None if store is None else store.folder
+        raise SweepInterrupted(len(found), len(configs), folder) from None
+    result = SweepResult(
+        grid,
+        tuple(found[k] for k in keys),
+        computed=len(configs) - resumed,
+        resumed=resumed,
+    )
+    if store is not None:
+        store.write_merged(result)
+    return result
+
+
+@contextlib.contextmanager
+def dask_executor(address: str, *, timeout: float = 10.0) -> Iterator[Executor]:
+    """An executor on the running Dask scheduler at ``address``, closed afterwards.
+
+    Args:
+        address: the scheduler's address, e.g. ``tcp://10.0.0.5:8786``.
+        timeout: seconds to wait for the scheduler to answer.
+
+    Raises:
+        InputError: ``dask.distributed`` is not installed, or the scheduler cannot be
+            reached.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InputError(
+            "--scheduler needs dask.distributed; install it with: pip install 'xgrad[dask]'"
+        ) from None
+    try:
+        client = Client(address, timeout=f"{timeout}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        raise InputError(
+            f"cannot reach the Dask scheduler at {address!r}: {message}; start one with "
+            "'dask scheduler' and check the address it prints"
+        ) from None
+    try:
+        yield client.get_executor()
+    finally:
+        client.close()
