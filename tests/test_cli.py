@@ -417,3 +417,36 @@ def test_port_refuses_code_and_broken_files(capsys, tmp_path):
     )
     assert code == 2 and "choose one of numpy, jax, flax, tensorflow, torch" in err
     assert not (tmp_path / "linen.npz").exists()  # refused before anything is written
+
+
+@needs_all
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_port_to_torch_writes_a_state_dict_torch_loads(capsys, tmp_path, suffix):
+    """The file is checked with torch's own loading, independently of xgrad: a module
+    written the PyTorch way loads it strictly and computes the Keras model's output."""
+    import keras
+    import torch
+
+    model = _save_keras(tmp_path / "m.keras")
+    out = tmp_path / f"p{suffix}"
+    code, text, err = run(capsys, "port", str(model), "--to", "torch", "--out", str(out))
+    assert code == 0, err
+    assert "a PyTorch state_dict); round trip bit-exact" in text
+    if suffix == ".pt":
+        state = torch.load(out, weights_only=True)
+    else:
+        import safetensors.torch
+
+        state = safetensors.torch.load_file(out)
+    module = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU()),
+        torch.nn.Dropout(0.2),
+        torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Softmax(dim=-1)),
+    )
+    module.load_state_dict(state, strict=True)
+    module.eval()
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    expected = keras.saving.load_model(model, safe_mode=True)(x)
+    np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5)
+    code, _, err = run(capsys, "port", str(model), "--to", "flax", "--out", str(tmp_path / "q.pt"))
+    assert code == 2 and ".pt files are for --to torch" in err

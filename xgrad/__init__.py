@@ -8,6 +8,7 @@ imported when it is first asked for.
 from xgrad import testing
 from xgrad.activations import ACTIVATIONS, get_activation
 from xgrad.align import align
+from xgrad.backends import compare_backends
 from xgrad.convert import convert
 from xgrad.errors import (
     AlignmentError,
@@ -49,6 +50,7 @@ from xgrad.params import Params, check_params, init_params, load_params, save_pa
 from xgrad.report import Entry, LayerEntry, Report
 from xgrad.runner import compare, compare_models
 from xgrad.spec import MLP
+from xgrad.training import TrainingReport, compare_training
 
 __version__ = "0.2.0"
 
@@ -90,13 +92,16 @@ __all__ = [
     "Report",
     "Residual",
     "SpecError",
+    "TrainingReport",
     "XgradError",
     "__version__",
     "align",
     "available_frameworks",
     "check_params",
     "compare",
+    "compare_backends",
     "compare_models",
+    "compare_training",
     "convert",
     "get_activation",
     "get_adapter",

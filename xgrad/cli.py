@@ -1,4 +1,5 @@
-"""The ``xgrad`` command line: ``compare``, ``examples``, ``sweep``, ``port``.
+"""The ``xgrad`` command line: ``compare``, ``examples``, ``sweep``, ``port``, ``backends``,
+``train-compare``.
 
 Exit status: 0 when every gradient matches, 1 on any mismatch or non-finite gradient, 2 on
 bad usage or input (one line ``error: ...`` on stderr, never a traceback). Only the
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import re
 import sys
 import tomllib
 import zipfile
@@ -36,25 +36,29 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # one line, exit 2, no usage dump
-        raise _UsageError(f"{message}{_did_you_mean(self, message)} (see '{self.prog} --help')")
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _options(parser: argparse.ArgumentParser) -> list[str]:
-    out = []
+def _command_parser(parser: argparse.ArgumentParser, command: str | None):
     for action in parser._actions:
-        out += [o for o in action.option_strings if o.startswith("--")]
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                out += _options(sub)
-    return out
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
-def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
-    match = re.search(r"unrecognized arguments: (\S+)", message)
-    if not match:
-        return ""
-    close = difflib.get_close_matches(match.group(1).split("=")[0], set(_options(parser)), n=1)
-    return f"; did you mean {close[0]}?" if close else ""
+def _known(parser: argparse.ArgumentParser, command: str | None, word: str) -> bool:
+    flag = word.split("=")[0]
+    sub = _command_parser(parser, command)
+    return any(flag in a.option_strings for p in (parser, sub) for a in p._actions)
+
+
+def _unrecognized(parser: argparse.ArgumentParser, command: str | None, extra: list[str]):
+    """The one-line error for flags a command does not take, with the closest flag it does."""
+    sub = _command_parser(parser, command)
+    flags = [o for action in sub._actions for o in action.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(extra[0].split("=")[0], flags, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return _UsageError(f"unrecognized arguments: {' '.join(extra)}{hint} (see '{sub.prog} --help')")
 
 
 # -- parsing helpers ---------------------------------------------------------------------
@@ -290,7 +294,9 @@ def cmd_examples(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from xgrad.sweep import SweepGrid, run_sweep
+    import contextlib
+
+    from xgrad.sweep import SweepGrid, SweepInterrupted, dask_executor, run_sweep
 
     _check_outputs(args)
     config = {}
@@ -316,7 +322,29 @@ def cmd_sweep(args) -> int:
         "rtol": args.rtol,
     }
     grid = SweepGrid.from_mapping({**config, **{k: v for k, v in flags.items() if v is not None}})
-    result = run_sweep(grid, progress=not (args.no_progress or args.quiet))
+    if args.workers < 1:
+        raise InputError(f"--workers must be a positive integer, got {args.workers}")
+    if args.scheduler and args.workers != 1:
+        raise InputError(
+            "conflicting flags: --workers and --scheduler (the Dask cluster's workers run "
+            "the cells); drop one"
+        )
+    if args.cell_timeout is not None and not args.cell_timeout > 0:
+        raise InputError(f"--cell-timeout must be a positive number, got {args.cell_timeout}")
+    runner = dask_executor(args.scheduler) if args.scheduler else contextlib.nullcontext()
+    try:
+        with runner as executor:
+            result = run_sweep(
+                grid,
+                executor=executor,
+                workers=args.workers,
+                out=args.out_dir,
+                cell_timeout=args.cell_timeout,
+                progress=not (args.no_progress or args.quiet),
+            )
+    except SweepInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     _show(result, args, _console())
     return EXIT_OK if result.ok else EXIT_MISMATCH
 
@@ -325,11 +353,20 @@ def cmd_port(args) -> int:
     import xgrad
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".npz", ".safetensors"):
-        raise InputError(f"--out {args.out!r}: the name must end in .npz or .safetensors")
     _check_outputs(args)
     if args.to not in PORT_TARGETS:  # before anything is written or imported
         raise InputError(f"--to {args.to!r}: choose one of {', '.join(PORT_TARGETS)}")
+    suffix = out.suffix.lower()
+    state_dict = args.to == "torch" and suffix in (".pt", ".pth", ".safetensors")
+    if suffix in (".pt", ".pth") and args.to != "torch":
+        raise InputError(
+            f"--out {args.out!r}: .pt files are for --to torch; use .npz or .safetensors"
+        )
+    if suffix not in (".npz", ".safetensors", ".pt", ".pth"):
+        raise InputError(
+            f"--out {args.out!r}: the name must end in .npz or .safetensors (or .pt with "
+            "--to torch)"
+        )
     model_path = Path(args.model)
     if not model_path.is_file():
         raise InputError(f"model file {args.model!r} does not exist")
@@ -348,12 +385,17 @@ def cmd_port(args) -> int:
     source = xgrad.read_model(keras_model)
     spec = spec_of(source)
     weights = source.weights()
-    xgrad.save_params(out, weights)
-    loaded = xgrad.load_params(out)
-    round_trip = list(loaded) == list(weights) and all(
-        np.array_equal(loaded[k], np.asarray(weights[k], dtype=np.float64)) for k in weights
-    )
-    candidate = get(args.to).build(spec, loaded, dtype=source.dtype).native
+    if state_dict:  # torch's own names and layout, read back into a freshly built module
+        candidate, round_trip, count = _port_state_dict(spec, weights, source.dtype, out)
+        kind = "a PyTorch state_dict"
+    else:
+        xgrad.save_params(out, weights)
+        loaded = xgrad.load_params(out)
+        round_trip = list(loaded) == list(weights) and all(
+            np.array_equal(loaded[k], np.asarray(weights[k], dtype=np.float64)) for k in weights
+        )
+        candidate = get(args.to).build(spec, loaded, dtype=source.dtype).native
+        count, kind = len(weights), "canonical names"
     x = np.random.default_rng(args.seed).standard_normal((args.batch, *spec.input_shape))
     from xgrad.losses import random_targets
 
@@ -370,11 +412,126 @@ def cmd_port(args) -> int:
     console = _console()
     _show(report, args, console)
     console.print(
-        f"weights written to {out} ({len(weights)} arrays, canonical names); round trip "
+        f"weights written to {out} ({count} arrays, {kind}); round trip "
         f"{'bit-exact' if round_trip else 'NOT bit-exact'}",
         highlight=False,
     )
     return EXIT_OK if report.ok and round_trip else EXIT_MISMATCH
+
+
+def _port_state_dict(spec, weights, dtype: str, out: Path):
+    """Write the torch build's ``state_dict`` to ``out``, read it back (``weights_only``) into
+    a module built from other weights; ``(module, round trip bit-exact, tensor count)``."""
+    import torch
+
+    import xgrad
+    from xgrad.frameworks.torch.files import load_state_dict, save_state_dict
+
+    torch_fw = xgrad.get_framework("torch")
+    written = torch_fw.native_weights(torch_fw.build(spec, weights, dtype=dtype))
+    save_state_dict(out, written)
+    loaded = load_state_dict(out)
+    round_trip = set(loaded) == set(written) and all(
+        torch.equal(loaded[k], written[k]) for k in written
+    )
+    fresh = torch_fw.build(spec, xgrad.init_params(spec, seed=1), dtype=dtype).native
+    fresh.load_state_dict(loaded, strict=True)
+    return fresh, round_trip, len(written)
+
+
+def cmd_backends(args) -> int:
+    from xgrad.backends import compare_backends
+
+    _check_outputs(args)
+    if args.batch <= 0:
+        raise InputError(f"--batch must be a positive integer, got {args.batch}")
+    if args.timeout <= 0:
+        raise InputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise InputError(f"model file {args.model!r} does not exist")
+    if model_path.suffix.lower() != ".keras":
+        raise InputError(f"model file {args.model!r}: expected a .keras file (Keras 3 format)")
+    if "keras" not in sys.modules:  # this process reads the file with Keras on TensorFlow
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+    report = compare_backends(
+        args.model,
+        args.backends,
+        batch=args.batch,
+        seed=args.seed,
+        loss=args.loss,
+        rtol=args.rtol,
+        title=args.title,
+        timeout=args.timeout,
+    )
+    _show(report, args, _console())
+    return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+def cmd_train_compare(args) -> int:
+    import xgrad
+    from xgrad.losses import random_targets
+    from xgrad.training import OptimizerSpec, compare_training
+    from xgrad.training.optimizers import optimizer_for
+
+    _check_outputs(args)
+    if args.steps <= 0:
+        raise InputError(f"--steps must be a positive integer, got {args.steps}")
+    if args.batch <= 0:
+        raise InputError(f"--batch must be a positive integer, got {args.batch}")
+    ref_opt = OptimizerSpec.parse(args.optimizer)
+    cand_opt = OptimizerSpec.parse(args.port_optimizer) if args.port_optimizer else ref_opt
+    loss = args.loss or "mse"
+    get = xgrad.get_framework
+    to = get(args.to).name  # known and installed, before anything is loaded
+    if args.model is not None:
+        for flag, value in (("--layers", args.layers), ("--dtype", args.dtype)):
+            if value is not None:
+                raise InputError(
+                    f"conflicting flags: MODEL.keras and {flag} (the file gives the model and "
+                    "its dtype); drop one"
+                )
+        if args.source not in (None, "tensorflow", "tf", "keras"):
+            raise InputError(f"conflicting flags: MODEL.keras and --from {args.source}")
+        from xgrad.convert import spec_of
+        from xgrad.frameworks.tensorflow import load_keras_file
+
+        reference = load_keras_file(args.model)
+        source = xgrad.read_model(reference)
+        spec, dtype, ref_fw = spec_of(source), source.dtype, "tensorflow"
+        weights = xgrad.load_params(args.weights) if args.weights else source.weights()
+        candidate = get(to).build(spec, weights, dtype=dtype)
+        transfer = args.weights is None
+    else:
+        if args.layers is None or args.input_dim is None:
+            raise InputError("give a MODEL.keras file, or --layers and --input-dim")
+        spec = xgrad.MLP(
+            _shape(args.input_dim), parse_layers(args.layers, use_bias=not args.no_bias)
+        )
+        ref_fw = get(args.source or "numpy").name
+        dtype = args.dtype or "float32"
+        params = xgrad.load_params(args.weights) if args.weights else None
+        reference = get(ref_fw).build(spec, params, dtype=dtype, seed=args.seed)
+        candidate = get(to).build(spec, params, dtype=dtype, seed=args.seed)
+        transfer = False
+    x = np.random.default_rng(args.seed).standard_normal((args.batch, *spec.input_shape))
+    y = random_targets(loss, args.batch, spec.output_dim, args.seed)
+    report = compare_training(
+        reference,
+        candidate,
+        x,
+        y,
+        loss=loss,
+        optimizers=(optimizer_for(ref_fw, ref_opt), optimizer_for(to, cand_opt)),
+        steps=args.steps,
+        transfer=transfer,
+        rtol=args.rtol,
+        explain=args.explain,
+        title=args.title
+        or f"{args.model or ref_fw} ({ref_opt.text()}) -> {to} ({cand_opt.text()})",
+    )
+    _show(report, args, _console())
+    return EXIT_OK if report.ok else EXIT_MISMATCH
 
 
 # -- the parser --------------------------------------------------------------------------
@@ -391,7 +548,7 @@ def _seed(text: str) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from xgrad.frameworks.base import DTYPES
+    from xgrad.frameworks.base import ALL_DTYPES
 
     p.add_argument(
         "--frameworks",
@@ -402,8 +559,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default="float32",
-        choices=DTYPES,
-        help="the dtype every framework computes in (default float32)",
+        choices=ALL_DTYPES,
+        help="the dtype every framework computes in (default float32; 16-bit: jax, flax, "
+        "tensorflow, torch)",
     )
     p.add_argument("--seed", type=_seed, default=0, help="seed of params, inputs and targets")
     p.add_argument(
@@ -505,6 +663,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameworks", default=None, metavar="LIST", help="default: all installed")
     p.add_argument("--rtol", type=float, default=None, help="normwise tolerance override")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the cells on N local worker processes (default 1: here, one by one)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the cells on the Dask cluster whose scheduler is at ADDRESS, e.g. "
+        "tcp://10.0.0.5:8786 (pip install 'xgrad[dask]')",
+    )
+    p.add_argument(
+        "--out",
+        dest="out_dir",
+        metavar="DIR",
+        help="write each finished cell to DIR/cells/ and, at the end, DIR/sweep.json and "
+        "DIR/sweep.md; a re-run with the same DIR skips the finished cells",
+    )
+    p.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="record a cell that runs longer than S seconds as timed out and go on",
+    )
     _outputs(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -518,7 +703,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file")
     p.add_argument("--to", required=True, help="numpy, jax, flax, tensorflow or torch")
     p.add_argument(
-        "--out", required=True, metavar="PATH", help="weights file: .safetensors or .npz"
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="weights file: .npz or .safetensors in canonical names; with --to torch, .pt or "
+        ".safetensors hold the module's state_dict",
     )
     p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random input")
@@ -530,6 +719,93 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _outputs(p)
     p.set_defaults(func=cmd_port)
+
+    p = sub.add_parser(
+        "backends",
+        help="one .keras file under Keras' TensorFlow, JAX and PyTorch backends",
+        description="Load one .keras file (safe mode) under each Keras backend, each in its "
+        "own process, compute the gradients of the same weights on the same seeded batch, and "
+        "report them side by side against xgrad's float64 NumPy model of its layers. Exit 0: "
+        "every backend matches; 1: one does not; 2: error.",
+    )
+    p.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file")
+    p.add_argument(
+        "--backends",
+        default="tensorflow,jax,torch",
+        help="comma-separated Keras backends (default tensorflow,jax,torch)",
+    )
+    p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the input and targets")
+    p.add_argument(
+        "--loss",
+        choices=list(LOSSES),
+        default="projection",
+        help="default: projection, sum(output * r) for a seeded random r (never degenerate)",
+    )
+    p.add_argument("--rtol", type=float, default=None, help="override the normwise tolerance")
+    p.add_argument("--title", default=None, help="a heading for the report")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds the backends' processes may take together (default 600)",
+    )
+    _outputs(p)
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser(
+        "train-compare",
+        help="train a model and its port side by side and find where the weights part",
+        description="Run N optimizer steps of a .keras model (or a --layers model built in "
+        "--from) and of its port in --to, each with its own framework's optimizer, beside a "
+        "float64 NumPy referee; report the first step and weight where they part and the "
+        "optimizer convention behind it. Exit 0: the weights agree; 1: they part; 2: error.",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL.keras", help="a Keras 3 model file")
+    p.add_argument("--to", required=True, help="the port's framework: numpy, jax, flax, torch...")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="the reference's framework for --layers (default numpy)",
+    )
+    p.add_argument("--weights", metavar="FILE", help="canonical weights (.npz / .safetensors)")
+    p.add_argument("--layers", metavar="SPEC", help="a built-in model instead of MODEL.keras")
+    p.add_argument("--input-dim", help="input features (10) or example shape (28x28)")
+    p.add_argument("--no-bias", action="store_true", help="Dense layers without bias")
+    p.add_argument(
+        "--optimizer",
+        required=True,
+        metavar="SPEC",
+        help="the reference's optimizer, NAME[:KEY=VALUE,...], e.g. adam:lr=1e-3,eps=1e-7 "
+        "(sgd, adam, adamw, rmsprop); options left out take its framework's defaults",
+    )
+    p.add_argument(
+        "--port-optimizer",
+        metavar="SPEC",
+        default=None,
+        help="the port's optimizer (default: the same SPEC, with the port framework's defaults)",
+    )
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps (default 10)")
+    p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
+    p.add_argument("--loss", choices=list(LOSSES), default=None, help="default: mse")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help="for --layers (default float32)",
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="seed of weights, input and targets")
+    p.add_argument("--rtol", type=float, default=None, help="base tolerance (grows as sqrt(step))")
+    p.add_argument("--title", default=None, help="a heading for the report")
+    p.add_argument(
+        "--explain",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="diagnose the first divergence (default: when the weights part)",
+    )
+    _outputs(p, plot=True)
+    p.set_defaults(func=cmd_train_compare)
     return parser
 
 
@@ -538,7 +814,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any framework is imported
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        command = next((w for w in words if not w.startswith("-")), None)
+        unknown = [w for w in words if w.startswith("--") and not _known(parser, command, w)]
+        if unknown:  # before argparse's own checks, which would only say what is missing
+            raise _unrecognized(parser, command, unknown)
+        args, extra = parser.parse_known_args(words)
+        if extra:
+            raise _unrecognized(parser, args.command, extra)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

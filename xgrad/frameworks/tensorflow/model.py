@@ -101,6 +101,15 @@ class KerasModel(AbstractModel):
         """The Keras model holding this model's weights."""
         return self._model
 
+    def keras_layer(self, path: str) -> keras.layers.Layer | None:
+        """The Keras layer computing the output of the layer at ``path`` (a residual block:
+        its ``Add`` layer, or ``None`` for ``x + block(x)`` written in code)."""
+        return self._keras_layers.get(path)
+
+    def variable(self, name: str) -> keras.Variable:
+        """The Keras variable holding the canonical weight ``name``."""
+        return self._variables[name]
+
     def weights(self) -> Params:
         """Parameters and state by canonical name, as the variables store them (kernel
         ``(in, out)`` as Keras does)."""

@@ -32,6 +32,7 @@ import numpy as np
 
 from xgrad.errors import AlignmentError, InputError, ParamsError
 from xgrad.frameworks.base import LayerInfo
+from xgrad.frameworks.tensorflow.backend_worker import keras_leaves
 from xgrad.frameworks.tensorflow.layer_readers import read_layer, where
 from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel
 from xgrad.frameworks.tensorflow.ops import check_backend, keras
@@ -57,15 +58,6 @@ class _Call:
     layer: keras.layers.Layer
     input: object
     output: object
-
-
-def _leaves(model: keras.Model) -> list[keras.layers.Layer]:
-    """The model's layers, nested models opened, each once."""
-    out: dict[int, keras.layers.Layer] = {}
-    for layer in model.layers:
-        for leaf in _leaves(layer) if isinstance(layer, keras.Model) else [layer]:
-            out.setdefault(id(leaf), leaf)
-    return list(out.values())
 
 
 def _recorder(layer, call, calls: list[_Call]):
@@ -312,7 +304,7 @@ def read_keras_model(model, *, input_shape: Shape | None = None) -> ReadModel:
     probe = np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape)).astype(input_dtype)
     calls: list[_Call] = []
     try:
-        with _recording(_leaves(model), calls):
+        with _recording(keras_leaves(model), calls):
             output = model(probe, training=False)
     except Exception as exc:  # the user's call: any error, shown with its own text
         raise InputError(

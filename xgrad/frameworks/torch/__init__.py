@@ -14,11 +14,12 @@ Importing this package imports no framework; torch is imported when a model is b
 from __future__ import annotations
 
 from xgrad.frameworks.base import AbstractFramework, AbstractModel
+from xgrad.frameworks.torch.files import load_state_dict, save_state_dict
 from xgrad.layers import Shape
 from xgrad.params import Params
 from xgrad.spec import MLP
 
-__all__ = ["FRAMEWORK", "TorchFramework"]
+__all__ = ["FRAMEWORK", "TorchFramework", "load_state_dict", "save_state_dict"]
 
 
 def _is_module(obj) -> bool:
