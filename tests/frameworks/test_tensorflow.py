@@ -453,3 +453,21 @@ def test_load_keras_file_refuses_code_and_broken_files(tmp_path):
         load_keras_file(tmp_path / "bad.keras")
     with pytest.raises(ModelFileError, match="does not exist"):
         load_keras_file(tmp_path / "missing.keras")
+
+
+def test_a_converted_model_with_xgrads_own_activations_saves_and_reloads(tmp_path):
+    """GELU (both forms) and a leaky ReLU of slope 0.1 have no exact Keras string: the Keras
+    model xgrad builds saves them as registered objects, and the reloaded file (safe mode)
+    computes what the spec computes, by the NumPy reference, and keeps the slope."""
+    import xgrad
+
+    spec = MLP(4, [Dense(5, "gelu"), Dense(5, "gelu_tanh"), Dense(3, "leaky_relu:0.1")])
+    params = init_params(spec, 3)
+    path = tmp_path / "m.keras"
+    FRAMEWORK.build(spec, params, dtype="float64").native.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    expected = NUMPY.build(spec, params, dtype="float64").evaluate(x, loss="sum").output
+    np.testing.assert_allclose(np.asarray(reloaded(x)), expected, rtol=1e-13)
+    read = xgrad.read_model(reloaded)
+    assert read.spec() == spec

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xgrad.errors import AlignmentError
-from xgrad.frameworks.tensorflow.ops import keras
+from xgrad.frameworks.tensorflow.ops import XgradActivation, keras
 from xgrad.identify import fit_activation
 from xgrad.layers import (
     AbstractLayer,
@@ -78,7 +78,10 @@ _KERAS_TO_XGRAD = {
 
 def keras_activation_name(fn) -> str | None:
     """xgrad's name of one of Keras' own activation functions, else ``None`` (a user's
-    function, a lambda, a ``functools.partial``, or an activation xgrad does not define)."""
+    function, a lambda, a ``functools.partial``, or an activation xgrad does not define);
+    xgrad's own :class:`~xgrad.frameworks.tensorflow.ops.XgradActivation` by its name."""
+    if isinstance(fn, XgradActivation):
+        return fn.name
     if not (getattr(fn, "__module__", None) or "").startswith("keras"):
         return None
     try:

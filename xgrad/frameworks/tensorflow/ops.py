@@ -29,7 +29,15 @@ from xgrad.activations import Activation as ActivationFunction
 from xgrad.errors import FrameworkError
 from xgrad.losses import EPSILON, Loss
 
-__all__ = ["check_backend", "keras", "own_traces", "tf", "tf_activation", "tf_loss"]
+__all__ = [
+    "XgradActivation",
+    "check_backend",
+    "keras",
+    "own_traces",
+    "tf",
+    "tf_activation",
+    "tf_loss",
+]
 
 
 @contextlib.contextmanager
@@ -132,11 +140,46 @@ _ACTIVATIONS: dict[str, Callable] = {
 }
 
 
+@keras.saving.register_keras_serializable(package="xgrad", name="Activation")
+class XgradActivation:
+    """One of xgrad's activations as a Keras activation that a ``.keras`` file can hold.
+
+    Used where Keras has no activation of exactly xgrad's definition (GELU with float64
+    constants, its tanh form, a leaky ReLU of any slope): ``Dense(activation=...)`` saves it
+    as ``{"registered_name": "xgrad>Activation", "config": {"name": "leaky_relu:0.1"}}``, and
+    the file loads, in safe mode too, wherever ``xgrad.frameworks.tensorflow.ops`` has been
+    imported (the registration is the one change importing it makes to Keras).
+    """
+
+    def __init__(self, name: str) -> None:
+        from xgrad.activations import get_activation
+
+        act = get_activation(name)
+        self.name = act.name
+        self._fn = _leaky(act.slope) if act.kind == "leaky_relu" else _ACTIVATIONS[act.name]
+
+    def __call__(self, x):
+        return self._fn(x)
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> XgradActivation:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"XgradActivation({self.name!r})"
+
+
+_OWN = ("gelu", "gelu_tanh")
+
+
 def tf_activation(act: ActivationFunction) -> Callable:
     """The function ``x -> a`` (tensors of one dtype) for an xgrad activation: Keras' own
-    where it is xgrad's definition in every dtype, else one written here."""
-    if act.kind == "leaky_relu":
-        return _leaky(act.slope)
+    where it is xgrad's definition in every dtype, else an :class:`XgradActivation`."""
+    if act.kind == "leaky_relu" or act.name in _OWN:
+        return XgradActivation(act.name)
     return _ACTIVATIONS[act.name]
 
 
