@@ -22,8 +22,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check xgrad tests scripts
 	$(BIN)/ruff format --check xgrad tests scripts
 
+# Two test processes: the suite is dominated by framework work (one core each), and CI
+# machines of this kind have two cores.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # OpenBLAS is pinned to an older kernel on this kind of machine for correctness in tests and
 # CI (OPENBLAS_CORETYPE); the benchmark unsets it for its own command only, so that NumPy runs

@@ -313,7 +313,7 @@ def test_json_is_identical_across_processes(tmp_path):
             "--loss",
             "cce",
             "--frameworks",
-            "numpy,jax,flax",
+            "numpy,jax",
             "--json",
             str(path),
             "--quiet",

@@ -50,7 +50,7 @@ def _close(a, b, rtol, atol=1e-13):
 
 
 @settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     derandomize=True,
     database=None,
