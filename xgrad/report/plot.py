@@ -11,13 +11,12 @@ from xgrad._io import atomic_write, check_writable
 from xgrad.errors import OutputError
 from xgrad.report.data import Report
 
-__all__ = ["plot"]
+__all__ = ["plot", "png_figure"]
 
 
-def plot(report: Report, path: str | os.PathLike) -> Path:
-    """Write the plot to ``path`` (a ``.png`` file) atomically.
-
-    Zero errors are drawn at the bottom of the axis.
+def png_figure(path: str | os.PathLike, size: tuple[float, float]):
+    """``(path, figure)``: ``path`` checked to be a writable ``.png`` name, and a Matplotlib
+    figure of ``size`` inches on its own Agg canvas (no pyplot, no global state).
 
     Raises:
         FrameworkNotInstalledError: matplotlib is missing (``pip install 'xgrad[plot]'``).
@@ -35,12 +34,24 @@ def plot(report: Report, path: str | os.PathLike) -> Path:
         raise FrameworkNotInstalledError(
             "plotting needs matplotlib: pip install 'xgrad[plot]'"
         ) from None
+    fig = Figure(figsize=size, dpi=110)
+    FigureCanvasAgg(fig)
+    return path, fig
 
+
+def plot(report: Report, path: str | os.PathLike) -> Path:
+    """Write the plot to ``path`` (a ``.png`` file) atomically.
+
+    Zero errors are drawn at the bottom of the axis.
+
+    Raises:
+        FrameworkNotInstalledError: matplotlib is missing (``pip install 'xgrad[plot]'``).
+        OutputError: the file cannot be written there, or its name does not end in .png.
+    """
     entries = report.entries
     frameworks = list(report.frameworks)
+    path, fig = png_figure(path, (max(6.0, 0.9 * len(entries) + 2), 4.2))
     floor = report.tolerance * 1e-8
-    fig = Figure(figsize=(max(6.0, 0.9 * len(entries) + 2), 4.2), dpi=110)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(frameworks))
     for k, fw in enumerate(frameworks):

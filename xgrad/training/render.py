@@ -6,9 +6,9 @@ import math
 import os
 from pathlib import Path
 
-from xgrad._io import atomic_write, check_writable
-from xgrad.errors import OutputError
+from xgrad._io import atomic_write
 from xgrad.report.data import fmt
+from xgrad.report.plot import png_figure
 from xgrad.report.text import styled
 from xgrad.training.report import Step, TrainingReport
 
@@ -152,22 +152,8 @@ def plot(report: TrainingReport, path: str | os.PathLike) -> Path:
         FrameworkNotInstalledError: matplotlib is missing (``pip install 'xgrad[plot]'``).
         OutputError: the file cannot be written there, or its name does not end in .png.
     """
-    path = check_writable(path)
-    if path.suffix.lower() != ".png":
-        raise OutputError(f"plot file {str(path)!r}: xgrad writes PNG images; name it *.png")
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover - exercised only without the plot extra
-        from xgrad.errors import FrameworkNotInstalledError
-
-        raise FrameworkNotInstalledError(
-            "plotting needs matplotlib: pip install 'xgrad[plot]'"
-        ) from None
-
+    path, fig = png_figure(path, (7.0, 4.2))
     floor = report.tolerance * 1e-8
-    fig = Figure(figsize=(7.0, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     xs = [s.step for s in report.steps]
     for info in report.weights:
