@@ -108,6 +108,31 @@ def test_dropout_left_active():
     assert "applies dropout with rate 0.5" in d.detail and "eval()" in d.detail
 
 
+@needs_torch
+@needs_flax
+def test_dropout_left_active_in_a_pytorch_reference():
+    """The commonest form: model.eval() forgotten on the PyTorch side, the reference."""
+    reference_module = nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.25), nn.Linear(16, 3)
+    )
+
+    class Port(nnx.Module):
+        def __init__(self, rngs):
+            self.fc1 = nnx.Linear(6, 16, rngs=rngs)
+            self.drop = nnx.Dropout(0.25, rngs=rngs)
+            self.fc2 = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc2(self.drop(nnx.relu(self.fc1(x))))
+
+    port = Port(nnx.Rngs(0))
+    port.eval()
+    report = xgrad.compare_models(reference_module, port, x(6))
+    d = one(report)
+    assert (d.cause, d.layer, d.where) == ("dropout-active", "layers.0", "forward")
+    assert "the reference applies dropout with rate 0.25" in d.detail and "eval()" in d.detail
+
+
 @needs_flax
 def test_residual_missing_in_the_port():
     ref = reference(

@@ -37,3 +37,10 @@ def test_files_holding_anything_but_tensors_are_refused(tmp_path):
     with pytest.raises(ModelFileError, match="are not tensors"):
         save_state_dict(tmp_path / "x.pt", {"a": 1})
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_an_unwritable_place_is_an_output_error(tmp_path):
+    from xgrad.errors import OutputError
+
+    with pytest.raises(OutputError, match="does not exist"):
+        save_state_dict(tmp_path / "missing" / "w.pt", {"a": torch.ones(2)})

@@ -27,33 +27,47 @@ def residual_missing(ev: Evidence, unit: UnitEvidence, before: float) -> Finding
     )
 
 
-def dropout_active(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
-    """The candidate's output is the reference's with units zeroed and the rest scaled by
-    one factor ``1 / (1 - rate)``: a dropout in training mode."""
-    ref, cand = unit.output_ref, unit.output_cand
-    significant = np.abs(ref) > 1e-6 * max(float(np.abs(ref).max()), 1e-30)
+def _dropout_of(clean: np.ndarray, noisy: np.ndarray, tol: float):
+    """``(rate, zeroed, significant, rebuilt)`` when ``noisy`` is ``clean`` with units zeroed
+    and the rest scaled by one factor ``1 / (1 - rate)`` (a dropout in training mode), else
+    ``None``; ``rebuilt`` is ``clean`` with that mask."""
+    significant = np.abs(clean) > 1e-6 * max(float(np.abs(clean).max()), 1e-30)
     if significant.sum() < 4:
         return None
-    ratio = cand[significant] / ref[significant]
+    ratio = noisy[significant] / clean[significant]
     dropped = np.abs(ratio) < 1e-6
     kept = ratio[~dropped]
     if not dropped.any() or kept.size == 0:
         return None
     factor = float(np.median(kept))
-    if factor <= 1 or not np.allclose(kept, factor, rtol=max(ev.fit_tol, 1e-6) * 10):
+    if factor <= 1 or not np.allclose(kept, factor, rtol=max(tol, 1e-6) * 10):
         return None
-    rate = 1 - 1 / factor
-    rebuilt = np.where(np.abs(cand) > 0, ref * factor, 0.0)
-    residual = rel(cand, rebuilt)
-    return Finding(
-        f"{int(dropped.sum())} of {int(significant.sum())} values are zeroed and the rest "
-        f"scaled by {factor:.4g}: the candidate applies dropout with rate {rate:.3g} (training "
-        "mode); switch it off for the comparison: module.eval() (PyTorch, Flax NNX), "
-        "deterministic=True (Flax), training=False (Keras). With that mask applied to the "
-        f"reference, {drop(before, residual)}",
-        residual,
-        before,
-    )
+    rebuilt = np.where(np.abs(noisy) > 0, clean * factor, 0.0)
+    return 1 - 1 / factor, int(dropped.sum()), int(significant.sum()), rebuilt
+
+
+def dropout_active(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
+    """One side's output is the other's with units zeroed and the rest scaled by one factor
+    ``1 / (1 - rate)``: a dropout in training mode (on the candidate, or on the reference:
+    a PyTorch reference whose ``.eval()`` was forgotten)."""
+    ref, cand = unit.output_ref, unit.output_cand
+    for side, clean, noisy in (("candidate", ref, cand), ("reference", cand, ref)):
+        found = _dropout_of(clean, noisy, ev.fit_tol)
+        if found is None:
+            continue
+        rate, zeroed, significant, rebuilt = found
+        residual = rel(noisy, rebuilt)
+        other = "reference" if side == "candidate" else "candidate"
+        return Finding(
+            f"{zeroed} of {significant} values are zeroed and the rest scaled by "
+            f"{1 / (1 - rate):.4g}: the {side} applies dropout with rate {rate:.3g} (training "
+            "mode); switch it off for the comparison: module.eval() (PyTorch, Flax NNX), "
+            "deterministic=True (Flax), training=False (Keras). With that mask applied to the "
+            f"{other}, {drop(before, residual)}",
+            residual,
+            before,
+        )
+    return None
 
 
 CAUSES = (

@@ -15,7 +15,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from xgrad.errors import ModelFileError
+from xgrad._io import atomic_write
+from xgrad.errors import ModelFileError, OutputError
 
 __all__ = ["STATE_DICT_SUFFIXES", "load_state_dict", "save_state_dict"]
 
@@ -50,6 +51,7 @@ def save_state_dict(path: str | os.PathLike, state_dict: Mapping) -> None:
 
     Raises:
         ModelFileError: another suffix, or a value that is not a tensor.
+        OutputError: the file cannot be written there.
     """
     import torch
 
@@ -59,15 +61,22 @@ def save_state_dict(path: str | os.PathLike, state_dict: Mapping) -> None:
     if bad:
         raise ModelFileError(f"state_dict entries {bad} are not tensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    tmp = p.with_name(p.name + ".partial")
+    if suffix == ".pt":
+
+        def write(f):
+            torch.save(tensors, f)
+    else:
+        data = _safetensors().save(tensors)
+
+        def write(f):
+            f.write(data)
+
     try:
-        if suffix == ".pt":
-            torch.save(tensors, tmp)
-        else:
-            _safetensors().save_file(tensors, str(tmp))
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write(p, write, binary=True)
+    except OutputError:
+        raise
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        raise OutputError(f"cannot write {str(p)!r}: {' '.join(str(exc).split())[:200]}") from None
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:

@@ -63,8 +63,8 @@ READ_MODULES = (
 )
 
 DROPOUT_NOTE = (
-    "training mode: torch draws a new random dropout mask, so gradients are random; call "
-    "module.eval() (or compare against xgrad.Dropout(rate, active=True) masks)"
+    "training mode: this Dropout zeroes a new random set of units on every call, so nothing "
+    "compares; call module.eval() before comparing"
 )
 BATCHNORM_NOTE = (
     "training mode: normalises by the batch statistics and updates running_mean/running_var "
