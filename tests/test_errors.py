@@ -340,6 +340,26 @@ def test_keras_files_truncated_corrupted_or_holding_code(tmp_path):
         z.writestr("config.json", "{not json")
     with pytest.raises(ModelFileError, match="cannot load model file"):
         load_keras_file(tmp_path / "empty.keras")
+    (tmp_path / "folder.keras").mkdir()
+    with pytest.raises(ModelFileError, match="is a folder, not a .keras file"):
+        load_keras_file(tmp_path / "folder.keras")
+
+
+@pytest.mark.skipif("tensorflow" not in INSTALLED, reason="tensorflow is not installed")
+def test_a_keras_file_with_a_custom_layer_names_it(tmp_path):
+    import keras
+
+    from xgrad.frameworks.tensorflow import load_keras_file
+
+    @keras.saving.register_keras_serializable(package="xgradtest")
+    class Scale(keras.layers.Layer):
+        def call(self, t):
+            return t * 2.0
+
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), Scale()]).save(tmp_path / "c.keras")
+    del keras.saving.get_custom_objects()["xgradtest>Scale"]  # as in a process without its code
+    with pytest.raises(ModelFileError, match="holds 'xgradtest>Scale', a layer or function of"):
+        load_keras_file(tmp_path / "c.keras")
 
 
 @pytest.mark.skipif("jax" not in INSTALLED, reason="jax is not installed")

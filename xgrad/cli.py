@@ -368,6 +368,8 @@ def cmd_port(args) -> int:
             "--to torch)"
         )
     model_path = Path(args.model)
+    if model_path.is_dir():
+        raise InputError(f"model file {args.model!r} is a folder, not a .keras file")
     if not model_path.is_file():
         raise InputError(f"model file {args.model!r} does not exist")
     if model_path.suffix.lower() != ".keras":
@@ -448,6 +450,8 @@ def cmd_backends(args) -> int:
     if args.timeout <= 0:
         raise InputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     model_path = Path(args.model)
+    if model_path.is_dir():
+        raise InputError(f"model file {args.model!r} is a folder, not a .keras file")
     if not model_path.is_file():
         raise InputError(f"model file {args.model!r} does not exist")
     if model_path.suffix.lower() != ".keras":

@@ -62,7 +62,8 @@ class Residual(AbstractLayer):
         if shape != tuple(input_shape):
             raise SpecError(
                 f"a Residual block must keep the shape of its input: it takes {tuple(input_shape)} "
-                f"but its layers ({self.describe()}) give {shape}"
+                f"but its layers ({' -> '.join(layer.describe() for layer in self.layers)}) "
+                f"give {shape}; make the last one {tuple(input_shape)[-1]} wide"
             )
         return shape
 

@@ -6,6 +6,7 @@ Importing this module imports no framework; Keras is imported when a file is loa
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def load_keras_file(path: str | os.PathLike):
     p = Path(path)
     if p.suffix.lower() != ".keras":
         raise ModelFileError(f"model file {str(p)!r}: expected a .keras file (Keras 3 format)")
+    if p.is_dir():
+        raise ModelFileError(f"model file {str(p)!r} is a folder, not a .keras file")
     if not p.is_file():
         raise ModelFileError(f"model file {str(p)!r} does not exist")
     if not zipfile.is_zipfile(p):
@@ -48,6 +51,15 @@ def load_keras_file(path: str | os.PathLike):
                 f"model file {str(p)!r} was refused: it holds code (a Lambda layer or custom "
                 "object) that would have to run to load it; xgrad loads models in Keras safe "
                 "mode and never runs code from a file"
+            ) from None
+        missing = re.findall(r"Could not locate (?:class|function) '([^']+)'", text)
+        if missing:
+            registered = re.findall(r"'registered_name': '([^']+)'", text)
+            name = next((r for r in registered if r.endswith(">" + missing[0])), missing[0])
+            raise ModelFileError(
+                f"model file {str(p)!r} holds {name!r}, a layer or function of your own that "
+                "Keras can rebuild only by running its code; xgrad loads files in safe mode, "
+                "with Keras' own layers only, and never runs code from a file"
             ) from None
         raise ModelFileError(
             f"cannot load model file {str(p)!r}: {type(exc).__name__}: {text[:300]}"
