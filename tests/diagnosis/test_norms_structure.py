@@ -53,6 +53,18 @@ def test_batchnorm_momentum_and_the_unbiased_running_variance():
 
 
 @needs_torch
+def test_the_unbiased_running_variance_on_the_reference_side():
+    """PyTorch as the reference: the candidate (xgrad's biased update) is the one that
+    differs from it, and the wording says which side does what."""
+    reference_module = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.BatchNorm1d(8)).train()
+    port = reference([xgrad.Dense(8, "tanh"), xgrad.BatchNorm(1e-5, 0.9, training=True)], 6)
+    report = xgrad.compare_models(reference_module, port, x(6))
+    d = one(report)
+    assert (d.cause, d.layer, d.where) == ("batchnorm-momentum", "layers.1", "state")
+    assert "the reference updates the moving variance with the unbiased" in d.detail
+
+
+@needs_torch
 def test_batchnorm_momentum_read_the_pytorch_way_round():
     # torch momentum=0.1 is xgrad's (Keras') 0.9, and the reader says so
     port = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, momentum=0.1)).eval()

@@ -113,7 +113,8 @@ def norm_epsilon(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | N
 
 def batchnorm_momentum(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
     """The updated moving statistics differ: another momentum weighting, or the unbiased
-    batch variance (PyTorch)."""
+    batch variance (PyTorch), on either side: the reference's own convention is read from
+    its updated statistics first."""
     main = unit.main_ref
     if not isinstance(main, BatchNorm) or not unit.state_cand or not unit.state_ref:
         return None
@@ -122,41 +123,51 @@ def batchnorm_momentum(ev: Evidence, unit: UnitEvidence, before: float) -> Findi
     mean, var = x.mean(axis=0), x.var(axis=0)
     old_mean, old_var = unit.weights_ref["mean"], unit.weights_ref["var"]
     m = main.momentum
-    options = []
+    options = {}
     for momentum in dict.fromkeys((m, 1 - m, 0.9, 0.99, 0.1)):
         for unbiased in (False, True):
             v = var * n / (n - 1) if unbiased and n > 1 else var
-            options.append(
-                (
-                    momentum,
-                    unbiased,
-                    momentum * old_mean + (1 - momentum) * mean,
-                    momentum * old_var + (1 - momentum) * v,
-                )
+            options[momentum, unbiased] = (
+                momentum * old_mean + (1 - momentum) * mean,
+                momentum * old_var + (1 - momentum) * v,
             )
-    for momentum, unbiased, new_mean, new_var in options:
-        if momentum == m and not unbiased:
+
+    def error(state, update) -> float:
+        return max(rel(state.get("mean"), update[0]), rel(state.get("var"), update[1]))
+
+    own = min(options, key=lambda k: error(unit.state_ref, options[k]))
+    if error(unit.state_ref, options[own]) > ev.fit_tol:
+        own = (m, False)
+    for (momentum, unbiased), update in options.items():
+        if (momentum, unbiased) == own:
             continue
-        residual = max(
-            rel(unit.state_cand.get("mean"), new_mean), rel(unit.state_cand.get("var"), new_var)
-        )
-        if residual <= ev.fit_tol:
-            parts = []
-            if momentum != m:
-                parts.append(
-                    f"the candidate keeps {momentum:g} of the old moving value where the "
-                    f"reference keeps {m:g} (PyTorch's momentum=0.1 is Keras' and Flax's "
-                    "momentum=0.9: it weights the new value)"
-                )
-            if unbiased:
-                parts.append(
-                    "the candidate updates the moving variance with the unbiased batch "
-                    f"variance (divided by N - 1 = {n - 1}, as PyTorch does) where the "
-                    "reference uses the biased one (divided by N)"
-                )
-            return Finding(
-                f"{'; '.join(parts)}; with that update {drop(before, residual)}", residual, before
+        residual = error(unit.state_cand, update)
+        if residual > ev.fit_tol:
+            continue
+        parts = []
+        if momentum != own[0]:
+            parts.append(
+                f"the candidate keeps {momentum:g} of the old moving value where the "
+                f"reference keeps {own[0]:g} (PyTorch's momentum=0.1 is Keras' and Flax's "
+                "momentum=0.9: it weights the new value)"
             )
+        if unbiased != own[1]:
+            unbiased_side, biased_side = (
+                ("candidate", "reference")
+                if unbiased
+                else (
+                    "reference",
+                    "candidate",
+                )
+            )
+            parts.append(
+                f"the {unbiased_side} updates the moving variance with the unbiased batch "
+                f"variance (divided by N - 1 = {n - 1}, as PyTorch does) where the "
+                f"{biased_side} uses the biased one (divided by N)"
+            )
+        return Finding(
+            f"{'; '.join(parts)}; with that update {drop(before, residual)}", residual, before
+        )
     return None
 
 
