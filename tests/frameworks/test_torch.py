@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+import xgrad  # noqa: E402
 from xgrad.activations import ACTIVATIONS, SELU_ALPHA, SELU_SCALE  # noqa: E402
 from xgrad.errors import AlignmentError, InputError, ParamsError  # noqa: E402
 from xgrad.frameworks.numpy import FRAMEWORK as NUMPY  # noqa: E402
@@ -677,17 +678,27 @@ def test_unsupported_module_is_named():
         TORCH.read(nn.Sequential(nn.Linear(4, 6), nn.PReLU()))
 
 
-def test_unknown_operation_is_refused():
-    class Scaled(nn.Module):
-        def __init__(self):
+def test_unknown_elementwise_code_and_modules_are_compared_as_computed():
+    """As Keras' Dense(activation=my_function): code xgrad cannot name (x * 2, nn.Mish,
+    F.hardswish) is a layer of unknown activation, compared as the module computes it."""
+
+    class Odd(nn.Module):
+        def __init__(self, scale):
             super().__init__()
-            self.fc = nn.Linear(3, 3)
+            self.fc, self.act, self.out = nn.Linear(3, 4), nn.Mish(), nn.Linear(4, 2)
+            self.scale = scale
 
         def forward(self, x):
-            return self.fc(x) * 2
+            return self.out(F.hardswish(self.act(self.fc(x)) * self.scale))
 
-    with pytest.raises(AlignmentError, match="no xgrad activation reproduces"):
-        TORCH.read(Scaled())
+    model = TORCH.read(Odd(2.0))
+    unknown = [info for info in model.layers if info.kind == "activation"]
+    assert [info.layer for info in unknown] == [None, None, None]
+    assert "module 'act' (Mish) is none of xgrad's activations" in unknown[0].note
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    assert xgrad.compare_models(Odd(2.0), Odd(2.0), x).ok
+    report = xgrad.compare_models(Odd(2.0), Odd(3.0), x)
+    assert not report.ok and report.first_divergence["path"] == "layers.0"  # the unit of fc
 
 
 def test_branches_are_refused():

@@ -50,6 +50,7 @@ from xgrad.layers import (
 __all__ = [
     "ACTIVATION_MODULES",
     "ALIAS",
+    "ELEMENTWISE",
     "READ_MODULES",
     "Found",
     "function_layer",
@@ -101,11 +102,16 @@ class Found:
 
     @property
     def kind(self) -> str:
-        return self.layer.kind
+        # an elementwise function none of xgrad's activations reproduces: compared as computed
+        return self.layer.kind if self.layer is not None else "activation"
 
 
 ALIAS = object()
 """Returned for a module or call that passes its input on unchanged (``nn.Identity``)."""
+
+ELEMENTWISE = object()
+"""Returned for a module of a class xgrad does not know that holds no weights (``nn.Mish``,
+``nn.Hardswish``, a module of your own): the reader identifies it from what it computes."""
 
 
 def _unsupported(what: str, why: str = "") -> AlignmentError:
@@ -245,6 +251,8 @@ def module_layer(module: nn.Module, name: str, dtype: str, ndim: int = 2) -> Fou
     for cls, read in ACTIVATION_MODULES:
         if isinstance(module, cls):
             return read(module, where, dtype)
+    if not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
+        return ELEMENTWISE
     raise _unsupported(where)
 
 

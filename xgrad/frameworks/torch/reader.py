@@ -35,7 +35,14 @@ from torch import nn
 
 from xgrad.errors import AlignmentError, InputError, SpecError, XgradError
 from xgrad.frameworks.base import LayerInfo
-from xgrad.frameworks.torch.layers import ALIAS, Found, function_layer, is_add, module_layer
+from xgrad.frameworks.torch.layers import (
+    ALIAS,
+    ELEMENTWISE,
+    Found,
+    function_layer,
+    is_add,
+    module_layer,
+)
 from xgrad.frameworks.torch.model import (
     GraphTap,
     HookTap,
@@ -169,6 +176,8 @@ def _sample(shape: Shape, dtype: str, device) -> torch.Tensor:
 
 
 def _check_shape(found: Found, shape: Shape, name: str) -> None:
+    if found.layer is None:  # identified from its values, which had the input's shape
+        return
     try:
         found.layer.output_shape(shape)
     except SpecError as exc:
@@ -176,7 +185,7 @@ def _check_shape(found: Found, shape: Shape, name: str) -> None:
 
 
 def _can_fold(entries: list[Entry], found: Found) -> bool:
-    if found.kind != "activation" or not entries:
+    if found.kind != "activation" or found.layer is None or not entries:
         return False
     last = entries[-1].found
     return last is not None and isinstance(last.layer, Dense) and last.layer.activation == "linear"
@@ -199,11 +208,11 @@ def _numeric(z: torch.Tensor, a: torch.Tensor, dtype: str, where: str) -> Found:
             "xgrad reads"
         )
     name, err = fit_activation(z.detach().cpu().numpy(), a.detach().cpu().numpy(), dtype)
-    if name is None:
-        raise AlignmentError(
-            f"{where} is not a layer xgrad reads, and no xgrad activation reproduces what it "
-            f"computes (the closest is {err:.2g} away, relative); write it with torch's own "
-            "modules or functions"
+    if name is None:  # like Keras' Dense(activation=my_function): compared as computed
+        return Found(
+            None,
+            note=f"{where} is none of xgrad's activations (closest relative error "
+            f"{err:.2g}); compared as computed",
         )
     return Found(
         Activation(name), note=f"identified numerically as {name} (relative error {err:.1e})"
@@ -259,6 +268,9 @@ def _read_graph(module: nn.Module, graph: torch.fx.Graph, values: dict, dtype: s
             sub = module.get_submodule(node.target)
             found = module_layer(sub, node.target, dtype, len(in_shape))
             name = node.target
+            if found is ELEMENTWISE:
+                where = f"module {node.target!r} ({type(sub).__name__})"
+                found = _numeric(values[src], value, dtype, where)
         else:
             found = function_layer(node, in_shape, out_shape, dtype, module)
             name = node.name
@@ -353,6 +365,8 @@ def _read_calls(module: nn.Module, sample: torch.Tensor, dtype: str, why: str):
         found = module_layer(mod, name, dtype, args[0].ndim)
         if args[0] is not history[-1][1] and not torch.equal(args[0], history[-1][1]):
             gap(args[0], ("input", name), where)
+        if found is ELEMENTWISE:
+            found = _numeric(args[0], out, dtype, where)
         if found is ALIAS:
             history.append((history[-1][0], out))
             continue
