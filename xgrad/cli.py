@@ -322,6 +322,8 @@ def cmd_sweep(args) -> int:
         "rtol": args.rtol,
     }
     grid = SweepGrid.from_mapping({**config, **{k: v for k, v in flags.items() if v is not None}})
+    for note in grid.notes():  # runs, but cannot mean what it seems: say so before it runs
+        print(f"note: {note}", file=sys.stderr)
     if args.workers < 1:
         raise InputError(f"--workers must be a positive integer, got {args.workers}")
     if args.scheduler and args.workers != 1:

@@ -22,20 +22,25 @@ every cell is done. See ``docs/sweeps.md``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
+import pickle
 import re
 import signal
+import socket
+import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field, fields, replace
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,8 +48,8 @@ import numpy as np
 
 from xgrad._io import atomic_write
 from xgrad.activations import ACTIVATIONS, get_activation
-from xgrad.errors import InputError, OutputError
-from xgrad.frameworks.base import AbstractFramework, check_dtype
+from xgrad.errors import FrameworkError, InputError, OutputError
+from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework
 from xgrad.losses import get_loss, random_targets
 
 __all__ = [
@@ -105,13 +110,126 @@ class CellConfig(NamedTuple):
 # -- the grid ---------------------------------------------------------------------------------
 
 
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+"""Each dtype's unit roundoff: a normwise tolerance below it fails on rounding alone."""
+
+_LISTS = {  # list setting -> (kind of item, smallest integer, what one item is)
+    "activations": (str, None, "activation"),
+    "losses": (str, None, "loss"),
+    "dtypes": (str, None, "dtype"),
+    "batch_sizes": (int, 1, "batch size"),
+    "seeds": (int, 0, "seed"),
+    "hidden": (int, 1, "width"),
+}
+
+
+def _setting(key: str) -> str:
+    """``batch_sizes (--batch-sizes)``: a setting as Python and TOML, and the CLI, name it."""
+    return f"sweep {key} (--{key.replace('_', '-')})"
+
+
+def _integer(key: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        what = "positive integers" if low == 1 else "non-negative integers (0, 1, ...)"
+        raise InputError(f"{_setting(key)} must hold {what}, got {value!r}")
+    return int(value)
+
+
+def _list_setting(key: str, value) -> tuple:
+    """One axis (or ``hidden``) as a tuple, checked: a string is split on commas."""
+    kind, low, what = _LISTS[key]
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if kind is int:
+            try:
+                parts = [int(p) for p in parts]
+            except ValueError:
+                raise InputError(
+                    f"{_setting(key)} takes comma-separated integers, got {value!r}"
+                ) from None
+        value = parts
+    if not isinstance(value, list | tuple | range):
+        example = "['relu', 'tanh']" if kind is str else "[1, 4]"
+        raise InputError(f"{_setting(key)} must be a list, got {value!r}; write e.g. {example}")
+    if not value:
+        raise InputError(f"{_setting(key)} is empty; give at least one {what}")
+    out: list = []
+    for item in value:
+        if kind is str:
+            if not isinstance(item, str) or not item.strip():
+                raise InputError(f"{_setting(key)} must hold {what} names, got {item!r}")
+            item = item.strip()
+        else:
+            item = _integer(key, item, low)
+        if item in out and key != "hidden":  # an axis: a repeated value repeats cells
+            raise InputError(f"{_setting(key)} lists {item!r} twice; give each {what} once")
+        out.append(item)
+    return tuple(out)
+
+
+def _frameworks_setting(value) -> tuple[str | AbstractFramework, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, AbstractFramework):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise InputError(
+            f"{_setting('frameworks')} must be a list of names, got {value!r}; write e.g. "
+            "['numpy', 'jax']"
+        )
+    if not value:
+        raise InputError(
+            f"{_setting('frameworks')} is empty; name at least one framework, or leave it out "
+            "for every installed one"
+        )
+    return tuple(value)
+
+
+def _framework(entry) -> AbstractFramework:
+    """The framework an entry of ``frameworks`` names, whether or not it is installed here
+    (importing no framework)."""
+    if isinstance(entry, AbstractFramework):
+        return entry
+    if not isinstance(entry, str):
+        raise FrameworkError(
+            f"{_setting('frameworks')} holds names or AbstractFramework instances, got "
+            f"{type(entry).__name__} {entry!r}"
+        )
+    found = _known_frameworks()
+    key = entry.strip().lower()
+    key = next((n for n, fw in found.items() if key in fw.aliases), key)
+    if key not in found:
+        raise FrameworkError(
+            f"unknown framework {entry!r} in {_setting('frameworks')}; known frameworks: "
+            f"{', '.join(found)}"
+        )
+    return found[key]
+
+
+def _check_rtol(value) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.integer | np.floating)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise InputError(
+            f"{_setting('rtol')} must be a positive finite number such as 1e-5, got {value!r}"
+        )
+    return float(value)
+
+
 @dataclass(frozen=True)
 class SweepGrid:
-    """The axes of a sweep and the fixed model shape around them.
+    """The axes of a sweep and the fixed model shape around them, checked on construction.
 
     Attributes:
         activations, losses, dtypes, batch_sizes, seeds: the axes; the cells are their
-            product (:meth:`cells`).
+            product (:meth:`cells`). Each is a list (a tuple once built) of distinct
+            values; a string is split on commas (``"relu,tanh"``).
         input_dim, hidden, output_dim: the model of each cell (``hidden`` widths use the
             cell's activation), unless ``layers`` gives a template (see the module).
         frameworks: names (``"numpy"``, ``"jax"``, ...) or
@@ -119,6 +237,12 @@ class SweepGrid:
             :func:`xgrad.compare`; ``None`` means every installed framework. Instances must
             pickle (a class importable by name) to run in worker processes.
         rtol: overrides the per-dtype normwise tolerance.
+
+    Raises:
+        InputError: an empty axis, a repeated value, a value of the wrong kind or out of
+            range, a dtype not every framework computes in.
+        SpecError: an unknown activation or loss, or a template that does not build.
+        FrameworkError: an unknown framework name.
     """
 
     activations: tuple[str, ...] = field(default_factory=_default_activations)
@@ -133,6 +257,24 @@ class SweepGrid:
     frameworks: tuple[str | AbstractFramework, ...] | None = None
     rtol: float | None = None
 
+    def __post_init__(self) -> None:
+        values = {key: _list_setting(key, getattr(self, key)) for key in _LISTS}
+        for key in ("input_dim", "output_dim"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise InputError(f"{_setting(key)} must be a positive integer, got {value!r}")
+            values[key] = int(value)
+        if self.layers is not None and (not isinstance(self.layers, str) or not self.layers):
+            raise InputError(
+                f"{_setting('layers')} must be a text template such as "
+                f"'8:ACT,layernorm,4:HEAD', got {self.layers!r}"
+            )
+        values["frameworks"] = _frameworks_setting(self.frameworks)
+        values["rtol"] = _check_rtol(self.rtol)
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+        self.validate()
+
     @classmethod
     def from_mapping(cls, values: Mapping) -> SweepGrid:
         """Build and validate a grid from flag values or a TOML table.
@@ -145,52 +287,61 @@ class SweepGrid:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown sweep setting(s) {unknown}; known: {sorted(known)}")
-        kwargs = {}
-        for key, value in values.items():
-            if key in ("input_dim", "output_dim"):
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise InputError(f"sweep {key} must be a positive integer, got {value!r}")
-                kwargs[key] = value
-            elif key == "rtol":
-                kwargs[key] = None if value is None else float(value)
-            elif key == "layers":
-                if not isinstance(value, str):
-                    raise InputError(f"sweep layers must be a text template, got {value!r}")
-                kwargs[key] = value
-            else:
-                if isinstance(value, str):
-                    value = [v.strip() for v in value.split(",") if v.strip()]
-                if not isinstance(value, list | tuple) or not value:
-                    raise InputError(f"sweep {key} must be a non-empty list, got {value!r}")
-                kwargs[key] = tuple(value)
-        grid = cls(**kwargs)
-        grid.validate()
-        return grid
+        return cls(**values)
 
     def validate(self) -> None:
-        """Check every axis and build every cell's model (no framework is imported).
+        """Check every name and build every cell's model (no framework is imported; the
+        values themselves were checked on construction).
 
         Raises:
-            InputError: a bad dtype, batch size, seed or width.
+            InputError: a dtype xgrad does not compute in, or one a framework lacks.
             SpecError: an unknown activation or loss, or a template that does not build.
+            FrameworkError: an unknown framework name.
         """
         for name in self.activations:
             get_activation(name)
         for name in self.losses:
             get_loss(name)
         for dtype in self.dtypes:
-            check_dtype(dtype)
+            if dtype not in ALL_DTYPES:
+                raise InputError(
+                    f"{_setting('dtypes')}: {dtype!r} is not a dtype xgrad computes in; use "
+                    f"{', '.join(ALL_DTYPES)}"
+                )
+        frameworks = [_framework(e) for e in self._framework_entries()]
+        names = [fw.name for fw in frameworks]
+        for name in names:
+            if names.count(name) > 1:
+                raise InputError(
+                    f"{_setting('frameworks')} lists {name!r} twice; name each framework once"
+                )
+        for dtype in self.dtypes:
+            lacking = [fw.name for fw in frameworks if dtype not in fw.dtypes]
+            if lacking:
+                having = [n for n, fw in _known_frameworks().items() if dtype in fw.dtypes]
+                raise InputError(
+                    f"dtype {dtype!r} is not supported by {', '.join(lacking)}; drop it from "
+                    f"{_setting('dtypes')} or run it on frameworks that have it "
+                    f"({', '.join(having)})"
+                )
         for activation in self.activations:
             for loss in self.losses:
                 self.spec(activation, loss)
-        for key in ("batch_sizes", "seeds", "hidden"):
-            for v in getattr(self, key):
-                if (
-                    isinstance(v, bool)
-                    or not isinstance(v, int)
-                    or v < (0 if key == "seeds" else 1)
-                ):
-                    raise InputError(f"sweep {key} must hold positive integers, got {v!r}")
+
+    def notes(self) -> list[str]:
+        """Settings that run but cannot mean what they seem: an ``rtol`` below the unit
+        roundoff of one of the dtypes, whose cells then mismatch on rounding alone."""
+        if self.rtol is None:
+            return []
+        from xgrad.metrics import TOLERANCES
+
+        return [
+            f"rtol {self.rtol:g} is below {dtype}'s unit roundoff ({UNIT_ROUNDOFF[dtype]:.1e}): "
+            f"{dtype} cells mismatch on rounding alone (its default tolerance is "
+            f"{TOLERANCES[dtype]:g})"
+            for dtype in self.dtypes
+            if self.rtol < UNIT_ROUNDOFF[dtype]
+        ]
 
     def spec(self, activation: str, loss: str):
         """The model of the cells with this activation and loss."""
@@ -217,11 +368,7 @@ class SweepGrid:
     def _framework_entries(self) -> list[str | AbstractFramework]:
         from xgrad.frameworks.registry import available_frameworks
 
-        if self.frameworks is None:
-            return available_frameworks()
-        if isinstance(self.frameworks, str):  # "numpy,jax", as the flag is written
-            return [p.strip() for p in self.frameworks.split(",") if p.strip()]
-        return list(self.frameworks)
+        return available_frameworks() if self.frameworks is None else list(self.frameworks)
 
     def framework_names(self) -> list[str]:
         """The frameworks' names, in order (``None`` lists the installed ones)."""
@@ -287,6 +434,14 @@ class SweepGrid:
             "model": self.model_config(),
             "cell": dict(cell._asdict()),
         }
+
+
+def _known_frameworks() -> dict[str, AbstractFramework]:
+    import importlib
+
+    from xgrad.frameworks.registry import REGISTRY
+
+    return {name: importlib.import_module(module).FRAMEWORK for name, module in REGISTRY.items()}
 
 
 def _canonical(data) -> str:
@@ -435,56 +590,23 @@ def run_cell(grid: SweepGrid, cell: CellConfig) -> SweepCell:
     )
     failures = report.failures()
     status = "match" if report.ok else (failures[0][2].status if failures else "mismatch")
+    cause = _cause(report)
+    roundoff = UNIT_ROUNDOFF[cell.dtype]
+    if status == "mismatch" and grid.rtol is not None and grid.rtol < roundoff:
+        # the tolerance, not the frameworks: say so rather than "unexplained"
+        cause = (
+            f"rtol {grid.rtol:g} is below {cell.dtype}'s unit roundoff ({roundoff:.1e}); "
+            + cause.removeprefix("unexplained, ")
+        )
     return SweepCell(
         *cell,
         key=grid.cell_key(cell),
         status=status,
         worst=_worst(report),
-        cause=_cause(report),
+        cause=cause,
         diagnoses=tuple(report.diagnosis_lines()),
         report=report.to_dict(timing=False),
     )
-
-
-class CellTimeout(BaseException):
-    """Raised inside a cell that ran past its time limit. A BaseException, so that no
-    framework's ``except Exception`` swallows it."""
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float | None) -> Iterator[dict]:
-    """Raise :class:`CellTimeout` in this thread once ``seconds`` have passed.
-
-    A watchdog timer sets an asynchronous exception on the thread
-    (``PyThreadState_SetAsyncExc``), which works in a process's main thread and in a Dask
-    worker's threads alike. It is raised at the next Python instruction: a cell stuck in
-    one long native call (a compilation, a BLAS routine) stops when that call returns. The
-    yielded dict's ``fired`` says whether the limit was reached.
-    """
-    state = {"running": True, "fired": False}
-    if seconds is None:
-        yield state
-        return
-    thread_id = ctypes.c_ulong(threading.get_ident())
-    lock = threading.Lock()
-
-    def fire() -> None:
-        with lock:
-            if state["running"]:
-                state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, ctypes.py_object(CellTimeout))
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield state
-    finally:
-        timer.cancel()
-        with lock:
-            state["running"] = False
-            if state["fired"]:  # set but not raised yet: take it back
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, None)
 
 
 def _error(exc: BaseException) -> dict:
@@ -504,32 +626,40 @@ def _failed(grid: SweepGrid, cell: CellConfig, status: str, error: dict, cause: 
     return SweepCell(*cell, key=grid.cell_key(cell), status=status, cause=cause, error=error)
 
 
+def _errored(grid: SweepGrid, cell: CellConfig, error: dict) -> SweepCell:
+    return _failed(grid, cell, "error", error, f"{error['type']}: {error['message']}")
+
+
+def _run_guarded(grid: SweepGrid, cell: CellConfig) -> SweepCell:
+    """:func:`run_cell`, with an exception recorded as the cell's ``error``."""
+    try:
+        return run_cell(grid, cell)
+    except Exception as exc:
+        return _errored(grid, cell, _error(exc))
+
+
 def run_cells(
     grid: SweepGrid, cells: Sequence[CellConfig], cell_timeout: float | None = None
 ) -> list[SweepCell]:
-    """Run ``cells`` one after another here: the task a worker runs.
+    """Run ``cells`` one after another: the task an executor's worker runs.
 
-    A cell that raises is recorded as ``error`` and one that runs past ``cell_timeout``
-    seconds as ``timeout``; the next cell runs either way. Only an interrupt
-    (``KeyboardInterrupt``) stops the task.
+    A cell that raises is recorded as ``error``; the next cell runs either way. Without
+    ``cell_timeout`` the cells run in this process. With it they run in a worker process of
+    this process's own, started (and its frameworks imported and warmed up) before any
+    clock starts, and kept for the next task: a cell that runs past ``cell_timeout`` seconds
+    is recorded as ``timeout`` and its process killed and replaced, and a cell whose process
+    dies is recorded as ``lost``; the rest of the task runs in the replacement.
     """
-    out = []
-    for cell in cells:
-        cell = CellConfig(*cell)
-        try:
-            with _time_limit(cell_timeout) as limit:
-                result = run_cell(grid, cell)
-            if limit["fired"]:  # raised, and caught by the framework
-                raise CellTimeout
-        except CellTimeout:
-            cause = f"timed out after {cell_timeout:g} s"
-            error = {"type": "CellTimeout", "message": cause, "where": ""}  # where varies
-            result = _failed(grid, cell, "timeout", error, cause)
-        except Exception as exc:
-            error = _error(exc)
-            result = _failed(grid, cell, "error", error, f"{error['type']}: {error['message']}")
-        out.append(result)
-    return out
+    cells = [CellConfig(*c) for c in cells]
+    if cell_timeout is None:
+        return [_run_guarded(grid, c) for c in cells]
+    done: dict[CellConfig, SweepCell] = {}
+
+    def finish(results: list[SweepCell]) -> None:
+        done.update((r.config, r) for r in results)
+
+    _supervise(grid, [cells], 1, cell_timeout, finish, _take_worker, _keep_worker)
+    return [done[c] for c in cells]
 
 
 def chunks(cells: Sequence[CellConfig], size: int = CHUNK_CELLS) -> list[list[CellConfig]]:
@@ -542,6 +672,286 @@ def chunks(cells: Sequence[CellConfig], size: int = CHUNK_CELLS) -> list[list[Ce
         group = list(group)
         out += [group[i : i + size] for i in range(0, len(group), size)]
     return out
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+WORKER_IDLE_S = 600.0
+"""A worker process that :func:`run_cells` keeps for later tasks exits after this many
+seconds unused (or as soon as the process that started it ends)."""
+
+_WORKER_CODE = (
+    "import json, sys\n"
+    "sys.path[:] = json.loads(sys.argv[2])\n"
+    "from xgrad.sweep import _serve\n"
+    "_serve(int(sys.argv[1]), float(sys.argv[3]))\n"
+)
+
+
+class _WorkerGone(Exception):
+    """The worker process ended, or its connection broke."""
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "its connection broke"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class _Worker:
+    """A process of its own (a fresh interpreter, never a fork) that runs cells one at a
+    time for the process that started it. That process can stop it at any moment: a cell
+    past its time limit is ended by killing its process, never by interrupting it from
+    inside, which can leave an import or a framework's state half done."""
+
+    def __init__(self, idle_s: float = 0.0):
+        ours, theirs = socket.socketpair()
+        env = {**os.environ}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up logging stays quiet
+        argv = [str(theirs.fileno()), json.dumps(sys.path), str(idle_s)]
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, *argv],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def send(self, message) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:
+            raise _WorkerGone from None
+
+    def recv(self):
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise _WorkerGone from None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and not self.conn.closed
+
+    def reason(self) -> str:
+        """Why the process ended, once it has."""
+        try:
+            code = self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        return _exit_reason(code)
+
+    def stop(self) -> None:
+        """Kill the process (at once: it holds nothing the sweep needs) and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if not self.conn.closed:
+            self.conn.close()
+
+
+def _warm_up(grid: SweepGrid) -> None:
+    """Import the grid's frameworks and run each once on a tiny model in each of the grid's
+    dtypes, so that no cell is charged for that. An error is left for the cells to record."""
+    from xgrad.runner import compare
+    from xgrad.spec import MLP, Dense
+
+    frameworks = None if grid.frameworks is None else list(grid.frameworks)
+    for dtype in grid.dtypes:
+        with contextlib.suppress(Exception):
+            compare(MLP(2, [Dense(2)]), np.ones((1, 2)), frameworks=frameworks, dtype=dtype)
+
+
+def _serve(fd: int, idle_s: float) -> None:
+    """A worker process's loop: ``("grid", pickled grid, warm)`` -> ``("ready",)``, then
+    ``("cell", config)`` -> ``("cell", SweepCell or None, error or None)``, until the
+    connection closes (or, with ``idle_s``, nothing comes for that long)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the starting process's to handle
+    conn = Connection(fd)
+    grid, loaded, failure = None, None, None
+    try:
+        while idle_s <= 0 or conn.poll(idle_s):
+            message = conn.recv()
+            if message[0] == "grid":
+                _, data, warm = message
+                if data != loaded:
+                    loaded, failure = data, None
+                    try:
+                        grid = pickle.loads(data)
+                    except Exception as exc:  # e.g. a framework class not importable here
+                        failure = _error(exc)
+                    if warm and failure is None:
+                        _warm_up(grid)
+                conn.send(("ready",))
+            elif failure is not None:
+                conn.send(("cell", None, failure))
+            else:
+                conn.send(("cell", _run_guarded(grid, message[1]), None))
+    except (EOFError, OSError):
+        pass  # the process that started this one has gone
+
+
+class _Slot:
+    """A worker process of :func:`_supervise` and the task it runs (first cell running)."""
+
+    def __init__(self, worker: _Worker, fresh: bool):
+        self.worker, self.fresh = worker, fresh
+        self.ready = False
+        self.task: list[CellConfig] = []
+        self.deadline: float | None = None
+
+
+def _supervise(
+    grid: SweepGrid,
+    tasks: Sequence[Sequence[CellConfig]],
+    size: int,
+    cell_timeout: float | None,
+    finish: Callable[[list[SweepCell]], None],
+    take: Callable[[], tuple[_Worker, bool]],
+    keep: Callable[[_Worker], None] | None = None,
+) -> None:
+    """Run ``tasks`` on at most ``size`` worker processes, calling ``finish`` with each cell.
+
+    ``take()`` gives a worker and whether it is freshly started. A worker gets the grid,
+    imports its frameworks and (with a ``cell_timeout``) warms them up before it is given a
+    cell, and then one cell at a time. A cell's clock starts when it is sent: past
+    ``cell_timeout`` seconds without its result, the worker is killed and replaced, the cell
+    recorded as ``timeout``, and the rest of its task runs on the replacement. A worker that
+    dies makes its running cell ``lost``, and likewise the rest runs on a replacement; one
+    that dies before it is ready is not replaced, and with none left the cells not run are
+    ``lost``. At the end the live workers go to ``keep`` (or are stopped); on an exception
+    (Ctrl-C) every worker is stopped.
+    """
+    message = ("grid", pickle.dumps(grid), cell_timeout is not None)
+    queue = deque(list(t) for t in tasks if t)
+    slots: list[_Slot] = []
+    why_none = ""
+
+    def launch() -> None:
+        slot = _Slot(*take())
+        slots.append(slot)
+        with contextlib.suppress(_WorkerGone):  # found out when it is waited on
+            slot.worker.send(message)
+
+    def drop(slot: _Slot) -> None:
+        slots.remove(slot)
+        slot.worker.stop()
+        if slot.task[1:]:
+            queue.appendleft(slot.task[1:])  # not started: the next worker runs them
+        slot.task = []
+
+    def start(slot: _Slot) -> bool:
+        try:
+            slot.worker.send(("cell", slot.task[0]))
+        except _WorkerGone:
+            gone(slot)
+            return False
+        slot.deadline = None if cell_timeout is None else time.monotonic() + cell_timeout
+        return True
+
+    def gone(slot: _Slot) -> None:
+        nonlocal size, why_none
+        reason = slot.worker.reason()
+        if not slot.ready and slot.fresh:  # it could not start: not replaced
+            size -= 1
+            why_none = f"no worker process could start (the last {reason})"
+        if slot.task:
+            error = {
+                "type": "WorkerDied",
+                "message": f"the worker process running this cell died ({reason})",
+                "where": "",
+            }
+            cause = f"worker lost: WorkerDied: {error['message']}"
+            finish([_failed(grid, slot.task[0], "lost", error, cause)])
+        drop(slot)
+
+    try:
+        while queue or any(s.task for s in slots):
+            busy = sum(bool(s.task) for s in slots)
+            while len(slots) < min(size, busy + len(queue)):
+                launch()
+            if not slots:  # every worker failed to start
+                error = {"type": "WorkerDied", "message": why_none, "where": ""}
+                cause = f"worker lost: WorkerDied: {why_none}"
+                finish([_failed(grid, c, "lost", error, cause) for task in queue for c in task])
+                queue.clear()
+                break
+            for slot in list(slots):
+                if slot.ready and not slot.task and queue:
+                    slot.task = queue.popleft()
+                    start(slot)
+            deadlines = [s.deadline for s in slots if s.task and s.deadline is not None]
+            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            readable = connection_wait([s.worker.conn for s in slots], wait_s)
+            for slot in [s for s in slots if s.worker.conn in readable]:
+                try:
+                    reply = slot.worker.recv()
+                except _WorkerGone:
+                    gone(slot)
+                    continue
+                if reply[0] == "ready":
+                    slot.ready = True
+                    continue
+                _, cell, error = reply
+                config = slot.task.pop(0)
+                finish([cell if cell is not None else _errored(grid, config, error)])
+                slot.deadline = None
+                if slot.task:
+                    start(slot)
+            now = time.monotonic()
+            for slot in list(slots):
+                if slot.task and slot.deadline is not None and now >= slot.deadline:
+                    cause = f"timed out after {cell_timeout:g} s"
+                    error = {"type": "CellTimeout", "message": cause, "where": ""}
+                    finish([_failed(grid, slot.task[0], "timeout", error, cause)])
+                    drop(slot)  # killed: a new worker runs the rest
+    except BaseException:
+        for slot in slots:
+            slot.worker.stop()
+        raise
+    for slot in slots:
+        if keep is not None and slot.ready and slot.worker.alive():
+            keep(slot.worker)
+        else:
+            slot.worker.stop()
+
+
+_IDLE: list[_Worker] = []  # the workers run_cells keeps for later tasks, in this process
+_IDLE_LOCK = threading.Lock()
+
+
+def _take_worker() -> tuple[_Worker, bool]:
+    with _IDLE_LOCK:
+        while _IDLE:
+            worker = _IDLE.pop()
+            if worker.alive():
+                return worker, False
+            worker.stop()
+    return _Worker(idle_s=WORKER_IDLE_S), True
+
+
+def _keep_worker(worker: _Worker) -> None:
+    with _IDLE_LOCK:
+        _IDLE.append(worker)
+
+
+def _stop_idle_workers() -> None:
+    """Stop the workers :func:`run_cells` kept in this process (an executor of threads)."""
+    with _IDLE_LOCK:
+        workers = list(_IDLE)
+        _IDLE.clear()
+    for worker in workers:
+        worker.stop()
 
 
 # -- the result ---------------------------------------------------------------------------------
@@ -782,37 +1192,13 @@ class _Bar:
             self.progress.stop()
 
 
-def _init_worker() -> None:
-    """In each local worker process: Ctrl-C is the parent's to handle (it stops the
-    workers), and TensorFlow's start-up logging stays quiet."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _local_pool(workers: int) -> ProcessPoolExecutor:
-    # "spawn": a fresh interpreter per worker, never a fork of a parent whose JAX,
-    # TensorFlow or BLAS threads are running.
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-    )
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a local pool at once: queued tasks are cancelled, running ones abandoned."""
-    if sys.version_info >= (3, 14):
-        pool.terminate_workers()
-        return
-    processes = list((pool._processes or {}).values())  # no public way before 3.14
-    for process in processes:
-        process.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _run_here(grid, todo, cell_timeout, finish) -> None:
+def _run_here(grid, todo, finish) -> None:
     for cell in todo:
-        finish(run_cells(grid, [cell], cell_timeout))
+        finish([_run_guarded(grid, cell)])
+
+
+def _run_local(grid, todo, workers, cell_timeout, finish) -> None:
+    _supervise(grid, chunks(todo), workers, cell_timeout, finish, lambda: (_Worker(), True))
 
 
 def _run_on(executor: Executor, grid, todo, cell_timeout, finish) -> None:
@@ -853,15 +1239,21 @@ def run_sweep(
         executor: any :class:`concurrent.futures.Executor` to run the cells on, e.g.
             ``dask.distributed.Client(address).get_executor()`` (see :func:`dask_executor`);
             the caller owns it. Cells of one model go as one task (:func:`chunks`).
-        workers: with no ``executor``: ``1`` runs the cells here, one after another; ``N``
-            runs them on ``N`` local worker processes (started with ``spawn``, stopped at
-            the end). The frameworks are imported in the workers only.
+        workers: with no ``executor``: ``1`` runs the cells here, one after another (in one
+            worker process with a ``cell_timeout``); ``N`` runs them on ``N`` local worker
+            processes (fresh interpreters, stopped at the end). The frameworks are imported
+            in the workers only.
         out: a folder. Each finished cell is written to ``out/cells/`` as it completes
             (atomically); cells already there with a report are not run again (a cell is
             found by :meth:`SweepGrid.cell_key`); ``out/sweep.json`` and ``out/sweep.md``
             are written once every cell is done.
-        cell_timeout: seconds a cell may run; one that runs longer is recorded as
-            ``timeout`` and the sweep goes on.
+        cell_timeout: wall-clock seconds a cell may take in its worker process, from the
+            moment the worker is handed the cell (its frameworks already imported and
+            warmed up) until its result is back: building its model, every framework's
+            passes and the diagnosis. One that takes longer is recorded as ``timeout``, its
+            process is killed and replaced, and the sweep goes on. The cells then always run
+            in worker processes (one with ``workers=1``; on an ``executor``, one per
+            executor worker).
         progress: show a progress bar counting cells and mismatches.
         on_cell: called here with each cell this run computes, once it is written.
 
@@ -888,8 +1280,12 @@ def run_sweep(
             f"conflicting options: executor and workers={workers} (the executor's workers "
             "run the cells); give one"
         )
-    if cell_timeout is not None and not cell_timeout > 0:
-        raise InputError(f"cell_timeout must be a positive number of seconds, got {cell_timeout}")
+    if cell_timeout is not None and (
+        isinstance(cell_timeout, bool)
+        or not isinstance(cell_timeout, int | float)
+        or not (math.isfinite(cell_timeout) and cell_timeout > 0)
+    ):
+        raise InputError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
     grid = grid.resolved()
     store = None if out is None else _Store(out)
     configs = grid.cells()
@@ -919,19 +1315,15 @@ def run_sweep(
                 pass
             elif executor is not None:
                 _run_on(executor, grid, todo, cell_timeout, finish)
-            elif workers == 1:
-                _run_here(grid, todo, cell_timeout, finish)
+            elif workers == 1 and cell_timeout is None:
+                _run_here(grid, todo, finish)
             else:
-                pool = _local_pool(workers)
-                try:
-                    _run_on(pool, grid, todo, cell_timeout, finish)
-                except BaseException:
-                    _stop_pool(pool)
-                    raise
-                pool.shutdown(wait=True)
+                _run_local(grid, todo, workers, cell_timeout, finish)
     except KeyboardInterrupt:
         folder = None if store is None else store.folder
         raise SweepInterrupted(len(found), len(configs), folder) from None
+    finally:
+        _stop_idle_workers()  # kept by run_cells when the executor's threads are in this process
     result = SweepResult(
         grid,
         tuple(found[k] for k in keys),

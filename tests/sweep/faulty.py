@@ -37,3 +37,29 @@ class SlowNumpy(NumpyFramework):
             while time.monotonic() < end:
                 time.sleep(0.01)
         return super()._build(spec, params, dtype)
+
+
+class StuckNumpy(NumpyFramework):
+    """Sleeps a minute in one native call (no Python instruction runs) in a ``tanh`` cell:
+    only killing its process can stop it."""
+
+    name = "stuck"
+
+    def _build(self, spec, params, dtype):
+        if _planted(spec):
+            time.sleep(60.0)
+        return super()._build(spec, params, dtype)
+
+
+class DyingNumpy(NumpyFramework):
+    """Kills its own process (as a segmentation fault would) in a ``tanh`` cell."""
+
+    name = "dying"
+
+    def _build(self, spec, params, dtype):
+        if _planted(spec):
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super()._build(spec, params, dtype)

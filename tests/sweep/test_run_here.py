@@ -8,13 +8,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
-from sweep.faulty import CrashingNumpy, SlowNumpy
+from sweep.faulty import CrashingNumpy, DyingNumpy, SlowNumpy, StuckNumpy
 
-from xgrad.errors import InputError, OutputError
+from xgrad.errors import InputError, OutputError, XgradError
 from xgrad.sweep import (
     SCHEMA,
     STATUSES,
@@ -150,6 +151,33 @@ def test_a_cell_past_its_time_limit_is_recorded_and_the_others_run():
     assert "timeout: tanh / sum / float64 / batch 2 / seed 0" in result.diagnosis_lines()[0]
 
 
+def test_a_cell_stuck_in_one_native_call_is_stopped_at_its_limit():
+    # one time.sleep(60): no Python instruction runs, so only killing the process stops it
+    grid = SweepGrid(
+        activations=("tanh", "relu"), losses=("sum",), dtypes=("float64",), batch_sizes=(2,),
+        hidden=(5,), frameworks=("numpy", StuckNumpy()),
+    )  # fmt: skip
+    start = time.monotonic()
+    result = run_sweep(grid, cell_timeout=1.0)
+    assert time.monotonic() - start < 45
+    assert [c.status for c in result.cells] == ["timeout", "match"]
+    assert result.cells[0].cause == "timed out after 1 s"
+
+
+def test_a_cell_that_kills_its_worker_is_lost_and_the_others_run():
+    grid = SweepGrid(
+        activations=("tanh", "relu"), losses=("sum",), dtypes=("float64",), batch_sizes=(2,),
+        seeds=(0, 1), hidden=(5,), frameworks=("numpy", DyingNumpy()),
+    )  # fmt: skip
+    result = run_sweep(grid, workers=2)
+    by_activation = {(c.activation, c.seed): c.status for c in result.cells}
+    assert by_activation == {
+        ("tanh", 0): "lost", ("tanh", 1): "lost", ("relu", 0): "match", ("relu", 1): "match"
+    }  # fmt: skip
+    lost = next(c for c in result.cells if c.status == "lost")
+    assert "killed by SIGKILL" in lost.cause
+
+
 class _DeadWorkers(Executor):
     """An executor whose every task fails as when its worker process dies."""
 
@@ -236,3 +264,46 @@ def test_out_must_be_a_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match="is a file; give a folder"):
         run_sweep(GRID, out=tmp_path / "file")
+
+
+# -- the grid's own checks ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"activations": ()}, "sweep activations (--activations) is empty"),
+        ({"activations": "relu"}, None),  # a string is split on commas
+        ({"activations": ("relu", "relu")}, "lists 'relu' twice"),
+        ({"seeds": (-1,)}, "non-negative integers (0, 1, ...), got -1"),
+        ({"batch_sizes": (True,)}, "must hold positive integers, got True"),
+        ({"batch_sizes": 4}, "must be a list, got 4"),
+        ({"rtol": float("nan")}, "must be a positive finite number such as 1e-5, got nan"),
+        ({"rtol": -1e-5}, "got -1e-05"),
+        ({"rtol": True}, "got True"),
+        ({"rtol": "1e-5"}, "got '1e-5'"),
+        ({"dtypes": ("float8",)}, "'float8' is not a dtype xgrad computes in"),
+        ({"frameworks": ()}, "sweep frameworks (--frameworks) is empty"),
+        ({"frameworks": ("numpy", "np")}, "lists 'numpy' twice"),
+        ({"dtypes": ("bfloat16",)}, "dtype 'bfloat16' is not supported by numpy"),
+    ],
+)
+def test_bad_grid_settings_are_named_on_construction(change, message):
+    values = {**GRID.__dict__, **change}
+    if message is None:
+        assert SweepGrid(**values).activations == ("relu",)
+        return
+    with pytest.raises(XgradError, match=re.escape(message)):
+        SweepGrid(**values)
+
+
+def test_an_unknown_framework_is_named_without_importing_any():
+    with pytest.raises(XgradError, match="unknown framework 'pytorch2'"):
+        SweepGrid(**{**GRID.__dict__, "frameworks": ("numpy", "pytorch2")})
+
+
+def test_an_rtol_below_the_unit_roundoff_is_noted():
+    grid = SweepGrid(**{**GRID.__dict__, "rtol": 1e-9})
+    notes = grid.notes()
+    assert len(notes) == 1 and notes[0].startswith("rtol 1e-09 is below float32's unit roundoff")
+    assert SweepGrid(**{**GRID.__dict__, "rtol": 1e-3}).notes() == []
