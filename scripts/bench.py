@@ -1,15 +1,22 @@
 """xgrad's benchmark: every figure in one run, on one machine, each beside its baseline.
 
-Sections (targets from issue 6; a figure is a ratio or comes with its baseline):
+Sections (targets from issues 6, 12 and 14; a figure is a ratio, or comes with its baseline,
+and with the machine's load average when it was taken):
 
-a. overhead    steady-state gradient step through each adapter vs the same computation
-               written by hand in that framework; large MLP (1024 -> 2048 x 4 -> 10,
-               batch 512, float32) <= 1.05, seed example 3 <= 1.5.
-b. throughput  achieved GFLOP/s of each adapter's step (6 * batch * sum(in * out)) over the
+a. overhead    steady-state gradient step of each framework's model vs the same computation
+               written by hand in that framework: the large MLP (1024 -> 2048 x 4 -> 10,
+               batch 512, float32) and a model of the newer layers (LayerNorm, a residual
+               block, RMSNorm; 512 -> 1024, batch 256) <= 1.05, seed example 3 <= 1.5.
+b. throughput  achieved GFLOP/s of each framework's step (6 * batch * sum(in * out)) over the
                machine's float32 matmul GFLOP/s on the same shapes (best framework's raw
-               matmuls): numpy >= 85%, jax >= 75%, tensorflow >= 60%.
+               matmuls): numpy >= 85%, jax >= 75%, tensorflow >= 60% (torch: shown).
 c. compare     xgrad.compare on the large model, all frameworks, vs the sum of the raw
-               steps it contains (each framework plus the float64 NumPy reference): <= 1.15.
+               steps it contains (each framework plus the float64 NumPy reference): <= 1.15
+               with explain=False, <= 1.5 with the default explain (float32 rounding at ReLU
+               kinks found and explained); the exit status of `xgrad compare` on that model;
+               the fused metric pass in ns per element and framework against the memory-
+               bandwidth floor; compare_models of a Keras model and a Flax module holding
+               the same weights (per-layer capture included) vs their two bare steps: <= 1.3.
 d. startup     `xgrad compare` of seed example 3 in a fresh process vs importing the
                frameworks it uses: <= 1.3, for all frameworks and for numpy,jax (TensorFlow
                must then not be imported).
@@ -17,10 +24,12 @@ e. memory      peak RSS of a full comparison at about 1M, 10M and 50M float32 pa
                beyond the import baseline, over the bytes the comparison must hold
                (params f64 + reference gradients f64 + each framework's gradients f32): <= 3,
                and growing linearly.
-f. sweep       cells per second of a 64-cell `xgrad sweep` grid, each run in a fresh process:
-               1 local worker, 2 local workers, a 2-worker Dask LocalCluster (loopback); the
-               speed-up against the ideal 2 x, the machine's measured 2-process capacity and
-               the measured worker start-up; the merged reports must be byte-identical.
+f. sweep       a 64-cell grid of the seed-sized model: `xgrad sweep` in one process (warm)
+               vs a hand-written loop doing the same gradient steps: <= 1.5 x its time; and
+               cells per second with each run in a fresh process: 1 local worker, 2 local
+               workers, a 2-worker Dask LocalCluster (loopback); the speed-up against the
+               ideal 2 x, the machine's measured 2-process capacity and the measured worker
+               start-up; the merged reports must be byte-identical.
 
 Usage: ``python scripts/bench.py [--json PATH] [--smoke] [--sections a,b,c,d,e,f]``. ``--smoke``
 runs tiny shapes and few repeats: it checks the harness, its figures mean nothing.
@@ -46,14 +55,24 @@ import xgrad
 
 LARGE = (1024, (2048, 2048, 2048, 2048), 10, 512)
 SMOKE_LARGE = (32, (64, 64), 10, 16)
+NORMS = (512, 1024, 10, 256)  # input, width, output, batch of the model with the new layers
+SMOKE_NORMS = (16, 32, 4, 8)
 TARGETS = {
     "overhead_large": 1.05,
     "overhead_small": 1.5,
-    "throughput": {"numpy": 0.85, "jax": 0.75, "flax": 0.75, "tensorflow": 0.60},
+    "throughput": {"numpy": 0.85, "jax": 0.75, "flax": 0.75, "tensorflow": 0.60, "torch": None},
     "compare": 1.15,
+    "compare_diagnosis": 1.5,
+    "compare_models": 1.3,
     "startup": 1.3,
     "memory": 3.0,
+    "sweep": 1.5,
 }
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def median_time(fn, repeats: int, warmup: int = 1, sample_s: float = 0.05) -> float:
@@ -82,141 +101,418 @@ def make_spec(shape) -> xgrad.MLP:
     return xgrad.MLP(n_in, [*(xgrad.Dense(h, "relu") for h in hidden), xgrad.Dense(n_out)])
 
 
+def norms_spec(shape) -> xgrad.MLP:
+    """The layers of the second round: LayerNorm, a residual block, RMSNorm."""
+    n_in, width, n_out, _ = shape
+    return xgrad.MLP(
+        n_in,
+        [
+            xgrad.Dense(width, "relu"),
+            xgrad.LayerNorm(),
+            xgrad.Residual([xgrad.Dense(width, "relu")]),
+            xgrad.RMSNorm(),
+            xgrad.Dense(n_out),
+        ],
+    )
+
+
 def flops(spec: xgrad.MLP, batch: int) -> float:
+    """The matmul work of one gradient step: forward, dW and dX of every Dense."""
     return 6.0 * batch * sum(i * o for i, o in spec.layer_dims())
 
 
 # -- hand-written baselines: the same step, written directly in each framework ------------
+#
+# Each raw_<framework>(spec, params, x, y=None, loss="sum", dtype="float32") returns a
+# zero-argument step computing the loss, its gradients with respect to every weight and to x,
+# the way one would write it by hand in that framework: its own layers and activations, one
+# compiled or traced function where the framework has them, inputs already in its tensors.
+# They cover what the benchmark's models use: Dense with any of the sweep's activations,
+# LayerNorm, RMSNorm and Residual blocks; the losses sum and mse.
+
+LEAKY_SLOPE = 0.2  # xgrad's leaky_relu default (Keras')
 
 
-def raw_numpy(spec, params, x, dtype="float32"):
-    ws = [
-        (params[f"layers.{i}.kernel"].astype(dtype), params[f"layers.{i}.bias"].astype(dtype))
-        for i in range(len(spec.layers))
-    ]
+def _np_activation(name: str):
+    """``(f(z), f'(z) given z and f(z))`` for NumPy, written out."""
+    sqrt2 = np.sqrt(2.0)
+    alpha, scale = 1.6732632423543772, 1.0507009873554805
+
+    def sigmoid(z):
+        return 0.5 * (1 + np.tanh(0.5 * z))
+
+    def erf(z):
+        try:
+            from scipy.special import erf as _erf
+        except ImportError:  # pragma: no cover
+            import math
+
+            return np.vectorize(math.erf, otypes=[z.dtype])(z)
+        return _erf(z)
+
+    table = {
+        "linear": (lambda z: z, None),
+        "relu": (lambda z: np.maximum(z, 0), lambda z, a: z > 0),
+        "tanh": (np.tanh, lambda z, a: 1 - a * a),
+        "sigmoid": (sigmoid, lambda z, a: a * (1 - a)),
+        "gelu": (
+            lambda z: 0.5 * z * (1 + erf(z / sqrt2)),
+            lambda z, a: 0.5 * (1 + erf(z / sqrt2)) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi),
+        ),
+        "elu": (lambda z: np.where(z > 0, z, np.expm1(z)), lambda z, a: np.where(z > 0, 1, a + 1)),
+        "selu": (
+            lambda z: scale * np.where(z > 0, z, alpha * np.expm1(z)),
+            lambda z, a: np.where(z > 0, scale, a + scale * alpha),
+        ),
+        "softplus": (lambda z: np.logaddexp(z, 0), lambda z, a: sigmoid(z)),
+        "silu": (lambda z: z * sigmoid(z), lambda z, a: sigmoid(z) * (1 + z * (1 - sigmoid(z)))),
+        "leaky_relu": (
+            lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
+            lambda z, a: np.where(z > 0, 1, LEAKY_SLOPE),
+        ),
+    }
+    return table[name.split(":")[0]]
+
+
+def raw_numpy(spec, params, x, dtype="float32", y=None, loss="sum"):
+    w = {k: v.astype(dtype) for k, v in params.items()}
     xs = x.astype(dtype)
-    last = len(ws) - 1
+    ys = None if y is None else np.asarray(y, dtype=dtype)
+
+    def forward(layers, prefix, a, tape):
+        for i, layer in enumerate(layers):
+            p = f"{prefix}.{i}"
+            if isinstance(layer, xgrad.Dense):
+                z = a @ w[f"{p}.kernel"] + w[f"{p}.bias"]
+                f, df = _np_activation(layer.activation)
+                out = f(z)
+                tape.append(("dense", p, a, z, out, df))
+            elif isinstance(layer, xgrad.LayerNorm):
+                centred = a - a.mean(-1, keepdims=True)
+                inv = 1 / np.sqrt((centred * centred).mean(-1, keepdims=True) + layer.epsilon)
+                normed = centred * inv
+                out = normed * w[f"{p}.scale"] + w[f"{p}.bias"]
+                tape.append(("layernorm", p, normed, inv))
+            elif isinstance(layer, xgrad.RMSNorm):
+                inv = 1 / np.sqrt((a * a).mean(-1, keepdims=True) + layer.epsilon)
+                normed = a * inv
+                out = normed * w[f"{p}.scale"]
+                tape.append(("rmsnorm", p, normed, inv))
+            else:  # Residual
+                inner: list = []
+                out = a + forward(layer.layers, f"{p}.layers", a, inner)
+                tape.append(("residual", p, inner))
+            a = out
+        return a
+
+    def backward(tape, g, grads):
+        for op in reversed(tape):
+            kind, p = op[0], op[1]
+            if kind == "dense":
+                _, _, a, z, out, df = op
+                d = g if df is None else g * df(z, out)
+                grads[f"{p}.kernel"] = a.T @ d
+                grads[f"{p}.bias"] = d.sum(0)
+                g = d @ w[f"{p}.kernel"].T
+            elif kind == "layernorm":
+                _, _, normed, inv = op
+                grads[f"{p}.scale"] = (g * normed).sum(0)
+                grads[f"{p}.bias"] = g.sum(0)
+                gn = g * w[f"{p}.scale"]
+                g = inv * (
+                    gn - gn.mean(-1, keepdims=True) - normed * (gn * normed).mean(-1, keepdims=True)
+                )
+            elif kind == "rmsnorm":
+                _, _, normed, inv = op
+                grads[f"{p}.scale"] = (g * normed).sum(0)
+                gn = g * w[f"{p}.scale"]
+                g = inv * (gn - normed * (gn * normed).mean(-1, keepdims=True))
+            else:
+                g = g + backward(op[2], g, grads)
+        return g
 
     def step():
-        acts = [xs]
-        zs = []
-        for i, (w, b) in enumerate(ws):
-            z = acts[-1] @ w + b
-            zs.append(z)
-            acts.append(z if i == last else np.maximum(z, 0))
-        delta = np.ones_like(acts[-1])
-        grads = []
-        for i in range(last, -1, -1):
-            if i != last:
-                delta = delta * (zs[i] > 0)
-            grads.append((acts[i].T @ delta, delta.sum(0)))
-            delta = delta @ ws[i][0].T
-        return acts[-1].sum(), grads, delta
+        tape: list = []
+        out = forward(spec.layers, "layers", xs, tape)
+        if loss == "sum":
+            value, g = out.sum(), np.ones_like(out)
+        else:
+            diff = out - ys
+            value, g = (diff * diff).mean(), diff * (2 / diff.size)
+        grads: dict = {}
+        return value, grads, backward(tape, g, grads)
 
     return step
 
 
-def raw_jax(spec, params, x):
+def _jax_activation(name: str):
+    import jax
+
+    kind = name.split(":")[0]
+    if kind == "linear":
+        return lambda z: z
+    if kind == "gelu":
+        return lambda z: jax.nn.gelu(z, approximate=False)
+    if kind == "leaky_relu":
+        return lambda z: jax.nn.leaky_relu(z, LEAKY_SLOPE)
+    return getattr(jax.nn, kind)
+
+
+def raw_jax(spec, params, x, y=None, loss="sum", dtype="float32"):
     import jax
     import jax.numpy as jnp
 
-    ws = [
-        (
-            jnp.asarray(params[f"layers.{i}.kernel"], jnp.float32),
-            jnp.asarray(params[f"layers.{i}.bias"], jnp.float32),
-        )
-        for i in range(len(spec.layers))
-    ]
-    xs = jnp.asarray(x, jnp.float32)
-    last = len(ws) - 1
+    def run(fn):
+        with jax.enable_x64(dtype == "float64"):
+            return fn()
 
-    def loss(ws, xs):
-        a = xs
-        for i, (w, b) in enumerate(ws):
-            a = a @ w + b
-            if i != last:
-                a = jax.nn.relu(a)
-        return a.sum()
+    ws = run(lambda: {k: jnp.asarray(v.astype(dtype)) for k, v in params.items()})
+    xs = run(lambda: jnp.asarray(x.astype(dtype)))
+    ys = None if y is None else run(lambda: jnp.asarray(np.asarray(y, dtype=dtype)))
 
-    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    def forward(layers, prefix, w, a):
+        for i, layer in enumerate(layers):
+            p = f"{prefix}.{i}"
+            if isinstance(layer, xgrad.Dense):
+                a = _jax_activation(layer.activation)(a @ w[f"{p}.kernel"] + w[f"{p}.bias"])
+            elif isinstance(layer, xgrad.LayerNorm):
+                mean = a.mean(-1, keepdims=True)
+                var = ((a - mean) ** 2).mean(-1, keepdims=True)
+                a = (a - mean) / jnp.sqrt(var + layer.epsilon) * w[f"{p}.scale"] + w[f"{p}.bias"]
+            elif isinstance(layer, xgrad.RMSNorm):
+                ms = (a * a).mean(-1, keepdims=True)
+                a = a / jnp.sqrt(ms + layer.epsilon) * w[f"{p}.scale"]
+            else:
+                a = a + forward(layer.layers, f"{p}.layers", w, a)
+        return a
+
+    def objective(w, xx, yy):
+        out = forward(spec.layers, "layers", w, xx)
+        return out.sum() if loss == "sum" else ((out - yy) ** 2).mean()
+
+    fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
 
     def step():
-        return jax.block_until_ready(fn(ws, xs))
+        return run(lambda: jax.block_until_ready(fn(ws, xs, ys)))
 
     return step
 
 
-def raw_flax(spec, params, x):
+def raw_flax(spec, params, x, y=None, loss="sum", dtype="float32"):
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    class Net(nnx.Module):
-        def __init__(self):
-            dims = [spec.input_dim, *(layer.units for layer in spec.layers)]
-            self.layers = nnx.List(
-                [
-                    nnx.Linear(a, b, rngs=nnx.Rngs(0))
-                    for a, b in zip(dims[:-1], dims[1:], strict=True)
-                ]
-            )
+    jdtype = jnp.dtype(dtype)
 
-        def __call__(self, x):
-            for i, layer in enumerate(self.layers):
-                x = layer(x)
-                if i != len(self.layers) - 1:
-                    x = nnx.relu(x)
-            return x
+    def make(layers, shape):
+        mods = []
+        for layer in layers:
+            if isinstance(layer, xgrad.Dense):
+                mods.append(
+                    (
+                        nnx.Linear(
+                            shape, layer.units, rngs=nnx.Rngs(0), dtype=jdtype, param_dtype=jdtype
+                        ),
+                        _jax_activation(layer.activation),
+                    )
+                )
+                shape = layer.units
+            elif isinstance(layer, xgrad.LayerNorm):
+                mods.append(
+                    (
+                        nnx.LayerNorm(
+                            shape,
+                            epsilon=layer.epsilon,
+                            rngs=nnx.Rngs(0),
+                            dtype=jdtype,
+                            param_dtype=jdtype,
+                        ),
+                        None,
+                    )
+                )
+            elif isinstance(layer, xgrad.RMSNorm):
+                mods.append(
+                    (
+                        nnx.RMSNorm(
+                            shape,
+                            epsilon=layer.epsilon,
+                            rngs=nnx.Rngs(0),
+                            dtype=jdtype,
+                            param_dtype=jdtype,
+                        ),
+                        None,
+                    )
+                )
+            else:
+                mods.append((Block(layer.layers, shape), "residual"))
+        return mods
 
-    net = Net()
-    graphdef, state = nnx.split(net)
-    xs = jnp.asarray(x, jnp.float32)
+    class Block(nnx.Module):
+        def __init__(self, layers, shape):
+            built = make(layers, shape)
+            self.layers = nnx.List([m for m, _ in built])
+            self.acts = tuple(a for _, a in built)
 
-    @jax.jit
-    def fn(state, xs):
-        return jax.value_and_grad(lambda s, xx: nnx.merge(graphdef, s)(xx).sum(), argnums=(0, 1))(
-            state, xs
-        )
+        def __call__(self, a):
+            for module, act in zip(self.layers, self.acts, strict=True):
+                if act == "residual":
+                    a = a + module(a)
+                else:
+                    a = module(a)
+                    if act is not None:
+                        a = act(a)
+            return a
+
+    def build():
+        net = Block(spec.layers, spec.input_dim)
+        return nnx.split(net)
+
+    def run(fn):
+        with jax.enable_x64(dtype == "float64"):
+            return fn()
+
+    graphdef, state = run(build)
+    xs = run(lambda: jnp.asarray(x.astype(dtype)))
+    ys = None if y is None else run(lambda: jnp.asarray(np.asarray(y, dtype=dtype)))
+
+    def objective(s, xx, yy):
+        out = nnx.merge(graphdef, s)(xx)
+        return out.sum() if loss == "sum" else ((out - yy) ** 2).mean()
+
+    fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
 
     def step():
-        return jax.block_until_ready(fn(state, xs))
+        return run(lambda: jax.block_until_ready(fn(state, xs, ys)))
 
     return step
 
 
-def raw_tensorflow(spec, params, x):
+def _keras_activation(name: str):
+    import keras
+
+    kind = name.split(":")[0]
+    if kind == "linear":
+        return None
+    if kind == "gelu":
+        return lambda z: keras.activations.gelu(z, approximate=False)
+    if kind == "leaky_relu":
+        return lambda z: keras.activations.leaky_relu(z, negative_slope=LEAKY_SLOPE)
+    return kind
+
+
+def raw_tensorflow(spec, params, x, y=None, loss="sum", dtype="float32"):
     import keras
     import tensorflow as tf
 
-    layers = [keras.Input((spec.input_dim,))]
-    layers += [
-        keras.layers.Dense(layer.units, activation=None if i == len(spec.layers) - 1 else "relu")
-        for i, layer in enumerate(spec.layers)
-    ]
-    model = keras.Sequential(layers)
-    xs = tf.constant(x, tf.float32)
+    def chain(layers, h):
+        for layer in layers:
+            if isinstance(layer, xgrad.Dense):
+                act = _keras_activation(layer.activation)
+                h = keras.layers.Dense(layer.units, activation=act, dtype=dtype)(h)
+            elif isinstance(layer, xgrad.LayerNorm):
+                h = keras.layers.LayerNormalization(epsilon=layer.epsilon, dtype=dtype)(h)
+            elif isinstance(layer, xgrad.RMSNorm):
+                h = keras.layers.RMSNormalization(epsilon=layer.epsilon, dtype=dtype)(h)
+            else:
+                h = keras.layers.Add(dtype=dtype)([h, chain(layer.layers, h)])
+        return h
+
+    inputs = keras.Input((spec.input_dim,), dtype=dtype)
+    model = keras.Model(inputs, chain(spec.layers, inputs))
+    xs = tf.constant(x.astype(dtype))
+    ys = None if y is None else tf.constant(np.asarray(y, dtype=dtype))
 
     @tf.function
-    def fn(xs):
+    def fn(xx, yy):
         with tf.GradientTape() as tape:
-            tape.watch(xs)
-            loss = tf.reduce_sum(model(xs))
-        return loss, tape.gradient(loss, (model.trainable_variables, xs))
+            tape.watch(xx)
+            out = model(xx)
+            value = tf.reduce_sum(out) if loss == "sum" else tf.reduce_mean((out - yy) ** 2)
+        return value, tape.gradient(value, (model.trainable_variables, xx))
 
     def step():
-        out = fn(xs)
+        out = fn(xs, ys if ys is not None else tf.zeros((0,), dtype))
         out[0].numpy()
         return out
 
     return step
 
 
-RAW = {"numpy": raw_numpy, "jax": raw_jax, "flax": raw_flax, "tensorflow": raw_tensorflow}
+def raw_torch(spec, params, x, y=None, loss="sum", dtype="float32"):
+    import torch
+    from torch import nn
+
+    tdtype = getattr(torch, dtype)
+
+    def activation(name):
+        kind = name.split(":")[0]
+        if kind == "linear":
+            return None
+        if kind == "leaky_relu":
+            return nn.LeakyReLU(LEAKY_SLOPE)
+        return {
+            "relu": nn.ReLU,
+            "tanh": nn.Tanh,
+            "sigmoid": nn.Sigmoid,
+            "gelu": nn.GELU,
+            "elu": nn.ELU,
+            "selu": nn.SELU,
+            "softplus": nn.Softplus,
+            "silu": nn.SiLU,
+        }[kind]()
+
+    class Res(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, a):
+            return a + self.block(a)
+
+    def make(layers, shape):
+        mods = []
+        for layer in layers:
+            if isinstance(layer, xgrad.Dense):
+                mods.append(nn.Linear(shape, layer.units, dtype=tdtype))
+                act = activation(layer.activation)
+                if act is not None:
+                    mods.append(act)
+                shape = layer.units
+            elif isinstance(layer, xgrad.LayerNorm):
+                mods.append(nn.LayerNorm(shape, eps=layer.epsilon, dtype=tdtype))
+            elif isinstance(layer, xgrad.RMSNorm):
+                mods.append(nn.RMSNorm(shape, eps=layer.epsilon, dtype=tdtype))
+            else:
+                mods.append(Res(make(layer.layers, shape)))
+        return nn.Sequential(*mods)
+
+    net = make(spec.layers, spec.input_dim)
+    xs = torch.tensor(x.astype(dtype), requires_grad=True)
+    ys = None if y is None else torch.tensor(np.asarray(y, dtype=dtype))
+    leaves = [*net.parameters(), xs]
+
+    def step():
+        out = net(xs)
+        value = out.sum() if loss == "sum" else ((out - ys) ** 2).mean()
+        grads = torch.autograd.grad(value, leaves)
+        return value.item(), grads
+
+    return step
 
 
-def adapter_step(framework, spec, params, x):
-    model = xgrad.get_framework(framework).build(spec, params, dtype="float32")
-    return lambda: model.gradients(x, loss="sum")
+RAW = {
+    "numpy": raw_numpy,
+    "jax": raw_jax,
+    "flax": raw_flax,
+    "tensorflow": raw_tensorflow,
+    "torch": raw_torch,
+}
+
+
+def adapter_step(framework, spec, params, x, y=None, loss="sum", dtype="float32"):
+    model = xgrad.get_framework(framework).build(spec, params, dtype=dtype)
+    return lambda: model.gradients(x, y, loss=loss)
 
 
 # -- sections -----------------------------------------------------------------------------
@@ -230,11 +526,12 @@ def section_overhead(frameworks, shapes, repeats):
             # interleaved, best of three medians: a slow spell of the machine hits both alike
             raw_step, our_step = RAW[fw](spec, params, x), adapter_step(fw, spec, params, x)
             raw_s, ours_s = [], []
+            before = loadavg()
             for _ in range(3):
                 raw_s.append(median_time(raw_step, repeats, warmup=1))
                 ours_s.append(median_time(our_step, repeats, warmup=1))
             raw, ours = min(raw_s), min(ours_s)
-            target = TARGETS["overhead_large" if label == "large" else "overhead_small"]
+            target = TARGETS["overhead_small" if label == "seed-3" else "overhead_large"]
             rows.append(
                 {
                     "model": label,
@@ -244,8 +541,10 @@ def section_overhead(frameworks, shapes, repeats):
                     "ratio": ours / raw,
                     "target": target,
                     "ok": ours / raw <= target,
+                    "loadavg": before,
                 }
             )
+            del raw_step, our_step
     return rows
 
 
@@ -284,7 +583,16 @@ def matmul_limit(spec, batch, frameworks, repeats):
         out["tensorflow"] = (
             total / median_time(lambda: [tf.matmul(a, b).numpy() for a, b in tm], repeats) / 1e9
         )
+    if "torch" in frameworks:
+        import torch
+
+        pm = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in mats]
+        out["torch"] = total / median_time(lambda: [a @ b for a, b in pm], repeats) / 1e9
     return out
+
+
+OWN_MATMUL = {"numpy": "numpy", "jax": "jax", "flax": "jax", "tensorflow": "tensorflow"}
+OWN_MATMUL["torch"] = "torch"
 
 
 def section_throughput(frameworks, overhead_rows, spec, batch, repeats):
@@ -292,12 +600,11 @@ def section_throughput(frameworks, overhead_rows, spec, batch, repeats):
     limit = max(limits.values())
     work = flops(spec, batch)
     rows = []
-    own_matmul = {"numpy": "numpy", "jax": "jax", "flax": "jax", "tensorflow": "tensorflow"}
     for row in overhead_rows:
         if row["model"] != "large":
             continue
         fw = row["framework"]
-        own = limits.get(own_matmul[fw], limit)
+        own = limits.get(OWN_MATMUL[fw], limit)
         for kind in ("xgrad", "raw"):
             gflops = work / row[f"{kind}_s"] / 1e9
             target = TARGETS["throughput"][fw]
@@ -309,27 +616,45 @@ def section_throughput(frameworks, overhead_rows, spec, batch, repeats):
                     "fraction_of_limit": gflops / limit,
                     "fraction_of_own_matmul": gflops / own,
                     "target": target,
-                    "ok": gflops / limit >= target if kind == "xgrad" else None,
+                    "ok": gflops / limit >= target if kind == "xgrad" and target else None,
                 }
             )
     return {"matmul_gflops": limits, "limit_gflops": limit, "step_gflop": work / 1e9, "rows": rows}
 
 
+def _timed(fn, repeats: int) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls of ``fn`` (after none: the caller warms up), and the
+    last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
 def section_compare(frameworks, overhead_rows, spec, x, repeats):
+    """The whole comparison, without and with diagnosis, against the raw steps it contains."""
     params = xgrad.init_params(spec, seed=0)
     raw = {r["framework"]: r["raw_s"] for r in overhead_rows if r["model"] == "large"}
     ref64 = median_time(raw_numpy(spec, params, x, "float64"), max(1, repeats // 2))
     baseline = ref64 + sum(raw[fw] for fw in frameworks)
+    rounds = max(2, repeats // 2)
 
-    def run():
-        return xgrad.compare(spec, x, params=params, frameworks=frameworks, explain=False)
+    def run(explain):
+        return xgrad.compare(spec, x, params=params, frameworks=frameworks, explain=explain)
 
-    run()  # first call: framework start-up and compilation
-    whole = median_time(run, max(1, repeats // 2), warmup=0)
-    breakdown = run().timing  # where a comparison's time goes (seconds)
-    start = time.perf_counter()
-    report = xgrad.compare(spec, x, params=params, frameworks=frameworks)
-    with_explain = time.perf_counter() - start
+    run(False)  # first call: framework start-up, compilation, the builds kept for the next
+    before = loadavg()
+    whole, report = _timed(lambda: run(False), rounds)
+    breakdown = dict(report.timing)
+    run(None)
+    diag_before = loadavg()
+    with_diagnosis, explained = _timed(lambda: run(None), rounds)
+    statuses = {}
+    for entry in explained.entries:
+        for m in entry.results.values():
+            statuses[m.status] = statuses.get(m.status, 0) + 1
     return {
         "compare_s": whole,
         "raw_sum_s": baseline,
@@ -339,9 +664,113 @@ def section_compare(frameworks, overhead_rows, spec, x, repeats):
         "target": TARGETS["compare"],
         "ok": whole / baseline <= TARGETS["compare"],
         "report_ok": report.ok,
-        "diagnoses": report.diagnosis_lines(),
-        "compare_with_diagnosis_s": with_explain,
         "breakdown_s": breakdown,
+        "loadavg": before,
+        "diagnosis": {
+            "compare_s": with_diagnosis,
+            "ratio": with_diagnosis / baseline,
+            "target": TARGETS["compare_diagnosis"],
+            "ok": with_diagnosis / baseline <= TARGETS["compare_diagnosis"],
+            "report_ok": explained.ok,
+            "statuses": statuses,
+            "notes": list(explained.notes),
+            "diagnoses": explained.diagnosis_lines(),
+            "breakdown_s": dict(explained.timing),
+            "loadavg": diag_before,
+        },
+    }
+
+
+def section_exit_status(frameworks, shape) -> dict:
+    """``xgrad compare`` of the large ReLU model in float32 (a correct port everywhere): the
+    exit status a CI job would gate on."""
+    from xgrad.cli import main as cli
+
+    n_in, hidden, n_out, batch = shape
+    layers = ",".join([*(f"{h}:relu" for h in hidden), str(n_out)])
+    argv = ["compare", "--input-dim", str(n_in), "--layers", layers, "--batch", str(batch)]
+    argv += ["--frameworks", ",".join(frameworks), "--quiet"]
+    start = time.perf_counter()
+    rc = cli(argv)
+    return {"argv": argv, "exit_status": rc, "seconds": time.perf_counter() - start}
+
+
+def section_metrics(frameworks, spec, repeats) -> dict:
+    """The fused metric pass alone, per element and framework, against the memory-bandwidth
+    floor: one read of every array it must read (the float64 reference and each framework's
+    float32 array), measured as a dot product of each array with itself."""
+    from xgrad.metrics import PreparedReference
+
+    rng = np.random.default_rng(2)
+    shapes = spec.weight_shapes()
+    refs = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    cands = {
+        name: {
+            fw: (ref * (1 + 3e-7 * rng.standard_normal(ref.shape))).astype(np.float32)
+            for fw in frameworks
+        }
+        for name, ref in refs.items()
+    }
+    n = sum(r.size for r in refs.values())
+    k = len(frameworks)
+
+    def fused():
+        for name, ref in refs.items():
+            PreparedReference(ref, dtype="float32", tol=1e-5).compare_many(cands[name])
+
+    def floor():
+        for name, ref in refs.items():
+            np.einsum("i,i", ref.reshape(-1), ref.reshape(-1))
+            for g in cands[name].values():
+                np.einsum("i,i", g.reshape(-1), g.reshape(-1))
+
+    before = loadavg()
+    fused_s = median_time(fused, repeats, warmup=1)
+    floor_s = median_time(floor, repeats, warmup=1)
+    nbytes = sum(r.nbytes for r in refs.values()) + sum(
+        g.nbytes for by in cands.values() for g in by.values()
+    )
+    return {
+        "elements": n,
+        "frameworks": k,
+        "fused_s": fused_s,
+        "fused_ns_per_element": fused_s / (n * k) * 1e9,
+        "floor_s": floor_s,
+        "floor_ns_per_element": floor_s / (n * k) * 1e9,
+        "floor_gb_per_s": nbytes / floor_s / 1e9,
+        "ratio_to_floor": fused_s / floor_s,
+        "loadavg": before,
+    }
+
+
+def section_compare_models(overhead_rows, spec, x, repeats) -> dict | None:
+    """``compare_models`` of a Keras model and a Flax NNX module holding the same weights
+    (per-layer capture included) against the two models' own bare gradient steps."""
+    raw = {r["framework"]: r["raw_s"] for r in overhead_rows if r["model"] == "large"}
+    if "tensorflow" not in raw or "flax" not in raw:
+        return None
+    params = xgrad.init_params(spec, seed=0)
+    keras_model = xgrad.get_framework("tensorflow").build(spec, params).native
+    flax_module = xgrad.get_framework("flax").build(spec, params).native
+
+    def run():
+        return xgrad.compare_models(keras_model, flax_module, x)
+
+    run()
+    before = loadavg()
+    seconds, report = _timed(run, max(2, repeats // 2))
+    baseline = raw["tensorflow"] + raw["flax"]
+    return {
+        "compare_models_s": seconds,
+        "raw_sum_s": baseline,
+        "raw_s": {"tensorflow": raw["tensorflow"], "flax": raw["flax"]},
+        "ratio": seconds / baseline,
+        "target": TARGETS["compare_models"],
+        "ok": seconds / baseline <= TARGETS["compare_models"],
+        "report_ok": report.ok,
+        "layers": len(report.layers),
+        "breakdown_s": dict(report.timing),
+        "loadavg": before,
     }
 
 
@@ -576,6 +1005,53 @@ def _child_json(code: str, *argv: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def section_sweep_loop(frameworks, smoke, repeats) -> dict:
+    """``xgrad sweep`` of the 64-cell grid in this process (warm: the builds of a first run are
+    kept), against a hand-written loop doing the same gradient steps: every framework's and
+    the float64 NumPy reference's, each prepared (built, compiled) before the timed pass."""
+    from xgrad.losses import random_targets
+    from xgrad.sweep import SweepGrid, run_sweep
+
+    grid = SweepGrid.from_mapping(
+        {**(SMOKE_SWEEP_GRID if smoke else SWEEP_GRID), "frameworks": list(frameworks)}
+    )
+    steps = []
+    for cell in grid.cells():
+        spec = grid.spec(cell.activation, cell.loss)
+        params = xgrad.init_params(spec, seed=cell.seed)
+        x = np.random.default_rng(cell.seed).standard_normal((cell.batch, grid.input_dim))
+        y = random_targets(cell.loss, cell.batch, spec.output_dim, cell.seed)
+        steps.append(raw_numpy(spec, params, x, "float64", y=y, loss=cell.loss))
+        for fw in frameworks:
+            steps.append(RAW[fw](spec, params, x, y=y, loss=cell.loss, dtype=cell.dtype))
+    for step in steps:  # compile and trace before timing, as a hand-written loop would once
+        step()
+
+    def hand():
+        for step in steps:
+            step()
+
+    run_sweep(grid)  # first run: compilation, and the builds the next runs reuse
+    before = loadavg()
+    rounds = max(1, repeats)
+    sweep_s, result = _timed(lambda: run_sweep(grid), rounds)
+    hand_s = statistics.median(_timed(hand, 1)[0] for _ in range(rounds))
+    cells = len(result.cells)
+    return {
+        "cells": cells,
+        "frameworks": list(frameworks),
+        "sweep_s": sweep_s,
+        "hand_s": hand_s,
+        "sweep_cells_per_s": cells / sweep_s,
+        "hand_cells_per_s": cells / hand_s,
+        "ratio": sweep_s / hand_s,
+        "target": TARGETS["sweep"],
+        "ok": sweep_s / hand_s <= TARGETS["sweep"],
+        "sweep_ok": result.ok,
+        "loadavg": before,
+    }
+
+
 def section_sweep(frameworks, smoke, repeats):
     """Cells per second of one grid in a fresh process per run (imports, worker start-up and
     compilation included, as a user of `xgrad sweep` meets them); the median of ``repeats``
@@ -679,17 +1155,18 @@ def print_results(results: dict) -> None:
 
     if "overhead" in results:
         t = Table(title="a. adapter overhead: xgrad step / hand-written step (median)")
-        for col in ("model", "framework", "raw ms", "xgrad ms", "ratio", "target", "met"):
+        for col in ("model", "framework", "raw ms", "xgrad ms", "ratio", "target", "met", "load"):
             t.add_column(col)
         for r in results["overhead"]:
             t.add_row(
                 r["model"],
                 r["framework"],
-                f"{1e3 * r['raw_s']:.2f}",
-                f"{1e3 * r['xgrad_s']:.2f}",
+                f"{1e3 * r['raw_s']:.4g}",
+                f"{1e3 * r['xgrad_s']:.4g}",
                 f"{r['ratio']:.3f}",
                 f"<= {r['target']}",
                 verdict(r["ok"]),
+                f"{r['loadavg'][0]:.2f}",
             )
         console.print(t)
     if "throughput" in results:
@@ -708,22 +1185,51 @@ def print_results(results: dict) -> None:
                 f"{r['gflops']:.1f}",
                 f"{100 * r['fraction_of_limit']:.0f}%",
                 f"{100 * r['fraction_of_own_matmul']:.0f}%",
-                f">= {100 * r['target']:.0f}%" if r["kind"] == "xgrad" else "",
+                f">= {100 * r['target']:.0f}%" if r["kind"] == "xgrad" and r["target"] else "",
                 verdict(r["ok"]),
             )
         console.print(t)
     if "compare" in results:
         c = results["compare"]
+        d = c["diagnosis"]
         console.print(
             f"c. whole comparison: xgrad.compare {c['compare_s']:.3f} s vs the raw steps it "
             f"contains {c['raw_sum_s']:.3f} s (float64 reference {c['raw_reference_f64_s']:.3f}"
             f" s): ratio {c['ratio']:.3f} (target <= {c['target']}) {verdict(c['ok'])}; "
-            f"with diagnosis of the mismatches: {c['compare_with_diagnosis_s']:.3f} s"
+            f"load {c['loadavg']}"
         )
         parts = ", ".join(f"{k} {v:.3f}" for k, v in c["breakdown_s"].items())
         console.print(Text(f"   where the time goes (s): {parts}"))
-        for line in c["diagnoses"]:
+        console.print(
+            f"   with diagnosis (default explain): {d['compare_s']:.3f} s, ratio "
+            f"{d['ratio']:.3f} (target <= {d['target']}) {verdict(d['ok'])}; report.ok "
+            f"{d['report_ok']}; statuses {d['statuses']}; load {d['loadavg']}"
+        )
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in d["breakdown_s"].items())
+        console.print(Text(f"   where the time goes (s): {parts}"))
+        for line in [*d["notes"], *d["diagnoses"]]:
             console.print(Text(f"   {line}"))
+    if "exit_status" in results:
+        e = results["exit_status"]
+        console.print(Text(f"   `xgrad {' '.join(e['argv'])}`: exit status {e['exit_status']}"))
+    if results.get("metrics"):
+        m = results["metrics"]
+        console.print(
+            f"   metrics: {m['fused_ns_per_element']:.2f} ns per element and framework "
+            f"({m['elements']:,} elements x {m['frameworks']}); memory-bandwidth floor "
+            f"{m['floor_ns_per_element']:.2f} ns ({m['floor_gb_per_s']:.1f} GB/s): "
+            f"{m['ratio_to_floor']:.1f} x the floor; load {m['loadavg']}"
+        )
+    if results.get("compare_models"):
+        cm = results["compare_models"]
+        console.print(
+            f"   compare_models (Keras vs Flax, {cm['layers']} layers captured): "
+            f"{cm['compare_models_s']:.3f} s vs the two bare steps {cm['raw_sum_s']:.3f} s: "
+            f"ratio {cm['ratio']:.3f} (target <= {cm['target']}) {verdict(cm['ok'])}; "
+            f"load {cm['loadavg']}"
+        )
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in cm["breakdown_s"].items())
+        console.print(Text(f"   where the time goes (s): {parts}"))
     if "startup" in results:
         t = Table(title="d. start-up: `xgrad compare` (seed example 3) in a fresh process")
         for col in (
@@ -781,6 +1287,15 @@ def print_results(results: dict) -> None:
                 verdict(r["ok"]),
             )
         console.print(t)
+    if "sweep_loop" in results:
+        sl = results["sweep_loop"]
+        console.print(
+            f"f. sweep in one process, {sl['cells']} cells ({', '.join(sl['frameworks'])}): "
+            f"{sl['sweep_s']:.2f} s ({sl['sweep_cells_per_s']:.1f} cells/s) vs a hand-written "
+            f"loop of the same steps {sl['hand_s']:.2f} s ({sl['hand_cells_per_s']:.1f} "
+            f"cells/s): ratio {sl['ratio']:.2f} (target <= {sl['target']}) "
+            f"{verdict(sl['ok'])}; load {sl['loadavg']}"
+        )
     if "sweep" in results:
         sw = results["sweep"]
         t = Table(
@@ -823,16 +1338,25 @@ def main(argv=None) -> int:
     large = SMOKE_LARGE if args.smoke else LARGE
     spec = make_spec(large)
     x = np.random.default_rng(0).standard_normal((large[3], large[0])).astype(np.float32)
+    norms = SMOKE_NORMS if args.smoke else NORMS
+    n_spec = norms_spec(norms)
+    xn = np.random.default_rng(1).standard_normal((norms[3], norms[0])).astype(np.float32)
     from xgrad.examples import SEED_EXAMPLES
 
     seed = SEED_EXAMPLES[2]
     seed_spec = xgrad.MLP(10, [xgrad.Dense(8, "relu"), xgrad.Dense(5)])  # relu + linear head
-    shapes = [("large", spec, x), ("seed-3", seed_spec, seed.x.astype(np.float32))]
+    shapes = [
+        ("large", spec, x),
+        ("norms", n_spec, xn),
+        ("seed-3", seed_spec, seed.x.astype(np.float32)),
+    ]
     results: dict = {
         "machine": machine(),
         "smoke": args.smoke,
         "frameworks": frameworks,
         "large_model": {"spec": spec.describe(), "params": spec.n_params(), "batch": large[3]},
+        "norms_model": {"spec": n_spec.describe(), "params": n_spec.n_params(), "batch": norms[3]},
+        "loadavg_start": loadavg(),
     }
     start = time.perf_counter()
     if sections & {"a", "b", "c"}:
@@ -843,6 +1367,9 @@ def main(argv=None) -> int:
         )
     if "c" in sections:
         results["compare"] = section_compare(frameworks, results["overhead"], spec, x, repeats)
+        results["exit_status"] = section_exit_status(frameworks, large)
+        results["metrics"] = section_metrics(frameworks, spec, repeats)
+        results["compare_models"] = section_compare_models(results["overhead"], spec, x, repeats)
     if "d" in sections:
         results["startup"] = section_startup(frameworks, 1 if args.smoke else 3, args.smoke)
     if "e" in sections:
@@ -850,10 +1377,12 @@ def main(argv=None) -> int:
         results["memory"] = section_memory(frameworks if not args.smoke else ["numpy"], sizes)
         results["memory_fit"] = linear_fit(results["memory"])
     if "f" in sections:
+        results["sweep_loop"] = section_sweep_loop(frameworks, args.smoke, 1 if args.smoke else 3)
         results["sweep"] = section_sweep(
             frameworks, args.smoke, args.repeats or (1 if args.smoke else 3)
         )
     results["machine"] = machine()
+    results["loadavg_end"] = loadavg()
     results["seconds"] = time.perf_counter() - start
     print_results(results)
     if args.json:

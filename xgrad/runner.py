@@ -15,6 +15,7 @@ it is talking to.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -38,9 +39,8 @@ from xgrad.losses import Loss
 from xgrad.metrics import (
     OK_STATUSES,
     TOLERANCES,
+    EntryComparison,
     PreparedReference,
-    compare_arrays,
-    quick_rel_norm,
     tolerance,
 )
 from xgrad.params import check_params, init_params
@@ -152,12 +152,19 @@ class Inputs:
 
 @dataclass
 class Side:
-    """One evaluated model: its label in the report, the model, its gradients."""
+    """One evaluated model: its label in the report, the model, its gradients.
+
+    ``trace`` (the float64 NumPy referee of :func:`compare` only): the forward steps its
+    evaluation made, which diagnosis re-uses instead of running the forward pass again;
+    ``weights``: the float64 canonical weights it holds, when the runner has them.
+    """
 
     label: str
     model: AbstractModel
     grads: Gradients
     seconds: float = 0.0
+    trace: list | None = None
+    weights: Mapping[str, np.ndarray] | None = None
 
 
 def evaluate(
@@ -175,32 +182,39 @@ def evaluate(
 # -- assembling the report -----------------------------------------------------------------
 
 
-def _entry(name, kind, shape, native, arrays, reference, dtype, tol, scale=None) -> Entry:
+def _entry(
+    name, kind, shape, native, arrays, reference, dtype, tol, scale=None
+) -> tuple[Entry, EntryComparison]:
+    """One entry: every side's array against the reference, in one fused pass
+    (:meth:`~xgrad.metrics.PreparedReference.compare_many`), with the differences between
+    sides that the pairwise summary needs."""
     prepared = PreparedReference(reference, dtype=dtype, tol=tol, scale=scale)
-    results = {fw: prepared.compare(arr) for fw, arr in arrays.items()}
-    return Entry(name=name, kind=kind, shape=tuple(shape), native=dict(native), results=results)
+    measured = prepared.compare_many(arrays)
+    entry = Entry(
+        name=name,
+        kind=kind,
+        shape=tuple(shape),
+        native=dict(native),
+        results=measured.results,
+    )
+    return entry, measured
 
 
-def _pairwise(labels: Sequence[str], arrays: Mapping[str, tuple]) -> list[Pairwise]:
-    """Largest ``||g_a - g_b|| / ||ref||`` over the entries, for each pair of sides.
-
-    ``arrays`` maps an entry name to ``(reference array, {label: array})``. The difference
-    is taken in the run dtype: two nearby floats subtract exactly there (Sterbenz), so no
-    float64 copies of whole gradients are made.
-    """
-    norms = {key: float(np.linalg.norm(ref)) for key, (ref, _) in arrays.items()}
+def _pairwise(labels: Sequence[str], measured: Mapping[str, EntryComparison]) -> list[Pairwise]:
+    """Largest ``||g_a - g_b|| / ||ref||`` over the entries, for each pair of sides, from the
+    differences each entry's metric pass measured (``inf`` where either side holds
+    NaN/Inf)."""
     pairs = []
     for a, b in itertools.combinations(labels, 2):
         worst, worst_name = -1.0, ""
-        with np.errstate(all="ignore"):
-            for key, (_, by_side) in arrays.items():
-                num = float(np.linalg.norm(np.subtract(by_side[a], by_side[b])))
-                den = norms[key]
-                value = num / den if den else (0.0 if num == 0 else np.inf)
-                if np.isnan(value):
-                    value = np.inf
-                if value > worst:
-                    worst, worst_name = value, key
+        for key, m in measured.items():
+            num = m.differences.get((a, b), math.inf)
+            den = m.ref_norm
+            value = num / den if den else (0.0 if num == 0 else math.inf)
+            if math.isnan(value):
+                value = math.inf
+            if value > worst:
+                worst, worst_name = value, key
         pairs.append(Pairwise(frameworks=(a, b), rel_norm=float(worst), entry=worst_name))
     return pairs
 
@@ -247,6 +261,7 @@ def assemble(
     models: dict | None = None,
     notes: Sequence[str] = (),
     timing: dict | None = None,
+    layers: str = "captured",
 ) -> Report:
     """The :class:`~xgrad.Report` of ``sides`` against ``ref``.
 
@@ -255,11 +270,14 @@ def assemble(
         sides: the evaluated candidates.
         alignments: side label -> how that side's names and units correspond to ``ref``'s.
         native_reference: list the reference's own names beside each side's (porting).
+        layers: whose layers are compared: ``"captured"``, every side evaluated with
+            capture; ``"failing"``, only those of them with an entry beyond tolerance (its
+            normwise error, the loss value's relative to the reference's).
     """
     start = time.perf_counter()
     ref_native = ref.model.native_names()
     entries = []
-    grad_arrays: dict[str, dict[str, np.ndarray]] = {}
+    measured: dict[str, EntryComparison] = {}  # what the pairwise summary reads
     for name in ref.model.param_names:
         if name not in ref.grads.params or not all(
             name in alignments[s.label].names for s in sides
@@ -273,19 +291,17 @@ def assemble(
             native[s.label] = s.model.native_names().get(cand_name, cand_name)
             g = s.grads.params[cand_name]
             arrays[s.label] = g.T if name in a.transposed else g
-        grad_arrays[name] = arrays
-        entries.append(
-            _entry(
-                name,
-                "parameter",
-                ref.grads.params[name].shape,
-                native,
-                arrays,
-                ref.grads.params[name],
-                dtype,
-                tol,
-            )
+        entry, measured[name] = _entry(
+            name,
+            "parameter",
+            ref.grads.params[name].shape,
+            native,
+            arrays,
+            ref.grads.params[name],
+            dtype,
+            tol,
         )
+        entries.append(entry)
     state_entries = []
     for name, value in ref.grads.state.items():
         arrays, native = {}, ({"reference": ref_native.get(name, name)} if native_reference else {})
@@ -296,7 +312,7 @@ def assemble(
                 native[s.label] = s.model.native_names().get(cand_name, cand_name)
         if arrays:
             state_entries.append(
-                _entry(name, "state", value.shape, native, arrays, value, dtype, tol)
+                _entry(name, "state", value.shape, native, arrays, value, dtype, tol)[0]
             )
 
     def simple(name, kind, pick, scale=None, native_name=None):
@@ -315,8 +331,8 @@ def assemble(
             scale,
         )
 
-    input_entry = simple("input", "input", lambda g: g.input)
-    output_entry = simple("output", "output", lambda g: g.output)
+    input_entry, measured["input"] = simple("input", "input", lambda g: g.input)
+    output_entry, measured["output"] = simple("output", "output", lambda g: g.output)
     loss_entry = None
     loss_name = inputs.loss_name
     if loss_name is not None:
@@ -326,17 +342,32 @@ def assemble(
             lambda g: np.asarray(g.loss),
             scale=loss_scale(loss_name, ref.grads.output),
             native_name=loss_name,
-        )
+        )[0]
 
     # per layer, for the sides whose layers were captured
     layer_entries: dict[str, LayerEntry] = {}
     captured = [s for s in sides if s.grads.activations is not None]
+    if layers == "failing":
+        failing = {
+            fw
+            for e in (*entries, *state_entries, input_entry, output_entry)
+            for fw, m in e.results.items()
+            if m.status != "match" or m.rel_norm > tol
+        }
+        if loss_entry is not None:  # its value relative to the reference's, unscaled
+            ref_loss = abs(float(ref.grads.loss))
+            for s in sides:
+                diff = abs(float(s.grads.loss) - float(ref.grads.loss))
+                if not (diff <= tol * ref_loss):
+                    failing.add(s.label)
+        captured = [s for s in captured if s.label in failing]
     if ref.grads.activations is not None and captured:
         for ref_unit, _ in next(iter(alignments.values())).pairs:
             fwd, bwd, names = {}, {}, {}
             if native_reference:
                 names["reference"] = ref_unit.info.name
             shape = ref.grads.activations[ref_unit.end].shape
+            values, grads = {}, {}
             for s in captured:
                 cand_unit = _partner(alignments[s.label], ref_unit)
                 if cand_unit is None:
@@ -346,11 +377,19 @@ def assemble(
                 if a is None or g is None or np.shape(a) != shape:
                     continue
                 names[s.label] = cand_unit.info.name
-                fwd[s.label] = compare_arrays(
-                    a, ref.grads.activations[ref_unit.end], dtype=dtype, tol=tol
+                values[s.label], grads[s.label] = a, g
+            if values:
+                fwd = (
+                    PreparedReference(ref.grads.activations[ref_unit.end], dtype=dtype, tol=tol)
+                    .compare_many(values, pairs=False)
+                    .results
                 )
-                bwd[s.label] = compare_arrays(
-                    g, ref.grads.activation_grads[ref_unit.end], dtype=dtype, tol=tol
+                bwd = (
+                    PreparedReference(
+                        ref.grads.activation_grads[ref_unit.end], dtype=dtype, tol=tol
+                    )
+                    .compare_many(grads, pairs=False)
+                    .results
                 )
             if fwd:
                 layer_entries[ref_unit.path] = LayerEntry(
@@ -362,7 +401,7 @@ def assemble(
                     backward=bwd,
                 )
     entries, input_entry, degenerate = _mark_uninformative(
-        ref, entries, input_entry, inputs, loss_name
+        ref, entries, input_entry, inputs, loss_name, measured
     )
     conditioned = []
     for s in sides:
@@ -402,10 +441,7 @@ def assemble(
 
     pairwise = []
     if len(sides) > 1:
-        arrays = {name: (ref.grads.params[name], grad_arrays[name]) for name in grad_arrays}
-        arrays["input"] = (ref.grads.input, {s.label: s.grads.input for s in sides})
-        arrays["output"] = (ref.grads.output, {s.label: s.grads.output for s in sides})
-        pairwise = _pairwise([s.label for s in sides], arrays)
+        pairwise = _pairwise([s.label for s in sides], measured)
     timing = dict(timing or {})
     timing["metrics and report"] = time.perf_counter() - start
     return Report(
@@ -451,16 +487,21 @@ def _seed_scale(ref: Side, inputs: Inputs) -> float | None:
     return float(np.sqrt(np.mean(np.square(seed)))) if np.size(seed) else None
 
 
-def _mark_uninformative(ref: Side, entries, input_entry, inputs: Inputs, loss_name):
+def _mark_uninformative(ref: Side, entries, input_entry, inputs: Inputs, loss_name, measured):
     """When every reference gradient is zero up to rounding, no comparison can see anything:
     those entries become ``uninformative`` (a failing status) and a note says why and what to
     do. A single zero gradient among informative ones (a bias before a batch norm) is judged
-    by the absolute noise floor as usual."""
+    by the absolute noise floor as usual. Each gradient's RMS comes from the reference norm
+    its entry's metric pass measured."""
     scale = _seed_scale(ref, inputs)
-    grads = [ref.grads.params[e.name] for e in entries] + [ref.grads.input]
-    if scale is None or not grads or scale == 0:
+    names = [e.name for e in entries] + ["input"]
+    if scale is None or scale == 0:
         return entries, input_entry, None
-    rms = [float(np.sqrt(np.mean(np.square(np.asarray(g, np.float64))))) for g in grads]
+    rms = []
+    for name in names:
+        m = measured[name]
+        size = next(iter(m.results.values())).size if m.results else 0
+        rms.append(m.ref_norm / math.sqrt(size) if size else 0.0)
     eps = float(np.finfo(ref.model.dtype).eps) if ref.model.dtype in DTYPES else 1e-2
     if max(rms) > ZERO_GRADIENT * eps * scale:
         return entries, input_entry, None
@@ -535,35 +576,35 @@ def _partner(alignment: Alignment, ref_unit: Unit) -> Unit | None:
     return None
 
 
-def _mismatched(grads: Gradients, ref: Gradients, names: Mapping[str, str], tol: float) -> bool:
-    """A cheap first look (normwise only), to decide whether to capture layers."""
-    pairs = [(grads.input, ref.input), (grads.output, ref.output)]
-    pairs += [(grads.params[names[k]], ref.params[k]) for k in ref.params if k in names]
-    pairs += [
-        (grads.state[names[k]], ref.state[k]) for k in ref.state if names.get(k) in grads.state
-    ]
-    if grads.loss is not None and ref.loss is not None:
-        pairs.append((np.asarray(grads.loss), np.asarray(ref.loss)))
-    return any(quick_rel_norm(g, r) > tol for g, r in pairs)
-
-
 def explain_report(
     report: Report, ref: Side, sides: Sequence[Side], alignments, inputs, dtype, tol
 ) -> Report:
     """Rounding that explains a side's failures entirely makes them pass (``match-kink``,
-    ``match-clip``); the other failing sides are diagnosed."""
+    ``match-clip``); the other failing sides are diagnosed.
+
+    The reference's float64 values are prepared once for every side
+    (:class:`~xgrad.diagnosis.evidence.ReferenceValues`): its weights, its forward steps (the
+    referee's own, from :func:`compare`) and its float64 gradients.
+    """
     from xgrad.diagnosis import diagnose_side
+    from xgrad.diagnosis.evidence import ReferenceValues
     from xgrad.diagnosis.rounding import explain_rounding
 
+    values = ReferenceValues(ref, inputs, weights=ref.weights, trace=ref.trace)
+    failing = {fw for _, fw, _ in report.failures()}
+    failing |= {fw for _, fw, _, _ in report.layer_failures()}
+    failing |= {d.framework for d in report.divergences}
     diagnoses = []
     for s in sides:
-        if s.grads.activations is None:
+        if s.grads.activations is None or s.label not in failing:
             continue
-        report, benign = explain_rounding(report, ref, s, alignments[s.label], inputs, tol=tol)
+        report, benign = explain_rounding(
+            report, ref, s, alignments[s.label], inputs, tol=tol, reference=values
+        )
         if benign is not None:
             continue
         diagnoses += diagnose_side(
-            report, ref, s, alignments[s.label], inputs, dtype=dtype, tol=tol
+            report, ref, s, alignments[s.label], inputs, dtype=dtype, tol=tol, reference=values
         )
     return replace(report, diagnoses=tuple(diagnoses))
 
@@ -654,25 +695,36 @@ def compare(
     weights = init_params(model, seed) if params is None else check_params(model, params)
     referee = NUMPY._build(model, weights, "float64")
     inputs = prepare_inputs(referee, x, y, loss, cotangent)
-    alignments: dict[str, Alignment] = {}
-
-    ref = evaluate("reference", referee, inputs, capture=False)
+    # Per-layer values are captured in the one evaluation each model gets, unless diagnosis is
+    # off: capturing costs a few percent of a step, evaluating again after a mismatch a whole
+    # step. The referee's forward steps are kept for diagnosis (it never runs them again).
+    capture = explain is not False
+    start = time.perf_counter()
+    if inputs.cotangent is not None:
+        grads, trace = referee.evaluate_traced(
+            inputs.x, cotangent=inputs.cotangent, capture=capture
+        )
+    else:
+        grads, trace = referee.evaluate_traced(
+            inputs.x, inputs.y, loss=inputs.loss, capture=capture
+        )
+    ref = Side("reference", referee, grads, time.perf_counter() - start, trace, weights)
     timing = {"reference (numpy float64)": ref.seconds}
+    # the weights in the run dtype, cast once and shared by every framework's build (each
+    # copies them into its own tensors; none writes to these arrays); bfloat16, which NumPy
+    # holds only through ml_dtypes, is left to each framework to cast from float64
+    native = dtype in ("float16", "float32")
+    cast = {k: v.astype(dtype) for k, v in weights.items()} if native else weights
+    alignments: dict[str, Alignment] = {}
     sides = []
     for fw in frameworks_:
         start = time.perf_counter()
-        built = fw._build(model, weights, dtype)
-        alignment = alignments[fw.name] = identity_alignment(referee, built)
-        side = evaluate(fw.name, built, inputs, capture=False)
-        if explain is True or (
-            explain is None and _mismatched(side.grads, ref.grads, alignment.names, tol)
-        ):
-            side = evaluate(fw.name, built, inputs, capture=True)
+        built = fw._build(model, cast, dtype)
+        alignments[fw.name] = identity_alignment(referee, built)
+        side = evaluate(fw.name, built, inputs, capture=capture)
         side.seconds = time.perf_counter() - start
         timing[fw.name] = side.seconds
         sides.append(side)
-    if any(s.grads.activations is not None for s in sides):
-        ref = evaluate("reference", referee, inputs, capture=True)
     report = assemble(
         ref,
         sides,
@@ -686,10 +738,13 @@ def compare(
         seed=seed if params is None else None,
         title=title,
         timing=timing,
+        layers="captured" if explain is True else "failing",
     )
     if explain is False or (explain is None and report.ok) or report.uninformative:
         return report
-    return explain_report(report, ref, sides, alignments, inputs, dtype, tol)
+    start = time.perf_counter()
+    report = explain_report(report, ref, sides, alignments, inputs, dtype, tol)
+    return replace(report, timing={**report.timing, "diagnosis": time.perf_counter() - start})
 
 
 # -- compare_models: a user's model against its port ----------------------------------------
@@ -791,10 +846,12 @@ def compare_models(
             names the layer on both sides and what to change.
         InputError: ``x``, ``y``, ``cotangent`` or ``mapping`` are malformed.
     """
+    start = time.perf_counter()
     shape = _input_shape(x)
     ref_model = read_model(reference, input_shape=shape)
     cand_model = read_model(candidate, input_shape=shape)
     alignment = align(ref_model, cand_model, mapping)
+    prepared = time.perf_counter()
     if y is None and cotangent is None and isinstance(loss, str) and loss == "projection":
         from xgrad.losses import random_targets
 
@@ -826,6 +883,10 @@ def compare_models(
         cand_model = cand_model.with_weights(alignment.to_candidate(ref_model.weights()))
     dtype = ref_model.dtype if ref_model.dtype in TOLERANCES else "float32"
     tol = tolerance(dtype, rtol)
+    timing = {
+        "read and align": prepared - start,
+        "weights checked or copied": time.perf_counter() - prepared,
+    }
     capture = bool(alignment.pairs)
     ref = evaluate("reference", ref_model, inputs, capture=capture, side=0)
     label = cand_model.framework if cand_model.framework != "reference" else "candidate"
@@ -856,8 +917,10 @@ def compare_models(
             },
         },
         notes=notes,
-        timing={"reference": ref.seconds, label: cand.seconds},
+        timing={**timing, "reference": ref.seconds, label: cand.seconds},
     )
     if explain is False or (explain is None and report.ok) or report.uninformative:
         return report
-    return explain_report(report, ref, [cand], {label: alignment}, inputs, dtype, tol)
+    start = time.perf_counter()
+    report = explain_report(report, ref, [cand], {label: alignment}, inputs, dtype, tol)
+    return replace(report, timing={**report.timing, "diagnosis": time.perf_counter() - start})

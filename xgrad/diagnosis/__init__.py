@@ -192,10 +192,12 @@ def _diagnose(ev, divergence, state) -> list[Diagnosis]:
 
 
 def diagnose_side(
-    report, ref, side, alignment, inputs, *, dtype: str, tol: float
+    report, ref, side, alignment, inputs, *, dtype: str, tol: float, reference=None
 ) -> list[Diagnosis]:
-    """The diagnoses of one compared side of a report (see :func:`xgrad.runner.assemble`)."""
-    ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol)
+    """The diagnoses of one compared side of a report (see :func:`xgrad.runner.assemble`);
+    ``reference`` (:class:`~xgrad.diagnosis.evidence.ReferenceValues`) is shared by the sides
+    of one call."""
+    ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
     if not ev.units:
         return []
     layers = {layer.path: layer for layer in report.layers}

@@ -1,8 +1,11 @@
 """Evidence: what both sides computed, per unit, in float64, ready to be re-evaluated.
 
 Built once per compared side from the two evaluations the runner already made (with
-per-layer capture); nothing is recomputed here. Causes (:mod:`xgrad.diagnosis.causes`)
-re-run one unit's layers with their own NumPy forward and VJP under another convention.
+per-layer capture); nothing is recomputed here. The reference's side is shared by every
+compared side of a call (:class:`ReferenceValues`): its float64 weights, and, for the
+rounding checks, its float64 forward steps and gradients, each computed at most once.
+Causes (:mod:`xgrad.diagnosis.causes`) re-run one unit's layers with their own NumPy forward
+and VJP under another convention.
 """
 
 from __future__ import annotations
@@ -13,14 +16,100 @@ import numpy as np
 
 from xgrad.align import Alignment, Unit
 from xgrad.identify import fit_activation, fit_norm
-from xgrad.layers import Activation, Dense, Dropout
-from xgrad.layers.base import AbstractLayer
+from xgrad.layers import Activation, Dense, Dropout, forward_sequence, vjp_sequence
+from xgrad.layers.base import AbstractLayer, Step
+from xgrad.losses import Loss
 
-__all__ = ["Evidence", "UnitEvidence", "build_evidence", "run_unit"]
+__all__ = ["Evidence", "ReferenceValues", "UnitEvidence", "build_evidence", "run_unit"]
 
 
 def f64(a) -> np.ndarray | None:
     return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+class ReferenceValues:
+    """The reference's side of one call's diagnoses, made once and shared by every side.
+
+    Args:
+        ref: the evaluated reference (a :class:`~xgrad.runner.Side`).
+        inputs: the checked batch (:class:`~xgrad.runner.Inputs`).
+        weights: the reference's canonical weights in float64, when the caller has them
+            (else read once from the model).
+        trace: the forward steps of the reference's own float64 NumPy evaluation (the
+            referee of :func:`xgrad.compare`), whose gradients are then ``ref.grads``; else
+            the float64 forward and backward pass of the reference's spec is run here, once,
+            when first asked for.
+    """
+
+    def __init__(self, ref, inputs, *, weights=None, trace: list[Step] | None = None) -> None:
+        self.ref = ref
+        self.inputs = inputs
+        self._weights = None if weights is None else {k: f64(v) for k, v in weights.items()}
+        self._trace = trace
+        self._forward: tuple[np.ndarray, list[Step]] | None = None
+        self._grads: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+        self._spec = ref.model.spec()
+        self.memo: dict = {}  # what a cause computed once for every side (its own keys)
+
+    @property
+    def spec(self):
+        """The reference's :class:`~xgrad.MLP`, or ``None`` when a layer is unknown."""
+        return self._spec
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every canonical weight of the reference, float64."""
+        if self._weights is None:
+            self._weights = {k: f64(v) for k, v in self.ref.model.weights().items()}
+        return self._weights
+
+    @property
+    def x(self) -> np.ndarray:
+        return f64(self.inputs.x)
+
+    def forward(self) -> tuple[np.ndarray, list[Step]]:
+        """The float64 output and forward steps of the reference's spec on ``x`` (the
+        referee's own when it was traced). Needs :attr:`spec`."""
+        if self._forward is None:
+            if self._trace is not None:
+                out = self._trace[-1].output if self._trace else self.x
+                self._forward = (out, self._trace)
+            else:
+                with np.errstate(all="ignore"):
+                    self._forward = forward_sequence(self._spec.layers, self.weights, self.x)
+        return self._forward
+
+    def seed(self) -> np.ndarray:
+        """``dL/d output`` of the float64 forward pass (the cotangent, when one was given)."""
+        inputs = self.inputs
+        if inputs.cotangent is not None:
+            return f64(inputs.cotangent)
+        if "seed" not in self.memo:
+            out = self.forward()[0]
+            y = None if inputs.y is None else f64(inputs.y)
+            with np.errstate(all="ignore"):
+                self.memo["seed"] = np.asarray(inputs.loss.value_and_grad(out, y)[1], np.float64)
+        return self.memo["seed"]
+
+    def gradients(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``(dL/dparams, dL/dinput)`` of the float64 forward pass for :meth:`seed`: the
+        referee's own gradients, or one float64 backward pass made here."""
+        if self._grads is None:
+            if self._trace is not None and self.ref.model.dtype == "float64":
+                grads = self.ref.grads
+                self._grads = ({k: f64(v) for k, v in grads.params.items()}, f64(grads.input))
+            else:
+                steps = self.forward()[1]
+                params: dict[str, np.ndarray] = {}
+                with np.errstate(all="ignore"):
+                    dx = vjp_sequence(self.weights, steps, self.seed(), params)
+                self._grads = (params, dx)
+        return self._grads
+
+    @property
+    def has_loss(self) -> bool:
+        """A loss of xgrad's (or a cotangent) that NumPy can differentiate."""
+        return self.inputs.cotangent is not None or isinstance(self.inputs.loss, Loss)
 
 
 @dataclass
@@ -147,9 +236,14 @@ def _identify(layers, weights, x, out, dtype) -> list[AbstractLayer | None]:
     return layers
 
 
-def build_evidence(ref, cand, alignment: Alignment, inputs, *, dtype: str, tol: float) -> Evidence:
-    """Evidence for one candidate side (a :class:`~xgrad.runner.Side`) against ``ref``."""
-    ref_w, cand_w = ref.model.weights(), cand.model.weights()
+def build_evidence(
+    ref, cand, alignment: Alignment, inputs, *, dtype: str, tol: float, reference=None
+) -> Evidence:
+    """Evidence for one candidate side (a :class:`~xgrad.runner.Side`) against ``ref``;
+    ``reference`` (:class:`ReferenceValues`) shares the reference's float64 weights between
+    the sides of one call."""
+    ref_w = ref.model.weights() if reference is None else reference.weights
+    cand_w = cand.model.weights()
     ref_acts, cand_acts = ref.grads.activations, cand.grads.activations
     ref_grads, cand_grads = ref.grads.activation_grads, cand.grads.activation_grads
     x = f64(inputs.x)

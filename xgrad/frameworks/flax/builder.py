@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xgrad.frameworks.base import AbstractModel, Gradients
+from xgrad.frameworks.base import AbstractModel, Gradients, as_numpy_dtype
 from xgrad.frameworks.jax.ops import jax_activation, jax_loss, key_path_parts, x64
 from xgrad.frameworks.numpy import spec_layers
 from xgrad.layers import Activation, BatchNorm, Dense, Dropout, Flatten, LayerNorm, RMSNorm
@@ -232,12 +232,12 @@ class FlaxSpecModel(AbstractModel):
         graphdef, p_tree, p_names, r_tree, r_names = _structure(spec, dtype)
         self._graphdef = graphdef
         self._names = (p_names, r_names)
-        with x64(dtype):
+        with x64(dtype):  # cast on the host, then copied (see jax.builder.to_native)
             self._params = jax.tree_util.tree_unflatten(
-                p_tree, [jnp.asarray(weights[n], dtype=dtype) for n in p_names]
+                p_tree, [jnp.asarray(as_numpy_dtype(weights[n], dtype)) for n in p_names]
             )
             self._rest = jax.tree_util.tree_unflatten(
-                r_tree, [jnp.asarray(weights[n], dtype=dtype) for n in r_names]
+                r_tree, [jnp.asarray(as_numpy_dtype(weights[n], dtype)) for n in r_names]
             )
 
     @property

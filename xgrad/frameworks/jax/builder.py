@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgrad.frameworks.base import AbstractModel, Gradients
+from xgrad.frameworks.base import AbstractModel, Gradients, as_numpy_dtype
 from xgrad.frameworks.jax.ops import jax_layer, jax_loss, x64
 from xgrad.frameworks.numpy import spec_layers
 from xgrad.losses import Loss
@@ -46,12 +46,16 @@ def native_name(path: str, local: str) -> str:
 def to_native(
     layers, weights: Mapping[str, np.ndarray], dtype: str, prefix: str = "layers"
 ) -> list:
-    """Canonical weights -> the nested list-of-dicts pytree (``jnp`` arrays of ``dtype``)."""
+    """Canonical weights -> the nested list-of-dicts pytree (``jnp`` arrays of ``dtype``).
+
+    Each array is cast on the host (a no-op for weights already in ``dtype``) and then copied
+    to the device: ``jnp.asarray(float64_array, dtype=float32)`` would compile a conversion for
+    every new shape."""
     out = []
     for i, layer in enumerate(layers):
         path = f"{prefix}.{i}"
         entry = {
-            name: jnp.asarray(weights[f"{path}.{name}"], dtype=dtype)
+            name: jnp.asarray(as_numpy_dtype(weights[f"{path}.{name}"], dtype))
             for name in (*layer.param_names(), *layer.state_names())
         }
         if layer.children:

@@ -12,9 +12,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from xgrad.frameworks.base import AbstractFramework, AbstractModel, Gradients, LayerInfo
+from xgrad.frameworks.base import (
+    AbstractFramework,
+    AbstractModel,
+    Gradients,
+    LayerInfo,
+    check_cotangent,
+    check_input,
+    prepare_loss,
+)
 from xgrad.layers import forward_sequence, vjp_sequence
-from xgrad.layers.base import steps_by_path
+from xgrad.layers.base import Step, steps_by_path
 from xgrad.losses import Loss
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
@@ -77,7 +85,26 @@ class NumpyModel(AbstractModel):
     def spec(self) -> MLP:
         return self._spec
 
+    def evaluate_traced(
+        self, x, y=None, *, loss="sum", cotangent=None, capture: bool = False
+    ) -> tuple[Gradients, list[Step]]:
+        """:meth:`evaluate`, and the forward steps it made (each layer's input, output and
+        cache: pre-activations, normalised values), so that a caller re-running part of the
+        model in NumPy need not run the forward pass again. The steps' arrays belong to the
+        caller; the model keeps none of them."""
+        xs = check_input(self.input_shape, x)
+        if cotangent is not None:
+            cot = check_cotangent(self.output_shape, cotangent, xs.shape[0])
+            return self._run(self._cast(xs), None, None, self._cast(cot), capture)
+        loss_fn, ys = prepare_loss(loss, y, xs.shape[0], self.output_shape)
+        if ys is not None and isinstance(loss_fn, Loss):
+            ys = self._cast(ys)
+        return self._run(self._cast(xs), ys, loss_fn, None, capture)
+
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        return self._run(x, y, loss, cotangent, capture)[0]
+
+    def _run(self, x, y, loss, cotangent, capture) -> tuple[Gradients, list[Step]]:
         # Overflow and NaN are results to report (status "nonfinite"), not warnings to print;
         # np.errstate restores the caller's settings on exit.
         weights = self._weights
@@ -103,7 +130,7 @@ class NumpyModel(AbstractModel):
         activations = None
         if capture:
             activations = {path: step.output for path, step in steps_by_path(steps).items()}
-        return Gradients(
+        gradients = Gradients(
             loss=value,
             params={name: grads[name] for name in self._spec.param_names},
             input=grad_x,
@@ -112,6 +139,7 @@ class NumpyModel(AbstractModel):
             activations=activations,
             activation_grads=output_grads,
         )
+        return gradients, steps
 
 
 class NumpyFramework(AbstractFramework):

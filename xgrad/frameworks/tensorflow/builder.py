@@ -32,7 +32,8 @@ import numpy as np
 
 from xgrad.errors import FrameworkError
 from xgrad.frameworks.numpy import spec_layers
-from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel
+from xgrad.frameworks.pool import BuildPool
+from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel, KerasRunner
 from xgrad.frameworks.tensorflow.ops import keras, tf_activation
 from xgrad.layers import (
     AbstractLayer,
@@ -47,7 +48,7 @@ from xgrad.layers import (
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
 
-__all__ = ["SpecModel", "build_keras_model", "layer_name"]
+__all__ = ["POOL", "SpecModel", "build_keras_model", "layer_name"]
 
 
 def layer_name(path: str, layer: AbstractLayer) -> str:
@@ -131,26 +132,54 @@ def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, ker
     return keras.Sequential([inputs, *by_path.values()], name="sequential"), by_path
 
 
-class SpecModel(KerasModel):
-    """A spec as a Keras model (see the module docstring) holding canonical weights."""
+POOL = BuildPool(max_idle=4)
+"""Keras models built here and no longer used, with their traced steps, for the next build of
+the same (spec, dtype) (:mod:`xgrad.frameworks.pool`): the new weights are assigned to their
+variables instead of building and tracing again."""
 
-    def __init__(self, spec: MLP, weights: Params, dtype: str) -> None:
-        model, by_path = build_keras_model(spec, dtype)
-        variables = {
-            f"{path}.{local}": getattr(by_path[path], KERAS_WEIGHTS[layer.kind][local])
+
+_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
+class _Kit:
+    """One built Keras model and what evaluating it needs (reused as a whole)."""
+
+    def __init__(self, spec: MLP, dtype: str) -> None:
+        self.model, self.by_path = build_keras_model(spec, dtype)
+        self.variables = {
+            f"{path}.{local}": getattr(self.by_path[path], KERAS_WEIGHTS[layer.kind][local])
             for path, layer in spec.walk()
             for local in (*layer.param_names(), *layer.state_names())
         }
-        for name, var in variables.items():
+        self.layers = spec_layers(
+            spec, lambda path, local: self.variables[f"{path}.{local}"].path, layer_name
+        )
+        names = [f"{path}.{local}" for path, layer in spec.walk() for local in layer.param_names()]
+        self.runner = KerasRunner(self.layers, self.by_path, [self.variables[n] for n in names])
+
+
+class SpecModel(KerasModel):
+    """A spec as a Keras model (see the module docstring) holding canonical weights.
+
+    The Keras model comes from :data:`POOL` when one of the same spec and dtype is idle (every
+    variable is then assigned), else it is built.
+    """
+
+    def __init__(self, spec: MLP, weights: Params, dtype: str) -> None:
+        key = (spec, dtype)
+        kit = POOL.take(key) or _Kit(spec, dtype)
+        for name, var in kit.variables.items():
             var.assign(np.asarray(weights[name], dtype=dtype))
         super().__init__(
-            model,
-            spec_layers(spec, lambda path, local: variables[f"{path}.{local}"].path, layer_name),
-            by_path,
-            variables,
+            kit.model,
+            kit.layers,
+            kit.by_path,
+            kit.variables,
             dtype=dtype,
-            description=f"keras {type(model).__name__} of xgrad.MLP {spec.describe()}",
+            description=f"keras {type(kit.model).__name__} of xgrad.MLP {spec.describe()}",
             input_shape=spec.input_shape,
+            runner=kit.runner,
+            pooled=(POOL, key, kit, spec.n_params() * _BYTES.get(dtype, 8)),
         )
         self._spec = spec
 

@@ -50,6 +50,75 @@ KERAS_WEIGHTS: dict[str, dict[str, str]] = {
 (``Dense``, ``LayerNormalization``, ``RMSNormalization``, ``BatchNormalization``)."""
 
 
+class KerasRunner:
+    """A Keras model's layers called in order under ``tf.GradientTape``, and the
+    ``tf.function`` traced for each loss and capture flag.
+
+    It refers to the Keras layers and variables only, never to a :class:`KerasModel`, so that
+    a built model's runner (with its traces) can serve the next model of the same spec
+    (:mod:`xgrad.frameworks.pool`).
+
+    Args:
+        layers: the layers in call order.
+        keras_layers: layer path -> the Keras layer computing that path's output.
+        params: the Keras variables of the trainable parameters, in ``param_names`` order.
+    """
+
+    def __init__(self, layers, keras_layers, params) -> None:
+        self.layers = layers
+        self.keras_layers = keras_layers
+        self.params = params
+        self.steps: dict[tuple, object] = {}
+
+    def run(self, infos, a, masks, values, tape):
+        """Call the layers of ``infos`` on ``a``; record each output in ``values``."""
+        for info in infos:
+            layer = self.keras_layers.get(info.path)
+            if info.children:
+                inner = self.run(info.children, a, masks, values, tape)
+                a = a + inner if layer is None else layer([a, inner])
+            elif isinstance(info.layer, Dropout):
+                a = a * masks[info.path] if info.path in masks else a
+            else:
+                training = isinstance(info.layer, BatchNorm) and info.layer.training
+                a = layer(a, training=training)
+            if values is not None:
+                tape.watch(a)
+                values[info.path] = a
+        return a
+
+    def step(self, loss_fn, capture: bool):
+        """``(x, target, masks) -> (loss, output, dL/dparams, dL/dx, dL/dvalues, values)``,
+        where ``values`` are the layers' outputs by path (empty unless ``capture``) and
+        ``target`` is ``y`` for a loss, or the cotangent when ``loss_fn`` is ``None``."""
+
+        def step(x, target, masks):
+            values = {} if capture else None
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = self.run(self.layers, x, masks, values, tape)
+                value = None if loss_fn is None else loss_fn(out, target)
+            sources = (self.params, x, values or {})
+            if loss_fn is None:
+                grads = tape.gradient(
+                    out, sources, output_gradients=target, unconnected_gradients=ZERO
+                )
+            else:
+                grads = tape.gradient(value, sources, unconnected_gradients=ZERO)
+            return (value, out, *grads, values or {})
+
+        return step
+
+    def compiled(self, loss: Loss | None, capture: bool):
+        """The traced step for ``loss`` (``None``: a cotangent), made once."""
+        key = (None if loss is None else loss.name, capture)
+        if key not in self.steps:
+            self.steps[key] = tf.function(
+                self.step(None if loss is None else tf_loss(loss), capture)
+            )
+        return self.steps[key]
+
+
 class KerasModel(AbstractModel):
     """A Keras model evaluated layer by layer (see the module docstring).
 
@@ -64,6 +133,12 @@ class KerasModel(AbstractModel):
         dtype: the dtype the layers compute in.
         description: a short text naming the model.
         input_shape: the shape of one input example.
+        runner: the :class:`KerasRunner` of this Keras model, when one exists already (a
+            pooled build); else a new one.
+        pooled: ``(pool, key, kit, nbytes)`` when the Keras model belongs to a
+            :class:`~xgrad.frameworks.pool.BuildPool`: ``kit`` (``nbytes`` of weights)
+            returns there when this model is collected, unless the Keras model or a layer or
+            variable of it was given away.
     """
 
     framework = "tensorflow"
@@ -78,6 +153,8 @@ class KerasModel(AbstractModel):
         dtype: str,
         description: str,
         input_shape: tuple[int, ...],
+        runner: KerasRunner | None = None,
+        pooled: tuple | None = None,
     ) -> None:
         self._model = native
         self.layers = layers
@@ -87,27 +164,36 @@ class KerasModel(AbstractModel):
         self.description = description
         self.input_shape = tuple(input_shape)
         self.output_shape = layers[-1].output_shape
-        self._params = [variables[name] for name in self.param_names]
+        if runner is None:
+            runner = KerasRunner(layers, keras_layers, [variables[n] for n in self.param_names])
+        self._runner = runner
         self._training_state = {
             f"{info.path}.{local}": variables[f"{info.path}.{local}"]
             for info in self.walk()
             if isinstance(info.layer, BatchNorm) and info.layer.training
             for local in info.state
         }
-        self._steps: dict[tuple, object] = {}
+        self._lease = None if pooled is None else pooled[0].lend(self, *pooled[1:])
+
+    def _escape(self) -> None:
+        if self._lease is not None:
+            self._lease.escape()
 
     @property
     def native(self) -> keras.Model:
         """The Keras model holding this model's weights."""
+        self._escape()
         return self._model
 
     def keras_layer(self, path: str) -> keras.layers.Layer | None:
         """The Keras layer computing the output of the layer at ``path`` (a residual block:
         its ``Add`` layer, or ``None`` for ``x + block(x)`` written in code)."""
+        self._escape()
         return self._keras_layers.get(path)
 
     def variable(self, name: str) -> keras.Variable:
         """The Keras variable holding the canonical weight ``name``."""
+        self._escape()
         return self._variables[name]
 
     def weights(self) -> Params:
@@ -116,53 +202,6 @@ class KerasModel(AbstractModel):
         return {name: np.array(var.numpy()) for name, var in self._variables.items()}
 
     # -- one step -------------------------------------------------------------------------
-
-    def _run(self, infos, a, masks, values, tape):
-        """Call the layers of ``infos`` on ``a``; record each output in ``values``."""
-        for info in infos:
-            layer = self._keras_layers.get(info.path)
-            if info.children:
-                inner = self._run(info.children, a, masks, values, tape)
-                a = a + inner if layer is None else layer([a, inner])
-            elif isinstance(info.layer, Dropout):
-                a = a * masks[info.path] if info.path in masks else a
-            else:
-                training = isinstance(info.layer, BatchNorm) and info.layer.training
-                a = layer(a, training=training)
-            if values is not None:
-                tape.watch(a)
-                values[info.path] = a
-        return a
-
-    def _step(self, loss_fn, capture: bool):
-        """``(x, target, masks) -> (loss, output, dL/dparams, dL/dx, dL/dvalues, values)``,
-        where ``values`` are the layers' outputs by path (empty unless ``capture``) and
-        ``target`` is ``y`` for a loss, or the cotangent when ``loss_fn`` is ``None``."""
-
-        def step(x, target, masks):
-            values = {} if capture else None
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                out = self._run(self.layers, x, masks, values, tape)
-                value = None if loss_fn is None else loss_fn(out, target)
-            sources = (self._params, x, values or {})
-            if loss_fn is None:
-                grads = tape.gradient(
-                    out, sources, output_gradients=target, unconnected_gradients=ZERO
-                )
-            else:
-                grads = tape.gradient(value, sources, unconnected_gradients=ZERO)
-            return (value, out, *grads, values or {})
-
-        return step
-
-    def _compiled(self, loss: Loss | None, capture: bool):
-        key = (None if loss is None else loss.name, capture)
-        if key not in self._steps:
-            self._steps[key] = tf.function(
-                self._step(None if loss is None else tf_loss(loss), capture)
-            )
-        return self._steps[key]
 
     def _masks(self, batch: int) -> dict[str, tf.Tensor]:
         """xgrad's scaled dropout mask of every active Dropout, for a batch of ``batch``."""
@@ -179,14 +218,15 @@ class KerasModel(AbstractModel):
         return tf.constant(y, dtype=self.dtype) if y.dtype.kind == "f" else tf.constant(y)
 
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        runner = self._runner
         if cotangent is not None:
-            step, target = self._compiled(None, capture), tf.constant(cotangent)
+            step, target = runner.compiled(None, capture), tf.constant(cotangent)
         elif isinstance(loss, Loss):
             # losses without targets get an empty tensor in their place: one trace each
             target = tf.zeros((0,), self.dtype) if y is None else self._tensor(y)
-            step = self._compiled(loss, capture)
+            step = runner.compiled(loss, capture)
         else:  # a user's function of tensors: run eagerly, as written
-            step = self._step(_checked(loss), capture)
+            step = runner.step(_checked(loss), capture)
             target = None if y is None else self._tensor(y)
         saved = {name: var.numpy() for name, var in self._training_state.items()}
         try:

@@ -45,7 +45,8 @@ from torch import nn
 
 from xgrad.frameworks.base import LayerInfo
 from xgrad.frameworks.numpy import spec_layers
-from xgrad.frameworks.torch.model import HookTap, TorchModel, torch_dtype
+from xgrad.frameworks.pool import BuildPool
+from xgrad.frameworks.torch.model import HookTap, TorchModel, torch_dtype, write_weights
 from xgrad.frameworks.torch.modules import MaskedDropout, Residual, activation_module
 from xgrad.layers import (
     AbstractLayer,
@@ -61,7 +62,7 @@ from xgrad.layers import (
 from xgrad.params import Params
 from xgrad.spec import MLP
 
-__all__ = ["build_model", "build_module", "module_name", "native_name"]
+__all__ = ["POOL", "build_model", "build_module", "module_name", "native_name"]
 
 _TORCH_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -78,8 +79,11 @@ def native_name(path: str, local: str, layer: AbstractLayer) -> str:
     return f"{module_name(path)}.{_TORCH_NAMES[local]}"
 
 
-def _param(array: np.ndarray, dtype: torch.dtype) -> nn.Parameter:
-    return nn.Parameter(torch.tensor(np.ascontiguousarray(array), dtype=dtype))
+def _param(array: np.ndarray, dtype: torch.dtype, *, transposed: bool = False) -> nn.Parameter:
+    """A parameter holding ``array`` in ``dtype`` (its transpose: torch copies in blocks)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = tensor.T if transposed else tensor
+    return nn.Parameter(tensor.to(dtype, copy=True, memory_format=torch.contiguous_format))
 
 
 def _set(module: nn.Module, name: str, array: np.ndarray, dtype: torch.dtype) -> None:
@@ -103,7 +107,7 @@ def _module(layer: AbstractLayer, path: str, shape: Shape, weights: Params, dtyp
     d = shape[-1] if shape else None
     if isinstance(layer, Dense):
         linear = nn.Linear(d, layer.units, bias=layer.use_bias, dtype=dtype)
-        linear.weight = _param(weights[f"{path}.kernel"].T, dtype)
+        linear.weight = _param(weights[f"{path}.kernel"], dtype, transposed=True)
         if layer.use_bias:
             linear.bias = _param(weights[f"{path}.bias"], dtype)
         if layer.activation == "linear":
@@ -174,21 +178,37 @@ def _transposed(info: LayerInfo) -> LayerInfo:
     )
 
 
+POOL = BuildPool(max_idle=4)
+"""``nn.Sequential`` modules built here and no longer used, for the next build of the same
+(spec, dtype) (:mod:`xgrad.frameworks.pool`): the new weights are copied into their tensors
+instead of constructing the layers again (which draws a random initialisation first)."""
+
+
 def build_model(spec: MLP, weights: Params, dtype: str) -> TorchModel:
-    """The :class:`TorchModel` of ``spec`` (weights checked, float64 canonical)."""
+    """The :class:`TorchModel` of ``spec`` (weights checked, float64 canonical, or already in
+    ``dtype``); its module comes from :data:`POOL` when one is idle."""
     layers_by_path = dict(spec.walk())
     infos = spec_layers(
         spec,
         lambda path, local: native_name(path, local, layers_by_path[path]),
         lambda path, layer: module_name(path),
     )
-    return TorchModel(
-        build_module(spec, weights, dtype),
-        tuple(_transposed(info) for info in infos),
+    layers = tuple(_transposed(info) for info in infos)
+    key = (spec, dtype)
+    module = POOL.take(key)
+    if module is None:
+        module = build_module(spec, weights, dtype)
+    else:
+        write_weights(module, layers, weights, check=False)  # checked by the caller
+    model = TorchModel(
+        module,
+        layers,
         HookTap({module_name(path): path for path in layers_by_path}),
         dtype=dtype,
         input_shape=spec.input_shape,
         output_shape=spec.output_shape,
         description=f"torch nn.Sequential of xgrad.MLP {spec.describe()}",
         spec=spec,
+        pooled=(POOL, key, spec.n_params() * torch_dtype(dtype).itemsize),
     )
+    return model

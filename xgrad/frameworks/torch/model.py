@@ -39,7 +39,15 @@ from xgrad.losses import Loss
 from xgrad.params import Params
 from xgrad.spec import MLP
 
-__all__ = ["Capture", "GraphTap", "HookTap", "TorchModel", "call_with", "torch_dtype"]
+__all__ = [
+    "Capture",
+    "GraphTap",
+    "HookTap",
+    "TorchModel",
+    "call_with",
+    "torch_dtype",
+    "write_weights",
+]
 
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -183,10 +191,15 @@ def call_with(module: nn.Module, tensors: Mapping[str, torch.Tensor], fn: Callab
     )
 
 
-def fresh_tensors(module: nn.Module, *, grad: bool) -> tuple[dict, dict]:
-    """Copies of the module's parameters (leaves requiring grad when ``grad``) and buffers."""
+def fresh_tensors(module: nn.Module, *, grad: bool, share: bool = False) -> tuple[dict, dict]:
+    """Copies of the module's parameters (leaves requiring grad when ``grad``) and buffers.
+
+    With ``share``, the parameters are new leaves on the module's own storage instead of
+    copies: for modules whose forward never writes to a parameter (xgrad's own builds).
+    Buffers are always copies (a BatchNorm in training mode updates them in place)."""
     params = {
-        name: p.detach().clone().requires_grad_(grad) for name, p in module.named_parameters()
+        name: (p.detach() if share else p.detach().clone()).requires_grad_(grad)
+        for name, p in module.named_parameters()
     }
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
     return params, buffers
@@ -203,25 +216,60 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def _numpy(t: torch.Tensor, *, own: bool = False) -> np.ndarray:
+    """``t`` as a NumPy array; ``own``: ``t`` is a fresh result nothing else refers to, so the
+    array may share its memory (a contiguous one; otherwise it is copied)."""
     if t.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: ml_dtypes' (via JAX)
         import ml_dtypes
 
         return t.detach().cpu().float().numpy().astype(ml_dtypes.bfloat16)
-    return t.detach().cpu().numpy().copy()
+    arr = t.detach().cpu().numpy()
+    return arr if own and t.is_contiguous() and t.device.type == "cpu" else arr.copy()
 
 
-def _write(target: torch.Tensor, arr: np.ndarray, transposed: bool, name: str) -> None:
-    """Copy the canonical array ``arr`` into the module's tensor (transposed if stored so)."""
+def _write(
+    target: torch.Tensor, arr: np.ndarray, transposed: bool, name: str, check: bool = True
+) -> None:
+    """Copy the canonical array ``arr`` into the module's tensor (transposed if stored so);
+    ``check=False`` for weights already checked (shape, dtype and finiteness)."""
     want = tuple(target.shape)[::-1] if transposed else tuple(target.shape)
-    if arr.dtype.kind != "f":
-        raise ParamsError(f"weight {name!r} has dtype {arr.dtype}; weights must be floats")
-    if arr.shape != want:
-        hint = " (transposed? canonical kernels are (in, out))" if arr.shape == want[::-1] else ""
-        raise ParamsError(f"weight {name!r} has shape {arr.shape} but the model needs {want}{hint}")
-    if not np.isfinite(arr).all():
-        raise ParamsError(f"weight {name!r} contains NaN/Inf; weights must be finite")
-    target.copy_(torch.from_numpy(np.ascontiguousarray(arr.T if transposed else arr)))
+    if check:
+        if arr.dtype.kind != "f":
+            raise ParamsError(f"weight {name!r} has dtype {arr.dtype}; weights must be floats")
+        if arr.shape != want:
+            hint = (
+                " (transposed? canonical kernels are (in, out))" if arr.shape == want[::-1] else ""
+            )
+            raise ParamsError(
+                f"weight {name!r} has shape {arr.shape} but the model needs {want}{hint}"
+            )
+        if not np.isfinite(arr).all():
+            raise ParamsError(f"weight {name!r} contains NaN/Inf; weights must be finite")
+    source = torch.from_numpy(np.ascontiguousarray(arr))
+    target.copy_(source.T if transposed else source)  # torch transposes in blocks, in parallel
+
+
+def write_weights(
+    module: nn.Module, layers, weights: Mapping[str, np.ndarray], *, check: bool = True
+) -> None:
+    """Copy canonical ``weights`` into ``module``'s tensors, in place (kernels transposed where
+    the layers say so). ``layers`` name each weight's state-dict key; ``check=False`` for
+    weights checked already (:func:`xgrad.params.check_params`).
+
+    Raises:
+        ParamsError: a wrong shape, a non-float array, or NaN/Inf.
+    """
+    infos = {
+        f"{info.path}.{local}": (info, local, native)
+        for top in layers
+        for info in top.walk()
+        for local, native in info.weights.items()
+    }
+    tensors = module.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, value in weights.items():
+            info, local, native = infos[name]
+            _write(tensors[native], np.asarray(value), local in info.transposed, name, check)
 
 
 class TorchModel(AbstractModel):
@@ -238,6 +286,9 @@ class TorchModel(AbstractModel):
         input_shape, output_shape: the shapes of one example in and out.
         description: a short text naming the model.
         spec: the spec it was built from, or ``None`` for a user's module.
+        pooled: ``(pool, key, nbytes)`` when ``module`` (``nbytes`` of weights) came from or
+            is to go to a :class:`~xgrad.frameworks.pool.BuildPool`: it returns there when
+            this model is collected, unless :attr:`native` gave it away.
     """
 
     framework = "torch"
@@ -253,6 +304,7 @@ class TorchModel(AbstractModel):
         output_shape: Shape,
         description: str,
         spec: MLP | None = None,
+        pooled: tuple | None = None,
     ) -> None:
         self._module = module
         self.layers = tuple(layers)
@@ -262,10 +314,13 @@ class TorchModel(AbstractModel):
         self.output_shape = tuple(output_shape)
         self.description = description
         self._spec = spec
+        self._lease = None if pooled is None else pooled[0].lend(self, pooled[1], module, pooled[2])
 
     @property
     def native(self) -> nn.Module:
         """The ``nn.Module`` holding this model's weights (changing it changes the model)."""
+        if self._lease is not None:
+            self._lease.escape()  # the user holds the module now: it is never reused
         return self._module
 
     def spec(self) -> MLP | None:
@@ -306,11 +361,7 @@ class TorchModel(AbstractModel):
                 f"names are {list(infos)}"
             )
         module = copy.deepcopy(self._module)
-        tensors = module.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for name, value in weights.items():
-                info, local, native = infos[name]
-                _write(tensors[native], np.asarray(value), local in info.transposed, name)
+        write_weights(module, self.layers, weights)
         return TorchModel(
             module,
             self.layers,
@@ -354,7 +405,9 @@ class TorchModel(AbstractModel):
             for local, native in info.params.items()
         }
         with torch.enable_grad(), torch.random.fork_rng(devices=rng_devices(module)):
-            params, buffers = fresh_tensors(module, grad=True)
+            # a built module's forward is xgrad's own and never writes to a parameter: its
+            # parameters are used in place; a user's module gets copies
+            params, buffers = fresh_tensors(module, grad=True, share=self._spec is not None)
             dtype = torch_dtype(self.dtype)
             xt = torch.from_numpy(np.array(x, dtype=np.float64)).to(device=device, dtype=dtype)
             xt.requires_grad_(True)
@@ -389,10 +442,12 @@ class TorchModel(AbstractModel):
         n = len(param_names)
         dparams = {}
         for (name, (info, local, _)), g in zip(param_names.items(), grads[:n], strict=True):
-            arr = _numpy(g)
-            dparams[name] = np.ascontiguousarray(arr.T) if local in info.transposed else arr
+            arr = _numpy(g, own=True)
+            # a transposed kernel's gradient is handed over as a transposed view (canonical
+            # shape, Fortran order): the metrics read it in that order, no copy is made
+            dparams[name] = arr.T if local in info.transposed else arr
         state = {
-            f"{info.path}.{local}": _numpy(buffers[native])
+            f"{info.path}.{local}": _numpy(buffers[native], own=True)
             for info in self.walk()
             if isinstance(info.layer, BatchNorm) and info.layer.training
             for local, native in info.state.items()
@@ -400,12 +455,12 @@ class TorchModel(AbstractModel):
         return Gradients(
             loss=None if value is None else float(value.detach()),
             params=dparams,
-            input=_numpy(grads[n]),
-            output=_numpy(out),
+            input=_numpy(grads[n], own=True),
+            output=_numpy(out, own=True),
             state=state,
-            activations={p: _numpy(cap.values[p]) for p in paths} if capture else None,
+            activations={p: _numpy(cap.values[p], own=True) for p in paths} if capture else None,
             activation_grads=(
-                {p: _numpy(g) for p, g in zip(paths, grads[n + 1 :], strict=True)}
+                {p: _numpy(g, own=True) for p, g in zip(paths, grads[n + 1 :], strict=True)}
                 if capture
                 else None
             ),
