@@ -236,6 +236,26 @@ def test_a_cancelling_sum_loss_is_judged_by_its_terms():
     assert judged.compare(np.float32(ref + 1e-4)).status == "mismatch"  # a real difference
 
 
+def test_a_cancelling_projection_loss_is_judged_by_its_terms():
+    # y chosen so that sum(out * y) cancels to 0.1% of sum(|out * y|): float32 rounding of
+    # the terms is then far above tol relative to the value, and must not read as a mismatch
+    from xgrad.runner import loss_scale
+
+    spec = xgrad.MLP(6, [xgrad.Dense(16, "tanh"), xgrad.Dense(8)])
+    params = xgrad.init_params(spec, seed=0)
+    x = np.random.default_rng(0).standard_normal((8, 6))
+    out = xgrad.get_framework("numpy").build(spec, params, dtype="float64")
+    out = out.evaluate(x, loss="sum").output
+    y = np.random.default_rng(1).standard_normal(out.shape)
+    y -= 0.999 * (out * y).sum() / (out * out).sum() * out
+    assert abs((out * y).sum()) < 2e-3 * np.abs(out * y).sum()
+    assert loss_scale("projection", out, y) == pytest.approx(np.abs(out * y).sum())
+    report = xgrad.compare(
+        spec, x, y, params=params, frameworks="numpy", loss="projection", dtype="float32"
+    )
+    assert report.ok, report.table()
+
+
 def test_explain_false_compares_no_layers(rng):
     spec = xgrad.MLP(4, [xgrad.Dense(4, "gelu"), xgrad.Dense(3)])
     report = xgrad.compare(

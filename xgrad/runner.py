@@ -64,18 +64,20 @@ __all__ = [
 REFERENCE = {"framework": "numpy", "dtype": "float64"}
 
 
-def loss_scale(loss_name: str | None, output: np.ndarray) -> float | None:
+def loss_scale(loss_name: str | None, output: np.ndarray, y=None) -> float | None:
     """The scale a loss value is judged against when its terms can cancel.
 
-    ``sum`` and ``mean`` add outputs of either sign: their value can be far smaller than
-    its terms, and its rounding error scales with the terms, so it is compared relative to
-    the sum (or mean) of ``|output|``. The other losses add non-negative terms, for which
-    ``|loss|`` is that scale already (``None``).
+    ``sum``, ``mean`` and ``projection`` add terms of either sign (``out``, or ``out * y``):
+    their value can be far smaller than its terms, and its rounding error scales with the
+    terms, so it is compared relative to the sum (or mean) of their magnitudes. The other
+    losses add non-negative terms, for which ``|loss|`` is that scale already (``None``).
     """
     if loss_name == "sum":
         return float(np.abs(output).sum())
     if loss_name == "mean":
         return float(np.abs(output).mean())
+    if loss_name == "projection" and y is not None and np.shape(y) == np.shape(output):
+        return float(np.abs(np.multiply(output, y, dtype=np.float64)).sum())
     return None
 
 
@@ -340,7 +342,7 @@ def assemble(
             "loss",
             "loss",
             lambda g: np.asarray(g.loss),
-            scale=loss_scale(loss_name, ref.grads.output),
+            scale=loss_scale(loss_name, ref.grads.output, inputs.y),
             native_name=loss_name,
         )[0]
 
