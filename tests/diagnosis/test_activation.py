@@ -101,3 +101,33 @@ def test_a_wrong_derivative_is_found_backward_at_its_layer():
     d = one(report)
     assert (d.cause, d.layer, d.where) == ("activation-mismatch", "layers.1", "backward")
     assert "derivative of tanh" in d.detail and np.isfinite(d.before)
+
+
+@pytest.mark.parametrize(
+    ("act", "jax_act", "cause", "says"),
+    [
+        ("leaky_relu:0.01", lambda z: jax.nn.leaky_relu(z, 0.2), "leaky-relu-slope",
+         "reference slope 0.01, candidate slope 0.2"),
+        ("gelu", jax.nn.gelu if "jax" in INSTALLED else None, "gelu-approximation",
+         "reference uses the exact erf GELU, candidate the tanh form"),
+    ],
+)  # fmt: skip
+def test_an_activation_right_after_a_residual_add_is_named(act, jax_act, cause, says):
+    # the activation takes the block's own output x + f(x), not a dense pre-activation
+    layers = [
+        xgrad.Dense(8, "linear"),
+        xgrad.Residual([xgrad.Dense(8, "tanh")]),
+        xgrad.Activation(act),
+        xgrad.Dense(3),
+    ]
+    ref = reference(layers, 6)
+
+    def port(p, x):
+        h = x @ p["w0"] + p["b0"]
+        h = jax_act(h + jnp.tanh(h @ p["w1"] + p["b1"]))
+        return h @ p["w2"] + p["b2"]
+
+    shapes = {"w0": (6, 8), "b0": (8,), "w1": (8, 8), "b1": (8,), "w2": (8, 3), "b2": (3,)}
+    d = one(xgrad.compare_models(ref, (port, _zeros(shapes)), x(6, scale=2)))
+    assert (d.cause, d.layer, d.where, d.confirmed) == (cause, "layers.1", "forward", True)
+    assert says in d.detail

@@ -18,7 +18,16 @@ __all__ = ["CAUSES", "pre_activation"]
 
 def pre_activation(unit: UnitEvidence, side: str = "ref") -> tuple[np.ndarray, str] | None:
     """``(value entering the unit's activation, activation name)`` on one side, computed
-    with the reference's layer configs (the activation itself left out)."""
+    with the reference's layer configs (the activation itself left out). For a residual
+    block followed by an activation, that value is the block's own output, ``x + f(x)``."""
+    if unit.block_output_ref is not None:
+        z = unit.block_output_ref if side == "ref" else unit.block_output_cand
+        for k, layer in enumerate(unit.members_ref):
+            if layer is None:
+                return None
+            if isinstance(layer, Activation):
+                return run_unit(unit.members_ref[:k], {}, z), layer.name
+        return None
     layers = unit.layers_ref
     if not layers or any(layer is None for layer in layers):
         return None

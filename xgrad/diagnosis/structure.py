@@ -14,8 +14,12 @@ __all__ = ["CAUSES"]
 def residual_missing(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
     if unit.skip_cand or unit.block_input_ref is None:
         return None
-    without = unit.output_ref - unit.block_input_ref
-    residual = rel(unit.output_cand, without)
+    if unit.block_output_ref is not None:  # layers after the block: compare before them
+        without = unit.block_output_ref - unit.block_input_ref
+        residual = rel(unit.block_output_cand, without)
+    else:
+        without = unit.output_ref - unit.block_input_ref
+        residual = rel(unit.output_cand, without)
     if residual > ev.fit_tol:
         return None
     return Finding(
