@@ -176,7 +176,14 @@ CASES = [
         "dtype-unsupported",
         lambda: _compare(SPEC, X, dtype="float8"),
         InputError,
-        "dtype 'float8' is not supported; use one of float16, float32, float64",
+        "dtype 'float8' is not supported; use one of float32, float64, bfloat16, float16",
+    ),
+    (
+        "dtype-not-in-a-framework",
+        lambda: _compare(SPEC, X, dtype="bfloat16"),
+        InputError,
+        "dtype 'bfloat16' is not supported by numpy (which computes in float16, float32, "
+        "float64); use another dtype",
     ),
     (
         "rtol-negative",

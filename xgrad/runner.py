@@ -25,6 +25,7 @@ import numpy as np
 from xgrad.align import Alignment, Unit, align, identity_alignment
 from xgrad.errors import FrameworkError, InputError
 from xgrad.frameworks.base import (
+    ALL_DTYPES,
     DTYPES,
     AbstractFramework,
     AbstractModel,
@@ -690,9 +691,17 @@ def compare(
     from xgrad.frameworks.numpy import FRAMEWORK as NUMPY
 
     frameworks_ = resolve_frameworks(frameworks)
-    dtype = check_dtype(dtype, tuple(dict.fromkeys(d for fw in frameworks_ for d in fw.dtypes)))
-    for fw in frameworks_:
-        check_dtype(dtype, fw.dtypes)
+    dtype = check_dtype(dtype, ALL_DTYPES)
+    lacking = [fw for fw in frameworks_ if dtype not in fw.dtypes]
+    if lacking:
+        names = ", ".join(fw.name for fw in lacking)
+        having = [fw.name for fw in frameworks_ if dtype in fw.dtypes]
+        fix = f"drop {names} from frameworks" if having else "use another dtype"
+        verb = "computes" if len(lacking) == 1 else "compute"
+        raise InputError(
+            f"dtype {dtype!r} is not supported by {names} (which {verb} in "
+            f"{', '.join(lacking[0].dtypes)}); {fix}"
+        )
     tol = tolerance(dtype, rtol)
     weights = init_params(model, seed) if params is None else check_params(model, params)
     referee = NUMPY._build(model, weights, "float64")
