@@ -808,7 +808,7 @@ def section_startup(frameworks, repeats, smoke):
         cases.append(("numpy", "import numpy", "numpy"))
     else:
         heavy = [f for f in frameworks if f != "numpy"]
-        mods = {"jax": "jax", "flax": "flax", "tensorflow": "tensorflow"}
+        mods = {"jax": "jax", "flax": "flax", "tensorflow": "tensorflow", "torch": "torch"}
         cases.append(
             (
                 ",".join(frameworks),
@@ -1359,23 +1359,33 @@ def main(argv=None) -> int:
         "loadavg_start": loadavg(),
     }
     start = time.perf_counter()
+
+    def keep() -> None:  # what is measured so far, should a later section fail
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
     if sections & {"a", "b", "c"}:
         results["overhead"] = section_overhead(frameworks, shapes, repeats)
+    keep()
     if "b" in sections:
         results["throughput"] = section_throughput(
             frameworks, results["overhead"], spec, large[3], repeats
         )
+    keep()
     if "c" in sections:
         results["compare"] = section_compare(frameworks, results["overhead"], spec, x, repeats)
         results["exit_status"] = section_exit_status(frameworks, large)
         results["metrics"] = section_metrics(frameworks, spec, repeats)
         results["compare_models"] = section_compare_models(results["overhead"], spec, x, repeats)
+    keep()
     if "d" in sections:
         results["startup"] = section_startup(frameworks, 1 if args.smoke else 3, args.smoke)
+    keep()
     if "e" in sections:
         sizes = [(32, 1), (64, 2)] if args.smoke else [(1000, 1), (1826, 3), (4083, 3)]
         results["memory"] = section_memory(frameworks if not args.smoke else ["numpy"], sizes)
         results["memory_fit"] = linear_fit(results["memory"])
+    keep()
     if "f" in sections:
         results["sweep_loop"] = section_sweep_loop(frameworks, args.smoke, 1 if args.smoke else 3)
         results["sweep"] = section_sweep(
