@@ -30,3 +30,12 @@ def test_the_seeded_corpus_scores():
     assert scores["false_alarms"] == 0, [r for r in rows if r["outcome"] == "false-alarm"]
     assert scores["wrong_causes"] == 0, [r for r in rows if r["outcome"] == "wrong-cause"]
     assert scores["named_rate"] >= 0.95, [r for r in rows if r["outcome"] == "unnamed"]
+
+
+def test_an_activation_that_zeroes_where_the_other_does_not_is_no_dropout():
+    # make fuzz found it: relu against the port's elu zeroes about half the values and keeps
+    # the rest at a factor 1 + 6e-8 (float32 rounding), which read as dropout with rate 6e-8
+    corpus = _corpus()
+    row = corpus.run_case(corpus.make_case(66, "activation-mismatch"))
+    assert row["outcome"] == "named", row
+    assert row["causes"] == ["activation-mismatch@layers.2"]

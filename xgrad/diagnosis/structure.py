@@ -8,7 +8,10 @@ from xgrad.diagnosis.evidence import Evidence, UnitEvidence
 from xgrad.diagnosis.records import Cause, Finding, drop
 from xgrad.identify import rel
 
-__all__ = ["CAUSES"]
+__all__ = ["CAUSES", "MIN_DROPOUT_RATE"]
+
+MIN_DROPOUT_RATE = 1e-3
+"""The smallest dropout rate ``dropout-active`` considers."""
 
 
 def residual_missing(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
@@ -44,7 +47,11 @@ def _dropout_of(clean: np.ndarray, noisy: np.ndarray, tol: float):
     if not dropped.any() or kept.size == 0:
         return None
     factor = float(np.median(kept))
-    if factor <= 1 or not np.allclose(kept, factor, rtol=max(tol, 1e-6) * 10):
+    # a rate below 0.1% is no dropout anyone configures: a factor of 1 up to rounding is
+    # another function that zeroes some values and keeps the rest (relu against elu)
+    if factor < 1 / (1 - MIN_DROPOUT_RATE) or not np.allclose(
+        kept, factor, rtol=max(tol, 1e-6) * 10
+    ):
         return None
     rebuilt = np.where(np.abs(noisy) > 0, clean * factor, 0.0)
     return 1 - 1 / factor, int(dropped.sum()), int(significant.sum()), rebuilt
