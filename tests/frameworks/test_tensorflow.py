@@ -395,6 +395,186 @@ def test_dense_with_a_python_function_as_activation_is_read_by_its_values():
     assert set(g.activations) == {"layers.0"} and g.params["layers.0.kernel"].shape == (3, 2)
 
 
+# -- activation functions called in a subclassed model's call -------------------------------
+
+
+class _FunctionBetween(keras.Model):
+    """The way Keras guides write a model: ``fc2(fn(fc1(x)))``, ``fn`` a function, no layer."""
+
+    def __init__(self, fn, dtype=None, **kwargs):
+        super().__init__(dtype=dtype, **kwargs)
+        self.fn = fn
+        self.fc1 = keras.layers.Dense(16, dtype=dtype)
+        self.fc2 = keras.layers.Dense(3, dtype=dtype)
+
+    def call(self, inputs):
+        return self.fc2(self.fn(self.fc1(inputs)))
+
+
+def _leaky_02(t):
+    return keras.activations.leaky_relu(t, negative_slope=0.2)
+
+
+XF = np.random.default_rng(10).standard_normal((5, 8)).astype(np.float32)
+PROJECT = np.random.default_rng(11).standard_normal((5, 3)).astype(np.float32)
+
+
+def _tape_grads(net, x, w):
+    """dL/dweights of the user's own model, L = sum(net(x) * w), by tf.GradientTape: the
+    independent reference, by Keras variable path."""
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(net(x) * w)
+    grads = tape.gradient(value, net.trainable_variables)
+    return {v.path: np.asarray(g) for v, g in zip(net.trainable_variables, grads, strict=True)}
+
+
+def _assert_grads_of_own_model(net, x, dtype="float32"):
+    """The read model's parameter gradients are those of the user's own ``call``."""
+    model = FRAMEWORK.read(net)
+    w = PROJECT.astype(dtype)
+    g = model.evaluate(x, w, loss="projection")
+    expected = _tape_grads(net, x, w)
+    native = model.native_names()
+    assert set(g.params) == {n for n in native if native[n] in expected}
+    for name, grad in g.params.items():
+        assert rel_norm(grad, expected[native[name]]) < TOL[dtype], name
+    return model
+
+
+@pytest.mark.parametrize(
+    ("fn", "name", "layers"),
+    [
+        (keras.activations.gelu, "gelu", [keras.layers.Dense(16, activation="gelu")]),
+        (keras.ops.relu, "relu", [keras.layers.Dense(16, activation="relu")]),
+        (keras.ops.tanh, "tanh", [keras.layers.Dense(16), keras.layers.Activation("tanh")]),
+        (
+            _leaky_02,
+            "leaky_relu:0.2",
+            [keras.layers.Dense(16), keras.layers.LeakyReLU(negative_slope=0.2)],
+        ),
+    ],
+    ids=["gelu", "relu", "tanh", "leaky_relu_0.2"],
+)
+def test_an_activation_function_called_between_layers_is_read_and_applied(fn, name, layers):
+    import xgrad
+
+    net = _FunctionBetween(fn)
+    net(XF)
+    model = _assert_grads_of_own_model(net, XF)
+    assert xgrad.read_model(net).spec().describe() == f"8 -> 16:linear -> {name} -> 3:linear"
+    assert model.layers[1].kind == "activation" and model.layers[1].name == "layers.1"
+    assert "identified from its values as" in model.layers[1].note
+    seq = keras.Sequential([keras.Input((8,)), *layers, keras.layers.Dense(3)])
+    seq.set_weights(net.get_weights())
+    np.testing.assert_allclose(np.asarray(seq(XF)), np.asarray(net(XF)), rtol=1e-6)
+    for reference, candidate in ((net, seq), (seq, net)):
+        report = xgrad.compare_models(reference, candidate, XF)
+        assert report.ok, report.mismatch_message()
+
+
+@pytest.mark.parametrize(
+    ("fn", "name", "activation"),
+    [
+        (keras.activations.gelu, "gelu", "gelu"),
+        (keras.ops.gelu, "gelu_tanh", lambda t: keras.activations.gelu(t, approximate=True)),
+        (_leaky_02, "leaky_relu:0.2", _leaky_02),
+    ],
+    ids=["gelu", "gelu_tanh", "leaky_relu_0.2"],
+)
+def test_keras_own_float64_activation_functions_between_layers_are_applied_as_keras_does(
+    fn, name, activation
+):
+    """In float64 these Keras functions round a constant to float32 (see .ops): read from
+    their values and evaluated with Keras' own function, so that gradients stay those of the
+    user's ``call`` to float64 precision."""
+    import xgrad
+
+    net = _FunctionBetween(fn, dtype="float64")
+    x = XF.astype(np.float64)
+    net(x)
+    model = _assert_grads_of_own_model(net, x, "float64")
+    assert model.spec().layers[1] == Activation(name)
+    assert "as Keras' own float64 function does" in model.layers[1].note
+    seq = keras.Sequential(
+        [
+            keras.Input((8,), dtype="float64"),
+            keras.layers.Dense(16, activation=activation, dtype="float64"),
+            keras.layers.Dense(3, dtype="float64"),
+        ]
+    )
+    seq.set_weights(net.get_weights())
+    report = xgrad.compare_models(net, seq, x)
+    assert report.ok, report.mismatch_message()
+
+
+def test_a_gelu_function_against_its_tanh_form_is_diagnosed():
+    import xgrad
+
+    reference = _FunctionBetween(keras.activations.gelu)  # erf form (approximate=False)
+    reference(XF)
+    port = _FunctionBetween(keras.ops.gelu)  # approximate=True: the tanh form
+    port(XF)
+    port.set_weights(reference.get_weights())
+    assert FRAMEWORK.read(port).spec().layers[1] == Activation("gelu_tanh")
+    report = xgrad.compare_models(reference, port, XF)
+    assert not report.ok
+    assert report.first_divergence["path"] == "layers.0"  # the unit Dense + activation
+    assert report.diagnoses[0].cause == "gelu-approximation"
+
+
+class _FunctionsAroundBlocks(keras.Model):
+    """Activation functions after and inside residual blocks, and at the output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc1 = keras.layers.Dense(8)
+        self.fc2 = keras.layers.Dense(8)
+        self.fc3 = keras.layers.Dense(8)
+        self.fc4 = keras.layers.Dense(8)
+        self.add = keras.layers.Add()
+        self.head = keras.layers.Dense(3)
+
+    def call(self, inputs):
+        h = self.fc1(inputs)
+        h = keras.ops.relu(h + self.fc2(h))  # act(x + f(x))
+        h = h + keras.activations.gelu(self.fc3(h))  # x + act(f(x))
+        h = self.add([h, keras.ops.tanh(self.fc4(h))])  # Add()([x, act(f(x))])
+        return keras.activations.softmax(self.head(keras.ops.silu(h)))
+
+
+def test_activation_functions_around_residual_blocks_and_at_the_output():
+    net = _FunctionsAroundBlocks()
+    net(XF)
+    model = _assert_grads_of_own_model(net, XF)
+    assert model.spec() == MLP(
+        8,
+        [
+            Dense(8),
+            Residual([Dense(8)]),
+            Activation("relu"),
+            Residual([Dense(8), Activation("gelu")]),
+            Residual([Dense(8), Activation("tanh")]),
+            Activation("silu"),
+            Dense(3),
+            Activation("softmax"),
+        ],
+    )
+    assert model.layers[4].name == net.add.name
+
+
+def test_code_between_layers_that_is_no_activation_is_refused_naming_the_layer():
+    net = _FunctionBetween(lambda t: t * t * t)
+    net(XF)
+    message = (
+        f"layer {net.fc2.name!r} (Dense) takes an input that is not the output of the layer "
+        "called before it (a branch, or code between layers), nor one of xgrad's activations "
+        "of it (closest relative error "
+    )
+    with pytest.raises(AlignmentError, match=re.escape(message)) as info:
+        FRAMEWORK.read(net)
+    assert "keras.layers.Activation(fn)" in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("layer", "message"),
     [

@@ -7,6 +7,8 @@ input back, with their ``keras.layers.Add`` when they have one). The readers che
 probe batch, that this sequence computes what the user's own ``call`` computes. Walking the
 layers makes xgrad's semantics explicit:
 
+* an :class:`~xgrad.Activation` without a Keras layer (an activation function called in the
+  user's ``call`` between layers) applies :func:`~xgrad.frameworks.tensorflow.ops.tf_activation`;
 * an active :class:`~xgrad.Dropout` multiplies by xgrad's mask (``layer.scaled_mask``), never
   by a Keras random mask; an inactive one is the identity;
 * a :class:`~xgrad.BatchNorm` in training mode is called with ``training=True``: Keras
@@ -26,8 +28,8 @@ import numpy as np
 
 from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
-from xgrad.frameworks.tensorflow.ops import keras, own_traces, tf, tf_loss
-from xgrad.layers import BatchNorm, Dropout
+from xgrad.frameworks.tensorflow.ops import keras, own_traces, tf, tf_activation, tf_loss
+from xgrad.layers import Activation, BatchNorm, Dropout
 from xgrad.losses import Loss
 from xgrad.params import Params
 
@@ -60,7 +62,8 @@ class KerasRunner:
 
     Args:
         layers: the layers in call order.
-        keras_layers: layer path -> the Keras layer computing that path's output.
+        keras_layers: layer path -> the Keras layer computing that path's output (``None``
+            for an activation written as code in ``call``).
         params: the Keras variables of the trainable parameters, in ``param_names`` order.
     """
 
@@ -79,6 +82,8 @@ class KerasRunner:
                 a = a + inner if layer is None else layer([a, inner])
             elif isinstance(info.layer, Dropout):
                 a = a * masks[info.path] if info.path in masks else a
+            elif layer is None and isinstance(info.layer, Activation):  # code in call
+                a = tf_activation(info.layer.act)(a)
             else:
                 training = isinstance(info.layer, BatchNorm) and info.layer.training
                 a = layer(a, training=training)
@@ -128,7 +133,8 @@ class KerasModel(AbstractModel):
         native: the Keras model holding the weights.
         layers: its layers in call order.
         keras_layers: layer path -> the Keras layer computing that path's output (a
-            residual block: its ``Add`` layer, or ``None`` for ``x + block(x)`` in code).
+            residual block: its ``Add`` layer, or ``None`` for ``x + block(x)`` in code; an
+            activation called as a function in ``call``: ``None``).
         variables: canonical weight name -> Keras variable (params and state).
         dtype: the dtype the layers compute in.
         description: a short text naming the model.

@@ -7,10 +7,18 @@ removed again in ``finally``; the model is never changed). The calls are then re
 * each layer must take the output of the layer called before it;
 * ``keras.layers.Add()([x, f(x)])`` and ``x + f(x)`` written in ``call`` (recognised by its
   value) close a residual block whose layers are those called since ``x``;
-* the model's output must be the last value of the chain.
+* an activation function called in ``call`` between layers (``keras.activations.gelu(h)``,
+  ``keras.ops.relu(h)``, ``relu(x + f(x))``, ``x + gelu(f(x))``) is named from its values
+  (:func:`xgrad.identify.fit_activation`) and becomes an :class:`~xgrad.Activation` of its
+  own, which :class:`~xgrad.frameworks.tensorflow.model.KerasModel` applies with
+  :func:`~xgrad.frameworks.tensorflow.ops.tf_activation` (in float64, Keras' own ``gelu`` and
+  ``leaky_relu``, which round a constant to float32, by a ``keras.layers.Activation`` of
+  Keras' function, so that the values stay those of ``call``);
+* the model's output must be the last value of the chain (or an activation of it).
 
-Anything else (branches, concatenations, code between layers, a layer called twice) raises
-:class:`~xgrad.errors.AlignmentError` naming the layer. Each layer is read by
+Anything else (branches, concatenations, code between layers that is none of xgrad's
+activations, a layer called twice) raises :class:`~xgrad.errors.AlignmentError` naming the
+layer. Each layer is read by
 :mod:`.layer_readers`: Keras' own ``Dense``, ``Activation``, ``ReLU``, ``LeakyReLU``,
 ``Softmax``, ``ELU``, ``LayerNormalization``, ``RMSNormalization``, ``BatchNormalization``
 (inference, as when the model is called normally), ``Dropout`` (inference: the identity) and
@@ -24,6 +32,7 @@ Keras names. The model returned evaluates the Keras layers themselves
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,15 +44,20 @@ from xgrad.frameworks.base import LayerInfo
 from xgrad.frameworks.tensorflow.backend_worker import keras_leaves
 from xgrad.frameworks.tensorflow.layer_readers import read_layer, where
 from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel
-from xgrad.frameworks.tensorflow.ops import check_backend, keras
-from xgrad.identify import FIT, rel
-from xgrad.layers import AbstractLayer, Residual, Shape
+from xgrad.frameworks.tensorflow.ops import check_backend, keras, tf
+from xgrad.identify import FIT, fit_activation, leaky_slope, rel
+from xgrad.layers import AbstractLayer, Activation, Residual, Shape
 
 __all__ = ["ReadModel", "read_keras_model"]
 
 CHAIN = (
     "xgrad reads models whose layers form a chain, each taking the previous layer's output, "
     "with residual blocks x + f(x) (keras.layers.Add or + in call)"
+)
+
+CODE = (
+    "if it is code of your own, apply it as a layer, keras.layers.Activation(fn), which xgrad "
+    "calls as it is"
 )
 
 PROBE_BATCH = 4
@@ -130,6 +144,7 @@ class _Chain:
     def __init__(self, x, dtype: str) -> None:
         self.items: list[_Draft] = []
         self.points: list[tuple[object, int]] = [(x, 0)]  # (value, number of items before it)
+        self.dtype = dtype
         self.tol = FIT.get(dtype, 1e-5)
 
     def same(self, a, b) -> bool:
@@ -169,15 +184,79 @@ class _Chain:
         del self.points[j + 1 :]
         self.points.append((output, len(self.items)))
 
+    def fit(self, z, value, before: str) -> tuple[_Draft | None, float]:
+        """``(an Activation draft for value = act(z), or None; the closest relative error)``:
+        an activation function called in ``call`` between layers, named from its values."""
+        z, a = np.asarray(z), np.asarray(value)
+        if z.shape != a.shape:
+            return None, np.inf
+        name, err = fit_activation(z, a, self.dtype)
+        layer = None
+        note = f"code {before} identified from its values as {name} (relative error {err:.1e})"
+        if name is None and self.dtype == "float64":
+            name, layer = _keras_float64(z, a)
+            note = (
+                f"code {before} computes {name} as Keras' own float64 function does, with a "
+                f"constant rounded to float32 (relative error {err:.1e} from xgrad's "
+                "definition); evaluated with Keras' function"
+            )
+        if name is None or name == "linear":
+            return None, err
+        shape = tuple(z.shape[1:])
+        return _Draft(layer, "activation", Activation(name), {}, shape, shape, None, note), err
+
+    def push(self, draft: _Draft, output) -> None:
+        self.items.append(draft)
+        self.points.append((output, len(self.items)))
+
+    def reach(self, value, before: str) -> float | None:
+        """Bring the chain to ``value``, the input of the next layer (or the model's output):
+        the current value; ``x + current`` (a residual block); ``act(current)``;
+        ``act(x + current)`` or ``x + act(current)``. ``None`` when it got there, else the
+        closest relative error of an activation of the current value."""
+        if self.same(value, self.current):
+            return None
+        j = self.sum_from(value)
+        if j is not None:
+            self.close_block(j, None, value)
+            return None
+        draft, err = self.fit(self.current, value, before)
+        if draft is not None:
+            self.push(draft, value)
+            return None
+        current = np.asarray(self.current, np.float64)
+        for j in range(len(self.points) - 2, -1, -1):
+            x = np.asarray(self.points[j][0], np.float64)
+            if x.shape != current.shape:
+                continue
+            after, _ = self.fit(x + current, value, before)  # act(x + f(x))
+            if after is not None:
+                self.close_block(j, None, x + current)
+                self.push(after, value)
+                return None
+            inside, _ = self.fit(current, np.asarray(value, np.float64) - x, before)
+            if inside is not None:  # x + act(f(x))
+                self.push(inside, np.asarray(value, np.float64) - x)
+                self.close_block(j, None, value)
+                return None
+        return err
+
     def add(self, call: _Call) -> None:
         """Read one call of an ``Add`` layer (a residual block)."""
         inputs = list(call.input) if isinstance(call.input, list | tuple) else [call.input]
+        before = f"before {call.layer.name!r}"
         if len(inputs) == 2:
             for k in (1, 0):
-                if self.same(inputs[k], self.current):
-                    j = self.skip_from(inputs[1 - k])
-                    if j is not None:
-                        return self.close_block(j, call.layer, call.output)
+                inside = None
+                if not self.same(inputs[k], self.current):
+                    inside, _ = self.fit(self.current, inputs[k], before)  # x + act(f(x))
+                    if inside is None:
+                        continue
+                j = self.skip_from(inputs[1 - k])
+                if j is not None:
+                    if inside is not None:
+                        self.push(inside, inputs[k])
+                    return self.close_block(j, call.layer, call.output)
         raise AlignmentError(
             f"{where(call.layer)} adds {len(inputs)} values that are not x and f(x) for a "
             f"block f of the layers called since x; {CHAIN}"
@@ -185,28 +264,48 @@ class _Chain:
 
     def append(self, call: _Call, draft: _Draft) -> None:
         """Read one call of any other layer."""
-        if not self.same(call.input, self.current):
-            j = self.sum_from(call.input)
-            if j is None:
-                raise AlignmentError(
-                    f"{where(call.layer)} takes an input that is not the output of the layer "
-                    f"called before it (a branch, or code between layers); {CHAIN}"
-                )
-            self.close_block(j, None, call.input)
-        self.items.append(draft)
-        self.points.append((call.output, len(self.items)))
+        err = self.reach(call.input, f"before {call.layer.name!r}")
+        if err is not None:
+            raise AlignmentError(
+                f"{where(call.layer)} takes an input that is not the output of the layer "
+                f"called before it (a branch, or code between layers){_closest(err)}; {CHAIN}"
+            )
+        self.push(draft, call.output)
 
     def end(self, output, model) -> None:
-        """Check that the model's output is the chain's last value."""
-        if self.same(output, self.current):
-            return
-        j = self.sum_from(output)
-        if j is None:
+        """Check that the model's output is the chain's last value (or an activation of it)."""
+        name = self.items[-1].name if self.items else None
+        err = self.reach(output, f"after {name!r}" if name else "after the last layer")
+        if err is not None:
             raise AlignmentError(
                 f"the output of Keras model {model.name!r} is not the output of its last layer "
-                f"(code after it?); {CHAIN}"
+                f"(code after it?){_closest(err)}; {CHAIN}"
             )
-        self.close_block(j, None, output)
+
+
+def _keras_float64(z: np.ndarray, a: np.ndarray) -> tuple[str | None, keras.layers.Layer | None]:
+    """``(xgrad name, a Keras Activation layer of it)`` when ``a`` is Keras' own float64
+    ``gelu`` (either form) or ``leaky_relu`` of ``z``, which round a constant to float32
+    (:mod:`.ops`), else ``(None, None)``."""
+    slope = leaky_slope(z.astype(np.float64), a.astype(np.float64))
+    candidates = {
+        "gelu": functools.partial(keras.activations.gelu, approximate=False),
+        "gelu_tanh": functools.partial(keras.activations.gelu, approximate=True),
+    }
+    if slope is not None:
+        leaky = functools.partial(keras.activations.leaky_relu, negative_slope=slope)
+        candidates[f"leaky_relu:{slope!r}"] = leaky
+    for name, fn in candidates.items():
+        if rel(np.asarray(fn(tf.constant(z))), a) <= FIT["float64"]:
+            return name, keras.layers.Activation(fn, dtype="float64")
+    return None, None
+
+
+def _closest(err: float) -> str:
+    """What the error message says about code between layers that kept the values' shape."""
+    if not np.isfinite(err):
+        return ""
+    return f", nor one of xgrad's activations of it (closest relative error {err:.1e}); {CODE}"
 
 
 def _infos(drafts, prefix, by_path, variables) -> tuple[LayerInfo, ...]:
