@@ -294,6 +294,30 @@ def _read_and_compare(keras_model, spec, x, tol):
     return model
 
 
+class _GuideModel(keras.Model):
+    """Written as the Keras guides write a subclassed model: no **kwargs, no get_config."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense1 = keras.layers.Dense(6, activation="tanh")
+        self.dense2 = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense2(self.dense1(inputs))
+
+
+def test_a_subclassed_model_without_kwargs_takes_other_weights():
+    # Keras' clone passes name= to the constructor, which this one refuses: the copy is made
+    # by its own constructor and built by a call
+    user = _GuideModel()
+    user(np.zeros((1, 4), np.float32))
+    before = [w.copy() for w in user.get_weights()]
+    spec = MLP(4, [Dense(6, "tanh"), Dense(2)])
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    _read_and_compare(user, spec, x, 1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(before, user.get_weights(), strict=True))
+
+
 def test_reading_a_sequential_model():
     seq = keras.Sequential(
         [

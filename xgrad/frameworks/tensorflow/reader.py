@@ -442,14 +442,27 @@ def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     return type(layer).from_config(config)
 
 
-def _clone(model: keras.Model) -> keras.Model:
-    """A new Keras model computing as ``model`` does, holding a copy of its weights."""
+def _clone(model: keras.Model, input_shape: Shape | None = None) -> keras.Model:
+    """A new Keras model computing as ``model`` does, holding a copy of its weights
+    (``input_shape``, one example's: to build a copy that its build config cannot build)."""
     if isinstance(model, keras.Sequential) or type(model).__name__ == "Functional":
         clone = keras.models.clone_model(model, clone_function=_clone_layer, recursive=True)
     else:  # subclassed: rebuilt from get_config() by its own constructor
-        clone = keras.models.clone_model(model)
+        try:
+            clone = keras.models.clone_model(model)
+        except Exception:
+            # Keras passes name= and trainable= to the constructor, which a model written as
+            # the Keras guides write one (no **kwargs) refuses: its constructor without
+            # arguments builds the same layers (a TypeError when it needs arguments)
+            clone = type(model)()
     if not clone.built:
-        clone.build_from_config(model.get_build_config())
+        config = model.get_build_config()
+        if config is not None:
+            clone.build_from_config(config)
+    if not clone.built and input_shape is not None:
+        # a subclassed model without a build() of its own is built by a call, as the user's
+        # was: once on zeros
+        clone(np.zeros((1, *input_shape), dtype=model.dtype or "float32"))
     clone.set_weights(model.get_weights())
     return clone
 
@@ -501,12 +514,13 @@ class ReadModel(KerasModel):
         """
         self._check_weights(weights)
         try:
-            clone = _clone(self._model)
+            clone = _clone(self._model, self.input_shape)
         except Exception as exc:  # Keras raises NotImplementedError, TypeError, ValueError...
             raise InputError(
                 f"cannot copy {self.description} to give it other weights "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); a subclassed "
-                "model needs a get_config() returning its constructor's arguments"
+                "keras.Model whose constructor takes arguments needs **kwargs passed on to "
+                "super().__init__(**kwargs) and a get_config() returning those arguments"
             ) from None
         copy = read_keras_model(clone, input_shape=self.input_shape)
         if [i.kind for i in copy.walk()] != [i.kind for i in self.walk()]:
