@@ -402,9 +402,9 @@ def test_the_users_arrays_are_not_changed():
 )
 def test_bad_arguments_fail_before_any_step(kwargs, message):
     args = {"loss": "mse", "optimizers": (SGD(0.1), SGD(0.1)), **kwargs}
-    x = None if "batches" in kwargs else X
+    x, y = (None, None) if "batches" in kwargs else (X, Y)
     with pytest.raises(xgrad.XgradError, match=re.escape(message)):
-        compare_training(model(), model(), x, Y, **args)
+        compare_training(model(), model(), x, y, **args)
 
 
 def test_x_or_batches_is_required():

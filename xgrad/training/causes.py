@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "Context",
     "OptimizerCause",
     "alternatives",
+    "learning_rates",
     "rule_differences",
 ]
 
@@ -65,11 +66,14 @@ class Context:
         candidate: the candidate's rule when it could be read, else ``None``.
         fitted_lr: the learning rate that best maps the reference rule's first update onto
             the candidate's (least squares), or ``None``.
+        first_grads: the candidate's gradients at the first step (to fit a clipping norm),
+            or ``None``.
     """
 
     reference: Rule
     candidate: Rule | None = None
     fitted_lr: float | None = None
+    first_grads: Mapping[str, np.ndarray] | None = None
 
 
 def _family(rule: Rule) -> type[Rule]:
@@ -140,6 +144,17 @@ def _adam_epsilon(ctx: Context) -> list[Alternative]:
                 f"{ref_eps:g} {PLACEMENTS[ref_place]}",
             )
         )
+    if not ref.eps_root and ref.eps:  # optax's adam(eps_root=...) keeps its eps as well
+        for value in _uniq([cand.eps_root if isinstance(cand, Adam) else None, 1e-8, 1e-7]):
+            out.append(
+                Alternative(
+                    "adam-epsilon",
+                    {"eps_root": value},
+                    f"the candidate adds eps_root {value:g} inside the square root, "
+                    f"sqrt(v_hat + {value:g}) (optax eps_root), besides the eps {ref_eps:g} "
+                    "both add",
+                )
+            )
     return out
 
 
@@ -158,14 +173,14 @@ def _weight_decay(ctx: Context) -> list[Alternative]:
     known = _known(ctx, "weight_decay")
     if known is not None:
         combos.append((known, _known(ctx, "decoupled"), _known(ctx, "decay_scaled_by_lr")))
+    combos += [(wd, True, True) for wd in (1e-4, 0.004, 0.01)]  # the frameworks' defaults
     if ref.weight_decay:
         combos += [
             (ref.weight_decay, not ref.decoupled, True),
             (ref.weight_decay, True, not ref.decay_scaled_by_lr),
             (0.0, ref.decoupled, True),
         ]
-    for wd in (1e-4, 0.004, 0.01):
-        combos += [(wd, True, True), (wd, False, True)]
+    combos += [(wd, False, True) for wd in (1e-4, 0.004, 0.01)]
     out = []
     for wd, dec, scaled in _uniq(combos):
         if (wd, dec, scaled) == (ref.weight_decay, ref.decoupled, ref.decay_scaled_by_lr):
@@ -332,6 +347,20 @@ def _clip_text(kind: str | None, c: float | None) -> str:
     return "no gradient clipping"
 
 
+def _fitted_clip(ctx: Context) -> list[float]:
+    """Global norms that would shrink the first update as the candidate's is shrunk: a
+    smaller fitted learning rate times the first gradients' global norm (to 1, 2 and 3
+    significant digits)."""
+    ref, g = ctx.reference, ctx.first_grads
+    if g is None or ctx.fitted_lr is None or callable(ref.learning_rate) or not ref.lr(0):
+        return []
+    scale = ctx.fitted_lr / ref.lr(0)
+    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in g.values()))
+    if not 0 < scale < 1 or not math.isfinite(norm):
+        return []
+    return [c for c in _uniq(float(f"{scale * norm:.{d}g}") for d in (1, 2, 3)) if c > 0]
+
+
 def _clipping(ctx: Context) -> list[Alternative]:
     ref = ctx.reference
     kinds = ("clip_norm", "clip_global_norm", "clip_value")
@@ -346,6 +375,7 @@ def _clipping(ctx: Context) -> list[Alternative]:
         combos.append((None, None))
         combos += [(k, ref_c) for k in kinds]
     else:
+        combos += [("clip_global_norm", c) for c in _fitted_clip(ctx)]
         combos += [(k, 1.0) for k in kinds]
     out = []
     for kind, c in _uniq(combos):
@@ -387,14 +417,16 @@ def _schedule(ctx: Context) -> list[Alternative]:
     return out
 
 
-def _learning_rate(ctx: Context) -> list[Alternative]:
-    ref = ctx.reference
-    if callable(ref.learning_rate):
+def learning_rates(fitted: float | None, ref: Rule) -> list[Alternative]:
+    """Learning-rate alternatives for a fitted rate: the rate rounded to 1, 2 and 3
+    significant digits (the rate the user typed, when the fit is disturbed by another
+    convention) and the fit itself."""
+    if fitted is None or callable(ref.learning_rate) or not math.isfinite(fitted):
         return []
-    values = _uniq([_known(ctx, "learning_rate"), ctx.fitted_lr])
+    values = [float(f"{fitted:.{d}g}") for d in (1, 2, 3)] + [fitted]
     out = []
-    for lr in values:
-        if callable(lr) or lr == ref.learning_rate or not math.isfinite(lr) or lr <= 0:
+    for lr in _uniq(values):
+        if lr == ref.learning_rate or lr <= 0:
             continue
         out.append(
             Alternative(
@@ -404,6 +436,20 @@ def _learning_rate(ctx: Context) -> list[Alternative]:
                 f"{ref.learning_rate!r}",
             )
         )
+    return out
+
+
+def _learning_rate(ctx: Context) -> list[Alternative]:
+    ref = ctx.reference
+    if callable(ref.learning_rate):
+        return []
+    known = _known(ctx, "learning_rate")
+    out = []
+    if known is not None and not callable(known):
+        out += learning_rates(known, ref)[-1:]
+    for alt in learning_rates(ctx.fitted_lr, ref):
+        if alt not in out:
+            out.append(alt)
     return out
 
 
@@ -448,6 +494,24 @@ def _adam_variant(ctx: Context) -> list[Alternative]:
                 f"({ref.b1:g}, {ref.b2:g})",
             )
         )
+    for b1 in (0.9, 0.95, 0.8, 0.0):
+        if b1 != ref.b1 and not (isinstance(cand, Adam) and (b1, ref.b2) == (cand.b1, cand.b2)):
+            out.append(
+                Alternative(
+                    "adam-betas",
+                    {"b1": b1},
+                    f"the candidate's b1 is {b1:g}, the reference's {ref.b1:g}",
+                )
+            )
+    for b2 in (0.999, 0.99, 0.98, 0.95):
+        if b2 != ref.b2 and not (isinstance(cand, Adam) and (ref.b1, b2) == (cand.b1, cand.b2)):
+            out.append(
+                Alternative(
+                    "adam-betas",
+                    {"b2": b2},
+                    f"the candidate's b2 is {b2:g}, the reference's {ref.b2:g}",
+                )
+            )
     out.append(
         Alternative(
             "adam-betas",
@@ -598,6 +662,8 @@ def rule_differences(reference: Rule, candidate: Rule) -> list[Alternative]:
         a, b = getattr(reference, f.name), getattr(candidate, f.name)
         if a == b or (f.name == "learning_rate" and callable(a) and callable(b)):
             continue
+        if _inert(reference, f.name) and _inert(candidate, f.name):
+            continue
         cause = FIELD_CAUSES.get(f.name, "optimizer")
         if f.name == "eps" and isinstance(reference, RMSprop):
             cause = "rmsprop-convention"
@@ -607,6 +673,19 @@ def rule_differences(reference: Rule, candidate: Rule) -> list[Alternative]:
         Alternative(cause, changes[cause], "the candidate's rule as read has " + ", ".join(diffs))
         for cause, diffs in by_cause.items()
     ]
+
+
+def _inert(rule: Rule, name: str) -> bool:
+    """Whether field ``name`` cannot change ``rule``'s arithmetic: how weight decay is
+    applied when there is none, how momentum is kept when there is none, where the learning
+    rate enters the momentum when it is constant."""
+    if name in ("decoupled", "decay_scaled_by_lr"):
+        return not rule.weight_decay
+    if name in ("nesterov", "dampening", "lr_in_velocity", "lr_in_momentum"):
+        if not getattr(rule, "momentum", 0.0):
+            return True
+        return name in ("lr_in_velocity", "lr_in_momentum") and not callable(rule.learning_rate)
+    return False
 
 
 def _text(value) -> str:

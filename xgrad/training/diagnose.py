@@ -11,7 +11,11 @@ In this order, at the first step where a weight is beyond tolerance:
    xgrad's reading of its optimizer is incomplete: ``unexplained``.
 3. **optimizer conventions**: the candidate's gradients are replayed through the
    alternatives of :data:`~xgrad.training.OPTIMIZER_CAUSES`; a cause is confirmed when its
-   replay lands within the step's tolerance of the candidate's weights.
+   replay keeps the candidate's weights within tolerance at every step of the run and no
+   other cause does as well; when several do, each is reported unconfirmed, as ambiguous.
+   When the reference's rule itself keeps the candidate within tolerance at the first
+   divergence (a divergence at the tolerance's edge), the first later step where it does
+   not is explained; when it does at every step, the runs part by rounding.
 
 In float32, when the runs agree (or part unexplained), :func:`precision` says which
 convention differences are too small to show at that precision with these gradients.
@@ -19,9 +23,8 @@ convention differences are too small to show at that precision with these gradie
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from xgrad.runner import Inputs, compare_models
 from xgrad.training import replay
@@ -84,9 +87,11 @@ def diagnose(
     loss,
     mapping,
     rtol,
+    rule_note: str | None = None,
 ) -> tuple[list[OptimizerDiagnosis], object | None]:
     """The tested explanations of the first divergence, and the gradient report (a
-    :class:`~xgrad.Report`) when the gradients already differ there."""
+    :class:`~xgrad.Report`) when the gradients already differ there; ``rule_note`` says
+    why the reference's rule is unknown, when it is."""
     t = at.divergence.step
     limit = step_tolerance(history.tol, t)
     report = compare_models(
@@ -112,8 +117,9 @@ def diagnose(
             _unexplained(
                 t,
                 "the gradients agree at the same weights, so the optimizers differ; but the "
-                "reference's rule is unknown, so no convention can be replayed (name it: "
-                "(tx, xgrad.training.Adam(...)) for optax)",
+                "reference's rule is unknown, so no convention can be replayed ("
+                + (rule_note or "name it: (tx, xgrad.training.Adam(...)) for optax")
+                + ")",
             )
         ], None
     if at.ref_drift is not None and at.ref_drift > limit:
@@ -129,61 +135,103 @@ def diagnose(
     ev = replay.Evidence(
         history.cand_start, history.cand_grads, history.cand_weights, t, history.dtype, history.tol
     )
-    before = ev.residual(rule)
-    if before <= limit:
+    ratios = ev.ratios(rule)
+    last = len(ratios)
+    if max(ratios) <= 1:
+        before = ev.residual(rule)
+        more = (
+            f"; a different rule grows like the step count and rounding like its square root: "
+            f"run more than {last} steps to tell them apart"
+            if last <= t + 1
+            else ""
+        )
         return [
             _unexplained(
                 t,
                 f"both sides follow the reference's rule within tolerance ({before:.2g} vs "
-                f"{limit:.2g} for the candidate) and their gradients agree at the same weights; "
-                "the runs part by accumulated rounding (gradients at nearby weights)",
+                f"{limit:.2g} for the candidate at step {t}, and at every step up to {last}) "
+                "and their gradients agree at the same weights; the runs part by accumulated "
+                f"rounding (gradients at nearby weights){more}",
                 before=before,
                 residual=before,
             )
         ], None
-    found = replay.explain_step(ev, Context(rule, cand_rule, _fitted_lr(rule, ev)))
+    # the step where the candidate first leaves the reference's rule (t, or later when the
+    # divergence at t is rounding at the edge and the difference shows by a later step)
+    k = (
+        next(i for i, r in enumerate(ratios, start=1) if i >= t and r > 1)
+        if any(r > 1 for r in ratios[t - 1 :])
+        else t
+    )
+    ev = dataclasses.replace(ev, step=k)
+    limit = step_tolerance(history.tol, k)
+    before = ev.residual(rule)
+    at = f"step {k}" + (
+        f" (step {t}, the first divergence, is at the tolerance's edge)" if k != t else ""
+    )
+    fitted = replay._fitted_lr(rule, ev)
+    found = replay.explain_step(ev, Context(rule, cand_rule, fitted, ev.grads[0]))
     if not found:
         known = f" (its rule as read: {cand_rule.describe()})" if cand_rule is not None else ""
         return [
             _unexplained(
                 t,
                 f"the candidate's optimizer{known} is {before:.2g} from the reference's rule "
-                f"({rule.describe()}) at step {t}, and no known convention brings it within "
-                f"{limit:.2g}",
+                f"({rule.describe()}) at {at}, and no known convention, alone or combined, "
+                f"keeps it within tolerance ({limit:.2g} at step {k}) over the {last} steps",
                 before=before,
             )
         ], None
+    if len(found) > 1:
+        return _ambiguous(found, t, k, last, before, limit), None
     out = []
-    for alt, residual in found:
-        together = [a.cause for a, _ in found if a is not alt]
+    (finding,) = found
+    for alt in finding.alternatives:
+        together = [a.cause for a in finding.alternatives if a is not alt]
         also = f" (together with {', '.join(together)})" if together else ""
+        same = (
+            "; these fit as well (the run cannot tell them apart): "
+            + "; or ".join(finding.equally[:3])
+            if finding.equally
+            else ""
+        )
         out.append(
             OptimizerDiagnosis(
                 alt.cause,
                 t,
                 f"{alt.detail}{also}; replaying the candidate's gradients with it, the "
-                f"error drops from {before:.2g} to {residual:.2g} (tolerance {limit:.2g})",
+                f"error at {at} drops from {before:.2g} to {finding.residual:.2g} (tolerance "
+                f"{limit:.2g}), and stays within tolerance at every step up to {last}{same}",
                 True,
-                residual=residual,
+                residual=finding.residual,
                 before=before,
             )
         )
     return out, None
 
 
-def _fitted_lr(rule: Rule, ev: replay.Evidence) -> float | None:
-    """The learning rate that maps the reference rule's first update onto the candidate's
-    (least squares over every weight), or ``None`` for a schedule."""
-    if callable(rule.learning_rate) or not rule.learning_rate:
-        return None
-    first = replay.replay(rule, ev.start, ev.grads[:1])[0]
-    want = ev.weights[0]
-    u = np.concatenate([(first[k] - ev.start[k]).ravel() for k in first])
-    v = np.concatenate([(want[k] - ev.start[k]).ravel() for k in first])
-    den = float(u @ u)
-    if not den or not np.all(np.isfinite(v)):
-        return None
-    return rule.learning_rate * float(u @ v) / den
+def _ambiguous(found, t: int, k: int, last: int, before: float, limit: float):
+    """Unconfirmed diagnoses, one per explanation, when several fit the run equally."""
+    out = []
+    for finding in found:
+        rivals = "; ".join(" + ".join(f.causes) for f in found if f is not finding)
+        for alt in finding.alternatives:
+            together = [a.cause for a in finding.alternatives if a is not alt]
+            also = f" (together with {', '.join(together)})" if together else ""
+            out.append(
+                OptimizerDiagnosis(
+                    alt.cause,
+                    t,
+                    f"ambiguous: {alt.detail}{also} would explain it (the error at step {k} "
+                    f"drops from {before:.2g} to {finding.residual:.2g}, tolerance {limit:.2g}), "
+                    f"but so would {rivals}: the {last} steps cannot tell them apart; run "
+                    "more steps, or name the candidate's rule",
+                    False,
+                    residual=finding.residual,
+                    before=before,
+                )
+            )
+    return out
 
 
 def precision(history: History, rule: Rule, cand_rule: Rule | None) -> list[PrecisionNote]:

@@ -23,6 +23,7 @@ framework is imported here.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -166,9 +167,23 @@ def as_optimizer(obj, side: str) -> AbstractOptimizer:
                 "parameters; pass a factory instead, e.g. lambda params: "
                 f"torch.optim.{type(obj).__name__}(params, lr=...)"
             )
+    uncalled = _uncalled(obj)
+    if uncalled:
+        raise InputError(f"the {side} optimizer is {uncalled}")
     if (callable(obj) and not isinstance(obj, type | tuple)) or _is_torch_class(obj):
         return _module("torch").TorchOptimizer(obj)  # a factory params -> torch optimizer
     raise InputError(f"the {side} optimizer must be {KINDS}; got {type(obj).__name__} {obj!r}")
+
+
+def _uncalled(obj) -> str | None:
+    """What is wrong with an optax function or Keras optimizer class passed uncalled."""
+    module = getattr(obj, "__module__", None) or ""
+    name = getattr(obj, "__name__", "")
+    if module.split(".")[0] == "optax" and callable(obj) and not isinstance(obj, type):
+        return f"the function optax.{name}, not a transformation: call it, e.g. optax.{name}(1e-3)"
+    if module.split(".")[0] == "keras" and isinstance(obj, type):
+        return f"the class keras.optimizers.{name}, not an optimizer: call it, e.g. {name}()"
+    return None
 
 
 def _is_torch_class(obj) -> bool:
@@ -226,6 +241,15 @@ class OptimizerSpec:
 
     name: str
     options: dict[str, float | bool]
+    spelled: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def key(self, field_name: str) -> str:
+        """The option's name as the user wrote it (``rho`` for ``decay``)."""
+        return self.spelled.get(field_name, field_name)
+
+    def keys(self, field_names) -> str:
+        """``rho, beta_1``: field names as the user wrote them, comma-separated."""
+        return ", ".join(sorted(self.key(f) for f in field_names))
 
     @classmethod
     def parse(cls, text: str) -> OptimizerSpec:
@@ -240,21 +264,34 @@ class OptimizerSpec:
         if name not in RULES:
             raise InputError(f"unknown optimizer {name!r} in {text!r}; known: {', '.join(RULES)}")
         options: dict[str, float | bool] = {}
+        spelled: dict[str, str] = {}
+        fields = {f.name for f in dataclasses.fields(RULES[name])}
+        takes = sorted(k for k, f in ALIASES.items() if f in fields)
         for item in (p.strip() for p in rest.split(",") if p.strip()):
             key, eq, value = item.partition("=")
             key = key.strip().lower()
             if not eq or key not in ALIASES:
                 raise InputError(
                     f"optimizer option {item!r} in {text!r}: write KEY=VALUE with KEY one of "
-                    f"{', '.join(sorted(set(ALIASES)))}"
+                    f"{', '.join(takes)}"
                 )
             field_name = ALIASES[key]
+            if field_name not in fields:
+                raise InputError(
+                    f"optimizer option {key!r} in {text!r}: {name} has no {key}; its options "
+                    f"are {', '.join(takes)}"
+                )
             options[field_name] = _value(value.strip(), field_name, key, text)
-        return cls(name, options)
+            spelled[field_name] = key
+        return cls(name, options, spelled)
 
     def text(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        opts = ",".join(f"{self.key(k)}={_plain(v)}" for k, v in self.options.items())
         return self.name + (f":{opts}" if opts else "")
+
+
+def _plain(value: float | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
 
 
 def _value(text: str, field_name: str, key: str, spec: str) -> float | bool:

@@ -1,16 +1,19 @@
 """The test of every optimizer cause: replay the candidate's gradients through a rule.
 
 Replay the candidate's own gradients, step by step from its starting weights, through an
-alternative rule in float64 NumPy, and compare the weights it reaches at the diverging step
-with the candidate's. The alternative is confirmed when that residual is within the step's
-tolerance while the reference's rule itself is not. When no single alternative is
-confirmed, the candidate's own rule is replayed when it is known, then pairs of
-alternatives from two different causes (Keras' float64 Adam against optax's differs both in
-epsilon and in float32-rounded hyperparameters).
+alternative rule in float64 NumPy, and compare the weights it reaches after every step with
+the candidate's. An alternative is confirmed when it keeps the candidate within each step's
+tolerance over the whole run while the reference's rule does not, and no alternative of
+another cause does as well (one step cannot tell Nesterov from plain momentum; the next
+can). When no single alternative is confirmed, the candidate's own rule is replayed when it
+is known, then pairs of alternatives from two different causes (Keras' float64 Adam against
+optax's differs both in epsilon and in float32-rounded hyperparameters), then combinations
+of three or more; a learning rate is refitted to each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -19,11 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from xgrad.metrics import NOISE_FLOORS
-from xgrad.training.causes import Alternative, Context, alternatives, rule_differences
+from xgrad.training.causes import (
+    Alternative,
+    Context,
+    alternatives,
+    learning_rates,
+    rule_differences,
+)
 from xgrad.training.report import step_tolerance
 from xgrad.training.rules import Arrays, Rule
 
-__all__ = ["Evidence", "explain_step", "precision_notes", "relative", "replay"]
+__all__ = ["Evidence", "Finding", "explain_step", "precision_notes", "relative", "replay"]
 
 
 def relative(a: np.ndarray, b: np.ndarray, dtype: str) -> float:
@@ -57,13 +66,14 @@ def replay(rule: Rule, start: Arrays, grads: Sequence[Arrays]) -> list[Arrays]:
 
 @dataclass(frozen=True)
 class Evidence:
-    """The candidate's run up to the diverging step, in the reference's names (float64).
+    """The candidate's run, in the reference's names (float64).
 
     Attributes:
         start: the candidate's starting weights.
-        grads: its gradients at each step.
+        grads: its gradients at each step of the run.
         weights: its weights after each step.
-        step: the diverging step (from 1).
+        step: the step whose residual is reported (the first where the candidate is beyond
+            tolerance of the reference's rule, from 1).
         dtype: the run's dtype; tol: its base tolerance.
     """
 
@@ -74,56 +84,297 @@ class Evidence:
     dtype: str
     tol: float
 
-    def residual(self, rule: Rule) -> float:
-        """How far the candidate's weights at the step are from ``rule``'s replay."""
+    def residuals(self, rule: Rule) -> dict[str, float]:
+        """How far each of the candidate's weights at :attr:`step` is from ``rule``'s
+        replay."""
         try:
             replayed = replay(rule, self.start, self.grads[: self.step])[-1]
         except Exception:  # a rule that cannot run on these arrays
-            return math.inf
+            return {k: math.inf for k in self.start}
         target = self.weights[self.step - 1]
-        return max(relative(target[k], replayed[k], self.dtype) for k in target)
+        return {k: relative(target[k], replayed[k], self.dtype) for k in target}
+
+    def residual(self, rule: Rule) -> float:
+        """How far the candidate's weights at :attr:`step` are from ``rule``'s replay (the
+        largest over the weights)."""
+        return max(self.residuals(rule).values())
+
+    def ratios(self, rule: Rule, *, stop: bool = False) -> list[float]:
+        """``residual / step tolerance`` after each step of the run (the steps from the
+        first where the candidate's weights are not finite on are left out); with ``stop``,
+        the list ends at the first ratio above 1."""
+        out = []
+        try:
+            replayed = replay(rule, self.start, self.grads)
+        except Exception:
+            return [math.inf]
+        for t, (want, got) in enumerate(zip(self.weights, replayed, strict=False), start=1):
+            if t > self.step and not all(np.all(np.isfinite(v)) for v in want.values()):
+                break
+            r = max(relative(want[k], got[k], self.dtype) for k in want)
+            out.append(r / step_tolerance(self.tol, t))
+            if stop and out[-1] > 1:
+                break
+        return out
+
+    def fits(self, rule: Rule) -> bool:
+        """Whether ``rule`` keeps the candidate within tolerance at every step of the run."""
+        return max(self.ratios(rule, stop=True)) <= 1
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Alternatives that, applied together, explain the candidate's run.
+
+    Attributes:
+        alternatives: one per cause.
+        residual: the error left at :attr:`Evidence.step`.
+        rule: the reference's rule with every alternative applied.
+        equally: other alternatives in the same causes that fit the run as well, in words
+            (the run cannot tell these values apart).
+    """
+
+    alternatives: tuple[Alternative, ...]
+    residual: float
+    rule: Rule
+    equally: tuple[str, ...] = ()
+
+    @property
+    def causes(self) -> tuple[str, ...]:
+        return tuple(a.cause for a in self.alternatives)
 
 
 PAIR_LEADERS = 12
 """Pairs are tried between the alternatives with the 12 smallest residuals and all others."""
 
+PLAUSIBLE_PER_CAUSE = 2
+"""Combinations of three or more causes draw on each cause's 2 best alternatives among those
+that bring the error down on their own."""
 
-def explain_step(ev: Evidence, ctx: Context) -> list[tuple[Alternative, float]] | None:
-    """The alternatives that explain the candidate's weights at the diverging step, each
-    with its residual; ``None`` when none does.
+MAX_COMBINATIONS = 512
+"""At most this many combinations of three or more causes are replayed."""
 
-    Single alternatives first (the smallest residual wins); then the candidate's own rule
-    when it is known (naming every cause in which it differs); then pairs of alternatives
-    of two different causes.
+
+def _fitted_lr(rule: Rule, ev: Evidence) -> float | None:
+    """The learning rate ``rule`` would need for its first update to match the candidate's
+    (least squares over every weight), or ``None`` for a schedule."""
+    if callable(rule.learning_rate) or not rule.learning_rate:
+        return None
+    try:
+        first = replay(rule, ev.start, ev.grads[:1])[0]
+    except Exception:
+        return None
+    want = ev.weights[0]
+    u = np.concatenate([(first[k] - ev.start[k]).ravel() for k in first])
+    v = np.concatenate([(want[k] - ev.start[k]).ravel() for k in first])
+    den = float(u @ u)
+    if not den or not np.all(np.isfinite(v)):
+        return None
+    return rule.lr(0) * float(u @ v) / den
+
+
+def _combine(ref: Rule, alts: Sequence[Alternative]) -> Rule | None:
+    rule: Rule | None = ref
+    for a in alts:
+        rule = a.apply(rule) if rule is not None else None
+    return rule
+
+
+def _with_lr(ref: Rule, alts: Sequence[Alternative], ev: Evidence):
+    """``(alternatives, rule)``: ``alts`` applied, and each with a learning rate refitted."""
+    rule = _combine(ref, alts)
+    if rule is None:
+        return
+    yield tuple(alts), rule
+    if callable(ref.learning_rate):
+        return
+    for lr in learning_rates(_fitted_lr(rule, ev), ref):
+        both = lr.apply(rule)
+        if both is not None:
+            yield (*alts, lr), both
+
+
+def _choose(found: list[Finding]) -> list[Finding]:
+    """One finding per distinct set of causes: the first proposed (the frameworks' defaults
+    and round learning rates come first); the others of the same causes are listed as
+    fitting equally."""
+    groups: dict[frozenset, list[Finding]] = {}
+    for f in found:
+        groups.setdefault(frozenset(f.causes), []).append(f)
+    out = []
+    for group in groups.values():
+        first, rest = group[0], group[1:]
+        words = _uniq_text(a.detail for f in rest for a in f.alternatives)
+        out.append(dataclasses.replace(first, equally=tuple(words)))
+    return out
+
+
+def _agrees(finding: Finding, rule: Rule) -> bool:
+    return all(
+        getattr(finding.rule, k) == getattr(rule, k, None)
+        for a in finding.alternatives
+        for k in a.changes
+    )
+
+
+def _uniq_text(texts) -> list[str]:
+    out: list[str] = []
+    for t in texts:
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def explain_step(ev: Evidence, ctx: Context) -> list[Finding]:
+    """The explanations of the candidate's run: one :class:`Finding` when one set of causes
+    does (confirmed), several when different sets fit every step equally well (ambiguous),
+    none when nothing does.
+
+    An explanation must keep the candidate within tolerance at every step of the run, not
+    only at the diverging one: one step cannot tell Nesterov from plain momentum from a
+    smaller learning rate, the next steps can. In this order: the candidate's own rule when
+    it is known (naming only the causes it needs: those whose own fields, put back to the
+    reference's, leave it outside tolerance); single alternatives; one cause with a
+    refitted learning rate, and pairs of two causes; a beam search that adds one cause at a
+    time, keeping the combinations that bring the error down most, until the run fits;
+    combinations of the alternatives that each bring the error down on their own.
     """
-    limit = step_tolerance(ev.tol, ev.step)
+    ref = ctx.reference
+    known = None
+    if ctx.candidate is not None and rule_differences(ref, ctx.candidate):
+        if ev.fits(ctx.candidate):
+            known = _needed(ev, ref, ctx.candidate)
     alts = alternatives(ctx)
     scored = []
     for alt in alts:
-        rule = alt.apply(ctx.reference)
+        rule = alt.apply(ref)
         if rule is not None:
-            scored.append((alt, ev.residual(rule)))
-    good = [(a, r) for a, r in scored if r <= limit]
-    if good:
-        return [min(good, key=lambda ar: ar[1])]
-    if ctx.candidate is not None:
-        r = ev.residual(ctx.candidate)
-        if r <= limit:
-            return [(alt, r) for alt in rule_differences(ctx.reference, ctx.candidate)]
-    best = None
-    leaders = {id(a) for a, _ in sorted(scored, key=lambda ar: ar[1])[:PAIR_LEADERS]}
-    for (a, _), (b, _) in itertools.combinations(scored, 2):
-        if a.cause == b.cause or not ({id(a), id(b)} & leaders):
-            continue
-        rule = b.apply(a.apply(ctx.reference) or ctx.reference)
-        if rule is None:
-            continue
-        r = ev.residual(rule)
-        if r <= limit and (best is None or r < best[2]):
-            best = (a, b, r)
-    if best is not None:
-        return [(best[0], best[2]), (best[1], best[2])]
+            each = ev.residuals(rule)
+            scored.append((alt, rule, max(each.values()), sum(each.values())))
+    limit = step_tolerance(ev.tol, ev.step)
+    singles = [Finding((a,), r, rule) for a, rule, r, _ in scored if r <= limit and ev.fits(rule)]
+    if known is not None:  # a single alternative that reads like the candidate's rule
+        same = [
+            f
+            for f in singles
+            if f.causes == known.causes and _agrees(f, ctx.candidate)  # type: ignore[arg-type]
+        ]
+        return _choose(same)[:1] or [known]
+    if singles:
+        return _choose(singles)
+    others = [(a, r) for a, _, r, _ in scored if a.cause != "learning-rate"]
+    leaders = {id(a) for a, _ in sorted(others, key=lambda ar: ar[1])[:PAIR_LEADERS]}
+    found = []
+    tries = [combo for alt, _ in others for combo in list(_with_lr(ref, [alt], ev))[1:]]
+    tries += [
+        ((a, b), _combine(ref, (a, b)))
+        for (a, _), (b, _) in itertools.combinations(others, 2)
+        if a.cause != b.cause and {id(a), id(b)} & leaders
+    ]
+    for combo, rule in tries:  # one cause with a refitted learning rate; pairs
+        r = math.inf if rule is None else ev.residual(rule)
+        if r <= limit and ev.fits(rule):
+            found.append(Finding(combo, r, rule))
+    if found:
+        return _choose(found)
+    searched = _search(ev, ref, [a for a, _ in others])
+    if searched is not None:
+        return [searched]
+    # plausible: brings the error down on its own, summed over the weights (a convention
+    # may fix one weight while another convention still dominates the largest error)
+    before = sum(ev.residuals(ref).values())
+    plausible: dict[str, list[Alternative]] = {}
+    summed = [(a, total) for a, _, _, total in scored if a.cause != "learning-rate"]
+    for a, r in sorted(summed, key=lambda ar: ar[1]):
+        if r < before and len(plausible.setdefault(a.cause, [])) < PLAUSIBLE_PER_CAUSE:
+            plausible[a.cause].append(a)
+    plausible = {c: best for c, best in plausible.items() if best}
+    causes = list(plausible)
+    tried = 0
+    for size in range(2, len(causes) + 1):
+        for group in itertools.combinations(causes, size):
+            for picked in itertools.product(*(plausible[c] for c in group)):
+                for combo, rule in _with_lr(ref, picked, ev):
+                    if len(combo) < 3:
+                        continue  # (tried above)
+                    tried += 1
+                    r = ev.residual(rule)
+                    if r <= limit and ev.fits(rule):
+                        found.append(Finding(combo, r, rule))
+                    if tried >= MAX_COMBINATIONS:
+                        return _choose(found)
+        if found:
+            return _choose(found)
+    return []
+
+
+SEARCH_DEPTH = 5
+"""The most causes the search combines."""
+
+BEAM = 4
+"""The search keeps the 4 best combinations of each size."""
+
+
+def _search(ev: Evidence, ref: Rule, alts: list[Alternative]) -> Finding | None:
+    """A beam search over combinations: from each of the :data:`BEAM` best combinations so
+    far, add one alternative of a cause not yet in it (or a learning rate refitted to it),
+    keep the best by the error summed over the weights, until one fits the run; then drop
+    each member the run fits without. ``None`` when none fits."""
+    limit = step_tolerance(ev.tol, ev.step)
+    beam: list[tuple[tuple[Alternative, ...], Rule, float]] = [
+        ((), ref, sum(ev.residuals(ref).values()))
+    ]
+    for _ in range(SEARCH_DEPTH):
+        grown: dict[frozenset, tuple[tuple[Alternative, ...], Rule, float]] = {}
+        for chosen, rule, score in beam:
+            used = {a.cause for a in chosen}
+            options = [a for a in alts if a.cause not in used]
+            if "learning-rate" not in used and not callable(ref.learning_rate):
+                options += learning_rates(_fitted_lr(rule, ev), ref)
+            for a in options:
+                new = a.apply(rule)
+                if new is None:
+                    continue
+                each = ev.residuals(new)
+                total = sum(each.values())
+                if not total < score:
+                    continue
+                combo = (*chosen, a)
+                if len(combo) > 1 and max(each.values()) <= limit and ev.fits(new):
+                    return _prune(ev, ref, combo, new)
+                key = frozenset(id(b) for b in combo)
+                if key not in grown or total < grown[key][2]:
+                    grown[key] = (combo, new, total)
+        if not grown:
+            return None
+        beam = sorted(grown.values(), key=lambda c: c[2])[:BEAM]
     return None
+
+
+def _prune(ev: Evidence, ref: Rule, chosen: tuple[Alternative, ...], rule: Rule) -> Finding:
+    """``chosen`` without the members the run fits without."""
+    for a in list(chosen):
+        rest = tuple(b for b in chosen if b is not a)
+        fewer = _combine(ref, rest) if rest else None
+        if fewer is not None and ev.fits(fewer):
+            chosen, rule = rest, fewer
+    return Finding(chosen, ev.residual(rule), rule)
+
+
+def _needed(ev: Evidence, ref: Rule, cand: Rule) -> Finding:
+    """The candidate's rule as a finding: only the causes it needs to fit the run."""
+    diffs = rule_differences(ref, cand)
+    keep, rule = [], cand
+    for alt in diffs:
+        try:
+            reverted = rule.replace(**{f: getattr(ref, f) for f in alt.changes})
+        except Exception:
+            reverted = None
+        if alt.changes and reverted is not None and ev.fits(reverted):
+            rule = reverted  # this difference does not show in the run
+        else:
+            keep.append(alt)
+    return Finding(tuple(keep or diffs), ev.residual(cand), cand)
 
 
 NO_EFFECT = 1e-6

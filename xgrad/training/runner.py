@@ -47,6 +47,10 @@ F64 = np.float64
 
 def _batches(x, y, batches, steps: int) -> tuple[list[tuple], str | None]:
     """One ``(x, y)`` per step, and a note when ``batches`` ran out early."""
+    if batches is not None and (x is not None or y is not None):
+        raise InputError(
+            "give x and y (one batch for every step) or batches (one (x, y) per step), not both"
+        )
     if batches is None:
         if x is None:
             raise InputError("compare_training needs x (one batch for every step) or batches")
@@ -211,7 +215,7 @@ def compare_training(
             starts fresh; an optimizer object you pass is never built or stepped.
         steps: the number of optimizer steps.
         batches: an iterable of ``(x, y)``, one per step (the run stops early, with a note,
-            if it runs out).
+            if it runs out); not together with ``x`` and ``y``.
         transfer: copy the reference's weights into a copy of the candidate first. Neither
             of your models is changed.
         rtol: overrides the base tolerance (:data:`xgrad.TOLERANCES` of the reference's
@@ -226,7 +230,8 @@ def compare_training(
         stayed within tolerance at every step.
 
     Raises:
-        InputError: bad steps, batches, optimizers, inputs or loss, before any step.
+        InputError: bad steps, batches (or batches with x and y), optimizers, inputs or
+            loss, before any step.
         AlignmentError: the models' layers cannot be paired.
 
     Example:
@@ -338,7 +343,14 @@ def compare_training(
         if divergent is not None:
             divergent.ref_drift = records[first.step - 1].referee_drift("reference")
             diagnoses, gradient_report = diagnose(
-                divergent, history, rule, cand_rule, loss=loss, mapping=mapping, rtol=rtol
+                divergent,
+                history,
+                rule,
+                cand_rule,
+                loss=loss,
+                mapping=mapping,
+                rtol=rtol,
+                rule_note=run_ref.rule_note,
             )
         if dtype == "float32" and gradient_report is None and rule is not None:
             if not any(d.confirmed for d in diagnoses):

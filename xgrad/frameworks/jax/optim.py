@@ -68,7 +68,7 @@ def from_spec(spec: OptimizerSpec) -> tuple[optax.GradientTransformation, Rule]:
     unknown = sorted(set(spec.options) - set(names) - clips)
     if unknown:
         raise InputError(
-            f"optimizer {spec.text()!r}: optax.{spec.name} has no option {', '.join(unknown)}; "
+            f"optimizer {spec.text()!r}: optax.{spec.name} has no option {spec.keys(unknown)}; "
             f"it takes {', '.join([*names, *sorted(clips)])}"
         )
     kwargs = {names[k]: v for k, v in spec.options.items() if k in names}

@@ -70,7 +70,7 @@ def from_spec(spec: OptimizerSpec) -> keras.optimizers.Optimizer:
     if unknown:
         raise InputError(
             f"optimizer {spec.text()!r}: keras.optimizers.{CLASSES[spec.name]} has no option "
-            f"{', '.join(unknown)}; it takes {', '.join(names)}"
+            f"{spec.keys(unknown)}; it takes {', '.join(names.values())}"
         )
     kwargs = {names[k]: v for k, v in spec.options.items()}
     return getattr(keras.optimizers, CLASSES[spec.name])(**kwargs)
@@ -107,11 +107,12 @@ def read_rule(opt) -> tuple[Rule | None, str | None]:
     unsupported = [
         k
         for k, off in (
-            ("use_ema", False),
+            ("ema_overwrite_frequency", None),  # use_ema alone: the weights follow the rule
             ("loss_scale_factor", None),
             ("gradient_accumulation_steps", None),
         )
         if config.get(k, off) not in (off, 0)
+        and (k != "ema_overwrite_frequency" or config.get("use_ema"))
     ]
     if unsupported:
         return None, f"xgrad's referee does not model Keras' {', '.join(unsupported)}"

@@ -53,6 +53,16 @@ TORCH_OPTIONS: dict[str, dict[str, str]] = {
 CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 
 
+def _takes(names: dict[str, str]) -> list[str]:
+    """PyTorch's argument names, as ``--optimizer`` takes them (``betas`` as beta1, beta2)."""
+    out = []
+    for native in names.values():
+        for key in ("beta1", "beta2") if native == "betas" else (native,):
+            if key not in out:
+                out.append(key)
+    return out
+
+
 def from_spec(spec: OptimizerSpec):
     """A factory ``params -> torch.optim.Optimizer`` for ``spec``, PyTorch's defaults for the
     options not given.
@@ -65,7 +75,7 @@ def from_spec(spec: OptimizerSpec):
     if unknown:
         raise InputError(
             f"optimizer {spec.text()!r}: torch.optim.{CLASSES[spec.name]} has no option "
-            f"{', '.join(unknown)}; it takes {', '.join(names)}"
+            f"{spec.keys(unknown)}; it takes {', '.join(_takes(names))}"
         )
     cls = getattr(torch.optim, CLASSES[spec.name])
     kwargs = {names[k]: v for k, v in spec.options.items() if names[k] != "betas"}
