@@ -850,8 +850,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np, xgrad
 fws = sys.argv[1].split(",")
 width, depth = int(sys.argv[2]), int(sys.argv[3])
-for fw in fws:
-    xgrad.get_framework(fw)  # import every framework first: the baseline includes them
+# The baseline (depth 0) imports every framework and runs one tiny comparison, so that it
+# holds what any comparison holds whatever its size: the frameworks, their runtimes (XLA's
+# client, TensorFlow's), a compiled step each. (get_framework alone imports no framework.)
+tiny = xgrad.MLP(width, [xgrad.Dense(2)])
+xgrad.compare(tiny, np.ones((2, width)), frameworks=fws, explain=False)
 n = 0
 if depth:
     spec = xgrad.MLP(width, [xgrad.Dense(width, "relu")] * depth)
