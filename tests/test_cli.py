@@ -272,6 +272,16 @@ def test_sweep_rejects_unknown_toml_keys(capsys, tmp_path):
     assert code == 2 and "unknown sweep setting(s) ['activation']" in err
 
 
+@pytest.mark.parametrize("flag", ["--activations", "--frameworks", "--seeds", "--batch-sizes"])
+def test_sweep_refuses_an_empty_flag_instead_of_running_the_default_axis(capsys, flag):
+    # "--activations $ACTS" with ACTS unset must not turn a small grid into the full one
+    argv = {"--activations": "relu", "--losses": "sum", "--dtypes": "float32",
+            "--batch-sizes": "2", "--frameworks": "numpy", "--seeds": "0"}  # fmt: skip
+    argv[flag] = ""
+    code, _, err = run(capsys, "sweep", "--quiet", *[a for kv in argv.items() for a in kv])
+    assert code == 2 and "is empty" in err, err
+
+
 def _run_cli_in_subprocess(*argv):
     code = (
         "import sys\nfrom xgrad.cli import main\nrc = main(sys.argv[1:])\n"

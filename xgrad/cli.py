@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import sys
 import tomllib
@@ -309,16 +310,19 @@ def cmd_sweep(args) -> int:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"--config {args.config!r} is not valid TOML: {exc}") from None
     flags = {
-        "activations": _csv(args.activations) if args.activations else None,
-        "losses": _csv(args.losses) if args.losses else None,
-        "dtypes": _csv(args.dtypes) if args.dtypes else None,
-        "batch_sizes": _ints(args.batch_sizes, "--batch-sizes") if args.batch_sizes else None,
-        "seeds": _ints(args.seeds, "--seeds") if args.seeds else None,
+        # a flag given empty ("$ACTS" unset) is an empty axis, refused: never the default
+        "activations": None if args.activations is None else _csv(args.activations),
+        "losses": None if args.losses is None else _csv(args.losses),
+        "dtypes": None if args.dtypes is None else _csv(args.dtypes),
+        "batch_sizes": _ints(args.batch_sizes, "--batch-sizes")
+        if args.batch_sizes is not None
+        else None,
+        "seeds": None if args.seeds is None else _ints(args.seeds, "--seeds"),
         "input_dim": args.input_dim,
-        "hidden": _ints(args.hidden, "--hidden") if args.hidden else None,
+        "hidden": None if args.hidden is None else _ints(args.hidden, "--hidden"),
         "output_dim": args.output_dim,
         "layers": args.layers,
-        "frameworks": _csv(args.frameworks) if args.frameworks else None,
+        "frameworks": None if args.frameworks is None else _csv(args.frameworks),
         "rtol": args.rtol,
     }
     grid = SweepGrid.from_mapping({**config, **{k: v for k, v in flags.items() if v is not None}})
@@ -331,8 +335,10 @@ def cmd_sweep(args) -> int:
             "conflicting flags: --workers and --scheduler (the Dask cluster's workers run "
             "the cells); drop one"
         )
-    if args.cell_timeout is not None and not args.cell_timeout > 0:
-        raise InputError(f"--cell-timeout must be a positive number, got {args.cell_timeout}")
+    if args.cell_timeout is not None and not (0 < args.cell_timeout < math.inf):
+        raise InputError(
+            f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout}"
+        )
     runner = dask_executor(args.scheduler) if args.scheduler else contextlib.nullcontext()
     try:
         with runner as executor:

@@ -540,16 +540,28 @@ class SweepCell:
 
 
 def _worst(report) -> tuple[float, str, str]:
+    """The largest normwise error: over the failing entries when the cell fails (a passing
+    ``match-kink`` entry can be larger than the failure it stands beside), else over all."""
+    from xgrad.metrics import OK_STATUSES
+
     best = (-1.0, "", "")
     for entry in report.entries:
         for fw, m in entry.results.items():
+            if not report.ok and m.status in OK_STATUSES:
+                continue
             value = math.inf if m.status == "nonfinite" else m.rel_norm
             if value > best[0]:
                 best = (value, fw, entry.label)
     return best
 
 
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
 def _cause(report) -> str:
+    if report.ok:
+        return _rounding(report)
     confirmed = [d for d in report.diagnoses if d.confirmed]
     if confirmed:
         return "; ".join(
@@ -564,6 +576,21 @@ def _cause(report) -> str:
         entry, fw, m = failures[0]
         return f"{m.status} of {entry.label} [{fw}]"
     return ""
+
+
+def _rounding(report) -> str:
+    """For a passing cell: which entries pass only because rounding explains them."""
+    found: dict[str, list[str]] = {}
+    for entry in report.entries:
+        for fw, m in entry.results.items():
+            if m.status in ("match-kink", "match-clip"):
+                found.setdefault(m.status, []).append(fw)
+    what = {"match-kink": "rounding at a kink", "match-clip": "rounding onto a clipping bound"}
+    return "; ".join(
+        f"{status}: {what[status]} explains {len(fws)} entr{'y' if len(fws) == 1 else 'ies'} "
+        f"[{', '.join(dict.fromkeys(fws))}]"
+        for status, fws in found.items()
+    )
 
 
 def run_cell(grid: SweepGrid, cell: CellConfig) -> SweepCell:
@@ -985,10 +1012,10 @@ class SweepResult:
         counts = {s: n for s, n in self.counts().items() if n and s != "match"}
         bad = sum(counts.values())
         if not bad:
-            return f"OK: every cell matches ({len(self.cells)} cells)"
+            return f"OK: every cell matches ({_cells(len(self.cells))})"
         verdict = "MISMATCH" if counts.keys() & {"mismatch", "nonfinite"} else "FAILED"
         what = ", ".join(f"{n} {s}" for s, n in counts.items())
-        return f"{verdict}: {bad} of {len(self.cells)} cells ({what})"
+        return f"{verdict}: {bad} of {_cells(len(self.cells))} ({what})"
 
     def diagnosis_lines(self) -> list[str]:
         lines = [line for c in self.cells for line in c.diagnoses]

@@ -307,3 +307,30 @@ def test_an_rtol_below_the_unit_roundoff_is_noted():
     notes = grid.notes()
     assert len(notes) == 1 and notes[0].startswith("rtol 1e-09 is below float32's unit roundoff")
     assert SweepGrid(**{**GRID.__dict__, "rtol": 1e-3}).notes() == []
+
+
+def test_a_passing_cell_says_which_entries_only_rounding_explains():
+    from xgrad.sweep import _cause, _worst
+
+    class M:
+        def __init__(self, status, rel_norm):
+            self.status, self.rel_norm = status, rel_norm
+
+    class E:
+        def __init__(self, label, results):
+            self.label, self.results = label, results
+
+    class R:
+        def __init__(self, ok, entries):
+            self.ok, self.entries, self.diagnoses, self.divergences = ok, entries, (), ()
+
+        def failures(self):
+            return [(e, fw, m) for e in self.entries for fw, m in e.results.items()
+                    if m.status == "mismatch"]  # fmt: skip
+
+    kink = E("dL/d input", {"torch": M("match-kink", 6e-2), "jax": M("match", 1e-3)})
+    ok = R(True, [kink])
+    assert _cause(ok) == "match-kink: rounding at a kink explains 1 entry [torch]"
+    assert _worst(ok)[:2] == (6e-2, "torch")
+    failing = R(False, [kink, E("dL/d w", {"jax": M("mismatch", 4e-2)})])
+    assert _worst(failing) == (4e-2, "jax", "dL/d w")  # not the larger, passing kink entry

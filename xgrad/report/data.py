@@ -332,7 +332,8 @@ class Report:
         )
         if rounded:
             n = sum(m.status in rounded for e in self.entries for m in e.results.values())
-            verdict += f" ({n} only up to rounding: {', '.join(rounded)}, see the notes)"
+            more = "" if self.ok else "and beside them, passing, "
+            verdict += f" ({more}{n} only up to rounding: {', '.join(rounded)}, see the notes)"
         if worst is None:
             return verdict
         entry, fw, _, m = worst
