@@ -216,6 +216,7 @@ def test_rtol_override_and_validation():
     assert xgrad.compare(spec, x, frameworks="numpy", dtype="float32").ok
     strict = xgrad.compare(spec, x, frameworks="numpy", dtype="float32", rtol=1e-12)
     assert not strict.ok and strict.tolerance == 1e-12
+    assert "rtol 1e-12 is below float32's unit roundoff (6.0e-08)" in strict.notes[0]
     with pytest.raises(xgrad.InputError, match="rtol must be a positive finite number"):
         xgrad.compare(spec, x, frameworks="numpy", rtol=-1)
 

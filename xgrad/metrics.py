@@ -26,11 +26,34 @@ __all__ = [
     "PreparedReference",
     "STATUSES",
     "TOLERANCES",
+    "UNIT_ROUNDOFF",
     "Metrics",
     "compare_arrays",
     "json_float",
+    "rtol_note",
     "tolerance",
 ]
+
+UNIT_ROUNDOFF: dict[str, float] = {
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+}
+"""Each dtype's unit roundoff: a normwise tolerance below it fails on rounding alone."""
+
+
+def rtol_note(rtol: float | None, dtype: str) -> str | None:
+    """A note when a given ``rtol`` is below ``dtype``'s unit roundoff (else ``None``): such
+    a comparison mismatches on rounding alone, whatever the frameworks do."""
+    if rtol is None or dtype not in UNIT_ROUNDOFF or rtol >= UNIT_ROUNDOFF[dtype]:
+        return None
+    return (
+        f"rtol {rtol:g} is below {dtype}'s unit roundoff ({UNIT_ROUNDOFF[dtype]:.1e}): "
+        f"{dtype} results mismatch on rounding alone (its default tolerance is "
+        f"{TOLERANCES[dtype]:g})"
+    )
+
 
 TOLERANCES: dict[str, float] = {
     "float64": 1e-10,

@@ -42,6 +42,7 @@ from xgrad.metrics import (
     TOLERANCES,
     EntryComparison,
     PreparedReference,
+    rtol_note,
     tolerance,
 )
 from xgrad.params import check_params, init_params
@@ -750,6 +751,7 @@ def compare(
         title=title,
         timing=timing,
         layers="captured" if explain is True else "failing",
+        notes=[note] if (note := rtol_note(rtol, dtype)) else (),
     )
     if explain is False or (explain is None and report.ok) or report.uninformative:
         return report

@@ -51,6 +51,7 @@ from xgrad.activations import ACTIVATIONS, get_activation
 from xgrad.errors import FrameworkError, InputError, OutputError
 from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework
 from xgrad.losses import get_loss, random_targets
+from xgrad.metrics import UNIT_ROUNDOFF, rtol_note
 
 __all__ = [
     "CELL_SCHEMA",
@@ -109,9 +110,6 @@ class CellConfig(NamedTuple):
 
 # -- the grid ---------------------------------------------------------------------------------
 
-
-UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
-"""Each dtype's unit roundoff: a normwise tolerance below it fails on rounding alone."""
 
 _LISTS = {  # list setting -> (kind of item, smallest integer, what one item is)
     "activations": (str, None, "activation"),
@@ -331,17 +329,8 @@ class SweepGrid:
     def notes(self) -> list[str]:
         """Settings that run but cannot mean what they seem: an ``rtol`` below the unit
         roundoff of one of the dtypes, whose cells then mismatch on rounding alone."""
-        if self.rtol is None:
-            return []
-        from xgrad.metrics import TOLERANCES
-
-        return [
-            f"rtol {self.rtol:g} is below {dtype}'s unit roundoff ({UNIT_ROUNDOFF[dtype]:.1e}): "
-            f"{dtype} cells mismatch on rounding alone (its default tolerance is "
-            f"{TOLERANCES[dtype]:g})"
-            for dtype in self.dtypes
-            if self.rtol < UNIT_ROUNDOFF[dtype]
-        ]
+        notes = (rtol_note(self.rtol, dtype) for dtype in self.dtypes)
+        return [note.replace("results", "cells", 1) for note in notes if note is not None]
 
     def spec(self, activation: str, loss: str):
         """The model of the cells with this activation and loss."""
