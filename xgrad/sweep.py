@@ -50,6 +50,7 @@ from xgrad._io import atomic_write
 from xgrad.activations import ACTIVATIONS, get_activation
 from xgrad.errors import FrameworkError, InputError, OutputError
 from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework
+from xgrad.frameworks.registry import available_frameworks, known_frameworks, lookup_framework
 from xgrad.losses import get_loss, random_targets
 from xgrad.metrics import UNIT_ROUNDOFF, rtol_note
 
@@ -190,20 +191,10 @@ def _framework(entry) -> AbstractFramework:
     (importing no framework)."""
     if isinstance(entry, AbstractFramework):
         return entry
-    if not isinstance(entry, str):
-        raise FrameworkError(
-            f"{_setting('frameworks')} holds names or AbstractFramework instances, got "
-            f"{type(entry).__name__} {entry!r}"
-        )
-    found = _known_frameworks()
-    key = entry.strip().lower()
-    key = next((n for n, fw in found.items() if key in fw.aliases), key)
-    if key not in found:
-        raise FrameworkError(
-            f"unknown framework {entry!r} in {_setting('frameworks')}; known frameworks: "
-            f"{', '.join(found)}"
-        )
-    return found[key]
+    try:
+        return lookup_framework(entry)
+    except FrameworkError as exc:
+        raise FrameworkError(f"{_setting('frameworks')}: {exc}") from None
 
 
 def _check_rtol(value) -> float | None:
@@ -316,7 +307,7 @@ class SweepGrid:
         for dtype in self.dtypes:
             lacking = [fw.name for fw in frameworks if dtype not in fw.dtypes]
             if lacking:
-                having = [n for n, fw in _known_frameworks().items() if dtype in fw.dtypes]
+                having = [n for n in known_frameworks() if dtype in _framework(n).dtypes]
                 raise InputError(
                     f"dtype {dtype!r} is not supported by {', '.join(lacking)}; drop it from "
                     f"{_setting('dtypes')} or run it on frameworks that have it "
@@ -355,8 +346,6 @@ class SweepGrid:
         ]
 
     def _framework_entries(self) -> list[str | AbstractFramework]:
-        from xgrad.frameworks.registry import available_frameworks
-
         return available_frameworks() if self.frameworks is None else list(self.frameworks)
 
     def framework_names(self) -> list[str]:
@@ -423,14 +412,6 @@ class SweepGrid:
             "model": self.model_config(),
             "cell": dict(cell._asdict()),
         }
-
-
-def _known_frameworks() -> dict[str, AbstractFramework]:
-    import importlib
-
-    from xgrad.frameworks.registry import REGISTRY
-
-    return {name: importlib.import_module(module).FRAMEWORK for name, module in REGISTRY.items()}
 
 
 def _canonical(data) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "available_frameworks",
     "get_framework",
     "known_frameworks",
+    "lookup_framework",
     "read_model",
 ]
 
@@ -54,6 +55,24 @@ def _aliases() -> dict[str, str]:
     return {alias: name for name in REGISTRY for alias in _entry(name).aliases}
 
 
+def lookup_framework(name: str) -> AbstractFramework:
+    """The framework called ``name`` (aliases accepted), installed here or not: for checking
+    names that other processes will use (no framework is imported).
+
+    Raises:
+        FrameworkError: the name is unknown, or not a string.
+    """
+    if not isinstance(name, str):
+        raise FrameworkError(
+            f"a framework is a name or a framework object, got {type(name).__name__} {name!r}"
+        )
+    key = name.strip().lower()
+    key = _aliases().get(key, key)
+    if key not in REGISTRY:
+        raise FrameworkError(f"unknown framework {name!r}; known frameworks: {', '.join(REGISTRY)}")
+    return _entry(key)
+
+
 def get_framework(name: str) -> AbstractFramework:
     """The framework called ``name`` (``numpy``, ``jax``, ``flax``, ``tensorflow``, ...).
 
@@ -68,15 +87,8 @@ def get_framework(name: str) -> AbstractFramework:
         >>> get_framework("numpy").name
         'numpy'
     """
-    if not isinstance(name, str):
-        raise FrameworkError(
-            f"a framework is a name or a framework object, got {type(name).__name__} {name!r}"
-        )
-    key = name.strip().lower()
-    key = _aliases().get(key, key)
-    if key not in REGISTRY:
-        raise FrameworkError(f"unknown framework {name!r}; known frameworks: {', '.join(REGISTRY)}")
-    fw = _entry(key)
+    fw = lookup_framework(name)
+    key = fw.name
     missing = [p for p in fw.requires if importlib.util.find_spec(p) is None]
     if missing:
         raise FrameworkNotInstalledError(
