@@ -592,6 +592,21 @@ def _outputs(p: argparse.ArgumentParser, *, plot: bool = False) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the diagnoses and verdict")
 
 
+def _keras_file(p, *, seed_help: str, loss_default: str | None) -> None:
+    """The arguments of a command comparing a .keras file on a seeded random batch."""
+    from xgrad.losses import LOSSES
+
+    p.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file")
+    p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
+    p.add_argument("--seed", type=_seed, default=0, help=seed_help)
+    p.add_argument(
+        "--loss",
+        choices=list(LOSSES),
+        default=loss_default,
+        help="default: projection, sum(output * r) for a seeded random r (never degenerate)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xgrad import __version__
     from xgrad.losses import LOSSES
@@ -712,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names, rebuild the model in the target framework from the written file, and compare "
         "the two on a seeded random batch.",
     )
-    p.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file")
+    _keras_file(p, seed_help="seed of the random input", loss_default=None)
     p.add_argument("--to", required=True, help="numpy, jax, flax, tensorflow or torch")
     p.add_argument(
         "--out",
@@ -720,14 +735,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="weights file: .npz or .safetensors in canonical names; with --to torch, .pt or "
         ".safetensors hold the module's state_dict",
-    )
-    p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the random input")
-    p.add_argument(
-        "--loss",
-        choices=list(LOSSES),
-        default=None,
-        help="default: projection, sum(output * r) for a seeded random r (never degenerate)",
     )
     _outputs(p)
     p.set_defaults(func=cmd_port)
@@ -740,19 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
         "report them side by side against xgrad's float64 NumPy model of its layers. Exit 0: "
         "every backend matches; 1: one does not; 2: error.",
     )
-    p.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file")
+    _keras_file(p, seed_help="seed of the input and targets", loss_default="projection")
     p.add_argument(
         "--backends",
         default="tensorflow,jax,torch",
         help="comma-separated Keras backends (default tensorflow,jax,torch)",
-    )
-    p.add_argument("--batch", type=int, default=8, help="rows of random input (default 8)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the input and targets")
-    p.add_argument(
-        "--loss",
-        choices=list(LOSSES),
-        default="projection",
-        help="default: projection, sum(output * r) for a seeded random r (never degenerate)",
     )
     p.add_argument("--rtol", type=float, default=None, help="override the normwise tolerance")
     p.add_argument("--title", default=None, help="a heading for the report")
