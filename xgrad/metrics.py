@@ -43,14 +43,15 @@ UNIT_ROUNDOFF: dict[str, float] = {
 """Each dtype's unit roundoff: a normwise tolerance below it fails on rounding alone."""
 
 
-def rtol_note(rtol: float | None, dtype: str) -> str | None:
+def rtol_note(rtol: float | None, dtype: str, what: str = "results") -> str | None:
     """A note when a given ``rtol`` is below ``dtype``'s unit roundoff (else ``None``): such
-    a comparison mismatches on rounding alone, whatever the frameworks do."""
+    a comparison mismatches on rounding alone, whatever the frameworks do. ``what`` names
+    the things compared (``"cells"`` in a sweep)."""
     if rtol is None or dtype not in UNIT_ROUNDOFF or rtol >= UNIT_ROUNDOFF[dtype]:
         return None
     return (
         f"rtol {rtol:g} is below {dtype}'s unit roundoff ({UNIT_ROUNDOFF[dtype]:.1e}): "
-        f"{dtype} results mismatch on rounding alone (its default tolerance is "
+        f"{dtype} {what} mismatch on rounding alone (its default tolerance is "
         f"{TOLERANCES[dtype]:g})"
     )
 

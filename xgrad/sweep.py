@@ -320,8 +320,8 @@ class SweepGrid:
     def notes(self) -> list[str]:
         """Settings that run but cannot mean what they seem: an ``rtol`` below the unit
         roundoff of one of the dtypes, whose cells then mismatch on rounding alone."""
-        notes = (rtol_note(self.rtol, dtype) for dtype in self.dtypes)
-        return [note.replace("results", "cells", 1) for note in notes if note is not None]
+        notes = (rtol_note(self.rtol, dtype, "cells") for dtype in self.dtypes)
+        return [note for note in notes if note is not None]
 
     def spec(self, activation: str, loss: str):
         """The model of the cells with this activation and loss."""
