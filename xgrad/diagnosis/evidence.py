@@ -139,10 +139,9 @@ class UnitEvidence:
     state_ref: dict[str, np.ndarray] = field(default_factory=dict)
     state_cand: dict[str, np.ndarray] = field(default_factory=dict)
     block_input_ref: np.ndarray | None = None  # for a residual block: what the skip adds
-    # a residual block followed by weight-free layers (an activation after the add): those
-    # layers, and the block's own output (x + f(x)) that they take, on each side
+    # a residual block followed by weight-free layers (an activation after the add): the
+    # reference's layers, and the block's own output (x + f(x)) that they take on each side
     members_ref: list[AbstractLayer | None] = field(default_factory=list)
-    members_cand: list[AbstractLayer | None] = field(default_factory=list)
     block_output_ref: np.ndarray | None = None
     block_output_cand: np.ndarray | None = None
     skip_cand: bool = True  # False: the candidate has this block's layers without the skip
@@ -305,7 +304,6 @@ def build_evidence(
             ev.block_input_ref = in_r
             if r.members and c.members and r.path in ref_acts and c.path in cand_acts:
                 ev.members_ref = [ref_infos[m.path].layer for m in r.members]
-                ev.members_cand = [cand_infos[m.path].layer for m in c.members]
                 ev.block_output_ref = f64(ref_acts[r.path])
                 ev.block_output_cand = f64(cand_acts[c.path])
         units.append(ev)

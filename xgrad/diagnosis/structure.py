@@ -17,12 +17,10 @@ MIN_DROPOUT_RATE = 1e-3
 def residual_missing(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
     if unit.skip_cand or unit.block_input_ref is None:
         return None
+    ref, cand = unit.output_ref, unit.output_cand
     if unit.block_output_ref is not None:  # layers after the block: compare before them
-        without = unit.block_output_ref - unit.block_input_ref
-        residual = rel(unit.block_output_cand, without)
-    else:
-        without = unit.output_ref - unit.block_input_ref
-        residual = rel(unit.output_cand, without)
+        ref, cand = unit.block_output_ref, unit.block_output_cand
+    residual = rel(cand, ref - unit.block_input_ref)
     if residual > ev.fit_tol:
         return None
     return Finding(
