@@ -52,7 +52,7 @@ from xgrad.errors import FrameworkError, InputError, OutputError
 from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework
 from xgrad.frameworks.registry import available_frameworks, known_frameworks, lookup_framework
 from xgrad.losses import get_loss, random_targets
-from xgrad.metrics import UNIT_ROUNDOFF, rtol_note
+from xgrad.metrics import OK_STATUSES, UNIT_ROUNDOFF, rtol_note
 
 __all__ = [
     "CELL_SCHEMA",
@@ -512,8 +512,6 @@ class SweepCell:
 def _worst(report) -> tuple[float, str, str]:
     """The largest normwise error: over the failing entries when the cell fails (a passing
     ``match-kink`` entry can be larger than the failure it stands beside), else over all."""
-    from xgrad.metrics import OK_STATUSES
-
     best = (-1.0, "", "")
     for entry in report.entries:
         for fw, m in entry.results.items():
