@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-smoke fuzz clean
+.PHONY: demo test test-numerics lint bench bench-smoke fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check xgrad tests scripts
 
 # Two test processes: the suite is dominated by framework work (one core each), and CI
-# machines of this kind have two cores.
+# machines of this kind have two cores. Then the executed docs once more under a second
+# numeric configuration, so that a figure that depends on the CPU fails here and not on a
+# user's machine.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2
+	$(MAKE) --no-print-directory test-numerics
+
+# The second numeric configuration: the kernels an AVX2-only CPU (such as AMD EPYC) runs,
+# in every framework, and one BLAS thread (another summation order). OpenBLAS' core type
+# names are x86 ones, so on other machines only the thread count and oneDNN change.
+NUMERICS := OPENBLAS_NUM_THREADS=1 TF_ENABLE_ONEDNN_OPTS=0
+ifeq ($(shell uname -m),x86_64)
+NUMERICS += OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2 XLA_FLAGS=--xla_cpu_max_isa=AVX2
+endif
+
+test-numerics: $(STAMP)
+	env $(NUMERICS) $(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests/test_docs.py
 
 # OpenBLAS is pinned to an older kernel on this kind of machine for correctness in tests and
 # CI (OPENBLAS_CORETYPE); the benchmark unsets it for its own command only, so that NumPy runs
