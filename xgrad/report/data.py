@@ -6,15 +6,13 @@ Renderings live beside it, one module each (:mod:`xgrad.report.text`,
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xgrad._io import atomic_write
-from xgrad.errors import GradientMismatchError
 from xgrad.metrics import OK_STATUSES, Metrics, json_float
+from xgrad.report.base import AbstractReport
+from xgrad.report.format import fmt, sort_key
 
 __all__ = ["SCHEMA", "Divergence", "Entry", "LayerEntry", "Pairwise", "Report"]
 
@@ -149,7 +147,7 @@ class Divergence:
 
 
 @dataclass(frozen=True)
-class Report:
+class Report(AbstractReport):
     """The result of :func:`xgrad.compare` and :func:`xgrad.compare_models`.
 
     Attributes:
@@ -255,8 +253,7 @@ class Report:
         both values.
         """
         __tracebackhide__ = True
-        if not self.ok:
-            raise GradientMismatchError(self.mismatch_message())
+        super().raise_for_mismatch()
 
     def native_pair(self, entry: Entry, fw: str) -> str:
         """``reference name <-> framework name``, or the framework's name alone."""
@@ -399,13 +396,6 @@ class Report:
             out["timing"] = {"seconds": dict(self.timing)}
         return out
 
-    def to_json(self, path: str | os.PathLike | None = None, *, timing: bool = True) -> str:
-        """The report as JSON text; also written to ``path`` (atomically) when given."""
-        text = json.dumps(self.to_dict(timing=timing), indent=2, allow_nan=False) + "\n"
-        if path is not None:
-            atomic_write(path, lambda f: f.write(text), binary=False)
-        return text
-
     # -- renderings ------------------------------------------------------------------------
 
     def table(self, *, compact: bool = False):
@@ -432,46 +422,14 @@ class Report:
 
         return to_text(self, width=width, color=color)
 
-    def to_markdown(self, path: str | os.PathLike | None = None) -> str:
-        """The report as Markdown; also written to ``path`` (atomically) if given."""
+    def markdown(self) -> str:
+        """The report as Markdown text (:meth:`to_markdown` also writes it to a file)."""
         from xgrad.report.markdown import to_markdown
 
-        text = to_markdown(self)
-        if path is not None:
-            atomic_write(path, lambda f: f.write(text), binary=False)
-        return text
+        return to_markdown(self)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Write a PNG: normwise error per entry and framework (see :mod:`xgrad.report.plot`)."""
         from xgrad.report.plot import plot
 
         return plot(self, path)
-
-
-def sort_key(m: Metrics) -> tuple[bool, float]:
-    """How bad a comparison is, for picking the worst one: failures first, then the largest
-    normwise error among the passing ones judged by it (not those that pass by the noise
-    floor of a zero reference, or because rounding explains them)."""
-    failing = m.status not in OK_STATUSES
-    if m.status == "nonfinite" or math.isnan(m.rel_norm):
-        return failing, math.inf
-    if not failing and (m.status != "match" or m.rel_norm > m.tol):
-        return failing, 0.0
-    return failing, m.rel_norm
-
-
-def fmt(value: float) -> str:
-    """A metric in short scientific form (``0``, ``nan``, ``inf`` as such)."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf"
-    return "0" if value == 0 else f"{value:.2e}"
-
-
-def fmt_cos(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.9f}".rstrip("0").rstrip(".")
-
-
-def fmt_shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -3,8 +3,13 @@ the verdict."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from xgrad.metrics import OK_STATUSES
-from xgrad.report.data import Report, fmt, fmt_cos, fmt_shape
+from xgrad.report.format import fmt, fmt_cos, fmt_shape
+
+if TYPE_CHECKING:
+    from xgrad.report.data import Report
 
 __all__ = ["to_markdown"]
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xgrad._io import atomic_write, check_writable
 from xgrad.errors import OutputError
-from xgrad.report.data import Report
+
+if TYPE_CHECKING:
+    from xgrad.report.data import Report
 
 __all__ = ["plot", "png_figure"]
 

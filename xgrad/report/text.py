@@ -4,8 +4,12 @@ and the verdict line."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from xgrad.report.data import Report, fmt, fmt_cos, fmt_shape
+from xgrad.report.format import fmt, fmt_cos, fmt_shape
+
+if TYPE_CHECKING:
+    from xgrad.report.data import Report
 
 __all__ = ["STATUS_STYLE", "entry_table", "layer_table", "print_report", "to_text"]
 

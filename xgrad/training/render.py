@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from xgrad._io import atomic_write
-from xgrad.report.data import fmt
+from xgrad.report.format import fmt
 from xgrad.report.plot import png_figure
 from xgrad.report.text import styled
 from xgrad.training.report import Step, TrainingReport
