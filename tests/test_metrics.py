@@ -10,7 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-import xgrad.metrics as metrics
+import xgrad.metrics.fused as fused
+from xgrad.errors import InputError
 from xgrad.metrics import CHUNK, PreparedReference, compare_arrays
 
 
@@ -92,7 +93,7 @@ def check(m, g, ref, *, dtype: str, tol: float) -> None:
 @pytest.fixture
 def threads(monkeypatch):
     """Entries of two chunks already go to the threads of the fused pass."""
-    monkeypatch.setattr(metrics, "PARALLEL_CHUNKS", 2)
+    monkeypatch.setattr(fused, "PARALLEL_CHUNKS", 2)
 
 
 def _candidates(rng, ref, n: int, dtype=np.float32):
@@ -202,5 +203,5 @@ def test_the_worst_element_is_the_first_of_equals_whatever_the_threads(rng, thre
 
 
 def test_shapes_must_agree():
-    with pytest.raises(metrics.InputError, match="shapes differ"):
+    with pytest.raises(InputError, match="shapes differ"):
         PreparedReference(np.zeros(3), dtype="float32", tol=1e-5).compare_many({"a": np.zeros(4)})
