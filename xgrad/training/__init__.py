@@ -1,13 +1,14 @@
 """Training parity: N optimizer steps of a model and its port, and why their weights part.
 
 :func:`compare_training` runs both sides' own optimizers (Keras, optax, PyTorch) step by
-step beside a float64 NumPy referee (:mod:`xgrad.training.rules`), and reports where the
+step beside a float64 NumPy referee (:mod:`xgrad.optim.rules`), and reports where the
 weights first part and which optimizer convention explains it (:data:`OPTIMIZER_CAUSES`).
 Importing this package imports no framework.
 """
 
+from xgrad.optim import OptimizerSpec
+from xgrad.optim.rules import SGD, Adam, AdamW, RMSprop, Rule
 from xgrad.training.causes import OPTIMIZER_CAUSES, OptimizerCause
-from xgrad.training.optimizers import OptimizerSpec
 from xgrad.training.report import (
     SCHEMA,
     Divergence,
@@ -18,7 +19,6 @@ from xgrad.training.report import (
     WeightInfo,
     WeightStep,
 )
-from xgrad.training.rules import SGD, Adam, AdamW, RMSprop, Rule
 from xgrad.training.runner import compare_training
 
 __all__ = [

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xgrad.training.rules import SGD, Adam, RMSprop, Rule
+from xgrad.optim.rules import SGD, Adam, RMSprop, Rule
 
 __all__ = [
     "FIELD_CAUSES",

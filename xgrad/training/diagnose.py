@@ -26,11 +26,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from xgrad.optim.rules import Arrays, Rule
 from xgrad.runner import Inputs, compare_models
 from xgrad.training import replay
 from xgrad.training.causes import Context
 from xgrad.training.report import Divergence, OptimizerDiagnosis, PrecisionNote, step_tolerance
-from xgrad.training.rules import Arrays, Rule
 
 __all__ = ["Divergent", "History", "diagnose", "precision"]
 

@@ -22,17 +22,17 @@ framework is imported here.
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import importlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from xgrad.errors import InputError
 from xgrad.frameworks.base import is_from
-from xgrad.training.rules import RULES, Arrays, Rule
+from xgrad.optim import (
+    AbstractOptimizer,
+    AbstractRun,
+    NumpyOptimizer,
+    OptimizerSpec,
+    Rule,
+)
 
 __all__ = [
     "AbstractOptimizer",
@@ -56,72 +56,6 @@ KINDS = (
     "xgrad.training.Adam(...)) pair naming its rule), a PyTorch factory params -> "
     "torch.optim.Optimizer, or an xgrad.training rule"
 )
-
-
-class AbstractRun(abc.ABC):
-    """One optimizer stepping one set of weights (a copy; the user's objects never change).
-
-    Attributes:
-        rule: the optimizer's rule as read from it, or ``None`` when it cannot be read.
-        rule_note: why the rule is unknown (``None`` when it is known).
-        description: the optimizer in a few words (``keras Adam``, ``optax``, ...).
-    """
-
-    rule: Rule | None = None
-    rule_note: str | None = None
-    description: str = ""
-
-    @abc.abstractmethod
-    def step(self, grads: Mapping[str, np.ndarray]) -> Arrays:
-        """Apply one update with ``grads`` (by weight name); returns the new weights as
-        NumPy arrays of the run's dtype."""
-
-
-class AbstractOptimizer(abc.ABC):
-    """An optimizer of one framework, ready to start on a set of weights.
-
-    Attributes:
-        framework: the framework whose optimizer it is (``tensorflow``, ``jax``, ``torch``,
-            ``numpy``).
-    """
-
-    framework: str = ""
-
-    @abc.abstractmethod
-    def start(self, params: Mapping[str, np.ndarray], dtype: str) -> AbstractRun:
-        """A fresh run on copies of ``params`` (canonical layout), computing in ``dtype``."""
-
-
-# -- the NumPy rule as an optimizer -------------------------------------------------------
-
-
-class _NumpyRun(AbstractRun):
-    def __init__(self, rule: Rule, params: Mapping[str, np.ndarray], dtype: str) -> None:
-        self.rule = rule
-        self.description = f"xgrad {rule.describe()} (numpy {dtype})"
-        self._params = {k: np.array(v, dtype=dtype) for k, v in params.items()}
-        self._state = rule.init(self._params)
-        self._count = 0
-        self._dtype = dtype
-
-    def step(self, grads):
-        g = {k: np.asarray(grads[k], dtype=self._dtype) for k in self._params}
-        with np.errstate(all="ignore"):  # an overflow is a result to report
-            updates, self._state = self.rule.update(g, self._params, self._state, self._count)
-            self._params = {k: (self._params[k] + updates[k]).astype(self._dtype) for k in g}
-        self._count += 1
-        return {k: v.copy() for k, v in self._params.items()}
-
-
-@dataclass(frozen=True)
-class NumpyOptimizer(AbstractOptimizer):
-    """xgrad's NumPy implementation of a rule, in the model's dtype."""
-
-    rule: Rule
-    framework: str = field(default="numpy", init=False)
-
-    def start(self, params, dtype):
-        return _NumpyRun(self.rule, params, dtype)
 
 
 # -- recognising an optimizer ------------------------------------------------------------
@@ -192,121 +126,6 @@ def _is_torch_class(obj) -> bool:
     )
 
 
-# -- optimizers named on the command line ---------------------------------------------------
-
-ALIASES = {
-    "lr": "learning_rate",
-    "learning_rate": "learning_rate",
-    "b1": "b1",
-    "beta1": "b1",
-    "beta_1": "b1",
-    "b2": "b2",
-    "beta2": "b2",
-    "beta_2": "b2",
-    "eps": "eps",
-    "epsilon": "eps",
-    "eps_root": "eps_root",
-    "wd": "weight_decay",
-    "weight_decay": "weight_decay",
-    "momentum": "momentum",
-    "nesterov": "nesterov",
-    "dampening": "dampening",
-    "amsgrad": "amsgrad",
-    "rho": "decay",
-    "alpha": "decay",
-    "decay": "decay",
-    "centered": "centered",
-    "eps_in_sqrt": "eps_in_sqrt",
-    "clipnorm": "clip_norm",
-    "clip_norm": "clip_norm",
-    "global_clipnorm": "clip_global_norm",
-    "clip_global_norm": "clip_global_norm",
-    "clipvalue": "clip_value",
-    "clip_value": "clip_value",
-}
-"""The option names of ``--optimizer NAME:KEY=VALUE,...`` -> xgrad's rule field names."""
-
-FLAGS = ("nesterov", "amsgrad", "centered", "eps_in_sqrt")
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """An optimizer named in text, ``adam:lr=1e-3,eps=1e-7``: a rule name and the options
-    given; every option left out takes the default of the framework that realises it.
-
-    Attributes:
-        name: ``sgd``, ``adam``, ``adamw`` or ``rmsprop``.
-        options: xgrad field name -> value (``learning_rate``, ``eps``, ``decay``, ...).
-    """
-
-    name: str
-    options: dict[str, float | bool]
-    spelled: dict[str, str] = field(default_factory=dict, compare=False)
-
-    def key(self, field_name: str) -> str:
-        """The option's name as the user wrote it (``rho`` for ``decay``)."""
-        return self.spelled.get(field_name, field_name)
-
-    def keys(self, field_names) -> str:
-        """``rho, beta_1``: field names as the user wrote them, comma-separated."""
-        return ", ".join(sorted(self.key(f) for f in field_names))
-
-    @classmethod
-    def parse(cls, text: str) -> OptimizerSpec:
-        """Parse ``NAME[:KEY=VALUE,...]``.
-
-        Raises:
-            InputError: an unknown name or option, or a value that is not a number (or
-                ``true``/``false`` for flags).
-        """
-        name, _, rest = text.strip().partition(":")
-        name = name.strip().lower()
-        if name not in RULES:
-            raise InputError(f"unknown optimizer {name!r} in {text!r}; known: {', '.join(RULES)}")
-        options: dict[str, float | bool] = {}
-        spelled: dict[str, str] = {}
-        fields = {f.name for f in dataclasses.fields(RULES[name])}
-        takes = sorted(k for k, f in ALIASES.items() if f in fields)
-        for item in (p.strip() for p in rest.split(",") if p.strip()):
-            key, eq, value = item.partition("=")
-            key = key.strip().lower()
-            if not eq or key not in ALIASES:
-                raise InputError(
-                    f"optimizer option {item!r} in {text!r}: write KEY=VALUE with KEY one of "
-                    f"{', '.join(takes)}"
-                )
-            field_name = ALIASES[key]
-            if field_name not in fields:
-                raise InputError(
-                    f"optimizer option {key!r} in {text!r}: {name} has no {key}; its options "
-                    f"are {', '.join(takes)}"
-                )
-            options[field_name] = _value(value.strip(), field_name, key, text)
-            spelled[field_name] = key
-        return cls(name, options, spelled)
-
-    def text(self) -> str:
-        opts = ",".join(f"{self.key(k)}={_plain(v)}" for k, v in self.options.items())
-        return self.name + (f":{opts}" if opts else "")
-
-
-def _plain(value: float | bool) -> str:
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
-
-
-def _value(text: str, field_name: str, key: str, spec: str) -> float | bool:
-    if field_name in FLAGS:
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise InputError(f"optimizer option {key}={text!r} in {spec!r}: use true or false")
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"optimizer option {key}={text!r} in {spec!r} is not a number") from None
-
-
 def optimizer_for(framework: str, spec: OptimizerSpec):
     """The native optimizer a model of ``framework`` trains with, for ``spec``: a Keras
     optimizer (``tensorflow``), an ``(optax transformation, rule)`` pair (``jax``,
@@ -317,10 +136,7 @@ def optimizer_for(framework: str, spec: OptimizerSpec):
         InputError: an option the framework's optimizer does not have.
     """
     if framework == "numpy":
-        try:
-            return RULES[spec.name](**{"learning_rate": 1e-3, **spec.options})
-        except TypeError as exc:
-            raise InputError(f"optimizer {spec.text()!r}: {exc}") from None
+        return spec.rule()
     if framework not in MODULES:
         raise InputError(
             f"no optimizer for framework {framework!r}; known: numpy, {', '.join(MODULES)}"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xgrad.metrics import NOISE_FLOORS
+from xgrad.optim.rules import Arrays, Rule
 from xgrad.training.causes import (
     Alternative,
     Context,
@@ -30,7 +31,6 @@ from xgrad.training.causes import (
     rule_differences,
 )
 from xgrad.training.report import step_tolerance
-from xgrad.training.rules import Arrays, Rule
 
 __all__ = ["Evidence", "Finding", "explain_step", "precision_notes", "relative", "replay"]
 

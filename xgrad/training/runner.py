@@ -5,7 +5,7 @@ Each step evaluates both models on the batch (gradients in canonical names, thro
 in its own framework (:mod:`xgrad.training.optimizers`), and gives each model the new
 weights with ``with_weights`` (parameters, and BatchNorm moving statistics from the
 evaluation). The reference's rule runs beside both, in float64 NumPy on each side's own
-gradients: the referee (:mod:`xgrad.training.rules`). The weights are compared after every
+gradients: the referee (:mod:`xgrad.optim.rules`). The weights are compared after every
 step against ``tol * sqrt(step)``; the first divergence is explained by
 :mod:`xgrad.training.diagnose`.
 """
@@ -23,6 +23,7 @@ from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, check_input
 from xgrad.frameworks.registry import read_model
 from xgrad.metrics import tolerance
+from xgrad.optim.rules import Arrays, Rule
 from xgrad.runner import evaluate, model_text, prepare_inputs
 from xgrad.training.diagnose import Divergent, History, diagnose, precision
 from xgrad.training.optimizers import AbstractRun, as_optimizer
@@ -35,7 +36,6 @@ from xgrad.training.report import (
     WeightStep,
     step_tolerance,
 )
-from xgrad.training.rules import Arrays, Rule
 
 __all__ = ["compare_training"]
 

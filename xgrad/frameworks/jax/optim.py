@@ -20,8 +20,8 @@ import optax
 
 from xgrad.errors import InputError
 from xgrad.frameworks.jax.ops import x64
-from xgrad.training.optimizers import AbstractOptimizer, AbstractRun, OptimizerSpec
-from xgrad.training.rules import SGD, Adam, AdamW, RMSprop, Rule
+from xgrad.optim import AbstractOptimizer, AbstractRun, OptimizerSpec, Rule
+from xgrad.optim.spec import DEFAULT_LEARNING_RATE
 
 __all__ = ["OPTAX_OPTIONS", "OptaxOptimizer", "from_spec", "keras_adam"]
 
@@ -72,21 +72,13 @@ def from_spec(spec: OptimizerSpec) -> tuple[optax.GradientTransformation, Rule]:
             f"it takes {', '.join([*names, *sorted(clips)])}"
         )
     kwargs = {names[k]: v for k, v in spec.options.items() if k in names}
-    kwargs.setdefault("learning_rate", 1e-3)
+    kwargs.setdefault("learning_rate", DEFAULT_LEARNING_RATE)
     if spec.name == "sgd" and not kwargs.get("momentum"):
         kwargs["momentum"] = None
     if spec.name == "rmsprop" and not kwargs.get("momentum"):
         kwargs["momentum"] = None
     tx = getattr(optax, spec.name)(**kwargs)
-    fields = {k: v for k, v in spec.options.items()}
-    if spec.name == "sgd":
-        rule: Rule = SGD(**{"learning_rate": 1e-3, **fields})
-    elif spec.name == "adam":
-        rule = Adam(**{"learning_rate": 1e-3, **fields})
-    elif spec.name == "adamw":
-        rule = AdamW(**{"learning_rate": 1e-3, **fields})
-    else:
-        rule = RMSprop(**{"learning_rate": 1e-3, **fields})
+    rule = spec.rule()  # optax's defaults are the rules' own
     if "clip_global_norm" in spec.options:
         tx = optax.chain(optax.clip_by_global_norm(spec.options["clip_global_norm"]), tx)
     elif "clip_value" in spec.options:

@@ -21,8 +21,16 @@ import numpy as np
 
 from xgrad.errors import InputError
 from xgrad.frameworks.tensorflow.ops import keras, tf
-from xgrad.training.optimizers import AbstractOptimizer, AbstractRun, OptimizerSpec
-from xgrad.training.rules import SGD, Adam, AdamW, RMSprop, Rule
+from xgrad.optim import (
+    SGD,
+    AbstractOptimizer,
+    AbstractRun,
+    Adam,
+    AdamW,
+    OptimizerSpec,
+    RMSprop,
+    Rule,
+)
 
 __all__ = ["KERAS_OPTIONS", "KerasOptimizer", "from_spec", "read_rule"]
 

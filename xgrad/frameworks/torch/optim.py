@@ -18,8 +18,16 @@ import numpy as np
 import torch
 
 from xgrad.errors import InputError
-from xgrad.training.optimizers import AbstractOptimizer, AbstractRun, OptimizerSpec
-from xgrad.training.rules import SGD, Adam, AdamW, RMSprop, Rule
+from xgrad.optim import (
+    SGD,
+    AbstractOptimizer,
+    AbstractRun,
+    Adam,
+    AdamW,
+    OptimizerSpec,
+    RMSprop,
+    Rule,
+)
 
 __all__ = ["TORCH_OPTIONS", "TorchOptimizer", "from_spec", "read_rule"]
 
