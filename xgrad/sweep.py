@@ -27,20 +27,10 @@ import itertools
 import json
 import math
 import os
-import pickle
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field, fields, replace
-from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import NamedTuple
 
@@ -53,6 +43,7 @@ from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework
 from xgrad.frameworks.registry import available_frameworks, known_frameworks, lookup_framework
 from xgrad.losses import get_loss, random_targets
 from xgrad.metrics import OK_STATUSES, UNIT_ROUNDOFF, rtol_note
+from xgrad.workers import AbstractJob, Outcome, WorkerPool, describe_error
 
 __all__ = [
     "CELL_SCHEMA",
@@ -604,18 +595,6 @@ def run_cell(grid: SweepGrid, cell: CellConfig) -> SweepCell:
     )
 
 
-def _error(exc: BaseException) -> dict:
-    """``{"type", "message", "where"}``: ``where`` is the innermost frame by module name,
-    the same on every machine."""
-    where = ""
-    tb = exc.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        where = f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_name}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return {"type": type(exc).__name__, "message": " ".join(str(exc).split()), "where": where}
-
-
 def _failed(grid: SweepGrid, cell: CellConfig, status: str, error: dict, cause: str) -> SweepCell:
     """The record of a cell without a report."""
     return SweepCell(*cell, key=grid.cell_key(cell), status=status, cause=cause, error=error)
@@ -630,7 +609,7 @@ def _run_guarded(grid: SweepGrid, cell: CellConfig) -> SweepCell:
     try:
         return run_cell(grid, cell)
     except Exception as exc:
-        return _errored(grid, cell, _error(exc))
+        return _errored(grid, cell, describe_error(exc))
 
 
 def run_cells(
@@ -648,13 +627,9 @@ def run_cells(
     cells = [CellConfig(*c) for c in cells]
     if cell_timeout is None:
         return [_run_guarded(grid, c) for c in cells]
-    done: dict[CellConfig, SweepCell] = {}
-
-    def finish(results: list[SweepCell]) -> None:
-        done.update((r.config, r) for r in results)
-
-    _supervise(grid, [cells], 1, cell_timeout, finish, _take_worker, _keep_worker)
-    return [done[c] for c in cells]
+    job = _CellJob(grid, warm=True)
+    outcomes = _EXECUTOR_POOL.run(job, [cells], timeout=cell_timeout)
+    return [_cell_of(grid, outcome, cell_timeout) for outcome in outcomes]
 
 
 def chunks(cells: Sequence[CellConfig], size: int = CHUNK_CELLS) -> list[list[CellConfig]]:
@@ -669,90 +644,21 @@ def chunks(cells: Sequence[CellConfig], size: int = CHUNK_CELLS) -> list[list[Ce
     return out
 
 
-# -- worker processes ----------------------------------------------------------------------------
+# -- cells on worker processes --------------------------------------------------------------------
 
 WORKER_IDLE_S = 600.0
 """A worker process that :func:`run_cells` keeps for later tasks exits after this many
 seconds unused (or as soon as the process that started it ends)."""
 
-_WORKER_CODE = (
-    "import json, sys\n"
-    "sys.path[:] = json.loads(sys.argv[2])\n"
-    "from xgrad.sweep import _serve\n"
-    "_serve(int(sys.argv[1]), float(sys.argv[3]))\n"
-)
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's start-up logging stays quiet
 
-
-class _WorkerGone(Exception):
-    """The worker process ended, or its connection broke."""
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "its connection broke"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-class _Worker:
-    """A process of its own (a fresh interpreter, never a fork) that runs cells one at a
-    time for the process that started it. That process can stop it at any moment: a cell
-    past its time limit is ended by killing its process, never by interrupting it from
-    inside, which can leave an import or a framework's state half done."""
-
-    def __init__(self, idle_s: float = 0.0):
-        ours, theirs = socket.socketpair()
-        env = {**os.environ}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up logging stays quiet
-        argv = [str(theirs.fileno()), json.dumps(sys.path), str(idle_s)]
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, *argv],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.conn = Connection(ours.detach())
-
-    def send(self, message) -> None:
-        try:
-            self.conn.send(message)
-        except OSError:
-            raise _WorkerGone from None
-
-    def recv(self):
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):
-            raise _WorkerGone from None
-
-    def alive(self) -> bool:
-        return self.process.poll() is None and not self.conn.closed
-
-    def reason(self) -> str:
-        """Why the process ended, once it has."""
-        try:
-            code = self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            code = None
-        return _exit_reason(code)
-
-    def stop(self) -> None:
-        """Kill the process (at once: it holds nothing the sweep needs) and reap it."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        if not self.conn.closed:
-            self.conn.close()
+_EXECUTOR_POOL = WorkerPool(idle_s=WORKER_IDLE_S, env=WORKER_ENV)
+"""The worker processes :func:`run_cells` keeps between the tasks an executor gives this
+process. Those tasks share nothing but the process they run in, and a worker that has
+imported and warmed up a grid's frameworks (seconds each) is worth keeping for the next task
+of the same grid; so this pool lives as long as the process. Its idle workers exit after
+:data:`WORKER_IDLE_S` seconds, and :func:`run_sweep` stops them when it ends (an executor's
+threads may run in the sweep's own process)."""
 
 
 def _warm_up(grid: SweepGrid) -> None:
@@ -767,186 +673,57 @@ def _warm_up(grid: SweepGrid) -> None:
             compare(MLP(2, [Dense(2)]), np.ones((1, 2)), frameworks=frameworks, dtype=dtype)
 
 
-def _serve(fd: int, idle_s: float) -> None:
-    """A worker process's loop: ``("grid", pickled grid, warm)`` -> ``("ready",)``, then
-    ``("cell", config)`` -> ``("cell", SweepCell or None, error or None)``, until the
-    connection closes (or, with ``idle_s``, nothing comes for that long)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the starting process's to handle
-    conn = Connection(fd)
-    grid, loaded, failure = None, None, None
-    try:
-        while idle_s <= 0 or conn.poll(idle_s):
-            message = conn.recv()
-            if message[0] == "grid":
-                _, data, warm = message
-                if data != loaded:
-                    loaded, failure = data, None
-                    try:
-                        grid = pickle.loads(data)
-                    except Exception as exc:  # e.g. a framework class not importable here
-                        failure = _error(exc)
-                    if warm and failure is None:
-                        _warm_up(grid)
-                conn.send(("ready",))
-            elif failure is not None:
-                conn.send(("cell", None, failure))
-            else:
-                conn.send(("cell", _run_guarded(grid, message[1]), None))
-    except (EOFError, OSError):
-        pass  # the process that started this one has gone
+class _CellJob(AbstractJob):
+    """The cells of one grid in a worker process: the grid is sent once per worker, and
+    (with a ``cell_timeout``: ``warm``) its frameworks warmed up before any clock starts."""
+
+    def __init__(self, grid: SweepGrid, warm: bool):
+        self.grid, self.warm = grid, warm
+
+    def setup(self) -> None:
+        if self.warm:
+            _warm_up(self.grid)
+
+    def run(self, item: CellConfig) -> SweepCell:
+        return _run_guarded(self.grid, item)
 
 
-class _Slot:
-    """A worker process of :func:`_supervise` and the task it runs (first cell running)."""
+def _cell_of(grid: SweepGrid, outcome: Outcome, cell_timeout: float | None) -> SweepCell:
+    """The record of the cell a worker ran, or of why none could."""
+    cell = outcome.item
+    if outcome.status == "done":
+        return outcome.value
+    if outcome.status == "raised":  # the grid could not be loaded in the worker
+        return _errored(grid, cell, outcome.error)
+    if outcome.status == "timeout":
+        cause = f"timed out after {cell_timeout:g} s"
+        error = {"type": "CellTimeout", "message": cause, "where": ""}
+        return _failed(grid, cell, "timeout", error, cause)
+    if outcome.status == "lost":
+        message = f"the worker process running this cell died ({outcome.reason})"
+    else:  # unstarted
+        message = outcome.reason
+    error = {"type": "WorkerDied", "message": message, "where": ""}
+    return _failed(grid, cell, "lost", error, f"worker lost: WorkerDied: {message}")
 
-    def __init__(self, worker: _Worker, fresh: bool):
-        self.worker, self.fresh = worker, fresh
-        self.ready = False
-        self.task: list[CellConfig] = []
-        self.deadline: float | None = None
 
-
-def _supervise(
+def _on_workers(
+    pool: WorkerPool,
     grid: SweepGrid,
     tasks: Sequence[Sequence[CellConfig]],
     size: int,
     cell_timeout: float | None,
     finish: Callable[[list[SweepCell]], None],
-    take: Callable[[], tuple[_Worker, bool]],
-    keep: Callable[[_Worker], None] | None = None,
 ) -> None:
-    """Run ``tasks`` on at most ``size`` worker processes, calling ``finish`` with each cell.
-
-    ``take()`` gives a worker and whether it is freshly started. A worker gets the grid,
-    imports its frameworks and (with a ``cell_timeout``) warms them up before it is given a
-    cell, and then one cell at a time. A cell's clock starts when it is sent: past
-    ``cell_timeout`` seconds without its result, the worker is killed and replaced, the cell
-    recorded as ``timeout``, and the rest of its task runs on the replacement. A worker that
-    dies makes its running cell ``lost``, and likewise the rest runs on a replacement; one
-    that dies before it is ready is not replaced, and with none left the cells not run are
-    ``lost``. At the end the live workers go to ``keep`` (or are stopped); on an exception
-    (Ctrl-C) every worker is stopped.
-    """
-    message = ("grid", pickle.dumps(grid), cell_timeout is not None)
-    queue = deque(list(t) for t in tasks if t)
-    slots: list[_Slot] = []
-    why_none = ""
-
-    def launch() -> None:
-        slot = _Slot(*take())
-        slots.append(slot)
-        with contextlib.suppress(_WorkerGone):  # found out when it is waited on
-            slot.worker.send(message)
-
-    def drop(slot: _Slot) -> None:
-        slots.remove(slot)
-        slot.worker.stop()
-        if slot.task[1:]:
-            queue.appendleft(slot.task[1:])  # not started: the next worker runs them
-        slot.task = []
-
-    def start(slot: _Slot) -> bool:
-        try:
-            slot.worker.send(("cell", slot.task[0]))
-        except _WorkerGone:
-            gone(slot)
-            return False
-        slot.deadline = None if cell_timeout is None else time.monotonic() + cell_timeout
-        return True
-
-    def gone(slot: _Slot) -> None:
-        nonlocal size, why_none
-        reason = slot.worker.reason()
-        if not slot.ready and slot.fresh:  # it could not start: not replaced
-            size -= 1
-            why_none = f"no worker process could start (the last {reason})"
-        if slot.task:
-            error = {
-                "type": "WorkerDied",
-                "message": f"the worker process running this cell died ({reason})",
-                "where": "",
-            }
-            cause = f"worker lost: WorkerDied: {error['message']}"
-            finish([_failed(grid, slot.task[0], "lost", error, cause)])
-        drop(slot)
-
-    try:
-        while queue or any(s.task for s in slots):
-            busy = sum(bool(s.task) for s in slots)
-            while len(slots) < min(size, busy + len(queue)):
-                launch()
-            if not slots:  # every worker failed to start
-                error = {"type": "WorkerDied", "message": why_none, "where": ""}
-                cause = f"worker lost: WorkerDied: {why_none}"
-                finish([_failed(grid, c, "lost", error, cause) for task in queue for c in task])
-                queue.clear()
-                break
-            for slot in list(slots):
-                if slot.ready and not slot.task and queue:
-                    slot.task = queue.popleft()
-                    start(slot)
-            deadlines = [s.deadline for s in slots if s.task and s.deadline is not None]
-            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            readable = connection_wait([s.worker.conn for s in slots], wait_s)
-            for slot in [s for s in slots if s.worker.conn in readable]:
-                try:
-                    reply = slot.worker.recv()
-                except _WorkerGone:
-                    gone(slot)
-                    continue
-                if reply[0] == "ready":
-                    slot.ready = True
-                    continue
-                _, cell, error = reply
-                config = slot.task.pop(0)
-                finish([cell if cell is not None else _errored(grid, config, error)])
-                slot.deadline = None
-                if slot.task:
-                    start(slot)
-            now = time.monotonic()
-            for slot in list(slots):
-                if slot.task and slot.deadline is not None and now >= slot.deadline:
-                    cause = f"timed out after {cell_timeout:g} s"
-                    error = {"type": "CellTimeout", "message": cause, "where": ""}
-                    finish([_failed(grid, slot.task[0], "timeout", error, cause)])
-                    drop(slot)  # killed: a new worker runs the rest
-    except BaseException:
-        for slot in slots:
-            slot.worker.stop()
-        raise
-    for slot in slots:
-        if keep is not None and slot.ready and slot.worker.alive():
-            keep(slot.worker)
-        else:
-            slot.worker.stop()
-
-
-_IDLE: list[_Worker] = []  # the workers run_cells keeps for later tasks, in this process
-_IDLE_LOCK = threading.Lock()
-
-
-def _take_worker() -> tuple[_Worker, bool]:
-    with _IDLE_LOCK:
-        while _IDLE:
-            worker = _IDLE.pop()
-            if worker.alive():
-                return worker, False
-            worker.stop()
-    return _Worker(idle_s=WORKER_IDLE_S), True
-
-
-def _keep_worker(worker: _Worker) -> None:
-    with _IDLE_LOCK:
-        _IDLE.append(worker)
-
-
-def _stop_idle_workers() -> None:
-    """Stop the workers :func:`run_cells` kept in this process (an executor of threads)."""
-    with _IDLE_LOCK:
-        workers = list(_IDLE)
-        _IDLE.clear()
-    for worker in workers:
-        worker.stop()
+    """Run ``tasks`` on at most ``size`` workers of ``pool``, calling ``finish`` with each
+    cell as it comes."""
+    pool.run(
+        _CellJob(grid, warm=cell_timeout is not None),
+        tasks,
+        size=size,
+        timeout=cell_timeout,
+        on_outcome=lambda outcome: finish([_cell_of(grid, outcome, cell_timeout)]),
+    )
 
 
 # -- the result ---------------------------------------------------------------------------------
@@ -1193,7 +970,8 @@ def _run_here(grid, todo, finish) -> None:
 
 
 def _run_local(grid, todo, workers, cell_timeout, finish) -> None:
-    _supervise(grid, chunks(todo), workers, cell_timeout, finish, lambda: (_Worker(), True))
+    with WorkerPool(env=WORKER_ENV) as pool:  # fresh workers, stopped at the end
+        _on_workers(pool, grid, chunks(todo), workers, cell_timeout, finish)
 
 
 def _run_on(executor: Executor, grid, todo, cell_timeout, finish) -> None:
@@ -1208,7 +986,7 @@ def _run_on(executor: Executor, grid, todo, cell_timeout, finish) -> None:
                 try:
                     cells = future.result()
                 except Exception as exc:  # the worker died, or the task could not be sent
-                    error = _error(exc)
+                    error = describe_error(exc)
                     cause = f"worker lost: {error['type']}: {error['message']}"
                     cells = [_failed(grid, c, "lost", error, cause) for c in task]
                 finish(cells)
@@ -1318,7 +1096,7 @@ def run_sweep(
         folder = None if store is None else store.folder
         raise SweepInterrupted(len(found), len(configs), folder) from None
     finally:
-        _stop_idle_workers()  # kept by run_cells when the executor's threads are in this process
+        _EXECUTOR_POOL.close()  # kept by run_cells when the executor's threads are in this process
     result = SweepResult(
         grid,
         tuple(found[k] for k in keys),
