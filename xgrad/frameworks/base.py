@@ -28,6 +28,7 @@ from xgrad._checks import require_finite
 from xgrad.errors import FrameworkError, InputError
 from xgrad.layers import AbstractLayer, Residual, Shape
 from xgrad.losses import Loss, get_loss
+from xgrad.optim import AbstractOptimizer, OptimizerSpec
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
 
@@ -439,6 +440,38 @@ class AbstractFramework(abc.ABC):
             input_shape: the shape of one input example, when the model does not say it.
         """
         raise FrameworkError(f"xgrad does not read {self.name} models")
+
+    # -- optimizers (training parity) --------------------------------------------------------
+
+    @classmethod
+    def claims_optimizer(cls, obj) -> bool:
+        """Whether ``obj`` is one of this framework's optimizers, or a slip this framework
+        should answer (an optimizer class or function passed uncalled); decided from class
+        and module names, without importing the framework. Claims nothing by default."""
+        return False
+
+    def read_optimizer(self, obj, *, side: str = "reference") -> AbstractOptimizer:
+        """An optimizer :meth:`claims_optimizer` claimed, ready to start on canonical-layout
+        weights (see :mod:`xgrad.optim`); the user's object is never built or stepped.
+
+        Args:
+            obj: the framework's optimizer object.
+            side: ``reference`` or ``candidate``, for messages.
+
+        Raises:
+            InputError: ``obj`` cannot be used as it is; the message says what to pass.
+        """
+        raise FrameworkError(f"xgrad does not train with {self.name} optimizers")
+
+    def native_optimizer(self, spec: OptimizerSpec) -> object:
+        """The optimizer this framework's models train with for ``spec``, in the form
+        :meth:`read_optimizer` takes, with this framework's defaults for the options the
+        spec leaves out.
+
+        Raises:
+            InputError: an option this framework's optimizer does not have.
+        """
+        raise FrameworkError(f"xgrad does not train {self.name} models")
 
     def __repr__(self) -> str:
         return f"<xgrad framework {self.name!r}>"

@@ -13,6 +13,7 @@ import importlib.util
 
 from xgrad.errors import FrameworkError, FrameworkNotInstalledError, InputError
 from xgrad.frameworks.base import AbstractFramework, AbstractModel
+from xgrad.optim import AbstractOptimizer
 
 __all__ = [
     "REGISTRY",
@@ -21,6 +22,7 @@ __all__ = [
     "known_frameworks",
     "lookup_framework",
     "read_model",
+    "read_optimizer",
 ]
 
 REGISTRY: dict[str, str] = {
@@ -119,3 +121,83 @@ def read_model(obj, *, input_shape=None) -> AbstractModel:
         if fw.claims(obj):
             return get_framework(name).read(obj, input_shape=input_shape)
     raise InputError(f"cannot read a model of type {type(obj).__name__}; pass {SUPPORTED}")
+
+
+SUPPORTED_OPTIMIZERS = (
+    "a keras.optimizers.Optimizer, an optax.GradientTransformation (or a (tx, "
+    "xgrad.training.Adam(...)) pair naming its rule), a PyTorch factory params -> "
+    "torch.optim.Optimizer, or an xgrad.training rule"
+)
+
+
+def read_optimizer(obj, *, side: str = "reference") -> AbstractOptimizer:
+    """The optimizer ``obj`` as the framework that claims it wraps it (only that one is
+    imported): a Keras optimizer, an optax transformation, a PyTorch factory, an xgrad rule.
+
+    Args:
+        obj: the user's optimizer (an :class:`~xgrad.optim.AbstractOptimizer` is returned
+            as it is).
+        side: ``reference`` or ``candidate``, for messages.
+
+    Raises:
+        InputError: no framework recognises the object, or the one that does refuses it as
+            it is (the message says what to pass).
+        FrameworkNotInstalledError: it belongs to a framework that is not installed.
+    """
+    if isinstance(obj, AbstractOptimizer):
+        return obj
+    for name in REGISTRY:
+        if _entry(name).claims_optimizer(obj):
+            return get_framework(name).read_optimizer(obj, side=side)
+    raise InputError(
+        f"the {side} optimizer must be {SUPPORTED_OPTIMIZERS}; got {type(obj).__name__} {obj!r}"
+    )
+
+
+def resolve_frameworks(
+    frameworks: str | Iterable[str | AbstractFramework] | None,
+) -> list[AbstractFramework]:
+    """Turn names and framework objects into frameworks, importing only those named.
+
+    Args:
+        frameworks: ``None`` for every installed framework; a comma-separated string; or
+            a sequence of names and :class:`~xgrad.frameworks.AbstractFramework` instances.
+
+    Raises:
+        FrameworkError: an unknown name, a non-framework object, a repeated name, or none.
+        FrameworkNotInstalledError: a named framework is not installed.
+    """
+    if frameworks is None:
+        items: list = available_frameworks()
+    elif isinstance(frameworks, str):
+        items = [f for f in (p.strip() for p in frameworks.split(",")) if f]
+    elif isinstance(frameworks, AbstractFramework):
+        items = [frameworks]
+    elif isinstance(frameworks, Iterable):
+        items = list(frameworks)
+    else:
+        raise FrameworkError(
+            f"frameworks must be names or framework objects, got {type(frameworks).__name__}"
+        )
+    out: list[AbstractFramework] = []
+    for item in items:
+        if isinstance(item, AbstractFramework):
+            out.append(item)
+        elif isinstance(item, type) and issubclass(item, AbstractFramework):
+            raise FrameworkError(
+                f"got the framework class {item.__name__}; pass an instance: {item.__name__}()"
+            )
+        elif isinstance(item, str):
+            out.append(get_framework(item))
+        else:
+            raise FrameworkError(
+                f"a framework is a name or an AbstractFramework instance, got "
+                f"{type(item).__name__} {item!r}"
+            )
+    if not out:
+        raise FrameworkError("no framework to compare; name at least one, e.g. 'numpy,jax'")
+    names = [fw.name for fw in out]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FrameworkError(f"framework {repeated[0]!r} is named more than once in {names}")
+    return out

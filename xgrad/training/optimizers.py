@@ -1,4 +1,6 @@
-"""Each side's optimizer, in its own framework, behind one small interface.
+"""Each side's optimizer, in its own framework, behind one small interface
+(:mod:`xgrad.optim`); the framework that claims an optimizer wraps it
+(:func:`xgrad.frameworks.registry.read_optimizer`).
 
 An optimizer given to :func:`xgrad.compare_training` is one of:
 
@@ -22,17 +24,8 @@ framework is imported here.
 
 from __future__ import annotations
 
-import importlib
-
-from xgrad.errors import InputError
-from xgrad.frameworks.base import is_from
-from xgrad.optim import (
-    AbstractOptimizer,
-    AbstractRun,
-    NumpyOptimizer,
-    OptimizerSpec,
-    Rule,
-)
+from xgrad.frameworks.registry import get_framework, read_optimizer
+from xgrad.optim import AbstractOptimizer, AbstractRun, NumpyOptimizer, OptimizerSpec
 
 __all__ = [
     "AbstractOptimizer",
@@ -43,33 +36,10 @@ __all__ = [
     "optimizer_for",
 ]
 
-MODULES = {
-    "tensorflow": "xgrad.frameworks.tensorflow.optim",
-    "jax": "xgrad.frameworks.jax.optim",
-    "flax": "xgrad.frameworks.jax.optim",
-    "torch": "xgrad.frameworks.torch.optim",
-}
-"""Model framework -> the module holding its optimizers (Flax trains with optax)."""
-
-KINDS = (
-    "a keras.optimizers.Optimizer, an optax.GradientTransformation (or a (tx, "
-    "xgrad.training.Adam(...)) pair naming its rule), a PyTorch factory params -> "
-    "torch.optim.Optimizer, or an xgrad.training rule"
-)
-
-
-# -- recognising an optimizer ------------------------------------------------------------
-
-
-def _module(framework: str):
-    from xgrad.frameworks.registry import get_framework
-
-    get_framework(framework)  # installed? (the message names the pip extra)
-    return importlib.import_module(MODULES[framework])
-
 
 def as_optimizer(obj, side: str) -> AbstractOptimizer:
-    """The optimizer ``obj`` of one side (see the module docstring for what it may be).
+    """The optimizer ``obj`` of one side (see the module docstring for what it may be), as
+    the framework that claims it wraps it.
 
     Args:
         obj: the user's optimizer.
@@ -77,53 +47,9 @@ def as_optimizer(obj, side: str) -> AbstractOptimizer:
 
     Raises:
         InputError: ``obj`` is none of the accepted kinds; the message says what it is.
+        FrameworkNotInstalledError: its framework is not installed.
     """
-    if isinstance(obj, AbstractOptimizer):
-        return obj
-    if isinstance(obj, Rule):
-        return NumpyOptimizer(obj)
-    if is_from(obj, "keras"):
-        return _module("tensorflow").KerasOptimizer(obj)
-    if is_from(obj, "optax"):
-        return _module("jax").OptaxOptimizer(obj)
-    if isinstance(obj, tuple) and len(obj) == 2 and is_from(obj[0], "optax"):
-        if not isinstance(obj[1], Rule):
-            raise InputError(
-                f"the {side} optimizer is an (optax transformation, {type(obj[1]).__name__}) "
-                "pair; the second item names the rule: an xgrad.training.Adam, AdamW, SGD or "
-                "RMSprop with the transformation's hyperparameters"
-            )
-        return _module("jax").OptaxOptimizer(obj[0], rule=obj[1])
-    if is_from(obj, "torch"):
-        if any(c.__name__ == "Optimizer" for c in type(obj).__mro__):
-            raise InputError(
-                f"the {side} optimizer is a torch.optim.{type(obj).__name__} built on other "
-                "parameters; pass a factory instead, e.g. lambda params: "
-                f"torch.optim.{type(obj).__name__}(params, lr=...)"
-            )
-    uncalled = _uncalled(obj)
-    if uncalled:
-        raise InputError(f"the {side} optimizer is {uncalled}")
-    if (callable(obj) and not isinstance(obj, type | tuple)) or _is_torch_class(obj):
-        return _module("torch").TorchOptimizer(obj)  # a factory params -> torch optimizer
-    raise InputError(f"the {side} optimizer must be {KINDS}; got {type(obj).__name__} {obj!r}")
-
-
-def _uncalled(obj) -> str | None:
-    """What is wrong with an optax function or Keras optimizer class passed uncalled."""
-    module = getattr(obj, "__module__", None) or ""
-    name = getattr(obj, "__name__", "")
-    if module.split(".")[0] == "optax" and callable(obj) and not isinstance(obj, type):
-        return f"the function optax.{name}, not a transformation: call it, e.g. optax.{name}(1e-3)"
-    if module.split(".")[0] == "keras" and isinstance(obj, type):
-        return f"the class keras.optimizers.{name}, not an optimizer: call it, e.g. {name}()"
-    return None
-
-
-def _is_torch_class(obj) -> bool:
-    return isinstance(obj, type) and any(
-        c.__module__.startswith("torch.optim") for c in obj.__mro__
-    )
+    return read_optimizer(obj, side=side)
 
 
 def optimizer_for(framework: str, spec: OptimizerSpec):
@@ -134,11 +60,6 @@ def optimizer_for(framework: str, spec: OptimizerSpec):
 
     Raises:
         InputError: an option the framework's optimizer does not have.
+        FrameworkError: an unknown framework, or one that does not train.
     """
-    if framework == "numpy":
-        return spec.rule()
-    if framework not in MODULES:
-        raise InputError(
-            f"no optimizer for framework {framework!r}; known: numpy, {', '.join(MODULES)}"
-        )
-    return _module(framework).from_spec(spec)
+    return get_framework(framework).native_optimizer(spec)

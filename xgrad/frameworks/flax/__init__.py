@@ -55,5 +55,13 @@ class FlaxFramework(AbstractFramework):
             return linen_model(obj[0], obj[1], input_shape=input_shape)
         return nnx_model(obj, input_shape=input_shape)
 
+    def native_optimizer(self, spec):
+        """Flax models train with optax: as :meth:`JaxFramework.native_optimizer
+        <xgrad.frameworks.jax.JaxFramework.native_optimizer>` (optax objects are claimed and
+        read by the JAX framework)."""
+        from xgrad.frameworks.jax.optim import from_spec
+
+        return from_spec(spec)
+
 
 FRAMEWORK = FlaxFramework()

@@ -165,5 +165,22 @@ class NumpyFramework(AbstractFramework):
         dtype = "float32" if dtypes <= {np.dtype(np.float32)} else "float64"
         return NumpyModel(spec, check_params(spec, raw), dtype)
 
+    @classmethod
+    def claims_optimizer(cls, obj) -> bool:
+        """An xgrad rule (``xgrad.training.Adam(1e-3)``): xgrad's NumPy optimizer."""
+        from xgrad.optim import Rule
+
+        return isinstance(obj, Rule)
+
+    def read_optimizer(self, obj, *, side: str = "reference"):
+        """The rule as xgrad's NumPy optimizer, computing in the model's dtype."""
+        from xgrad.optim import NumpyOptimizer
+
+        return NumpyOptimizer(obj)
+
+    def native_optimizer(self, spec):
+        """xgrad's rule for ``spec`` (optax's defaults; learning rate 1e-3 when not given)."""
+        return spec.rule()
+
 
 FRAMEWORK = NumpyFramework()

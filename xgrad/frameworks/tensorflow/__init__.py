@@ -9,6 +9,7 @@ Importing this package imports neither TensorFlow nor Keras; they are imported (
 
 from __future__ import annotations
 
+from xgrad.errors import InputError
 from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework, AbstractModel, is_from
 from xgrad.frameworks.tensorflow.files import load_keras_file
 from xgrad.layers import Shape
@@ -49,6 +50,37 @@ class TensorflowFramework(AbstractFramework):
         from xgrad.frameworks.tensorflow.reader import read_keras_model
 
         return read_keras_model(obj, input_shape=input_shape)
+
+    @classmethod
+    def claims_optimizer(cls, obj) -> bool:
+        """A ``keras.optimizers.Optimizer``, or a Keras class passed uncalled."""
+        return is_from(obj, "keras") or cls._keras_class(obj)
+
+    @staticmethod
+    def _keras_class(obj) -> bool:
+        module = getattr(obj, "__module__", None) or ""
+        return isinstance(obj, type) and module.split(".")[0] == "keras"
+
+    def read_optimizer(self, obj, *, side: str = "reference"):
+        """A :class:`~xgrad.frameworks.tensorflow.optim.KerasOptimizer` (imports Keras).
+
+        Raises:
+            InputError: a class passed uncalled, or an object that is not an optimizer.
+        """
+        if self._keras_class(obj):
+            raise InputError(
+                f"the {side} optimizer is the class keras.optimizers.{obj.__name__}, not an "
+                f"optimizer: call it, e.g. {obj.__name__}()"
+            )
+        from xgrad.frameworks.tensorflow.optim import KerasOptimizer
+
+        return KerasOptimizer(obj)
+
+    def native_optimizer(self, spec):
+        """The ``keras.optimizers`` optimizer for ``spec``, Keras' defaults."""
+        from xgrad.frameworks.tensorflow.optim import from_spec
+
+        return from_spec(spec)
 
 
 FRAMEWORK = TensorflowFramework()

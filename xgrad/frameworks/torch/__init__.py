@@ -13,7 +13,8 @@ Importing this package imports no framework; torch is imported when a model is b
 
 from __future__ import annotations
 
-from xgrad.frameworks.base import AbstractFramework, AbstractModel
+from xgrad.errors import InputError
+from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
 from xgrad.frameworks.torch.files import load_state_dict, save_state_dict
 from xgrad.layers import Shape
 from xgrad.params import Params
@@ -78,6 +79,46 @@ class TorchFramework(AbstractFramework):
         from xgrad.frameworks.torch.reader import read_module
 
         return read_module(obj, input_shape=input_shape)
+
+    @classmethod
+    def claims_optimizer(cls, obj) -> bool:
+        """A factory ``params -> torch.optim.Optimizer``: one of ``torch.optim``'s classes,
+        or any other callable that is not a class or a tuple, nor a Keras or optax object or
+        function (which their frameworks claim); and a torch optimizer built already, to
+        refuse it with the fix."""
+        if isinstance(obj, type):
+            return any(c.__module__.startswith("torch.optim") for c in obj.__mro__)
+        if cls._built_optimizer(obj):
+            return True
+        module = (getattr(obj, "__module__", None) or "").split(".")[0]
+        foreign = module in ("keras", "optax") or is_from(obj, "keras") or is_from(obj, "optax")
+        return callable(obj) and not isinstance(obj, tuple) and not foreign
+
+    @staticmethod
+    def _built_optimizer(obj) -> bool:
+        return is_from(obj, "torch") and any(c.__name__ == "Optimizer" for c in type(obj).__mro__)
+
+    def read_optimizer(self, obj, *, side: str = "reference"):
+        """A :class:`~xgrad.frameworks.torch.optim.TorchOptimizer` (imports torch).
+
+        Raises:
+            InputError: an optimizer built already on other parameters.
+        """
+        if self._built_optimizer(obj):
+            raise InputError(
+                f"the {side} optimizer is a torch.optim.{type(obj).__name__} built on other "
+                "parameters; pass a factory instead, e.g. lambda params: "
+                f"torch.optim.{type(obj).__name__}(params, lr=...)"
+            )
+        from xgrad.frameworks.torch.optim import TorchOptimizer
+
+        return TorchOptimizer(obj)
+
+    def native_optimizer(self, spec):
+        """A factory ``params -> torch.optim.Optimizer`` for ``spec``, PyTorch's defaults."""
+        from xgrad.frameworks.torch.optim import from_spec
+
+        return from_spec(spec)
 
 
 FRAMEWORK = TorchFramework()
