@@ -9,6 +9,7 @@ import pytest
 from conftest import INSTALLED, rel_norm
 
 import xgrad
+from xgrad.frameworks.kinds import TRANSPOSED
 
 pytestmark = pytest.mark.skipif("jax" not in INSTALLED, reason="jax is not installed")
 
@@ -78,7 +79,8 @@ def test_the_jax_tutorial_mlp_out_in_weights_under_vmap():
         ("layers.3", "activation"),
     ]
     assert model.spec().describe() == "6 -> 8:relu -> 8:relu -> 3:linear -> log_softmax"
-    assert all(i.transposed == frozenset({"kernel"}) for i in model.walk() if i.kind == "dense")
+    # each kernel is read stored (out, in): its layout is stated, the bias has none
+    assert all(i.layouts == {"kernel": TRANSPOSED} for i in model.walk() if i.kind == "dense")
     assert model.native_names()["layers.0.kernel"] == "0/0"
     # canonical layout: (in, out), the transpose of the user's (out, in)
     np.testing.assert_array_equal(model.weights()["layers.0.kernel"], np.asarray(params[0][0]).T)
@@ -113,6 +115,13 @@ def test_einsum_transposed_kernels_a_hand_written_layer_norm_and_a_residual():
     names = model.native_names()
     assert (names["layers.1.scale"], names["layers.1.bias"]) == ("gamma", "beta")
     assert names["layers.3.layers.0.kernel"] == "w2"
+    layouts = {i.path: i.layouts for i in model.walk() if i.kind == "dense"}
+    # einsum "oi" and h @ W.T store (out, in); h @ W stores the canonical (in, out)
+    assert layouts == {
+        "layers.0": {"kernel": TRANSPOSED},
+        "layers.3.layers.0": {"kernel": TRANSPOSED},
+        "layers.4": {},
+    }
     _agrees(model, RNG.normal(size=(4, 6)), tol=1e-12)
 
 

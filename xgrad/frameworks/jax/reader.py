@@ -24,6 +24,7 @@ from xgrad.errors import AlignmentError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
 from xgrad.frameworks.jax import jaxpr
 from xgrad.frameworks.jax.ops import jax_loss, key_path_parts, x64
+from xgrad.frameworks.kinds import TRANSPOSED, Layout, to_canonical, to_native
 from xgrad.identify import fit_activation, fit_norm
 from xgrad.layers import Activation, Dense, Flatten, Residual
 from xgrad.losses import Loss
@@ -229,7 +230,7 @@ class JaxFunctionModel(AbstractModel):
         arrays = [_to64(leaf) for leaf in (*self._p_leaves, *self._s_leaves)]
         dtype = self._param_dtype if self._param_dtype in ("float32", "float64") else "bfloat16"
         n_p = len(self._p_leaves)
-        roles: dict[str, tuple[int, bool]] = {}
+        roles: dict[str, tuple[int, Layout | None]] = {}
 
         def info(layer, path, in_shape) -> LayerInfo:
             if layer.kind == "residual":
@@ -247,7 +248,7 @@ class JaxFunctionModel(AbstractModel):
                     output_shape=in_shape,
                     children=tuple(children),
                 )
-            config, kind, out_shape, note, transposed = _configure(
+            config, kind, out_shape, note, layouts = _configure(
                 layer, arrays, values, in_shape, dtype
             )
             natives = [self._names[leaf] for leaf in layer.leaves.values() if leaf < n_p]
@@ -263,7 +264,7 @@ class JaxFunctionModel(AbstractModel):
                 config = _hinted(config, self._hints(name), layer)
             params, state = {}, {}
             for role, leaf in layer.leaves.items():
-                roles[f"{path}.{role}"] = (leaf, role == "kernel" and layer.transposed)
+                roles[f"{path}.{role}"] = (leaf, layouts.get(role))
                 (params if leaf < n_p else state)[role] = self._names[leaf]
             return LayerInfo(
                 path=path,
@@ -272,7 +273,7 @@ class JaxFunctionModel(AbstractModel):
                 layer=config,
                 params=params,
                 state=state,
-                transposed=transposed,
+                layouts=layouts,
                 input_shape=in_shape,
                 output_shape=out_shape,
                 note=note,
@@ -313,19 +314,20 @@ class JaxFunctionModel(AbstractModel):
             return {n: n for n in self._names}
         return super().native_names()
 
-    def _leaf_index(self) -> dict[str, tuple[int, bool]]:
+    def _leaf_index(self) -> dict[str, tuple[int, Layout | None]]:
+        """Canonical name -> (leaf index, the layout the leaf stores it in)."""
         if self.structure_error:
-            return {n: (i, False) for i, n in enumerate(self._names)}
+            return {n: (i, None) for i, n in enumerate(self._names)}
         return self._roles
 
     def weights(self) -> Params:
         leaves = [*self._p_leaves, *self._s_leaves]
         out = {}
-        for name, (leaf, transposed) in self._leaf_index().items():
+        for name, (leaf, layout) in self._leaf_index().items():
             arr = np.array(leaves[leaf])
             if not self.structure_error and arr.ndim > 1 and not name.endswith(".kernel"):
                 arr = arr.reshape(-1)
-            out[name] = arr.T.copy() if transposed else arr
+            out[name] = np.ascontiguousarray(to_canonical(arr, layout))
         return out
 
     def with_weights(self, weights: Mapping[str, np.ndarray]) -> JaxFunctionModel:
@@ -338,9 +340,8 @@ class JaxFunctionModel(AbstractModel):
             )
         with x64(self._param_dtype):
             for name, value in weights.items():
-                leaf, transposed = index[name]
-                arr = np.asarray(value)
-                arr = arr.T if transposed else arr
+                leaf, layout = index[name]
+                arr = to_native(np.asarray(value), layout)
                 old = leaves[leaf]
                 leaves[leaf] = jnp.asarray(arr.reshape(np.shape(old)), dtype=old.dtype)
         n_p = len(self._p_leaves)
@@ -415,10 +416,9 @@ class JaxFunctionModel(AbstractModel):
                 p_new = jax.tree_util.tree_leaves(new_state)
         params, state = {}, {}
         names = set(self.param_names)
-        for name, (leaf, transposed) in self._leaf_index().items():
+        for name, (leaf, layout) in self._leaf_index().items():
             if leaf < len(grad_leaves) and name in names:
-                g = np.asarray(grad_leaves[leaf])
-                g = g.T if transposed else g
+                g = to_canonical(np.asarray(grad_leaves[leaf]), layout)
                 params[name] = (
                     g
                     if g.ndim < 2 or name.endswith(".kernel") or self.structure_error
@@ -533,19 +533,20 @@ def _to64(leaf):
 
 
 def _configure(layer, arrays, values, in_shape, dtype):
-    """``(config or None, kind, output shape, note, transposed locals)`` of a read layer."""
-    transposed = frozenset()
+    """``(config or None, kind, output shape, note, layouts)`` of a read layer; ``layouts``:
+    local name -> the layout its leaf stores it in (a kernel read ``(out, in)``:
+    :data:`~xgrad.frameworks.kinds.TRANSPOSED`), for those not stored canonically."""
+    layouts: dict[str, Layout] = {}
     note = None
     if layer.kind == "dense":
-        k = arrays[layer.leaves["kernel"]]
-        kernel = k.T if layer.transposed else k
         if layer.transposed:
-            transposed = frozenset({"kernel"})
+            layouts["kernel"] = TRANSPOSED
+        kernel = to_canonical(arrays[layer.leaves["kernel"]], layouts.get("kernel"))
         z, a = values[layer.pre], values[layer.end]
         act = "linear" if layer.end == layer.pre else fit_activation(z, a, dtype)[0]
         use_bias = "bias" in layer.leaves
         config = None if act is None else Dense(kernel.shape[1], act, use_bias=use_bias)
-        return config, "dense", (kernel.shape[1],), note, transposed
+        return config, "dense", (kernel.shape[1],), note, layouts
     if layer.kind == "norm":
         local = {role: arrays[leaf].reshape(-1) for role, leaf in layer.leaves.items()}
         config, _ = fit_norm(
@@ -567,11 +568,11 @@ def _configure(layer, arrays, values, in_shape, dtype):
                 "BatchNorm in training mode (batch statistics): call model.eval() (NNX) or "
                 "use_running_average=True (Linen) to compare in inference mode"
             )
-        return config, kind, in_shape, note, transposed
+        return config, kind, in_shape, note, layouts
     if layer.kind in ("activation", "reduce"):
         name = fit_activation(values[layer.start], values[layer.end], dtype)[0]
         if name is not None:
-            return Activation(name), "activation", in_shape, note, transposed
+            return Activation(name), "activation", in_shape, note, layouts
         if layer.kind == "reduce":  # a normalisation without scale or shift
             norm, _ = fit_norm(
                 values[layer.start],
@@ -582,19 +583,19 @@ def _configure(layer, arrays, values, in_shape, dtype):
                 training=layer.batch_stats,
             )
             if norm is not None:
-                return norm, norm.kind, in_shape, note, transposed
+                return norm, norm.kind, in_shape, note, layouts
         note = (
             "computes a function none of xgrad's activations reproduces on a probe batch "
             "(its values are still compared; diagnosis cannot name a cause inside it)"
         )
-        return None, "activation", in_shape, note, transposed
+        return None, "activation", in_shape, note, layouts
     if layer.kind == "dropout":
         note = (
             "dropout in training mode (random masks): call model.eval() (NNX) or pass "
             "deterministic=True (Linen)"
         )
-        return None, "dropout", in_shape, note, transposed
-    return Flatten(), "flatten", (int(np.prod(in_shape)),), note, transposed
+        return None, "dropout", in_shape, note, layouts
+    return Flatten(), "flatten", (int(np.prod(in_shape)),), note, layouts
 
 
 def _hinted(config, hint: dict, layer):
