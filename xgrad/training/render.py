@@ -1,16 +1,22 @@
-"""The TrainingReport rendered: a rich table (one row per step), plain text, Markdown, PNG."""
+"""The TrainingReport rendered: a rich table (one row per step), plain text, Markdown, PNG.
+
+Functions of the report; :mod:`xgrad.training.report` imports them (this module imports the
+report only for type hints)."""
 
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xgrad._io import atomic_write
 from xgrad.report.format import fmt
 from xgrad.report.plot import png_figure
 from xgrad.report.text import styled
-from xgrad.training.report import Step, TrainingReport
+
+if TYPE_CHECKING:
+    from xgrad.training.report import Step, TrainingReport
 
 __all__ = ["plot", "print_report", "step_table", "to_markdown", "to_text"]
 

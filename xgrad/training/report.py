@@ -1,21 +1,23 @@
 """The TrainingReport: two optimizer runs step by step, as plain data, and its JSON form.
 
-Renderings live beside it in :mod:`xgrad.training.render` (rich table, Markdown, PNG).
-Schema: ``xgrad.training/1`` (see ``docs/training.md``).
+It implements the report protocol (:class:`xgrad.report.base.AbstractReport`: verdict, data,
+renderings; files written once, atomically, by the base). Renderings are functions in
+:mod:`xgrad.training.render` (rich table, plain text, Markdown, PNG) that take the report;
+this module imports them, never the other way round. Schema: ``xgrad.training/1`` (see
+``docs/training.md``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xgrad._io import atomic_write
-from xgrad.errors import GradientMismatchError
 from xgrad.metrics import json_float
+from xgrad.report.base import AbstractReport
+from xgrad.training import render
 
 if TYPE_CHECKING:
     from xgrad.report import Report
@@ -268,7 +270,7 @@ class PrecisionNote:
 
 
 @dataclass(frozen=True)
-class TrainingReport:
+class TrainingReport(AbstractReport):
     """The result of :func:`xgrad.compare_training`.
 
     Attributes:
@@ -377,12 +379,6 @@ class TrainingReport:
                 )
         return "\n".join(lines)
 
-    def raise_for_mismatch(self) -> None:
-        """Raise :class:`~xgrad.GradientMismatchError` unless :attr:`ok`."""
-        __tracebackhide__ = True
-        if not self.ok:
-            raise GradientMismatchError(self.mismatch_message())
-
     # -- JSON ------------------------------------------------------------------------------
 
     def to_dict(self, *, timing: bool = True) -> dict:
@@ -414,47 +410,27 @@ class TrainingReport:
             out["timing"] = {"seconds": dict(self.timing)}
         return out
 
-    def to_json(self, path: str | os.PathLike | None = None, *, timing: bool = True) -> str:
-        """The report as JSON text; also written to ``path`` (atomically) when given."""
-        text = json.dumps(self.to_dict(timing=timing), indent=2, allow_nan=False) + "\n"
-        if path is not None:
-            atomic_write(path, lambda f: f.write(text), binary=False)
-        return text
-
     # -- renderings ------------------------------------------------------------------------
 
     def table(self):
         """A ``rich.table.Table``: one row per step (see :mod:`xgrad.training.render`)."""
-        from xgrad.training.render import step_table
-
-        return step_table(self)
+        return render.step_table(self)
 
     def print(self, console=None) -> None:
         """Print the step table, divergence, diagnoses, notes and verdict."""
-        from xgrad.training.render import print_report
-
-        print_report(self, console)
+        render.print_report(self, console)
 
     def to_text(self, *, width: int = 140) -> str:
         """Everything :meth:`print` shows, as plain text."""
-        from xgrad.training.render import to_text
+        return render.to_text(self, width=width)
 
-        return to_text(self, width=width)
-
-    def to_markdown(self, path: str | os.PathLike | None = None) -> str:
-        """The report as Markdown; also written to ``path`` (atomically) if given."""
-        from xgrad.training.render import to_markdown
-
-        text = to_markdown(self)
-        if path is not None:
-            atomic_write(path, lambda f: f.write(text), binary=False)
-        return text
+    def markdown(self) -> str:
+        """The report as Markdown text (:meth:`to_markdown` also writes it to a file)."""
+        return render.to_markdown(self)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Write a PNG: each weight's difference per step, log scale, with the tolerance."""
-        from xgrad.training.render import plot
-
-        return plot(self, path)
+        return render.plot(self, path)
 
 
 def _num(value: float | None) -> str:
