@@ -37,6 +37,12 @@ class JaxFramework(AbstractFramework):
 
         return JaxSpecModel(spec, params, dtype)
 
+    def kinds(self):
+        """The layer kinds jax builds: :data:`xgrad.frameworks.jax.kinds.KINDS` (imports JAX)."""
+        from xgrad.frameworks.jax.kinds import KINDS
+
+        return KINDS
+
     def native_weights(self, model: AbstractModel):
         """The params pytree of the ``(apply_fn, params)`` pair."""
         return model.native[1]

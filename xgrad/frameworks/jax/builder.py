@@ -1,5 +1,8 @@
 """A spec as a pure ``jax.numpy`` function, differentiated by ``jax.value_and_grad`` / ``jax.vjp``.
 
+Each layer is the pure function its kind's entry in :data:`~xgrad.frameworks.jax.kinds.KINDS`
+gives; this module runs them in order and adds per-layer capture.
+
 Native weights are a pytree with one dict per layer, in the layout a user writes by hand::
 
     [{"kernel": (in, out), "bias": (out,)},          # Dense
@@ -24,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgrad.frameworks.base import AbstractModel, Gradients, as_numpy_dtype
-from xgrad.frameworks.jax.ops import jax_layer, jax_loss, x64
-from xgrad.frameworks.numpy import spec_layers
+from xgrad.frameworks.base import AbstractModel, Gradients, as_numpy_dtype, spec_layers
+from xgrad.frameworks.jax.kinds import KINDS
+from xgrad.frameworks.jax.ops import jax_loss, x64
 from xgrad.losses import Loss
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
@@ -77,15 +80,19 @@ def _flatten(layers, native, prefix: str = "layers") -> dict[str, object]:
 
 
 def _run(layers, native, x, eps, values, state, prefix="layers"):
+    """Run ``layers`` (their weights ``native``) on ``x``, each as its kind's entry in
+    :data:`~xgrad.frameworks.jax.kinds.KINDS` computes it; with ``eps`` (path -> array),
+    ``eps[path]`` is added to each layer's output and the result recorded in ``values``. New
+    state goes into ``state`` by canonical name."""
+
+    def block(path, children):
+        return lambda w, xx: _run(children, w, xx, eps, values, state, f"{path}.layers")
+
     a = x
     for i, (layer, entry) in enumerate(zip(layers, native, strict=True)):
         path = f"{prefix}.{i}"
-        if layer.children:
-            inner = _run(layer.children, entry["layers"], a, eps, values, state, f"{path}.layers")
-            a = a + inner
-        else:
-            a, new = jax_layer(layer, path)(entry, a)
-            state.update({f"{path}.{k}": v for k, v in new.items()})
+        a, new = KINDS[layer.kind].forward(layer, path, block(path, layer.children))(entry, a)
+        state.update({f"{path}.{k}": v for k, v in new.items()})
         if eps is not None:
             a = a + eps[path]
             values[path] = a
@@ -145,6 +152,7 @@ class JaxSpecModel(AbstractModel):
     framework = "jax"
 
     def __init__(self, spec: MLP, weights: Params, dtype: str) -> None:
+        KINDS.check(spec)
         self._spec = spec
         self.dtype = dtype
         self.description = f"jax function of xgrad.MLP {spec.describe()}"

@@ -1,4 +1,5 @@
-"""xgrad's activations, losses and layers in ``jax.numpy``, shared by the JAX and Flax packages.
+"""xgrad's activations and losses in ``jax.numpy``, shared by the JAX and Flax packages (the
+layers are in :mod:`~xgrad.frameworks.jax.kinds`).
 
 Library functions (``jax.nn``) are used wherever their value *and* their derivative at the
 kinks are xgrad's definition (:mod:`xgrad.activations`). Two are not, and are written here:
@@ -18,23 +19,12 @@ from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from xgrad.activations import SELU_ALPHA, SELU_SCALE
 from xgrad.activations import Activation as ActivationFunction
-from xgrad.layers import (
-    AbstractLayer,
-    Activation,
-    BatchNorm,
-    Dense,
-    Dropout,
-    Flatten,
-    LayerNorm,
-    RMSNorm,
-)
 from xgrad.losses import EPSILON, Loss
 
-__all__ = ["jax_activation", "jax_layer", "jax_loss", "key_path_parts", "x64"]
+__all__ = ["jax_activation", "jax_loss", "key_path_parts", "x64"]
 
 
 @contextlib.contextmanager
@@ -113,68 +103,6 @@ _LOSSES: dict[str, Callable] = {
 def jax_loss(loss: Loss) -> Callable:
     """The ``jax.numpy`` function ``(out, y) -> scalar`` for a :class:`~xgrad.losses.Loss`."""
     return _LOSSES[loss.name]
-
-
-def jax_layer(layer: AbstractLayer, path: str) -> Callable:
-    """``(weights, x) -> (output, new_state)`` for an xgrad layer in ``jax.numpy``, where
-    ``weights`` holds the layer's local names (kernel, bias, scale, mean, var).
-
-    Written from the layer's definition (:mod:`xgrad.layers`), as pure JAX code: the model a
-    user would write by hand. Residual blocks are handled by the caller.
-    """
-    if isinstance(layer, Dense):
-        act = jax_activation(layer.act)
-
-        def dense(w, x):
-            z = x @ w["kernel"]
-            return act(z + w["bias"] if layer.use_bias else z), {}
-
-        return dense
-    if isinstance(layer, Activation):
-        act = jax_activation(layer.act)
-        return lambda w, x: (act(x), {})
-    if isinstance(layer, LayerNorm | RMSNorm):
-
-        def norm(w, x):
-            if isinstance(layer, LayerNorm):
-                x = x - jnp.mean(x, axis=-1, keepdims=True)
-            ms = jnp.mean(x * x, axis=-1, keepdims=True)
-            y = x * jax.lax.rsqrt(ms + jnp.asarray(layer.epsilon, x.dtype))
-            y = y * w["scale"] if "scale" in w else y
-            return (y + w["bias"] if "bias" in w else y), {}
-
-        return norm
-    if isinstance(layer, BatchNorm):
-
-        def batchnorm(w, x):
-            eps = jnp.asarray(layer.epsilon, x.dtype)
-            state = {}
-            if layer.training:
-                mean = jnp.mean(x, axis=0)
-                var = jnp.mean(jnp.square(x - mean), axis=0)
-                m = jnp.asarray(layer.momentum, x.dtype)
-                state = {
-                    "mean": m * w["mean"] + (1 - m) * mean,
-                    "var": m * w["var"] + (1 - m) * var,
-                }
-            else:
-                mean, var = w["mean"], w["var"]
-            y = (x - mean) * jax.lax.rsqrt(var + eps)
-            y = y * w["scale"] if "scale" in w else y
-            return (y + w["bias"] if "bias" in w else y), state
-
-        return batchnorm
-    if isinstance(layer, Dropout):
-
-        def dropout(w, x):
-            if not layer.active:
-                return x, {}
-            return x * jnp.asarray(layer.scaled_mask(path, x.shape, np.dtype(x.dtype))), {}
-
-        return dropout
-    if isinstance(layer, Flatten):
-        return lambda w, x: (x.reshape(x.shape[0], -1), {})
-    raise TypeError(f"no JAX form for layer kind {layer.kind!r}")
 
 
 def key_path_parts(path) -> list[str]:
