@@ -7,18 +7,21 @@ make models written differently comparable: ``Dense(8, "relu")`` in Keras and
 
 :func:`align` pairs the units of two models (in call order, or by an explicit mapping) and
 gives the renaming of weights from one model's canonical names to the other's. Both
-models' weights are in canonical layout already (each reader transposes), so pairing needs
-no transposes; a parameter mapping between models whose layers cannot be read says which
-arrays are transposed by their shapes.
+models' weights are in canonical layout already (each reader permutes them), so pairing
+needs no permutation; a parameter mapping between models whose layers cannot be read says
+which arrays are stored in another axis order (:data:`~xgrad.frameworks.kinds.Layout`) by
+their shapes.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from xgrad.errors import AlignmentError, InputError
 from xgrad.frameworks.base import AbstractModel, LayerInfo
+from xgrad.frameworks.kinds import TRANSPOSED, Layout, to_canonical, to_native
 
 __all__ = ["Alignment", "Unit", "align", "identity_alignment", "units"]
 
@@ -91,32 +94,37 @@ class Alignment:
             block's layers before the block); empty when per-layer localisation is
             unavailable.
         names: reference canonical weight name -> candidate canonical weight name.
-        transposed: reference names whose candidate array is the transpose (parameter
-            mappings between models whose layers cannot be read).
+        layouts: reference name -> the layout of the candidate's array relative to the
+            reference's (``cand = np.transpose(ref, layout)``), for the arrays paired in
+            another axis order (parameter mappings between models whose layers cannot be
+            read); the others pair as they are.
         note: why per-layer localisation is unavailable, or ``None``.
     """
 
     pairs: tuple[tuple[Unit, Unit], ...]
     names: dict[str, str]
-    transposed: frozenset[str] = frozenset()
+    layouts: dict[str, Layout] = field(default_factory=dict)
     note: str | None = None
 
+    @property
+    def transposed(self) -> frozenset[str]:
+        """Reference names whose candidate array is the 2-D transpose."""
+        return frozenset(k for k, layout in self.layouts.items() if tuple(layout) == TRANSPOSED)
+
     def to_candidate(self, weights: Mapping) -> dict:
-        """Reference-named arrays renamed (and transposed) for the candidate."""
+        """Reference-named arrays renamed (and permuted) for the candidate."""
         out = {}
         for ref_name, cand_name in self.names.items():
             if ref_name in weights:
-                value = weights[ref_name]
-                out[cand_name] = value.T if ref_name in self.transposed else value
+                out[cand_name] = to_native(weights[ref_name], self.layouts.get(ref_name))
         return out
 
     def to_reference(self, arrays: Mapping) -> dict:
-        """Candidate-named arrays renamed (and transposed) to the reference's names."""
+        """Candidate-named arrays renamed (and permuted) to the reference's names."""
         out = {}
         for ref_name, cand_name in self.names.items():
             if cand_name in arrays:
-                value = arrays[cand_name]
-                out[ref_name] = value.T if ref_name in self.transposed else value
+                out[ref_name] = to_canonical(arrays[cand_name], self.layouts.get(ref_name))
         return out
 
 
@@ -300,11 +308,36 @@ def _layer_mapping(ref_tree, cand_tree, mapping) -> list[tuple[Unit, Unit]]:
     return sorted(pairs, key=lambda rc: order[rc[0].path])
 
 
+def _layout_between(rs: tuple, cs: tuple, r: str, c: str) -> Layout:
+    """The axis order taking a reference array of shape ``rs`` to the candidate's ``cs``: the
+    reversal of the axes when it fits (a transposed kernel), else the one permutation that
+    does.
+
+    Raises:
+        AlignmentError: no permutation fits, or several do (equal axis lengths).
+    """
+    reversal = tuple(range(len(rs)))[::-1]
+    if len(rs) == len(cs) and tuple(rs[i] for i in reversal) == tuple(cs):
+        return reversal
+    fits = [p for p in itertools.permutations(range(len(rs))) if tuple(rs[i] for i in p) == cs]
+    if len(fits) == 1:
+        return tuple(fits[0])
+    why = (
+        "no axis order of the one gives the other"
+        if not fits
+        else (f"{len(fits)} axis orders give it ({', '.join(map(str, fits[:3]))}, ...)")
+    )
+    raise AlignmentError(
+        f"mapping pairs reference {r!r} of shape {rs} with candidate {c!r} of shape {cs}; "
+        f"the shapes must be equal or one a permutation of the other, and {why}"
+    )
+
+
 def _param_mapping(ref: AbstractModel, cand: AbstractModel, mapping) -> Alignment:
     ref_native = {v: k for k, v in ref.native_names().items()}
     cand_native = {v: k for k, v in cand.native_names().items()}
     ref_weights, cand_weights = ref.weights(), cand.weights()
-    names, transposed = {}, set()
+    names, layouts = {}, {}
     for r, c in mapping.items():
         if r not in ref_native:
             raise AlignmentError(
@@ -319,20 +352,14 @@ def _param_mapping(ref: AbstractModel, cand: AbstractModel, mapping) -> Alignmen
         rn, cn = ref_native[r], cand_native[c]
         rs, cs = ref_weights[rn].shape, cand_weights[cn].shape
         if rs != cs:
-            if len(rs) == 2 and rs == cs[::-1]:
-                transposed.add(rn)
-            else:
-                raise AlignmentError(
-                    f"mapping pairs reference {r!r} of shape {rs} with candidate {c!r} of "
-                    f"shape {cs}; the shapes must be equal or transposed"
-                )
+            layouts[rn] = _layout_between(rs, cs, r, c)
         names[rn] = cn
     missing = [ref.native_names()[n] for n in ref.param_names if n not in names]
     if missing:
         raise AlignmentError(
             f"mapping leaves reference parameter(s) {missing} unpaired; name every parameter once"
         )
-    return Alignment((), names, frozenset(transposed), note="per-layer localisation unavailable")
+    return Alignment((), names, layouts, note="per-layer localisation unavailable")
 
 
 def align(

@@ -30,8 +30,8 @@ from xgrad.align import identity_alignment
 from xgrad.errors import FrameworkError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
 from xgrad.frameworks.tensorflow.backend_worker import BACKENDS
-from xgrad.layers import BatchNorm, Dropout
-from xgrad.metrics import TOLERANCES, tolerance
+from xgrad.layers import Dropout
+from xgrad.metrics import tolerance
 from xgrad.report import Report
 
 __all__ = ["BACKENDS", "RecordedModel", "compare_backends"]
@@ -112,8 +112,11 @@ def _plan(model, infos: Sequence[LayerInfo], leaf_index: dict[int, int]) -> list
                 raise InputError(f"layer {info.path}: an active Dropout cannot be replayed")
             node["op"] = "identity"
         else:
-            if isinstance(info.layer, BatchNorm) and info.layer.training:
-                raise InputError(f"layer {info.path}: BatchNorm in training mode is not compared")
+            if info.layer is not None and info.layer.updates_state:
+                raise InputError(
+                    f"layer {info.path}: {info.layer.describe()} updates its state (training "
+                    "mode), which is not compared across backends"
+                )
             node["op"] = "call"
         plan.append(node)
     return plan
@@ -250,19 +253,21 @@ def compare_backends(
         FrameworkError: a backend is not installed or failed (its error is quoted).
         InputError: bad ``x``, ``y``, ``cotangent``, ``batch`` or ``loss``.
     """
+    from xgrad.comparison import (
+        Comparison,
+        Description,
+        Side,
+        assemble,
+        evaluate,
+        finish,
+        judged_dtype,
+        model_text,
+        prepare_inputs,
+    )
     from xgrad.convert import spec_of
     from xgrad.frameworks.registry import get_framework, read_model
     from xgrad.frameworks.tensorflow.files import load_keras_file
     from xgrad.losses import get_loss, random_targets
-    from xgrad.runner import (
-        REFERENCE,
-        Side,
-        assemble,
-        evaluate,
-        explain_report,
-        model_text,
-        prepare_inputs,
-    )
 
     names = _check_backends(backends)
     if not isinstance(loss, str):
@@ -279,7 +284,7 @@ def compare_backends(
     if y is None and cotangent is None:
         y = random_targets(loss, int(np.shape(x)[0]), int(np.prod(source.output_shape)), seed)
     inputs = prepare_inputs(source, x, y, loss, cotangent)
-    dtype = source.dtype if source.dtype in TOLERANCES else "float32"
+    dtype = judged_dtype(source.dtype)
     tol = tolerance(dtype, rtol)
     notes = [f"{info.path} ({info.name}): {info.note}" for info in source.walk() if info.note]
     try:
@@ -289,7 +294,7 @@ def compare_backends(
         notes.append(f"no float64 reference ({exc}); Keras on TensorFlow, here, is the reference")
     if spec is not None:
         referee = get_framework("numpy").build(spec, source.weights(), dtype="float64")
-        reference = REFERENCE
+        reference = {"framework": "numpy", "dtype": "float64"}
     else:
         referee = source
         reference = {"framework": "tensorflow", "dtype": source.dtype}
@@ -313,22 +318,17 @@ def compare_backends(
             "dtype": source.dtype,
             "versions": meta["versions"],
         }
+    c = Comparison(ref, sides, alignments, inputs, dtype, tol)
     report = assemble(
-        ref,
-        sides,
-        alignments,
-        inputs,
-        dtype=dtype,
-        tol=tol,
-        reference=reference,
-        model_text=model_text(source),
-        native_reference=False,
-        seed=seed if x_drawn else None,
-        title=title or f"{Path(model_file).name} on Keras backends {', '.join(names)}",
-        models={"reference": reference, **models},
-        notes=notes,
-        timing=timing,
+        c,
+        Description(
+            reference=reference,
+            model_text=model_text(source),
+            seed=seed if x_drawn else None,
+            title=title or f"{Path(model_file).name} on Keras backends {', '.join(names)}",
+            models={"reference": reference, **models},
+            notes=notes,
+            timing=timing,
+        ),
     )
-    if explain is False or (explain is None and report.ok) or report.uninformative:
-        return report
-    return explain_report(report, ref, sides, alignments, inputs, dtype, tol)
+    return finish(report, c, explain)

@@ -20,6 +20,7 @@ import numpy as np
 
 from xgrad.activations import get_activation
 from xgrad.diagnosis.evidence import ReferenceValues
+from xgrad.frameworks.kinds import to_canonical
 from xgrad.identify import rel
 from xgrad.layers import Activation, BatchNorm, Dense, Dropout, forward_sequence
 from xgrad.layers.base import steps_by_path
@@ -382,7 +383,7 @@ def explain_rounding(report, ref, side, alignment, inputs, *, tol: float, refere
         cand = alignment.names.get(name)
         if cand in side.grads.params:
             got = side.grads.params[cand]
-            got = got.T if name in alignment.transposed else got
+            got = to_canonical(got, alignment.layouts.get(name))
             worst = max(worst, g.rel(got, _measured(reference, entries.get(name), side.label)))
     if worst > tol:
         return report, None

@@ -18,6 +18,7 @@ The public methods validate inputs here, once; frameworks implement the ``_``-me
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -26,6 +27,7 @@ import numpy as np
 
 from xgrad._checks import require_finite
 from xgrad.errors import FrameworkError, InputError
+from xgrad.frameworks.kinds import TRANSPOSED, KindTable, Layout
 from xgrad.layers import AbstractLayer, Residual, Shape
 from xgrad.losses import Loss, get_loss
 from xgrad.optim import AbstractOptimizer, OptimizerSpec
@@ -42,6 +44,7 @@ __all__ = [
     "check_dtype",
     "check_input",
     "module_of",
+    "spec_layers",
 ]
 
 DTYPES = ("float32", "float64")
@@ -77,7 +80,9 @@ class LayerInfo:
             activation written as code, read numerically later).
         params: local name -> native name of each trainable parameter.
         state: local name -> native name of each state array (no gradient).
-        transposed: local names stored transposed natively (PyTorch's ``(out, in)``).
+        layouts: local name -> the axis permutation the framework stores it in, for the
+            weights not stored canonically (:mod:`xgrad.frameworks.kinds`: ``native =
+            np.transpose(canonical, layout)``; PyTorch's ``(out, in)`` kernel is ``(1, 0)``).
         input_shape, output_shape: the shapes of one example in and out.
         children: the layers of a residual block.
         note: what the reader noticed (e.g. a layer left in training mode).
@@ -89,7 +94,7 @@ class LayerInfo:
     layer: AbstractLayer | None
     params: dict[str, str] = field(default_factory=dict)
     state: dict[str, str] = field(default_factory=dict)
-    transposed: frozenset[str] = frozenset()
+    layouts: dict[str, Layout] = field(default_factory=dict)
     input_shape: Shape = ()
     output_shape: Shape = ()
     children: tuple[LayerInfo, ...] = ()
@@ -99,6 +104,11 @@ class LayerInfo:
     def weights(self) -> dict[str, str]:
         """Local name -> native name of every parameter, then every state array."""
         return {**self.params, **self.state}
+
+    @property
+    def transposed(self) -> frozenset[str]:
+        """Local names of the 2-D weights stored transposed (layout ``(1, 0)``)."""
+        return frozenset(k for k, layout in self.layouts.items() if tuple(layout) == TRANSPOSED)
 
     def walk(self) -> Iterator[LayerInfo]:
         """This layer and every nested one, in call order."""
@@ -112,6 +122,39 @@ class LayerInfo:
         if self.children:
             return "residual(" + " -> ".join(c.describe() for c in self.children) + ")"
         return f"{self.kind}(?)"
+
+
+def spec_layers(
+    spec: MLP,
+    native_name: Callable[[str, str], str] = lambda path, local: f"{path}.{local}",
+    layer_name: Callable[[str, AbstractLayer], str] | None = None,
+    layouts: Callable[[AbstractLayer], Mapping[str, Layout]] | None = None,
+) -> tuple[LayerInfo, ...]:
+    """:class:`LayerInfo` for every layer of a spec, naming weights with
+    ``native_name(path, local)``, layers with ``layer_name(path, layer)``, and stating each
+    weight's native layout with ``layouts(layer)`` (local name -> :data:`Layout`).
+
+    Frameworks that build a spec use this with their own naming functions.
+    """
+    inputs = spec.layer_input_shapes()
+
+    def info(path, layer) -> LayerInfo:
+        shape = inputs[path]
+        children = tuple(info(f"{path}.layers.{j}", c) for j, c in enumerate(layer.children))
+        return LayerInfo(
+            path=path,
+            kind=layer.kind,
+            name=layer_name(path, layer) if layer_name else path,
+            layer=layer,
+            params={n: native_name(path, n) for n in layer.param_names()},
+            state={n: native_name(path, n) for n in layer.state_names()},
+            layouts=dict(layouts(layer)) if layouts else {},
+            input_shape=shape,
+            output_shape=layer.output_shape(shape),
+            children=children,
+        )
+
+    return tuple(info(f"layers.{i}", layer) for i, layer in enumerate(spec.layers))
 
 
 @dataclass(frozen=True)
@@ -382,6 +425,9 @@ class AbstractFramework(abc.ABC):
         extra: the pip extra that installs them (``pip install 'xgrad[extra]'``).
         aliases: other names accepted for it (``tf``, ``keras``).
         dtypes: the dtypes it builds a spec in.
+        model_files, native_files, native_file_kind: the files it reads models from and
+            writes its own weights to (see :meth:`load_model_file`,
+            :meth:`write_native_file`).
     """
 
     name: ClassVar[str]
@@ -410,17 +456,25 @@ class AbstractFramework(abc.ABC):
         Raises:
             ParamsError: params do not match the spec.
             InputError: the dtype is not supported.
+            KindNotSupportedError: a layer kind this framework does not build.
         """
         from xgrad.params import init_params
 
         if not isinstance(spec, MLP):
             raise InputError(f"build needs an xgrad.MLP spec, got {type(spec).__name__}")
         checked = init_params(spec, seed) if params is None else check_params(spec, params)
-        return self._build(spec, checked, check_dtype(dtype, self.dtypes))
+        dtype = check_dtype(dtype, self.dtypes)
+        self.kinds().check(spec)
+        return self._build(spec, checked, dtype)
 
     @abc.abstractmethod
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
-        """Build from checked float64 canonical weights."""
+        """Build from checked float64 canonical weights (every kind in :meth:`kinds`)."""
+
+    @abc.abstractmethod
+    def kinds(self) -> KindTable:
+        """The layer kinds this framework builds, with how it builds and reads each: the
+        table in its package's ``kinds`` module (importing the framework)."""
 
     def native_weights(self, model: AbstractModel) -> object:
         """The weights of one of this framework's models in the form the framework keeps them
@@ -472,6 +526,55 @@ class AbstractFramework(abc.ABC):
             InputError: an option this framework's optimizer does not have.
         """
         raise FrameworkError(f"xgrad does not train {self.name} models")
+
+    # -- files -------------------------------------------------------------------------------
+
+    model_files: ClassVar[tuple[str, ...]] = ()
+    """Suffixes (lower case) of the model files :meth:`load_model_file` reads (``.keras``);
+    none by default."""
+
+    native_files: ClassVar[tuple[str, ...]] = ()
+    """Suffixes (lower case, the usual one first) of the files :meth:`write_native_file`
+    writes this framework's own weights to, in its names and layout; none by default (weights
+    are then written in canonical names only, :func:`xgrad.save_params`)."""
+
+    native_file_kind: ClassVar[str] = "native weights"
+    """What such a file holds, as a report says it (``a PyTorch state_dict``)."""
+
+    def load_model_file(self, path: str | os.PathLike) -> object:
+        """The framework's model saved at ``path`` (a suffix of :attr:`model_files`), loaded
+        without running any code stored in the file.
+
+        Raises:
+            FrameworkError: this framework reads no model files (the default).
+        """
+        raise FrameworkError(f"xgrad reads no {self.name} model files")
+
+    def write_native_file(
+        self, path: str | os.PathLike, spec: MLP, weights: Params, *, dtype: str
+    ) -> tuple[object, bool, int]:
+        """Write this framework's own weights of ``spec`` holding ``weights`` to ``path`` (a
+        suffix of :attr:`native_files`), then read the file back, the framework's own way,
+        into a model of ``spec`` built from other weights.
+
+        Args:
+            path: the file to write.
+            spec: the model.
+            weights: canonical weights (kernel ``(in, out)``, ...).
+            dtype: the dtype the model is built in.
+
+        Returns:
+            ``(native, bit_exact, count)``: the framework's native model holding the weights
+            read back, whether what was read back is exactly what was written, and the number
+            of arrays written.
+
+        Raises:
+            FrameworkError: this framework writes no weight files of its own (the default).
+        """
+        raise FrameworkError(
+            f"xgrad writes no {self.name} weight files; write canonical weights instead "
+            "(.npz or .safetensors)"
+        )
 
     def __repr__(self) -> str:
         return f"<xgrad framework {self.name!r}>"

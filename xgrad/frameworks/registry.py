@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Iterable
 
 from xgrad.errors import FrameworkError, FrameworkNotInstalledError, InputError
 from xgrad.frameworks.base import AbstractFramework, AbstractModel
@@ -23,6 +24,7 @@ __all__ = [
     "lookup_framework",
     "read_model",
     "read_optimizer",
+    "resolve_frameworks",
 ]
 
 REGISTRY: dict[str, str] = {
@@ -152,3 +154,52 @@ def read_optimizer(obj, *, side: str = "reference") -> AbstractOptimizer:
     raise InputError(
         f"the {side} optimizer must be {SUPPORTED_OPTIMIZERS}; got {type(obj).__name__} {obj!r}"
     )
+
+
+def resolve_frameworks(
+    frameworks: str | Iterable[str | AbstractFramework] | None,
+) -> list[AbstractFramework]:
+    """Turn names and framework objects into frameworks, importing only those named.
+
+    Args:
+        frameworks: ``None`` for every installed framework; a comma-separated string; or
+            a sequence of names and :class:`~xgrad.frameworks.AbstractFramework` instances.
+
+    Raises:
+        FrameworkError: an unknown name, a non-framework object, a repeated name, or none.
+        FrameworkNotInstalledError: a named framework is not installed.
+    """
+    if frameworks is None:
+        items: list = available_frameworks()
+    elif isinstance(frameworks, str):
+        items = [f for f in (p.strip() for p in frameworks.split(",")) if f]
+    elif isinstance(frameworks, AbstractFramework):
+        items = [frameworks]
+    elif isinstance(frameworks, Iterable):
+        items = list(frameworks)
+    else:
+        raise FrameworkError(
+            f"frameworks must be names or framework objects, got {type(frameworks).__name__}"
+        )
+    out: list[AbstractFramework] = []
+    for item in items:
+        if isinstance(item, AbstractFramework):
+            out.append(item)
+        elif isinstance(item, type) and issubclass(item, AbstractFramework):
+            raise FrameworkError(
+                f"got the framework class {item.__name__}; pass an instance: {item.__name__}()"
+            )
+        elif isinstance(item, str):
+            out.append(get_framework(item))
+        else:
+            raise FrameworkError(
+                f"a framework is a name or an AbstractFramework instance, got "
+                f"{type(item).__name__} {item!r}"
+            )
+    if not out:
+        raise FrameworkError("no framework to compare; name at least one, e.g. 'numpy,jax'")
+    names = [fw.name for fw in out]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FrameworkError(f"framework {repeated[0]!r} is named more than once in {names}")
+    return out

@@ -13,7 +13,9 @@ flatten        :class:`Flatten` ()                           -
 residual       :class:`Residual` (layers)                    those of its layers
 =============  ===========================================  ==========================
 
-A new layer kind is its own module here plus one line in :data:`LAYERS`.
+A new layer kind is its own module here plus one line in :data:`LAYERS` (or, outside
+xgrad, :func:`register_layer`), and one entry in each framework's kind table that should
+build it (``xgrad/frameworks/<name>/kinds.py``; see docs/design.md, "Add a layer kind").
 """
 
 from xgrad.layers.activation import Activation
@@ -40,6 +42,7 @@ __all__ = [
     "Shape",
     "Step",
     "forward_sequence",
+    "register_layer",
     "vjp_sequence",
 ]
 
@@ -48,3 +51,26 @@ LAYERS: dict[str, type[AbstractLayer]] = {
     for cls in (Dense, Activation, LayerNorm, RMSNorm, BatchNorm, Dropout, Flatten, Residual)
 }
 """Every layer kind by name."""
+
+
+def register_layer(cls: type[AbstractLayer]) -> type[AbstractLayer]:
+    """Add a layer kind to :data:`LAYERS` (usable as a class decorator).
+
+    The class is an :class:`AbstractLayer` (a frozen dataclass) whose ``kind`` is a new name;
+    each framework that should build it then registers its entry in its kind table
+    (``xgrad.frameworks.<name>.kinds.KINDS.register(kind, entry)``).
+
+    Raises:
+        SpecError: not a layer class, no ``kind``, or the kind is taken by another class.
+    """
+    from xgrad.errors import SpecError
+
+    if not (isinstance(cls, type) and issubclass(cls, AbstractLayer)):
+        raise SpecError(f"register_layer takes an AbstractLayer subclass, got {cls!r}")
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or not kind.isidentifier():
+        raise SpecError(f"{cls.__name__}.kind must be a name such as 'scale', got {kind!r}")
+    if LAYERS.get(kind, cls) is not cls:
+        raise SpecError(f"layer kind {kind!r} is taken by {LAYERS[kind].__name__}")
+    LAYERS[kind] = cls
+    return cls

@@ -133,6 +133,12 @@ class AbstractLayer(abc.ABC):
         """A short text form for model descriptions, e.g. ``8:relu`` or ``layernorm``."""
         return self.kind
 
+    @property
+    def updates_state(self) -> bool:
+        """Whether :meth:`forward` returns updated state (BatchNorm in training mode): the
+        frameworks then report the state their own layer updated."""
+        return False
+
     # -- math (NumPy, in the dtype of x) ---------------------------------------------------
 
     @abc.abstractmethod

@@ -90,6 +90,10 @@ class BatchNorm(AbstractLayer):
         out["var"] = rng.uniform(0.5, 1.5, size=input_shape)
         return out
 
+    @property
+    def updates_state(self) -> bool:
+        return self.training
+
     def describe(self) -> str:
         mode = "training" if self.training else "inference"
         return f"batchnorm(eps={self.epsilon:g}, momentum={self.momentum:g}, {mode})"

@@ -28,6 +28,26 @@ class FlaxFramework(AbstractFramework):
 
         return FlaxSpecModel(spec, params, dtype)
 
+    def kinds(self):
+        """The layer kinds flax builds (interim: the table moves to its ``kinds`` module)."""
+        from xgrad.frameworks.kinds import KindTable
+
+        return KindTable(
+            "flax",
+            dict.fromkeys(
+                (
+                    "dense",
+                    "activation",
+                    "layernorm",
+                    "rmsnorm",
+                    "batchnorm",
+                    "dropout",
+                    "flatten",
+                    "residual",
+                )
+            ),
+        )
+
     def native_weights(self, model: AbstractModel):
         """The module's ``nnx.State`` (``layers/{i}/kernel``, ...), for ``nnx.update``."""
         from flax import nnx

@@ -16,12 +16,13 @@ from xgrad.frameworks.base import (
     AbstractFramework,
     AbstractModel,
     Gradients,
-    LayerInfo,
     check_cotangent,
     check_input,
     prepare_loss,
+    spec_layers,
 )
-from xgrad.layers import forward_sequence, vjp_sequence
+from xgrad.frameworks.kinds import KindTable
+from xgrad.layers import LAYERS, forward_sequence, vjp_sequence
 from xgrad.layers.base import Step, steps_by_path
 from xgrad.losses import Loss
 from xgrad.params import Params, check_params
@@ -30,31 +31,6 @@ from xgrad.spec import MLP
 __all__ = ["FRAMEWORK", "NumpyFramework", "NumpyModel", "spec_layers"]
 
 NUMPY_DTYPES = ("float16", "float32", "float64")
-
-
-def spec_layers(spec: MLP, native_name=lambda path, local: f"{path}.{local}", layer_name=None):
-    """:class:`LayerInfo` for every layer of a spec, naming weights with ``native_name``.
-
-    Frameworks that build a spec use this with their own naming functions.
-    """
-    inputs = spec.layer_input_shapes()
-
-    def info(path, layer) -> LayerInfo:
-        shape = inputs[path]
-        children = tuple(info(f"{path}.layers.{j}", c) for j, c in enumerate(layer.children))
-        return LayerInfo(
-            path=path,
-            kind=layer.kind,
-            name=layer_name(path, layer) if layer_name else path,
-            layer=layer,
-            params={n: native_name(path, n) for n in layer.param_names()},
-            state={n: native_name(path, n) for n in layer.state_names()},
-            input_shape=shape,
-            output_shape=layer.output_shape(shape),
-            children=children,
-        )
-
-    return tuple(info(f"layers.{i}", layer) for i, layer in enumerate(spec.layers))
 
 
 class NumpyModel(AbstractModel):
@@ -151,6 +127,11 @@ class NumpyFramework(AbstractFramework):
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> NumpyModel:
         return NumpyModel(spec, params, dtype)
+
+    def kinds(self) -> KindTable:
+        """Every layer kind: NumPy runs each layer's own forward and VJP (its entries hold
+        nothing)."""
+        return KindTable("numpy", dict.fromkeys(LAYERS))
 
     @classmethod
     def claims(cls, obj) -> bool:

@@ -1,7 +1,8 @@
 """TensorFlow / Keras 3: a spec as a Keras model of Keras' own layers (:mod:`.builder`), users'
-Keras models read layer by layer (:mod:`.reader`, :mod:`.layer_readers`), both evaluated under
-``tf.GradientTape`` (:mod:`.model`); xgrad's activations and losses in TensorFlow
-(:mod:`.ops`); ``.keras`` files loaded in safe mode (:mod:`.files`).
+Keras models read layer by layer (:mod:`.reader`), both evaluated under ``tf.GradientTape``
+(:mod:`.model`); how each layer kind is built, called and read, in one table
+(:data:`.kinds.KINDS`); xgrad's activations and losses in TensorFlow (:mod:`.ops`);
+``.keras`` files loaded in safe mode (:mod:`.files`).
 
 Importing this package imports neither TensorFlow nor Keras; they are imported (quietly, see
 :mod:`.ops`) when a model is first built or read.
@@ -33,6 +34,7 @@ class TensorflowFramework(AbstractFramework):
     requires = ("tensorflow",)
     extra = "tensorflow"
     dtypes = ALL_DTYPES
+    model_files = (".keras",)
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         from xgrad.frameworks.tensorflow.builder import SpecModel
@@ -40,6 +42,13 @@ class TensorflowFramework(AbstractFramework):
 
         check_backend()
         return SpecModel(spec, params, dtype)
+
+    def kinds(self):
+        """The layer kinds tensorflow builds and reads: :data:`.kinds.KINDS` (imports
+        TensorFlow and Keras)."""
+        from xgrad.frameworks.tensorflow.kinds import KINDS
+
+        return KINDS
 
     @classmethod
     def claims(cls, obj) -> bool:
@@ -50,6 +59,11 @@ class TensorflowFramework(AbstractFramework):
         from xgrad.frameworks.tensorflow.reader import read_keras_model
 
         return read_keras_model(obj, input_shape=input_shape)
+
+    def load_model_file(self, path):
+        """A ``.keras`` file (Keras 3 format) loaded in safe mode: see
+        :func:`~xgrad.frameworks.tensorflow.files.load_keras_file`."""
+        return load_keras_file(path)
 
     @classmethod
     def claims_optimizer(cls, obj) -> bool:

@@ -46,11 +46,19 @@ class TorchFramework(AbstractFramework):
     requires = ("torch",)
     extra = "torch"
     dtypes = ("float32", "float64", "bfloat16", "float16")
+    native_files = (".pt", ".pth", ".safetensors")
+    native_file_kind = "a PyTorch state_dict"
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         from xgrad.frameworks.torch.builder import build_model
 
         return build_model(spec, params, dtype)
+
+    def kinds(self):
+        """:data:`xgrad.frameworks.torch.kinds.KINDS` (imports torch)."""
+        from xgrad.frameworks.torch.kinds import KINDS
+
+        return KINDS
 
     def native_weights(self, model: AbstractModel):
         """The module's ``state_dict`` (``0.0.weight`` ``(out, in)``, ...)."""
@@ -79,6 +87,25 @@ class TorchFramework(AbstractFramework):
         from xgrad.frameworks.torch.reader import read_module
 
         return read_module(obj, input_shape=input_shape)
+
+    def write_native_file(self, path, spec: MLP, weights: Params, *, dtype: str):
+        """The ``state_dict`` of the module of ``spec`` (``0.0.weight`` ``(out, in)``, ...),
+        written as ``.pt`` (``torch.save``) or ``.safetensors``, read back with
+        ``torch.load(weights_only=True)`` (or safetensors) and loaded with
+        ``load_state_dict(strict=True)`` into a module built from other weights."""
+        import torch
+
+        from xgrad.params import init_params
+
+        written = self.native_weights(self.build(spec, weights, dtype=dtype))
+        save_state_dict(path, written)
+        loaded = load_state_dict(path)
+        same = set(loaded) == set(written) and all(
+            torch.equal(loaded[k], written[k]) for k in written
+        )
+        fresh = self.build(spec, init_params(spec, seed=1), dtype=dtype).native
+        fresh.load_state_dict(loaded, strict=True)
+        return fresh, same, len(written)
 
     @classmethod
     def claims_optimizer(cls, obj) -> bool:

@@ -33,8 +33,9 @@ from torch import nn
 
 from xgrad.errors import InputError, ParamsError, XgradError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
+from xgrad.frameworks.kinds import to_canonical
 from xgrad.frameworks.torch.losses import torch_loss
-from xgrad.layers import BatchNorm, Shape
+from xgrad.layers import Shape
 from xgrad.losses import Loss
 from xgrad.params import Params
 from xgrad.spec import MLP
@@ -227,18 +228,29 @@ def _numpy(t: torch.Tensor, *, own: bool = False) -> np.ndarray:
     return arr if own and t.is_contiguous() and t.device.type == "cpu" else arr.copy()
 
 
-def _write(
-    target: torch.Tensor, arr: np.ndarray, transposed: bool, name: str, check: bool = True
-) -> None:
-    """Copy the canonical array ``arr`` into the module's tensor (transposed if stored so);
-    ``check=False`` for weights already checked (shape, dtype and finiteness)."""
-    want = tuple(target.shape)[::-1] if transposed else tuple(target.shape)
+def _canonical_shape(native: tuple[int, ...], layout) -> tuple[int, ...]:
+    """The canonical shape of a tensor of shape ``native`` stored in ``layout``."""
+    if not layout:
+        return native
+    shape = [0] * len(native)
+    for axis, canonical_axis in enumerate(layout):
+        shape[canonical_axis] = native[axis]
+    return tuple(shape)
+
+
+def _write(target: torch.Tensor, arr: np.ndarray, layout, name: str, check: bool = True) -> None:
+    """Copy the canonical array ``arr`` into the module's tensor, stored in ``layout``
+    (:mod:`xgrad.frameworks.kinds`; ``None``: canonically); ``check=False`` for weights
+    already checked (shape, dtype and finiteness)."""
+    want = _canonical_shape(tuple(target.shape), layout)
     if check:
         if arr.dtype.kind != "f":
             raise ParamsError(f"weight {name!r} has dtype {arr.dtype}; weights must be floats")
         if arr.shape != want:
             hint = (
-                " (transposed? canonical kernels are (in, out))" if arr.shape == want[::-1] else ""
+                " (transposed? canonical kernels are (in, out))"
+                if len(want) == 2 and arr.shape == want[::-1]
+                else ""
             )
             raise ParamsError(
                 f"weight {name!r} has shape {arr.shape} but the model needs {want}{hint}"
@@ -246,14 +258,15 @@ def _write(
         if not np.isfinite(arr).all():
             raise ParamsError(f"weight {name!r} contains NaN/Inf; weights must be finite")
     source = torch.from_numpy(np.ascontiguousarray(arr))
-    target.copy_(source.T if transposed else source)  # torch transposes in blocks, in parallel
+    # torch permutes in blocks, in parallel
+    target.copy_(source.permute(*layout) if layout else source)
 
 
 def write_weights(
     module: nn.Module, layers, weights: Mapping[str, np.ndarray], *, check: bool = True
 ) -> None:
-    """Copy canonical ``weights`` into ``module``'s tensors, in place (kernels transposed where
-    the layers say so). ``layers`` name each weight's state-dict key; ``check=False`` for
+    """Copy canonical ``weights`` into ``module``'s tensors, in place (permuted into the
+    layouts the layers state). ``layers`` name each weight's state-dict key; ``check=False`` for
     weights checked already (:func:`xgrad.params.check_params`).
 
     Raises:
@@ -269,7 +282,7 @@ def write_weights(
     with torch.no_grad():
         for name, value in weights.items():
             info, local, native = infos[name]
-            _write(tensors[native], np.asarray(value), local in info.transposed, name, check)
+            _write(tensors[native], np.asarray(value), info.layouts.get(local), name, check)
 
 
 class TorchModel(AbstractModel):
@@ -279,8 +292,9 @@ class TorchModel(AbstractModel):
         module: the module holding the weights (owned by this model: a built one, or a deep
             copy of the user's); never changed.
         layers: its layers in call order; ``LayerInfo.params`` / ``state`` give each
-            weight's state-dict name, ``transposed`` the weights stored transposed
-            (``nn.Linear``'s ``(out, in)`` weight is the kernel ``(in, out)`` transposed).
+            weight's state-dict name, ``layouts`` the layout of those not stored canonically
+            (``nn.Linear``'s ``(out, in)`` weight is the kernel ``(in, out)``, layout
+            ``(1, 0)``).
         tap: how to run the module with each layer's output tapped.
         dtype: ``"float32"`` or ``"float64"``.
         input_shape, output_shape: the shapes of one example in and out.
@@ -343,7 +357,8 @@ class TorchModel(AbstractModel):
         out = {}
         for name, (info, local, native) in self._infos().items():
             arr = _numpy(tensors[native])
-            out[name] = np.ascontiguousarray(arr.T) if local in info.transposed else arr
+            layout = info.layouts.get(local)
+            out[name] = np.ascontiguousarray(to_canonical(arr, layout)) if layout else arr
         return out
 
     def with_weights(self, weights: Mapping[str, np.ndarray]) -> TorchModel:
@@ -443,13 +458,13 @@ class TorchModel(AbstractModel):
         dparams = {}
         for (name, (info, local, _)), g in zip(param_names.items(), grads[:n], strict=True):
             arr = _numpy(g, own=True)
-            # a transposed kernel's gradient is handed over as a transposed view (canonical
-            # shape, Fortran order): the metrics read it in that order, no copy is made
-            dparams[name] = arr.T if local in info.transposed else arr
+            # a permuted weight's gradient is handed over as a permuted view (canonical
+            # shape, another memory order): the metrics read it in that order, no copy is made
+            dparams[name] = to_canonical(arr, info.layouts.get(local))
         state = {
             f"{info.path}.{local}": _numpy(buffers[native], own=True)
             for info in self.walk()
-            if isinstance(info.layer, BatchNorm) and info.layer.training
+            if info.layer is not None and info.layer.updates_state
             for local, native in info.state.items()
         }
         return Gradients(

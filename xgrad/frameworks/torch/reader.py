@@ -35,7 +35,7 @@ from torch import nn
 
 from xgrad.errors import AlignmentError, InputError, SpecError, XgradError
 from xgrad.frameworks.base import LayerInfo
-from xgrad.frameworks.torch.layers import (
+from xgrad.frameworks.torch.kinds import (
     ALIAS,
     ELEMENTWISE,
     Found,
@@ -413,7 +413,7 @@ def _infos(entries: list[Entry], taps: dict, prefix: str = "layers") -> tuple[La
                 layer=e.found.layer,
                 params=dict(e.found.params),
                 state=dict(e.found.state),
-                transposed=e.found.transposed,
+                layouts=dict(e.found.layouts),
                 input_shape=e.input_shape,
                 output_shape=e.output_shape,
                 note=e.found.note,

@@ -1,0 +1,145 @@
+"""The report phase: entries, verdicts, divergences and pairwise figures into a
+:class:`~xgrad.Report`; and the explain phase, which diagnoses what failed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from xgrad.comparison.entries import (
+    Comparison,
+    divergence,
+    failing_sides,
+    layer_entries,
+    pairwise,
+    parameter_entries,
+    state_entries,
+    value_entries,
+)
+from xgrad.comparison.verdicts import judge, wants_explanation
+from xgrad.report import Report
+
+__all__ = ["Description", "assemble", "explain", "explain_report", "finish"]
+
+
+@dataclass(frozen=True)
+class Description:
+    """What a report says about the comparison beside its measurements.
+
+    Attributes:
+        reference: how the reference was computed (``{"framework", "dtype"}``, ...).
+        model_text: the reference model in short text form.
+        seed: the seed of the weights when xgrad drew them, else ``None``.
+        title: a heading.
+        models: a description of each side (``compare_models``, ``compare_backends``).
+        notes: what the reader should know.
+        timing: seconds per phase so far.
+        layers: whose layers are compared: ``"captured"``, every side evaluated with
+            capture; ``"failing"``, only those of them with an entry beyond tolerance.
+    """
+
+    reference: dict
+    model_text: str
+    seed: int | None = None
+    title: str | None = None
+    models: dict | None = None
+    notes: Sequence[str] = ()
+    timing: dict = field(default_factory=dict)
+    layers: str = "captured"
+
+
+def assemble(c: Comparison, d: Description) -> Report:
+    """The :class:`~xgrad.Report` of ``c.sides`` against ``c.ref``: every entry measured
+    (:mod:`~xgrad.comparison.entries`), judged (:mod:`~xgrad.comparison.verdicts`), and
+    where each side first diverges."""
+    start = time.perf_counter()
+    entries, measured = parameter_entries(c)
+    states = state_entries(c)
+    values = value_entries(c, measured)
+    captured = [s for s in c.sides if s.grads.activations is not None]
+    if d.layers == "failing":
+        failing = failing_sides(c, (*entries, *states), values)
+        captured = [s for s in captured if s.label in failing]
+    judged = judge(c, entries, values.input, layer_entries(c, captured), measured)
+    by_name = {e.name: e for e in [*judged.parameters, judged.input]}
+    divergences = []
+    for s in [] if judged.degenerate else captured:
+        found = divergence(s.label, c.alignments[s.label].pairs, judged.layers, by_name)
+        if found is not None:
+            divergences.append(found)
+    pairs = pairwise([s.label for s in c.sides], measured) if len(c.sides) > 1 else []
+    timing = {**d.timing, "metrics and report": time.perf_counter() - start}
+    loss_name = c.inputs.loss_name
+    return Report(
+        model=d.model_text,
+        dtype=c.dtype,
+        loss=loss_name,
+        frameworks=tuple(s.label for s in c.sides),
+        reference=dict(d.reference),
+        tolerance=c.tol,
+        batch=int(c.inputs.x.shape[0]),
+        seed=d.seed,
+        losses={} if loss_name is None else {s.label: s.grads.loss for s in c.sides},
+        reference_loss=c.ref.grads.loss,
+        parameters=tuple(judged.parameters),
+        state=tuple(states),
+        input=judged.input,
+        output=values.output,
+        loss_value=values.loss,
+        pairwise=tuple(pairs),
+        timing=timing,
+        title=d.title,
+        layers=tuple(judged.layers.values()),
+        divergences=tuple(divergences),
+        models=d.models,
+        notes=(*d.notes, *judged.notes),
+    )
+
+
+def explain(report: Report, c: Comparison) -> Report:
+    """Rounding that explains a side's failures entirely makes them pass (``match-kink``,
+    ``match-clip``); the other failing sides are diagnosed.
+
+    The reference's float64 values are prepared once for every side
+    (:class:`~xgrad.diagnosis.evidence.ReferenceValues`): its weights, its forward steps (the
+    referee's own, from :func:`xgrad.compare`) and its float64 gradients.
+    """
+    from xgrad.diagnosis import diagnose_side
+    from xgrad.diagnosis.evidence import ReferenceValues
+    from xgrad.diagnosis.rounding import explain_rounding
+
+    ref, inputs = c.ref, c.inputs
+    values = ReferenceValues(ref, inputs, weights=ref.weights, trace=ref.trace)
+    failing = {fw for _, fw, _ in report.failures()}
+    failing |= {fw for _, fw, _, _ in report.layer_failures()}
+    failing |= {d.framework for d in report.divergences}
+    diagnoses = []
+    for s in c.sides:
+        if s.grads.activations is None or s.label not in failing:
+            continue
+        alignment = c.alignments[s.label]
+        report, benign = explain_rounding(
+            report, ref, s, alignment, inputs, tol=c.tol, reference=values
+        )
+        if benign is not None:
+            continue
+        diagnoses += diagnose_side(
+            report, ref, s, alignment, inputs, dtype=c.dtype, tol=c.tol, reference=values
+        )
+    return replace(report, diagnoses=tuple(diagnoses))
+
+
+def explain_report(report: Report, ref, sides, alignments, inputs, dtype, tol) -> Report:
+    """:func:`explain` with the comparison's parts given one by one."""
+    return explain(report, Comparison(ref, sides, alignments, inputs, dtype, tol))
+
+
+def finish(report: Report, c: Comparison, explain_: bool | None) -> Report:
+    """The report, explained when :func:`~xgrad.comparison.verdicts.wants_explanation`
+    says so (the time that took in its timing, as ``diagnosis``)."""
+    if not wants_explanation(report, explain_):
+        return report
+    start = time.perf_counter()
+    report = explain(report, c)
+    return replace(report, timing={**report.timing, "diagnosis": time.perf_counter() - start})
