@@ -18,12 +18,13 @@ import numpy as np
 from xgrad.diagnosis import activation, kinks, layout, loss, norms, precision, structure
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence, build_evidence
 from xgrad.diagnosis.precision import float32_exact, round_mantissa
-from xgrad.diagnosis.records import Cause, Diagnosis, Finding
+from xgrad.diagnosis.records import UNEXPLAINED, Cause, Diagnosis, Finding, in_order
 from xgrad.metrics import OK_STATUSES
 
 __all__ = [
     "CAUSES",
     "CAUSE_IDS",
+    "ORDER",
     "Cause",
     "Diagnosis",
     "Evidence",
@@ -34,46 +35,64 @@ __all__ = [
     "round_mantissa",
 ]
 
-CAUSES: tuple[Cause, ...] = (
-    # forward: the first layer whose output differs, in this order
-    *structure.CAUSES[:1],  # residual-missing
-    layout.CAUSES[0],  # weight-layout
-    *structure.CAUSES[1:],  # dropout-active
-    *norms.CAUSES[:5],  # batchnorm-mode, norm-affine, *-epsilon
-    *activation.CAUSES[:3],  # gelu-approximation, leaky-relu-slope, activation-mismatch
-    *precision.CAUSES,  # dtype, matmul-precision
-    # backward: outputs agree, gradients differ
-    loss.CAUSES[0],  # crossentropy-form
-    loss.CAUSES[1],  # crossentropy-clipping
-    *kinks.CAUSES,  # kink-convention, kink-rounding
-    activation.CAUSES[3],  # activation-mismatch (derivative only)
-    layout.CAUSES[1],  # weight-layout (dL/dinput)
-    # state: updated moving statistics differ
-    norms.CAUSES[5],  # batchnorm-momentum
-    # the whole model
-    loss.CAUSES[2],  # loss-reduction
-)
-"""Every known cause, in the order they are tried."""
+ORDER: dict[str, tuple[str, ...]] = {
+    # the first layer whose output differs
+    "forward": (
+        "residual-missing",
+        "weight-layout",
+        "dropout-active",
+        "batchnorm-mode",
+        "norm-affine",
+        "layernorm-epsilon",
+        "rmsnorm-epsilon",
+        "batchnorm-epsilon",
+        "gelu-approximation",
+        "leaky-relu-slope",
+        "activation-mismatch",
+        "dtype",
+        "matmul-precision",
+    ),
+    # outputs agree, gradients differ
+    "backward": (
+        "crossentropy-form",
+        "crossentropy-clipping",
+        "kink-convention",
+        "kink-rounding",
+        "activation-mismatch",  # the derivative only
+        "weight-layout",  # dL/dinput
+    ),
+    # updated moving statistics differ
+    "state": ("batchnorm-momentum",),
+    # every gradient at once
+    "model": ("loss-reduction",),
+}
+"""The order the causes are tried in: cause ids by the evidence they need (a cause's
+``where``; an id may be tried on two kinds of evidence). Every cause of the family modules
+is listed once; a new cause is a record in its family's module and an id here."""
 
-CAUSE_IDS: tuple[str, ...] = (*dict.fromkeys(c.id for c in CAUSES), "unexplained")
+CAUSES: tuple[Cause, ...] = in_order(
+    [(where, cause_id) for where, ids in ORDER.items() for cause_id in ids],
+    [
+        *structure.CAUSES,
+        *layout.CAUSES,
+        *norms.CAUSES,
+        *activation.CAUSES,
+        *precision.CAUSES,
+        *loss.CAUSES,
+        *kinks.CAUSES,
+    ],
+    key=lambda cause: (cause.where, cause.id),
+)
+"""Every known cause, in the order they are tried (:data:`ORDER`)."""
+
+CAUSE_IDS: tuple[str, ...] = (*dict.fromkeys(c.id for c in CAUSES), UNEXPLAINED)
 """Every cause id a diagnosis can carry."""
 
 
 def _make(ev: Evidence, cause: str, layer, finding: Finding, where) -> Diagnosis:
-    return Diagnosis(
-        cause=cause if finding.confirmed else "unexplained",
-        layer=layer,
-        detail=finding.detail,
-        confirmed=finding.confirmed,
-        residual=finding.residual,
-        before=finding.before,
-        where=where,
-        framework=ev.framework,
-    )
-
-
-def _unexplained(ev: Evidence, layer, detail: str, before=None, where=None) -> Diagnosis:
-    return _make(ev, "unexplained", layer, Finding(detail, None, before, confirmed=False), where)
+    """The diagnosis ``finding`` gives; ``unexplained`` when it is not confirmed."""
+    cause = cause if finding.confirmed else UNEXPLAINED
+    return Diagnosis.of(cause, finding, layer=layer, where=where, framework=ev.framework)
 
 
 def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> Diagnosis | None:
@@ -130,7 +149,7 @@ def diagnose(
     with np.errstate(all="ignore"):
         found = _diagnose(ev, divergence, state)
     lower = _lower_precision(ev)
-    if lower and found and found[0].cause not in ("dtype", "unexplained"):
+    if lower and found and found[0].cause not in ("dtype", UNEXPLAINED):
         detail = (
             f"besides, float64 was asked but the candidate computes in float32 ({lower}): "
             "that alone makes differences of about 1e-7, so the cause above was confirmed "
@@ -144,11 +163,12 @@ def _diagnose(ev, divergence, state) -> list[Diagnosis]:
     ev.fit_tol = max(ev.tol, precision.FLOAT32_TOL) if _lower_precision(ev) else ev.tol
     if _nonfinite(ev):
         return [
-            _unexplained(
-                ev,
-                None,
+            Diagnosis.unexplained(
                 "the candidate produced NaN/Inf (an overflow, or a NaN in its code); xgrad "
                 "diagnoses finite discrepancies only, see the nonfinite entries for where",
+                layer=None,
+                where=None,
+                framework=ev.framework,
             )
         ]
     out = []
@@ -157,13 +177,13 @@ def _diagnose(ev, divergence, state) -> list[Diagnosis]:
         found = _try(ev, "state", unit, before)
         out.append(
             found
-            or _unexplained(
-                ev,
-                path,
+            or Diagnosis.unexplained(
                 "the updated moving statistics differ; no known momentum or variance "
                 "convention reproduces them",
-                before,
-                "state",
+                before=before,
+                layer=path,
+                where="state",
+                framework=ev.framework,
             )
         )
     if divergence is None:
@@ -188,7 +208,10 @@ def _diagnose(ev, divergence, state) -> list[Diagnosis]:
             "clipping, another activation's derivative, loss reduction, a missing transpose) "
             "reproduces the candidate's gradients"
         )
-    return [*out, _unexplained(ev, path, detail, before, where)]
+    unexplained = Diagnosis.unexplained(
+        detail, before=before, layer=path, where=where, framework=ev.framework
+    )
+    return [*out, unexplained]
 
 
 def diagnose_side(
@@ -229,5 +252,6 @@ def diagnose_side(
         whole = _try(ev, "model", None, 0.0)
         if whole is not None:
             return [whole]
-        return [_unexplained(ev, None, "the outputs or dL/dinput differ, but no layer does")]
+        detail = "the outputs or dL/dinput differ, but no layer does"
+        return [Diagnosis.unexplained(detail, layer=None, where=None, framework=ev.framework)]
     return diagnose(ev, divergence, state)
