@@ -6,6 +6,7 @@ imported when it is first asked for.
 """
 
 from xgrad import testing
+from xgrad._version import __version__
 from xgrad.activations import ACTIVATIONS, get_activation
 from xgrad.align import align
 from xgrad.backends import compare_backends
@@ -51,8 +52,6 @@ from xgrad.report import Entry, LayerEntry, Report
 from xgrad.runner import compare, compare_models
 from xgrad.spec import MLP
 from xgrad.training import TrainingReport, compare_training
-
-__version__ = "0.2.0"
 
 get_adapter = get_framework  # the 0.1 name
 AbstractAdapter = AbstractFramework  # the 0.1 name

@@ -119,6 +119,22 @@ def test_markdown_table_has_the_worst_error_status_and_cause():
     assert lines[-1].startswith("**MISMATCH: ")
 
 
+def test_a_sweep_result_is_a_report():
+    from rich.console import Console
+
+    from xgrad.report.base import AbstractReport
+
+    result = run_sweep(SweepGrid(**{**GRID.__dict__, "activations": ("relu",)}))
+    assert isinstance(result, AbstractReport)
+    assert result.to_dict(timing=False) == result.to_dict()
+    console = Console(record=True, width=160)
+    result.print(console)
+    text = console.export_text()
+    assert text.startswith("xgrad sweep: worst normwise error per cell")
+    assert text.rstrip().endswith(result.summary())
+    result.raise_for_mismatch()  # every cell matches: nothing raised
+
+
 # -- crashes and timeouts -------------------------------------------------------------------------
 
 
@@ -310,7 +326,7 @@ def test_an_rtol_below_the_unit_roundoff_is_noted():
 
 
 def test_a_passing_cell_says_which_entries_only_rounding_explains():
-    from xgrad.sweep import _cause, _worst
+    from xgrad.sweep.cells import _cause, _worst
 
     class M:
         def __init__(self, status, rel_norm):
