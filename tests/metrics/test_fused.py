@@ -1,99 +1,21 @@
-"""Discrepancy metrics: the fused pass over every candidate of an entry against the plain
-formulas, written out here independently (elementwise, in float64), on random arrays that
-span several chunks, with NaN/Inf, zero references, other memory orders and threads."""
+"""The fused engine (xgrad/metrics/fused.py): every candidate of an entry measured in one
+chunked pass must give the metrics of the definition. Checked against the plain formulas
+(conftest.py) on arrays that span several chunks, with NaN/Inf, zero references, other
+memory orders and threads; and, by property test, against :func:`compare_arrays` on random
+entries of any rank up to 4 with the chunk made small."""
 
 from __future__ import annotations
 
 import math
-import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import xgrad.metrics.fused as fused
 from xgrad.errors import InputError
 from xgrad.metrics import CHUNK, PreparedReference, compare_arrays
-
-
-def test_metrics_by_hand():
-    m = compare_arrays(
-        np.array([1.0, 2.0, 3.5]), np.array([1.0, 2.0, 3.0]), dtype="float64", tol=1e-10
-    )
-    assert m.max_abs == 0.5
-    assert m.max_rel == pytest.approx(0.5 / 3.0)
-    assert m.rel_norm == pytest.approx(0.5 / np.sqrt(14))
-    assert m.cosine == pytest.approx(15.5 / (np.sqrt(1 + 4 + 12.25) * np.sqrt(14)))
-    assert m.worst_index == (2,) and (m.worst_value, m.worst_reference) == (3.5, 3.0)
-    assert m.status == "mismatch" and m.mismatched == 1
-    one_ulp = np.nextafter(np.float32(1), np.float32(2))
-    u = compare_arrays(
-        np.array([one_ulp, -1], dtype=np.float32), np.array([1.0, -1.0]), dtype="float32", tol=1e-5
-    )
-    assert u.ulp_max == 1 and u.status == "match"
-    across_zero = compare_arrays(
-        np.array([-0.0], dtype=np.float32), np.array([0.0]), dtype="float32", tol=1e-5
-    )
-    assert across_zero.ulp_max == 0
-
-
-# -- the plain formulas, element by element ----------------------------------------------
-
-_BITS = {"float32": ("f", "i", np.float32), "float64": ("d", "q", np.float64)}
-
-
-def _ulps(a: float, b: float, dtype: str) -> int:
-    """ULPs between two floats rounded to ``dtype``: count through the sign-magnitude bit
-    patterns (both zeros are the same point)."""
-    ffmt, ifmt, ftype = _BITS[dtype]
-
-    def key(v: float) -> int:
-        bits = struct.unpack(ifmt, struct.pack(ffmt, float(ftype(v))))[0]
-        magnitude = bits & ((1 << (8 * struct.calcsize(ifmt) - 1)) - 1)
-        return -magnitude if bits < 0 else magnitude
-
-    return abs(key(a) - key(b))
-
-
-def plain(g, ref, *, dtype: str, tol: float) -> dict:
-    """The documented metrics of ``g`` against ``ref`` (all finite), computed directly."""
-    g = np.asarray(g, dtype=np.float64).reshape(-1)
-    r = np.asarray(ref, dtype=np.float64).reshape(-1)
-    diff = np.abs(g - r)
-    scale = float(np.max(np.abs(r)))
-    floor = float(np.finfo(_BITS[dtype][2]).eps) * scale or np.finfo(np.float64).tiny
-    worst = int(np.argmax(diff))
-    ref_norm = math.sqrt(math.fsum(r * r))
-    diff_norm = math.sqrt(math.fsum(diff * diff))
-    g_norm = math.sqrt(math.fsum(g * g))
-    return {
-        "max_abs": float(diff[worst]),
-        "max_rel": float(np.max(diff / np.maximum(np.abs(r), floor))),
-        "rel_norm": diff_norm / ref_norm,
-        "cosine": math.fsum(g * r) / (g_norm * ref_norm),
-        "ulp_max": max(_ulps(a, b, dtype) for a, b in zip(g, r, strict=True)),
-        "mismatched": int(np.sum(diff > tol * (np.abs(r) + scale))),
-        "flat_worst": worst,
-        "worst_value": float(g[worst]),
-        "worst_reference": float(r[worst]),
-        "status": "match" if diff_norm / ref_norm <= tol else "mismatch",
-    }
-
-
-def check(m, g, ref, *, dtype: str, tol: float) -> None:
-    want = plain(g, ref, dtype=dtype, tol=tol)
-    for key in ("ulp_max", "mismatched", "worst_value", "worst_reference", "status"):
-        assert getattr(m, key) == want[key], key
-    index = np.unravel_index(want["flat_worst"], np.shape(g))
-    assert m.worst_index == tuple(int(i) for i in index)
-    for key in ("max_abs", "max_rel", "rel_norm", "cosine"):
-        assert getattr(m, key) == pytest.approx(want[key], rel=1e-9, abs=1e-300), key
-    assert (m.nan, m.inf, m.first_nonfinite, m.size) == (0, 0, None, np.size(ref))
-
-
-@pytest.fixture
-def threads(monkeypatch):
-    """Entries of two chunks already go to the threads of the fused pass."""
-    monkeypatch.setattr(fused, "PARALLEL_CHUNKS", 2)
 
 
 def _candidates(rng, ref, n: int, dtype=np.float32):
@@ -105,7 +27,7 @@ def _candidates(rng, ref, n: int, dtype=np.float32):
 
 
 @pytest.mark.parametrize("shape", [(7,), (5, 3), (3, CHUNK // 2 + 7), (CHUNK * 2 + 11,)])
-def test_fused_pass_equals_the_plain_formulas(rng, shape, threads):
+def test_fused_pass_equals_the_plain_formulas(rng, shape, threads, check):
     ref = rng.normal(size=shape)
     ref.reshape(-1)[0] = 0.0  # a zero reference element: max_rel's floor, ULPs across zero
     cands = _candidates(rng, ref, 3)
@@ -122,7 +44,7 @@ def test_fused_pass_equals_the_plain_formulas(rng, shape, threads):
     assert measured.ref_norm == pytest.approx(float(np.linalg.norm(ref)), rel=1e-12)
 
 
-def test_fused_pass_reads_transposed_views_and_float64_candidates(rng, threads):
+def test_fused_pass_reads_transposed_views_and_float64_candidates(rng, threads, check):
     ref = rng.normal(size=(CHUNK // 8 + 3, 64))
     base = (ref * (1 + 1e-6 * rng.normal(size=ref.shape))).astype(np.float32)
     cands = {
@@ -139,6 +61,31 @@ def test_fused_pass_reads_transposed_views_and_float64_candidates(rng, threads):
     )
 
 
+@pytest.mark.parametrize(
+    ("stored", "view"),
+    [((3, 2, 0, 1), (2, 3, 1, 0)), ((0, 2, 1, 3), (0, 2, 1, 3)), ((3, 0, 1, 2), (1, 2, 3, 0))],
+    ids=["torch-conv-kernel", "middle-axes-swapped", "rolled"],
+)
+def test_axis_permuted_views_of_any_rank_give_their_contiguous_copys_metrics(
+    rng, stored, view, threads, check
+):
+    # a torch conv kernel is stored (out, in, kh, kw) and handed over as
+    # .transpose(2, 3, 1, 0) of it, shape (kh, kw, in, out): the reference's layout
+    ref = rng.normal(size=(3, 5, 64, 80))
+    g = (ref * (1 + 1e-6 * rng.normal(size=ref.shape))).astype(np.float32)
+    g[2, 1, 40, 7] = 4.0
+    permuted = np.ascontiguousarray(g.transpose(stored)).transpose(view)
+    assert permuted.shape == ref.shape and not permuted.flags.c_contiguous
+    np.testing.assert_array_equal(permuted, g)
+    measured = PreparedReference(ref, dtype="float32", tol=1e-5).compare_many(
+        {"contiguous": g, "permuted": permuted}
+    )
+    assert measured.results["permuted"] == measured.results["contiguous"]
+    check(measured.results["permuted"], g, ref, dtype="float32", tol=1e-5)
+    assert measured.results["permuted"].worst_index == (2, 1, 40, 7)
+    assert measured.differences[("contiguous", "permuted")] == 0.0
+
+
 def test_identical_candidates_are_exactly_zero_apart(rng, threads):
     ref = rng.normal(size=(CHUNK * 3,))
     g = (ref * (1 + 1e-6 * rng.normal(size=ref.shape))).astype(np.float32)
@@ -149,7 +96,7 @@ def test_identical_candidates_are_exactly_zero_apart(rng, threads):
 
 
 @pytest.mark.parametrize("size", [9, CHUNK * 2 + 5])
-def test_nonfinite_candidates_and_references_take_the_masked_way(rng, size, threads):
+def test_nonfinite_candidates_and_references_take_the_masked_way(rng, size, threads, check):
     ref = rng.normal(size=size)
     good = (ref * (1 + 1e-7)).astype(np.float32)
     with_nan = good.copy()
@@ -173,17 +120,25 @@ def test_nonfinite_candidates_and_references_take_the_masked_way(rng, size, thre
     assert m.status == "nonfinite" and m.first_nonfinite == (3,)
 
 
-def test_a_zero_reference_is_judged_by_an_absolute_floor(threads):
+@pytest.mark.parametrize(
+    "measure",
+    [
+        compare_arrays,
+        lambda g, ref, **kw: PreparedReference(ref, **kw).compare(g),
+    ],
+    ids=["definition", "fused"],
+)
+def test_a_zero_reference_is_judged_by_an_absolute_floor(measure, threads):
     for size in (12, CHUNK * 2):
         ref = np.zeros(size)
         noise = np.full(size, 1e-8, dtype=np.float32)
-        assert compare_arrays(noise, ref, dtype="float32", tol=1e-5).status == "match"
-        loud = compare_arrays(noise * 1e4, ref, dtype="float32", tol=1e-5)
+        assert measure(noise, ref, dtype="float32", tol=1e-5).status == "match"
+        loud = measure(noise * 1e4, ref, dtype="float32", tol=1e-5)
         assert loud.status == "mismatch" and loud.rel_norm == math.inf
         assert loud.max_abs == pytest.approx(1e-4)
 
 
-def test_float64_runs_count_float64_ulps(rng, threads):
+def test_float64_runs_count_float64_ulps(rng, threads, check):
     ref = rng.normal(size=CHUNK + 9)
     g = ref.copy()
     g[5] = np.nextafter(np.nextafter(ref[5], np.inf), np.inf)  # two ULPs up
@@ -205,3 +160,180 @@ def test_the_worst_element_is_the_first_of_equals_whatever_the_threads(rng, thre
 def test_shapes_must_agree():
     with pytest.raises(InputError, match="shapes differ"):
         PreparedReference(np.zeros(3), dtype="float32", tol=1e-5).compare_many({"a": np.zeros(4)})
+
+
+# -- the chunks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunk"),
+    [((10, 7), 16), ((10, 70), 16), ((4, 5, 6, 7), 50), ((4, 5, 6, 7), 300), ((3, 9, 2), 4)],
+)
+def test_blocked_chunks_cover_every_index_once_as_blocks_of_whole_rows(monkeypatch, shape, chunk):
+    monkeypatch.setattr(fused, "CHUNK", chunk)
+    chunks = fused._Chunks(shape, blocked=True)
+    flat = np.arange(math.prod(shape)).reshape(shape)
+    seen = []
+    for c in range(chunks.n):
+        lo, hi, index = chunks.bounds(c)
+        block = flat[index]
+        np.testing.assert_array_equal(block.reshape(-1), np.arange(lo, hi))
+        assert hi - lo <= chunks.width and block.shape[-1] == shape[-1]
+        seen.extend(range(lo, hi))
+    assert sorted(seen) == list(range(math.prod(shape)))
+
+
+def test_a_two_d_entry_is_cut_into_blocks_of_whole_rows(monkeypatch):
+    monkeypatch.setattr(fused, "CHUNK", 100)
+    chunks = fused._Chunks((25, 30), blocked=True)  # 3 rows of 30 per chunk
+    assert [chunks.bounds(c)[:2] for c in range(chunks.n)] == [
+        (0, 90),
+        (90, 180),
+        (180, 270),
+        (270, 360),
+        (360, 450),
+        (450, 540),
+        (540, 630),
+        (630, 720),
+        (720, 750),
+    ]
+    assert chunks.bounds(8)[2] == (slice(24, 25),) and chunks.width == 90
+
+
+# -- the property: fused == definition ---------------------------------------------------
+
+LAYOUTS = ("c", "permuted", "strided", "reversed")
+
+
+def _lay_out(g: np.ndarray, layout: str, perm) -> np.ndarray:
+    """The values of ``g`` (C order) in another memory order, as a view of ``g``'s shape."""
+    if layout == "permuted" and g.ndim:
+        return np.ascontiguousarray(g.transpose(perm)).transpose(np.argsort(perm))
+    if layout == "strided" and g.ndim:
+        wide = np.zeros((*g.shape[:-1], 2 * g.shape[-1]), g.dtype)
+        wide[..., ::2] = g
+        return wide[..., ::2]
+    if layout == "reversed" and g.ndim:
+        return np.ascontiguousarray(g[::-1])[::-1]
+    return g
+
+
+@st.composite
+def entries(draw):
+    """A reference of rank 0 to 4 and 1 to 4 candidates, drawn from a seed, with their
+    memory orders, dtypes, levels of noise, NaN/Inf, and the chunk size of the pass."""
+    ndim = draw(st.sampled_from([0, 1, 2, 2, 3, 4]))
+    shape = tuple(draw(st.lists(st.integers(1, 8), min_size=ndim, max_size=ndim)))
+    if ndim and draw(st.integers(0, 9)) == 0:
+        shape = (0, *shape[1:])  # now and then an empty entry
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["normal", "normal", "normal", "zero", "nonfinite"]))
+    ref = rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 3)
+    if kind == "zero":
+        ref = np.zeros(shape)
+    elif ref.size:
+        ref.reshape(-1)[rng.integers(0, ref.size, size=2)] = 0.0
+        if kind == "nonfinite":
+            ref.reshape(-1)[rng.integers(0, ref.size)] = rng.choice([np.nan, np.inf])
+    cands, plain = {}, {}
+    for i in range(draw(st.integers(1, 4))):
+        noise = draw(st.sampled_from([0.0, 1e-7, 1e-4, 1.0]))
+        if i and draw(st.integers(0, 3)) == 0:
+            g = plain[f"g{i - 1}"].copy()  # equal to the one before: exactly 0 apart
+        else:
+            scale = max(float(np.max(np.abs(ref[np.isfinite(ref)]), initial=0.0)), 1e-9)
+            if draw(st.integers(0, 3)) == 0:  # equal largest differences in many chunks
+                g = ref + scale * rng.integers(-1, 2, size=shape)
+            else:
+                g = ref + noise * scale * rng.normal(size=shape)
+            g = g.astype(draw(st.sampled_from([np.float32, np.float64])))
+            if g.size and draw(st.integers(0, 4)) == 0:
+                at = rng.integers(0, g.size, size=draw(st.integers(1, 3)))
+                g.reshape(-1)[at] = rng.choice([np.nan, np.inf, -np.inf], size=at.size)
+        perm = draw(st.permutations(range(ndim)))
+        cands[f"g{i}"] = _lay_out(g, draw(st.sampled_from(LAYOUTS)), perm)
+        plain[f"g{i}"] = g
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    chunk = draw(st.sampled_from([2, 5, 16, 1 << 15]))  # the last: one chunk, stacked
+    return ref, cands, plain, dtype, chunk
+
+
+def _same_metrics(got, want) -> None:
+    for key in ("max_abs", "ulp_max", "mismatched", "size", "worst_index", "worst_value"):
+        assert _same(getattr(got, key), getattr(want, key)), key
+    for key in ("worst_reference", "nan", "inf", "first_nonfinite", "status", "tol"):
+        assert _same(getattr(got, key), getattr(want, key)), key
+    assert got.max_rel == pytest.approx(want.max_rel, rel=1e-12, abs=0), "max_rel"
+    assert got.rel_norm == pytest.approx(want.rel_norm, rel=1e-12, abs=0), "rel_norm"
+    assert got.cosine == pytest.approx(want.cosine, rel=1e-9, abs=1e-9), "cosine"
+
+
+def _same(a, b) -> bool:
+    """Equal, or both NaN (the value at a NaN element)."""
+    return a == b or (
+        isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    )
+
+
+def _plain_difference(a: np.ndarray, b: np.ndarray) -> float:
+    with np.errstate(all="ignore"):
+        value = float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64)))
+    return value if math.isfinite(value) else math.inf
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(entries())
+def test_the_fused_engine_gives_the_definitions_metrics(entry):
+    ref, cands, plain, dtype, chunk = entry
+    tol = {"float32": 1e-5, "float64": 1e-10}[dtype]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused, "CHUNK", chunk)  # many chunks: their edges fall everywhere
+        patch.setattr(fused, "PARALLEL_CHUNKS", 2)  # and threads take them
+        measured = PreparedReference(ref, dtype=dtype, tol=tol).compare_many(cands)
+    assert list(measured.results) == list(cands)
+    for label, g in plain.items():
+        _same_metrics(measured.results[label], compare_arrays(g, ref, dtype=dtype, tol=tol))
+    want_norm = float(np.linalg.norm(ref)) if np.isfinite(ref).all() else math.inf
+    assert measured.ref_norm == pytest.approx(want_norm, rel=1e-12)
+    labels = list(plain)
+    assert list(measured.differences) == [
+        (a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]
+    ]
+    for (a, b), value in measured.differences.items():
+        want = _plain_difference(plain[a], plain[b])
+        if want == 0.0 or not math.isfinite(want):
+            assert value == want, (a, b)
+            continue
+        # the pass adds ||d_a||^2 + ||d_b||^2 - 2 d_a.d_b: exact to rounding of those terms
+        terms = sum(_plain_difference(plain[x], ref) ** 2 for x in (a, b))
+        assert abs(value**2 - want**2) <= 1e-12 * terms + 1e-300, (a, b)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout"),
+    [
+        (shape, layout)
+        for shape in [(23,), (7, 6), (3, 4, 5), (2, 3, 4, 5)]
+        for layout in LAYOUTS[1:]
+        if len(shape) > 1 or layout != "permuted"  # one axis: a single order
+    ],
+)
+def test_every_rank_and_memory_order_crosses_chunk_edges(rng, monkeypatch, shape, layout):
+    monkeypatch.setattr(fused, "CHUNK", 5)
+    monkeypatch.setattr(fused, "PARALLEL_CHUNKS", 2)
+    ref = rng.normal(size=shape)
+    g = (ref * (1 + 1e-6 * rng.normal(size=shape))).astype(np.float32)
+    g.reshape(-1)[g.size // 2] = 3.0
+    view = _lay_out(g, layout, tuple(reversed(range(len(shape)))))
+    assert not view.flags.c_contiguous
+    measured = PreparedReference(ref, dtype="float32", tol=1e-5).compare_many({"g": g, "v": view})
+    want = compare_arrays(g, ref, dtype="float32", tol=1e-5)
+    _same_metrics(measured.results["v"], want)
+    _same_metrics(measured.results["g"], want)
+    assert measured.differences[("g", "v")] == 0.0

@@ -298,16 +298,22 @@ def _difference(a: np.ndarray, b: np.ndarray) -> float:
 class _Chunks:
     """How a fused pass cuts an entry of ``shape`` into chunks.
 
-    Chunks are consecutive ranges ``[lo, hi)`` of the reference's flat C-order indices, in
-    increasing order. When every candidate is C-contiguous they are plain slices of
-    :data:`CHUNK` elements (``index`` is ``None``). When one is not (any rank, any axis
-    permutation or stride: torch hands its kernels over as transposed views), each chunk is
-    instead a regular block ``view[i_0, ..., i_{a-1}, r0:r1]`` of whole sub-arrays along the
-    leading ``axis`` ``a``, which NumPy copies into the chunk's buffer in the reference's
-    order; no copy of the whole candidate is made. ``a`` is the first axis whose sub-arrays
-    (``prod(shape[a+1:])`` elements) fit in a chunk, but never past the next-to-last one,
-    so a chunk holds at least one whole last-axis row. For a 2-D entry ``a = 0``: blocks of
-    whole rows, ``CHUNK // ncols`` of them.
+    Each chunk is a range ``[lo, hi)`` of the reference's flat C-order indices. When every
+    candidate is C-contiguous the chunks are plain slices of :data:`CHUNK` elements
+    (``index`` is ``None``), in order.
+
+    When one is not (any rank, any axis permutation or stride: torch hands its kernels over
+    as transposed or axis-permuted views), each chunk is instead a regular block
+    ``view[i_0, ..., i_{a-1}, r0:r1]``: whole sub-arrays along one ``axis`` ``a``, which
+    the pass gathers into the chunk's buffer in the reference's order; no copy of the whole
+    candidate is made. ``a`` is the first axis whose sub-arrays (``prod(shape[a+1:])``
+    elements) fit in a chunk, but never past the next-to-last one, so a chunk holds at
+    least one whole last-axis row. For a 2-D entry ``a = 0``: blocks of ``CHUNK // ncols``
+    whole rows, which read a transposed view's memory one full cache line at a time.
+    Chunk numbers run over the leading indices ``i_0 .. i_{a-1}`` fastest, so that
+    consecutive chunks gather the same stretch of a permuted candidate's memory while it is
+    still in cache. The order of chunks changes no result: every sum over chunks is an
+    exactly rounded ``math.fsum``, and the first of equal maxima is chosen by flat index.
 
     Attributes:
         n: the number of chunks.
@@ -319,23 +325,20 @@ class _Chunks:
         if not blocked or len(shape) <= 1:
             shape = (size,)
         last = max(len(shape) - 2, 0)
-        axis = next(
-            (a for a in range(last) if math.prod(shape[a + 1 :]) <= CHUNK),
-            last,
-        )
+        axis = next((a for a in range(last) if math.prod(shape[a + 1 :]) <= CHUNK), last)
         self.blocked = blocked
-        self.prefix = shape[:axis]  # the axes indexed one by one
+        self.prefix = shape[:axis]  # the axes indexed one by one: i_0 .. i_{a-1}
+        self.n_prefix = math.prod(self.prefix)
         self.length = shape[axis]  # the axis cut into runs of `rows`
         self.inner = math.prod(shape[axis + 1 :])  # elements per index along `axis`
         self.rows = max(1, CHUNK // self.inner)
-        self.per_prefix = -(-self.length // self.rows)
-        self.n = math.prod(self.prefix) * self.per_prefix
+        self.n = self.n_prefix * -(-self.length // self.rows)
         self.width = min(self.rows, self.length) * self.inner
 
     def bounds(self, c: int) -> tuple[int, int, tuple | None]:
         """Chunk ``c``'s flat range ``(lo, hi)`` and, for blocked chunks, its index into an
         array of the entry's shape (else ``None``)."""
-        p, j = divmod(c, self.per_prefix)
+        j, p = divmod(c, self.n_prefix)
         r0 = j * self.rows
         r1 = min(r0 + self.rows, self.length)
         lo, hi = (p * self.length + r0) * self.inner, (p * self.length + r1) * self.inner
@@ -349,9 +352,9 @@ class _Chunks:
 
 
 class _Sums:
-    """What one thread of the fused pass accumulates: per-chunk sums (added up in chunk
-    order afterwards, so that the result does not depend on which thread took which chunk)
-    and running maxima."""
+    """What one thread of the fused pass accumulates: running maxima, counts and where the
+    largest difference is (the per-chunk sums go to :class:`_FusedPass`'s arrays, added up
+    exactly afterwards, so that no result depends on which thread took which chunk)."""
 
     def __init__(self, k: int) -> None:
         self.worst = [-1.0] * k
@@ -448,10 +451,10 @@ class _Worker:
     """
 
     def __init__(self, job: _FusedPass) -> None:
-        self.job, self.ref = job, job.prepared
+        self.job, self.prepared = job, job.prepared
         k, width = len(job.cands), job.chunks.width
-        self.flat_ref = self.ref.ref.reshape(-1)
-        exact = EXACT.get(self.ref.dtype)
+        self.flat_ref = job.prepared.ref.reshape(-1)
+        exact = EXACT.get(self.prepared.dtype)
         self.ftype, self.itype, bits = exact if exact else (None, None, 0)
         self.limit = 1 << bits
         self.diffs = np.empty((k, width))
@@ -464,6 +467,7 @@ class _Worker:
             None if exact is None or self.ftype is np.float64 else np.empty(width, self.ftype)
         )
         self.cand_run = None if exact is None else np.empty(width, self.ftype)
+        self.blocks: dict[np.dtype, np.ndarray] = {}  # see gathered()
         self.sums = _Sums(k)
 
     def run(self) -> _Sums:
@@ -493,7 +497,7 @@ class _Worker:
         r = self.flat_ref[lo:hi]
         den = self.inv[: hi - lo]
         np.abs(r, out=den)
-        np.maximum(den, self.ref.floor, out=den)
+        np.maximum(den, self.prepared.floor, out=den)
         np.reciprocal(den, out=den)
         if self.ftype is None:
             return _Side(r, den, None, None)
@@ -506,21 +510,32 @@ class _Worker:
 
     def difference(self, i: int, r: np.ndarray, lo: int, hi: int, index) -> tuple:
         """``d = g_i - r`` in float64 on the chunk, in the buffers' row ``i``; and ``g_i``'s
-        chunk itself (flat, or a block of ``index``'s shape)."""
+        chunk itself, flat and contiguous in its own dtype.
+
+        A candidate in another memory order is gathered once per chunk: its block (of
+        ``index``) is copied, in its own dtype, into a buffer in the reference's order,
+        which the difference and the ULP distance then both read.
+        """
         d = self.diffs[i, : hi - lo]
         flat = self.job.flat[i]
         if flat is None:
-            g = self.job.cands[i][index]
-            np.copyto(d.reshape(g.shape), g)
-            np.subtract(d, r, out=d)
-            return d, g
-        g = flat[lo:hi]
+            block = self.job.cands[i][index]
+            g = self.gathered(block.dtype)[: hi - lo]
+            np.copyto(g.reshape(block.shape), block)
+        else:
+            g = flat[lo:hi]
         if g.dtype == np.float64:
             np.subtract(g, r, out=d)
         else:
             np.copyto(d, g)
             np.subtract(d, r, out=d)
         return d, g
+
+    def gathered(self, dtype: np.dtype) -> np.ndarray:
+        """This thread's buffer, one chunk wide, for blocks of ``dtype`` (made on first use)."""
+        if dtype not in self.blocks:
+            self.blocks[dtype] = np.empty(self.job.chunks.width, dtype)
+        return self.blocks[dtype]
 
     def dots(self, i: int, c: int, d: np.ndarray, r: np.ndarray) -> bool:
         """Chunk ``c``'s ``d . d`` and ``r . d`` for candidate ``i``; ``False`` (and the
@@ -536,19 +551,19 @@ class _Worker:
     def largest(self, i: int, lo: int, d: np.ndarray, side: _Side) -> None:
         """``max |d|`` (first of equals) and where, the count above the mismatch threshold,
         and the largest ``|d| / max(|r|, floor)``, folded into candidate ``i``'s sums."""
-        sums, ref = self.sums, self.ref
+        sums, prep = self.sums, self.prepared
         a = self.absd[: d.size]
         np.abs(d, out=a)
         j = int(np.argmax(a))
         worst = float(a[j])
         if worst > sums.worst[i] or (worst == sums.worst[i] and lo + j < sums.worst_at[i]):
             sums.worst[i], sums.worst_at[i] = worst, lo + j
-        if worst > ref.tol * ref.scale:  # else no element can exceed tol * (|r| + scale)
+        if worst > prep.tol * prep.scale:  # else no element can exceed tol * (|r| + scale)
             if side.thresh is None:
                 side.thresh = th = self.thresh[: d.size]
                 np.abs(side.r, out=th)
-                np.add(th, ref.scale, out=th)
-                np.multiply(th, ref.tol, out=th)
+                np.add(th, prep.scale, out=th)
+                np.multiply(th, prep.tol, out=th)
             above = np.greater(a, side.thresh, out=self.flags[: d.size])
             sums.mismatched[i] += int(np.count_nonzero(above))
         np.multiply(a, side.den, out=a)
@@ -565,16 +580,16 @@ class _Worker:
         a value is that far out, and the chunk is then measured the exact way.
         """
         n = side.r.size
-        if self.job.flat[i] is not None and g.dtype == self.ftype:
-            g_run = g  # (a contiguous slice of the candidate)
+        if g.dtype == self.ftype:
+            g_run = g
         else:
             g_run = self.cand_run[:n]
-            np.copyto(g_run.reshape(g.shape), g, casting="unsafe")
+            np.copyto(g_run, g, casting="unsafe")
         raw = self.steps[:n]
         np.subtract(g_run.view(self.itype), side.r_int, out=raw)
         top, bottom = int(raw.max()), int(raw.min())
         if top >= self.limit or bottom <= -self.limit:
-            dtype = self.ref.dtype
+            dtype = self.prepared.dtype
             exact = np.subtract(ordered(g_run, dtype), ordered(side.r_run, dtype), dtype=np.int64)
             top, bottom = int(exact.max()), int(exact.min())
         self.sums.ulp[i] = max(self.sums.ulp[i], top, -bottom)
