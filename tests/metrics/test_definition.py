@@ -3,11 +3,13 @@ against the plain formulas written out in conftest.py, and with NaN/Inf masked."
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import numpy as np
 import pytest
 
+import xgrad.metrics.definition
 from xgrad.errors import InputError
 from xgrad.metrics import Metrics, compare_arrays, json_float, ulp_distance
 
@@ -87,3 +89,8 @@ def test_to_dict_writes_json_ready_values():
         0.5,
         None,
     ]
+
+
+def test_docstring_examples():
+    result = doctest.testmod(xgrad.metrics.definition, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
