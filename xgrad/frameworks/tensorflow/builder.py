@@ -1,19 +1,10 @@
 """A spec as a real Keras model made of Keras' own layers.
 
-======================  ==============================================  ======================
-xgrad layer             Keras layer                                     weights (Keras names)
-======================  ==============================================  ======================
-Dense                   ``Dense(units, activation, use_bias)``          kernel (in, out), bias
-Activation              ``Activation(activation)``                      -
-LayerNorm               ``LayerNormalization(epsilon, center, scale)``  gamma, beta
-RMSNorm                 ``RMSNormalization(epsilon)``                   scale
-BatchNorm               ``BatchNormalization(epsilon, momentum, ...)``  gamma, beta,
-                                                                        moving_mean,
-                                                                        moving_variance
-Dropout                 ``Dropout(rate)`` (xgrad applies its own mask)  -
-Flatten                 ``Flatten()``                                   -
-Residual                its layers, then ``Add()([x, block(x)])``       -
-======================  ==============================================  ======================
+Each layer is the Keras layer its kind's entry in
+:data:`~xgrad.frameworks.tensorflow.kinds.KINDS` builds (``Dense(units, activation,
+use_bias)``, ``LayerNormalization``, ...; a residual block: its layers, then
+``Add()([x, block(x)])``), and its weights are the attributes the entry names (a Dense's
+``kernel`` ``(in, out)``, a BatchNorm's ``moving_variance``).
 
 A spec without residual blocks is a ``keras.Sequential`` named ``sequential``; one with them a
 Functional ``keras.Model`` named ``functional``. Layers are named from their canonical path
@@ -26,25 +17,18 @@ prefix: ``dense_2_0/kernel``, as Keras names them). Activations are those of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
 
-from xgrad.errors import FrameworkError
-from xgrad.frameworks.numpy import spec_layers
+from xgrad.frameworks.base import spec_layers
+from xgrad.frameworks.kinds import to_native
 from xgrad.frameworks.pool import BuildPool
-from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel, KerasRunner
-from xgrad.frameworks.tensorflow.ops import keras, tf_activation
-from xgrad.layers import (
-    AbstractLayer,
-    Activation,
-    BatchNorm,
-    Dense,
-    Dropout,
-    Flatten,
-    LayerNorm,
-    RMSNorm,
-)
+from xgrad.frameworks.tensorflow.kinds import KINDS, KerasCall
+from xgrad.frameworks.tensorflow.model import KerasModel, KerasRunner
+from xgrad.frameworks.tensorflow.ops import keras
+from xgrad.layers import AbstractLayer
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
 
@@ -57,70 +41,36 @@ def layer_name(path: str, layer: AbstractLayer) -> str:
     return f"{layer.kind}_" + "_".join(path.split(".")[1::2])
 
 
-def _keras_layer(layer: AbstractLayer, name: str, dtype: str) -> keras.layers.Layer:
-    """Keras' layer for one xgrad layer (weights are assigned once the model is built)."""
-    if isinstance(layer, Dense):
-        return keras.layers.Dense(
-            layer.units,
-            activation=tf_activation(layer.act),
-            use_bias=layer.use_bias,
-            kernel_initializer="zeros",  # assigned next: no random draw
-            name=name,
-            dtype=dtype,
-        )
-    if isinstance(layer, Activation):
-        return keras.layers.Activation(tf_activation(layer.act), name=name, dtype=dtype)
-    if isinstance(layer, LayerNorm):
-        return keras.layers.LayerNormalization(
-            epsilon=layer.epsilon, center=layer.center, scale=layer.scale, name=name, dtype=dtype
-        )
-    if isinstance(layer, RMSNorm):
-        if not layer.scale:
-            raise FrameworkError(
-                f"layer {name} ({layer.describe()}): Keras' RMSNormalization always has a "
-                "learned scale; xgrad cannot build RMSNorm(scale=False) in tensorflow "
-                "(use RMSNorm(scale=True) with a scale of ones)"
-            )
-        if not hasattr(keras.layers, "RMSNormalization"):
-            raise FrameworkError(
-                f"layer {name} ({layer.describe()}): Keras {keras.__version__} has no "
-                "RMSNormalization layer; upgrade Keras (3.9 or later)"
-            )
-        return keras.layers.RMSNormalization(epsilon=layer.epsilon, name=name, dtype=dtype)
-    if isinstance(layer, BatchNorm):
-        return keras.layers.BatchNormalization(
-            epsilon=layer.epsilon,
-            momentum=layer.momentum,
-            center=layer.center,
-            scale=layer.scale,
-            name=name,
-            dtype=dtype,
-        )
-    if isinstance(layer, Dropout):
-        return keras.layers.Dropout(layer.rate, name=name, dtype=dtype)
-    if isinstance(layer, Flatten):
-        return keras.layers.Flatten(name=name, dtype=dtype)
-    raise FrameworkError(f"xgrad cannot build a {layer.kind} layer ({name}) in tensorflow")
+def _keras_layer(layer: AbstractLayer, path: str, dtype: str) -> keras.layers.Layer:
+    """Keras' layer for the xgrad layer at ``path`` (weights are assigned once the model is
+    built)."""
+    return KINDS[layer.kind].build(layer, layer_name(path, layer), dtype)
 
 
 def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, keras.layers.Layer]]:
     """The Keras model of ``spec`` in ``dtype`` (weights zero, Keras' defaults for norms), and
     the Keras layer computing each canonical path's output (a residual block: its ``Add``).
 
+    A layer with children (a residual block) is wired by its kind's
+    :attr:`~.kinds.KerasKind.call`, given its layers chained on a value; every other layer
+    is called on the previous output.
+
     Raises:
+        KindNotSupportedError: a layer kind tensorflow has no entry for.
         FrameworkError: a layer Keras cannot express (``RMSNorm(scale=False)``).
     """
+    KINDS.check(spec)
     by_path: dict[str, keras.layers.Layer] = {}
 
     def chain(layers, prefix: str, h):
         for i, layer in enumerate(layers):
             path = f"{prefix}.{i}"
             if layer.children:
-                inner = chain(layer.children, f"{path}.layers", h)
-                by_path[path] = keras.layers.Add(name=layer_name(path, layer), dtype=dtype)
-                h = by_path[path]([h, inner])
+                inner = functools.partial(chain, layer.children, f"{path}.layers")
+                by_path[path] = _keras_layer(layer, path, dtype)
+                h = KINDS[layer.kind].call(KerasCall(by_path[path], layer, run=inner), h)
             else:
-                by_path[path] = _keras_layer(layer, layer_name(path, layer), dtype)
+                by_path[path] = _keras_layer(layer, path, dtype)
                 h = by_path[path](h)
         return h
 
@@ -128,7 +78,7 @@ def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, ker
     if any(layer.children for layer in spec.layers):
         return keras.Model(inputs, chain(spec.layers, "layers", inputs), name="functional"), by_path
     for path, layer in spec.walk():
-        by_path[path] = _keras_layer(layer, layer_name(path, layer), dtype)
+        by_path[path] = _keras_layer(layer, path, dtype)
     return keras.Sequential([inputs, *by_path.values()], name="sequential"), by_path
 
 
@@ -147,13 +97,22 @@ class _Kit:
     def __init__(self, spec: MLP, dtype: str) -> None:
         self.model, self.by_path = build_keras_model(spec, dtype)
         self.variables = {
-            f"{path}.{local}": getattr(self.by_path[path], KERAS_WEIGHTS[layer.kind][local])
+            f"{path}.{local}": getattr(self.by_path[path], KINDS[layer.kind].weights[local])
             for path, layer in spec.walk()
             for local in (*layer.param_names(), *layer.state_names())
         }
         self.layers = spec_layers(
-            spec, lambda path, local: self.variables[f"{path}.{local}"].path, layer_name
+            spec,
+            lambda path, local: self.variables[f"{path}.{local}"].path,
+            layer_name,
+            lambda layer: KINDS[layer.kind].layouts,
         )
+        self.layouts = {
+            f"{info.path}.{local}": layout
+            for top in self.layers
+            for info in top.walk()
+            for local, layout in info.layouts.items()
+        }
         names = [f"{path}.{local}" for path, layer in spec.walk() for local in layer.param_names()]
         self.runner = KerasRunner(self.layers, self.by_path, [self.variables[n] for n in names])
 
@@ -169,7 +128,7 @@ class SpecModel(KerasModel):
         key = (spec, dtype)
         kit = POOL.take(key) or _Kit(spec, dtype)
         for name, var in kit.variables.items():
-            var.assign(np.asarray(weights[name], dtype=dtype))
+            var.assign(to_native(np.asarray(weights[name], dtype=dtype), kit.layouts.get(name)))
         super().__init__(
             kit.model,
             kit.layers,

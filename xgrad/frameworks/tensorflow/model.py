@@ -2,54 +2,45 @@
 and one evaluation under ``tf.GradientTape``.
 
 A model is evaluated by calling its Keras layers one after another, as ``Sequential`` and
-``Functional`` models do, following :attr:`AbstractModel.layers` (residual blocks add their
-input back, with their ``keras.layers.Add`` when they have one). The readers check, on a
-probe batch, that this sequence computes what the user's own ``call`` computes. Walking the
-layers makes xgrad's semantics explicit:
+``Functional`` models do, following :attr:`AbstractModel.layers`, each as its kind's entry in
+:data:`~xgrad.frameworks.tensorflow.kinds.KINDS` calls it (residual blocks add their input
+back, with their ``keras.layers.Add`` when they have one). The readers check, on a probe
+batch, that this sequence computes what the user's own ``call`` computes. Walking the layers
+makes xgrad's semantics explicit:
 
 * an :class:`~xgrad.Activation` without a Keras layer (an activation function called in the
   user's ``call`` between layers) applies :func:`~xgrad.frameworks.tensorflow.ops.tf_activation`;
 * an active :class:`~xgrad.Dropout` multiplies by xgrad's mask (``layer.scaled_mask``), never
   by a Keras random mask; an inactive one is the identity;
-* a :class:`~xgrad.BatchNorm` in training mode is called with ``training=True``: Keras
-  normalises by the batch statistics and assigns the new moving statistics, which are read
-  and then restored, so evaluating never changes the model;
+* a layer that updates its state (a :class:`~xgrad.BatchNorm` in training mode) is called
+  with ``training=True``: Keras normalises by the batch statistics and assigns the new moving
+  statistics, which are read and then restored, so evaluating never changes the model;
 * every other layer is called with ``training=False``;
 * with ``capture=True`` every layer's output is watched, so ``dL/d output`` is its total
   derivative (through a residual's skip connection too).
 
 The step runs in a ``tf.function`` cached per model, loss and capture flag (a user's loss
-function runs eagerly).
+function runs eagerly). Weights and their gradients cross in canonical layout: a weight whose
+kind's entry states another layout (``LayerInfo.layouts``) is permuted on the way.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
 from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
-from xgrad.frameworks.tensorflow.ops import keras, own_traces, tf, tf_activation, tf_loss
-from xgrad.layers import Activation, BatchNorm, Dropout
+from xgrad.frameworks.kinds import to_canonical
+from xgrad.frameworks.tensorflow.kinds import KINDS, KerasCall
+from xgrad.frameworks.tensorflow.ops import keras, own_traces, tf, tf_loss
 from xgrad.losses import Loss
 from xgrad.params import Params
 
-__all__ = ["KERAS_WEIGHTS", "KerasModel"]
+__all__ = ["KerasModel", "KerasRunner"]
 
 ZERO = tf.UnconnectedGradients.ZERO
-
-KERAS_WEIGHTS: dict[str, dict[str, str]] = {
-    "dense": {"kernel": "kernel", "bias": "bias"},
-    "layernorm": {"scale": "gamma", "bias": "beta"},
-    "rmsnorm": {"scale": "scale"},
-    "batchnorm": {
-        "scale": "gamma",
-        "bias": "beta",
-        "mean": "moving_mean",
-        "var": "moving_variance",
-    },
-}
-"""Layer kind -> xgrad's local weight name -> the attribute of Keras' layer holding it
-(``Dense``, ``LayerNormalization``, ``RMSNormalization``, ``BatchNormalization``)."""
 
 
 class KerasRunner:
@@ -74,19 +65,17 @@ class KerasRunner:
         self.steps: dict[tuple, object] = {}
 
     def run(self, infos, a, masks, values, tape):
-        """Call the layers of ``infos`` on ``a``; record each output in ``values``."""
+        """Call the layers of ``infos`` on ``a``, each as its kind's entry calls it
+        (:attr:`~.kinds.KerasKind.call`, with what its ``draw`` drew in ``masks``); record
+        each output in ``values``."""
         for info in infos:
-            layer = self.keras_layers.get(info.path)
-            if info.children:
-                inner = self.run(info.children, a, masks, values, tape)
-                a = a + inner if layer is None else layer([a, inner])
-            elif isinstance(info.layer, Dropout):
-                a = a * masks[info.path] if info.path in masks else a
-            elif layer is None and isinstance(info.layer, Activation):  # code in call
-                a = tf_activation(info.layer.act)(a)
-            else:
-                training = isinstance(info.layer, BatchNorm) and info.layer.training
-                a = layer(a, training=training)
+            call = KerasCall(
+                self.keras_layers.get(info.path),
+                info.layer,
+                masks.get(info.path),
+                functools.partial(self.run, info.children, masks=masks, values=values, tape=tape),
+            )
+            a = KINDS[info.kind].call(call, a)
             if values is not None:
                 tape.watch(a)
                 values[info.path] = a
@@ -176,8 +165,13 @@ class KerasModel(AbstractModel):
         self._training_state = {
             f"{info.path}.{local}": variables[f"{info.path}.{local}"]
             for info in self.walk()
-            if isinstance(info.layer, BatchNorm) and info.layer.training
+            if info.layer is not None and info.layer.updates_state
             for local in info.state
+        }
+        self._layouts = {
+            f"{info.path}.{local}": layout
+            for info in self.walk()
+            for local, layout in info.layouts.items()
         }
         self._lease = None if pooled is None else pooled[0].lend(self, *pooled[1:])
 
@@ -203,21 +197,30 @@ class KerasModel(AbstractModel):
         return self._variables[name]
 
     def weights(self) -> Params:
-        """Parameters and state by canonical name, as the variables store them (kernel
-        ``(in, out)`` as Keras does)."""
-        return {name: np.array(var.numpy()) for name, var in self._variables.items()}
+        """Parameters and state by canonical name and layout (Keras stores a kernel
+        ``(in, out)`` canonically; a weight stored in another layout is permuted back)."""
+        return {name: self._canonical(name, var.numpy()) for name, var in self._variables.items()}
+
+    def _canonical(self, name: str, value) -> np.ndarray:
+        """A weight (or its gradient) ``name`` as a NumPy array in canonical layout."""
+        layout = self._layouts.get(name)
+        if layout is None:
+            return np.array(value)
+        return np.ascontiguousarray(to_canonical(np.asarray(value), layout))
 
     # -- one step -------------------------------------------------------------------------
 
     def _masks(self, batch: int) -> dict[str, tf.Tensor]:
-        """xgrad's scaled dropout mask of every active Dropout, for a batch of ``batch``."""
-        return {
-            info.path: tf.constant(
-                info.layer.scaled_mask(info.path, (batch, *info.input_shape), self.dtype)
-            )
-            for info in self.walk()
-            if isinstance(info.layer, Dropout) and info.layer.active
-        }
+        """What each layer's kind draws for one evaluation of a batch of ``batch``
+        (:attr:`~.kinds.KerasKind.draw`: xgrad's scaled mask of an active Dropout), by path."""
+        masks = {}
+        for info in self.walk():
+            draw = KINDS[info.kind].draw
+            if draw is not None and info.layer is not None:
+                drawn = draw(info.layer, info.path, (batch, *info.input_shape), self.dtype)
+                if drawn is not None:
+                    masks[info.path] = tf.constant(drawn)
+        return masks
 
     def _tensor(self, y):
         y = np.asarray(y)
@@ -240,13 +243,19 @@ class KerasModel(AbstractModel):
                 value, out, grad_params, grad_x, grad_values, values = step(
                     tf.constant(x), target, self._masks(x.shape[0])
                 )
-            state = {name: np.array(var.numpy()) for name, var in self._training_state.items()}
+            state = {
+                name: self._canonical(name, var.numpy())
+                for name, var in self._training_state.items()
+            }
         finally:
             for name, var in self._training_state.items():
                 var.assign(saved[name])
         return Gradients(
             loss=None if value is None else float(value),
-            params={n: np.asarray(g) for n, g in zip(self.param_names, grad_params, strict=True)},
+            params={
+                n: self._canonical(n, g) if n in self._layouts else np.asarray(g)
+                for n, g in zip(self.param_names, grad_params, strict=True)
+            },
             input=np.asarray(grad_x),
             output=np.asarray(out),
             state=state,

@@ -18,11 +18,11 @@ removed again in ``finally``; the model is never changed). The calls are then re
 
 Anything else (branches, concatenations, code between layers that is none of xgrad's
 activations, a layer called twice) raises :class:`~xgrad.errors.AlignmentError` naming the
-layer. Each layer is read by
-:mod:`.layer_readers`: Keras' own ``Dense``, ``Activation``, ``ReLU``, ``LeakyReLU``,
-``Softmax``, ``ELU``, ``LayerNormalization``, ``RMSNormalization``, ``BatchNormalization``
-(inference, as when the model is called normally), ``Dropout`` (inference: the identity) and
-``Flatten``.
+layer. Each layer is read by the reader of its exact class in
+:data:`~xgrad.frameworks.tensorflow.kinds.KINDS`: Keras' own ``Dense``, ``Activation``,
+``ReLU``, ``LeakyReLU``, ``Softmax``, ``ELU``, ``LayerNormalization``, ``RMSNormalization``,
+``BatchNormalization`` (inference, as when the model is called normally), ``Dropout``
+(inference: the identity) and ``Flatten``.
 
 Native names are Keras variable paths (``sequential/dense_1/kernel``); layers keep their
 Keras names. The model returned evaluates the Keras layers themselves
@@ -41,9 +41,10 @@ import numpy as np
 
 from xgrad.errors import AlignmentError, InputError, ParamsError
 from xgrad.frameworks.base import LayerInfo
+from xgrad.frameworks.kinds import Layout, inverse, to_native
 from xgrad.frameworks.tensorflow.backend_worker import keras_leaves
-from xgrad.frameworks.tensorflow.layer_readers import read_layer, where
-from xgrad.frameworks.tensorflow.model import KERAS_WEIGHTS, KerasModel
+from xgrad.frameworks.tensorflow.kinds import KINDS, read_layer, where
+from xgrad.frameworks.tensorflow.model import KerasModel
 from xgrad.frameworks.tensorflow.ops import check_backend, keras, tf
 from xgrad.identify import FIT, fit_activation, leaky_slope, rel
 from xgrad.layers import AbstractLayer, Activation, Residual, Shape
@@ -111,27 +112,33 @@ class _Draft:
     layer: keras.layers.Layer | None
     kind: str
     config: AbstractLayer | None
-    weights: dict[str, object]  # local name -> Keras variable
+    weights: dict[str, object]  # local name -> Keras variable (parameters, then state)
     input_shape: Shape
     output_shape: Shape
     name: str | None
     note: str | None = None
     children: list[_Draft] = field(default_factory=list)
+    state: tuple[str, ...] = ()  # the local names of weights that are state
+    layouts: dict[str, Layout] = field(default_factory=dict)  # those not canonical
 
 
 def _describe(layer, x, out, dtype: str) -> _Draft:
-    """Read one called layer (see :func:`.layer_readers.read_layer`)."""
+    """Read one called layer (see :func:`.kinds.read_layer`); its weights are the Keras
+    attributes its kind's entry names."""
     read = read_layer(layer, x, out, dtype)
-    attrs = KERAS_WEIGHTS.get(read.kind, {})
+    entry = KINDS[read.kind]
+    local = (*read.params, *read.state)
     return _Draft(
         layer=layer,
         kind=read.kind,
         config=read.config,
-        weights={local: getattr(layer, attrs[local]) for local in read.weights},
+        weights={name: getattr(layer, entry.weights[name]) for name in local},
         input_shape=tuple(x.shape[1:]),
         output_shape=tuple(out.shape[1:]),
         name=layer.name,
         note=read.note,
+        state=read.state,
+        layouts={name: entry.layouts[name] for name in local if name in entry.layouts},
     )
 
 
@@ -325,8 +332,9 @@ def _infos(drafts, prefix, by_path, variables) -> tuple[LayerInfo, ...]:
                 kind=d.kind,
                 name=d.name or path,
                 layer=config,
-                params={k: v.path for k, v in d.weights.items() if k not in ("mean", "var")},
-                state={k: v.path for k, v in d.weights.items() if k in ("mean", "var")},
+                params={k: v.path for k, v in d.weights.items() if k not in d.state},
+                state={k: v.path for k, v in d.weights.items() if k in d.state},
+                layouts=dict(d.layouts),
                 input_shape=d.input_shape,
                 output_shape=d.output_shape,
                 children=children,
@@ -492,6 +500,9 @@ class ReadModel(KerasModel):
                 )
             arr = np.asarray(value)
             want = tuple(self._variables[name].shape)
+            layout = self._layouts.get(name)
+            if layout is not None:  # the canonical shape of a weight Keras stores permuted
+                want = tuple(want[i] for i in inverse(layout))
             if arr.shape != want:
                 raise ParamsError(
                     f"weight {name!r} has shape {arr.shape} but the model's is {want}"
@@ -527,7 +538,7 @@ class ReadModel(KerasModel):
             raise InputError(f"the copy of {self.description} reads differently from the model")
         for name, value in weights.items():
             var = copy._variables[name]
-            var.assign(np.asarray(value, dtype=var.dtype))
+            var.assign(to_native(np.asarray(value, dtype=var.dtype), self._layouts.get(name)))
         return ReadModel(
             clone,
             self.layers,

@@ -1,0 +1,482 @@
+"""Every layer kind in Keras, in one table: how Keras builds it, where its weights live, how
+the runner calls it, and which of Keras' layer classes are read back as it.
+
+=============  ==============================================  ===================================
+kind           built as / read from                            weights (Keras attributes)
+=============  ==============================================  ===================================
+``dense``      ``Dense(units, activation, use_bias)``          ``kernel`` ``(in, out)``, ``bias``
+``activation`` ``Activation(activation)`` / and ``ReLU``,      -
+               ``LeakyReLU``, ``Softmax``, ``ELU``
+``layernorm``  ``LayerNormalization(epsilon, center, scale)``  ``gamma``, ``beta``
+``rmsnorm``    ``RMSNormalization(epsilon)``                   ``scale``
+``batchnorm``  ``BatchNormalization(epsilon, momentum, ...)``  ``gamma``, ``beta``; state
+                                                               ``moving_mean``,
+                                                               ``moving_variance``
+``dropout``    ``Dropout(rate)`` (xgrad applies its own mask)  -
+``flatten``    ``Flatten()``                                   -
+``residual``   its layers, then ``Add()([x, block(x)])``       those of its layers
+=============  ==============================================  ===================================
+
+Keras stores every weight in xgrad's canonical layout (a ``Dense`` kernel is ``(in, out)``),
+so no entry states a :data:`~xgrad.frameworks.kinds.Layout`; a kind whose Keras layer keeps a
+weight in another axis order says so in its entry's ``layouts``, and the models permute it.
+
+Reading: each Keras class is read by its entry's reader, keyed by the exact class (a subclass
+may compute something else). Configuration comes from the layer's own attributes (epsilon,
+momentum, center, scale, the ReLU family's slopes); an activation given as one of Keras'
+functions is named by :func:`keras_activation_name`, one given as a Python function is
+identified from its recorded values (:func:`xgrad.identify.fit_activation`), or left unknown
+(``config=None``). ``Add`` layers close residual blocks, which the reader finds from values
+(:mod:`.reader`).
+
+A new kind is one more entry of :data:`KINDS` (:class:`KerasKind`); see docs/design.md.
+
+Importing this module imports TensorFlow and Keras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from xgrad.errors import AlignmentError, FrameworkError
+from xgrad.frameworks.kinds import KindTable, Layout
+from xgrad.frameworks.tensorflow.ops import XgradActivation, keras, tf_activation
+from xgrad.identify import fit_activation
+from xgrad.layers import (
+    AbstractLayer,
+    Activation,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Flatten,
+    LayerNorm,
+    RMSNorm,
+    Shape,
+)
+
+__all__ = [
+    "KINDS",
+    "KerasCall",
+    "KerasKind",
+    "LayerRead",
+    "call_layer",
+    "keras_activation_name",
+    "read_layer",
+    "supported_layers",
+    "where",
+]
+
+
+# -- an entry -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerRead:
+    """What one Keras layer is in xgrad's terms.
+
+    Attributes:
+        kind: a layer kind of :data:`KINDS`.
+        config: the xgrad layer it computes, ``None`` when its activation is unknown.
+        params: the local names of its trainable weights, held by the Keras attributes its
+            kind's entry names (:attr:`KerasKind.weights`).
+        state: the local names of its state (no gradient), likewise.
+        note: what the reader noticed (an activation identified by its values, ...).
+    """
+
+    kind: str
+    config: AbstractLayer | None
+    params: tuple[str, ...] = ()
+    state: tuple[str, ...] = ()
+    note: str | None = None
+
+
+class KerasCall(NamedTuple):
+    """One layer as :attr:`KerasKind.call` gets it.
+
+    Attributes:
+        keras_layer: the Keras layer computing its output (``None``: an activation written as
+            code in a user's ``call``, or ``x + block(x)`` written as ``+``).
+        layer: its xgrad configuration (``None`` when a reader could not name it).
+        drawn: what :attr:`KerasKind.draw` drew for this evaluation (``None``: nothing).
+        run: calls the layers nested in it (a residual block's) on a value, recording their
+            outputs as every other layer's (for a layer without children: the identity).
+    """
+
+    keras_layer: object
+    layer: AbstractLayer | None
+    drawn: object = None
+    run: Callable = lambda a: a
+
+
+def call_layer(c: KerasCall, a):
+    """The default :attr:`KerasKind.call`: ``keras_layer(a, training=...)``, in training mode
+    only for a layer that updates its state (BatchNorm with ``training=True``: Keras then
+    normalises by the batch statistics and assigns the new moving statistics)."""
+    training = c.layer is not None and c.layer.updates_state
+    return c.keras_layer(a, training=training)
+
+
+@dataclass(frozen=True)
+class KerasKind:
+    """How Keras builds, calls and reads one layer kind: the kind's entry in :data:`KINDS`.
+
+    Attributes:
+        build: ``(layer, name, dtype) -> keras.layers.Layer``: the Keras layer computing
+            ``layer``, named ``name`` (``dense_2``), in ``dtype`` (weights are assigned once
+            the model is built, so it need draw none). A layer with children (a residual
+            block) builds the layer that joins them to its input (``Add``).
+        weights: local name -> the attribute of the Keras layer holding that weight (a
+            ``Dense``'s ``kernel``, a ``BatchNormalization``'s ``moving_variance``).
+        layouts: local name -> the layout Keras stores it in, for those not canonical
+            (:mod:`xgrad.frameworks.kinds`).
+        call: ``(KerasCall, a) -> output`` where calling the Keras layer on ``a`` is not
+            what xgrad's layer computes (an active Dropout multiplies by xgrad's mask); also
+            how a layer with children is wired into a built model. Default:
+            :func:`call_layer`.
+        draw: ``(layer, path, shape, dtype) -> array or None``: values drawn once per
+            evaluation, outside the traced step, for a batch of ``shape`` (an active
+            Dropout's scaled mask); :attr:`KerasCall.drawn` holds them as a tensor.
+        reads: Keras layer class (exact) -> ``(layer, x, out, dtype) -> LayerRead``: how a
+            called layer of that class is read, from its input and output (tensors with the
+            batch axis) in a model computing in ``dtype``.
+    """
+
+    build: Callable[[AbstractLayer, str, str], object]
+    weights: Mapping[str, str] = field(default_factory=dict)
+    layouts: Mapping[str, Layout] = field(default_factory=dict)
+    call: Callable = call_layer
+    draw: Callable[[AbstractLayer, str, Shape, str], np.ndarray | None] | None = None
+    reads: Mapping[type, Callable[..., LayerRead]] = field(default_factory=dict)
+
+
+def where(layer) -> str:
+    """``layer 'dense_1' (Dense)``: how error messages name a Keras layer."""
+    return f"layer {layer.name!r} ({type(layer).__name__})"
+
+
+# -- activations ----------------------------------------------------------------------------------
+
+# Keras activation names whose definition is xgrad's. Keras' own float64 leaky_relu and gelu
+# round a constant to float32 (see .ops): the name still says which function is computed.
+_KERAS_TO_XGRAD = {
+    "linear": "linear",
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "softmax": "softmax",
+    "log_softmax": "log_softmax",
+    "gelu": "gelu",
+    "elu": "elu",
+    "selu": "selu",
+    "softplus": "softplus",
+    "silu": "silu",
+    "swish": "silu",
+    "leaky_relu": "leaky_relu:0.2",
+    "relu6": "relu6",
+    "hard_sigmoid": "hard_sigmoid",
+}
+
+
+def keras_activation_name(fn) -> str | None:
+    """xgrad's name of one of Keras' own activation functions, else ``None`` (a user's
+    function, a lambda, a ``functools.partial``, or an activation xgrad does not define);
+    xgrad's own :class:`~xgrad.frameworks.tensorflow.ops.XgradActivation` by its name."""
+    if isinstance(fn, XgradActivation):
+        return fn.name
+    if not (getattr(fn, "__module__", None) or "").startswith("keras"):
+        return None
+    try:
+        name = keras.activations.serialize(fn)
+    except (ValueError, TypeError):
+        return None
+    return _KERAS_TO_XGRAD.get(name) if isinstance(name, str) else None
+
+
+def _activation(fn, z: np.ndarray, a: np.ndarray, dtype: str) -> tuple[str | None, str | None]:
+    """``(xgrad name or None, note)`` of an activation function applied as ``a = fn(z)``."""
+    name = keras_activation_name(fn)
+    if name is not None:
+        return name, None
+    label = getattr(fn, "__name__", type(fn).__name__)
+    fitted, err = fit_activation(z, a, dtype)
+    if fitted is not None:
+        return fitted, f"activation {label} identified from its values as {fitted}"
+    return None, (
+        f"activation {label} is none of xgrad's activations (closest relative error "
+        f"{err:.1e}); compared as computed"
+    )
+
+
+def _call_activation(c: KerasCall, a):
+    if c.keras_layer is None:  # an activation function called in a user's call()
+        return tf_activation(c.layer.act)(a)
+    return call_layer(c, a)
+
+
+def _read_activation_layer(layer, x, out, dtype) -> LayerRead:
+    name, note = _activation(layer.activation, np.asarray(x), np.asarray(out), dtype)
+    return LayerRead("activation", None if name is None else Activation(name), note=note)
+
+
+def _read_relu(layer, x, out, dtype) -> LayerRead:
+    slope, top, threshold = layer.negative_slope, layer.max_value, layer.threshold
+    if threshold == 0 and top is None:
+        name = "relu" if slope == 0 else f"leaky_relu:{float(slope)!r}"
+    elif threshold == 0 and top == 6 and slope == 0:
+        name = "relu6"
+    else:
+        raise AlignmentError(
+            f"{where(layer)} has max_value={top}, negative_slope={slope}, "
+            f"threshold={threshold}; xgrad reads ReLU with threshold 0 and max_value None "
+            "(relu, leaky_relu) or 6 with slope 0 (relu6)"
+        )
+    return LayerRead("activation", Activation(name))
+
+
+def _read_leaky_relu(layer, x, out, dtype) -> LayerRead:
+    return LayerRead("activation", Activation(f"leaky_relu:{float(layer.negative_slope)!r}"))
+
+
+def _read_softmax(layer, x, out, dtype) -> LayerRead:
+    if layer.axis not in (-1, [-1], len(x.shape) - 1):
+        raise AlignmentError(
+            f"{where(layer)} has axis {layer.axis}; xgrad's softmax is over the last axis"
+        )
+    return LayerRead("activation", Activation("softmax"))
+
+
+def _read_elu(layer, x, out, dtype) -> LayerRead:
+    if float(layer.alpha) != 1.0:
+        raise AlignmentError(f"{where(layer)} has alpha={layer.alpha}; xgrad's elu has alpha 1")
+    return LayerRead("activation", Activation("elu"))
+
+
+# -- dense ----------------------------------------------------------------------------------------
+
+
+def _build_dense(layer: Dense, name: str, dtype: str):
+    return keras.layers.Dense(
+        layer.units,
+        activation=tf_activation(layer.act),
+        use_bias=layer.use_bias,
+        kernel_initializer="zeros",  # assigned next: no random draw
+        name=name,
+        dtype=dtype,
+    )
+
+
+def _read_dense(layer, x, out, dtype) -> LayerRead:
+    shape = tuple(x.shape[1:])
+    if len(shape) != 1:
+        raise AlignmentError(
+            f"{where(layer)} is applied to examples of shape {shape}; xgrad's Dense takes "
+            "vectors (put a Flatten before it)"
+        )
+    z = np.asarray(x).astype(np.float64) @ np.asarray(layer.kernel).astype(np.float64)
+    if layer.use_bias:
+        z = z + np.asarray(layer.bias).astype(np.float64)
+    name, note = _activation(layer.activation, z, np.asarray(out), dtype)
+    config = None if name is None else Dense(layer.units, name, layer.use_bias)
+    params = ("kernel", "bias") if layer.use_bias else ("kernel",)
+    return LayerRead("dense", config, params, note=note)
+
+
+# -- norms ----------------------------------------------------------------------------------------
+
+
+def _vector_axis(layer, shape: Shape) -> None:
+    """Refuse a normalisation over another axis than the features of vector examples."""
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    if axes not in ([-1], [len(shape)]) or len(shape) != 1:
+        raise AlignmentError(
+            f"{where(layer)} normalises axis {layer.axis} of examples of shape {shape}; xgrad "
+            "reads normalisations over the features of vector examples (axis=-1; put a "
+            "Flatten before it)"
+        )
+
+
+def _build_layernorm(layer: LayerNorm, name: str, dtype: str):
+    return keras.layers.LayerNormalization(
+        epsilon=layer.epsilon, center=layer.center, scale=layer.scale, name=name, dtype=dtype
+    )
+
+
+def _read_layernorm(layer, x, out, dtype) -> LayerRead:
+    _vector_axis(layer, tuple(x.shape[1:]))
+    if layer.rms_scaling:
+        raise AlignmentError(
+            f"{where(layer)} has rms_scaling=True, which divides by the root of the variance "
+            "without centring; that is neither xgrad's LayerNorm nor its RMSNorm (use "
+            "keras.layers.RMSNormalization)"
+        )
+    config = LayerNorm(layer.epsilon, layer.center, layer.scale)
+    return LayerRead("layernorm", config, config.param_names())
+
+
+def _build_rmsnorm(layer: RMSNorm, name: str, dtype: str):
+    if not layer.scale:
+        raise FrameworkError(
+            f"layer {name} ({layer.describe()}): Keras' RMSNormalization always has a "
+            "learned scale; xgrad cannot build RMSNorm(scale=False) in tensorflow "
+            "(use RMSNorm(scale=True) with a scale of ones)"
+        )
+    if not hasattr(keras.layers, "RMSNormalization"):
+        raise FrameworkError(
+            f"layer {name} ({layer.describe()}): Keras {keras.__version__} has no "
+            "RMSNormalization layer; upgrade Keras (3.9 or later)"
+        )
+    return keras.layers.RMSNormalization(epsilon=layer.epsilon, name=name, dtype=dtype)
+
+
+def _read_rmsnorm(layer, x, out, dtype) -> LayerRead:
+    _vector_axis(layer, tuple(x.shape[1:]))
+    return LayerRead("rmsnorm", RMSNorm(layer.epsilon), ("scale",))
+
+
+def _build_batchnorm(layer: BatchNorm, name: str, dtype: str):
+    return keras.layers.BatchNormalization(
+        epsilon=layer.epsilon,
+        momentum=layer.momentum,
+        center=layer.center,
+        scale=layer.scale,
+        name=name,
+        dtype=dtype,
+    )
+
+
+def _read_batchnorm(layer, x, out, dtype) -> LayerRead:
+    _vector_axis(layer, tuple(x.shape[1:]))
+    if layer.renorm:
+        raise AlignmentError(
+            f"{where(layer)} uses batch renormalisation, which xgrad does not read"
+        )
+    # read in inference mode (moving statistics): how the model computes when called
+    config = BatchNorm(layer.epsilon, layer.momentum, False, layer.center, layer.scale)
+    return LayerRead("batchnorm", config, config.param_names(), config.state_names())
+
+
+# -- dropout, flatten, residual -------------------------------------------------------------------
+
+
+def _draw_dropout(layer: Dropout, path: str, shape: Shape, dtype: str) -> np.ndarray | None:
+    return layer.scaled_mask(path, shape, dtype) if layer.active else None
+
+
+def _call_dropout(c: KerasCall, a):
+    # xgrad's mask, never a Keras random one; inactive (nothing drawn): the identity
+    return a if c.drawn is None else a * c.drawn
+
+
+def _read_dropout(layer, x, out, dtype) -> LayerRead:
+    return LayerRead("dropout", Dropout(float(layer.rate)))  # inference mode: the identity
+
+
+def _read_flatten(layer, x, out, dtype) -> LayerRead:
+    if layer.data_format == "channels_first" and len(x.shape) > 2:
+        raise AlignmentError(f"{where(layer)} flattens channels_first; xgrad reads channels_last")
+    return LayerRead("flatten", Flatten())
+
+
+def _call_residual(c: KerasCall, a):
+    inner = c.run(a)
+    return a + inner if c.keras_layer is None else c.keras_layer([a, inner])
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+_NORM_WEIGHTS = {"scale": "gamma", "bias": "beta"}
+
+KINDS: KindTable[KerasKind] = KindTable(
+    "tensorflow",
+    {
+        "dense": KerasKind(
+            _build_dense,
+            weights={"kernel": "kernel", "bias": "bias"},
+            reads={keras.layers.Dense: _read_dense},
+        ),
+        "activation": KerasKind(
+            lambda layer, name, dtype: keras.layers.Activation(
+                tf_activation(layer.act), name=name, dtype=dtype
+            ),
+            call=_call_activation,
+            reads={
+                keras.layers.Activation: _read_activation_layer,
+                keras.layers.ReLU: _read_relu,
+                keras.layers.LeakyReLU: _read_leaky_relu,
+                keras.layers.Softmax: _read_softmax,
+                keras.layers.ELU: _read_elu,
+            },
+        ),
+        "layernorm": KerasKind(
+            _build_layernorm,
+            weights=_NORM_WEIGHTS,
+            reads={keras.layers.LayerNormalization: _read_layernorm},
+        ),
+        "rmsnorm": KerasKind(
+            _build_rmsnorm,
+            weights={"scale": "scale"},
+            reads=(
+                {keras.layers.RMSNormalization: _read_rmsnorm}
+                if hasattr(keras.layers, "RMSNormalization")  # Keras >= 3.9
+                else {}
+            ),
+        ),
+        "batchnorm": KerasKind(
+            _build_batchnorm,
+            weights={**_NORM_WEIGHTS, "mean": "moving_mean", "var": "moving_variance"},
+            reads={keras.layers.BatchNormalization: _read_batchnorm},
+        ),
+        "dropout": KerasKind(
+            lambda layer, name, dtype: keras.layers.Dropout(layer.rate, name=name, dtype=dtype),
+            call=_call_dropout,
+            draw=_draw_dropout,
+            reads={keras.layers.Dropout: _read_dropout},
+        ),
+        "flatten": KerasKind(
+            lambda layer, name, dtype: keras.layers.Flatten(name=name, dtype=dtype),
+            reads={keras.layers.Flatten: _read_flatten},
+        ),
+        "residual": KerasKind(
+            lambda layer, name, dtype: keras.layers.Add(name=name, dtype=dtype),
+            call=_call_residual,
+        ),
+    },
+)
+"""Layer kind -> its :class:`KerasKind`: the one place Keras' form of each kind lives."""
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+_REFUSED = {
+    keras.layers.PReLU: "has a learned slope, which xgrad does not support; a fixed slope is "
+    "keras.layers.LeakyReLU(negative_slope)",
+}
+
+
+def supported_layers() -> tuple[str, ...]:
+    """The names of the Keras layer classes xgrad reads (exactly these classes, not
+    subclasses of them): those of :data:`KINDS`' readers, ``Add`` and ``InputLayer``."""
+    names = [cls.__name__ for _, entry in KINDS.items() for cls in entry.reads]
+    return (*names, "Add", "InputLayer")
+
+
+def read_layer(layer, x, out, dtype: str) -> LayerRead:
+    """Read one called Keras layer from its input ``x`` and output ``out`` (tensors with the
+    batch axis) in a model computing in ``dtype``, by the reader of its exact class in
+    :data:`KINDS`.
+
+    Raises:
+        AlignmentError: a class or a configuration xgrad does not read (named, with the fix).
+    """
+    for _, entry in KINDS.items():
+        reader = entry.reads.get(type(layer))
+        if reader is not None:
+            return reader(layer, x, out, dtype)
+    why = _REFUSED.get(type(layer)) or (
+        f"is not a layer xgrad reads; it reads Keras' {', '.join(supported_layers())} layers"
+    )
+    raise AlignmentError(f"{where(layer)} {why}")
