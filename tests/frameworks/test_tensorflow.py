@@ -8,21 +8,25 @@ import re
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import rel_norm
+from conftest import ALL_FRAMEWORKS, rel_norm
 
 if importlib.util.find_spec("tensorflow") is None:
     pytest.skip("tensorflow is not installed", allow_module_level=True)
 
 from xgrad.activations import ACTIVATIONS, get_activation
 from xgrad.errors import AlignmentError, FrameworkError, InputError, ModelFileError, ParamsError
+from xgrad.frameworks.kinds import KindNotSupportedError
 from xgrad.frameworks.numpy import FRAMEWORK as NUMPY
 from xgrad.frameworks.registry import get_framework
 from xgrad.frameworks.tensorflow import FRAMEWORK, load_keras_file
 from xgrad.frameworks.tensorflow.ops import keras, tf, tf_activation, tf_loss
 from xgrad.layers import (
+    LAYERS,
+    AbstractLayer,
     Activation,
     BatchNorm,
     Dense,
@@ -32,6 +36,7 @@ from xgrad.layers import (
     Residual,
     RMSNorm,
 )
+from xgrad.layers.base import Step
 from xgrad.losses import LOSSES
 from xgrad.params import init_params
 from xgrad.spec import MLP
@@ -275,6 +280,42 @@ def test_rmsnorm_without_scale_is_refused_naming_the_layer():
         FrameworkError, match=re.escape("layer rmsnorm_1 (rmsnorm(eps=1e-06, scale=False))")
     ):
         FRAMEWORK.build(MLP(3, [Dense(3), RMSNorm(scale=False)]))
+
+
+# -- layer kinds --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Toy(AbstractLayer):
+    """A layer kind that no framework has an entry for (the identity)."""
+
+    kind = "toy"
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, weights, x, *, path):
+        return Step(path, self, x, x)
+
+    def vjp(self, weights, step, grad_output, grads, output_grads=None):
+        return grad_output
+
+
+def test_a_kind_missing_from_the_table_is_refused_naming_kind_and_framework(monkeypatch):
+    monkeypatch.setitem(LAYERS, "toy", _Toy)
+    spec = MLP(3, [Dense(2), Residual([_Toy()])])
+    message = re.escape("layer layers.1.layers.0: xgrad cannot build a toy layer in tensorflow")
+    with pytest.raises(KindNotSupportedError, match=message):
+        FRAMEWORK.build(spec)
+    with pytest.raises(KindNotSupportedError, match=message):  # the runner's way in
+        FRAMEWORK._build(spec, init_params(spec), "float32")
+
+
+@pytest.mark.parametrize("other", [p for p in ALL_FRAMEWORKS if p.values != ("tensorflow",)])
+def test_the_table_has_every_kind_another_framework_builds(other):
+    missing = set(get_framework(other).kinds()) - set(FRAMEWORK.kinds())
+    assert not missing, f"{other} builds {sorted(missing)}, which tensorflow's KINDS lacks"
+    assert set(FRAMEWORK.kinds()) == set(LAYERS)
 
 
 # -- reading users' Keras models ----------------------------------------------------------------
