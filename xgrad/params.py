@@ -29,7 +29,14 @@ from xgrad._io import atomic_write
 from xgrad.errors import ModelFileError, ParamsError
 from xgrad.spec import MLP
 
-__all__ = ["Params", "check_params", "init_params", "load_params", "save_params"]
+__all__ = [
+    "FILE_SUFFIXES",
+    "Params",
+    "check_params",
+    "init_params",
+    "load_params",
+    "save_params",
+]
 
 Params = dict[str, np.ndarray]  # canonical name -> array; kernel (in, out), bias (out,), ...
 
@@ -121,12 +128,13 @@ def check_params(spec: MLP, params: Mapping[str, object]) -> Params:
     return out
 
 
-_FORMATS = (".npz", ".safetensors")
+FILE_SUFFIXES = (".npz", ".safetensors")
+"""The weight files :func:`save_params` writes and :func:`load_params` reads, by suffix."""
 
 
 def _format_of(path: Path) -> str:
     suffix = path.suffix.lower()
-    if suffix not in _FORMATS:
+    if suffix not in FILE_SUFFIXES:
         raise ModelFileError(
             f"unsupported weight file {str(path)!r}: the name must end in .npz or .safetensors"
         )

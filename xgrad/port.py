@@ -1,0 +1,190 @@
+"""Port a saved model to another framework through a weights file, and check the port.
+
+:func:`port_model_file` loads a model file (a Keras 3 ``.keras`` file, in safe mode), writes
+its weights to a file (canonical names, or the target framework's own file such as a PyTorch
+``state_dict``: :attr:`~xgrad.frameworks.base.AbstractFramework.native_files`), reads the file
+back, rebuilds the model in the target framework from what was read, and compares the two on
+a seeded random batch with :func:`xgrad.compare_models` (``transfer=False``: the written
+weights themselves are checked). ``xgrad port`` is this function on the command line.
+
+Which framework reads a model file, and which writes which weight files, is asked of the
+frameworks (:mod:`xgrad.frameworks.registry`), never listed here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xgrad.convert import spec_of
+from xgrad.errors import InputError
+from xgrad.frameworks.base import AbstractFramework
+from xgrad.frameworks.registry import get_framework, known_frameworks, lookup_framework, read_model
+from xgrad.losses import get_loss, random_targets
+from xgrad.params import FILE_SUFFIXES, load_params, save_params
+from xgrad.report import Report
+from xgrad.runner import compare_models
+from xgrad.spec import MLP
+
+__all__ = [
+    "Port",
+    "is_native_weight_file",
+    "model_file_framework",
+    "port_model_file",
+]
+
+
+@dataclass(frozen=True)
+class Port:
+    """A saved model, its port rebuilt from the weights file written for it, and the check.
+
+    Attributes:
+        spec: the model.
+        reference: the model loaded from the model file (a ``keras.Model``).
+        candidate: the target framework's native model, holding the weights read back.
+        path: the weights file written.
+        count: the number of arrays written.
+        kind: what the file holds: ``canonical names``, or the target framework's
+            :attr:`~xgrad.frameworks.base.AbstractFramework.native_file_kind`.
+        round_trip: whether the file read back holds exactly what was written, bit for bit.
+        report: the comparison of ``reference`` with ``candidate``.
+    """
+
+    spec: MLP
+    reference: object
+    candidate: object
+    path: Path
+    count: int
+    kind: str
+    round_trip: bool
+    report: Report
+
+    @property
+    def ok(self) -> bool:
+        """The round trip is bit-exact and every gradient matches."""
+        return self.round_trip and self.report.ok
+
+    def summary(self) -> str:
+        """``weights written to PATH (N arrays, KIND); round trip bit-exact``."""
+        exact = "bit-exact" if self.round_trip else "NOT bit-exact"
+        return (
+            f"weights written to {self.path} ({self.count} arrays, {self.kind}); round trip {exact}"
+        )
+
+
+def model_file_framework(suffix: str) -> AbstractFramework:
+    """The framework that reads model files ending in ``suffix`` (``.keras``: tensorflow),
+    installed or not.
+
+    Raises:
+        InputError: no framework reads such files.
+    """
+    suffix = suffix.lower()
+    readable = []
+    for name in known_frameworks():
+        framework = lookup_framework(name)
+        if suffix in framework.model_files:
+            return framework
+        readable += framework.model_files
+    raise InputError(
+        f"no framework reads {suffix!r} model files; xgrad reads {', '.join(readable)}"
+    )
+
+
+def is_native_weight_file(to: str, path: str | os.PathLike) -> bool:
+    """Whether a weights file named like ``path`` for framework ``to`` holds the framework's
+    own weights (``True``: a suffix of its ``native_files``) or canonical ones (``False``).
+
+    Raises:
+        InputError: ``path`` has neither kind of suffix for ``to``.
+        FrameworkError: ``to`` is not a framework.
+    """
+    framework = lookup_framework(to)
+    suffix = Path(path).suffix.lower()
+    if suffix in framework.native_files:
+        return True
+    if suffix in FILE_SUFFIXES:
+        return False
+    allowed = [*FILE_SUFFIXES, *(s for s in framework.native_files if s not in FILE_SUFFIXES)]
+    raise InputError(
+        f"weights file {str(path)!r} for {framework.name}: the name must end in "
+        f"{', '.join(allowed)}"
+    )
+
+
+def _write(framework: AbstractFramework, out: Path, spec: MLP, source) -> tuple:
+    """Write ``source``'s weights to ``out``, read them back and build ``framework``'s model
+    from what was read: ``(native model, round trip bit-exact, arrays written, kind)``."""
+    weights = source.weights()
+    if is_native_weight_file(framework.name, out):  # its own names, layout and loader
+        native, exact, count = framework.write_native_file(out, spec, weights, dtype=source.dtype)
+        return native, exact, count, framework.native_file_kind
+    save_params(out, weights)
+    loaded = load_params(out)
+    exact = list(loaded) == list(weights) and all(
+        np.array_equal(loaded[k], np.asarray(weights[k], dtype=np.float64)) for k in weights
+    )
+    native = framework.build(spec, loaded, dtype=source.dtype).native
+    return native, exact, len(weights), "canonical names"
+
+
+def port_model_file(
+    path: str | os.PathLike,
+    *,
+    to: str,
+    out: str | os.PathLike,
+    batch: int = 8,
+    seed: int = 0,
+    loss: str = "projection",
+) -> Port:
+    """Port the model saved at ``path`` to framework ``to`` through the weights file ``out``,
+    and compare the port with the model on a seeded random batch.
+
+    Args:
+        path: the model file (``.keras``, loaded in safe mode: code stored in the file is
+            refused, never run).
+        to: the framework to rebuild the model in (``numpy``, ``jax``, ``flax``, ...).
+        out: the weights file to write: ``.npz`` or ``.safetensors`` in canonical names
+            (kernel ``(in, out)``, in the model's dtype), or one of the target framework's
+            own files (:func:`is_native_weight_file`; with ``torch``, ``.pt`` or
+            ``.safetensors`` hold its ``state_dict``, weights ``(out, in)``).
+        batch: rows of the random standard-normal input.
+        seed: seed of the input (and targets).
+        loss: the loss compared (default ``projection``, whose gradients are never degenerate).
+
+    Returns:
+        The :class:`Port`; ``port.ok`` when the round trip is bit-exact and every gradient
+        matches.
+
+    Raises:
+        FrameworkError: ``to`` is not a framework; FrameworkNotInstalledError: it is not
+            installed.
+        InputError: ``out`` is not a weights file for ``to``, or ``batch`` is not positive.
+        ModelFileError: the model file is missing, damaged or holds code.
+    """
+    if batch <= 0:
+        raise InputError(f"batch must be a positive integer, got {batch}")
+    get_loss(loss)
+    framework = get_framework(to)
+    out = Path(out)
+    is_native_weight_file(framework.name, out)  # refused before anything is loaded or written
+    reader = get_framework(model_file_framework(Path(path).suffix).name)  # installed?
+    reference = reader.load_model_file(path)
+    source = read_model(reference)
+    spec = spec_of(source)
+    candidate, exact, count, kind = _write(framework, out, spec, source)
+    x = np.random.default_rng(seed).standard_normal((batch, *spec.input_shape))
+    y = random_targets(loss, batch, spec.output_dim, seed)
+    report = compare_models(
+        reference,
+        candidate,
+        x,
+        y,
+        loss=loss,
+        transfer=False,
+        title=f"{path} -> {to} ({out.name})",
+    )
+    return Port(spec, reference, candidate, out, count, kind, exact, report)
