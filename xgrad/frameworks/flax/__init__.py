@@ -29,24 +29,11 @@ class FlaxFramework(AbstractFramework):
         return FlaxSpecModel(spec, params, dtype)
 
     def kinds(self):
-        """The layer kinds flax builds (interim: the table moves to its ``kinds`` module)."""
-        from xgrad.frameworks.kinds import KindTable
+        """The layer kinds flax builds: :data:`xgrad.frameworks.flax.kinds.KINDS` (imports
+        Flax)."""
+        from xgrad.frameworks.flax.kinds import KINDS
 
-        return KindTable(
-            "flax",
-            dict.fromkeys(
-                (
-                    "dense",
-                    "activation",
-                    "layernorm",
-                    "rmsnorm",
-                    "batchnorm",
-                    "dropout",
-                    "flatten",
-                    "residual",
-                )
-            ),
-        )
+        return KINDS
 
     def native_weights(self, model: AbstractModel):
         """The module's ``nnx.State`` (``layers/{i}/kernel``, ...), for ``nnx.update``."""

@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xgrad.frameworks.base import AbstractModel, Gradients, as_numpy_dtype
-from xgrad.frameworks.jax.ops import jax_activation, jax_loss, key_path_parts, x64
-from xgrad.frameworks.numpy import spec_layers
-from xgrad.layers import Activation, BatchNorm, Dense, Dropout, Flatten, LayerNorm, RMSNorm
+from xgrad.errors import FrameworkError
+from xgrad.frameworks.base import AbstractModel, Gradients, as_numpy_dtype, spec_layers
+from xgrad.frameworks.flax.kinds import KINDS
+from xgrad.frameworks.jax.ops import jax_loss, key_path_parts, x64
+from xgrad.frameworks.kinds import KindNotSupportedError
+from xgrad.layers import AbstractLayer
 from xgrad.losses import Loss
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
@@ -33,98 +35,26 @@ from xgrad.spec import MLP
 __all__ = ["FlaxSpecModel", "XgradModule", "linen_variables", "native_name"]
 
 
-class ActivationLayer(nnx.Module):
-    """An activation function as a layer (no weights)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, x):
-        from xgrad.activations import get_activation
-
-        return jax_activation(get_activation(self.name))(x)
-
-
-class FlattenLayer(nnx.Module):
-    """``(batch, ...) -> (batch, features)``."""
-
-    def __call__(self, x):
-        return x.reshape(x.shape[0], -1)
-
-
-class MaskedDropout(nnx.Module):
-    """An active dropout applying xgrad's mask (the same in every framework)."""
-
-    def __init__(self, layer: Dropout, path: str) -> None:
-        self.layer = layer
-        self.path = path
-
-    def __call__(self, x):
-        return x * jnp.asarray(self.layer.scaled_mask(self.path, x.shape, np.dtype(x.dtype)))
-
-
-def _make(layer, path: str, shape, dtype, rngs):
-    d = shape[-1] if shape else None
-    if isinstance(layer, Dense):
-        return nnx.Linear(
-            d, layer.units, use_bias=layer.use_bias, dtype=dtype, param_dtype=dtype, rngs=rngs
-        )
-    if isinstance(layer, LayerNorm):
-        return nnx.LayerNorm(
-            d,
-            epsilon=layer.epsilon,
-            use_bias=layer.center,
-            use_scale=layer.scale,
-            dtype=dtype,
-            param_dtype=dtype,
-            rngs=rngs,
-        )
-    if isinstance(layer, RMSNorm):
-        return nnx.RMSNorm(
-            d,
-            epsilon=layer.epsilon,
-            use_scale=layer.scale,
-            dtype=dtype,
-            param_dtype=dtype,
-            rngs=rngs,
-        )
-    if isinstance(layer, BatchNorm):
-        return nnx.BatchNorm(
-            d,
-            use_running_average=not layer.training,
-            momentum=layer.momentum,
-            epsilon=layer.epsilon,
-            use_bias=layer.center,
-            use_scale=layer.scale,
-            dtype=dtype,
-            param_dtype=dtype,
-            rngs=rngs,
-        )
-    if isinstance(layer, Dropout):
-        if layer.active:
-            return MaskedDropout(layer, path)
-        return nnx.Dropout(layer.rate, deterministic=True)
-    if isinstance(layer, Activation):
-        return ActivationLayer(layer.name)
-    if isinstance(layer, Flatten):
-        return FlattenLayer()
-    if layer.children:
-        return ResidualBlock(layer.children, path, shape, dtype, rngs)
-    raise TypeError(f"no Flax form for layer kind {layer.kind!r}")
-
-
 class XgradModule(nnx.Module):
-    """A spec's layers in ``self.layers``; ``__call__(x)`` gives the output."""
+    """A spec's layers in ``self.layers`` (an ``nnx.List``), each the module its kind's entry
+    in :data:`~xgrad.frameworks.flax.kinds.KINDS` builds; ``__call__(x)`` gives the output.
+
+    A residual block is an ``XgradModule`` of its own layers (``prefix``: their paths')."""
 
     def __init__(self, layers, input_shape, *, dtype, rngs: nnx.Rngs, prefix: str = "layers"):
         self.specs = tuple(layers)
+        self.prefix = prefix
+
+        def block(children, path, shape):
+            return XgradModule(children, shape, dtype=dtype, rngs=rngs, prefix=path)
+
         modules = []
         shape = tuple(input_shape)
         for i, layer in enumerate(self.specs):
-            modules.append(_make(layer, f"{prefix}.{i}", shape, dtype, rngs))
+            path = f"{prefix}.{i}"
+            modules.append(KINDS[layer.kind].build(layer, path, shape, dtype, rngs, block))
             shape = layer.output_shape(shape)
         self.layers = nnx.List(modules)
-        self.prefix = prefix
 
     def __call__(self, x):
         return self.run(x, None, {})
@@ -132,36 +62,40 @@ class XgradModule(nnx.Module):
     def run(self, x, eps, values):
         """The output; with ``eps`` (path -> array), ``eps[path]`` is added to each layer's
         output and the result recorded in ``values`` (for per-layer gradients)."""
+
+        def run(module, xx):
+            return module.run(xx, eps, values)
+
         for i, (layer, module) in enumerate(zip(self.specs, self.layers, strict=True)):
             path = f"{self.prefix}.{i}"
-            if isinstance(module, ResidualBlock):
-                x = x + module.run(x, eps, values)
-            else:
-                x = module(x)
-                if isinstance(layer, Dense) and layer.activation != "linear":
-                    x = jax_activation(layer.act)(x)
+            call = KINDS[layer.kind].call
+            x = module(x) if call is None else call(layer, module, x, run)
             if eps is not None:
                 x = x + eps[path]
                 values[path] = x
         return x
 
 
-class ResidualBlock(XgradModule):
-    """``x + block(x)``; the block's layers in ``self.layers``."""
+def native_name(path: str, local: str, layer: AbstractLayer) -> str:
+    """A weight's NNX state path: ``("layers.2.layers.0", "kernel", Dense)`` ->
+    ``layers/2/layers/0/kernel``."""
+    return f"{path}/{KINDS[layer.kind].weights[local]}".replace(".", "/")
 
-    def __init__(self, layers, path, shape, dtype, rngs):
-        super().__init__(layers, shape, dtype=dtype, rngs=rngs, prefix=f"{path}.layers")
 
-
-def native_name(path: str, local: str) -> str:
-    """``layers.2.layers.0.kernel`` -> ``layers/2/layers/0/kernel``."""
-    return f"{path}.{local}".replace(".", "/")
+def _layers(spec: MLP):
+    by_path = dict(spec.walk())
+    return spec_layers(spec, lambda path, local: native_name(path, local, by_path[path]))
 
 
 @functools.lru_cache(maxsize=128)
 def _structure(spec: MLP, dtype: str):
-    """(graphdef, treedef of params, params names, treedef of rest, rest names), built
-    abstractly (no initialisation)."""
+    """(graphdef, treedef of params, their canonical names, treedef of rest, its canonical
+    names), built abstractly (no initialisation).
+
+    Raises:
+        FrameworkError: the module holds a weight that no kind entry names (a
+            :attr:`FlaxKind.weights <xgrad.frameworks.flax.kinds.FlaxKind.weights>` slip).
+    """
     with x64(dtype):
         abstract = nnx.eval_shape(
             lambda: XgradModule(
@@ -171,9 +105,25 @@ def _structure(spec: MLP, dtype: str):
         graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
         p_leaves, p_tree = jax.tree_util.tree_flatten_with_path(params)
         r_leaves, r_tree = jax.tree_util.tree_flatten_with_path(rest)
-    p_names = tuple(".".join(key_path_parts(path)) for path, _ in p_leaves)
-    r_names = tuple(".".join(key_path_parts(path)) for path, _ in r_leaves)
-    return graphdef, p_tree, p_names, r_tree, r_names
+    canonical = {
+        native: f"{info.path}.{local}"
+        for top in _layers(spec)
+        for info in top.walk()
+        for local, native in info.weights.items()
+    }
+
+    def names(leaves) -> tuple[str, ...]:
+        native = ["/".join(key_path_parts(path)) for path, _ in leaves]
+        unnamed = [n for n in native if n not in canonical]
+        if unnamed:
+            raise FrameworkError(
+                f"flax's module of {spec.describe()} holds {unnamed}, which no layer kind's "
+                f"entry names (FlaxKind.weights in xgrad/frameworks/flax/kinds.py); it names "
+                f"{sorted(canonical)}"
+            )
+        return tuple(canonical[n] for n in native)
+
+    return graphdef, p_tree, names(p_leaves), r_tree, names(r_leaves)
 
 
 def _forward(spec: MLP, dtype: str):
@@ -223,12 +173,13 @@ class FlaxSpecModel(AbstractModel):
     framework = "flax"
 
     def __init__(self, spec: MLP, weights: Params, dtype: str) -> None:
+        KINDS.check(spec)
         self._spec = spec
         self.dtype = dtype
         self.description = f"flax.nnx module of xgrad.MLP {spec.describe()}"
         self.input_shape = spec.input_shape
         self.output_shape = spec.output_shape
-        self.layers = spec_layers(spec, native_name)
+        self.layers = _layers(spec)
         graphdef, p_tree, p_names, r_tree, r_names = _structure(spec, dtype)
         self._graphdef = graphdef
         self._names = (p_names, r_names)
@@ -286,17 +237,15 @@ class FlaxSpecModel(AbstractModel):
             values, stats = aux
             grads = dict(zip(self._names[0], jax.tree_util.tree_leaves(gp), strict=True))
             state = {}
-            if any(
-                isinstance(layer, BatchNorm) and layer.training for _, layer in self._spec.walk()
-            ):
+            updated = {
+                f"{path}.{k}"
+                for path, layer in self._spec.walk()
+                if layer.updates_state
+                for k in layer.state_names()
+            }
+            if updated:
                 state = dict(zip(self._names[1], jax.tree_util.tree_leaves(stats), strict=True))
-                trained = {
-                    f"{path}.{k}"
-                    for path, layer in self._spec.walk()
-                    if isinstance(layer, BatchNorm) and layer.training
-                    for k in ("mean", "var")
-                }
-                state = {k: v for k, v in state.items() if k in trained}
+                state = {k: v for k, v in state.items() if k in updated}
             return Gradients(
                 loss=None if value is None else float(value),
                 params={k: np.asarray(grads[k]) for k in self._spec.param_names},
@@ -309,33 +258,41 @@ class FlaxSpecModel(AbstractModel):
 
 
 def linen_variables(spec: MLP, weights, dtype: str) -> dict:
-    """Canonical weights as the variables of a compact Linen module calling ``nn.Dense``,
-    ``nn.LayerNorm``, ``nn.RMSNorm`` and ``nn.BatchNorm`` in the spec's order."""
-    names = {
-        "dense": "Dense",
-        "layernorm": "LayerNorm",
-        "rmsnorm": "RMSNorm",
-        "batchnorm": "BatchNorm",
-    }
+    """Canonical weights as the variables of a compact Linen module calling, in the spec's
+    order, the Linen module of each layer's kind (``nn.Dense``, ``nn.LayerNorm``,
+    ``nn.RMSNorm``, ``nn.BatchNorm``: :attr:`FlaxKind.linen
+    <xgrad.frameworks.flax.kinds.FlaxKind.linen>`), named as Linen names them (``Dense_0``,
+    ``Dense_1``, ``LayerNorm_0``); parameters under ``params``, state under ``batch_stats``.
+
+    Raises:
+        KindNotSupportedError: a kind flax does not build, or a layer with weights whose kind
+            has no Linen module.
+    """
+    KINDS.check(spec)
     counters: dict[str, int] = {}
     params: dict = {}
     stats: dict = {}
     with x64(dtype):
         for path, layer in spec.walk():
-            if layer.kind not in names:
+            entry = KINDS[layer.kind]
+            local = (*layer.param_names(), *layer.state_names())
+            if entry.linen is None:
+                if local:
+                    raise KindNotSupportedError(
+                        f"layer {path}: flax names no Linen module for a {layer.kind} layer "
+                        f"(its entry in xgrad/frameworks/flax/kinds.py has linen=None), so its "
+                        f"weights {list(local)} have no Linen variables; convert to flax (NNX) "
+                        "instead"
+                    )
                 continue
-            base = names[layer.kind]
-            module = f"{base}_{counters.get(base, 0)}"
-            counters[base] = counters.get(base, 0) + 1
-            local = {"kernel": "kernel", "bias": "bias", "scale": "scale"}
-            params[module] = {
-                local[n]: jnp.asarray(weights[f"{path}.{n}"], dtype=dtype)
-                for n in layer.param_names()
-            }
-            if layer.state_names():
-                stats[module] = {
-                    n: jnp.asarray(weights[f"{path}.{n}"], dtype=dtype) for n in layer.state_names()
-                }
+            module = f"{entry.linen}_{counters.get(entry.linen, 0)}"
+            counters[entry.linen] = counters.get(entry.linen, 0) + 1
+            for collection, names in ((params, layer.param_names()), (stats, layer.state_names())):
+                if names:
+                    collection[module] = {
+                        entry.weights[n]: jnp.asarray(weights[f"{path}.{n}"], dtype=dtype)
+                        for n in names
+                    }
     out = {"params": params}
     if stats:
         out["batch_stats"] = stats

@@ -13,9 +13,10 @@ import jax
 from flax import nnx
 
 from xgrad.errors import InputError
+from xgrad.frameworks.flax.kinds import KINDS
 from xgrad.frameworks.jax.reader import JaxFunctionModel
 
-__all__ = ["linen_model", "nnx_model"]
+__all__ = ["linen_model", "module_hints", "nnx_model"]
 
 
 def nnx_model(module, *, input_shape=None) -> JaxFunctionModel:
@@ -35,14 +36,7 @@ def nnx_model(module, *, input_shape=None) -> JaxFunctionModel:
     modules = {"/".join(map(str, path)): node for path, node in nnx.iter_graph(module)}
 
     def hints(name: str) -> dict:
-        node = modules.get(name)
-        if isinstance(node, nnx.BatchNorm):
-            return {"kind": "batchnorm", "epsilon": node.epsilon, "momentum": node.momentum}
-        if isinstance(node, nnx.LayerNorm):
-            return {"kind": "layernorm", "epsilon": node.epsilon}
-        if isinstance(node, nnx.RMSNorm):
-            return {"kind": "rmsnorm", "epsilon": node.epsilon}
-        return {}
+        return module_hints(modules.get(name))
 
     return JaxFunctionModel(
         fn,
@@ -54,6 +48,17 @@ def nnx_model(module, *, input_shape=None) -> JaxFunctionModel:
         input_shape=input_shape,
         hints=hints,
     )
+
+
+def module_hints(module) -> dict:
+    """What an NNX module states of the layer it is: ``{"kind": kind, field: value, ...}``
+    from the first entry of :data:`~xgrad.frameworks.flax.kinds.KINDS` whose ``modules`` it
+    is an instance of (``nnx.LayerNorm`` -> ``{"kind": "layernorm", "epsilon": 1e-06}``);
+    empty for any other module, or none."""
+    for kind, entry in KINDS.items():
+        if entry.modules and isinstance(module, entry.modules):
+            return {"kind": kind, **(entry.hints(module) if entry.hints else {})}
+    return {}
 
 
 def linen_model(module, variables, *, input_shape=None) -> JaxFunctionModel:

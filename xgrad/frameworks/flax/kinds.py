@@ -1,0 +1,180 @@
+"""Every layer kind in Flax, in one table: the NNX module that builds it, how its output is
+finished, the names of its weights (NNX and Linen), and the NNX classes read as it.
+
+==============  ==============================================  =====================  ==========
+kind            built as (NNX) / read from                      weights                Linen
+==============  ==============================================  =====================  ==========
+``dense``       ``nnx.Linear``, then the activation             ``kernel`` ``(in,      ``Dense``
+                                                                out)``, ``bias``
+``activation``  :class:`~.modules.ActivationLayer`              -                      -
+``layernorm``   ``nnx.LayerNorm`` / and read from it            ``scale``, ``bias``    ``LayerNorm``
+``rmsnorm``     ``nnx.RMSNorm`` / and read from it              ``scale``              ``RMSNorm``
+``batchnorm``   ``nnx.BatchNorm`` / and read from it            ``scale``, ``bias``;   ``BatchNorm``
+                                                                ``BatchStat`` ``mean``,
+                                                                ``var``
+``dropout``     ``nnx.Dropout(deterministic=True)``; active:    -                      -
+                :class:`~.modules.MaskedDropout`
+``flatten``     :class:`~.modules.FlattenLayer`                 -                      -
+``residual``    an :class:`~.builder.XgradModule` of its        those of its layers    -
+                layers, added to its input
+==============  ==============================================  =====================  ==========
+
+Flax stores every weight canonically (``nnx.Linear``'s kernel is ``(in, out)``), so no entry
+states a layout. Users' NNX and Linen models are read from their jaxpr
+(:mod:`xgrad.frameworks.jax.reader`); an NNX module of an entry's ``modules`` adds what it
+states and the jaxpr does not (a norm's epsilon, BatchNorm's momentum).
+
+A new kind is one more entry of :data:`KINDS` (:class:`FlaxKind`); see docs/design.md.
+
+Importing this module imports Flax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import jax
+from flax import nnx
+
+from xgrad.frameworks.flax.modules import ActivationLayer, FlattenLayer, MaskedDropout
+from xgrad.frameworks.jax.ops import jax_activation
+from xgrad.frameworks.kinds import KindTable
+from xgrad.layers import AbstractLayer, BatchNorm, Dense, Dropout, LayerNorm, RMSNorm, Shape
+
+__all__ = ["KINDS", "Block", "FlaxKind", "Run"]
+
+Block = Callable[[tuple[AbstractLayer, ...], str, Shape], nnx.Module]
+"""``(layers, prefix, shape) -> module``: nested layers (a residual block's) built as one NNX
+module, layer ``j`` at path ``{prefix}.{j}``, on examples of ``shape``; given by the model."""
+
+Run = Callable[[nnx.Module, jax.Array], jax.Array]
+"""``(module, x) -> output``: a module made by a :data:`Block` run on ``x``, its layers'
+values captured as the model captures any layer's; given by the model."""
+
+
+@dataclass(frozen=True)
+class FlaxKind:
+    """How Flax builds, names and reads one layer kind: the kind's entry in :data:`KINDS`.
+
+    Attributes:
+        build: ``(layer, path, shape, dtype, rngs, block) -> nnx.Module``: the module
+            computing ``layer`` at ``path`` on examples of ``shape`` in ``dtype`` (a JAX
+            dtype), with a slot for each weight (xgrad writes their values next); ``block``
+            builds nested layers (:data:`Block`).
+        call: ``(layer, module, x, run) -> output``: how the model applies the built module
+            and finishes its output (Dense's activation); ``run`` runs a nested block
+            (:data:`Run`). ``None``: ``module(x)``.
+        weights: local name -> the weight's name inside the module, which is its NNX state
+            path below the layer's (``layers/0/kernel``) and its variable in the Linen module.
+        linen: the Linen module (``nn.Dense``, ...) holding the weights in a compact Linen
+            model: the ``Dense`` of ``Dense_0`` in :func:`~.builder.linen_variables`;
+            ``None`` where Linen has no such module.
+        modules: NNX module classes read as this kind in users' models.
+        hints: ``(module) -> {field: value}``: the configuration an instance of ``modules``
+            states (a norm's epsilon), completing what the jaxpr reader identifies.
+    """
+
+    build: Callable[..., nnx.Module]
+    call: Callable[[AbstractLayer, nnx.Module, jax.Array, Run], jax.Array] | None = None
+    weights: Mapping[str, str] = field(default_factory=dict)
+    linen: str | None = None
+    modules: tuple[type, ...] = ()
+    hints: Callable[[nnx.Module], dict] | None = None
+
+
+def _dense(layer: Dense, path, shape, dtype, rngs, block) -> nnx.Module:
+    return nnx.Linear(
+        shape[-1], layer.units, use_bias=layer.use_bias, dtype=dtype, param_dtype=dtype, rngs=rngs
+    )
+
+
+def _layernorm(layer: LayerNorm, path, shape, dtype, rngs, block) -> nnx.Module:
+    return nnx.LayerNorm(
+        shape[-1],
+        epsilon=layer.epsilon,
+        use_bias=layer.center,
+        use_scale=layer.scale,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def _rmsnorm(layer: RMSNorm, path, shape, dtype, rngs, block) -> nnx.Module:
+    return nnx.RMSNorm(
+        shape[-1],
+        epsilon=layer.epsilon,
+        use_scale=layer.scale,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def _batchnorm(layer: BatchNorm, path, shape, dtype, rngs, block) -> nnx.Module:
+    return nnx.BatchNorm(
+        shape[-1],
+        use_running_average=not layer.training,
+        momentum=layer.momentum,
+        epsilon=layer.epsilon,
+        use_bias=layer.center,
+        use_scale=layer.scale,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def _dropout(layer: Dropout, path, shape, dtype, rngs, block) -> nnx.Module:
+    if layer.active:
+        return MaskedDropout(layer, path)
+    return nnx.Dropout(layer.rate, deterministic=True)
+
+
+def _residual(layer, path, shape, dtype, rngs, block) -> nnx.Module:
+    return block(layer.children, f"{path}.layers", shape)
+
+
+_NORM_WEIGHTS = {"scale": "scale", "bias": "bias", "mean": "mean", "var": "var"}
+
+
+KINDS: KindTable[FlaxKind] = KindTable(
+    "flax",
+    {
+        "dense": FlaxKind(
+            _dense,
+            call=lambda layer, module, x, run: jax_activation(layer.act)(module(x)),
+            weights={"kernel": "kernel", "bias": "bias"},
+            linen="Dense",
+        ),
+        "activation": FlaxKind(
+            lambda layer, path, shape, dtype, rngs, block: ActivationLayer(layer.name)
+        ),
+        "layernorm": FlaxKind(
+            _layernorm,
+            weights=_NORM_WEIGHTS,
+            linen="LayerNorm",
+            modules=(nnx.LayerNorm,),
+            hints=lambda m: {"epsilon": m.epsilon},
+        ),
+        "rmsnorm": FlaxKind(
+            _rmsnorm,
+            weights=_NORM_WEIGHTS,
+            linen="RMSNorm",
+            modules=(nnx.RMSNorm,),
+            hints=lambda m: {"epsilon": m.epsilon},
+        ),
+        "batchnorm": FlaxKind(
+            _batchnorm,
+            weights=_NORM_WEIGHTS,
+            linen="BatchNorm",
+            modules=(nnx.BatchNorm,),
+            hints=lambda m: {"epsilon": m.epsilon, "momentum": m.momentum},
+        ),
+        "dropout": FlaxKind(_dropout),
+        "flatten": FlaxKind(lambda layer, path, shape, dtype, rngs, block: FlattenLayer()),
+        "residual": FlaxKind(_residual, call=lambda layer, module, x, run: x + run(module, x)),
+    },
+)
+"""Layer kind -> its :class:`FlaxKind`: the one place Flax's form of each kind lives."""
