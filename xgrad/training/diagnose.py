@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from xgrad.diagnosis.records import Finding
 from xgrad.optim.rules import Arrays, Rule
 from xgrad.runner import Inputs, compare_models
 from xgrad.training import replay
@@ -74,10 +75,6 @@ class Divergent:
     ref_drift: float | None = None
 
 
-def _unexplained(step: int, detail: str, before=None, residual=None) -> OptimizerDiagnosis:
-    return OptimizerDiagnosis("unexplained", step, detail, False, residual, before)
-
-
 def diagnose(
     at: Divergent,
     history: History,
@@ -91,10 +88,29 @@ def diagnose(
 ) -> tuple[list[OptimizerDiagnosis], object | None]:
     """The tested explanations of the first divergence, and the gradient report (a
     :class:`~xgrad.Report`) when the gradients already differ there; ``rule_note`` says
-    why the reference's rule is unknown, when it is."""
+    why the reference's rule is unknown, when it is. The steps, in the module docstring's
+    order: :func:`_gradients`, :func:`_without_replay`, :func:`_rounding`, then
+    :func:`_conventions`."""
     t = at.divergence.step
-    limit = step_tolerance(history.tol, t)
-    report = compare_models(
+    report = _gradient_report(at, loss=loss, mapping=mapping, rtol=rtol)
+    if not report.ok:
+        return [_gradients(report, t)], report
+    stop = _without_replay(at, history, rule, rule_note)
+    if stop is not None:
+        return [stop], None
+    ev = replay.CandidateRun(
+        history.cand_start, history.cand_grads, history.cand_weights, t, history.dtype, history.tol
+    )
+    ratios = ev.ratios(rule)
+    if max(ratios) <= 1:
+        return [_rounding(ev, rule, len(ratios))], None
+    return _conventions(ev, rule, cand_rule, _leaving_step(ratios, t), len(ratios)), None
+
+
+def _gradient_report(at: Divergent, *, loss, mapping, rtol):
+    """:func:`xgrad.compare_models` on the two models as they were at the diverging step,
+    the candidate given the reference's weights."""
+    return compare_models(
         at.reference,
         at.candidate,
         at.batch.x,
@@ -104,133 +120,152 @@ def diagnose(
         transfer=True,
         rtol=rtol,
     )
-    if not report.ok:
-        lines = report.diagnosis_lines()
-        detail = (
-            f"the gradients already differ at step {t}, at the same weights: "
-            f"{report.summary()}; see report.gradient_report"
-            + (f"; its diagnosis: {lines[0].removeprefix('diagnosis: ')}" if lines else "")
-        )
-        return [OptimizerDiagnosis("gradients", t, detail, True)], report
+
+
+def _gradients(report, t: int) -> OptimizerDiagnosis:
+    """The gradients already differ at the same weights: the optimizers are not to blame."""
+    lines = report.diagnosis_lines()
+    detail = (
+        f"the gradients already differ at step {t}, at the same weights: "
+        f"{report.summary()}; see report.gradient_report"
+        + (f"; its diagnosis: {lines[0].removeprefix('diagnosis: ')}" if lines else "")
+    )
+    return OptimizerDiagnosis("gradients", detail, True, step=t)
+
+
+def _without_replay(
+    at: Divergent, history: History, rule: Rule | None, rule_note: str | None
+) -> OptimizerDiagnosis | None:
+    """``unexplained`` when nothing can be replayed: the reference's rule is unknown, or the
+    reference itself left its rule as read (xgrad's reading of it is incomplete)."""
+    t = at.divergence.step
+    limit = step_tolerance(history.tol, t)
     if rule is None:
-        return [
-            _unexplained(
-                t,
-                "the gradients agree at the same weights, so the optimizers differ; but the "
-                "reference's rule is unknown, so no convention can be replayed ("
-                + (rule_note or "name it: (tx, xgrad.training.Adam(...)) for optax")
-                + ")",
-            )
-        ], None
-    if at.ref_drift is not None and at.ref_drift > limit:
-        return [
-            _unexplained(
-                t,
-                f"the reference's own weights are {at.ref_drift:.2g} from its rule as read "
-                f"({rule.describe()}), beyond the tolerance {limit:.2g}: its optimizer computes "
-                "something xgrad's reading of it does not capture",
-                before=at.ref_drift,
-            )
-        ], None
-    ev = replay.Evidence(
-        history.cand_start, history.cand_grads, history.cand_weights, t, history.dtype, history.tol
-    )
-    ratios = ev.ratios(rule)
-    last = len(ratios)
-    if max(ratios) <= 1:
-        before = ev.residual(rule)
-        more = (
-            f"; a different rule grows like the step count and rounding like its square root: "
-            f"run more than {last} steps to tell them apart"
-            if last <= t + 1
-            else ""
+        return OptimizerDiagnosis.unexplained(
+            "the gradients agree at the same weights, so the optimizers differ; but the "
+            "reference's rule is unknown, so no convention can be replayed ("
+            + (rule_note or "name it: (tx, xgrad.training.Adam(...)) for optax")
+            + ")",
+            step=t,
         )
-        return [
-            _unexplained(
-                t,
-                f"both sides follow the reference's rule within tolerance ({before:.2g} vs "
-                f"{limit:.2g} for the candidate at step {t}, and at every step up to {last}) "
-                "and their gradients agree at the same weights; the runs part by accumulated "
-                f"rounding (gradients at nearby weights){more}",
-                before=before,
-                residual=before,
-            )
-        ], None
-    # the step where the candidate first leaves the reference's rule (t, or later when the
-    # divergence at t is rounding at the edge and the difference shows by a later step)
-    k = (
-        next(i for i, r in enumerate(ratios, start=1) if i >= t and r > 1)
-        if any(r > 1 for r in ratios[t - 1 :])
-        else t
-    )
-    ev = dataclasses.replace(ev, step=k)
-    limit = step_tolerance(history.tol, k)
+    if at.ref_drift is not None and at.ref_drift > limit:
+        return OptimizerDiagnosis.unexplained(
+            f"the reference's own weights are {at.ref_drift:.2g} from its rule as read "
+            f"({rule.describe()}), beyond the tolerance {limit:.2g}: its optimizer computes "
+            "something xgrad's reading of it does not capture",
+            before=at.ref_drift,
+            step=t,
+        )
+    return None
+
+
+def _rounding(ev: replay.CandidateRun, rule: Rule, last: int) -> OptimizerDiagnosis:
+    """Both sides follow the reference's rule within tolerance at every step: the runs part
+    by accumulated rounding (and with too few steps after the divergence, say so)."""
+    t = ev.step
+    limit = step_tolerance(ev.tol, t)
     before = ev.residual(rule)
-    at = f"step {k}" + (
+    more = (
+        f"; a different rule grows like the step count and rounding like its square root: "
+        f"run more than {last} steps to tell them apart"
+        if last <= t + 1
+        else ""
+    )
+    return OptimizerDiagnosis.unexplained(
+        f"both sides follow the reference's rule within tolerance ({before:.2g} vs "
+        f"{limit:.2g} for the candidate at step {t}, and at every step up to {last}) "
+        "and their gradients agree at the same weights; the runs part by accumulated "
+        f"rounding (gradients at nearby weights){more}",
+        before=before,
+        residual=before,
+        step=t,
+    )
+
+
+def _leaving_step(ratios: list[float], t: int) -> int:
+    """The step where the candidate first leaves the reference's rule: ``t``, or later when
+    the divergence at ``t`` is rounding at the tolerance's edge and the difference shows by
+    a later step."""
+    if any(r > 1 for r in ratios[t - 1 :]):
+        return next(i for i, r in enumerate(ratios, start=1) if i >= t and r > 1)
+    return t
+
+
+def _conventions(
+    ev: replay.CandidateRun, rule: Rule, cand_rule: Rule | None, k: int, last: int
+) -> list[OptimizerDiagnosis]:
+    """Replay the candidate's gradients through the causes' alternatives from step ``k``:
+    confirmed causes, ambiguous ones, or ``unexplained``."""
+    t = ev.step
+    ev = dataclasses.replace(ev, step=k)
+    limit = step_tolerance(ev.tol, k)
+    before = ev.residual(rule)
+    where = f"step {k}" + (
         f" (step {t}, the first divergence, is at the tolerance's edge)" if k != t else ""
     )
-    fitted = replay._fitted_lr(rule, ev)
-    found = replay.explain_step(ev, Context(rule, cand_rule, fitted, ev.grads[0]))
+    context = Context(rule, cand_rule, replay.fitted_lr(rule, ev), ev.grads[0])
+    found = replay.explain_step(ev, context)
     if not found:
         known = f" (its rule as read: {cand_rule.describe()})" if cand_rule is not None else ""
         return [
-            _unexplained(
-                t,
+            OptimizerDiagnosis.unexplained(
                 f"the candidate's optimizer{known} is {before:.2g} from the reference's rule "
-                f"({rule.describe()}) at {at}, and no known convention, alone or combined, "
+                f"({rule.describe()}) at {where}, and no known convention, alone or combined, "
                 f"keeps it within tolerance ({limit:.2g} at step {k}) over the {last} steps",
                 before=before,
+                step=t,
             )
-        ], None
+        ]
     if len(found) > 1:
-        return _ambiguous(found, t, k, last, before, limit), None
-    out = []
-    (finding,) = found
-    for alt in finding.alternatives:
-        together = [a.cause for a in finding.alternatives if a is not alt]
-        also = f" (together with {', '.join(together)})" if together else ""
-        same = (
-            "; these fit as well (the run cannot tell them apart): "
-            + "; or ".join(finding.equally[:3])
-            if finding.equally
-            else ""
+        return _ambiguous(found, t, k, last, before, limit)
+    return _confirmed(found[0], t, where, last, before, limit)
+
+
+def _together(fit: replay.Fit, alt) -> str:
+    together = [a.cause for a in fit.alternatives if a is not alt]
+    return f" (together with {', '.join(together)})" if together else ""
+
+
+def _confirmed(
+    fit: replay.Fit, t: int, where: str, last: int, before: float, limit: float
+) -> list[OptimizerDiagnosis]:
+    """Confirmed diagnoses, one per cause of the one explanation that fits the run."""
+    same = (
+        "; these fit as well (the run cannot tell them apart): " + "; or ".join(fit.equally[:3])
+        if fit.equally
+        else ""
+    )
+    return [
+        OptimizerDiagnosis.of(
+            alt.cause,
+            Finding(
+                f"{alt.detail}{_together(fit, alt)}; replaying the candidate's gradients with "
+                f"it, the error at {where} drops from {before:.2g} to {fit.residual:.2g} "
+                f"(tolerance {limit:.2g}), and stays within tolerance at every step up to "
+                f"{last}{same}",
+                fit.residual,
+                before,
+            ),
+            step=t,
         )
-        out.append(
-            OptimizerDiagnosis(
-                alt.cause,
-                t,
-                f"{alt.detail}{also}; replaying the candidate's gradients with it, the "
-                f"error at {at} drops from {before:.2g} to {finding.residual:.2g} (tolerance "
-                f"{limit:.2g}), and stays within tolerance at every step up to {last}{same}",
-                True,
-                residual=finding.residual,
-                before=before,
-            )
-        )
-    return out, None
+        for alt in fit.alternatives
+    ]
 
 
 def _ambiguous(found, t: int, k: int, last: int, before: float, limit: float):
     """Unconfirmed diagnoses, one per explanation, when several fit the run equally."""
     out = []
-    for finding in found:
-        rivals = "; ".join(" + ".join(f.causes) for f in found if f is not finding)
-        for alt in finding.alternatives:
-            together = [a.cause for a in finding.alternatives if a is not alt]
-            also = f" (together with {', '.join(together)})" if together else ""
-            out.append(
-                OptimizerDiagnosis(
-                    alt.cause,
-                    t,
-                    f"ambiguous: {alt.detail}{also} would explain it (the error at step {k} "
-                    f"drops from {before:.2g} to {finding.residual:.2g}, tolerance {limit:.2g}), "
-                    f"but so would {rivals}: the {last} steps cannot tell them apart; run "
-                    "more steps, or name the candidate's rule",
-                    False,
-                    residual=finding.residual,
-                    before=before,
-                )
+    for fit in found:
+        rivals = "; ".join(" + ".join(f.causes) for f in found if f is not fit)
+        for alt in fit.alternatives:
+            detail = (
+                f"ambiguous: {alt.detail}{_together(fit, alt)} would explain it (the error at "
+                f"step {k} drops from {before:.2g} to {fit.residual:.2g}, tolerance "
+                f"{limit:.2g}), but so would {rivals}: the {last} steps cannot tell them "
+                "apart; run more steps, or name the candidate's rule"
             )
+            finding = Finding(detail, fit.residual, before, confirmed=False)
+            out.append(OptimizerDiagnosis.of(alt.cause, finding, step=t))
     return out
 
 

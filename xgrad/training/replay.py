@@ -32,7 +32,15 @@ from xgrad.training.causes import (
 )
 from xgrad.training.report import step_tolerance
 
-__all__ = ["Evidence", "Finding", "explain_step", "precision_notes", "relative", "replay"]
+__all__ = [
+    "CandidateRun",
+    "Fit",
+    "explain_step",
+    "fitted_lr",
+    "precision_notes",
+    "relative",
+    "replay",
+]
 
 
 def relative(a: np.ndarray, b: np.ndarray, dtype: str) -> float:
@@ -65,8 +73,9 @@ def replay(rule: Rule, start: Arrays, grads: Sequence[Arrays]) -> list[Arrays]:
 
 
 @dataclass(frozen=True)
-class Evidence:
-    """The candidate's run, in the reference's names (float64).
+class CandidateRun:
+    """The candidate's run, in the reference's names (float64): the evidence every optimizer
+    cause is tested on (a gradient cause reads :class:`xgrad.diagnosis.evidence.Evidence`).
 
     Attributes:
         start: the candidate's starting weights.
@@ -123,12 +132,13 @@ class Evidence:
 
 
 @dataclass(frozen=True)
-class Finding:
-    """Alternatives that, applied together, explain the candidate's run.
+class Fit:
+    """Alternatives that, applied together, explain the candidate's run (a training
+    diagnosis, :class:`xgrad.training.OptimizerDiagnosis`, is made of it).
 
     Attributes:
         alternatives: one per cause.
-        residual: the error left at :attr:`Evidence.step`.
+        residual: the error left at :attr:`CandidateRun.step`.
         rule: the reference's rule with every alternative applied.
         equally: other alternatives in the same causes that fit the run as well, in words
             (the run cannot tell these values apart).
@@ -155,7 +165,7 @@ MAX_COMBINATIONS = 512
 """At most this many combinations of three or more causes are replayed."""
 
 
-def _fitted_lr(rule: Rule, ev: Evidence) -> float | None:
+def fitted_lr(rule: Rule, ev: CandidateRun) -> float | None:
     """The learning rate ``rule`` would need for its first update to match the candidate's
     (least squares over every weight), or ``None`` for a schedule."""
     if callable(rule.learning_rate) or not rule.learning_rate:
@@ -180,7 +190,7 @@ def _combine(ref: Rule, alts: Sequence[Alternative]) -> Rule | None:
     return rule
 
 
-def _with_lr(ref: Rule, alts: Sequence[Alternative], ev: Evidence):
+def _with_lr(ref: Rule, alts: Sequence[Alternative], ev: CandidateRun):
     """``(alternatives, rule)``: ``alts`` applied, and each with a learning rate refitted."""
     rule = _combine(ref, alts)
     if rule is None:
@@ -188,17 +198,17 @@ def _with_lr(ref: Rule, alts: Sequence[Alternative], ev: Evidence):
     yield tuple(alts), rule
     if callable(ref.learning_rate):
         return
-    for lr in learning_rates(_fitted_lr(rule, ev), ref):
+    for lr in learning_rates(fitted_lr(rule, ev), ref):
         both = lr.apply(rule)
         if both is not None:
             yield (*alts, lr), both
 
 
-def _choose(found: list[Finding]) -> list[Finding]:
+def _choose(found: list[Fit]) -> list[Fit]:
     """One finding per distinct set of causes: the first proposed (the frameworks' defaults
     and round learning rates come first); the others of the same causes are listed as
     fitting equally."""
-    groups: dict[frozenset, list[Finding]] = {}
+    groups: dict[frozenset, list[Fit]] = {}
     for f in found:
         groups.setdefault(frozenset(f.causes), []).append(f)
     out = []
@@ -209,7 +219,7 @@ def _choose(found: list[Finding]) -> list[Finding]:
     return out
 
 
-def _agrees(finding: Finding, rule: Rule) -> bool:
+def _agrees(finding: Fit, rule: Rule) -> bool:
     return all(
         getattr(finding.rule, k) == getattr(rule, k, None)
         for a in finding.alternatives
@@ -225,8 +235,8 @@ def _uniq_text(texts) -> list[str]:
     return out
 
 
-def explain_step(ev: Evidence, ctx: Context) -> list[Finding]:
-    """The explanations of the candidate's run: one :class:`Finding` when one set of causes
+def explain_step(ev: CandidateRun, ctx: Context) -> list[Fit]:
+    """The explanations of the candidate's run: one :class:`Fit` when one set of causes
     does (confirmed), several when different sets fit every step equally well (ambiguous),
     none when nothing does.
 
@@ -244,15 +254,9 @@ def explain_step(ev: Evidence, ctx: Context) -> list[Finding]:
     if ctx.candidate is not None and rule_differences(ref, ctx.candidate):
         if ev.fits(ctx.candidate):
             known = _needed(ev, ref, ctx.candidate)
-    alts = alternatives(ctx)
-    scored = []
-    for alt in alts:
-        rule = alt.apply(ref)
-        if rule is not None:
-            each = ev.residuals(rule)
-            scored.append((alt, rule, max(each.values()), sum(each.values())))
+    scored = _scored(ev, ref, alternatives(ctx))
     limit = step_tolerance(ev.tol, ev.step)
-    singles = [Finding((a,), r, rule) for a, rule, r, _ in scored if r <= limit and ev.fits(rule)]
+    singles = [Fit((a,), r, rule) for a, rule, r, _ in scored if r <= limit and ev.fits(rule)]
     if known is not None:  # a single alternative that reads like the candidate's rule
         same = [
             f
@@ -263,25 +267,52 @@ def explain_step(ev: Evidence, ctx: Context) -> list[Finding]:
     if singles:
         return _choose(singles)
     others = [(a, r) for a, _, r, _ in scored if a.cause != "learning-rate"]
+    found = _pairs(ev, ref, others)
+    if found:
+        return _choose(found)
+    searched = _search(ev, ref, [a for a, _ in others])
+    if searched is not None:
+        return [searched]
+    return _choose(_combinations(ev, ref, scored))
+
+
+def _scored(ev: CandidateRun, ref: Rule, alts: list[Alternative]):
+    """``(alternative, its rule, largest residual, summed residual)`` for each alternative
+    that makes a rule."""
+    out = []
+    for alt in alts:
+        rule = alt.apply(ref)
+        if rule is not None:
+            each = ev.residuals(rule)
+            out.append((alt, rule, max(each.values()), sum(each.values())))
+    return out
+
+
+def _pairs(ev: CandidateRun, ref: Rule, others: list[tuple[Alternative, float]]) -> list[Fit]:
+    """One cause with a refitted learning rate, and pairs of two causes (one of them among
+    the :data:`PAIR_LEADERS` alternatives with the smallest residuals), that fit the run."""
+    limit = step_tolerance(ev.tol, ev.step)
     leaders = {id(a) for a, _ in sorted(others, key=lambda ar: ar[1])[:PAIR_LEADERS]}
-    found = []
     tries = [combo for alt, _ in others for combo in list(_with_lr(ref, [alt], ev))[1:]]
     tries += [
         ((a, b), _combine(ref, (a, b)))
         for (a, _), (b, _) in itertools.combinations(others, 2)
         if a.cause != b.cause and {id(a), id(b)} & leaders
     ]
-    for combo, rule in tries:  # one cause with a refitted learning rate; pairs
+    found = []
+    for combo, rule in tries:
         r = math.inf if rule is None else ev.residual(rule)
         if r <= limit and ev.fits(rule):
-            found.append(Finding(combo, r, rule))
-    if found:
-        return _choose(found)
-    searched = _search(ev, ref, [a for a, _ in others])
-    if searched is not None:
-        return [searched]
-    # plausible: brings the error down on its own, summed over the weights (a convention
-    # may fix one weight while another convention still dominates the largest error)
+            found.append(Fit(combo, r, rule))
+    return found
+
+
+def _combinations(ev: CandidateRun, ref: Rule, scored) -> list[Fit]:
+    """Combinations of three or more of the plausible alternatives (each brings the error,
+    summed over the weights, down on its own: a convention may fix one weight while another
+    still dominates the largest error), the smallest that fit the run; at most
+    :data:`MAX_COMBINATIONS` are replayed."""
+    limit = step_tolerance(ev.tol, ev.step)
     before = sum(ev.residuals(ref).values())
     plausible: dict[str, list[Alternative]] = {}
     summed = [(a, total) for a, _, _, total in scored if a.cause != "learning-rate"]
@@ -290,22 +321,23 @@ def explain_step(ev: Evidence, ctx: Context) -> list[Finding]:
             plausible[a.cause].append(a)
     plausible = {c: best for c, best in plausible.items() if best}
     causes = list(plausible)
+    found: list[Fit] = []
     tried = 0
     for size in range(2, len(causes) + 1):
         for group in itertools.combinations(causes, size):
             for picked in itertools.product(*(plausible[c] for c in group)):
                 for combo, rule in _with_lr(ref, picked, ev):
                     if len(combo) < 3:
-                        continue  # (tried above)
+                        continue  # (tried by _pairs)
                     tried += 1
                     r = ev.residual(rule)
                     if r <= limit and ev.fits(rule):
-                        found.append(Finding(combo, r, rule))
+                        found.append(Fit(combo, r, rule))
                     if tried >= MAX_COMBINATIONS:
-                        return _choose(found)
+                        return found
         if found:
-            return _choose(found)
-    return []
+            return found
+    return found
 
 
 SEARCH_DEPTH = 5
@@ -315,7 +347,7 @@ BEAM = 4
 """The search keeps the 4 best combinations of each size."""
 
 
-def _search(ev: Evidence, ref: Rule, alts: list[Alternative]) -> Finding | None:
+def _search(ev: CandidateRun, ref: Rule, alts: list[Alternative]) -> Fit | None:
     """A beam search over combinations: from each of the :data:`BEAM` best combinations so
     far, add one alternative of a cause not yet in it (or a learning rate refitted to it),
     keep the best by the error summed over the weights, until one fits the run; then drop
@@ -330,7 +362,7 @@ def _search(ev: Evidence, ref: Rule, alts: list[Alternative]) -> Finding | None:
             used = {a.cause for a in chosen}
             options = [a for a in alts if a.cause not in used]
             if "learning-rate" not in used and not callable(ref.learning_rate):
-                options += learning_rates(_fitted_lr(rule, ev), ref)
+                options += learning_rates(fitted_lr(rule, ev), ref)
             for a in options:
                 new = a.apply(rule)
                 if new is None:
@@ -351,17 +383,17 @@ def _search(ev: Evidence, ref: Rule, alts: list[Alternative]) -> Finding | None:
     return None
 
 
-def _prune(ev: Evidence, ref: Rule, chosen: tuple[Alternative, ...], rule: Rule) -> Finding:
+def _prune(ev: CandidateRun, ref: Rule, chosen: tuple[Alternative, ...], rule: Rule) -> Fit:
     """``chosen`` without the members the run fits without."""
     for a in list(chosen):
         rest = tuple(b for b in chosen if b is not a)
         fewer = _combine(ref, rest) if rest else None
         if fewer is not None and ev.fits(fewer):
             chosen, rule = rest, fewer
-    return Finding(chosen, ev.residual(rule), rule)
+    return Fit(chosen, ev.residual(rule), rule)
 
 
-def _needed(ev: Evidence, ref: Rule, cand: Rule) -> Finding:
+def _needed(ev: CandidateRun, ref: Rule, cand: Rule) -> Fit:
     """The candidate's rule as a finding: only the causes it needs to fit the run."""
     diffs = rule_differences(ref, cand)
     keep, rule = [], cand
@@ -374,7 +406,7 @@ def _needed(ev: Evidence, ref: Rule, cand: Rule) -> Finding:
             rule = reverted  # this difference does not show in the run
         else:
             keep.append(alt)
-    return Finding(tuple(keep or diffs), ev.residual(cand), cand)
+    return Fit(tuple(keep or diffs), ev.residual(cand), cand)
 
 
 NO_EFFECT = 1e-6

@@ -13,8 +13,9 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from xgrad.diagnosis.records import Explanation
 from xgrad.metrics import json_float
 from xgrad.report.base import AbstractReport
 from xgrad.training import render
@@ -193,8 +194,9 @@ class Divergence:
 
 
 @dataclass(frozen=True)
-class OptimizerDiagnosis:
-    """One tested explanation of the first divergence.
+class OptimizerDiagnosis(Explanation):
+    """One tested explanation of the first divergence (the same record as a gradient
+    report's :class:`~xgrad.diagnosis.Diagnosis`, placed at a step instead of a layer).
 
     Attributes:
         cause: a cause id (:data:`xgrad.training.OPTIMIZER_CAUSES`), ``gradients`` (the
@@ -208,26 +210,19 @@ class OptimizerDiagnosis:
         before: the error to explain: the candidate's distance from the reference's rule.
     """
 
-    cause: str
-    step: int
-    detail: str
-    confirmed: bool
-    residual: float | None = None
-    before: float | None = None
+    step: int = field(kw_only=True)
+
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "cause",
+        "step",
+        "detail",
+        "confirmed",
+        "residual",
+        "before",
+    )
 
     def text(self) -> str:
-        verdict = "confirmed cause" if self.confirmed else "no cause confirmed"
-        return f"step {self.step}: {verdict}: {self.cause}: {self.detail}"
-
-    def to_dict(self) -> dict:
-        return {
-            "cause": self.cause,
-            "step": self.step,
-            "detail": self.detail,
-            "confirmed": self.confirmed,
-            "residual": json_float(self.residual),
-            "before": json_float(self.before),
-        }
+        return f"step {self.step}: {self.verdict}: {self.cause}: {self.detail}"
 
 
 @dataclass(frozen=True)

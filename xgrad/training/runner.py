@@ -23,10 +23,11 @@ from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, check_input
 from xgrad.frameworks.registry import read_model
 from xgrad.metrics import tolerance
+from xgrad.optim import AbstractOptimizer, AbstractRun
 from xgrad.optim.rules import Arrays, Rule
 from xgrad.runner import evaluate, model_text, prepare_inputs
 from xgrad.training.diagnose import Divergent, History, diagnose, precision
-from xgrad.training.optimizers import AbstractRun, as_optimizer
+from xgrad.training.optimizers import as_optimizer
 from xgrad.training.replay import relative
 from xgrad.training.report import (
     Divergence,
@@ -246,11 +247,29 @@ def compare_training(
     """
     start_time = time.perf_counter()
     steps = _check_steps(steps)
-    opt_ref, opt_cand = (
+    pair = tuple(  # both recognised before anything else is read
         as_optimizer(o, side)
         for o, side in zip(_check_optimizers(optimizers), ("reference", "candidate"), strict=True)
     )
     plan, batch_note = _batches(x, y, batches, steps)
+    run = _Training(
+        *_read_pair(reference, candidate, plan, loss=loss, mapping=mapping, transfer=transfer),
+        optimizers=pair,
+        rtol=rtol,
+        notes=[batch_note] if batch_note else [],
+    )
+    run.train()
+    clock = time.perf_counter()
+    explained = run.explain(explain, loss=loss, mapping=mapping, rtol=rtol)
+    run.timing["diagnosis"] = time.perf_counter() - clock
+    run.timing["total"] = time.perf_counter() - start_time
+    return run.report(*explained, transfer=transfer, title=title)
+
+
+def _read_pair(reference, candidate, plan, *, loss, mapping, transfer):
+    """Both models read and aligned, every batch checked against both: ``(reference model,
+    candidate model, alignment, inputs per step)``; with ``transfer`` the candidate holds
+    the reference's weights (a copy: your models never change)."""
     shape = np.shape(plan[0][0])
     input_shape = tuple(shape[1:]) if len(shape) >= 2 else None
     ref_model = read_model(reference, input_shape=input_shape)
@@ -259,92 +278,146 @@ def compare_training(
     inputs = [prepare_inputs(ref_model, bx, by, loss) for bx, by in plan]
     for batch in inputs:
         check_input(cand_model.input_shape, batch.x)
-    notes = [n for n in (alignment.note, batch_note) if n]
     if transfer:
         cand_model = cand_model.with_weights(alignment.to_candidate(ref_model.weights()))
-    dtype = ref_model.dtype if ref_model.dtype in ("float32", "float64") else "float32"
-    tol = tolerance(dtype, rtol)
-    label = cand_model.framework if cand_model.framework != "reference" else "candidate"
+    return ref_model, cand_model, alignment, inputs
 
-    names = alignment.names  # reference canonical name -> candidate canonical name
-    ref_params = [n for n in ref_model.param_names if n in names]
-    unpaired = [n for n in cand_model.param_names if n not in set(names.values())]
-    if unpaired:
-        notes.append(f"candidate parameters not paired with the reference's: {unpaired}")
-    infos = _weights_info(ref_model, cand_model, alignment, label)
-    w_ref, w_cand = ref_model.weights(), cand_model.weights()
-    run_ref = opt_ref.start({n: w_ref[n] for n in ref_model.param_names}, ref_model.dtype)
-    run_cand = opt_cand.start({n: w_cand[n] for n in cand_model.param_names}, cand_model.dtype)
 
-    def in_ref(arrays: Mapping[str, np.ndarray], only: Iterable[str] | None = None) -> Arrays:
+class _Training:
+    """One training comparison under way: both models and their optimizers' runs, the
+    float64 referee, and what every step recorded. Weights are compared in the reference's
+    canonical names (the candidate's through the alignment), float64."""
+
+    def __init__(
+        self,
+        ref_model: AbstractModel,
+        cand_model: AbstractModel,
+        alignment: Alignment,
+        inputs: list,
+        *,
+        optimizers: tuple[AbstractOptimizer, AbstractOptimizer],
+        rtol: float | None,
+        notes: list[str],
+    ) -> None:
+        self.ref_model, self.cand_model, self.alignment = ref_model, cand_model, alignment
+        self.inputs = inputs
+        self.notes = [n for n in (alignment.note, *notes) if n]
+        ref = ref_model.dtype
+        self.dtype = ref if ref in ("float32", "float64") else "float32"
+        self.tol = tolerance(self.dtype, rtol)
+        self.label = cand_model.framework if cand_model.framework != "reference" else "candidate"
+        names = alignment.names  # reference canonical name -> candidate canonical name
+        self.ref_params = [n for n in ref_model.param_names if n in names]
+        unpaired = [n for n in cand_model.param_names if n not in set(names.values())]
+        if unpaired:
+            self.notes.append(f"candidate parameters not paired with the reference's: {unpaired}")
+        self.infos = _weights_info(ref_model, cand_model, alignment, self.label)
+        self.w_ref, self.w_cand = ref_model.weights(), cand_model.weights()
+        self.runs = tuple(
+            opt.start({n: w[n] for n in model.param_names}, model.dtype)
+            for opt, model, w in zip(
+                optimizers, (ref_model, cand_model), (self.w_ref, self.w_cand), strict=True
+            )
+        )
+        self.history = History(
+            start=_f64({n: self.w_ref[n] for n in self.ref_params}), dtype=self.dtype, tol=self.tol
+        )
+        self.history.cand_start = self.in_ref(self.w_cand, self.ref_params)
+        self.referee = self._referee()
+        self.records: list[Step] = []
+        self.first: Divergence | None = None
+        self.divergent: Divergent | None = None
+        self.timing = {"reference": 0.0, self.label: 0.0, "optimizers": 0.0, "referee": 0.0}
+
+    def _referee(self) -> _Referee | None:
+        run_ref = self.runs[0]
+        if run_ref.rule is None:
+            self.notes.append(
+                f"no float64 referee: the reference's rule is unknown ({run_ref.rule_note})"
+            )
+            return None
+        starts = {"reference": self.history.start, self.label: self.history.cand_start}
+        return _Referee(run_ref.rule, starts)
+
+    def in_ref(self, arrays: Mapping[str, np.ndarray], only: Iterable[str] | None = None):
         """Candidate-named arrays in the reference's names, float64 (those of ``only``)."""
-        out = _f64(alignment.to_reference(arrays))
+        out = _f64(self.alignment.to_reference(arrays))
         return out if only is None else {n: out[n] for n in only if n in out}
 
-    history = History(start=_f64({n: w_ref[n] for n in ref_params}), dtype=dtype, tol=tol)
-    history.cand_start = in_ref(w_cand, ref_params)
-    referee = None
-    if run_ref.rule is None:
-        notes.append(f"no float64 referee: the reference's rule is unknown ({run_ref.rule_note})")
-    else:
-        referee = _Referee(run_ref.rule, {"reference": history.start, label: history.cand_start})
+    def train(self) -> None:
+        """Every step, until the batches run out or the weights are no longer finite."""
+        for t, batch in enumerate(self.inputs, start=1):
+            if not self.step(t, batch):
+                if t < len(self.inputs):
+                    self.notes.append(
+                        f"the run stopped after step {t}: weights are no longer finite"
+                    )
+                break
 
-    records: list[Step] = []
-    first: Divergence | None = None
-    divergent: Divergent | None = None
-    timing = {"reference": 0.0, label: 0.0, "optimizers": 0.0, "referee": 0.0}
-    for t, batch in enumerate(inputs, start=1):
+    def step(self, t: int, batch) -> bool:
+        """Step ``t``: evaluate both models, step both optimizers and the referee, compare
+        the weights; ``False`` when the weights are no longer finite."""
+        ref_model, cand_model = self.ref_model, self.cand_model
         ref_side = evaluate("reference", ref_model, batch, capture=False, side=0)
-        cand_side = evaluate(label, cand_model, batch, capture=False, side=1)
-        timing["reference"] += ref_side.seconds
-        timing[label] += cand_side.seconds
+        cand_side = evaluate(self.label, cand_model, batch, capture=False, side=1)
+        self.timing["reference"] += ref_side.seconds
+        self.timing[self.label] += cand_side.seconds
         g_ref, g_cand = ref_side.grads, cand_side.grads
         clock = time.perf_counter()
-        new_ref = run_ref.step({n: g_ref.params[n] for n in ref_model.param_names})
-        new_cand = run_cand.step({n: g_cand.params[n] for n in cand_model.param_names})
-        timing["optimizers"] += time.perf_counter() - clock
-        before = (_f64(w_ref), in_ref(w_cand))
-        w_ref = {**w_ref, **new_ref, **g_ref.state}
-        w_cand = {**w_cand, **new_cand, **g_cand.state}
-        evaluated = (ref_model, cand_model)
-        finite = all(np.all(np.isfinite(v)) for w in (w_ref, w_cand) for v in w.values())
+        new_ref = self.runs[0].step({n: g_ref.params[n] for n in ref_model.param_names})
+        new_cand = self.runs[1].step({n: g_cand.params[n] for n in cand_model.param_names})
+        self.timing["optimizers"] += time.perf_counter() - clock
+        before = (_f64(self.w_ref), self.in_ref(self.w_cand))
+        self.w_ref = {**self.w_ref, **new_ref, **g_ref.state}
+        self.w_cand = {**self.w_cand, **new_cand, **g_cand.state}
+        finite = all(np.all(np.isfinite(v)) for w in (self.w_ref, self.w_cand) for v in w.values())
         if finite:
-            ref_model = ref_model.with_weights({**new_ref, **g_ref.state})
-            cand_model = cand_model.with_weights({**new_cand, **g_cand.state})
+            self.ref_model = ref_model.with_weights({**new_ref, **g_ref.state})
+            self.cand_model = cand_model.with_weights({**new_cand, **g_cand.state})
+        now = (_f64(self.w_ref), self.in_ref(self.w_cand))
+        only = self.ref_params
+        grads = (_f64({n: g_ref.params[n] for n in only}), self.in_ref(g_cand.params, only))
+        self.history.ref_grads.append(grads[0])
+        self.history.cand_grads.append(grads[1])
+        self.history.cand_weights.append({n: now[1][n] for n in only})
+        drift = self._referee_step(t, grads, now)
+        losses = {"reference": g_ref.loss, self.label: g_cand.loss}
+        record = _step_record(
+            t, self.dtype, self.tol, self.infos, now, before, grads, drift, losses
+        )
+        self.records.append(record)
+        if self.first is None:
+            self.first = _first_divergence(record, self.infos)
+            if self.first is not None:
+                self.divergent = Divergent(self.first, ref_model, cand_model, batch)
+        return finite
 
-        now = (_f64(w_ref), in_ref(w_cand))
-        grads = (_f64({n: g_ref.params[n] for n in ref_params}), in_ref(g_cand.params, ref_params))
-        history.ref_grads.append(grads[0])
-        history.cand_grads.append(grads[1])
-        history.cand_weights.append({n: now[1][n] for n in ref_params})
+    def _referee_step(self, t: int, grads, now) -> dict[str, dict[str, float]]:
+        """Each side's distance from the referee (the reference's rule in float64 on that
+        side's own gradients) after step ``t``, per weight."""
         drift: dict[str, dict[str, float]] = {}
-        if referee is not None:
-            clock = time.perf_counter()
-            for side, g, w in (("reference", grads[0], now[0]), (label, grads[1], now[1])):
-                math_w = referee.step(side, g, t - 1)
-                drift[side] = {k: relative(w[k], math_w[k], dtype) for k in math_w}
-            timing["referee"] += time.perf_counter() - clock
-        losses = {"reference": g_ref.loss, label: g_cand.loss}
-        record = _step_record(t, dtype, tol, infos, now, before, grads, drift, losses)
-        records.append(record)
-        if first is None:
-            first = _first_divergence(record, infos)
-            if first is not None:
-                divergent = Divergent(first, *evaluated, batch)
-        if not finite:
-            if t < len(inputs):
-                notes.append(f"the run stopped after step {t}: weights are no longer finite")
-            break
+        if self.referee is None:
+            return drift
+        clock = time.perf_counter()
+        for side, g, w in (("reference", grads[0], now[0]), (self.label, grads[1], now[1])):
+            math_w = self.referee.step(side, g, t - 1)
+            drift[side] = {k: relative(w[k], math_w[k], self.dtype) for k in math_w}
+        self.timing["referee"] += time.perf_counter() - clock
+        return drift
 
-    clock = time.perf_counter()
-    diagnoses, gradient_report, notes_p = (), None, ()
-    if explain is not False:
+    def explain(self, explain: bool | None, *, loss, mapping, rtol):
+        """``(diagnoses, gradient report or None, precision notes)``: the first divergence
+        diagnosed and, in float32, the conventions too small to be seen."""
+        diagnoses, gradient_report, notes = (), None, ()
+        if explain is False:
+            return diagnoses, gradient_report, notes
+        (run_ref, run_cand), first = self.runs, self.first
         rule, cand_rule = run_ref.rule, run_cand.rule
-        if divergent is not None:
-            divergent.ref_drift = records[first.step - 1].referee_drift("reference")
+        if self.divergent is not None and first is not None:
+            self.divergent.ref_drift = self.records[first.step - 1].referee_drift("reference")
             diagnoses, gradient_report = diagnose(
-                divergent,
-                history,
+                self.divergent,
+                self.history,
                 rule,
                 cand_rule,
                 loss=loss,
@@ -352,29 +425,32 @@ def compare_training(
                 rtol=rtol,
                 rule_note=run_ref.rule_note,
             )
-        if dtype == "float32" and gradient_report is None and rule is not None:
+        if self.dtype == "float32" and gradient_report is None and rule is not None:
             if not any(d.confirmed for d in diagnoses):
-                notes_p = precision(history, rule, cand_rule)
-    timing["diagnosis"] = time.perf_counter() - clock
-    timing["total"] = time.perf_counter() - start_time
-    return TrainingReport(
-        model=model_text(ref_model),
-        dtype=dtype,
-        loss=inputs[0].loss_name or "custom",
-        candidate=label,
-        sides={
-            "reference": _side(ref_model, run_ref),
-            label: _side(cand_model, run_cand, transfer),
-        },
-        tolerance=tol,
-        referee=None if run_ref.rule is None else run_ref.rule.to_dict(),
-        weights=infos,
-        steps=tuple(records),
-        first_divergence=first,
-        diagnoses=tuple(diagnoses),
-        precision=tuple(notes_p),
-        gradient_report=gradient_report,
-        notes=tuple(notes),
-        title=title,
-        timing=timing,
-    )
+                notes = precision(self.history, rule, cand_rule)
+        return diagnoses, gradient_report, notes
+
+    def report(self, diagnoses, gradient_report, precision_notes, *, transfer, title):
+        """The :class:`TrainingReport` of the run."""
+        run_ref, run_cand = self.runs
+        return TrainingReport(
+            model=model_text(self.ref_model),
+            dtype=self.dtype,
+            loss=self.inputs[0].loss_name or "custom",
+            candidate=self.label,
+            sides={
+                "reference": _side(self.ref_model, run_ref),
+                self.label: _side(self.cand_model, run_cand, transfer),
+            },
+            tolerance=self.tol,
+            referee=None if run_ref.rule is None else run_ref.rule.to_dict(),
+            weights=self.infos,
+            steps=tuple(self.records),
+            first_divergence=self.first,
+            diagnoses=tuple(diagnoses),
+            precision=tuple(precision_notes),
+            gradient_report=gradient_report,
+            notes=tuple(self.notes),
+            title=title,
+            timing=self.timing,
+        )
