@@ -1,11 +1,11 @@
 """A spec as a Flax NNX module built from Flax's own layers, differentiated with ``jax.grad``.
 
-The module keeps its layers in ``self.layers`` (an ``nnx.List``): ``nnx.Linear``,
-``nnx.LayerNorm``, ``nnx.RMSNorm``, ``nnx.BatchNorm``, ``nnx.Dropout``, and small modules of
-xgrad's for an activation, a flatten, a residual block (its own ``layers``) and an active
-dropout (xgrad's mask). A weight's native name is its state path: ``layers/0/kernel``,
-``layers/2/layers/0/kernel``, ``layers/3/mean`` (BatchNorm's ``BatchStat``). ``nnx.Linear``
-stores the kernel ``(in, out)`` like the canonical layout.
+The module keeps its layers in ``self.layers`` (an ``nnx.List``), each the module its kind's
+entry in :data:`~xgrad.frameworks.flax.kinds.KINDS` builds (``nnx.Linear``, ``nnx.LayerNorm``,
+``nnx.RMSNorm``, ``nnx.BatchNorm``, ``nnx.Dropout``, xgrad's small modules; a residual block
+is a nested module with its own ``layers``). A weight's native name is its state path:
+``layers/0/kernel``, ``layers/2/layers/0/kernel``, ``layers/3/mean`` (BatchNorm's
+``BatchStat``). ``nnx.Linear`` stores the kernel ``(in, out)`` like the canonical layout.
 
 Gradients: the module is split once into (graphdef, params, rest); a jitted function merges
 them and differentiates with respect to the params and the input. NNX rather than Linen:
@@ -45,8 +45,8 @@ class XgradModule(nnx.Module):
         self.specs = tuple(layers)
         self.prefix = prefix
 
-        def block(children, path, shape):
-            return XgradModule(children, shape, dtype=dtype, rngs=rngs, prefix=path)
+        def block(children, child_prefix, shape):
+            return XgradModule(children, shape, dtype=dtype, rngs=rngs, prefix=child_prefix)
 
         modules = []
         shape = tuple(input_shape)

@@ -1,23 +1,23 @@
 """Every layer kind in Flax, in one table: the NNX module that builds it, how its output is
 finished, the names of its weights (NNX and Linen), and the NNX classes read as it.
 
-==============  ==============================================  =====================  ==========
-kind            built as (NNX) / read from                      weights                Linen
-==============  ==============================================  =====================  ==========
-``dense``       ``nnx.Linear``, then the activation             ``kernel`` ``(in,      ``Dense``
-                                                                out)``, ``bias``
-``activation``  :class:`~.modules.ActivationLayer`              -                      -
-``layernorm``   ``nnx.LayerNorm`` / and read from it            ``scale``, ``bias``    ``LayerNorm``
-``rmsnorm``     ``nnx.RMSNorm`` / and read from it              ``scale``              ``RMSNorm``
-``batchnorm``   ``nnx.BatchNorm`` / and read from it            ``scale``, ``bias``;   ``BatchNorm``
-                                                                ``BatchStat`` ``mean``,
-                                                                ``var``
-``dropout``     ``nnx.Dropout(deterministic=True)``; active:    -                      -
-                :class:`~.modules.MaskedDropout`
-``flatten``     :class:`~.modules.FlattenLayer`                 -                      -
-``residual``    an :class:`~.builder.XgradModule` of its        those of its layers    -
+==============  ========================================  =======================  =============
+kind            built as (NNX) / read from                weights                  Linen
+==============  ========================================  =======================  =============
+``dense``       ``nnx.Linear``, then the activation       ``kernel (in, out)``,    ``Dense``
+                                                          ``bias``
+``activation``  :class:`~.modules.ActivationLayer`        -                        -
+``layernorm``   ``nnx.LayerNorm`` / and read from it      ``scale``, ``bias``      ``LayerNorm``
+``rmsnorm``     ``nnx.RMSNorm`` / and read from it        ``scale``                ``RMSNorm``
+``batchnorm``   ``nnx.BatchNorm`` / and read from it      ``scale``, ``bias``;     ``BatchNorm``
+                                                          ``BatchStat`` ``mean``,
+                                                          ``var``
+``dropout``     ``nnx.Dropout(deterministic=True)``;      -                        -
+                active: :class:`~.modules.MaskedDropout`
+``flatten``     :class:`~.modules.FlattenLayer`           -                        -
+``residual``    an :class:`~.builder.XgradModule` of its  those of its layers      -
                 layers, added to its input
-==============  ==============================================  =====================  ==========
+==============  ========================================  =======================  =============
 
 Flax stores every weight canonically (``nnx.Linear``'s kernel is ``(in, out)``), so no entry
 states a layout. Users' NNX and Linen models are read from their jaxpr

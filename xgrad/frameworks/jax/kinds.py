@@ -1,23 +1,22 @@
 """Every layer kind in JAX, in one table: the pure ``jax.numpy`` function computing it.
 
-=========================  ==================================================  ===============
-kind                       computed as                                         weights
-=========================  ==================================================  ===============
-``dense``                  ``act(x @ kernel + bias)``                          ``kernel``
-                                                                               ``(in, out)``,
-                                                                               ``bias``
-``activation``             ``act(x)`` (:func:`~.ops.jax_activation`)           -
-``layernorm``, ``rmsnorm``  centred (layernorm) / not, ``* rsqrt(mean square    ``scale``,
-                           + eps)``, then scale and shift                      ``bias``
-``batchnorm``              batch statistics (training, new ``mean`` / ``var``  ``scale``,
-                           returned) or the moving ones                        ``bias``; state
-                                                                               ``mean``,
-                                                                               ``var``
-``dropout``                ``x`` (inactive), or ``x`` times xgrad's mask       -
-``flatten``                ``x.reshape(batch, -1)``                            -
-``residual``               ``x + block(x)``                                    under
-                                                                               ``layers``
-=========================  ==================================================  ===============
+==============  ===================================================  ======================
+kind            computed as                                          weights
+==============  ===================================================  ======================
+``dense``       ``act(x @ kernel + bias)``                           ``kernel (in, out)``,
+                                                                     ``bias``
+``activation``  ``act(x)`` (:func:`~.ops.jax_activation`)            -
+``layernorm``   ``(x - mean) * rsqrt(mean square + eps)``, then      ``scale``, ``bias``
+                scale and shift
+``rmsnorm``     ``x * rsqrt(mean square + eps)``, then scale         ``scale``
+``batchnorm``   batch statistics (training; the new ``mean`` and     ``scale``, ``bias``;
+                ``var`` returned as state) or the moving ones        state ``mean``,
+                                                                     ``var``
+``dropout``     ``x`` (inactive), or ``x`` times xgrad's mask        -
+``flatten``     ``x.reshape(batch, -1)``                             -
+``residual``    ``x + block(x)``                                     its layers', under
+                                                                     ``layers``
+==============  ===================================================  ======================
 
 Each function is written from the layer's definition (:mod:`xgrad.layers`), as pure JAX code:
 the model a user would write by hand. Weights are stored canonically (no layouts), each layer's
