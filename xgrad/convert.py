@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from xgrad.align import align
 from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, LayerInfo
 from xgrad.frameworks.registry import get_framework, read_model
@@ -93,12 +92,12 @@ def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
         raise InputError(
             "convert takes exactly one of to=... (a framework) and into=... (your model)"
         )
+    if into is not None:
+        from xgrad.comparison import read_pair, transfer
+
+        return transfer(read_pair(model, into, x, mapping=mapping), True).candidate.native
     shape = None if x is None else tuple(np.shape(x)[1:])
     source = read_model(model, input_shape=shape)
-    if into is not None:
-        target = read_model(into, input_shape=shape or source.input_shape)
-        alignment = align(source, target, mapping)
-        return target.with_weights(alignment.to_candidate(source.weights())).native
     if to not in TARGETS:
         raise InputError(f"unknown conversion target {to!r}; choose one of {', '.join(TARGETS)}")
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in source.weights().items()}

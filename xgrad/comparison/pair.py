@@ -86,7 +86,8 @@ def read_pair(
     reference, candidate, x=None, *, mapping: str | Mapping[str, str] = "auto"
 ) -> ModelPair:
     """Read two models (any kind :func:`xgrad.read_model` reads; an ``AbstractModel`` as it
-    is) and pair them; ``x`` (a batch) tells the readers the input shape.
+    is) and pair them; ``x`` (a batch) tells the readers the input shape (without it, the
+    candidate is read with the reference's).
 
     Raises:
         AlignmentError: the models cannot be paired (see :func:`xgrad.align`).
@@ -94,7 +95,7 @@ def read_pair(
     """
     shape = input_shape_of(x) if x is not None else None
     ref_model = read_model(reference, input_shape=shape)
-    cand_model = read_model(candidate, input_shape=shape)
+    cand_model = read_model(candidate, input_shape=shape or ref_model.input_shape)
     alignment = align(ref_model, cand_model, mapping)
     notes = [
         f"{side} {info.path} ({info.name}): {info.note}"
