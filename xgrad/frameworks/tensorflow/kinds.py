@@ -1,21 +1,24 @@
 """Every layer kind in Keras, in one table: how Keras builds it, where its weights live, how
 the runner calls it, and which of Keras' layer classes are read back as it.
 
-=============  ==============================================  ===================================
-kind           built as / read from                            weights (Keras attributes)
-=============  ==============================================  ===================================
-``dense``      ``Dense(units, activation, use_bias)``          ``kernel`` ``(in, out)``, ``bias``
-``activation`` ``Activation(activation)`` / and ``ReLU``,      -
-               ``LeakyReLU``, ``Softmax``, ``ELU``
-``layernorm``  ``LayerNormalization(epsilon, center, scale)``  ``gamma``, ``beta``
-``rmsnorm``    ``RMSNormalization(epsilon)``                   ``scale``
-``batchnorm``  ``BatchNormalization(epsilon, momentum, ...)``  ``gamma``, ``beta``; state
-                                                               ``moving_mean``,
-                                                               ``moving_variance``
-``dropout``    ``Dropout(rate)`` (xgrad applies its own mask)  -
-``flatten``    ``Flatten()``                                   -
-``residual``   its layers, then ``Add()([x, block(x)])``       those of its layers
-=============  ==============================================  ===================================
+==============  ============================================  ==================================
+kind            built as / read from                          weights (Keras attributes)
+==============  ============================================  ==================================
+``dense``       ``Dense(units, activation, use_bias)``        ``kernel`` ``(in, out)``,
+                                                              ``bias``
+``activation``  ``Activation(activation)`` / and ``ReLU``,    -
+                ``LeakyReLU``, ``Softmax``, ``ELU``
+``layernorm``   ``LayerNormalization(epsilon, center,         ``gamma``, ``beta``
+                scale)``
+``rmsnorm``     ``RMSNormalization(epsilon)``                 ``scale``
+``batchnorm``   ``BatchNormalization(epsilon, momentum,       ``gamma``, ``beta``; state
+                ...)``                                        ``moving_mean``,
+                                                              ``moving_variance``
+``dropout``     ``Dropout(rate)`` (xgrad applies its own      -
+                mask)
+``flatten``     ``Flatten()``                                 -
+``residual``    its layers, then ``Add()([x, block(x)])``     those of its layers
+==============  ============================================  ==================================
 
 Keras stores every weight in xgrad's canonical layout (a ``Dense`` kernel is ``(in, out)``),
 so no entry states a :data:`~xgrad.frameworks.kinds.Layout`; a kind whose Keras layer keeps a

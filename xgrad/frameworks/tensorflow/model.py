@@ -120,7 +120,8 @@ class KerasModel(AbstractModel):
 
     Args:
         native: the Keras model holding the weights.
-        layers: its layers in call order.
+        layers: its layers in call order; ``LayerInfo.layouts`` names the weights Keras
+            stores in another layout than the canonical one (none of Keras' own layers do).
         keras_layers: layer path -> the Keras layer computing that path's output (a
             residual block: its ``Add`` layer, or ``None`` for ``x + block(x)`` in code; an
             activation called as a function in ``call``: ``None``).
