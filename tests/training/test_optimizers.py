@@ -312,6 +312,58 @@ def test_what_is_not_an_optimizer(obj, message):
         as_optimizer(obj, "reference")
 
 
+def _claimed():
+    """(optimizer object, the framework that should claim it) for what is installed."""
+    out = [(Adam(1e-3), "numpy"), (42, None), ((1, 2), None), (lambda p: p, "torch")]
+    if "jax" in INSTALLED:
+        import optax
+
+        tx = optax.adam(1e-3)
+        out += [(tx, "jax"), ((tx, Adam(1e-3)), "jax"), (optax.adam, "jax")]
+    if "tensorflow" in INSTALLED:
+        import keras
+
+        out += [(keras.optimizers.Adam(), "tensorflow"), (keras.optimizers.Adam, "tensorflow")]
+    if "torch" in INSTALLED:
+        import torch
+
+        built = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        out += [(torch.optim.SGD, "torch"), (built, "torch")]
+    return out
+
+
+def test_each_optimizer_is_claimed_by_one_framework_at_most():
+    from xgrad.frameworks.registry import REGISTRY, lookup_framework
+
+    for obj, expected in _claimed():
+        claims = [n for n in REGISTRY if lookup_framework(n).claims_optimizer(obj)]
+        assert claims == ([expected] if expected else []), (obj, claims)
+
+
+def test_claiming_an_optimizer_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xgrad\n"
+        "from xgrad.frameworks.registry import REGISTRY, lookup_framework\n"
+        "for name in REGISTRY:\n"
+        "    for obj in (xgrad.training.Adam(1e-3), lambda p: p, 42, (1, 2)):\n"
+        "        lookup_framework(name).claims_optimizer(obj)\n"
+        "heavy = ('tensorflow', 'keras', 'jax', 'flax', 'torch', 'optax')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_a_text_spec_is_realised_by_each_frameworks_own_optimizer():
+    spec = OptimizerSpec.parse("adam:lr=0.01")
+    assert optimizer_for("numpy", spec) == Adam(0.01)
+
+
 @needs["optax"]
 def test_an_optax_pair_names_its_rule_with_an_xgrad_rule():
     import optax

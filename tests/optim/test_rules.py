@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xgrad import InputError
-from xgrad.training import SGD, Adam, AdamW, RMSprop, Rule
+from xgrad.optim import SGD, Adam, AdamW, RMSprop, Rule
 
 W = {"w": np.array([1.0, -2.0])}
 G1 = {"w": np.array([0.5, -0.25])}
@@ -216,16 +216,3 @@ def test_describe_names_what_differs_from_a_plain_rule():
         "adamw(learning_rate=0.001, weight_decay=0.0001, b1=0.9, b2=0.999, eps=1e-08)"
     )
     assert Adam(1e-3, eps=1e-7, epsilon_hat=True).to_dict()["epsilon_hat"] is True
-
-
-def test_every_cause_is_a_record_and_documented():
-    from pathlib import Path
-
-    from xgrad.training import OPTIMIZER_CAUSES
-
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
-    ids = [c.id for c in OPTIMIZER_CAUSES]
-    assert len(set(ids)) == len(ids)
-    for cause in OPTIMIZER_CAUSES:
-        assert f"| `{cause.id}` |" in docs, cause.id
-        assert cause.summary and cause.needs and callable(cause.propose)
