@@ -471,10 +471,18 @@ class AbstractFramework(abc.ABC):
     def _build(self, spec: MLP, params: Params, dtype: str) -> AbstractModel:
         """Build from checked float64 canonical weights (every kind in :meth:`kinds`)."""
 
-    @abc.abstractmethod
     def kinds(self) -> KindTable:
         """The layer kinds this framework builds, with how it builds and reads each: the
-        table in its package's ``kinds`` module (importing the framework)."""
+        table in its package's ``kinds`` module (importing the framework).
+
+        By default every registered kind, with entries ``None``: NumPy builds every kind (a
+        NumPy model runs each layer's own forward and VJP), and a framework of your own that
+        does not state its kinds is taken at its word (a kind it cannot build then fails in
+        its own ``_build``). The other frameworks of xgrad return their own tables.
+        """
+        from xgrad.layers import LAYERS
+
+        return KindTable(self.name, dict.fromkeys(LAYERS))
 
     def native_weights(self, model: AbstractModel) -> object:
         """The weights of one of this framework's models in the form the framework keeps them

@@ -21,8 +21,7 @@ from xgrad.frameworks.base import (
     prepare_loss,
     spec_layers,
 )
-from xgrad.frameworks.kinds import KindTable
-from xgrad.layers import LAYERS, forward_sequence, vjp_sequence
+from xgrad.layers import forward_sequence, vjp_sequence
 from xgrad.layers.base import Step, steps_by_path
 from xgrad.losses import Loss
 from xgrad.params import Params, check_params
@@ -119,7 +118,10 @@ class NumpyModel(AbstractModel):
 
 
 class NumpyFramework(AbstractFramework):
-    """Hand-written NumPy backprop (float16, float32, float64); the reference in float64."""
+    """Hand-written NumPy backprop (float16, float32, float64); the reference in float64.
+
+    It builds every registered layer kind (the default :meth:`AbstractFramework.kinds`): a
+    NumPy model runs each layer's own forward and VJP."""
 
     name = "numpy"
     aliases = ("np",)
@@ -127,11 +129,6 @@ class NumpyFramework(AbstractFramework):
 
     def _build(self, spec: MLP, params: Params, dtype: str) -> NumpyModel:
         return NumpyModel(spec, params, dtype)
-
-    def kinds(self) -> KindTable:
-        """Every layer kind: NumPy runs each layer's own forward and VJP (its entries hold
-        nothing)."""
-        return KindTable("numpy", dict.fromkeys(LAYERS))
 
     @classmethod
     def claims(cls, obj) -> bool:
