@@ -99,6 +99,10 @@ class KindTable(Generic[E]):
             )
         self._entries[kind] = entry
 
+    def unregister(self, kind: str) -> E | None:
+        """Remove the entry of ``kind`` (a plugin unloading); returns it, ``None`` if absent."""
+        return self._entries.pop(kind, None)
+
     def __getitem__(self, kind: str) -> E:
         entry = self._entries.get(kind)
         if entry is None:

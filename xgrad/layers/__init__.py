@@ -43,6 +43,7 @@ __all__ = [
     "Step",
     "forward_sequence",
     "register_layer",
+    "unregister_layer",
     "vjp_sequence",
 ]
 
@@ -51,6 +52,8 @@ LAYERS: dict[str, type[AbstractLayer]] = {
     for cls in (Dense, Activation, LayerNorm, RMSNorm, BatchNorm, Dropout, Flatten, Residual)
 }
 """Every layer kind by name."""
+
+_BUILT_IN = frozenset(LAYERS)
 
 
 def register_layer(cls: type[AbstractLayer]) -> type[AbstractLayer]:
@@ -74,3 +77,13 @@ def register_layer(cls: type[AbstractLayer]) -> type[AbstractLayer]:
         raise SpecError(f"layer kind {kind!r} is taken by {LAYERS[kind].__name__}")
     LAYERS[kind] = cls
     return cls
+
+
+def unregister_layer(kind: str) -> type[AbstractLayer] | None:
+    """Remove a layer kind registered with :func:`register_layer` (xgrad's own kinds stay);
+    returns its class, ``None`` if it was not registered."""
+    from xgrad.errors import SpecError
+
+    if kind in _BUILT_IN:
+        raise SpecError(f"{kind!r} is one of xgrad's own layer kinds; it cannot be removed")
+    return LAYERS.pop(kind, None)
