@@ -18,14 +18,14 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from xgrad.align import Alignment, align
+from xgrad.align import Alignment
+from xgrad.comparison import evaluate, judged_dtype, model_text, prepare_inputs, read_pair
+from xgrad.comparison import transfer as transfer_weights
 from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, check_input
-from xgrad.frameworks.registry import read_model
 from xgrad.metrics import tolerance
 from xgrad.optim import AbstractOptimizer, AbstractRun
 from xgrad.optim.rules import Arrays, Rule
-from xgrad.runner import evaluate, model_text, prepare_inputs
 from xgrad.training.diagnose import Divergent, History, diagnose, precision
 from xgrad.training.optimizers import as_optimizer
 from xgrad.training.replay import relative
@@ -267,20 +267,16 @@ def compare_training(
 
 
 def _read_pair(reference, candidate, plan, *, loss, mapping, transfer):
-    """Both models read and aligned, every batch checked against both: ``(reference model,
-    candidate model, alignment, inputs per step)``; with ``transfer`` the candidate holds
-    the reference's weights (a copy: your models never change)."""
-    shape = np.shape(plan[0][0])
-    input_shape = tuple(shape[1:]) if len(shape) >= 2 else None
-    ref_model = read_model(reference, input_shape=input_shape)
-    cand_model = read_model(candidate, input_shape=input_shape)
-    alignment = align(ref_model, cand_model, mapping)
-    inputs = [prepare_inputs(ref_model, bx, by, loss) for bx, by in plan]
+    """Both models read and aligned by the comparison's read phase, every batch checked
+    against both: ``(reference model, candidate model, alignment, inputs per step)``; with
+    ``transfer`` the candidate holds the reference's weights (a copy: your models never
+    change)."""
+    pair = read_pair(reference, candidate, plan[0][0], mapping=mapping)
+    inputs = [prepare_inputs(pair.reference, bx, by, loss) for bx, by in plan]
     for batch in inputs:
-        check_input(cand_model.input_shape, batch.x)
-    if transfer:
-        cand_model = cand_model.with_weights(alignment.to_candidate(ref_model.weights()))
-    return ref_model, cand_model, alignment, inputs
+        check_input(pair.candidate.input_shape, batch.x)
+    pair = transfer_weights(pair, bool(transfer))
+    return pair.reference, pair.candidate, pair.alignment, inputs
 
 
 class _Training:
@@ -302,8 +298,7 @@ class _Training:
         self.ref_model, self.cand_model, self.alignment = ref_model, cand_model, alignment
         self.inputs = inputs
         self.notes = [n for n in (alignment.note, *notes) if n]
-        ref = ref_model.dtype
-        self.dtype = ref if ref in ("float32", "float64") else "float32"
+        self.dtype = judged_dtype(ref_model.dtype)
         self.tol = tolerance(self.dtype, rtol)
         self.label = cand_model.framework if cand_model.framework != "reference" else "candidate"
         names = alignment.names  # reference canonical name -> candidate canonical name
