@@ -27,8 +27,20 @@ from pathlib import Path
 import numpy as np
 
 from xgrad.align import identity_alignment
+from xgrad.comparison import (
+    Comparison,
+    Description,
+    Side,
+    assemble,
+    evaluate,
+    finish,
+    judged_dtype,
+    model_text,
+    prepare_inputs,
+)
 from xgrad.errors import FrameworkError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
+from xgrad.frameworks.registry import get_framework, read_model
 from xgrad.frameworks.tensorflow.backend_worker import BACKENDS
 from xgrad.layers import Dropout
 from xgrad.metrics import tolerance
@@ -253,39 +265,63 @@ def compare_backends(
         FrameworkError: a backend is not installed or failed (its error is quoted).
         InputError: bad ``x``, ``y``, ``cotangent``, ``batch`` or ``loss``.
     """
-    from xgrad.comparison import (
-        Comparison,
-        Description,
-        Side,
-        assemble,
-        evaluate,
-        finish,
-        judged_dtype,
-        model_text,
-        prepare_inputs,
-    )
-    from xgrad.convert import spec_of
-    from xgrad.frameworks.registry import get_framework, read_model
     from xgrad.frameworks.tensorflow.files import load_keras_file
-    from xgrad.losses import get_loss, random_targets
 
     names = _check_backends(backends)
+    _check_loss_and_batch(loss, cotangent, x, batch)
+    keras_model = load_keras_file(model_file)
+    source = read_model(keras_model)
+    x_drawn = x is None
+    inputs = _inputs(source, x, y, batch, seed, loss, cotangent)
+    dtype = judged_dtype(source.dtype)
+    ref, reference, notes = _referee(source, inputs)
+    sides, alignments, models = _backend_sides(
+        names, model_file, keras_model, source, ref.model, inputs, timeout
+    )
+    c = Comparison(ref, sides, alignments, inputs, dtype, tolerance(dtype, rtol))
+    report = assemble(
+        c,
+        Description(
+            reference=reference,
+            model_text=model_text(source),
+            seed=seed if x_drawn else None,
+            title=title or f"{Path(model_file).name} on Keras backends {', '.join(names)}",
+            models={"reference": reference, **models},
+            notes=notes,
+            timing={"reference": ref.seconds, **{s.label: s.seconds for s in sides}},
+        ),
+    )
+    return finish(report, c, explain)
+
+
+def _check_loss_and_batch(loss, cotangent, x, batch) -> None:
+    from xgrad.losses import get_loss
+
     if not isinstance(loss, str):
         raise InputError("compare_backends takes a loss name, computed in each backend")
     if cotangent is None:
         get_loss(loss)
     if x is None and (isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0):
         raise InputError(f"batch must be a positive integer, got {batch!r}")
-    keras_model = load_keras_file(model_file)
-    source = read_model(keras_model)
-    x_drawn = x is None
-    if x_drawn:
+
+
+def _inputs(source, x, y, batch: int, seed: int, loss: str, cotangent):
+    """The checked batch: ``x`` (or ``batch`` standard normal rows from ``seed``), ``y`` (or
+    targets drawn from ``seed``) or the cotangent."""
+    from xgrad.losses import random_targets
+
+    if x is None:
         x = np.random.default_rng(seed).standard_normal((batch, *source.input_shape))
     if y is None and cotangent is None:
         y = random_targets(loss, int(np.shape(x)[0]), int(np.prod(source.output_shape)), seed)
-    inputs = prepare_inputs(source, x, y, loss, cotangent)
-    dtype = judged_dtype(source.dtype)
-    tol = tolerance(dtype, rtol)
+    return prepare_inputs(source, x, y, loss, cotangent)
+
+
+def _referee(source, inputs):
+    """``(evaluated reference, its description, notes)``: xgrad's float64 NumPy model of the
+    file's layers, or the file under Keras on TensorFlow here when a layer is unknown."""
+    from xgrad.convert import spec_of
+
     notes = [f"{info.path} ({info.name}): {info.note}" for info in source.walk() if info.note]
     try:
         spec = spec_of(source)
@@ -298,37 +334,28 @@ def compare_backends(
     else:
         referee = source
         reference = {"framework": "tensorflow", "dtype": source.dtype}
+    return evaluate("reference", referee, inputs, capture=True), reference, notes
+
+
+def _backend_sides(names, model_file, keras_model, source, referee, inputs, timeout):
+    """``(sides, alignments, model descriptions)``: the file evaluated under each backend in
+    its own process, each evaluation recorded as a side."""
     from xgrad.frameworks.tensorflow.backend_worker import keras_leaves
 
     leaf_index = {id(layer): i for i, layer in enumerate(keras_leaves(keras_model))}
     plan = _plan(source, source.layers, leaf_index)
     inputs_of = getattr(keras_model, "inputs", None)
     dtypes = (source.dtype, str(inputs_of[0].dtype) if inputs_of else source.dtype)
-    ref = evaluate("reference", referee, inputs, capture=True)
-    sides, alignments, timing, models = [], {}, {"reference": ref.seconds}, {}
+    sides, alignments, models = [], {}, {}
     results = _evaluate_all(names, model_file, source, plan, inputs, dtypes, timeout)
     for backend, (grads, meta) in results.items():
         label = f"keras[{backend}]"
         alignments[label] = identity_alignment(referee, source)
         sides.append(Side(label, RecordedModel(source, grads, label), grads, meta["seconds"]))
-        timing[label] = meta["seconds"]
         models[label] = {
             "model": source.description,
             "framework": f"keras on {backend}",
             "dtype": source.dtype,
             "versions": meta["versions"],
         }
-    c = Comparison(ref, sides, alignments, inputs, dtype, tol)
-    report = assemble(
-        c,
-        Description(
-            reference=reference,
-            model_text=model_text(source),
-            seed=seed if x_drawn else None,
-            title=title or f"{Path(model_file).name} on Keras backends {', '.join(names)}",
-            models={"reference": reference, **models},
-            notes=notes,
-            timing=timing,
-        ),
-    )
-    return finish(report, c, explain)
+    return sides, alignments, models

@@ -341,19 +341,79 @@ def _reference_seed(inputs, ref) -> np.ndarray:
         return inputs.loss.value_and_grad(np.asarray(ref.grads.output, np.float64), inputs.y)[1]
 
 
+def _applies(report, ref, side, inputs) -> list | None:
+    """``side``'s failing entries when the rounding rule may explain them (mismatches of
+    gradients or the loss value only, a loss of xgrad's or a cotangent), else ``None``."""
+    failing = [(e, m) for e, fw, m in report.failures() if fw == side.label]
+    if not failing or side.grads.activations is None:
+        return None
+    if any(
+        m.status != "mismatch" or e.kind not in ("parameter", "input", "loss") for e, m in failing
+    ):
+        return None
+    if not isinstance(inputs.loss, Loss) and inputs.cotangent is None:
+        return None
+    return failing
+
+
+def _agreement(report, side, alignment, inputs, reference, rerun, dtype) -> float:
+    """How far ``side``'s gradients (and loss value) are from the float64 reference re-run
+    from ``side``'s own outputs (``rerun``)."""
+    grads, dx, _, _ = rerun
+    worst = rel(side.grads.input, dx)
+    if inputs.cotangent is None and side.grads.loss is not None:  # the value, from its own output
+        own = np.asarray(side.grads.output).astype(dtype)
+        y = None if inputs.y is None else np.asarray(inputs.y).astype(dtype)
+        value = float(inputs.loss.value_and_grad(own, y)[0])
+        worst = max(worst, abs(side.grads.loss - value) / max(abs(value), 1e-30))
+    entries = {e.name: e for e in report.parameters}
+    for name, g in grads.items():
+        cand = alignment.names.get(name)
+        if cand in side.grads.params:
+            got = to_canonical(side.grads.params[cand], alignment.layouts.get(name))
+            worst = max(worst, g.rel(got, _measured(reference, entries.get(name), side.label)))
+    return worst
+
+
+def _benign_report(report, side, failing, status: str, note: str):
+    """The report with ``side``'s ``failing`` entries (and mismatching layer gradients) given
+    the passing ``status``, its divergences dropped and ``note`` added."""
+    failed = {(e.name, side.label) for e, _ in failing}
+
+    def mark(entry):
+        if (entry.name, side.label) not in failed:
+            return entry
+        result = replace(entry.results[side.label], status=status)
+        return replace(entry, results={**entry.results, side.label: result})
+
+    layers = tuple(
+        replace(
+            layer,
+            backward={
+                fw: replace(m, status=status) if fw == side.label and m.status == "mismatch" else m
+                for fw, m in layer.backward.items()
+            },
+        )
+        for layer in report.layers
+    )
+    return replace(
+        report,
+        parameters=tuple(mark(e) for e in report.parameters),
+        input=mark(report.input),
+        loss_value=None if report.loss_value is None else mark(report.loss_value),
+        layers=layers,
+        divergences=tuple(d for d in report.divergences if d.framework != side.label),
+        notes=(*report.notes, note),
+    )
+
+
 def explain_rounding(report, ref, side, alignment, inputs, *, tol: float, reference=None):
     """The report with ``side``'s failures turned into ``match-kink``/``match-clip`` when
     rounding at kinks and clipping bounds explains all of them, and the note saying so;
     ``(report, None)`` otherwise. ``reference`` (:class:`ReferenceValues`) is shared by the
     sides of one call."""
-    failing = [(e, m) for e, fw, m in report.failures() if fw == side.label]
-    if not failing or side.grads.activations is None:
-        return report, None
-    if any(
-        m.status != "mismatch" or e.kind not in ("parameter", "input", "loss") for e, m in failing
-    ):
-        return report, None
-    if not isinstance(inputs.loss, Loss) and inputs.cotangent is None:
+    failing = _applies(report, ref, side, inputs)
+    if failing is None:
         return report, None
     reference = reference or ReferenceValues(ref, inputs)
     if reference.spec is None:
@@ -368,27 +428,12 @@ def explain_rounding(report, ref, side, alignment, inputs, *, tol: float, refere
     rerun = _rerun(reference, values, side.grads.output, inputs, dtype)
     if rerun is None:
         return report, None
-    grads, dx, kinks, clips = rerun
-    kappa = rel(
-        _seed(inputs, side.grads.output, side.grads.output, dtype)[0], _reference_seed(inputs, ref)
-    )
-    worst = rel(side.grads.input, dx)
-    if inputs.cotangent is None and side.grads.loss is not None:  # the value, from its own output
-        own = np.asarray(side.grads.output).astype(dtype)
-        y = None if inputs.y is None else np.asarray(inputs.y).astype(dtype)
-        value = float(inputs.loss.value_and_grad(own, y)[0])
-        worst = max(worst, abs(side.grads.loss - value) / max(abs(value), 1e-30))
-    entries = {e.name: e for e in report.parameters}
-    for name, g in grads.items():
-        cand = alignment.names.get(name)
-        if cand in side.grads.params:
-            got = side.grads.params[cand]
-            got = to_canonical(got, alignment.layouts.get(name))
-            worst = max(worst, g.rel(got, _measured(reference, entries.get(name), side.label)))
+    worst = _agreement(report, side, alignment, inputs, reference, rerun, dtype)
     if worst > tol:
         return report, None
     if ref.model.dtype != "float64" and not _reference_rounds(reference, by_ref, inputs, tol):
         return report, None  # both sides must be right to their own precision
+    kinks, clips = rerun[2], rerun[3]
     saturated = (
         isinstance(inputs.loss, Loss)
         and inputs.loss.name in ("bce", "cce")
@@ -402,6 +447,10 @@ def explain_rounding(report, ref, side, alignment, inputs, *, tol: float, refere
     if clips:
         parts.append(f"{clips} output(s) rounded to the other side of the clipping bound")
     if not parts:
+        kappa = rel(
+            _seed(inputs, side.grads.output, side.grads.output, dtype)[0],
+            _reference_seed(inputs, ref),
+        )
         parts.append(
             f"the loss is ill-conditioned at these outputs: {side.label}'s output rounding "
             f"moves dL/d output by {kappa:.2g} (relative)"
@@ -412,36 +461,4 @@ def explain_rounding(report, ref, side, alignment, inputs, *, tol: float, refere
         f"{tol:g}) everywhere: rounding, not a convention, so the affected entries are "
         f"'{status}' (they pass)"
     )
-    failed = {(e.name, side.label) for e, _ in failing}
-
-    def mark(entry):
-        if (entry.name, side.label) not in failed:
-            return entry
-        return replace(
-            entry,
-            results={
-                **entry.results,
-                side.label: replace(entry.results[side.label], status=status),
-            },
-        )
-
-    layers = tuple(
-        replace(
-            layer,
-            backward={
-                fw: replace(m, status=status) if fw == side.label and m.status == "mismatch" else m
-                for fw, m in layer.backward.items()
-            },
-        )
-        for layer in report.layers
-    )
-    out = replace(
-        report,
-        parameters=tuple(mark(e) for e in report.parameters),
-        input=mark(report.input),
-        loss_value=None if report.loss_value is None else mark(report.loss_value),
-        layers=layers,
-        divergences=tuple(d for d in report.divergences if d.framework != side.label),
-        notes=(*report.notes, note),
-    )
-    return out, note
+    return _benign_report(report, side, failing, status, note), note

@@ -456,36 +456,7 @@ class _Analyser:
                 layers.append(ReadLayer("dropout", a, b))
             return
         if not has_params:
-            if d["reshape"] and last is None:
-                layers.append(ReadLayer("flatten", a, b))
-            elif d["reshape"] or d["layout"]:
-                # a transpose, cast or rounding: part of no layer, except before a dense
-                # layer's bias (vmap's transposes), where the bias add still follows
-                if last is not None and last.kind == "dense" and last.pre == last.end:
-                    last.pre = last.end = b
-            elif (
-                reduces and last is not None and last.kind in ("reduce", "norm") and not last.leaves
-            ):
-                last.end = b
-                last.batch_stats |= d["reduce_batch"]
-                last.constants += d["constants"]
-            elif reduces:
-                layers.append(
-                    ReadLayer(
-                        "reduce",
-                        a,
-                        b,
-                        batch_stats=d["reduce_batch"],
-                        constants=d["constants"],
-                        reduced=True,
-                    )
-                )
-            elif last is not None and last.kind in ("dense", "activation"):
-                last.end = b  # an elementwise function after a dense layer: its activation
-            else:
-                layers.append(
-                    ReadLayer("activation", a, b, constants=d["constants"], scaling=d["scaling"])
-                )
+            self._add_weight_free(layers, d, a, b, last, reduces)
             return
         only_shift = len(d["shift"]) == 1 and not (d["scale"] or d["sub"] or d["static"] or reduces)
         if (
@@ -518,6 +489,38 @@ class _Analyser:
         )
         self._roles(layer, d)
         layers.append(layer)
+
+    def _add_weight_free(self, layers, d: dict, a: int, b: int, last, reduces) -> None:
+        """A segment without parameters: a flatten, a layout change, the statistics of a
+        norm, an activation (of the dense layer before it, or of its own)."""
+        if d["reshape"] and last is None:
+            layers.append(ReadLayer("flatten", a, b))
+        elif d["reshape"] or d["layout"]:
+            # a transpose, cast or rounding: part of no layer, except before a dense
+            # layer's bias (vmap's transposes), where the bias add still follows
+            if last is not None and last.kind == "dense" and last.pre == last.end:
+                last.pre = last.end = b
+        elif reduces and last is not None and last.kind in ("reduce", "norm") and not last.leaves:
+            last.end = b
+            last.batch_stats |= d["reduce_batch"]
+            last.constants += d["constants"]
+        elif reduces:
+            layers.append(
+                ReadLayer(
+                    "reduce",
+                    a,
+                    b,
+                    batch_stats=d["reduce_batch"],
+                    constants=d["constants"],
+                    reduced=True,
+                )
+            )
+        elif last is not None and last.kind in ("dense", "activation"):
+            last.end = b  # an elementwise function after a dense layer: its activation
+        else:
+            layers.append(
+                ReadLayer("activation", a, b, constants=d["constants"], scaling=d["scaling"])
+            )
 
     def _dense(self, layers: list[ReadLayer], d: dict, a: int, b: int) -> None:
         if len(d["dots"]) > 1 or d["scale"] or d["shift"] or d["sub"]:
