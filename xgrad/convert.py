@@ -14,13 +14,23 @@ import numpy as np
 
 from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, LayerInfo
-from xgrad.frameworks.registry import get_framework, read_model
+from xgrad.frameworks.registry import get_framework, known_frameworks, lookup_framework, read_model
 from xgrad.layers import Activation, Dense, Residual
 from xgrad.spec import MLP
 
 __all__ = ["TARGETS", "convert", "spec_of"]
 
-TARGETS = ("numpy", "jax", "flax", "flax.linen", "tensorflow", "torch")
+
+def targets() -> tuple[str, ...]:
+    """Every target of ``convert(..., to=...)``: each registered framework's name, then its
+    further forms (:attr:`~xgrad.AbstractFramework.native_forms`)."""
+    out = []
+    for name in known_frameworks():
+        out += [name, *lookup_framework(name).native_forms]
+    return tuple(out)
+
+
+TARGETS = targets()
 """What ``convert(..., to=...)`` returns for each target:
 
 * ``numpy``: canonical float64 weights, a dict (``layers.{i}.kernel`` ``(in, out)``, ...);
@@ -103,10 +113,10 @@ def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in source.weights().items()}
     if to == "numpy":
         return weights
-    spec = spec_of(source, exact=to in ("tensorflow", "torch"))
+    framework = get_framework(to.split(".")[0])
+    spec = spec_of(source, exact=framework.exact_spec)
     ordered = {name: weights[name] for name in spec.weight_shapes()}
     dtype = source.dtype if source.dtype in ("float32", "float64") else "float32"
-    if to == "flax.linen":
-        return get_framework("flax").linen_variables(spec, ordered, dtype)
-    framework = get_framework(to)
+    if to != framework.name:
+        return framework.native_form(to, spec, ordered, dtype)
     return framework.native_weights(framework.build(spec, ordered, dtype=dtype))

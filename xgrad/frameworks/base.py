@@ -425,6 +425,13 @@ class AbstractFramework(abc.ABC):
         extra: the pip extra that installs them (``pip install 'xgrad[extra]'``).
         aliases: other names accepted for it (``tf``, ``keras``).
         dtypes: the dtypes it builds a spec in.
+        packages: the top-level Python packages its models and optimizers come from (by
+            which another framework knows such an object is not its own).
+        native_forms: further forms :func:`xgrad.convert` gives its weights in, beside
+            ``to=name`` (flax: ``"flax.linen"``); see :meth:`native_form`.
+        exact_spec: whether what ``xgrad.convert(..., to=name)`` returns needs every layer's
+            configuration (a built Keras model does), so that a layer whose activation is
+            unknown is refused rather than built as ``linear``.
         model_files, native_files, native_file_kind: the files it reads models from and
             writes its own weights to (see :meth:`load_model_file`,
             :meth:`write_native_file`).
@@ -435,6 +442,9 @@ class AbstractFramework(abc.ABC):
     extra: ClassVar[str | None] = None
     aliases: ClassVar[tuple[str, ...]] = ()
     dtypes: ClassVar[tuple[str, ...]] = DTYPES
+    packages: ClassVar[tuple[str, ...]] = ()
+    native_forms: ClassVar[tuple[str, ...]] = ()
+    exact_spec: ClassVar[bool] = False
 
     def build(
         self,
@@ -488,6 +498,15 @@ class AbstractFramework(abc.ABC):
         """The weights of one of this framework's models in the form the framework keeps them
         (what ``xgrad.convert(..., to=name)`` returns); the native model by default."""
         return model.native
+
+    def native_form(self, form: str, spec: MLP, weights: Params, dtype: str) -> object:
+        """Canonical ``weights`` of ``spec`` in one of :attr:`native_forms` (what
+        ``xgrad.convert(..., to=form)`` returns).
+
+        Raises:
+            FrameworkError: ``form`` is not one of this framework's forms.
+        """
+        raise FrameworkError(f"{self.name} gives weights in no form {form!r}")
 
     @classmethod
     def claims(cls, obj) -> bool:

@@ -13,12 +13,13 @@ import importlib.util
 from collections.abc import Iterable
 
 from xgrad.errors import FrameworkError, FrameworkNotInstalledError, InputError
-from xgrad.frameworks.base import AbstractFramework, AbstractModel
+from xgrad.frameworks.base import AbstractFramework, AbstractModel, is_from
 from xgrad.optim import AbstractOptimizer
 
 __all__ = [
     "REGISTRY",
     "available_frameworks",
+    "foreign",
     "get_framework",
     "known_frameworks",
     "lookup_framework",
@@ -203,3 +204,16 @@ def resolve_frameworks(
     if repeated:
         raise FrameworkError(f"framework {repeated[0]!r} is named more than once in {names}")
     return out
+
+
+def foreign(obj, name: str) -> bool:
+    """Whether ``obj`` (or, for a pair, its first item) comes from the packages of a
+    registered framework other than ``name`` (decided from class modules, importing none)."""
+    head = obj[0] if isinstance(obj, tuple) and obj else obj
+    return any(
+        is_from(item, package)
+        for other in REGISTRY
+        if other != name
+        for package in _entry(other).packages
+        for item in (obj, head)
+    )

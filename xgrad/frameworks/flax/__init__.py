@@ -20,6 +20,8 @@ class FlaxFramework(AbstractFramework):
 
     name = "flax"
     requires = ("jax", "flax")
+    packages = ("flax",)
+    native_forms = ("flax.linen",)
     extra = "jax"
     dtypes = ALL_DTYPES
 
@@ -40,6 +42,12 @@ class FlaxFramework(AbstractFramework):
         from flax import nnx
 
         return nnx.state(model.native)
+
+    def native_form(self, form: str, spec: MLP, weights: Params, dtype: str):
+        """``"flax.linen"``: :meth:`linen_variables`."""
+        if form != "flax.linen":
+            return super().native_form(form, spec, weights, dtype)
+        return self.linen_variables(spec, weights, dtype)
 
     def linen_variables(self, spec: MLP, weights: Params, dtype: str) -> dict:
         """Linen variables ``{"params": {"Dense_0": ...}, "batch_stats": ...}``: the names

@@ -15,7 +15,11 @@ __all__ = ["FRAMEWORK", "JaxFramework"]
 
 
 def _other_framework(obj) -> bool:
-    return any(is_from(obj, p) for p in ("flax", "keras", "torch", "tensorflow"))
+    """Whether ``obj`` comes from another registered framework's packages (a Keras model or
+    a torch module is callable too)."""
+    from xgrad.frameworks.registry import foreign
+
+    return foreign(obj, "jax")
 
 
 class JaxFramework(AbstractFramework):
@@ -29,6 +33,7 @@ class JaxFramework(AbstractFramework):
 
     name = "jax"
     requires = ("jax",)
+    packages = ("jax", "optax")
     extra = "jax"
     dtypes = ALL_DTYPES
 

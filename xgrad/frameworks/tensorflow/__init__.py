@@ -32,6 +32,8 @@ class TensorflowFramework(AbstractFramework):
     name = "tensorflow"
     aliases = ("tf", "keras")
     requires = ("tensorflow",)
+    packages = ("keras", "tensorflow")
+    exact_spec = True
     extra = "tensorflow"
     dtypes = ALL_DTYPES
     model_files = (".keras",)

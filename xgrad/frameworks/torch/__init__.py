@@ -44,6 +44,8 @@ class TorchFramework(AbstractFramework):
     name = "torch"
     aliases = ("pytorch",)
     requires = ("torch",)
+    packages = ("torch",)
+    exact_spec = True
     extra = "torch"
     dtypes = ("float32", "float64", "bfloat16", "float16")
     native_files = (".pt", ".pth", ".safetensors")
