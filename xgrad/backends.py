@@ -40,16 +40,13 @@ from xgrad.comparison import (
 )
 from xgrad.errors import FrameworkError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
-from xgrad.frameworks.registry import get_framework, read_model
+from xgrad.frameworks.registry import get_framework, lookup_framework, read_model
 from xgrad.frameworks.tensorflow.backend_worker import BACKENDS
 from xgrad.layers import Dropout
 from xgrad.metrics import tolerance
 from xgrad.report import Report
 
 __all__ = ["BACKENDS", "RecordedModel", "compare_backends"]
-
-EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-"""Backend -> the module it needs and the xgrad extra that installs it."""
 
 TIMEOUT = 600.0
 """Seconds one backend's process may take (loading Keras and the backend included)."""
@@ -102,11 +99,13 @@ def _check_backends(backends) -> tuple[str, ...]:
         )
     if len(set(names)) != len(names):
         raise InputError(f"backends {names} name one twice")
-    for b in names:
-        if importlib.util.find_spec(EXTRAS[b]) is None:
+    for b in names:  # each Keras backend is a framework of xgrad's registry, of one name
+        framework = lookup_framework(b)
+        package = framework.requires[-1]
+        if importlib.util.find_spec(package) is None:
             raise FrameworkError(
-                f"Keras backend {b!r} needs {EXTRAS[b]}, which is not installed: "
-                f"pip install 'xgrad[{EXTRAS[b]}]' (or leave {b} out of --backends)"
+                f"Keras backend {b!r} needs {package}, which is not installed: "
+                f"pip install 'xgrad[{framework.extra}]' (or leave {b} out of --backends)"
             )
     return tuple(names)
 
