@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from xgrad.errors import SpecError
-from xgrad.layers import AbstractLayer, Dense, Shape
+from xgrad.layers import LAYERS, AbstractLayer, Dense, Shape
 from xgrad.layers.base import check_positive_int
 
 __all__ = ["MLP", "Dense", "walk"]
@@ -77,6 +77,14 @@ class MLP:
                     f"got {type(layer).__name__} {layer!r}"
                 )
         object.__setattr__(self, "layers", layers)
+        for path, layer in walk(layers):
+            known = LAYERS.get(layer.kind)
+            if known is None or not isinstance(layer, known):
+                raise SpecError(
+                    f"{path} ({type(layer).__name__}) is of layer kind {layer.kind!r}, which is "
+                    f"not registered; register it first: "
+                    f"xgrad.layers.register_layer({type(layer).__name__})"
+                )
         shape = self.input_shape
         for i, layer in enumerate(layers):
             try:

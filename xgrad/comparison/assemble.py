@@ -17,7 +17,8 @@ from xgrad.comparison.entries import (
     state_entries,
     value_entries,
 )
-from xgrad.comparison.verdicts import judge, wants_explanation
+from xgrad.comparison.verdicts import consensus_note, judge, wants_explanation
+from xgrad.metrics import OK_STATUSES
 from xgrad.report import Report
 
 __all__ = ["Description", "assemble", "explain", "explain_report", "finish"]
@@ -69,6 +70,13 @@ def assemble(c: Comparison, d: Description) -> Report:
         if found is not None:
             divergences.append(found)
     pairs = pairwise([s.label for s in c.sides], measured) if len(c.sides) > 1 else []
+    failing = {
+        fw
+        for e in (*judged.parameters, judged.input, values.output)
+        for fw, m in e.results.items()
+        if m.status not in OK_STATUSES
+    }
+    consensus = consensus_note(pairs, failing, len(c.sides), c.tol)
     timing = {**d.timing, "metrics and report": time.perf_counter() - start}
     loss_name = c.inputs.loss_name
     return Report(
@@ -93,7 +101,7 @@ def assemble(c: Comparison, d: Description) -> Report:
         layers=tuple(judged.layers.values()),
         divergences=tuple(divergences),
         models=d.models,
-        notes=(*d.notes, *judged.notes),
+        notes=(*d.notes, *judged.notes, *([consensus] if consensus else [])),
     )
 
 

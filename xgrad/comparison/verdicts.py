@@ -32,6 +32,7 @@ __all__ = [
     "ZERO_GRADIENT",
     "Judged",
     "conditioning",
+    "consensus_note",
     "judge",
     "mark_uninformative",
     "wants_explanation",
@@ -203,3 +204,20 @@ def wants_explanation(report: Report, explain: bool | None) -> bool:
     if explain is False or report.uninformative:
         return False
     return explain is True or not report.ok
+
+
+def consensus_note(pairs, failing: set[str], sides: int, tol: float) -> str | None:
+    """A note when every side fails against the reference while agreeing with every other
+    side within ``tol`` (``pairs``: :class:`~xgrad.report.Pairwise`): two or more frameworks
+    computing the same thing point at the reference itself (a layer's NumPy definition or
+    VJP, or your reference model), not at the frameworks."""
+    if sides < 2 or len(failing) < sides or not pairs:
+        return None
+    worst = max(p.rel_norm for p in pairs)
+    if not worst <= tol:
+        return None
+    return (
+        f"all {sides} frameworks fail against the reference but agree with each other (largest "
+        f"difference {worst:.2g}, tolerance {tol:g}): the reference itself is the likely "
+        "culprit (a layer's NumPy forward or VJP, or the reference model), not the frameworks"
+    )

@@ -18,12 +18,13 @@ A parameter stored canonically has no entry (the identity).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from xgrad.errors import FrameworkError
+from xgrad.errors import FrameworkError, XgradError
 from xgrad.layers import LAYERS
 from xgrad.spec import MLP
 
@@ -80,8 +81,15 @@ class KindTable(Generic[E]):
         ('a dense entry', False)
     """
 
-    def __init__(self, framework: str, entries: Mapping[str, E] | None = None) -> None:
+    def __init__(
+        self,
+        framework: str,
+        entries: Mapping[str, E] | None = None,
+        *,
+        entry_type: type | None = None,
+    ) -> None:
         self.framework = framework
+        self.entry_type = entry_type
         self._entries: dict[str, E] = {}
         for kind, entry in (entries or {}).items():
             self.register(kind, entry)
@@ -90,12 +98,18 @@ class KindTable(Generic[E]):
         """Add (or replace) the entry of ``kind``, a kind of :data:`xgrad.layers.LAYERS`.
 
         Raises:
-            FrameworkError: ``kind`` is not a registered layer kind.
+            FrameworkError: ``kind`` is not a registered layer kind, or ``entry`` is not of
+                this table's entry type.
         """
         if kind not in LAYERS:
             raise FrameworkError(
                 f"{kind!r} is not a layer kind; register the layer first "
                 f"(xgrad.layers.register_layer), known kinds: {', '.join(LAYERS)}"
+            )
+        if self.entry_type is not None and not isinstance(entry, self.entry_type):
+            raise FrameworkError(
+                f"the {self.framework} entry of {kind!r} must be a {self.entry_type.__name__} "
+                f"({self.entry_type.__module__}), got {type(entry).__name__} {entry!r}"
             )
         self._entries[kind] = entry
 
@@ -134,6 +148,32 @@ class KindTable(Generic[E]):
                     self[layer.kind]
                 except KindNotSupportedError as exc:
                     raise KindNotSupportedError(f"layer {path}: {exc}") from None
+            names = getattr(self._entries[layer.kind], "weights", None)
+            if names is not None:
+                missing = [
+                    n for n in (*layer.param_names(), *layer.state_names()) if n not in names
+                ]
+                if missing:
+                    raise FrameworkError(
+                        f"layer {path}: the {self.framework} entry of {layer.kind!r} names no "
+                        f"native weight for {', '.join(map(repr, missing))}; give its weights "
+                        f"mapping (local name -> name in the module) every weight of the layer"
+                    )
+
+    @contextlib.contextmanager
+    def building(self, kind: str, path: str) -> Iterator[None]:
+        """Run an entry's code for the layer at ``path``: an error it raises that is not
+        xgrad's (a mistake in the entry, or the framework refusing its arguments) becomes a
+        :class:`~xgrad.errors.FrameworkError` naming the kind, the framework and the layer."""
+        try:
+            yield
+        except XgradError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise FrameworkError(
+                f"layer {path}: the {self.framework} entry of layer kind {kind!r} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"<KindTable {self.framework}: {', '.join(self._entries)}>"

@@ -52,7 +52,8 @@ class XgradModule(nnx.Module):
         shape = tuple(input_shape)
         for i, layer in enumerate(self.specs):
             path = f"{prefix}.{i}"
-            modules.append(KINDS[layer.kind].build(layer, path, shape, dtype, rngs, block))
+            with KINDS.building(layer.kind, path):
+                modules.append(KINDS[layer.kind].build(layer, path, shape, dtype, rngs, block))
             shape = layer.output_shape(shape)
         self.layers = nnx.List(modules)
 

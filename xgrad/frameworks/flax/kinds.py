@@ -176,5 +176,6 @@ KINDS: KindTable[FlaxKind] = KindTable(
         "flatten": FlaxKind(lambda layer, path, shape, dtype, rngs, block: FlattenLayer()),
         "residual": FlaxKind(_residual, call=lambda layer, module, x, run: x + run(module, x)),
     },
+    entry_type=FlaxKind,
 )
 """Layer kind -> its :class:`FlaxKind`: the one place Flax's form of each kind lives."""

@@ -91,7 +91,14 @@ def _run(layers, native, x, eps, values, state, prefix="layers"):
     a = x
     for i, (layer, entry) in enumerate(zip(layers, native, strict=True)):
         path = f"{prefix}.{i}"
-        a, new = KINDS[layer.kind].forward(layer, path, block(path, layer.children))(entry, a)
+        with KINDS.building(layer.kind, path):
+            forward = KINDS[layer.kind].forward(layer, path, block(path, layer.children))
+            result = forward(entry, a)
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise TypeError(
+                    f"its forward must return (output, new_state), got {type(result).__name__}"
+                )
+            a, new = result[0], dict(result[1])
         state.update({f"{path}.{k}": v for k, v in new.items()})
         if eps is not None:
             a = a + eps[path]

@@ -145,5 +145,6 @@ KINDS: KindTable[JaxKind] = KindTable(
         "flatten": JaxKind(_flatten),
         "residual": JaxKind(_residual),
     },
+    entry_type=JaxKind,
 )
 """Layer kind -> its :class:`JaxKind`: the one place JAX's form of each kind lives."""

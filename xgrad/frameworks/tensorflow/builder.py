@@ -44,7 +44,8 @@ def layer_name(path: str, layer: AbstractLayer) -> str:
 def _keras_layer(layer: AbstractLayer, path: str, dtype: str) -> keras.layers.Layer:
     """Keras' layer for the xgrad layer at ``path`` (weights are assigned once the model is
     built)."""
-    return KINDS[layer.kind].build(layer, layer_name(path, layer), dtype)
+    with KINDS.building(layer.kind, path):
+        return KINDS[layer.kind].build(layer, layer_name(path, layer), dtype)
 
 
 def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, keras.layers.Layer]]:
@@ -96,11 +97,12 @@ class _Kit:
 
     def __init__(self, spec: MLP, dtype: str) -> None:
         self.model, self.by_path = build_keras_model(spec, dtype)
-        self.variables = {
-            f"{path}.{local}": getattr(self.by_path[path], KINDS[layer.kind].weights[local])
-            for path, layer in spec.walk()
-            for local in (*layer.param_names(), *layer.state_names())
-        }
+        self.variables = {}
+        for path, layer in spec.walk():
+            with KINDS.building(layer.kind, path):
+                for local in (*layer.param_names(), *layer.state_names()):
+                    attribute = KINDS[layer.kind].weights[local]
+                    self.variables[f"{path}.{local}"] = getattr(self.by_path[path], attribute)
         self.layers = spec_layers(
             spec,
             lambda path, local: self.variables[f"{path}.{local}"].path,

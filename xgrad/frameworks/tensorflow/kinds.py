@@ -448,6 +448,7 @@ KINDS: KindTable[KerasKind] = KindTable(
             call=_call_residual,
         ),
     },
+    entry_type=KerasKind,
 )
 """Layer kind -> its :class:`KerasKind`: the one place Keras' form of each kind lives."""
 

@@ -92,7 +92,9 @@ class KerasRunner:
                 tape.watch(x)
                 out = self.run(self.layers, x, masks, values, tape)
                 value = None if loss_fn is None else loss_fn(out, target)
-            sources = (self.params, x, values or {})
+            # the backend's own variables: TensorFlow cannot give a zero gradient for a Keras
+            # variable that the output does not use (a weight a layer ignores)
+            sources = ([getattr(v, "value", v) for v in self.params], x, values or {})
             if loss_fn is None:
                 grads = tape.gradient(
                     out, sources, output_gradients=target, unconnected_gradients=ZERO

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xgrad.errors import FrameworkError
 from xgrad.frameworks.base import spec_layers
 from xgrad.frameworks.pool import BuildPool
 from xgrad.frameworks.torch.kinds import KINDS
@@ -49,7 +50,8 @@ def native_name(path: str, local: str, layer: AbstractLayer) -> str:
 
 
 def _module(layer: AbstractLayer, path: str, shape: Shape, dtype: torch.dtype) -> nn.Module:
-    return KINDS[layer.kind].build(layer, path, shape, dtype, lambda *a: _module(*a, dtype))
+    with KINDS.building(layer.kind, path):
+        return KINDS[layer.kind].build(layer, path, shape, dtype, lambda *a: _module(*a, dtype))
 
 
 def _layers(spec: MLP):
@@ -81,12 +83,28 @@ def build_module(spec: MLP, weights: Params, dtype: str) -> nn.Sequential:
             items.append(_module(layer, f"layers.{i}", shape, tdtype))
             shape = layer.output_shape(shape)
         module = nn.Sequential(*items)
+        _check_names(module, spec)
         write_weights(module, _layers(spec), weights, check=False)
     module.eval()
     for path, layer in spec.walk():
         if layer.updates_state:
             module.get_submodule(module_name(path)).train()
     return module
+
+
+def _check_names(module: nn.Module, spec: MLP) -> None:
+    """Refuse an entry whose ``weights`` name a tensor its module does not hold."""
+    tensors = module.state_dict(keep_vars=True)
+    for path, layer in spec.walk():
+        for local in (*layer.param_names(), *layer.state_names()):
+            native = native_name(path, local, layer)
+            if native not in tensors:
+                held = [k for k in tensors if k.startswith(f"{module_name(path)}.")]
+                raise FrameworkError(
+                    f"layer {path}: the torch entry of {layer.kind!r} names {local!r} "
+                    f"{native!r}, which the module it built does not hold (it holds "
+                    f"{', '.join(held) or 'no tensor'}); fix the entry's weights mapping"
+                )
 
 
 POOL = BuildPool(max_idle=4)

@@ -552,6 +552,7 @@ KINDS: KindTable[TorchKind] = KindTable(
         ),
         "residual": TorchKind(_build_residual),
     },
+    entry_type=TorchKind,
 )
 """Layer kind -> its :class:`TorchKind`: the one place torch's form of each kind lives."""
 
