@@ -169,6 +169,11 @@ class Gradients:
         state: updated state by canonical name (BatchNorm in training mode), else empty.
         activations: with ``capture=True``: layer path -> the layer's output.
         activation_grads: with ``capture=True``: layer path -> ``dL/d`` the layer's output.
+        inputs: a model read module by module (:mod:`xgrad.frameworks.capture`): floating
+            input name -> its ``dL/dinput`` (``input`` is the first of them); ``None`` for a
+            model of one input.
+        module_inputs: such a model, with ``capture=True``: module path -> its floating
+            inputs.
     """
 
     loss: float | None
@@ -178,6 +183,8 @@ class Gradients:
     state: dict[str, np.ndarray] = field(default_factory=dict)
     activations: dict[str, np.ndarray] | None = None
     activation_grads: dict[str, np.ndarray] | None = None
+    inputs: dict[str, np.ndarray] | None = None
+    module_inputs: dict[str, tuple[np.ndarray, ...]] | None = None
 
 
 # -- input checks ---------------------------------------------------------------------------
@@ -602,6 +609,22 @@ class AbstractFramework(abc.ABC):
             f"xgrad writes no {self.name} weight files; write canonical weights instead "
             "(.npz or .safetensors)"
         )
+
+    def capture(self, obj, batch, *, output=None, training=None) -> AbstractModel:
+        """A user's model of this framework read module by module (tier (a): a
+        :class:`~xgrad.frameworks.capture.CapturedModel`; the object is never changed).
+
+        Args:
+            obj: the framework's model object (what :meth:`claims` accepts).
+            batch: the inputs, a :class:`~xgrad.frameworks.capture.Batch`.
+            output: which output the loss sees (``None``: the first floating tensor).
+            training: ``None`` leaves every module's mode as the user set it; ``True`` /
+                ``False`` puts a copy in training / inference mode.
+
+        Raises:
+            FrameworkError: this framework does not read models module by module.
+        """
+        raise FrameworkError(f"xgrad does not read {self.name} models module by module")
 
     def __repr__(self) -> str:
         return f"<xgrad framework {self.name!r}>"

@@ -62,6 +62,13 @@ class TorchFramework(AbstractFramework):
 
         return KINDS
 
+    def capture(self, obj, batch, *, output=None, training=None) -> AbstractModel:
+        """A ``torch.nn.Module`` read module by module (forward hooks on every module; see
+        :mod:`xgrad.frameworks.torch.capture`)."""
+        from xgrad.frameworks.torch.capture import capture_module
+
+        return capture_module(obj, batch, output=output, training=training)
+
     def native_weights(self, model: AbstractModel):
         """The module's ``state_dict`` (``0.0.weight`` ``(out, in)``, ...)."""
         return model.native.state_dict()

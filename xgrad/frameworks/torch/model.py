@@ -46,7 +46,12 @@ __all__ = [
     "HookTap",
     "TorchModel",
     "call_with",
+    "fresh_tensors",
+    "module_device",
+    "rng_devices",
+    "tensor_numpy",
     "torch_dtype",
+    "write_tensor",
     "write_weights",
 ]
 
@@ -217,7 +222,7 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _numpy(t: torch.Tensor, *, own: bool = False) -> np.ndarray:
+def tensor_numpy(t: torch.Tensor, *, own: bool = False) -> np.ndarray:
     """``t`` as a NumPy array; ``own``: ``t`` is a fresh result nothing else refers to, so the
     array may share its memory (a contiguous one; otherwise it is copied)."""
     if t.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: ml_dtypes' (via JAX)
@@ -238,7 +243,9 @@ def _canonical_shape(native: tuple[int, ...], layout) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _write(target: torch.Tensor, arr: np.ndarray, layout, name: str, check: bool = True) -> None:
+def write_tensor(
+    target: torch.Tensor, arr: np.ndarray, layout, name: str, check: bool = True
+) -> None:
     """Copy the canonical array ``arr`` into the module's tensor, stored in ``layout``
     (:mod:`xgrad.frameworks.kinds`; ``None``: canonically); ``check=False`` for weights
     already checked (shape, dtype and finiteness)."""
@@ -282,7 +289,7 @@ def write_weights(
     with torch.no_grad():
         for name, value in weights.items():
             info, local, native = infos[name]
-            _write(tensors[native], np.asarray(value), info.layouts.get(local), name, check)
+            write_tensor(tensors[native], np.asarray(value), info.layouts.get(local), name, check)
 
 
 class TorchModel(AbstractModel):
@@ -356,7 +363,7 @@ class TorchModel(AbstractModel):
         tensors = self._module.state_dict()
         out = {}
         for name, (info, local, native) in self._infos().items():
-            arr = _numpy(tensors[native])
+            arr = tensor_numpy(tensors[native])
             layout = info.layouts.get(local)
             out[name] = np.ascontiguousarray(to_canonical(arr, layout)) if layout else arr
         return out
@@ -457,12 +464,12 @@ class TorchModel(AbstractModel):
         n = len(param_names)
         dparams = {}
         for (name, (info, local, _)), g in zip(param_names.items(), grads[:n], strict=True):
-            arr = _numpy(g, own=True)
+            arr = tensor_numpy(g, own=True)
             # a permuted weight's gradient is handed over as a permuted view (canonical
             # shape, another memory order): the metrics read it in that order, no copy is made
             dparams[name] = to_canonical(arr, info.layouts.get(local))
         state = {
-            f"{info.path}.{local}": _numpy(buffers[native], own=True)
+            f"{info.path}.{local}": tensor_numpy(buffers[native], own=True)
             for info in self.walk()
             if info.layer is not None and info.layer.updates_state
             for local, native in info.state.items()
@@ -470,12 +477,14 @@ class TorchModel(AbstractModel):
         return Gradients(
             loss=None if value is None else float(value.detach()),
             params=dparams,
-            input=_numpy(grads[n], own=True),
-            output=_numpy(out, own=True),
+            input=tensor_numpy(grads[n], own=True),
+            output=tensor_numpy(out, own=True),
             state=state,
-            activations={p: _numpy(cap.values[p], own=True) for p in paths} if capture else None,
+            activations={p: tensor_numpy(cap.values[p], own=True) for p in paths}
+            if capture
+            else None,
             activation_grads=(
-                {p: _numpy(g, own=True) for p, g in zip(paths, grads[n + 1 :], strict=True)}
+                {p: tensor_numpy(g, own=True) for p, g in zip(paths, grads[n + 1 :], strict=True)}
                 if capture
                 else None
             ),

@@ -57,7 +57,7 @@ from xgrad.frameworks.torch.modules import HardSigmoid, MaskedDropout, Selu, Sof
 from xgrad.identify import fit_activation
 from xgrad.layers import Activation, Dense, Residual, Shape
 
-__all__ = ["read_module"]
+__all__ = ["module_dtype", "read_module"]
 
 SAMPLE_BATCH = 5
 """Rows of the sample batch a module is run on when it is read (> 1 for BatchNorm)."""
@@ -77,7 +77,7 @@ class Entry:
     children: list[Entry] = field(default_factory=list)
 
 
-def _dtype(module: nn.Module) -> str:
+def module_dtype(module: nn.Module) -> str:
     dtypes = {t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()}
     if not dtypes:
         return str(torch.get_default_dtype()).removeprefix("torch.")
@@ -481,7 +481,7 @@ def read_module(module, *, input_shape: Shape | None = None) -> TorchModel:
             f"cannot copy {type(module).__name__} ({type(exc).__name__}: {exc}); xgrad works on "
             "a deep copy so that your module is never changed"
         ) from None
-    dtype = _dtype(own)
+    dtype = module_dtype(own)
     cls = type(module).__name__
     try:
         graph = _Tracer().trace(own)

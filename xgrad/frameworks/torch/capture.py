@@ -1,0 +1,561 @@
+"""A user's ``nn.Module`` captured at its modules' boundaries (tier (a); see
+:mod:`xgrad.frameworks.capture`).
+
+The module (a deep copy: yours never changes) is run once on the batch with a forward hook
+on every submodule, which records each call: the module's path, its floating inputs, its
+output, the order calls finish in. Each called module owns its direct parameters and those of
+its submodules that are never called themselves (``nn.MultiheadAttention`` uses its
+``out_proj`` weights through ``F.multi_head_attention_forward``); a parameter reached from
+two modules (a tied LM head) is owned by the first and shared by the other.
+
+A called module without called submodules whose class the torch kind table reads
+(:data:`~xgrad.frameworks.torch.kinds.KINDS`: ``nn.Linear``, ``nn.LayerNorm``, activation
+modules, ...) gets its layer kind and configuration, its weights their canonical names and
+layouts (``weight`` of an ``nn.Linear`` is ``kernel``, stored ``(1, 0)``); a weight-free
+module of another class is named from its values when one of xgrad's activations reproduces
+them (minGPT's ``NewGELU``), and a module of your own holding one weight vector is named
+from its values when one of xgrad's norms reproduces it (LLaMA's ``RMSNorm``). Any other
+module is opaque: compared and localised, never refused.
+
+An evaluation runs the copy under ``torch.func.functional_call`` with fresh parameters,
+adding a zero tensor to each module's first floating output (its first call), whose
+gradient is ``dL/d`` that output.
+
+Importing this module imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from xgrad.errors import InputError, ParamsError, XgradError
+from xgrad.frameworks.base import Gradients
+from xgrad.frameworks.capture import Batch, CapturedModel, ModuleInfo, leaf_paths, pick_output
+from xgrad.frameworks.kinds import to_canonical
+from xgrad.frameworks.torch.kinds import ALIAS, ELEMENTWISE, module_layer
+from xgrad.frameworks.torch.losses import torch_loss
+from xgrad.frameworks.torch.model import (
+    fresh_tensors,
+    module_device,
+    rng_devices,
+    tensor_numpy,
+    torch_dtype,
+    write_tensor,
+)
+from xgrad.identify import fit_activation, fit_norm
+from xgrad.layers import Activation
+from xgrad.losses import Loss
+from xgrad.params import Params
+
+__all__ = ["TorchCapturedModel", "capture_module"]
+
+
+# -- one call ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    """One module call seen while reading: its path, the module, its floating inputs and
+    its output's first floating leaf (or ``None``), its position among finished calls."""
+
+    path: str
+    module: nn.Module
+    inputs: list[torch.Tensor]
+    output: torch.Tensor | None
+    output_key: str
+    order: int
+    calls: int = 1
+
+
+def _floating_leaves(args, kwargs) -> list[torch.Tensor]:
+    leaves = [leaf for _, leaf in leaf_paths(list(args))]
+    leaves += [leaf for _, leaf in leaf_paths(dict(kwargs))]
+    return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _first_floating(out) -> tuple[str, torch.Tensor | None]:
+    for key, leaf in leaf_paths(out):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            return key, leaf
+    return "", None
+
+
+def replace_leaf(tree, key: str, new):
+    """``tree`` with the leaf at ``key`` (a path of :func:`leaf_paths`) replaced by ``new``:
+    tuples, lists, dicts, dataclasses and ``ModelOutput`` are rebuilt, never changed."""
+    if key == "":
+        return new
+    head, _, rest = key.partition(".")
+    if isinstance(tree, Mapping):
+        items = {k: (replace_leaf(v, rest, new) if str(k) == head else v) for k, v in tree.items()}
+        try:
+            return type(tree)(**items) if dataclasses.is_dataclass(tree) else type(tree)(items)
+        except TypeError:
+            return dict(items)
+    if dataclasses.is_dataclass(tree):
+        return dataclasses.replace(tree, **{head: replace_leaf(getattr(tree, head), rest, new)})
+    if isinstance(tree, tuple | list):
+        items = [replace_leaf(v, rest, new) if str(i) == head else v for i, v in enumerate(tree)]
+        if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a namedtuple
+            return type(tree)(*items)
+        return type(tree)(items)
+    return tree
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def _tensors(batch: Batch, dtype: torch.dtype, device, *, grad: bool):
+    """``(args, kwargs, floating leaves requiring grad)`` of the batch as torch tensors: floats
+    in the model's dtype, integer ids as ``int64``, booleans as ``bool``."""
+    floating = []
+
+    def one(arr: np.ndarray) -> torch.Tensor:
+        if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
+            t = torch.from_numpy(np.asarray(arr, dtype=np.float64)).to(device=device, dtype=dtype)
+            if grad:
+                t.requires_grad_(True)
+            floating.append(t)
+            return t
+        if arr.dtype.kind == "b":
+            return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+        return torch.from_numpy(np.asarray(arr, dtype=np.int64)).to(device)
+
+    args = tuple(one(a) for a in batch.args)
+    kwargs = {k: one(a) for k, a in batch.kwargs.items()}
+    return args, kwargs, floating
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], object]:
+    """Run ``module`` once, without grad, recording every module call (hooks on every module,
+    the root included); ``(calls in the order they finish, the model's output)``."""
+    paths = {id(m): name for name, m in module.named_modules()}
+    seen: dict[str, _Call] = {}
+
+    def hook(mod, args, kwargs, out):
+        path = paths.get(id(mod))
+        if path is None:
+            return
+        if path in seen:
+            seen[path].calls += 1
+            return
+        key, leaf = _first_floating(out)
+        inputs = [t.detach().clone() for t in _floating_leaves(args, kwargs)]
+        value = None if leaf is None else leaf.detach().clone()
+        seen[path] = _Call(path, mod, inputs, value, key, len(seen))
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for _, m in module.named_modules()]
+    params, buffers = fresh_tensors(module, grad=False)
+    try:
+        args, kwargs, _ = _tensors(batch, torch_dtype(dtype), module_device(module), grad=False)
+        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices(module)):
+            out = torch.func.functional_call(module, {**params, **buffers}, args, kwargs)
+    except XgradError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise InputError(
+            f"running {type(module).__name__} on inputs {batch.describe()} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(seen.values(), key=lambda c: c.order), out
+
+
+def _scope(path: str, called: set[str]) -> str | None:
+    """The nearest called module enclosing ``path`` (``""``: the root; ``None``: the root
+    itself)."""
+    if path == "":
+        return None
+    parts = path.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:k])
+        if parent in called:
+            return parent
+    return ""
+
+
+def _owner(native: str, called: set[str]) -> tuple[str, str]:
+    """``(owner path, local name)`` of a parameter: the nearest called module at or above it
+    (the root at the latest), and its name below that module."""
+    parts = native.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:k])
+        if owner in called:
+            return owner, ".".join(parts[k:])
+    return "", native
+
+
+def _owners(module: nn.Module, called: set[str]) -> tuple[dict, dict]:
+    """``(owner path -> {local: native}, native alias -> the native name it shares a tensor
+    with)``: each parameter owned by the nearest called module at or above it; a tensor
+    reached under two names (a tied weight) is owned at its first name only."""
+    owned: dict[str, dict[str, str]] = {}
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for native, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[native] = first[id(p)]
+            continue
+        first[id(p)] = native
+        owner, local = _owner(native, called)
+        owned.setdefault(owner, {})[local] = native
+    return owned, aliases
+
+
+def _known(call: _Call, own: dict[str, str], dtype: str, leaf: bool):
+    """``(layer or None, kind, {local: native}, layouts, note)`` of a called module: its kind
+    from the torch kind table or from its values, else opaque (``module``)."""
+    opaque = (None, "module", dict(own), {}, None)
+    if not leaf or call.output is None:
+        return opaque
+    ndim = call.inputs[0].ndim if call.inputs else 2
+    try:
+        found = module_layer(call.module, call.path, dtype, ndim)
+    except XgradError:
+        found = None
+    if found is ALIAS or found is None:
+        found = ELEMENTWISE if not own else None
+    if found is ELEMENTWISE:
+        return _from_values(call, dtype) or opaque
+    if found.layer is None:
+        return opaque
+    natives = {**found.params, **found.state}
+    if set(natives.values()) != set(own.values()):
+        return opaque  # a subclass holding more than the kind's weights
+    return found.layer, found.kind, natives, dict(found.layouts), found.note
+
+
+def _from_values(call: _Call, dtype: str):
+    """An activation of xgrad's that reproduces a weight-free module's values, or ``None``."""
+    if len(call.inputs) != 1 or call.inputs[0].shape != call.output.shape:
+        return None
+    z = call.inputs[0].double().cpu().numpy()
+    a = call.output.double().cpu().numpy()
+    name, err = fit_activation(z, a, dtype if dtype in ("float32", "float64") else "float32")
+    if name is None:
+        return None
+    return Activation(name), "activation", {}, {}, f"identified numerically as {name} ({err:.1e})"
+
+
+def _as_norm(call: _Call, own: dict[str, str], params: dict, dtype: str):
+    """A module of the user's own holding one weight vector (LLaMA's RMSNorm) named as the
+    norm of xgrad's that reproduces its values, or ``None``."""
+    if len(own) != 1 or len(call.inputs) != 1 or call.inputs[0].shape != call.output.shape:
+        return None
+    ((local, native),) = own.items()
+    w = params[native].detach().double().cpu().numpy()
+    if w.ndim != 1 or w.shape[0] != call.output.shape[-1]:
+        return None
+    x = call.inputs[0].double().cpu().numpy()
+    out = call.output.double().cpu().numpy()
+    found, _ = fit_norm(x, out, {"scale": w}, dtype=dtype if dtype != "float64" else "float64")
+    if (
+        found is None
+        or found.kind not in ("rmsnorm", "layernorm")
+        or found.param_names() != ("scale",)
+    ):
+        return None
+    return found, found.kind, {"scale": native}, {}, f"identified numerically as {found.describe()}"
+
+
+def _infos(calls: list[_Call], module: nn.Module, dtype: str) -> tuple[ModuleInfo, ...]:
+    called = {c.path for c in calls}
+    owned, aliases = _owners(module, called)
+    scopes = {c.path: _scope(c.path, called) for c in calls}
+    parents = set(scopes.values())
+    tensors = dict(module.named_parameters())
+    out = []
+    for c in calls:
+        own = owned.get(c.path, {})
+        layer, kind, natives, layouts, note = _known(c, own, dtype, c.path not in parents)
+        if layer is None and c.path not in parents and c.output is not None:
+            found = _as_norm(c, own, tensors, dtype)
+            if found is not None:
+                layer, kind, natives, layouts, note = found
+        out.append(
+            ModuleInfo(
+                path=c.path,
+                kind=kind,
+                name=c.path or type(c.module).__name__,
+                layer=layer,
+                params=natives,
+                layouts=layouts,
+                input_shape=tuple(c.inputs[0].shape[1:]) if c.inputs else (),
+                output_shape=tuple(c.output.shape[1:]) if c.output is not None else (),
+                note=note,
+                scope=scopes[c.path],
+                type=type(c.module).__name__,
+                input_shapes=tuple(tuple(t.shape[1:]) for t in c.inputs),
+                calls=c.calls,
+            )
+        )
+    return _with_shared(tuple(out), aliases, called)
+
+
+def _with_shared(infos: tuple[ModuleInfo, ...], aliases: dict, called: set[str]):
+    """Each module's tied weights: the local name of an alias below it -> the canonical name
+    of the parameter it is."""
+    canonical = {
+        native: f"{info.path}.{local}" if info.path else local
+        for info in infos
+        for local, native in info.params.items()
+    }
+    shared: dict[str, dict[str, str]] = {}
+    for alias, native in aliases.items():
+        owner, local = _owner(alias, called)
+        shared.setdefault(owner, {})[local] = canonical.get(native, native)
+    return tuple(
+        dataclasses.replace(info, shared=shared[info.path]) if info.path in shared else info
+        for info in infos
+    )
+
+
+def capture_module(
+    module: nn.Module, batch: Batch, *, output=None, training: bool | None = None
+) -> TorchCapturedModel:
+    """A user's module read at its modules' boundaries (a deep copy; yours never changes).
+
+    Args:
+        module: the ``nn.Module``.
+        batch: the inputs (:func:`~xgrad.frameworks.capture.as_batch`), passed as positional
+            (``module(*args)``) and keyword (``module(**kwargs)``) arguments.
+        output: which of the module's outputs the loss sees (``None``: the first floating
+            tensor; a key, index or path: :func:`~xgrad.frameworks.capture.pick_output`).
+        training: ``None`` keeps every submodule's mode as you set it; ``True`` / ``False``
+            calls ``.train()`` / ``.eval()`` on the copy.
+
+    Raises:
+        InputError: the module cannot be copied, its weights are of several dtypes, or it
+            fails on the batch (its error quoted).
+    """
+    from xgrad.frameworks.torch.reader import module_dtype
+
+    if not isinstance(module, nn.Module):
+        raise InputError(f"capture needs a torch.nn.Module, got {type(module).__name__}")
+    try:
+        own = copy.deepcopy(module)
+    except Exception as exc:  # whatever the module holds that cannot be copied
+        raise InputError(
+            f"cannot copy {type(module).__name__} ({type(exc).__name__}: {exc}); xgrad works on "
+            "a deep copy so that your module is never changed"
+        ) from None
+    if training is not None:
+        own.train(bool(training))
+    dtype = module_dtype(own)
+    calls, out = _record(own, batch, dtype)
+    what = f"{type(module).__name__}.forward"
+    leaf, path = pick_output(out, output, what=what)
+    note = None
+    others = [p for p, v in leaf_paths(out) if p != path and isinstance(v, torch.Tensor)]
+    if others:
+        note = (
+            f"the model returns {len(others) + 1} tensors; the loss sees {path or 'the output'} "
+            f"{tuple(leaf.shape)} (output= picks another: {', '.join(others[:4])})"
+        )
+    if not isinstance(leaf, torch.Tensor):
+        raise InputError(f"{what} returned {type(leaf).__name__} at {path!r}, not a tensor")
+    model = TorchCapturedModel(
+        own,
+        _infos(calls, own, dtype),
+        batch=batch,
+        dtype=dtype,
+        output_path=path,
+        output_shape=tuple(leaf.shape[1:]),
+        description=f"torch {type(module).__name__} (module by module)",
+    )
+    model.output_note = note
+    return model
+
+
+# -- the model --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Taps:
+    """The zero tensors added to module outputs in one evaluation, and what they saw."""
+
+    paths: list[str] = field(default_factory=list)
+    eps: list[torch.Tensor] = field(default_factory=list)
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+class TorchCapturedModel(CapturedModel):
+    """A torch module read module by module (see :func:`capture_module`)."""
+
+    framework = "torch"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        modules: tuple[ModuleInfo, ...],
+        *,
+        batch: Batch,
+        dtype: str,
+        output_path: str,
+        output_shape,
+        description: str,
+    ) -> None:
+        self._module = module
+        self.layers = modules
+        self.batch = batch
+        self.dtype = dtype
+        self.output_path = output_path
+        self.output_shape = tuple(output_shape)
+        self.input_shape = tuple(batch.first.shape[1:])
+        self.description = description
+
+    @property
+    def native(self) -> nn.Module:
+        return self._module
+
+    def _names(self) -> dict[str, tuple[str, tuple | None]]:
+        """Canonical name -> (state-dict name, layout), parameters first, then shared ones'
+        owners are not repeated."""
+        out = {}
+        for info in self.layers:
+            for local, native in info.params.items():
+                name = f"{info.path}.{local}" if info.path else local
+                out[name] = (native, info.layouts.get(local))
+        return out
+
+    def weights(self) -> Params:
+        tensors = self._module.state_dict()
+        out = {}
+        for name, (native, layout) in self._names().items():
+            arr = tensor_numpy(tensors[native])
+            out[name] = np.ascontiguousarray(to_canonical(arr, layout)) if layout else arr
+        return out
+
+    def with_weights(self, weights: Mapping[str, np.ndarray]) -> TorchCapturedModel:
+        names = self._names()
+        unknown = [k for k in weights if k not in names]
+        if unknown:
+            raise ParamsError(
+                f"unknown weight name(s) {unknown} for {self.description}; its canonical "
+                f"names are {list(names)}"
+            )
+        module = copy.deepcopy(self._module)
+        tensors = module.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, value in weights.items():
+                native, layout = names[name]
+                write_tensor(tensors[native], np.asarray(value), layout, name)
+        new = copy.copy(self)
+        new._module = module
+        return new
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def _hooks(self, taps: _Taps, capture: bool):
+        """Forward hooks tapping each module's first call (first floating output leaf)."""
+        infos = {info.path: info for info in self.layers}
+        names = {id(m): n for n, m in self._module.named_modules()}
+        done: set[str] = set()
+
+        def hook(mod, args, kwargs, out):
+            path = names.get(id(mod))
+            if path not in infos or path in done:
+                return None
+            done.add(path)
+            key, leaf = _first_floating(out)
+            taps.inputs[path] = [t.detach().clone() for t in _floating_leaves(args, kwargs)]
+            if leaf is None:
+                return None
+            eps = torch.zeros_like(leaf, requires_grad=True)
+            new = leaf + eps
+            taps.paths.append(path)
+            taps.eps.append(eps)
+            taps.values[path] = new.detach().clone()
+            return replace_leaf(out, key, new)
+
+        if not capture:
+            return []
+        return [m.register_forward_hook(hook, with_kwargs=True) for m in self._module.modules()]
+
+    def _loss(self, loss, out: torch.Tensor, y):
+        if isinstance(loss, Loss):
+            yt = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.float64))
+            return torch_loss(loss)(out, None if yt is None else yt.to(out.device, out.dtype))
+        yt = None
+        if y is not None:
+            arr = np.asarray(y)
+            yt = torch.from_numpy(np.ascontiguousarray(arr)).to(out.device)
+            yt = yt.to(out.dtype) if arr.dtype.kind == "f" else yt
+        value = loss(out, yt)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise InputError("a torch loss function must return a scalar tensor")
+        return value.reshape(())
+
+    def _evaluate_batch(self, batch: Batch, y, loss, cotangent, capture: bool) -> Gradients:
+        module = self._module
+        names = self._names()
+        taps = _Taps()
+        with torch.enable_grad(), torch.random.fork_rng(devices=rng_devices(module)):
+            params, buffers = fresh_tensors(module, grad=True)
+            args, kwargs, floating = _tensors(
+                batch, torch_dtype(self.dtype), module_device(module), grad=True
+            )
+            handles = self._hooks(taps, capture)
+            try:
+                tree = torch.func.functional_call(module, {**params, **buffers}, args, kwargs)
+            except XgradError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+                raise InputError(
+                    f"torch could not evaluate {self.description}: {type(exc).__name__}: {exc}"
+                ) from None
+            finally:
+                for handle in handles:
+                    handle.remove()
+            out, _ = pick_output(tree, self.output_path or None, what=self.description)
+            if cotangent is None:
+                root = value = self._loss(loss, out, y)
+                seed = None
+            else:
+                root, value = out, None
+                seed = torch.from_numpy(np.asarray(cotangent, dtype=np.float64)).to(
+                    out.device, out.dtype
+                )
+            wrt = [params[native] for native, _ in names.values()] + floating + taps.eps
+            grads = torch.autograd.grad(root, wrt, grad_outputs=seed, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
+        n, m = len(names), len(floating)
+        dparams = {
+            name: to_canonical(tensor_numpy(g, own=True), layout)
+            for (name, (_, layout)), g in zip(names.items(), grads[:n], strict=True)
+        }
+        dinputs = dict(
+            zip(batch.floating, (tensor_numpy(g) for g in grads[n : n + m]), strict=True)
+        )
+        first = next(iter(dinputs.values()), np.zeros((0,)))
+        return Gradients(
+            loss=None if value is None else float(value.detach()),
+            params=dparams,
+            input=first,
+            output=tensor_numpy(out),
+            activations={p: tensor_numpy(v) for p, v in taps.values.items()} if capture else None,
+            activation_grads=(
+                {p: tensor_numpy(g) for p, g in zip(taps.paths, grads[n + m :], strict=True)}
+                if capture
+                else None
+            ),
+            inputs=dinputs,
+            module_inputs=(
+                {p: tuple(tensor_numpy(t) for t in ts) for p, ts in taps.inputs.items()}
+                if capture
+                else None
+            ),
+        )
