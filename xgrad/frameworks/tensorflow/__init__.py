@@ -62,6 +62,14 @@ class TensorflowFramework(AbstractFramework):
 
         return read_keras_model(obj, input_shape=input_shape)
 
+    def capture(self, obj, batch, *, output=None, training=None) -> AbstractModel:
+        """A built ``keras.Model`` read layer by layer, nested and subclassed layers
+        included (each layer's ``call`` wrapped while it runs; see
+        :mod:`xgrad.frameworks.tensorflow.capture`)."""
+        from xgrad.frameworks.tensorflow.capture import capture_keras
+
+        return capture_keras(obj, batch, output=output, training=training)
+
     def load_model_file(self, path):
         """A ``.keras`` file (Keras 3 format) loaded in safe mode: see
         :func:`~xgrad.frameworks.tensorflow.files.load_keras_file`."""

@@ -64,11 +64,14 @@ from xgrad.layers import (
 __all__ = [
     "KINDS",
     "KerasCall",
+    "BATCHNORM_NOTE",
+    "DROPOUT_NOTE",
     "KerasKind",
     "LayerRead",
     "call_layer",
     "keras_activation_name",
     "read_layer",
+    "reading_kind",
     "supported_layers",
     "where",
 ]
@@ -455,6 +458,20 @@ KINDS: KindTable[KerasKind] = KindTable(
 
 # -- reading --------------------------------------------------------------------------------------
 
+DROPOUT_NOTE = (
+    "training mode: this Dropout zeroes a new random set of units on every call, so nothing "
+    "compares; call the model with training=False (and pass no training=True to the layer "
+    "in call) before comparing"
+)
+"""The note on a ``Dropout`` called with ``training=True`` (a model read module by module)."""
+
+BATCHNORM_NOTE = (
+    "training mode: normalises by the batch statistics and updates moving_mean and "
+    "moving_variance; call the model with training=False (and pass no training=True to the "
+    "layer in call) to use the moving statistics"
+)
+"""The note on a ``BatchNormalization`` called with ``training=True``."""
+
 _REFUSED = {
     keras.layers.PReLU: "has a learned slope, which xgrad does not support; a fixed slope is "
     "keras.layers.LeakyReLU(negative_slope)",
@@ -466,6 +483,15 @@ def supported_layers() -> tuple[str, ...]:
     subclasses of them): those of :data:`KINDS`' readers, ``Add`` and ``InputLayer``."""
     names = [cls.__name__ for _, entry in KINDS.items() for cls in entry.reads]
     return (*names, "Add", "InputLayer")
+
+
+def reading_kind(layer) -> str | None:
+    """The kind whose entry reads ``layer``'s exact class (:attr:`KerasKind.reads`), else
+    ``None``."""
+    for kind, entry in KINDS.items():
+        if type(layer) in entry.reads:
+            return kind
+    return None
 
 
 def read_layer(layer, x, out, dtype: str) -> LayerRead:

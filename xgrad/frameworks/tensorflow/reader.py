@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -450,9 +450,12 @@ def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     return type(layer).from_config(config)
 
 
-def _clone(model: keras.Model, input_shape: Shape | None = None) -> keras.Model:
+def _clone(
+    model: keras.Model, input_shape: Shape | None = None, build: Callable | None = None
+) -> keras.Model:
     """A new Keras model computing as ``model`` does, holding a copy of its weights
-    (``input_shape``, one example's: to build a copy that its build config cannot build)."""
+    (``input_shape``, one example's: to build a copy that its build config cannot build;
+    ``build``: a function calling the copy once, to build one that takes several inputs)."""
     if isinstance(model, keras.Sequential) or type(model).__name__ == "Functional":
         clone = keras.models.clone_model(model, clone_function=_clone_layer, recursive=True)
     else:  # subclassed: rebuilt from get_config() by its own constructor
@@ -467,6 +470,8 @@ def _clone(model: keras.Model, input_shape: Shape | None = None) -> keras.Model:
         config = model.get_build_config()
         if config is not None:
             clone.build_from_config(config)
+    if not clone.built and build is not None:
+        build(clone)
     if not clone.built and input_shape is not None:
         # a subclassed model without a build() of its own is built by a call, as the user's
         # was: once on zeros
