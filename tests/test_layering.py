@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "xgrad.workers",
     ),
     ("xgrad.frameworks",),
-    ("xgrad.align", "xgrad.report", "xgrad.diagnosis"),
+    ("xgrad.align", "xgrad.pairing", "xgrad.report", "xgrad.diagnosis"),
     ("xgrad.comparison", "xgrad.runner"),
     (
         "xgrad.training",

@@ -325,13 +325,16 @@ def test_explicit_mapping_and_a_name_that_does_not_exist():
         xgrad.compare_models(ref, cand, _x(dims), mapping={"d0": "layers/7", "d1": "layers/1"})
 
 
-def test_unsupported_layers_are_rejected_by_name():
+def test_a_layer_of_no_known_kind_is_compared_module_by_module_and_named():
     ref = keras.Sequential(
         [keras.Input((4,)), keras.layers.Dense(5), keras.layers.PReLU(name="prelu")],
         name="with_prelu",
     )
-    with pytest.raises(xgrad.AlignmentError, match="prelu"):
-        xgrad.compare_models(ref, NnxPort([4, 5], ["linear"]), np.ones((2, 4)))
+    report = xgrad.compare_models(ref, NnxPort([4, 5], ["linear"]), np.ones((2, 4)))
+    assert not report.ok  # a learned slope the port lacks: never refused, never OK
+    assert "read module by module" in report.notes[0] and "prelu" in report.notes[0]
+    assert "reference prelu (PReLU)" in report.divergence_text()
+    assert [u["side"] for u in report.unpaired] == ["reference"]
 
 
 def test_keras_float64_leaky_relu_is_caught_against_xgrad_reference():

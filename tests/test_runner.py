@@ -138,7 +138,7 @@ def test_json_has_the_documented_keys(tmp_path):
     data = json.loads(report.to_json(tmp_path / "r.json"))
     assert json.loads((tmp_path / "r.json").read_text()) == data
     assert REQUIRED_TOP <= set(data)
-    assert data["schema"] == "xgrad.report/2"
+    assert data["schema"] == "xgrad.report/3"
     assert data["reference"] == {"framework": "numpy", "dtype": "float64"}
     assert [p["name"] for p in data["parameters"]] == list(spec.param_shapes())
     for item in [*data["parameters"], data["input"]]:

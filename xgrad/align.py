@@ -111,6 +111,24 @@ class Alignment:
         """Reference names whose candidate array is the 2-D transpose."""
         return frozenset(k for k, layout in self.layouts.items() if tuple(layout) == TRANSPOSED)
 
+    def paired(self, name: str) -> bool:
+        """Whether the reference's parameter ``name`` has a counterpart in the candidate."""
+        return name in self.names
+
+    def candidate_value(self, name: str, arrays: Mapping):
+        """The candidate's counterpart of the reference's ``name`` among ``arrays`` (the
+        candidate's canonical names), in the reference's layout; ``None`` if absent."""
+        cand = self.names.get(name)
+        if cand not in arrays:
+            return None
+        return to_canonical(arrays[cand], self.layouts.get(name))
+
+    def candidate_label(self, name: str, native: Mapping[str, str]) -> str:
+        """How a report names the counterpart of ``name`` (``native``: the candidate's
+        canonical -> native names)."""
+        cand = self.names.get(name, "")
+        return native.get(cand, cand)
+
     def to_candidate(self, weights: Mapping) -> dict:
         """Reference-named arrays renamed (and permuted) for the candidate."""
         out = {}

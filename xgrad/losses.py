@@ -128,10 +128,12 @@ class Loss:
         repr=False, compare=False
     )
 
-    def prepare_target(self, y, out_shape: tuple[int, int]) -> Array | None:
-        """Check ``y`` against the model output shape and return it as a float64 array.
+    def prepare_target(self, y, out_shape: tuple[int, ...]) -> Array | None:
+        """Check ``y`` against the model output shape ``(batch, ..., units)`` and return it
+        as a float64 array.
 
-        Class labels (integers of shape ``(batch,)``) become one-hot rows for the
+        Class labels (integers of the output's shape without its last axis: ``(batch,)``,
+        or ``(batch, tokens)`` for a sequence) become one-hot along the last axis for the
         categorical losses. Losses without targets return ``None`` and ignore ``y``.
 
         Raises:
@@ -145,18 +147,22 @@ class Loss:
                 "or use loss='sum' or 'mean' which need none"
             )
         arr = np.asarray(y)
-        batch, units = out_shape
-        if self.categorical and arr.ndim == 1 and arr.shape[0] == batch:
+        out_shape = tuple(out_shape)
+        units = out_shape[-1]
+        labels = out_shape[:-1]
+        if self.categorical and arr.shape == labels:
             if not np.issubdtype(arr.dtype, np.integer):
                 raise InputError(
                     f"class labels for loss {self.name!r} must be integers, got dtype "
-                    f"{arr.dtype}; pass integer labels of shape ({batch},) or one-hot "
+                    f"{arr.dtype}; pass integer labels of shape {labels} or one-hot "
                     f"targets of shape {out_shape}"
                 )
             bad = (arr < 0) | (arr >= units)
             if bad.any():
+                where = np.unravel_index(int(np.argmax(bad)), arr.shape)
+                position = where[0] if len(where) == 1 else tuple(int(i) for i in where)
                 raise InputError(
-                    f"class label {int(arr[bad][0])} at position {int(np.argmax(bad))} is out "
+                    f"class label {int(arr[bad][0])} at position {position} is out "
                     f"of range for {units} output units (labels must be in 0..{units - 1})"
                 )
             return np.eye(units, dtype=np.float64)[arr]
@@ -166,11 +172,12 @@ class Loss:
             or arr.dtype == np.bool_
         ):
             raise InputError(f"targets y must be numeric, got dtype {arr.dtype}")
-        if arr.shape != tuple(out_shape):
-            hint = f" or integer labels of shape ({batch},)" if self.categorical else ""
+        if arr.shape != out_shape:
+            hint = f" or integer labels of shape {labels}" if self.categorical else ""
+            axes = "(batch, units)" if len(out_shape) == 2 else "(the output's shape)"
             raise InputError(
                 f"targets y have shape {arr.shape} but loss {self.name!r} needs shape "
-                f"{tuple(out_shape)} (batch, units){hint}"
+                f"{out_shape} {axes}{hint}"
             )
         out = arr.astype(np.float64)
         require_finite(out, "targets y contain", InputError, "targets must be finite")
@@ -207,17 +214,19 @@ def get_loss(name: str) -> Loss:
     raise SpecError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
 
 
-def random_targets(loss: str, batch: int, units: int, seed: int):
+def random_targets(loss: str, batch: int, units: int, seed: int, *, shape=None):
     """Deterministic targets for a loss when none are given: normal for mse, uniform in
-    [0, 1] for the binary crossentropies, class labels for the categorical ones."""
+    [0, 1] for the binary crossentropies, class labels for the categorical ones; for an
+    output of ``shape`` (batch included), else ``(batch, units)``."""
     loss_obj = get_loss(loss)
     if not loss_obj.needs_target:
         return None
+    shape = (batch, units) if shape is None else tuple(shape)
     rng = np.random.default_rng([seed, 1])
     if loss_obj.categorical:
-        return rng.integers(0, units, size=batch)
+        return rng.integers(0, shape[-1], size=shape[:-1])
     if loss_obj.name.startswith("bce"):
-        return rng.uniform(0.0, 1.0, size=(batch, units))
+        return rng.uniform(0.0, 1.0, size=shape)
     if loss_obj.name == "projection":  # a direction of its own stream, whatever the loss
-        return np.random.default_rng([seed, 2]).standard_normal((batch, units))
-    return rng.standard_normal((batch, units))
+        return np.random.default_rng([seed, 2]).standard_normal(shape)
+    return rng.standard_normal(shape)

@@ -218,8 +218,18 @@ def compare_models(
     title: str | None = None,
     explain: bool | None = None,
     seed: int = 0,
+    output=None,
+    training=None,
+    ignore=(),
+    read: str = "auto",
 ) -> Report:
-    """Compare a model with its port: outputs, loss, gradients and every layer.
+    """Compare a model with its port: outputs, loss, gradients and every layer or module.
+
+    Two models that xgrad reads completely into its layer kinds are compared layer by layer
+    and diagnosed; any other pair (attention, custom modules, several inputs, token ids,
+    dict outputs) is read module by module (:mod:`xgrad.frameworks.capture`): every module
+    is compared at its boundary and the first that parts is named on both sides by its
+    attribute path, and those of a known kind are diagnosed.
 
     Args:
         reference: the model you trust: a ``keras.Model`` (Sequential, Functional or
@@ -227,7 +237,9 @@ def compare_models(
             ``(flax.linen.Module, variables)`` pair, a pure-JAX ``(apply_fn, params)`` pair or
             an ``(xgrad.MLP, params)`` pair.
         candidate: the port, any of the same kinds.
-        x: inputs, shape ``(batch, *input_shape)``.
+        x: inputs: one array ``(batch, ...)`` of any rank (NumPy, torch, JAX or TensorFlow;
+            integer token ids too), a tuple or list of them (positional inputs) or a dict
+            (inputs by name).
         y: targets, for the losses that need them.
         loss: a loss name (see :mod:`xgrad.losses`), computed on each side in its own
             framework with xgrad's definition; or a pair ``(reference_fn, candidate_fn)`` of
@@ -251,6 +263,18 @@ def compare_models(
             them in ``report.diagnoses``; ``None`` (default) only when something
             mismatches, ``True`` always, ``False`` never.
         seed: seeds the targets drawn when ``y`` is not given (``projection``'s direction).
+        output: which of the models' outputs the loss sees, when they return several (a
+            tuple, a dict, a ``ModelOutput``): its key, index or path; ``None`` (default):
+            the first floating tensor (the report says which). One value, or one per side:
+            ``{"reference": ..., "candidate": ...}``.
+        training: the mode each model computes in: ``None`` (default) as you left it
+            (``.train()``/``.eval()``, a ``training=True`` in a Keras ``call``), ``True`` or
+            ``False`` for both, or ``{"reference": bool, "candidate": bool}``.
+        ignore: parameters present on one side only that you accept as such (native or
+            canonical names, or globs such as ``"*.bias"``); any other unpaired parameter
+            makes the report not ok.
+        read: ``"auto"`` (default), ``"layers"`` (into xgrad's layer kinds only) or
+            ``"modules"`` (module by module).
 
     Returns:
         A :class:`~xgrad.Report` whose reference is the reference model; the candidate is
@@ -265,16 +289,28 @@ def compare_models(
     """
 
     start = time.perf_counter()
-    pair = read_pair(reference, candidate, x, mapping=mapping)
+    pair = read_pair(
+        reference, candidate, x, mapping=mapping, read=read, output=output, training=training
+    )
     prepared = time.perf_counter()
     ref_model = pair.reference
+    x = pair.batch if pair.tier == "modules" else pair.batch.args[0]
     if y is None and cotangent is None and isinstance(loss, str) and loss == "projection":
         from xgrad.losses import random_targets
 
-        batch = int(np.shape(x)[0]) if np.ndim(x) else 0
-        y = random_targets("projection", batch, int(np.prod(ref_model.output_shape)), seed)
+        batch = pair.batch.size
+        shape = (batch, *ref_model.output_shape)
+        y = random_targets(
+            "projection",
+            batch,
+            int(np.prod(ref_model.output_shape)),
+            seed,
+            shape=shape if len(ref_model.output_shape) > 1 else None,
+        )
     inputs = prepare_inputs(ref_model, x, y, loss, cotangent)
-    check_input(pair.candidate.input_shape, inputs.x)
+    if pair.tier == "layers":
+        check_input(pair.candidate.input_shape, inputs.x)
+    unpaired, ignored = _unpaired(pair, ignore)
     pair = transfer_weights(pair, transfer)
     cand_model = pair.candidate
     dtype = judged_dtype(ref_model.dtype)
@@ -306,8 +342,51 @@ def compare_models(
             model_text=model_text(ref_model),
             title=title,
             models={"reference": describe, label: cand_describe},
-            notes=pair.notes,
+            notes=[*pair.notes, *ignored],
+            unpaired=unpaired,
             timing={**timing, "reference": ref.seconds, label: cand.seconds},
         ),
     )
     return finish(report, c, explain)
+
+
+def _unpaired(pair, ignore) -> tuple[list[dict], list[str]]:
+    """``(unpaired parameters not ignored, notes on those ignored)``.
+
+    Raises:
+        InputError: ``ignore`` names no parameter that pairs with nothing (the message lists
+            the nearest names).
+    """
+    import difflib
+    import fnmatch
+
+    patterns = [ignore] if isinstance(ignore, str) else list(ignore or ())
+    found = getattr(pair.alignment, "unpaired", ())
+    rows = []
+    for side, name, reason in found:
+        model = pair.reference if side == "reference" else pair.candidate
+        native = model.native_names().get(name, name)
+        rows.append({"side": side, "name": name, "native": native, "reason": reason})
+    kept, ignored, used = [], [], set()
+    for row in rows:
+        hit = [
+            p
+            for p in patterns
+            if fnmatch.fnmatchcase(row["native"], p) or fnmatch.fnmatchcase(row["name"], p)
+        ]
+        used.update(hit)
+        (ignored if hit else kept).append(row)
+    unknown = [p for p in patterns if p not in used]
+    if unknown:
+        names = [r["native"] for r in rows] + [r["name"] for r in rows]
+        near = difflib.get_close_matches(unknown[0], names, n=3) or names[:5]
+        raise InputError(
+            f"ignore={unknown[0]!r} names no parameter that pairs with nothing"
+            + (
+                f"; the unpaired ones are: {', '.join(map(repr, near))}"
+                if near
+                else "; every parameter pairs"
+            )
+        )
+    notes = [f"ignored as you asked: {r['side']} {r['native']} ({r['reason']})" for r in ignored]
+    return kept, notes

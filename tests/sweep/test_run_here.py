@@ -102,7 +102,7 @@ def test_merged_report_is_versioned_and_byte_identical_across_runs(tmp_path):
         0,
     ]
     assert cell["status"] == "match" and cell["error"] is None
-    assert cell["report"]["schema"] == "xgrad.report/2" and "timing" not in cell["report"]
+    assert cell["report"]["schema"] == "xgrad.report/3" and "timing" not in cell["report"]
     assert first.summary() == "OK: every cell matches (24 cells)"
 
 

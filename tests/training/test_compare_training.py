@@ -248,7 +248,7 @@ def test_gradients_that_differ_are_handed_to_the_gradient_diagnosis():
     assert "the gradients already differ at step 1" in d.detail
     assert "gelu-approximation" in d.detail
     assert not report.gradient_report.ok
-    assert report.to_dict()["gradients"]["schema"] == "xgrad.report/2"
+    assert report.to_dict()["gradients"]["schema"] == "xgrad.report/3"
 
 
 def test_without_the_reference_rule_nothing_is_replayed():

@@ -17,6 +17,7 @@ from xgrad.comparison.entries import (
     state_entries,
     value_entries,
 )
+from xgrad.comparison.localize import module_divergence
 from xgrad.comparison.verdicts import consensus_note, judge, wants_explanation
 from xgrad.metrics import OK_STATUSES
 from xgrad.report import Report
@@ -35,6 +36,8 @@ class Description:
         title: a heading.
         models: a description of each side (``compare_models``, ``compare_backends``).
         notes: what the reader should know.
+        unpaired: parameters that pair with nothing (``{"side", "name", "native",
+            "reason"}``), which make the report not ok.
         timing: seconds per phase so far.
         layers: whose layers are compared: ``"captured"``, every side evaluated with
             capture; ``"failing"``, only those of them with an entry beyond tolerance.
@@ -46,6 +49,7 @@ class Description:
     title: str | None = None
     models: dict | None = None
     notes: Sequence[str] = ()
+    unpaired: Sequence[dict] = ()
     timing: dict = field(default_factory=dict)
     layers: str = "captured"
 
@@ -62,17 +66,24 @@ def assemble(c: Comparison, d: Description) -> Report:
     if d.layers == "failing":
         failing = failing_sides(c, (*entries, *states), values)
         captured = [s for s in captured if s.label in failing]
-    judged = judge(c, entries, values.input, layer_entries(c, captured), measured)
-    by_name = {e.name: e for e in [*judged.parameters, judged.input]}
+    judged = judge(
+        c, [*entries, *values.inputs], values.input, layer_entries(c, captured), measured
+    )
+    parameters = [e for e in judged.parameters if e.kind != "input"]
+    more_inputs = tuple(e for e in judged.parameters if e.kind == "input")
+    by_name = {e.name: e for e in [*parameters, *([judged.input] if judged.input else [])]}
     divergences = []
     for s in [] if judged.degenerate else captured:
-        found = divergence(s.label, c.alignments[s.label].pairs, judged.layers, by_name)
+        if s.grads.module_inputs is not None:  # read module by module
+            found = module_divergence(c, s, judged.layers, by_name)
+        else:
+            found = divergence(s.label, c.alignments[s.label].pairs, judged.layers, by_name)
         if found is not None:
             divergences.append(found)
     pairs = pairwise([s.label for s in c.sides], measured) if len(c.sides) > 1 else []
     failing = {
         fw
-        for e in (*judged.parameters, judged.input, values.output)
+        for e in (*judged.parameters, *([judged.input] if judged.input else []), values.output)
         for fw, m in e.results.items()
         if m.status not in OK_STATUSES
     }
@@ -90,9 +101,10 @@ def assemble(c: Comparison, d: Description) -> Report:
         seed=d.seed,
         losses={} if loss_name is None else {s.label: s.grads.loss for s in c.sides},
         reference_loss=c.ref.grads.loss,
-        parameters=tuple(judged.parameters),
+        parameters=tuple(parameters),
         state=tuple(states),
         input=judged.input,
+        inputs=more_inputs,
         output=values.output,
         loss_value=values.loss,
         pairwise=tuple(pairs),
@@ -102,6 +114,7 @@ def assemble(c: Comparison, d: Description) -> Report:
         divergences=tuple(divergences),
         models=d.models,
         notes=(*d.notes, *judged.notes, *([consensus] if consensus else [])),
+        unpaired=tuple(d.unpaired),
     )
 
 

@@ -26,7 +26,6 @@ import numpy as np
 from xgrad.align import Alignment, Unit
 from xgrad.comparison.inputs import Inputs, loss_scale
 from xgrad.comparison.sides import Side
-from xgrad.frameworks.kinds import to_canonical
 from xgrad.metrics import OK_STATUSES, EntryComparison, PreparedReference
 from xgrad.report import Divergence, Entry, LayerEntry, Pairwise
 
@@ -93,16 +92,15 @@ def parameter_entries(c: Comparison) -> tuple[list[Entry], dict[str, EntryCompar
     entries, measured = [], {}
     for name in c.ref.model.param_names:
         if name not in c.ref.grads.params or not all(
-            name in c.alignments[s.label].names for s in c.sides
+            c.alignments[s.label].paired(name) for s in c.sides
         ):
             continue
         native = {"reference": ref_native[name]} if c.native_reference else {}
         arrays = {}
         for s in c.sides:
             a = c.alignments[s.label]
-            cand_name = a.names[name]
-            native[s.label] = s.model.native_names().get(cand_name, cand_name)
-            arrays[s.label] = to_canonical(s.grads.params[cand_name], a.layouts.get(name))
+            native[s.label] = a.candidate_label(name, s.model.native_names())
+            arrays[s.label] = a.candidate_value(name, s.grads.params)
         ref_grad = c.ref.grads.params[name]
         entry, measured[name] = _entry(
             name, "parameter", ref_grad.shape, native, arrays, ref_grad, c
@@ -131,11 +129,14 @@ def state_entries(c: Comparison) -> list[Entry]:
 
 @dataclass(frozen=True)
 class Values:
-    """The entries of the model's input gradient, output and loss value."""
+    """The entries of the model's input gradients, output and loss value: ``input`` the
+    first floating input's (``None`` when every input is integer ids), ``inputs`` the other
+    floating inputs' (a model read module by module)."""
 
-    input: Entry
+    input: Entry | None
     output: Entry
     loss: Entry | None
+    inputs: tuple[Entry, ...] = ()
 
 
 def value_entries(c: Comparison, measured: dict[str, EntryComparison]) -> Values:
@@ -150,7 +151,14 @@ def value_entries(c: Comparison, measured: dict[str, EntryComparison]) -> Values
         arrays = {s.label: pick(s.grads) for s in c.sides}
         return _entry(name, kind, np.shape(reference), native, arrays, reference, c, scale)
 
-    input_entry, measured["input"] = simple("input", "input", lambda g: g.input)
+    input_entry, more = None, []
+    names = _input_names(c)
+    for k, name in enumerate(names):
+        entry, measured[name] = simple(name, "input", _input_of(name, k == 0 and name == "input"))
+        if input_entry is None:
+            input_entry = entry
+        else:
+            more.append(entry)
     output_entry, measured["output"] = simple("output", "output", lambda g: g.output)
     loss_entry = None
     loss_name = c.inputs.loss_name
@@ -162,15 +170,31 @@ def value_entries(c: Comparison, measured: dict[str, EntryComparison]) -> Values
             scale=loss_scale(loss_name, c.ref.grads.output, c.inputs.y),
             native_name=loss_name,
         )[0]
-    return Values(input_entry, output_entry, loss_entry)
+    return Values(input_entry, output_entry, loss_entry, tuple(more))
+
+
+def _input_names(c: Comparison) -> list[str]:
+    """The names of the inputs compared: ``input`` for one floating input; each floating
+    input's name (``input.0``, ``input.mask``) for a model read with several inputs."""
+    inputs = c.ref.grads.inputs
+    if inputs is None:
+        return ["input"]
+    return [n for n in inputs if all(s.grads.inputs and n in s.grads.inputs for s in c.sides)]
+
+
+def _input_of(name: str, plain: bool):
+    if plain:
+        return lambda g: g.input if g.inputs is None else g.inputs[name]
+    return lambda g: g.inputs[name]
 
 
 def failing_sides(c: Comparison, entries: Sequence[Entry], values: Values) -> set[str]:
     """The sides with an entry beyond the plain tolerance (its normwise error; the loss
     value's relative to the reference's), whose layers are worth comparing."""
+    every = (*entries, *values.inputs, values.output, *([values.input] if values.input else []))
     failing = {
         fw
-        for e in (*entries, values.input, values.output)
+        for e in every
         for fw, m in e.results.items()
         if m.status != "match" or m.rel_norm > c.tol
     }
@@ -267,7 +291,11 @@ def divergence(
         if (
             bad(entry.backward.get(side))
             or any(e is not None and bad(e.results.get(side)) for e in own)
-            or (ref_unit.path == first and bad(by_name["input"].results.get(side)))
+            or (
+                ref_unit.path == first
+                and "input" in by_name
+                and bad(by_name["input"].results.get(side))
+            )
         ):
             return Divergence(side, ref_unit.path, "backward", dict(entry.names))
     return None

@@ -13,6 +13,7 @@ import numpy as np
 
 from xgrad.errors import InputError
 from xgrad.frameworks.base import AbstractModel, check_cotangent, check_input, prepare_loss
+from xgrad.frameworks.capture import Batch, CapturedModel, as_batch
 from xgrad.losses import Loss
 from xgrad.metrics import TOLERANCES
 
@@ -27,6 +28,17 @@ class Inputs:
     y: np.ndarray | None
     loss: Loss | object | None  # a Loss, a pair of loss functions, or None with a cotangent
     cotangent: np.ndarray | None
+    batch: Batch | None = None  # every input, for a model read module by module
+
+    @property
+    def size(self) -> int:
+        """The batch size."""
+        return self.batch.size if self.batch is not None else int(self.x.shape[0])
+
+    @property
+    def model_input(self):
+        """What a model's ``evaluate`` takes: the batch of every input, else ``x``."""
+        return self.batch if self.batch is not None else self.x
 
     @property
     def loss_name(self) -> str | None:
@@ -42,17 +54,25 @@ class Inputs:
 
 
 def prepare_inputs(model: AbstractModel, x, y=None, loss="projection", cotangent=None) -> Inputs:
-    """The checked batch for ``model``: ``x`` of its input shape, targets checked against the
-    loss (or a cotangent of its output shape instead); a pair of loss functions is kept."""
-    xs = check_input(model.input_shape, x)
+    """The checked batch for ``model``: ``x`` of its input shape (every input of a model read
+    module by module, as the user passes them), targets checked against the loss (or a
+    cotangent of its output shape instead); a pair of loss functions is kept."""
+    batch = None
+    if isinstance(model, CapturedModel):
+        batch = model.check_batch(as_batch(x))
+        xs = batch.first
+    else:
+        xs = check_input(model.input_shape, x)
+    size = batch.size if batch is not None else xs.shape[0]
     if cotangent is not None:
-        return Inputs(xs, None, None, check_cotangent(model.output_shape, cotangent, xs.shape[0]))
+        cot = check_cotangent(model.output_shape, cotangent, size)
+        return Inputs(xs, None, None, cot, batch)
     if isinstance(loss, tuple):
         if len(loss) != 2 or not all(callable(f) for f in loss):
             raise InputError("loss=(reference_fn, candidate_fn) takes two loss functions")
-        return Inputs(xs, None if y is None else np.asarray(y), loss, None)
-    loss_fn, ys = prepare_loss(loss, y, xs.shape[0], model.output_shape)
-    return Inputs(xs, ys, loss_fn, None)
+        return Inputs(xs, None if y is None else np.asarray(y), loss, None, batch)
+    loss_fn, ys = prepare_loss(loss, y, size, model.output_shape)
+    return Inputs(xs, ys, loss_fn, None, batch)
 
 
 def judged_dtype(dtype: str) -> str:

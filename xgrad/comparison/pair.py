@@ -14,11 +14,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xgrad.align import Alignment, align
-from xgrad.errors import InputError
+from xgrad.errors import FrameworkError, InputError, XgradError
 from xgrad.frameworks.base import AbstractModel
-from xgrad.frameworks.registry import read_model
+from xgrad.frameworks.capture import Batch, as_batch
+from xgrad.frameworks.registry import capture_model, read_model
 
-__all__ = ["ModelPair", "input_shape_of", "loaded_from", "model_text", "read_pair", "transfer"]
+__all__ = [
+    "READS",
+    "ModelPair",
+    "input_shape_of",
+    "loaded_from",
+    "model_text",
+    "pairing_notes",
+    "read_pair",
+    "transfer",
+]
 
 
 def input_shape_of(x) -> tuple[int, ...] | None:
@@ -73,6 +83,9 @@ class ModelPair:
         notes: what the readers and the pairing noticed (layers in training mode, per-layer
             localisation unavailable, ...), each naming its side.
         transferred: whether the reference's weights were copied into the candidate.
+        tier: ``"layers"``: both read completely into xgrad's layer kinds (tier (b)), or
+            ``"modules"``: both read module by module (tier (a)).
+        batch: the inputs as the user passed them (``None`` when no ``x`` was given).
     """
 
     reference: AbstractModel
@@ -80,22 +93,118 @@ class ModelPair:
     alignment: Alignment
     notes: list[str] = field(default_factory=list)
     transferred: bool = False
+    tier: str = "layers"
+    batch: Batch | None = None
+
+
+class ModulesUnsupported(FrameworkError):
+    """A model's framework does not read models module by module."""
+
+
+READS = ("auto", "layers", "modules")
+"""How :func:`read_pair` reads: ``auto`` into xgrad's layer kinds when both models read
+completely, else module by module; ``layers`` or ``modules`` only that way."""
+
+
+def _sides(value, what: str) -> dict[str, object]:
+    """``value`` for each side: one value for both, or ``{"reference": ..., "candidate":
+    ...}``."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"reference", "candidate"}
+        if unknown:
+            raise InputError(
+                f"{what} as a dict takes the keys 'reference' and 'candidate', got "
+                f"{', '.join(map(repr, sorted(unknown)))}"
+            )
+        return {"reference": value.get("reference"), "candidate": value.get("candidate")}
+    return {"reference": value, "candidate": value}
+
+
+def _check_training(value) -> dict[str, bool | None]:
+    sides = _sides(value, "training")
+    for side, v in sides.items():
+        if v is not None and not isinstance(v, bool):
+            raise InputError(
+                f"training must be True, False, None or {{'reference': ..., 'candidate': ...}}, "
+                f"got {v!r} for the {side}"
+            )
+    return sides
 
 
 def read_pair(
-    reference, candidate, x=None, *, mapping: str | Mapping[str, str] = "auto"
+    reference,
+    candidate,
+    x=None,
+    *,
+    mapping: str | Mapping[str, str] = "auto",
+    read: str = "auto",
+    output=None,
+    training=None,
 ) -> ModelPair:
-    """Read two models (any kind :func:`xgrad.read_model` reads; an ``AbstractModel`` as it
-    is) and pair them; ``x`` (a batch) tells the readers the input shape (without it, the
-    candidate is read with the reference's).
+    """Read two models and pair them: into xgrad's layer kinds where both read completely
+    (tier (b), :func:`xgrad.read_model`), else module by module (tier (a),
+    :mod:`xgrad.frameworks.capture`, paired by :func:`xgrad.pairing.pair_modules`).
+
+    Args:
+        reference, candidate: the models (an ``AbstractModel`` is taken as it is).
+        x: the inputs as the user passes them (one array, a tuple or a dict of arrays):
+            they tell the readers the input shape.
+        mapping: ``"auto"`` or ``{reference name: candidate name}`` (layers, modules or
+            parameters).
+        read: one of :data:`READS`.
+        output: which of each model's outputs the loss sees (module by module only;
+            ``None``: the first floating tensor); one value, or one per side as a dict.
+        training: the mode each model computes in (``None``: as the user set it); one value,
+            or one per side as a dict (module by module only).
 
     Raises:
-        AlignmentError: the models cannot be paired (see :func:`xgrad.align`).
-        InputError: an object no framework reads, or a malformed ``mapping``.
+        AlignmentError: the models cannot be paired in the tier asked for.
+        InputError: an object no framework reads, or a malformed argument.
     """
+    if read not in READS:
+        raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    modes = _check_training(training)
+    outputs = _sides(output, "output")
+    batch = None if x is None else as_batch(x)
+    plain = batch is None or (batch.names == ("input",) and batch.floating == ("input",))
+    custom = any(v is not None for v in (*modes.values(), *outputs.values()))
+    why = None
+    layers_error = None
+    if read == "layers" or (read == "auto" and plain and not custom):
+        try:
+            models = _read_both(reference, candidate, batch)
+        except XgradError as exc:
+            if read == "layers" or batch is None:
+                raise
+            layers_error = exc
+            why = f"not every layer could be read as one of xgrad's kinds: {exc}"
+        else:  # both read as layers: a structural difference is the user's to fix, by name
+            pair = _pair_layers(*models, mapping)
+            pair.batch = batch
+            return pair
+    elif read == "auto":
+        why = (
+            "the inputs are not one floating array"
+            if not plain
+            else ("output= or training= was given")
+        )
+    try:
+        return _read_modules(reference, candidate, batch, mapping, outputs, modes, why)
+    except ModulesUnsupported:
+        if layers_error is not None:
+            raise layers_error from None
+        raise
+
+
+def _read_both(reference, candidate, batch) -> tuple[AbstractModel, AbstractModel]:
+    x = None if batch is None else batch.args[0]
     shape = input_shape_of(x) if x is not None else None
     ref_model = read_model(reference, input_shape=shape)
     cand_model = read_model(candidate, input_shape=shape or ref_model.input_shape)
+    return ref_model, cand_model
+
+
+def _pair_layers(ref_model, cand_model, mapping) -> ModelPair:
     alignment = align(ref_model, cand_model, mapping)
     notes = [
         f"{side} {info.path} ({info.name}): {info.note}"
@@ -106,6 +215,57 @@ def read_pair(
     if alignment.note:
         notes.append(alignment.note)
     return ModelPair(ref_model, cand_model, alignment, notes)
+
+
+def _read_modules(reference, candidate, batch, mapping, outputs, modes, why) -> ModelPair:
+    from xgrad.pairing import pair_modules
+
+    if batch is None:
+        raise InputError("reading a model module by module needs its inputs: pass x")
+    models = {}
+    for side, obj in (("reference", reference), ("candidate", candidate)):
+        try:
+            models[side] = capture_model(obj, batch, output=outputs[side], training=modes[side])
+        except FrameworkError as exc:
+            if "module by module" in str(exc):
+                raise ModulesUnsupported(str(exc)) from None
+            raise
+    pairing = pair_modules(models["reference"], models["candidate"], mapping)
+    notes = [f"read module by module ({why})"] if why else ["read module by module"]
+    for side, model in models.items():
+        if getattr(model, "output_note", None):
+            notes.append(f"{side}: {model.output_note}")
+        notes += [
+            f"{side} {info.name or '(the model)'}: {info.note}"
+            for info in model.walk()
+            if info.note
+        ]
+    notes += pairing_notes(pairing)
+    pair = ModelPair(models["reference"], models["candidate"], pairing, notes, tier="modules")
+    pair.batch = batch
+    return pair
+
+
+def pairing_notes(pairing) -> list[str]:
+    """What a report says of a module-by-module pairing: parameters left unpaired, axis
+    orders assumed, tied weights."""
+    notes = []
+    if pairing.unpaired:
+        listed = "; ".join(f"{side} {name} ({why})" for side, name, why in pairing.unpaired[:6])
+        more = f" and {len(pairing.unpaired) - 6} more" if len(pairing.unpaired) > 6 else ""
+        notes.append(
+            f"{len(pairing.unpaired)} parameter(s) pair with nothing on the other side, so "
+            f"their gradients are not compared: {listed}{more}; pass ignore= to accept that, "
+            "or mapping={reference: candidate} to pair them"
+        )
+    if pairing.assumed:
+        notes.append(
+            "the axis order of square parameters of modules of no known kind cannot be told "
+            f"from their shapes and was taken as it stands: {', '.join(pairing.assumed)}; if "
+            "they differ there, check that layout (or load the weights yourself and pass "
+            "transfer=False)"
+        )
+    return notes
 
 
 def transfer(pair: ModelPair, how: bool | str = "auto") -> ModelPair:

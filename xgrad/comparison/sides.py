@@ -37,8 +37,9 @@ def evaluate(
     """Evaluate ``model`` on ``inputs`` (timed); ``side`` picks the loss function of a pair
     (0: the reference's, 1: the candidate's)."""
     start = time.perf_counter()
+    x = inputs.model_input
     if inputs.cotangent is not None:
-        grads = model.evaluate(inputs.x, cotangent=inputs.cotangent, capture=capture)
+        grads = model.evaluate(x, cotangent=inputs.cotangent, capture=capture)
     else:
-        grads = model.evaluate(inputs.x, inputs.y, loss=inputs.loss_for(side), capture=capture)
+        grads = model.evaluate(x, inputs.y, loss=inputs.loss_for(side), capture=capture)
     return Side(label, model, grads, time.perf_counter() - start)

@@ -91,8 +91,8 @@ def mark_uninformative(ref: Side, entries, input_entry, inputs: Inputs, measured
         ``(entries, input entry, note or None)``.
     """
     scale = _seed_scale(ref, inputs)
-    names = [e.name for e in entries] + ["input"]
-    if scale is None or scale == 0:
+    names = [e.name for e in entries] + ([input_entry.name] if input_entry is not None else [])
+    if scale is None or scale == 0 or not names:
         return entries, input_entry, None
     rms = []
     for name in names:
@@ -109,7 +109,8 @@ def mark_uninformative(ref: Side, entries, input_entry, inputs: Inputs, measured
         "comparison can see anything; use loss='projection' (a seeded random direction, never "
         "degenerate) or a loss with targets"
     )
-    return [_mark(e) for e in entries], _mark(input_entry), note
+    marked_input = None if input_entry is None else _mark(input_entry)
+    return [_mark(e) for e in entries], marked_input, note
 
 
 def conditioning(ref: Side, side: Side, inputs: Inputs, tol: float):
@@ -145,7 +146,9 @@ def conditioning(ref: Side, side: Side, inputs: Inputs, tol: float):
     return CONDITIONING * kappa, kappa
 
 
-def _rejudge(entry: Entry, label: str, tol: float) -> Entry:
+def _rejudge(entry: Entry | None, label: str, tol: float) -> Entry | None:
+    if entry is None:
+        return None
     m = entry.results.get(label)
     if m is None or m.status != "mismatch" or m.rel_norm > tol:
         return entry

@@ -225,6 +225,11 @@ def _identify(layers, weights, x, out, dtype) -> list[AbstractLayer | None]:
         return layers
     layers = list(layers)
     main = layers[0]
+    kernel = weights.get("kernel")
+    if main is None and kernel is not None and (kernel.ndim != 2 or kernel.shape[0] != x.shape[-1]):
+        return layers  # a weight of another kind's (a module read as it is)
+    if main is None and "kernel" not in weights and np.shape(x) != np.shape(out):
+        return layers  # no norm changes the shape
     if main is None and "kernel" in weights:
         z = x @ weights["kernel"] + weights.get("bias", 0)
         name = fit_activation(z, out, "float32" if dtype != "float64" else "float64")[0]
@@ -255,7 +260,10 @@ def build_evidence(
     ref_infos = {info.path: info for info in ref.model.walk()}
     cand_infos = {info.path: info for info in cand.model.walk()}
 
-    def value_before(acts, unit: Unit):
+    def value_before(acts, unit: Unit, grads):
+        captured = (grads.module_inputs or {}).get(unit.path)
+        if captured:  # a model read module by module: the module's own first input
+            return f64(captured[0])
         if unit.start is None:
             return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
         return f64(acts[unit.start])
@@ -278,7 +286,7 @@ def build_evidence(
         if r.end not in ref_acts or c.end not in cand_acts:
             continue
         wr, wc = local(ref_w, r), local(cand_w, c)
-        in_r, in_c = value_before(ref_acts, r), value_before(cand_acts, c)
+        in_r, in_c = value_before(ref_acts, r, ref.grads), value_before(cand_acts, c, cand.grads)
         out_r, out_c = f64(ref_acts[r.end]), f64(cand_acts[c.end])
         ev = UnitEvidence(
             path=r.path,

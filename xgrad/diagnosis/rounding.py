@@ -399,7 +399,7 @@ def _benign_report(report, side, failing, status: str, note: str):
     return replace(
         report,
         parameters=tuple(mark(e) for e in report.parameters),
-        input=mark(report.input),
+        input=None if report.input is None else mark(report.input),
         loss_value=None if report.loss_value is None else mark(report.loss_value),
         layers=layers,
         divergences=tuple(d for d in report.divergences if d.framework != side.label),

@@ -292,7 +292,8 @@ def prepare_loss(loss: LossArg, y, batch: int, output_shape: Shape):
     if callable(loss) and not isinstance(loss, Loss):
         return loss, (None if y is None else np.asarray(y))
     loss_obj = loss if isinstance(loss, Loss) else get_loss(loss)
-    return loss_obj, loss_obj.prepare_target(y, (batch, output_shape[-1]))
+    shape = (batch, *output_shape) if len(output_shape) > 1 else (batch, output_shape[-1])
+    return loss_obj, loss_obj.prepare_target(y, shape)
 
 
 # -- the model interface -----------------------------------------------------------------

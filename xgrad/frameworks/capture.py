@@ -338,7 +338,7 @@ class CapturedModel(AbstractModel):
         from xgrad.frameworks.base import check_cotangent, prepare_loss
         from xgrad.losses import Loss
 
-        batch = self._check_batch(as_batch(x))
+        batch = self.check_batch(as_batch(x))
         if cotangent is not None:
             cot = check_cotangent(self.output_shape, cotangent, batch.size)
             return self._evaluate_batch(batch, None, None, self._cast(cot), capture)
@@ -350,7 +350,7 @@ class CapturedModel(AbstractModel):
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
         return self._evaluate_batch(as_batch(x), y, loss, cotangent, capture)
 
-    def _check_batch(self, batch: Batch) -> Batch:
+    def check_batch(self, batch: Batch) -> Batch:
         """Refuse inputs of other names or example shapes than those the model was read with."""
         want = self.batch
         if batch.names != want.names:

@@ -19,6 +19,7 @@ from xgrad.optim import AbstractOptimizer
 __all__ = [
     "REGISTRY",
     "available_frameworks",
+    "capture_model",
     "foreign",
     "get_framework",
     "known_frameworks",
@@ -217,3 +218,24 @@ def foreign(obj, name: str) -> bool:
         for package in _entry(other).packages
         for item in (obj, head)
     )
+
+
+def capture_model(obj, batch, *, output=None, training=None) -> AbstractModel:
+    """Read a user's model module by module (tier (a)) with the framework that claims it.
+
+    Args:
+        obj: the model (what :func:`read_model` takes).
+        batch: its inputs (a :class:`~xgrad.frameworks.capture.Batch`).
+        output: which of its outputs the loss sees (``None``: the first floating tensor).
+        training: ``None`` keeps modes as the user set them; ``True``/``False`` forces one.
+
+    Raises:
+        InputError: no framework recognises the object.
+        FrameworkError: its framework does not read models module by module.
+    """
+    if isinstance(obj, AbstractModel):
+        return obj
+    for name in REGISTRY:
+        if _entry(name).claims(obj):
+            return get_framework(name).capture(obj, batch, output=output, training=training)
+    raise InputError(f"cannot read a model of type {type(obj).__name__}; pass {SUPPORTED}")

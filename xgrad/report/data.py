@@ -16,7 +16,7 @@ from xgrad.report.format import fmt, sort_key
 
 __all__ = ["SCHEMA", "Divergence", "Entry", "LayerEntry", "Pairwise", "Report"]
 
-SCHEMA = "xgrad.report/2"
+SCHEMA = "xgrad.report/3"
 """The JSON schema name and version; bumped on any incompatible change."""
 
 
@@ -126,24 +126,33 @@ class Divergence:
         where: ``forward`` (its output differs first) or ``backward`` (outputs agree; the
             gradients part there, found from the output back).
         names: side -> the framework's own name of that layer.
+        detail: for a model read module by module, what in that module parts: its own
+            computation (its inputs agree), or the code in it between two of its submodules
+            (``None`` for a model read layer by layer).
     """
 
     framework: str
     path: str
     where: str
     names: dict[str, str]
+    detail: str | None = None
 
     def text(self) -> str:
         names = " <-> ".join(dict.fromkeys(self.names.values()))
-        return f"first divergence [{self.framework}]: {self.path} ({names}), {self.where}"
+        label = self.path or "(the model)"
+        tail = f": {self.detail}" if self.detail else ""
+        return f"first divergence [{self.framework}]: {label} ({names}), {self.where}{tail}"
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "framework": self.framework,
             "path": self.path,
             "where": self.where,
             "names": dict(self.names),
         }
+        if self.detail is not None:  # a model read module by module
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,8 @@ class Report(AbstractReport):
         losses: framework -> loss value (empty with a cotangent).
         reference_loss: the reference's loss value, or ``None``.
         parameters: one :class:`Entry` per trainable parameter, in canonical order.
-        input: the :class:`Entry` for dL/dinput.
+        input: the :class:`Entry` for dL/dinput (a model read with several inputs: its first
+            floating input's; ``None`` when every input is integer ids).
         output: the :class:`Entry` for the forward output.
         loss_value: the :class:`Entry` for the loss value, or ``None``.
         state: one :class:`Entry` per updated state array (BatchNorm in training mode).
@@ -177,6 +187,11 @@ class Report(AbstractReport):
             or explanation was not asked for.
         notes: what the reader should know (a transfer, a layer left in training mode,
             per-layer localisation unavailable and why).
+        inputs: the :class:`Entry` of each other floating input (a model read module by
+            module with several inputs).
+        unpaired: each parameter present on one side only (``{"side", "name", "native",
+            "reason"}``): its gradient is compared with nothing, and the report is not ok
+            unless it was ignored (``ignore=``).
     """
 
     model: str
@@ -190,7 +205,7 @@ class Report(AbstractReport):
     losses: dict[str, float]
     reference_loss: float | None
     parameters: tuple[Entry, ...]
-    input: Entry
+    input: Entry | None
     output: Entry
     loss_value: Entry | None
     state: tuple[Entry, ...] = ()
@@ -202,13 +217,16 @@ class Report(AbstractReport):
     models: dict | None = None
     diagnoses: tuple = ()
     notes: tuple[str, ...] = ()
+    inputs: tuple[Entry, ...] = ()
+    unpaired: tuple[dict, ...] = ()
 
     # -- queries ---------------------------------------------------------------------------
 
     @property
     def entries(self) -> tuple[Entry, ...]:
         """Every entry in display order: parameters, state, dL/dinput, output, loss."""
-        rest = (self.input, self.output) + ((self.loss_value,) if self.loss_value else ())
+        inputs = ((self.input,) if self.input is not None else ()) + self.inputs
+        rest = (*inputs, self.output) + ((self.loss_value,) if self.loss_value else ())
         return self.parameters + self.state + rest
 
     def failures(self) -> list[tuple[Entry, str, Metrics]]:
@@ -232,8 +250,9 @@ class Report(AbstractReport):
 
     @property
     def ok(self) -> bool:
-        """True when every entry (and every compared layer) passes."""
-        return not self.failures() and not self.layer_failures()
+        """True when every entry (and every compared layer) passes and every parameter was
+        compared."""
+        return not self.failures() and not self.layer_failures() and not self.unpaired
 
     @property
     def uninformative(self) -> bool:
@@ -318,11 +337,18 @@ class Report(AbstractReport):
                 "UNINFORMATIVE: every reference gradient is zero up to rounding, so nothing "
                 "was compared; use loss='projection' or a loss with targets"
             )
-        verdict = (
-            "OK: every gradient matches"
-            if self.ok
-            else f"MISMATCH: {n_bad} comparison(s) beyond tolerance"
-        )
+        if self.ok:
+            verdict = "OK: every gradient matches"
+        elif n_bad:
+            verdict = f"MISMATCH: {n_bad} comparison(s) beyond tolerance"
+        else:
+            names = ", ".join(f"{u['side']} {u['native']}" for u in self.unpaired[:3])
+            more = ", ..." if len(self.unpaired) > 3 else ""
+            verdict = (
+                f"INCOMPLETE: every compared gradient matches, but {len(self.unpaired)} "
+                f"parameter(s) pair with nothing and were not compared ({names}{more}); "
+                "pass ignore= to accept that"
+            )
         rounded = sorted(
             {m.status for e in self.entries for m in e.results.values()}
             & {"match-kink", "match-clip"}
@@ -359,7 +385,7 @@ class Report(AbstractReport):
     # -- JSON ------------------------------------------------------------------------------
 
     def to_dict(self, *, timing: bool = True) -> dict:
-        """A JSON-ready dict following ``docs/report-schema.md`` (schema ``xgrad.report/2``).
+        """A JSON-ready dict following ``docs/report-schema.md`` (schema ``xgrad.report/3``).
 
         Args:
             timing: include the ``timing`` section, the only part that differs between
@@ -381,7 +407,7 @@ class Report(AbstractReport):
             "reference_loss": json_float(self.reference_loss),
             "parameters": [e.to_dict() for e in self.parameters],
             "state": [e.to_dict() for e in self.state],
-            "input": self.input.to_dict(),
+            "input": None if self.input is None else self.input.to_dict(),
             "output": self.output.to_dict(),
             "loss_value": None if self.loss_value is None else self.loss_value.to_dict(),
             "pairwise": [p.to_dict() for p in self.pairwise],
@@ -392,6 +418,10 @@ class Report(AbstractReport):
             "diagnoses": [d.to_dict() for d in self.diagnoses],
             "notes": list(self.notes),
         }
+        if self.inputs:  # a model read module by module with several inputs
+            out["inputs"] = [e.to_dict() for e in self.inputs]
+        if self.unpaired:
+            out["unpaired"] = [dict(u) for u in self.unpaired]
         if timing:
             out["timing"] = {"seconds": dict(self.timing)}
         return out

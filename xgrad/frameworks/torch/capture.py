@@ -229,7 +229,7 @@ def _known(call: _Call, own: dict[str, str], dtype: str, leaf: bool):
         found = ELEMENTWISE if not own else None
     if found is ELEMENTWISE:
         return _from_values(call, dtype) or opaque
-    if found.layer is None:
+    if found is None or found.layer is None:
         return opaque
     natives = {**found.params, **found.state}
     if set(natives.values()) != set(own.values()):
@@ -270,6 +270,62 @@ def _as_norm(call: _Call, own: dict[str, str], params: dict, dtype: str):
     return found, found.kind, {"scale": native}, {}, f"identified numerically as {found.describe()}"
 
 
+FUSED_WEIGHTS: dict[type, dict[str, tuple[str, tuple[int, ...] | None]]] = {
+    nn.MultiheadAttention: {
+        "in_proj_weight": ("in_proj.kernel", (1, 0)),
+        "in_proj_bias": ("in_proj.bias", None),
+    },
+}
+"""torch modules of no xgrad kind whose own weights' layout torch documents: class -> native
+local name -> (xgrad's local name, layout). ``nn.MultiheadAttention``'s ``in_proj_weight``
+``(3E, E)`` holds the q, k and v projections' ``(out, in)`` weights one above the other: as
+``in_proj.kernel (E, 3E)`` it is their ``(in, out)`` kernels side by side, as separate q/k/v
+projections store them."""
+
+
+def _documented(module: nn.Module, owner: str, own: dict[str, str]):
+    """``(own, layouts)`` with the weights :data:`FUSED_WEIGHTS` documents renamed."""
+    table = next((t for cls, t in FUSED_WEIGHTS.items() if isinstance(module, cls)), {})
+    renamed, layouts = {}, {}
+    for local, native in own.items():
+        if local in table:
+            name, layout = table[local]
+            renamed[name] = native
+            if layout:
+                layouts[name] = layout
+        else:
+            renamed[local] = native
+    return renamed, layouts
+
+
+def _uncalled_kinds(module: nn.Module, owner: str, own: dict[str, str], dtype: str):
+    """``(own, layouts)`` with the weights of an owner's submodules that are never called but
+    whose class the kind table reads (``nn.MultiheadAttention``'s ``out_proj`` Linear) under
+    xgrad's names and layouts (``out_proj.kernel``, ``(1, 0)``)."""
+    renamed, layouts = dict(own), {}
+    subs = {native.rsplit(".", 1)[0] for native in own.values() if "." in native}
+    for sub_path in sorted(subs):
+        if owner and not sub_path.startswith(owner + "."):
+            continue
+        try:
+            found = module_layer(module.get_submodule(sub_path), sub_path, dtype)
+        except (XgradError, AttributeError):
+            continue
+        if found in (ALIAS, ELEMENTWISE) or found is None or found.layer is None:
+            continue
+        prefix = sub_path[len(owner) + 1 :] if owner else sub_path
+        natives = {**found.params, **found.state}
+        if not set(natives.values()) <= set(renamed.values()):
+            continue
+        for local, native in natives.items():
+            old = next(k for k, v in renamed.items() if v == native)
+            del renamed[old]
+            renamed[f"{prefix}.{local}"] = native
+            if local in found.layouts:
+                layouts[f"{prefix}.{local}"] = found.layouts[local]
+    return renamed, layouts
+
+
 def _infos(calls: list[_Call], module: nn.Module, dtype: str) -> tuple[ModuleInfo, ...]:
     called = {c.path for c in calls}
     owned, aliases = _owners(module, called)
@@ -280,6 +336,10 @@ def _infos(calls: list[_Call], module: nn.Module, dtype: str) -> tuple[ModuleInf
     for c in calls:
         own = owned.get(c.path, {})
         layer, kind, natives, layouts, note = _known(c, own, dtype, c.path not in parents)
+        if layer is None:
+            natives, layouts = _uncalled_kinds(module, c.path, natives, dtype)
+            natives, documented = _documented(c.module, c.path, natives)
+            layouts = {**layouts, **documented}
         if layer is None and c.path not in parents and c.output is not None:
             found = _as_norm(c, own, tensors, dtype)
             if found is not None:

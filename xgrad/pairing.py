@@ -1,0 +1,562 @@
+"""Pairing two models read module by module (tier (a)): which module of the candidate is which
+of the reference's, and which parameter is which.
+
+Modules are paired top down, scope by scope: the two models' own calls pair, then the
+modules called directly from two paired modules are lined up in call order by a sequence
+alignment (:func:`_line_up`) whose score prefers the same parameter count, the same parameter
+shapes (up to the order of their axes), the same output shape, the same layer kind and the
+same attribute name; a module with parameters never pairs with one without. A module that
+calls others may pair with one that does not (PyTorch's ``nn.MultiheadAttention`` computes
+with its own weights what Flax's ``MultiHeadAttention`` computes with four submodules): its
+parameters are then paired with the whole subtree's.
+
+Parameters are paired within each pair of modules (:func:`_pair_params`): one to one where
+the shapes are equal or one permutation of the axes makes them so; one to several where one
+side's array is the others' stacked along an axis (a fused ``in_proj_weight (3E, E)`` against
+separate q/k/v projections). A square parameter of a module of no known kind is paired as it
+stands (its layout cannot be told from its shape), and a note says so. What pairs with nothing
+is listed (:attr:`ModulePairing.unpaired`), with the reason.
+
+``mapping=`` overrides: ``{reference module path: candidate module path}`` pairs modules by
+name, ``{reference parameter: candidate parameter}`` (canonical or native names) pairs
+parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xgrad.align import Alignment, Unit
+from xgrad.errors import AlignmentError
+from xgrad.frameworks.capture import CapturedModel, ModuleInfo
+from xgrad.frameworks.kinds import Layout
+
+__all__ = ["Join", "ModulePairing", "pair_modules"]
+
+
+@dataclass(frozen=True)
+class Join:
+    """A reference parameter that is several candidate parameters stacked along ``axis``
+    (in the reference's layout), each part in its own ``layout`` relative to its slice
+    (``part = np.transpose(slice, layout)``)."""
+
+    parts: tuple[str, ...]
+    axis: int
+    layouts: tuple[Layout | None, ...]
+
+
+@dataclass(frozen=True)
+class ModulePairing(Alignment):
+    """How a captured candidate corresponds to a captured reference (an
+    :class:`~xgrad.align.Alignment` whose units are modules).
+
+    Attributes:
+        joins: reference name -> :class:`Join`, for parameters paired one to several.
+        unpaired: ``(side, canonical name, reason)`` of every parameter that pairs with
+            nothing.
+        unpaired_modules: ``(side, path, what)`` of the modules paired with none of the
+            other side's (a module on one side only, or one the other side computes as code).
+        assumed: reference names of square parameters of opaque modules paired as they stand.
+        how: reference module path -> why it was paired (``name``, ``shapes``, ``order``,
+            ``mapping``).
+    """
+
+    joins: dict[str, Join] = field(default_factory=dict)
+    unpaired: tuple[tuple[str, str, str], ...] = ()
+    unpaired_modules: tuple[tuple[str, str, str], ...] = ()
+    assumed: tuple[str, ...] = ()
+    how: dict[str, str] = field(default_factory=dict)
+
+    def paired(self, name: str) -> bool:
+        return name in self.names or name in self.joins
+
+    def candidate_value(self, name: str, arrays: Mapping):
+        join = self.joins.get(name)
+        if join is None:
+            return super().candidate_value(name, arrays)
+        if not all(p in arrays for p in join.parts):
+            return None
+        pieces = [
+            np.asarray(arrays[p]) if not layout else np.transpose(arrays[p], _inv(layout))
+            for p, layout in zip(join.parts, join.layouts, strict=True)
+        ]
+        return np.concatenate(pieces, axis=join.axis)
+
+    def candidate_label(self, name: str, native: Mapping[str, str]) -> str:
+        join = self.joins.get(name)
+        if join is None:
+            return super().candidate_label(name, native)
+        return " + ".join(native.get(p, p) for p in join.parts)
+
+    def to_candidate(self, weights: Mapping) -> dict:
+        out = super().to_candidate(weights)
+        for ref_name, join in self.joins.items():
+            if ref_name in weights:
+                pieces = np.split(np.asarray(weights[ref_name]), len(join.parts), axis=join.axis)
+                for cand, piece, layout in zip(join.parts, pieces, join.layouts, strict=True):
+                    out[cand] = piece if not layout else np.transpose(piece, layout)
+        return out
+
+    def to_reference(self, arrays: Mapping) -> dict:
+        out = super().to_reference(arrays)
+        for ref_name in self.joins:
+            value = self.candidate_value(ref_name, arrays)
+            if value is not None:
+                out[ref_name] = value
+        return out
+
+
+def _inv(layout: Layout) -> Layout:
+    return tuple(int(i) for i in np.argsort(layout))
+
+
+# -- the module trees -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    """One module with its subtree's parameters (canonical name -> shape), in call order."""
+
+    info: ModuleInfo
+    children: list[_Node]
+    own: dict[str, tuple[int, ...]]
+    subtree: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    group: bool = False  # several sibling modules taken as one (:func:`_groups`)
+
+    @property
+    def size(self) -> int:
+        return int(sum(np.prod(s) for s in self.subtree.values()))
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        return sorted(tuple(sorted(s)) for s in self.subtree.values())
+
+
+def _tree(model: CapturedModel, shapes: Mapping[str, tuple[int, ...]]) -> _Node:
+    """The module tree of a captured model (children in call order, the order their calls
+    finish within their scope)."""
+    nodes: dict[str, _Node] = {}
+    for info in model.modules:
+        own = {
+            (f"{info.path}.{local}" if info.path else local): shapes[
+                f"{info.path}.{local}" if info.path else local
+            ]
+            for local in info.params
+        }
+        nodes[info.path] = _Node(info, [], own)
+    root = nodes.get("")
+    if root is None:  # pragma: no cover - every capture records the model's own call
+        raise AlignmentError(f"{model.description}: the model's own call was not captured")
+    for info in model.modules:
+        if info.scope is not None and info.scope in nodes:
+            nodes[info.scope].children.append(nodes[info.path])
+
+    def fill(node: _Node) -> dict:
+        node.subtree = dict(node.own)
+        for child in node.children:
+            node.subtree.update(fill(child))
+        return node.subtree
+
+    fill(root)
+    return root
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+def _last(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def _compatible(r: _Node, c: _Node) -> bool:
+    if bool(r.subtree) != bool(c.subtree):
+        return False
+    if r.subtree:
+        return r.size == c.size
+    return r.info.output_shape == c.info.output_shape
+
+
+def _score(r: _Node, c: _Node) -> float:
+    """How well two modules pair (higher is better; only for compatible ones)."""
+    score = 4.0 if r.subtree else 1.0
+    if r.shapes() == c.shapes():
+        score += 2.0
+    if r.info.output_shape == c.info.output_shape:
+        score += 1.0
+    if r.info.kind == c.info.kind and r.info.kind != "module":
+        score += 1.0
+    if _last(r.info.path) == _last(c.info.path):
+        score += 0.5
+    return score
+
+
+def _line_up_deep(ref: Sequence[_Node], cand: Sequence[_Node]) -> list[tuple[_Node, _Node]]:
+    """:func:`_line_up`, then, between the pairs found, the modules left unpaired on both
+    sides opened up one level (a container's children in its place: a ``nn.Sequential`` of
+    layers against the same layers called one by one) and lined up again."""
+    pairs = _line_up(ref, cand)
+    out: list[tuple[_Node, _Node]] = []
+    i = j = 0
+    for a, b in [*pairs, (None, None)]:
+        ri = ref.index(a) if a is not None else len(ref)
+        cj = cand.index(b) if b is not None else len(cand)
+        seg_r, seg_c = list(ref[i:ri]), list(cand[j:cj])
+        if seg_r and seg_c:
+            open_r = [g for n in seg_r for g in (n.children or [n])]
+            open_c = [g for n in seg_c for g in (n.children or [n])]
+            if (open_r, open_c) != (seg_r, seg_c):
+                out += _line_up_deep(open_r, open_c)
+            else:
+                out += _groups(seg_r, seg_c)
+        if a is not None:
+            out.append((a, b))
+        i, j = ri + 1, cj + 1
+    return out
+
+
+def _group(run: Sequence[_Node]) -> _Node:
+    """Several sibling modules as one (their parameters pooled; the last one's output)."""
+    subtree: dict = {}
+    for node in run:
+        subtree.update(node.subtree)
+    return _Node(run[-1].info, list(run), {}, subtree, group=True)
+
+
+def _groups(seg_r: list[_Node], seg_c: list[_Node]) -> list[tuple[_Node, _Node]]:
+    """One module with parameters against a run of sibling modules with as many parameters
+    in all (``nn.MultiheadAttention`` against hand-written q/k/v/o projections): paired as
+    a group, whose output is the run's last."""
+    weighted_r = [n for n in seg_r if n.subtree]
+    weighted_c = [n for n in seg_c if n.subtree]
+    if len(weighted_r) == 1 and len(weighted_c) > 1:
+        group = _group(weighted_c)
+        if group.size == weighted_r[0].size:
+            return [(weighted_r[0], group)]
+    if len(weighted_c) == 1 and len(weighted_r) > 1:
+        group = _group(weighted_r)
+        if group.size == weighted_c[0].size:
+            return [(group, weighted_c[0])]
+    return []
+
+
+def _line_up(ref: Sequence[_Node], cand: Sequence[_Node]) -> list[tuple[_Node, _Node]]:
+    """The best order-preserving pairing of two sequences of sibling modules (a sequence
+    alignment: gaps cost nothing, a pair scores :func:`_score`)."""
+    n, m = len(ref), len(cand)
+    best = np.zeros((n + 1, m + 1))
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            take = -np.inf
+            if _compatible(ref[i], cand[j]):
+                take = _score(ref[i], cand[j]) + best[i + 1, j + 1]
+            best[i, j] = max(take, best[i + 1, j], best[i, j + 1])
+    pairs, i, j = [], 0, 0
+    while i < n and j < m:
+        if _compatible(ref[i], cand[j]) and best[i, j] == (
+            _score(ref[i], cand[j]) + best[i + 1, j + 1]
+        ):
+            pairs.append((ref[i], cand[j]))
+            i, j = i + 1, j + 1
+        elif best[i, j] == best[i + 1, j]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
+# -- parameters -----------------------------------------------------------------------------------
+
+
+def _permutation(rs: tuple, cs: tuple) -> Layout | None | bool:
+    """The layout taking a reference array of shape ``rs`` to ``cs``: ``None`` for the
+    identity, a permutation when exactly one fits (the reversal preferred), ``False`` when
+    none does."""
+    if rs == cs:
+        return None
+    if len(rs) != len(cs):
+        return False
+    reversal = tuple(range(len(rs)))[::-1]
+    if tuple(rs[i] for i in reversal) == tuple(cs):
+        return reversal
+    fits = [p for p in itertools.permutations(range(len(rs))) if tuple(rs[i] for i in p) == cs]
+    return tuple(fits[0]) if len(fits) == 1 else False
+
+
+@dataclass
+class _Params:
+    """The parameter pairing being made."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    joins: dict[str, Join] = field(default_factory=dict)
+    assumed: list[str] = field(default_factory=list)
+
+
+def _join(fused_shape: tuple, parts: list[tuple]) -> tuple[int, tuple] | None:
+    """``(axis, layouts)`` when arrays of ``parts`` shapes, each permuted one way, stack along
+    one axis of ``fused_shape``; else ``None``."""
+    k = len(parts)
+    if k < 2:
+        return None
+    for axis in range(len(fused_shape)):
+        if fused_shape[axis] % k:
+            continue
+        piece = tuple(
+            fused_shape[a] // k if a == axis else fused_shape[a] for a in range(len(fused_shape))
+        )
+        layouts = [_permutation(piece, s) for s in parts]
+        if all(layout is not False for layout in layouts):
+            return axis, tuple(layouts)
+    return None
+
+
+def _pair_params(r: _Node, c: _Node, acc: _Params) -> tuple[list, list]:
+    """Pair the parameters of two paired modules' subtrees (in call order); returns the
+    names left on each side. One to one by the same local name first, then one to several
+    (a fused parameter against consecutive ones of one shape), then one to one by shape."""
+    left_r = list(r.subtree.items())
+    left_c = list(c.subtree.items())
+    _one_to_one(left_r, left_c, acc, by_name=True)
+    _fused(left_r, left_c, acc)
+    _one_to_one(left_r, left_c, acc, by_name=False)
+    return [n for n, _ in left_r], [n for n, _ in left_c]
+
+
+CANONICAL = frozenset({"kernel", "bias", "scale", "mean", "var"})
+"""Local names xgrad gives weights whose layout it knows (a known kind's, or one Keras and
+Flax store as xgrad does); another name of a square 2-D weight leaves its axis order open."""
+
+
+def _canonical(name: str) -> bool:
+    return _last(name) in CANONICAL
+
+
+def _square(shape: tuple) -> bool:
+    return len(shape) == 2 and shape[0] == shape[1]
+
+
+def _one_to_one(left_r: list, left_c: list, acc: _Params, *, by_name: bool):
+    for rn, rs in list(left_r):
+        for k, (cn, cs) in enumerate(left_c):
+            if by_name and rn.split(".")[-2:] != cn.split(".")[-2:]:
+                continue  # the parameter's and its module's names: "bias" alone says little
+            layout = _permutation(rs, cs)
+            if layout is False:
+                continue
+            acc.names[rn] = cn
+            if layout is not None:
+                acc.layouts[rn] = layout
+            if _square(rs) and not (_canonical(rn) and _canonical(cn)):
+                acc.assumed.append(rn)
+            left_r.remove((rn, rs))
+            del left_c[k]
+            break
+
+
+def _fused(left_r: list, left_c: list, acc: _Params) -> None:
+    """A reference parameter against candidate parameters of one shape, in call order, that
+    stack into it along an axis (q, k and v kernels into a fused ``in_proj_weight``)."""
+    for rn, rs in list(left_r):
+        found = _fused_run(rs, left_c)
+        if found is None:
+            continue
+        run, (axis, layouts) = found
+        acc.joins[rn] = Join(tuple(n for n, _ in run), axis, layouts)
+        if any(
+            layout is None and _square(s) and not (_canonical(rn) and _canonical(n))
+            for layout, (n, s) in zip(layouts, run, strict=True)
+        ):
+            acc.assumed.append(rn)
+        left_r.remove((rn, rs))
+        for item in run:
+            left_c.remove(item)
+
+
+def _fused_run(rs: tuple, left_c: list):
+    """The first run of same-shaped candidate parameters (consecutive among those of that
+    shape) that stacks into a reference array of shape ``rs``, with how; else ``None``."""
+    for shape in dict.fromkeys(s for _, s in left_c):
+        same = [(n, s) for n, s in left_c if s == shape]
+        for start in range(len(same)):
+            for k in range(len(same) - start, 1, -1):
+                joined = _join(rs, [shape] * k)
+                if joined is not None:
+                    return same[start : start + k], joined
+    return None
+
+
+# -- pairing --------------------------------------------------------------------------------------
+
+
+def _module_mapping(mapping: Mapping[str, str], ref: _Node, cand: _Node) -> dict[str, str] | None:
+    """``mapping`` as module paths, when every key and value names a module; else ``None``."""
+
+    def paths(node: _Node) -> dict[str, _Node]:
+        out = {node.info.path: node}
+        for child in node.children:
+            out.update(paths(child))
+        return out
+
+    rp, cp = paths(ref), paths(cand)
+    if all(k in rp for k in mapping) and all(v in cp for v in mapping.values()):
+        return dict(mapping)
+    return None
+
+
+def pair_modules(
+    reference: CapturedModel,
+    candidate: CapturedModel,
+    mapping: str | Mapping[str, str] = "auto",
+) -> ModulePairing:
+    """Pair two models read module by module (see the module docstring).
+
+    Raises:
+        AlignmentError: a ``mapping`` naming modules or parameters that do not exist.
+    """
+    ref_w = {k: tuple(np.shape(v)) for k, v in reference.weights().items()}
+    cand_w = {k: tuple(np.shape(v)) for k, v in candidate.weights().items()}
+    rt, ct = _tree(reference, ref_w), _tree(candidate, cand_w)
+    forced = _module_mapping(mapping, rt, ct) if isinstance(mapping, Mapping) else None
+    pairs: list[tuple[_Node, _Node]] = []
+    how: dict[str, str] = {}
+    acc = _Params()
+    left: list[tuple[str, str, str]] = []
+    left_modules: list[tuple[str, str, str]] = []
+
+    def visit(r: _Node, c: _Node, why: str) -> None:
+        pairs.append((r, c))
+        how[r.info.path] = why
+        if r.children and c.children and not (r.group or c.group):
+            lined = (
+                _forced_children(r, c, forced) if forced else _line_up_deep(r.children, c.children)
+            )
+            for a, b in lined:
+                visit(a, b, "mapping" if forced else _why(a, b))
+            # the pair's own parameters, and those of descendants left unpaired
+            taken_r = {n for a, _ in lined for n in a.subtree}
+            taken_c = {n for _, b in lined for n in b.subtree}
+            rest_r = _Node(r.info, [], {}, {k: v for k, v in r.subtree.items() if k not in taken_r})
+            rest_c = _Node(c.info, [], {}, {k: v for k, v in c.subtree.items() if k not in taken_c})
+        else:
+            rest_r, rest_c = r, c
+        lr, lc = _pair_params(rest_r, rest_c, acc)
+        left.extend(
+            ("reference", n, f"in {_label(r)}, nothing of its shape in {_label(c)}") for n in lr
+        )
+        left.extend(
+            ("candidate", n, f"in {_label(c)}, nothing of its shape in {_label(r)}") for n in lc
+        )
+
+    visit(rt, ct, "the models")
+    _apply_param_mapping(mapping, reference, candidate, acc, left, forced is not None)
+    paired = {id(n) for pair in pairs for n in pair}
+    paired |= {id(g) for pair in pairs for n in pair if n.group for g in n.children}
+    for side, root in (("reference", rt), ("candidate", ct)):
+        left_modules += [
+            (
+                side,
+                n.info.path,
+                f"{n.info.type or n.info.kind}, called from {n.info.scope or '(the model)'}",
+            )
+            for n in _walk(root)
+            if id(n) not in paired
+        ]
+    units = [
+        (_unit(r), _unit(c))
+        for r, c in sorted(pairs, key=lambda rc: _order(reference, rc[0].info.path))
+    ]
+    return ModulePairing(
+        pairs=tuple(units),
+        names=acc.names,
+        layouts=acc.layouts,
+        joins=acc.joins,
+        unpaired=tuple(left),
+        unpaired_modules=tuple(left_modules),
+        assumed=tuple(acc.assumed),
+        how=how,
+    )
+
+
+def _walk(node: _Node):
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
+def _unit(node: _Node) -> Unit:
+    """A module as a unit of the comparison: its output compared at ``end``; a group of
+    sibling modules named by all of them, its output the last one's, its input the first
+    one's (``start``)."""
+    if not node.group:
+        return Unit(node.info, node.info.path, None)
+    name = " + ".join(n.info.name or n.info.path for n in node.children)
+    info = dataclasses.replace(node.info, name=name)
+    return Unit(info, node.info.path, node.children[0].info.path)
+
+
+def _order(model: CapturedModel, path: str) -> int:
+    for i, info in enumerate(model.modules):
+        if info.path == path:
+            return i
+    return len(model.modules)
+
+
+def _label(node: _Node) -> str:
+    return f"{node.info.path or '(the model)'} ({node.info.type or node.info.kind})"
+
+
+def _why(r: _Node, c: _Node) -> str:
+    if _last(r.info.path) == _last(c.info.path):
+        return "name and shapes"
+    return "shapes and call order" if r.subtree else "output shape and call order"
+
+
+def _forced_children(r: _Node, c: _Node, forced: Mapping[str, str]) -> list[tuple[_Node, _Node]]:
+    cand = {child.info.path: child for child in c.children}
+    return [
+        (child, cand[forced[child.info.path]])
+        for child in r.children
+        if forced.get(child.info.path) in cand
+    ]
+
+
+def _apply_param_mapping(mapping, reference, candidate, acc: _Params, left: list, modules: bool):
+    """A ``{reference parameter: candidate parameter}`` mapping (canonical or native names)
+    pairs those parameters, replacing what was paired for them automatically."""
+    if not isinstance(mapping, Mapping) or modules:
+        return
+    ref_native = {v: k for k, v in reference.native_names().items()}
+    cand_native = {v: k for k, v in candidate.native_names().items()}
+    ref_w, cand_w = reference.weights(), candidate.weights()
+    for r, c in mapping.items():
+        rn = r if r in ref_w else ref_native.get(r)
+        cn = c if c in cand_w else cand_native.get(c)
+        if rn is None:
+            raise AlignmentError(
+                f"mapping names reference {r!r}, which is neither a module nor a parameter; "
+                f"the reference's parameters are: {', '.join(map(repr, ref_w))}"
+            )
+        if cn is None:
+            raise AlignmentError(
+                f"mapping names candidate {c!r}, which is neither a module nor a parameter; "
+                f"the candidate's parameters are: {', '.join(map(repr, cand_w))}"
+            )
+        layout = _permutation(np.shape(ref_w[rn]), np.shape(cand_w[cn]))
+        if layout is False:
+            raise AlignmentError(
+                f"mapping pairs reference {r!r} of shape {np.shape(ref_w[rn])} with candidate "
+                f"{c!r} of shape {np.shape(cand_w[cn])}; no axis order of the one gives the other"
+            )
+        for name, taken in list(acc.names.items()):
+            if taken == cn:
+                del acc.names[name]
+        acc.joins.pop(rn, None)
+        acc.names[rn] = cn
+        acc.layouts.pop(rn, None)
+        if layout is not None:
+            acc.layouts[rn] = layout
+        left[:] = [u for u in left if u[1] not in (rn, cn)]
