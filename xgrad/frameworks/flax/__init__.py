@@ -70,6 +70,38 @@ class FlaxFramework(AbstractFramework):
             return linen_model(obj[0], obj[1], input_shape=input_shape)
         return nnx_model(obj, input_shape=input_shape)
 
+    def capture(
+        self, obj, batch, *, output=None, training=None, apply_kwargs=None, rngs=None
+    ) -> AbstractModel:
+        """An NNX module or a Linen ``(module, variables)`` pair read module by module (every
+        ``__call__`` intercepted; see :mod:`xgrad.frameworks.flax.capture`).
+
+        Args:
+            obj, batch, output, training: see :meth:`AbstractFramework.capture`.
+            apply_kwargs: keyword arguments of the call beside the inputs (Linen's
+                ``apply``: ``{"train": False}``; NNX: ``module(x, **apply_kwargs)``).
+            rngs: Linen's ``apply`` rngs (``{"dropout": key}``); NNX modules hold their own.
+        """
+        from xgrad.errors import InputError
+        from xgrad.frameworks.flax.capture import capture_linen, capture_nnx
+
+        if isinstance(obj, tuple):
+            return capture_linen(
+                obj[0],
+                obj[1],
+                batch,
+                output=output,
+                training=training,
+                apply_kwargs=apply_kwargs,
+                rngs=rngs,
+            )
+        if rngs is not None:
+            raise InputError(
+                "rngs= is for Linen models; an NNX module holds its own (nnx.Rngs given to "
+                "its Dropout)"
+            )
+        return capture_nnx(obj, batch, output=output, training=training, apply_kwargs=apply_kwargs)
+
     def native_optimizer(self, spec):
         """Flax models train with optax: as :meth:`JaxFramework.native_optimizer
         <xgrad.frameworks.jax.JaxFramework.native_optimizer>` (optax objects are claimed and

@@ -4,8 +4,8 @@ finished, the names of its weights (NNX and Linen), and the NNX classes read as 
 ==============  ========================================  =======================  =============
 kind            built as (NNX) / read from                weights                  Linen
 ==============  ========================================  =======================  =============
-``dense``       ``nnx.Linear``, then the activation       ``kernel (in, out)``,    ``Dense``
-                                                          ``bias``
+``dense``       ``nnx.Linear`` / and read from it; built  ``kernel (in, out)``,    ``Dense``
+                with its activation after it              ``bias``
 ``activation``  :class:`~.modules.ActivationLayer`        -                        -
 ``layernorm``   ``nnx.LayerNorm`` / and read from it      ``scale``, ``bias``      ``LayerNorm``
 ``rmsnorm``     ``nnx.RMSNorm`` / and read from it        ``scale``                ``RMSNorm``
@@ -14,6 +14,7 @@ kind            built as (NNX) / read from                weights               
                                                           ``var``
 ``dropout``     ``nnx.Dropout(deterministic=True)``;      -                        -
                 active: :class:`~.modules.MaskedDropout`
+                / read from ``nnx.Dropout``
 ``flatten``     :class:`~.modules.FlattenLayer`           -                        -
 ``residual``    an :class:`~.builder.XgradModule` of its  those of its layers      -
                 layers, added to its input
@@ -22,7 +23,9 @@ kind            built as (NNX) / read from                weights               
 Flax stores every weight canonically (``nnx.Linear``'s kernel is ``(in, out)``), so no entry
 states a layout. Users' NNX and Linen models are read from their jaxpr
 (:mod:`xgrad.frameworks.jax.reader`); an NNX module of an entry's ``modules`` adds what it
-states and the jaxpr does not (a norm's epsilon, BatchNorm's momentum).
+states and the jaxpr does not (a norm's epsilon, BatchNorm's momentum). A model captured
+module by module (:mod:`xgrad.frameworks.flax.capture`) reads a module of an entry's
+``modules`` (NNX) or ``linen`` class (Linen) as that kind, its configuration from ``hints``.
 
 A new kind is one more entry of :data:`KINDS` (:class:`FlaxKind`); see docs/design.md.
 
@@ -147,6 +150,7 @@ KINDS: KindTable[FlaxKind] = KindTable(
             call=lambda layer, module, x, run: jax_activation(layer.act)(module(x)),
             weights={"kernel": "kernel", "bias": "bias"},
             linen="Dense",
+            modules=(nnx.Linear,),
         ),
         "activation": FlaxKind(
             lambda layer, path, shape, dtype, rngs, block: ActivationLayer(layer.name)
@@ -172,7 +176,7 @@ KINDS: KindTable[FlaxKind] = KindTable(
             modules=(nnx.BatchNorm,),
             hints=lambda m: {"epsilon": m.epsilon, "momentum": m.momentum},
         ),
-        "dropout": FlaxKind(_dropout),
+        "dropout": FlaxKind(_dropout, modules=(nnx.Dropout,), hints=lambda m: {"rate": m.rate}),
         "flatten": FlaxKind(lambda layer, path, shape, dtype, rngs, block: FlattenLayer()),
         "residual": FlaxKind(_residual, call=lambda layer, module, x, run: x + run(module, x)),
     },

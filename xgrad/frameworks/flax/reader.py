@@ -52,11 +52,12 @@ def nnx_model(module, *, input_shape=None) -> JaxFunctionModel:
 
 def module_hints(module) -> dict:
     """What an NNX module states of the layer it is: ``{"kind": kind, field: value, ...}``
-    from the first entry of :data:`~xgrad.frameworks.flax.kinds.KINDS` whose ``modules`` it
-    is an instance of (``nnx.LayerNorm`` -> ``{"kind": "layernorm", "epsilon": 1e-06}``);
-    empty for any other module, or none."""
+    from the first entry of :data:`~xgrad.frameworks.flax.kinds.KINDS` with ``hints`` whose
+    ``modules`` it is an instance of (``nnx.LayerNorm`` -> ``{"kind": "layernorm", "epsilon":
+    1e-06}``); empty for any other module (``nnx.Linear`` states nothing the jaxpr does not),
+    or none."""
     for kind, entry in KINDS.items():
-        if entry.modules and isinstance(module, entry.modules):
+        if entry.modules and entry.hints and isinstance(module, entry.modules):
             return {"kind": kind, **(entry.hints(module) if entry.hints else {})}
     return {}
 
