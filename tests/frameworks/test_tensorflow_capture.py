@@ -688,6 +688,8 @@ def test_inputs_passed_as_the_call_takes_them(cls, inputs, direct):
     g = captured.evaluate(batch)
     np.testing.assert_allclose(g.output, expected, rtol=1e-6)
     assert tuple(g.inputs) == as_batch(batch).floating
+    copy = captured.with_weights({})  # a copy built by a call made as yours
+    np.testing.assert_array_equal(copy.evaluate(batch).output, g.output)
     assert all("call" not in vars(layer) for layer in model._flatten_layers())
 
 

@@ -455,7 +455,7 @@ def _clone(
 ) -> keras.Model:
     """A new Keras model computing as ``model`` does, holding a copy of its weights
     (``input_shape``, one example's: to build a copy that its build config cannot build;
-    ``build``: a function calling the copy once, to build one that takes several inputs)."""
+    ``build``: a function calling the copy once, as yours was called, tried first)."""
     if isinstance(model, keras.Sequential) or type(model).__name__ == "Functional":
         clone = keras.models.clone_model(model, clone_function=_clone_layer, recursive=True)
     else:  # subclassed: rebuilt from get_config() by its own constructor
@@ -466,12 +466,12 @@ def _clone(
             # the Keras guides write one (no **kwargs) refuses: its constructor without
             # arguments builds the same layers (a TypeError when it needs arguments)
             clone = type(model)()
+    if not clone.built and build is not None:
+        build(clone)
     if not clone.built:
         config = model.get_build_config()
         if config is not None:
             clone.build_from_config(config)
-    if not clone.built and build is not None:
-        build(clone)
     if not clone.built and input_shape is not None:
         # a subclassed model without a build() of its own is built by a call, as the user's
         # was: once on zeros
