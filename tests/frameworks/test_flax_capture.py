@@ -223,6 +223,7 @@ def test_self_attention_block():
     active = capture_nnx(model, x)  # the user's modes
     assert "training mode" in active.module("dropout").note
     assert active.module("dropout").layer.active
+    assert "dropout_rate=0.1" in active.module("attn").note  # attention's own dropout
     captured = capture_nnx(model, x, training=False)
     assert model.dropout.deterministic is False  # the user's module keeps its mode
     assert model.attn.deterministic is False
@@ -376,6 +377,33 @@ def test_the_step_is_compiled_once_per_shape():
     n = len(traces)
     captured.evaluate(x + 1, capture=True)
     assert len(traces) == n
+
+
+def test_a_module_called_inside_a_transformation_is_not_tapped():
+    class Vmapped(nnx.Module):
+        def __init__(self, *, rngs):
+            self.inner = nnx.Linear(4, 4, rngs=rngs)
+            self.head = nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(jax.vmap(self.inner)(x))
+
+    model = Vmapped(rngs=nnx.Rngs(0))
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    captured = capture_nnx(model, x)
+    inner = captured.module("inner")
+    assert inner.opaque and "JAX transformation" in inner.note
+    g = captured.evaluate(x, capture=True)
+    assert set(g.activation_grads) == {"head", ""}
+    p = _params(model)
+
+    def ref(p):
+        h = x @ p["inner"]["kernel"] + p["inner"]["bias"]
+        return jnp.sum(h @ p["head"]["kernel"] + p["head"]["bias"])
+
+    np.testing.assert_allclose(
+        g.params["inner.kernel"], jax.grad(ref)(p)["inner"]["kernel"], rtol=1e-5
+    )
 
 
 def test_an_error_inside_the_module_leaves_no_class_patched():

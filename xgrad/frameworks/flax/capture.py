@@ -12,13 +12,11 @@ compiled per input shapes.
 
 Parameter native names are pytree paths joined with ``/`` as the JAX reader writes them:
 ``attn/query/kernel`` (NNX), ``params/Dense_0/kernel`` (Linen). Each called module owns the
-parameters below its path not owned by a called submodule. A module that calls no other
-module is read as a layer kind where :data:`~xgrad.frameworks.flax.kinds.KINDS` reads its
-class (``nnx.Linear`` / ``nn.Dense``, the norms, dropout; Flax stores kernels ``(in, out)``,
-so no layout), or from its values (a weight-free module of your own that one of xgrad's
-activations reproduces; one holding a single weight vector that one of xgrad's norms
-reproduces, LLaMA's RMSNorm); anything else (``nnx.MultiHeadAttention``, ``nnx.Embed``) is
-opaque: compared and localised, never refused.
+parameters below its path not owned by a called submodule (a tied weight: the module whose
+call finishes first). A module that calls no other module is read as a layer kind from its
+class or its values where it can be (:mod:`xgrad.frameworks.flax.module_kinds`); anything
+else (``nnx.MultiHeadAttention``, ``nnx.Embed``) is opaque: compared and localised, never
+refused.
 
 Importing this module imports JAX and Flax.
 """
@@ -35,7 +33,7 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
-from xgrad.errors import InputError, ParamsError, SpecError, XgradError
+from xgrad.errors import InputError, ParamsError, XgradError
 from xgrad.frameworks.base import Gradients
 from xgrad.frameworks.capture import (
     Batch,
@@ -45,9 +43,8 @@ from xgrad.frameworks.capture import (
     leaf_paths,
     pick_output,
 )
-from xgrad.frameworks.flax.kinds import KINDS
+from xgrad.frameworks.flax.module_kinds import Weights, by_values, known, own_dropout
 from xgrad.frameworks.flax.taps import (
-    Call,
     Forward,
     Taps,
     call_inputs,
@@ -58,27 +55,18 @@ from xgrad.frameworks.flax.taps import (
 )
 from xgrad.frameworks.jax.ops import jax_loss, x64
 from xgrad.frameworks.jax.reader import tree_leaves
-from xgrad.identify import fit_activation, fit_norm
-from xgrad.layers import LAYERS, Activation
 from xgrad.losses import Loss
 from xgrad.params import Params
 
 __all__ = ["FlaxCapturedModel", "capture_linen", "capture_nnx"]
 
-DROPOUT_NOTE = (
-    "dropout in training mode: a random mask (the same in every evaluation); pass "
-    "training=False (or call model.eval()) to compare without it"
-)
-BATCHNORM_NOTE = (
-    "BatchNorm in training mode (batch statistics; the running ones are not updated here); "
-    "pass training=False (or call model.eval()) to use the running statistics"
+HIDDEN_NOTE = (
+    "called inside a JAX transformation of the model's own (jax.vmap, nnx.scan, a jitted "
+    "method): its values are not captured, only its parameters compared"
 )
 RNG_NOTE = (
     "no rngs= given: its mask comes from jax.random.key(0) (pass rngs={'dropout': key} for another)"
 )
-
-_MODES = {"batchnorm": ("use_running_average", "training"), "dropout": ("deterministic", "active")}
-"""kind -> (the flag a Flax module or call states its mode by, the xgrad field it negates)."""
 
 
 # -- NNX ------------------------------------------------------------------------------------------
@@ -252,7 +240,7 @@ def _record(source: _Source, batch: Batch, dtype: str) -> tuple[Taps, object]:
     overlap = sorted(set(batch.kwargs) & set(source.kwargs))
     if overlap:
         raise InputError(f"apply_kwargs {overlap} are also inputs; give each argument once")
-    taps = Taps()
+    taps = Taps(eager=True)
     try:
         with x64(dtype):
             floats, others = input_arrays(batch, dtype)
@@ -296,14 +284,6 @@ def _owner(native: str, depth: int, called: set[str]) -> tuple[str, str]:
     return "", ".".join(parts)
 
 
-@dataclass
-class _Weights:
-    """A module's own weights: local name -> native name, trainable and not."""
-
-    params: dict[str, str] = field(default_factory=dict)
-    state: dict[str, str] = field(default_factory=dict)
-
-
 def _owners(source: _Source, order: dict[str, int], arrays: dict):
     """``(owner path -> its weights, alias -> the native name it shares an array with)``:
     every parameter, and every floating state array (BatchNorm statistics, not RNG keys or
@@ -313,125 +293,19 @@ def _owners(source: _Source, order: dict[str, int], arrays: dict):
     others: dict[str, list[str]] = {}
     for alias, native in source.aliases.items():
         others.setdefault(native, []).append(alias)
-    owned: dict[str, _Weights] = {}
+    owned: dict[str, Weights] = {}
     aliases: dict[str, str] = {}
     for native in tree_leaves(source.params)[0]:
         names = [native, *others.get(native, [])]
         first = min(names, key=lambda n: order[_owner(n, source.depth, called)[0]])
         owner, local = _owner(first, source.depth, called)
-        owned.setdefault(owner, _Weights()).params[local] = native
+        owned.setdefault(owner, Weights()).params[local] = native
         aliases.update({n: native for n in names if n != first})
     for native in tree_leaves(source.state)[0]:
         if is_float(arrays[native]):
             owner, local = _owner(native, source.depth, called)
-            owned.setdefault(owner, _Weights()).state[local] = native
+            owned.setdefault(owner, Weights()).state[local] = native
     return owned, aliases
-
-
-def _kind_classes(linen: bool) -> dict[str, tuple[type, ...]]:
-    """kind -> the module classes read as it: an entry's ``modules`` (NNX) or the Linen
-    class its ``linen`` names, and ``nn.Dropout``."""
-    if not linen:
-        return {kind: entry.modules for kind, entry in KINDS.items() if entry.modules}
-    table = {
-        kind: (getattr(nn, entry.linen),)
-        for kind, entry in KINDS.items()
-        if entry.linen and isinstance(getattr(nn, entry.linen, None), type)
-    }
-    table.setdefault("dropout", (nn.Dropout,))
-    return table
-
-
-def _feature_axes_last(module) -> bool:
-    """A norm over the last axis only, a dropout without broadcast axes."""
-    axes = [getattr(module, a, -1) for a in ("reduction_axes", "feature_axes", "axis")]
-    return all(a in (-1, (-1,)) for a in axes) and not getattr(module, "broadcast_dims", ())
-
-
-def _known(call: Call, own: _Weights, shapes: dict, source: _Source):
-    """``(layer, kind, params, state, note)`` of a module whose class the kind table reads,
-    or ``None`` (another class, or one configured beyond what xgrad's kind computes)."""
-    module = call.module
-    kind = next(
-        (
-            k
-            for k, classes in _kind_classes(source.depth > 0).items()
-            if isinstance(module, classes)
-        ),
-        None,
-    )
-    if kind is None or not _feature_axes_last(module):
-        return None
-    entry = KINDS[kind]
-    params = {loc: own.params[attr] for loc, attr in entry.weights.items() if attr in own.params}
-    state = {loc: own.state[attr] for loc, attr in entry.weights.items() if attr in own.state}
-    if len(params) != len(own.params) or len(state) != len(own.state):
-        return None  # weights the kind has no place for
-    fields: dict = {"use_bias": "bias" in params, "center": "bias" in params}
-    fields["scale"] = "scale" in params
-    if "kernel" in params:
-        if len(shapes[params["kernel"]]) != 2:
-            return None
-        fields["units"] = int(shapes[params["kernel"]][1])
-    try:
-        fields.update(entry.hints(module) if entry.hints else {})
-        if kind in _MODES:
-            flag, name = _MODES[kind]
-            value = call.flags.get(flag, getattr(module, flag, None))
-            if value is None:
-                return None
-            fields[name] = not value
-        cls = LAYERS[kind]
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        layer = cls(**{k: v for k, v in fields.items() if k in allowed})
-    except (SpecError, TypeError, ValueError, AttributeError):
-        return None
-    note = None
-    if kind == "dropout" and fields["active"] and fields.get("rate", 0) > 0:
-        note = DROPOUT_NOTE if source.rng_note is None else f"{DROPOUT_NOTE}; {source.rng_note}"
-    elif kind == "batchnorm" and fields["training"]:
-        note = BATCHNORM_NOTE
-    return layer, kind, params, state, note
-
-
-def _fit_dtype(dtype: str) -> str:
-    return dtype if dtype in ("float32", "float64") else "bfloat16"
-
-
-def _by_values(call: Call, own: _Weights, arrays: dict, dtype: str):
-    """A module of another class named from its values: a weight-free one as the activation
-    of xgrad's reproducing it, one holding a single weight vector as the norm reproducing
-    it (LLaMA's RMSNorm); else ``None``."""
-    if (
-        len(call.inputs) != 1
-        or call.output is None
-        or call.inputs[0].shape != call.output.shape
-        or own.state
-    ):
-        return None
-    x = np.asarray(call.inputs[0], dtype=np.float64)
-    out = np.asarray(call.output, dtype=np.float64)
-    if not own.params:
-        name, err = fit_activation(x, out, _fit_dtype(dtype))
-        if name is None:
-            return None
-        note = f"identified numerically as {name} ({err:.1e})"
-        return Activation(name), "activation", {}, {}, note
-    if len(own.params) != 1:
-        return None
-    ((local, native),) = own.params.items()
-    w = np.asarray(arrays[native], dtype=np.float64)
-    if w.ndim != 1 or w.shape[0] != out.shape[-1]:
-        return None
-    found, _ = fit_norm(x, out, {"scale": w}, dtype=_fit_dtype(dtype))
-    if (
-        found is None
-        or found.kind not in ("rmsnorm", "layernorm")
-        or found.param_names() != ("scale",)
-    ):
-        return None
-    note = f"identified numerically as {found.describe()}"
-    return found, found.kind, {"scale": native}, {}, note
 
 
 def _infos(taps: Taps, source: _Source, arrays: dict, dtype: str) -> tuple[ModuleInfo, ...]:
@@ -444,11 +318,14 @@ def _infos(taps: Taps, source: _Source, arrays: dict, dtype: str) -> tuple[Modul
     shapes = {n: tuple(np.shape(a)) for n, a in arrays.items()}
     out = []
     for c in calls:
-        own = owned.get(c.path, _Weights())
+        own = owned.get(c.path, Weights())
         found = None
         if c.path not in parents and c.output is not None:
-            found = _known(c, own, shapes, source) or _by_values(c, own, arrays, dtype)
+            found = known(c, own, shapes, linen=source.depth > 0, rng_note=source.rng_note)
+            found = found or by_values(c, own, arrays, dtype)
         layer, kind, params, state, note = found or (None, "module", own.params, own.state, None)
+        if found is None:
+            note = HIDDEN_NOTE if c.path in taps.hidden else own_dropout(c, source.rng_note)
         out.append(
             ModuleInfo(
                 path=c.path,
@@ -511,6 +388,7 @@ def _capture(source: _Source, batch: Batch, output) -> FlaxCapturedModel:
     model = FlaxCapturedModel(
         source,
         _infos(taps, source, arrays, dtype),
+        hidden=frozenset(taps.hidden),
         batch=batch,
         dtype=dtype,
         output_path=path,
@@ -535,6 +413,7 @@ class FlaxCapturedModel(CapturedModel):
         source: _Source,
         modules: tuple[ModuleInfo, ...],
         *,
+        hidden: frozenset[str] = frozenset(),
         batch: Batch,
         dtype: str,
         output_path: str,
@@ -542,6 +421,7 @@ class FlaxCapturedModel(CapturedModel):
         description: str,
     ) -> None:
         self._source = source
+        self._hidden = hidden  # modules called inside a transformation: not tapped
         self.framework = source.framework
         self.layers = modules
         self.batch = batch
@@ -612,11 +492,11 @@ class FlaxCapturedModel(CapturedModel):
     def _run(self, batch: Batch, capture: bool) -> Callable:
         """``(param leaves, state leaves, floating inputs, other inputs, eps) -> (picked
         output, (module outputs, module inputs))``: one tapped run."""
-        source, p_tree, s_tree = self._source, self._p_tree, self._s_tree
+        source, p_tree, s_tree, hidden = self._source, self._p_tree, self._s_tree, self._hidden
         path, what = self.output_path or None, self.description
 
         def run(p, s, floats, others, eps):
-            taps = Taps(eps)
+            taps = Taps(eps, hidden)
             args, kwargs = call_inputs(batch, floats, others, source.kwargs)
             params = jax.tree_util.tree_unflatten(p_tree, p)
             tree = source.forward(

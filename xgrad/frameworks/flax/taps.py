@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import jax
@@ -103,10 +103,27 @@ def _flags(module, args, kwargs) -> dict:
 
 class Taps:
     """The module calls of one run, in the order they finish; ``eps[path]`` (when given) is
-    added to the module's first floating output on its first call."""
+    added to the module's first floating output on its first call.
 
-    def __init__(self, eps: Mapping[str, jax.Array] | None = None) -> None:
+    Args:
+        eps: path -> a zero array of the module's first floating output.
+        hidden: paths of modules called inside a JAX transformation of the model's own
+            (``jax.vmap``, ``nnx.scan``, a jitted method): their values belong to that
+            transformation's trace, so they are neither tapped nor recorded.
+        eager: the run is not traced: a module whose values are tracers is called inside
+            such a transformation, and added to ``hidden``.
+    """
+
+    def __init__(
+        self,
+        eps: Mapping[str, jax.Array] | None = None,
+        hidden: Iterable[str] = (),
+        *,
+        eager: bool = False,
+    ) -> None:
         self.eps = dict(eps or {})
+        self.hidden = set(hidden)
+        self.eager = eager
         self.calls: dict[str, Call] = {}
         self._running: set[int] = set()
 
@@ -124,10 +141,14 @@ class Taps:
             self.calls[path].calls += 1
             return out
         key, leaf = _first_floating(out)
-        if leaf is not None and path in self.eps:
+        inputs = _floating_leaves(args, kwargs)
+        if self.eager and any(isinstance(v, jax.core.Tracer) for v in (leaf, *inputs)):
+            self.hidden.add(path)
+        if path in self.hidden:
+            leaf, inputs = None, []
+        elif leaf is not None and path in self.eps:
             leaf = leaf + self.eps[path].astype(leaf.dtype)
             out = _with_leaf(out, key, leaf)
-        inputs = _floating_leaves(args, kwargs)
         self.calls[path] = Call(path, module, inputs, leaf, key, _flags(module, args, kwargs))
         return out
 
