@@ -99,12 +99,15 @@ class Alignment:
             another axis order (parameter mappings between models whose layers cannot be
             read); the others pair as they are.
         note: why per-layer localisation is unavailable, or ``None``.
+        unpaired: ``(side, canonical name, reason)`` of every weight of a paired layer that
+            the other side's layer lacks (a LayerNorm's scale and bias on one side only).
     """
 
     pairs: tuple[tuple[Unit, Unit], ...]
     names: dict[str, str]
     layouts: dict[str, Layout] = field(default_factory=dict)
     note: str | None = None
+    unpaired: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def transposed(self) -> frozenset[str]:
@@ -284,6 +287,24 @@ def _names(pairs) -> dict[str, str]:
     return names
 
 
+def _unpaired(pairs) -> tuple[tuple[str, str, str], ...]:
+    """The weights of paired layers that the other side's layer lacks."""
+    out = []
+    for r, c in pairs:
+        for side, own, other in (("reference", r, c), ("candidate", c, r)):
+            for local in own.info.params:
+                if local not in other.info.params:
+                    out.append(
+                        (
+                            side,
+                            f"{own.path}.{local}",
+                            f"{own.info.name} ({own.info.describe()}) has a {local} and "
+                            f"{other.info.name} ({other.info.describe()}) none",
+                        )
+                    )
+    return tuple(out)
+
+
 def _find_unit(tree: Sequence[Unit], name: str, side: str) -> Unit:
     flat = _flat(tree)
     for u in flat:
@@ -408,7 +429,7 @@ def align(
                     "loss and every mapped parameter's gradient without per-layer localisation"
                 )
         pairs = _pair(ref_tree, cand_tree, "")
-        return Alignment(tuple(pairs), _names(pairs))
+        return Alignment(tuple(pairs), _names(pairs), unpaired=_unpaired(pairs))
     if not isinstance(mapping, Mapping) or not mapping:
         raise InputError(f"mapping must be 'auto' or a non-empty dict of names, got {mapping!r}")
     ref_params = set(reference.native_names().values())
@@ -419,4 +440,4 @@ def align(
     if not ref_tree or not cand_tree:
         return _param_mapping(reference, candidate, mapping)
     pairs = _layer_mapping(ref_tree, cand_tree, mapping)
-    return Alignment(tuple(pairs), _names(pairs))
+    return Alignment(tuple(pairs), _names(pairs), unpaired=_unpaired(pairs))

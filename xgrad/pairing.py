@@ -57,8 +57,6 @@ class ModulePairing(Alignment):
 
     Attributes:
         joins: reference name -> :class:`Join`, for parameters paired one to several.
-        unpaired: ``(side, canonical name, reason)`` of every parameter that pairs with
-            nothing.
         unpaired_modules: ``(side, path, what)`` of the modules paired with none of the
             other side's (a module on one side only, or one the other side computes as code).
         assumed: reference names of square parameters of opaque modules paired as they stand.
@@ -67,7 +65,6 @@ class ModulePairing(Alignment):
     """
 
     joins: dict[str, Join] = field(default_factory=dict)
-    unpaired: tuple[tuple[str, str, str], ...] = ()
     unpaired_modules: tuple[tuple[str, str, str], ...] = ()
     assumed: tuple[str, ...] = ()
     how: dict[str, str] = field(default_factory=dict)

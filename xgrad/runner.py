@@ -34,6 +34,7 @@ from xgrad.comparison import (
     model_text,
     prepare_inputs,
     read_pair,
+    with_config_diffs,
 )
 from xgrad.comparison import transfer as transfer_weights
 from xgrad.errors import InputError
@@ -347,7 +348,7 @@ def compare_models(
             timing={**timing, "reference": ref.seconds, label: cand.seconds},
         ),
     )
-    return finish(report, c, explain)
+    return finish(with_config_diffs(report, c), c, explain)
 
 
 def _unpaired(pair, ignore) -> tuple[list[dict], list[str]]:

@@ -17,7 +17,14 @@ explain            rounding explanations, then diagnosis                  :mod:`
 sequences of these phases. Each phase is a function of plain data, testable alone.
 """
 
-from xgrad.comparison.assemble import Description, assemble, explain, explain_report, finish
+from xgrad.comparison.assemble import (
+    Description,
+    assemble,
+    explain,
+    explain_report,
+    finish,
+    with_config_diffs,
+)
 from xgrad.comparison.entries import Comparison
 from xgrad.comparison.inputs import Inputs, judged_dtype, loss_scale, prepare_inputs
 from xgrad.comparison.pair import ModelPair, model_text, read_pair, transfer
@@ -42,4 +49,5 @@ __all__ = [
     "read_pair",
     "transfer",
     "wants_explanation",
+    "with_config_diffs",
 ]

@@ -22,7 +22,7 @@ from xgrad.comparison.verdicts import consensus_note, judge, wants_explanation
 from xgrad.metrics import OK_STATUSES
 from xgrad.report import Report
 
-__all__ = ["Description", "assemble", "explain", "explain_report", "finish"]
+__all__ = ["Description", "assemble", "explain", "explain_report", "finish", "with_config_diffs"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +164,21 @@ def finish(report: Report, c: Comparison, explain_: bool | None) -> Report:
     start = time.perf_counter()
     report = explain(report, c)
     return replace(report, timing={**report.timing, "diagnosis": time.perf_counter() - start})
+
+
+def with_config_diffs(report: Report, c: Comparison) -> Report:
+    """The report with the configuration differences of the layers both sides state
+    (:mod:`xgrad.diagnosis.config`), each also said in a note."""
+    from xgrad.diagnosis.config import config_diffs
+    from xgrad.diagnosis.evidence import build_evidence
+
+    diffs = []
+    for s in c.sides:
+        if s.grads.activations is None or c.ref.grads.activations is None:
+            continue
+        ev = build_evidence(c.ref, s, c.alignments[s.label], c.inputs, dtype=c.dtype, tol=c.tol)
+        diffs += config_diffs(ev)
+    if not diffs:
+        return report
+    notes = (*report.notes, *(d.text() for d in diffs))
+    return replace(report, config_diffs=tuple(diffs), notes=notes)

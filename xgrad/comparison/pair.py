@@ -214,6 +214,7 @@ def _pair_layers(ref_model, cand_model, mapping) -> ModelPair:
     ]
     if alignment.note:
         notes.append(alignment.note)
+    notes += pairing_notes(alignment)
     return ModelPair(ref_model, cand_model, alignment, notes)
 
 
@@ -258,7 +259,7 @@ def pairing_notes(pairing) -> list[str]:
             f"their gradients are not compared: {listed}{more}; pass ignore= to accept that, "
             "or mapping={reference: candidate} to pair them"
         )
-    if pairing.assumed:
+    if getattr(pairing, "assumed", ()):
         notes.append(
             "the axis order of square parameters of modules of no known kind cannot be told "
             f"from their shapes and was taken as it stands: {', '.join(pairing.assumed)}; if "

@@ -192,6 +192,9 @@ class Report(AbstractReport):
         unpaired: each parameter present on one side only (``{"side", "name", "native",
             "reason"}``): its gradient is compared with nothing, and the report is not ok
             unless it was ignored (``ignore=``).
+        config_diffs: the configuration differences of paired layers that both sides state
+            (:class:`~xgrad.diagnosis.config.ConfigDiff`); one that changes the layer's
+            output beyond the tolerance at other inputs makes the report not ok.
     """
 
     model: str
@@ -219,6 +222,7 @@ class Report(AbstractReport):
     notes: tuple[str, ...] = ()
     inputs: tuple[Entry, ...] = ()
     unpaired: tuple[dict, ...] = ()
+    config_diffs: tuple = ()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -252,7 +256,12 @@ class Report(AbstractReport):
     def ok(self) -> bool:
         """True when every entry (and every compared layer) passes and every parameter was
         compared."""
-        return not self.failures() and not self.layer_failures() and not self.unpaired
+        return (
+            not self.failures()
+            and not self.layer_failures()
+            and not self.unpaired
+            and not any(d.matters for d in self.config_diffs)
+        )
 
     @property
     def uninformative(self) -> bool:
@@ -337,10 +346,15 @@ class Report(AbstractReport):
                 "UNINFORMATIVE: every reference gradient is zero up to rounding, so nothing "
                 "was compared; use loss='projection' or a loss with targets"
             )
+        config = [d for d in self.config_diffs if d.matters]
         if self.ok:
             verdict = "OK: every gradient matches"
         elif n_bad:
             verdict = f"MISMATCH: {n_bad} comparison(s) beyond tolerance"
+        elif config:
+            verdict = (
+                f"CONFIG DIFFERS: every gradient matches at this input, but {config[0].text()}"
+            )
         else:
             names = ", ".join(f"{u['side']} {u['native']}" for u in self.unpaired[:3])
             more = ", ..." if len(self.unpaired) > 3 else ""
@@ -422,6 +436,8 @@ class Report(AbstractReport):
             out["inputs"] = [e.to_dict() for e in self.inputs]
         if self.unpaired:
             out["unpaired"] = [dict(u) for u in self.unpaired]
+        if self.config_diffs:
+            out["config_diffs"] = [d.to_dict() for d in self.config_diffs]
         if timing:
             out["timing"] = {"seconds": dict(self.timing)}
         return out

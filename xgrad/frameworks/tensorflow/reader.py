@@ -519,6 +519,39 @@ class ReadModel(KerasModel):
                     f"weight {name!r} contains NaN/Inf values; weights must be finite"
                 )
 
+    def _check_copy(self, copy: ReadModel) -> None:
+        """Refuse a copy that does not compute what the model does: Keras rebuilds a
+        subclassed model from ``get_config()``, which may leave out a constructor argument
+        (a LayerNorm epsilon given to the model's ``__init__``), and the copy would then
+        compare another model than yours.
+
+        Raises:
+            InputError: a layer of the copy is configured otherwise, or its output differs.
+        """
+        for mine, theirs in zip(self.walk(), copy.walk(), strict=False):
+            if mine.kind != theirs.kind or mine.layer != theirs.layer:
+                raise InputError(
+                    f"the copy of {self.description} that Keras builds from get_config() "
+                    f"differs at {mine.name!r}: {mine.describe()} in your model, "
+                    f"{theirs.describe()} in the copy; return every constructor argument "
+                    "from get_config() (and pass **kwargs to super().__init__), or give the "
+                    "candidate the reference's weights yourself and pass transfer=False"
+                )
+        if len(list(self.walk())) != len(list(copy.walk())):
+            raise InputError(f"the copy of {self.description} reads differently from the model")
+        probe = np.random.default_rng(0).standard_normal((PROBE_BATCH, *self.input_shape))
+        mine = np.asarray(self.evaluate(probe, loss="sum").output, np.float64)
+        theirs = np.asarray(copy.evaluate(probe, loss="sum").output, np.float64)
+        den = float(np.linalg.norm(mine)) or 1.0
+        if not float(np.linalg.norm(theirs - mine)) <= 1e-6 * den:
+            raise InputError(
+                f"the copy of {self.description} that Keras builds from get_config() computes "
+                f"otherwise than your model on a probe batch (relative difference "
+                f"{float(np.linalg.norm(theirs - mine)) / den:.2g}): a constructor argument "
+                "get_config() does not return? Return every one of them, or give the "
+                "candidate the reference's weights yourself and pass transfer=False"
+            )
+
     def with_weights(self, weights: Mapping[str, np.ndarray]) -> ReadModel:
         """A copy of the Keras model (``keras.models.clone_model``) holding ``weights``; the
         layers keep the names of the model read.
@@ -539,8 +572,7 @@ class ReadModel(KerasModel):
                 "super().__init__(**kwargs) and a get_config() returning those arguments"
             ) from None
         copy = read_keras_model(clone, input_shape=self.input_shape)
-        if [i.kind for i in copy.walk()] != [i.kind for i in self.walk()]:
-            raise InputError(f"the copy of {self.description} reads differently from the model")
+        self._check_copy(copy)
         for name, value in weights.items():
             var = copy._variables[name]
             var.assign(to_native(np.asarray(value, dtype=var.dtype), self._layouts.get(name)))
