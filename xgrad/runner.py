@@ -223,6 +223,7 @@ def compare_models(
     training=None,
     ignore=(),
     read: str = "auto",
+    apply_kwargs=None,
 ) -> Report:
     """Compare a model with its port: outputs, loss, gradients and every layer or module.
 
@@ -276,6 +277,9 @@ def compare_models(
             makes the report not ok.
         read: ``"auto"`` (default), ``"layers"`` (into xgrad's layer kinds only) or
             ``"modules"`` (module by module).
+        apply_kwargs: keyword arguments of the models' calls beside their inputs, for Flax
+            (Linen's ``apply(variables, x, train=False)``: ``{"train": False}``); one dict,
+            or ``{"reference": ..., "candidate": ...}``.
 
     Returns:
         A :class:`~xgrad.Report` whose reference is the reference model; the candidate is
@@ -291,7 +295,14 @@ def compare_models(
 
     start = time.perf_counter()
     pair = read_pair(
-        reference, candidate, x, mapping=mapping, read=read, output=output, training=training
+        reference,
+        candidate,
+        x,
+        mapping=mapping,
+        read=read,
+        output=output,
+        training=training,
+        apply_kwargs=apply_kwargs,
     )
     prepared = time.perf_counter()
     ref_model = pair.reference

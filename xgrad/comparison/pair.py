@@ -140,6 +140,7 @@ def read_pair(
     read: str = "auto",
     output=None,
     training=None,
+    apply_kwargs=None,
 ) -> ModelPair:
     """Read two models and pair them: into xgrad's layer kinds where both read completely
     (tier (b), :func:`xgrad.read_model`), else module by module (tier (a),
@@ -156,6 +157,8 @@ def read_pair(
             ``None``: the first floating tensor); one value, or one per side as a dict.
         training: the mode each model computes in (``None``: as the user set it); one value,
             or one per side as a dict (module by module only).
+        apply_kwargs: keyword arguments of the models' calls beside their inputs (Linen's
+            ``{"train": False}``); one dict, or one per side (module by module only).
 
     Raises:
         AlignmentError: the models cannot be paired in the tier asked for.
@@ -165,9 +168,10 @@ def read_pair(
         raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
     modes = _check_training(training)
     outputs = _sides(output, "output")
+    calls = _call_kwargs(apply_kwargs)
     batch = None if x is None else as_batch(x)
     plain = batch is None or (batch.names == ("input",) and batch.floating == ("input",))
-    custom = any(v is not None for v in (*modes.values(), *outputs.values()))
+    custom = any(v is not None for v in (*modes.values(), *outputs.values(), *calls.values()))
     why = None
     layers_error = None
     if read == "layers" or (read == "auto" and plain and not custom):
@@ -186,10 +190,10 @@ def read_pair(
         why = (
             "the inputs are not one floating array"
             if not plain
-            else ("output= or training= was given")
+            else ("output=, training= or apply_kwargs= was given")
         )
     try:
-        return _read_modules(reference, candidate, batch, mapping, outputs, modes, why)
+        return _read_modules(reference, candidate, batch, mapping, (outputs, modes, calls), why)
     except ModulesUnsupported:
         if layers_error is not None:
             raise layers_error from None
@@ -218,15 +222,29 @@ def _pair_layers(ref_model, cand_model, mapping) -> ModelPair:
     return ModelPair(ref_model, cand_model, alignment, notes)
 
 
-def _read_modules(reference, candidate, batch, mapping, outputs, modes, why) -> ModelPair:
+def _call_kwargs(value) -> dict:
+    """``apply_kwargs`` for each side: ``None``, one dict for both, or per side."""
+    if value is None:
+        return {"reference": None, "candidate": None}
+    if not isinstance(value, Mapping):
+        raise InputError(f"apply_kwargs must be a dict of keyword arguments, got {value!r}")
+    if value and set(value) <= {"reference", "candidate"}:
+        return _sides(value, "apply_kwargs")
+    return {"reference": value, "candidate": value}
+
+
+def _read_modules(reference, candidate, batch, mapping, options, why) -> ModelPair:
     from xgrad.pairing import pair_modules
 
     if batch is None:
         raise InputError("reading a model module by module needs its inputs: pass x")
+    outputs, modes, calls = options
     models = {}
     for side, obj in (("reference", reference), ("candidate", candidate)):
         try:
-            models[side] = capture_model(obj, batch, output=outputs[side], training=modes[side])
+            models[side] = capture_model(
+                obj, batch, output=outputs[side], training=modes[side], apply_kwargs=calls[side]
+            )
         except FrameworkError as exc:
             if "module by module" in str(exc):
                 raise ModulesUnsupported(str(exc)) from None

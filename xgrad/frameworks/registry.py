@@ -220,7 +220,7 @@ def foreign(obj, name: str) -> bool:
     )
 
 
-def capture_model(obj, batch, *, output=None, training=None) -> AbstractModel:
+def capture_model(obj, batch, *, output=None, training=None, apply_kwargs=None) -> AbstractModel:
     """Read a user's model module by module (tier (a)) with the framework that claims it.
 
     Args:
@@ -228,14 +228,29 @@ def capture_model(obj, batch, *, output=None, training=None) -> AbstractModel:
         batch: its inputs (a :class:`~xgrad.frameworks.capture.Batch`).
         output: which of its outputs the loss sees (``None``: the first floating tensor).
         training: ``None`` keeps modes as the user set them; ``True``/``False`` forces one.
+        apply_kwargs: keyword arguments of the model's call beside its inputs (Flax: Linen's
+            ``apply(..., train=False)``), for the frameworks whose ``capture`` takes them.
 
     Raises:
-        InputError: no framework recognises the object.
+        InputError: no framework recognises the object, or ``apply_kwargs`` for one whose
+            models take no such arguments.
         FrameworkError: its framework does not read models module by module.
     """
+    import inspect
+
     if isinstance(obj, AbstractModel):
         return obj
     for name in REGISTRY:
         if _entry(name).claims(obj):
-            return get_framework(name).capture(obj, batch, output=output, training=training)
+            fw = get_framework(name)
+            options = {}
+            if apply_kwargs is not None:
+                if "apply_kwargs" not in inspect.signature(fw.capture).parameters:
+                    raise InputError(
+                        f"apply_kwargs is for models whose call takes keyword arguments beside "
+                        f"its inputs (Flax Linen's apply); for a {name} model pass extra "
+                        "inputs in x (a dict of inputs by name)"
+                    )
+                options["apply_kwargs"] = dict(apply_kwargs)
+            return fw.capture(obj, batch, output=output, training=training, **options)
     raise InputError(f"cannot read a model of type {type(obj).__name__}; pass {SUPPORTED}")
