@@ -39,7 +39,7 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
         default=600.0,
         help="seconds the backends' processes may take together (default 600)",
     )
-    outputs(p)
+    outputs(p, repro=True)
     return p
 
 

@@ -48,7 +48,7 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
         help="compare every layer and test the known causes of a mismatch (default: only "
         "when one is found)",
     )
-    outputs(p, plot=True)
+    outputs(p, plot=True, repro=True)
     common(p)
     return p
 

@@ -66,3 +66,10 @@ def show(report, args: argparse.Namespace, out) -> None:
         report.to_markdown(args.markdown)
     if getattr(args, "plot", None):
         report.plot(args.plot)
+    if getattr(args, "repro", None):
+        if not getattr(report, "repro_units", ()):
+            out.print("nothing to reproduce: no unit diverges", highlight=False, markup=False)
+        else:
+            scripts = report.repro(args.repro)
+            names = ", ".join(str(s) for s in scripts)
+            out.print(f"repro written: {names}", highlight=False, markup=False)

@@ -122,12 +122,19 @@ def common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def outputs(p: argparse.ArgumentParser, *, plot: bool = False) -> None:
-    """``--json``, ``--markdown`` (and ``--plot``) files, and ``--quiet``."""
+def outputs(p: argparse.ArgumentParser, *, plot: bool = False, repro: bool = False) -> None:
+    """``--json``, ``--markdown`` (and ``--plot``, ``--repro``) files, and ``--quiet``."""
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
     if plot:
         p.add_argument("--plot", metavar="PATH", help="write a PNG of the errors")
+    if repro:
+        p.add_argument(
+            "--repro",
+            metavar="DIR",
+            help="write a standalone script and .npz reproducing where each side first parts "
+            "(the unit rebuilt in both frameworks, without xgrad)",
+        )
     p.add_argument("--quiet", action="store_true", help="print only the diagnoses and verdict")
 
 

@@ -34,7 +34,7 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
         help="weights file: .npz or .safetensors in canonical names; with --to torch, .pt or "
         ".safetensors hold the module's state_dict",
     )
-    outputs(p)
+    outputs(p, repro=True)
     return p
 
 

@@ -135,7 +135,7 @@ def explain(report: Report, c: Comparison) -> Report:
     failing = {fw for _, fw, _ in report.failures()}
     failing |= {fw for _, fw, _, _ in report.layer_failures()}
     failing |= {d.framework for d in report.divergences}
-    diagnoses = []
+    diagnoses, repro = [], []
     for s in c.sides:
         if s.grads.activations is None or s.label not in failing:
             continue
@@ -148,7 +148,53 @@ def explain(report: Report, c: Comparison) -> Report:
         diagnoses += diagnose_side(
             report, ref, s, alignment, inputs, dtype=c.dtype, tol=c.tol, reference=values
         )
-    return replace(report, diagnoses=tuple(diagnoses))
+        repro += _repro_units(report, c, s, values)
+    return replace(report, diagnoses=tuple(diagnoses), repro_units=tuple(repro))
+
+
+def _repro_units(report: Report, c: Comparison, side, values) -> list:
+    """What :meth:`Report.repro` needs of the unit where ``side`` first parts."""
+    from xgrad.diagnosis.config import normal_layers
+    from xgrad.diagnosis.evidence import build_evidence
+    from xgrad.report.repro import ReproUnit
+
+    first = next((d for d in report.divergences if d.framework == side.label), None)
+    if first is None:
+        return []
+    ev = build_evidence(
+        c.ref,
+        side,
+        c.alignments[side.label],
+        c.inputs,
+        dtype=c.dtype,
+        tol=c.tol,
+        reference=values,
+    )
+    unit = next((u for u in ev.units if u.path == first.path), None)
+    if unit is None:
+        return []
+    layers = (normal_layers(unit.layers_ref), normal_layers(unit.layers_cand))
+    refused = None
+    if layers[0] is None or layers[1] is None:
+        refused = (
+            f"{first.path or '(the model)'} ({' <-> '.join(first.names.values())}) is of no "
+            "layer kind xgrad knows on one side, so its code cannot be written out"
+        )
+    return [
+        ReproUnit(
+            side=side.label,
+            frameworks=(c.ref.model.framework, side.model.framework),
+            dtypes=(c.ref.model.dtype, side.model.dtype),
+            path=first.path,
+            names=dict(first.names),
+            where=first.where,
+            layers=layers,
+            weights=(unit.weights_ref, unit.weights_cand),
+            input=unit.input_ref,
+            outputs=(unit.output_ref, unit.output_cand),
+            refused=refused,
+        )
+    ]
 
 
 def explain_report(report: Report, ref, sides, alignments, inputs, dtype, tol) -> Report:

@@ -20,7 +20,7 @@ import numpy as np
 from xgrad.diagnosis.evidence import Evidence
 from xgrad.layers import Activation, Dense, Dropout
 
-__all__ = ["ConfigDiff", "STRUCTURAL", "config_diffs"]
+__all__ = ["STRUCTURAL", "ConfigDiff", "config_diffs", "normal_layers"]
 
 STRUCTURAL = frozenset({"units", "use_bias", "scale", "center", "layers", "seed"})
 """Fields that say which weights a layer has (compared as parameters, paired or not), or
@@ -137,7 +137,7 @@ def _effect(layers, k: int, other, weights: dict, x: np.ndarray) -> float | None
     return worst
 
 
-def _normal(layers) -> list | None:
+def normal_layers(layers) -> list | None:
     """A unit's layers in one form whatever the framework's: a Dense's activation as a layer
     of its own, identity layers (a ``linear`` activation, an inactive dropout) left out;
     ``None`` when a layer is unknown."""
@@ -158,11 +158,11 @@ def _normal(layers) -> list | None:
 
 def config_diffs(ev: Evidence) -> list[ConfigDiff]:
     """Every configuration difference between the units of ``ev`` whose configurations both
-    sides state (in one form: :func:`_normal`), with its effect at other inputs; units whose
+    sides state (in one form: :func:`normal_layers`), with its effect at other inputs; units whose
     layers differ in number or kind are left to the comparison of their values."""
     out = []
     for u in ev.units:
-        ref, cand = _normal(u.layers_ref), _normal(u.layers_cand)
+        ref, cand = normal_layers(u.layers_ref), normal_layers(u.layers_cand)
         if ref is None or cand is None or [a.kind for a in ref] != [b.kind for b in cand]:
             continue
         for k, (a, b) in enumerate(zip(ref, cand, strict=True)):

@@ -223,6 +223,7 @@ class Report(AbstractReport):
     inputs: tuple[Entry, ...] = ()
     unpaired: tuple[dict, ...] = ()
     config_diffs: tuple = ()
+    repro_units: tuple = field(default=(), compare=False, repr=False)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -473,6 +474,19 @@ class Report(AbstractReport):
         from xgrad.report.markdown import to_markdown
 
         return to_markdown(self)
+
+    def repro(self, directory: str | os.PathLike) -> list[Path]:
+        """Write, for each side that diverges, a standalone script and an ``.npz`` into
+        ``directory``: the unit where it first parts, rebuilt in both frameworks from the
+        captured input and weights, printing the difference and the cause (see
+        :mod:`xgrad.report.repro`). Returns the scripts.
+
+        Raises:
+            OutputError: nothing diverges, or only modules of no kind xgrad knows (said why).
+        """
+        from xgrad.report.repro import write
+
+        return write(self, directory)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Write a PNG: normwise error per entry and framework (see :mod:`xgrad.report.plot`)."""
