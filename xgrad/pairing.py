@@ -62,10 +62,12 @@ class ModulePairing(Alignment):
         assumed: reference names of square parameters of opaque modules paired as they stand.
         how: reference module path -> why it was paired (``name``, ``shapes``, ``order``,
             ``mapping``).
+        tied: weights tied on one side only (:class:`Tied`).
     """
 
     joins: dict[str, Join] = field(default_factory=dict)
     unpaired_modules: tuple[tuple[str, str, str], ...] = ()
+    tied: tuple[Tied, ...] = ()
     assumed: tuple[str, ...] = ()
     how: dict[str, str] = field(default_factory=dict)
 
@@ -92,6 +94,10 @@ class ModulePairing(Alignment):
 
     def to_candidate(self, weights: Mapping) -> dict:
         out = super().to_candidate(weights)
+        for t in self.tied:  # the candidate's separate copy takes the tied array's value
+            if t.side == "reference" and t.owner in weights:
+                value = np.asarray(weights[t.owner])
+                out[t.other] = value if t.layout is None else np.transpose(value, t.layout)
         for ref_name, join in self.joins.items():
             if ref_name in weights:
                 pieces = np.split(np.asarray(weights[ref_name]), len(join.parts), axis=join.axis)
@@ -144,6 +150,9 @@ def _tree(model: CapturedModel, shapes: Mapping[str, tuple[int, ...]]) -> _Node:
             ]
             for local in info.params
         }
+        for local, owner in info.shared.items():  # a tied weight: paired like one of its own
+            if owner in shapes:
+                own[f"{TIED}{info.path}.{local}" if info.path else f"{TIED}{local}"] = shapes[owner]
         nodes[info.path] = _Node(info, [], own)
     root = nodes.get("")
     if root is None:  # pragma: no cover - every capture records the model's own call
@@ -160,6 +169,51 @@ def _tree(model: CapturedModel, shapes: Mapping[str, tuple[int, ...]]) -> _Node:
 
     fill(root)
     return root
+
+
+TIED = "~"
+"""Prefix of a tied weight's name while pairing: the module uses another module's array (a
+tied LM head); it pairs like a parameter of its own, and :func:`_untie` sorts out what that
+means."""
+
+
+@dataclass(frozen=True)
+class Tied:
+    """A weight tied on one side and not on the other (``tied-weights``).
+
+    Attributes:
+        side: the side that ties (``reference`` or ``candidate``).
+        alias: the tying side's name of the use (``head.weight``).
+        owner: the tying side's canonical name of the one array (``emb.weight``).
+        other: the other side's separate parameter at that use (``head.kernel``).
+        layout: the other's layout relative to the owner's array (``None``: as it is).
+    """
+
+    side: str
+    alias: str
+    owner: str
+    other: str
+    layout: Layout | None
+
+
+def _untie(acc: _Params, left: list, owners: dict[str, dict[str, str]]) -> list[Tied]:
+    """Tied weights out of the pairing: tied on both sides, nothing to compare; on one side
+    only, a :class:`Tied` (the other side's parameter neither paired nor listed unpaired)."""
+    found = []
+    for rn, cn in list(acc.names.items()):
+        if not (rn.startswith(TIED) or cn.startswith(TIED)):
+            continue
+        layout = acc.layouts.pop(rn, None)
+        del acc.names[rn]
+        if rn.startswith(TIED) and not cn.startswith(TIED):
+            alias = rn[len(TIED) :]
+            found.append(Tied("reference", alias, owners["reference"][alias], cn, layout))
+        elif cn.startswith(TIED) and not rn.startswith(TIED):
+            alias = cn[len(TIED) :]
+            inverse = None if layout is None else tuple(int(i) for i in np.argsort(layout))
+            found.append(Tied("candidate", alias, owners["candidate"][alias], rn, inverse))
+    left[:] = [u for u in left if not u[1].startswith(TIED)]
+    return found
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -449,6 +503,15 @@ def pair_modules(
         )
 
     visit(rt, ct, "the models")
+    owners = {
+        side: {
+            (f"{i.path}.{local}" if i.path else local): owner
+            for i in model.modules
+            for local, owner in i.shared.items()
+        }
+        for side, model in (("reference", reference), ("candidate", candidate))
+    }
+    tied = _untie(acc, left, owners)
     _apply_param_mapping(mapping, reference, candidate, acc, left, forced is not None)
     paired = {id(n) for pair in pairs for n in pair}
     paired |= {id(g) for pair in pairs for n in pair if n.group for g in n.children}
@@ -475,6 +538,7 @@ def pair_modules(
         unpaired_modules=tuple(left_modules),
         assumed=tuple(acc.assumed),
         how=how,
+        tied=tuple(tied),
     )
 
 

@@ -129,6 +129,7 @@ def explain(report: Report, c: Comparison) -> Report:
     from xgrad.diagnosis import diagnose_side
     from xgrad.diagnosis.evidence import ReferenceValues
     from xgrad.diagnosis.rounding import explain_rounding
+    from xgrad.diagnosis.tied import tied_weights
 
     ref, inputs = c.ref, c.inputs
     values = ReferenceValues(ref, inputs, weights=ref.weights, trace=ref.trace)
@@ -145,9 +146,13 @@ def explain(report: Report, c: Comparison) -> Report:
         )
         if benign is not None:
             continue
-        diagnoses += diagnose_side(
-            report, ref, s, alignment, inputs, dtype=c.dtype, tol=c.tol, reference=values
-        )
+        tied = tied_weights(ref, s, alignment, c.tol)
+        if any(d.confirmed for d in tied):  # a structural difference explains the gradients
+            diagnoses += [d for d in tied if d.confirmed]
+        else:
+            diagnoses += tied + diagnose_side(
+                report, ref, s, alignment, inputs, dtype=c.dtype, tol=c.tol, reference=values
+            )
         repro += _repro_units(report, c, s, values)
     return replace(report, diagnoses=tuple(diagnoses), repro_units=tuple(repro))
 

@@ -277,6 +277,16 @@ def pairing_notes(pairing) -> list[str]:
             f"their gradients are not compared: {listed}{more}; pass ignore= to accept that, "
             "or mapping={reference: candidate} to pair them"
         )
+    for t in getattr(pairing, "tied", ()):
+        separate = "candidate" if t.side == "reference" else "reference"
+        notes.append(
+            f"the {t.side} ties {t.alias} to {t.owner} (one array used twice) where the "
+            f"{separate} has a separate parameter {t.other}: compared as tied-weights; the "
+            f"{separate}'s copy was given the same values"
+            if t.side == "reference"
+            else f"the {t.side} ties {t.alias} to {t.owner} (one array used twice) where the "
+            f"{separate} has a separate parameter {t.other}: compared as tied-weights"
+        )
     if getattr(pairing, "assumed", ()):
         notes.append(
             "the axis order of square parameters of modules of no known kind cannot be told "
