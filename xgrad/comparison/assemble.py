@@ -176,6 +176,11 @@ def _repro_units(report: Report, c: Comparison, side, values) -> list:
         reference=values,
     )
     unit = next((u for u in ev.units if u.path == first.path), None)
+    if first.between:  # the code between two modules: its activation, when one fits
+        from xgrad.diagnosis.code import code_evidence
+
+        code = code_evidence(c.ref, side, first, c.inputs, dtype=c.dtype, tol=c.tol)
+        unit = code.units[0] if code is not None else unit
     if unit is None:
         return []
     layers = (normal_layers(unit.layers_ref), normal_layers(unit.layers_cand))

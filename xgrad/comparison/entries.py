@@ -287,7 +287,10 @@ def divergence(
         entry = layers.get(ref_unit.path)
         if entry is None:
             continue
-        own = [by_name.get(f"{ref_unit.path}.{local}") for local in ref_unit.info.params]
+        own = [
+            by_name.get(f"{ref_unit.path}.{local}" if ref_unit.path else local)
+            for local in ref_unit.info.params
+        ]
         if (
             bad(entry.backward.get(side))
             or any(e is not None and bad(e.results.get(side)) for e in own)

@@ -56,9 +56,38 @@ def _children(pairs, path: str) -> list:
     return [(r, k) for r, k in pairs if r.info.scope == path]
 
 
-def _at(side, r, k, where: str, detail: str) -> Divergence:
+def _at(side, r, k, where: str, detail: str, between=None) -> Divergence:
     names = {"reference": r.info.name or "(the model)", side.label: k.info.name or "(the model)"}
-    return Divergence(side.label, r.path, where, names, detail)
+    return Divergence(side.label, r.path, where, names, detail, between)
+
+
+def _code(where: str, between: dict | None, side) -> str:
+    """The words for code that parts before the submodule ``where``."""
+    if between is None:
+        return f"the code in it before {where} (the inputs of {where} already differ)"
+    before = between["reference"][0] or "(the model)"
+    return (
+        f"the code in it between {before} and {where} (the output of {before} agrees, the "
+        f"input of {where} differs)"
+    )
+
+
+def _between(c: Comparison, side, pairs, layers, scope: str, cr, ck) -> dict | None:
+    """The submodules around the code that parts in ``scope``: the last paired one before
+    ``cr`` (its output agrees, and has the shape ``cr``'s input has), and ``cr``."""
+    previous = None
+    for pr, pk in _children(pairs, scope):
+        if pr.path == cr.path:
+            break
+        entry = layers.get(pr.path)
+        if entry is not None and not _bad(entry.forward.get(side.label)):
+            previous = (pr, pk)
+    if previous is None:
+        return None
+    return {
+        "reference": (previous[0].end, cr.start or cr.path),
+        side.label: (previous[1].end, ck.start or ck.path),
+    }
 
 
 def _alone(c: Comparison, side, ref_scope: str, cand_scope: str) -> str:
@@ -86,14 +115,9 @@ def _follow(c, side, pairs, layers, r, k, agree: bool | None = True) -> Divergen
         inner = _inputs_agree(c, side, cr, ck)
         if inner is False:
             where = cr.info.name or cr.path
-            return _at(
-                side,
-                r,
-                k,
-                "forward",
-                f"the code in it before {where} (the inputs of "
-                f"{where} already differ){_alone(c, side, r.path, k.path)}",
-            )
+            between = _between(c, side, pairs, layers, r.path, cr, ck)
+            detail = _code(where, between, side) + _alone(c, side, r.path, k.path)
+            return _at(side, r, k, "forward", detail, between)
         return _follow(c, side, pairs, layers, cr, ck, inner)
     if _children(pairs, r.path):
         return _at(
@@ -129,14 +153,9 @@ def module_divergence(
             found = next(((pr, pk) for pr, pk in pairs if pr.path == r.info.scope), None)
             if found is not None:
                 where = r.info.name or r.path
-                return _at(
-                    side,
-                    *found,
-                    "forward",
-                    f"the code in it before {where} (the "
-                    f"inputs of {where} already differ)"
-                    + _alone(c, side, found[0].path, found[1].path),
-                )
+                between = _between(c, side, pairs, layers, r.info.scope, r, k)
+                detail = _code(where, between, side) + _alone(c, side, *(f.path for f in found))
+                return _at(side, *found, "forward", detail, between)
         return _follow(c, side, pairs, layers, r, k, agree)
     for r, k in reversed(pairs):
         entry = layers.get(r.path)

@@ -220,6 +220,13 @@ def diagnose_side(
     """The diagnoses of one compared side of a report (see :func:`xgrad.runner.assemble`);
     ``reference`` (:class:`~xgrad.diagnosis.evidence.ReferenceValues`) is shared by the sides
     of one call."""
+    first = next((d for d in report.divergences if d.framework == side.label), None)
+    if first is not None and first.between:  # the code between two modules parts
+        from xgrad.diagnosis.code import code_before, code_evidence
+
+        code = code_evidence(ref, side, first, inputs, dtype=dtype, tol=tol)
+        if code is not None:
+            return diagnose(code, (first.path, "forward", code_before(code)))
     ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
     if not ev.units:
         return []

@@ -129,6 +129,8 @@ class Divergence:
         detail: for a model read module by module, what in that module parts: its own
             computation (its inputs agree), or the code in it between two of its submodules
             (``None`` for a model read layer by layer).
+        between: when the code between two submodules parts, side -> the paths of the
+            submodule before it (whose output agrees) and after it (whose input differs).
     """
 
     framework: str
@@ -136,6 +138,7 @@ class Divergence:
     where: str
     names: dict[str, str]
     detail: str | None = None
+    between: dict[str, tuple[str, str]] | None = None
 
     def text(self) -> str:
         names = " <-> ".join(dict.fromkeys(self.names.values()))
@@ -152,6 +155,8 @@ class Divergence:
         }
         if self.detail is not None:  # a model read module by module
             out["detail"] = self.detail
+        if self.between is not None:
+            out["between"] = {side: list(paths) for side, paths in self.between.items()}
         return out
 
 
