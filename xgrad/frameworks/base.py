@@ -362,7 +362,9 @@ class AbstractModel(abc.ABC):
         return tuple(f"{info.path}.{local}" for info in self.walk() for local in info.params)
 
     def spec(self) -> MLP | None:
-        """The equivalent :class:`~xgrad.MLP` when every layer's configuration is known."""
+        """The equivalent :class:`~xgrad.MLP` when every layer's configuration is known
+        (``None`` also for a model read without layers: a pure function paired by a parameter
+        mapping)."""
 
         def config(info: LayerInfo):
             if info.children:
@@ -371,7 +373,7 @@ class AbstractModel(abc.ABC):
             return info.layer
 
         layers = [config(info) for info in self.layers]
-        if any(layer is None for layer in layers):
+        if not layers or any(layer is None for layer in layers):
             return None
         return MLP(self.input_shape if len(self.input_shape) > 1 else self.input_shape[0], layers)
 

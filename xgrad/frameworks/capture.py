@@ -47,6 +47,7 @@ __all__ = [
     "CapturedModel",
     "ModuleInfo",
     "as_batch",
+    "canonical_name",
     "input_grads",
     "leaf_paths",
     "pick_output",
@@ -326,6 +327,22 @@ class CapturedModel(AbstractModel):
     def modules(self) -> tuple[ModuleInfo, ...]:
         return self.layers  # type: ignore[return-value]
 
+    def native_names(self) -> dict[str, str]:
+        """Canonical name -> the framework's own name, for every parameter and state array
+        (the model's own ones, of path ``""``, are named by their local name alone)."""
+        return {
+            canonical_name(info.path, local): native
+            for info in self.walk()
+            for local, native in info.weights.items()
+        }
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Canonical names of the trainable parameters (those with a gradient), in order."""
+        return tuple(
+            canonical_name(info.path, local) for info in self.walk() for local in info.params
+        )
+
     def module(self, path: str) -> ModuleInfo:
         for info in self.layers:
             if info.path == path:
@@ -373,6 +390,12 @@ class CapturedModel(AbstractModel):
         input's, and, with ``capture``, every module's output, ``dL/d`` output (by path) and
         floating inputs (``module_inputs``)."""
         raise NotImplementedError
+
+
+def canonical_name(path: str, local: str) -> str:
+    """A captured weight's canonical name: ``{module path}.{local}``, or ``local`` alone for
+    a weight of the model's own (path ``""``)."""
+    return f"{path}.{local}" if path else local
 
 
 def input_grads(batch: Batch, grads: Sequence) -> dict[str, np.ndarray]:
