@@ -51,6 +51,7 @@ __all__ = [
     "input_grads",
     "leaf_paths",
     "pick_output",
+    "replace_leaf",
 ]
 
 
@@ -228,6 +229,35 @@ def leaf_paths(tree, prefix: str = "") -> list[tuple[str, object]]:
     for key, value in items:
         out += leaf_paths(value, f"{prefix}.{key}" if prefix else str(key))
     return out
+
+
+def replace_leaf(tree, key: str, new):
+    """``tree`` with the leaf at ``key`` (a path of :func:`leaf_paths`) replaced by ``new``.
+
+    Tuples, lists, namedtuples, dicts, dataclasses and ``ModelOutput`` are rebuilt, never
+    changed; a mapping whose class cannot be rebuilt from its items becomes a ``dict``.
+
+    Example:
+        >>> replace_leaf({"logits": 1, "aux": (2, 3)}, "aux.1", 4)
+        {'logits': 1, 'aux': (2, 4)}
+    """
+    if key == "":
+        return new
+    head, _, rest = key.partition(".")
+    if isinstance(tree, Mapping):
+        items = {k: (replace_leaf(v, rest, new) if str(k) == head else v) for k, v in tree.items()}
+        try:
+            return type(tree)(**items) if dataclasses.is_dataclass(tree) else type(tree)(items)
+        except TypeError:
+            return dict(items)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{head: replace_leaf(getattr(tree, head), rest, new)})
+    if isinstance(tree, tuple | list):
+        items = [replace_leaf(v, rest, new) if str(i) == head else v for i, v in enumerate(tree)]
+        if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a namedtuple
+            return type(tree)(*items)
+        return type(tree)(items)
+    return tree
 
 
 def _is_floating(leaf) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xgrad.errors import InputError
-from xgrad.frameworks.capture import Batch, leaf_paths
+from xgrad.frameworks.capture import Batch, leaf_paths, replace_leaf
 from xgrad.frameworks.tensorflow.ops import keras, tf
 
 __all__ = [
@@ -293,26 +293,6 @@ def first_floating(out) -> tuple[str, object]:
         if tf.is_tensor(leaf) and leaf.dtype.is_floating:
             return key, leaf
     return "", None
-
-
-def replace_leaf(tree, key: str, new):
-    """``tree`` (a tensor, or lists, tuples and dicts of them) with the leaf at ``key`` (a
-    path of :func:`~xgrad.frameworks.capture.leaf_paths`) replaced by ``new``."""
-    if key == "":
-        return new
-    head, _, rest = key.partition(".")
-    if isinstance(tree, Mapping):
-        items = {k: replace_leaf(v, rest, new) if str(k) == head else v for k, v in tree.items()}
-        try:
-            return type(tree)(items)
-        except TypeError:
-            return items
-    if isinstance(tree, tuple | list):
-        items = [replace_leaf(v, rest, new) if str(i) == head else v for i, v in enumerate(tree)]
-        if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a namedtuple
-            return type(tree)(*items)
-        return type(tree)(items)
-    return tree
 
 
 def call_failed(model, arguments: Arguments, batch: Batch, exc: Exception) -> InputError:

@@ -37,7 +37,14 @@ from torch import nn
 
 from xgrad.errors import InputError, ParamsError, XgradError
 from xgrad.frameworks.base import Gradients
-from xgrad.frameworks.capture import Batch, CapturedModel, ModuleInfo, leaf_paths, pick_output
+from xgrad.frameworks.capture import (
+    Batch,
+    CapturedModel,
+    ModuleInfo,
+    leaf_paths,
+    pick_output,
+    replace_leaf,
+)
 from xgrad.frameworks.kinds import to_canonical
 from xgrad.frameworks.torch.kinds import ALIAS, ELEMENTWISE, module_layer
 from xgrad.frameworks.torch.losses import torch_loss
@@ -85,28 +92,6 @@ def _first_floating(out) -> tuple[str, torch.Tensor | None]:
         if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
             return key, leaf
     return "", None
-
-
-def replace_leaf(tree, key: str, new):
-    """``tree`` with the leaf at ``key`` (a path of :func:`leaf_paths`) replaced by ``new``:
-    tuples, lists, dicts, dataclasses and ``ModelOutput`` are rebuilt, never changed."""
-    if key == "":
-        return new
-    head, _, rest = key.partition(".")
-    if isinstance(tree, Mapping):
-        items = {k: (replace_leaf(v, rest, new) if str(k) == head else v) for k, v in tree.items()}
-        try:
-            return type(tree)(**items) if dataclasses.is_dataclass(tree) else type(tree)(items)
-        except TypeError:
-            return dict(items)
-    if dataclasses.is_dataclass(tree):
-        return dataclasses.replace(tree, **{head: replace_leaf(getattr(tree, head), rest, new)})
-    if isinstance(tree, tuple | list):
-        items = [replace_leaf(v, rest, new) if str(i) == head else v for i, v in enumerate(tree)]
-        if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a namedtuple
-            return type(tree)(*items)
-        return type(tree)(items)
-    return tree
 
 
 # -- inputs -----------------------------------------------------------------------------------
