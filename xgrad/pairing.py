@@ -148,7 +148,9 @@ def _tree(model: CapturedModel, shapes: Mapping[str, tuple[int, ...]]) -> _Node:
             (f"{info.path}.{local}" if info.path else local): shapes[
                 f"{info.path}.{local}" if info.path else local
             ]
-            for local in info.params
+            # a known kind's state (a BatchNorm's mean and var) pairs like its parameters, so
+            # that a transfer copies it; an opaque module's state is left as it is
+            for local in (*info.params, *(info.state if info.layer is not None else ()))
         }
         for local, owner in info.shared.items():  # a tied weight: paired like one of its own
             if owner in shapes:

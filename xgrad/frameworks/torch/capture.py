@@ -11,7 +11,10 @@ two modules (a tied LM head) is owned by the first and shared by the other.
 A called module without called submodules whose class the torch kind table reads
 (:data:`~xgrad.frameworks.torch.kinds.KINDS`: ``nn.Linear``, ``nn.LayerNorm``, activation
 modules, ...) gets its layer kind and configuration, its weights their canonical names and
-layouts (``weight`` of an ``nn.Linear`` is ``kernel``, stored ``(1, 0)``); a weight-free
+layouts (``weight`` of an ``nn.Linear`` is ``kernel``, stored ``(1, 0)``), and the buffers
+the kind reads their canonical names as its state (an ``nn.BatchNorm1d``'s
+``running_mean`` and ``running_var`` are ``mean`` and ``var``: in ``weights()``, written by
+``with_weights``, returned updated by an evaluation in training mode); a weight-free
 module of another class is named from its values when one of xgrad's activations reproduces
 them (minGPT's ``NewGELU``), and a module of your own holding one weight vector is named
 from its values when one of xgrad's norms reproduces it (LLaMA's ``RMSNorm``). Any other
@@ -182,9 +185,10 @@ def _owner(native: str, called: set[str]) -> tuple[str, str]:
     return "", native
 
 
-def _owners(module: nn.Module, called: set[str]) -> tuple[dict, dict]:
-    """``(owner path -> {local: native}, native alias -> the native name it shares a tensor
-    with)``: each parameter owned by the nearest called module at or above it; a tensor
+def _owners(module: nn.Module, called: set[str]) -> tuple[dict, dict, dict]:
+    """``(owner path -> {local: native} of its parameters, owner path -> {local: native} of
+    its floating buffers, native alias -> the native name it shares a tensor with)``: each
+    parameter and buffer owned by the nearest called module at or above it; a parameter
     reached under two names (a tied weight) is owned at its first name only."""
     owned: dict[str, dict[str, str]] = {}
     first: dict[int, str] = {}
@@ -196,13 +200,21 @@ def _owners(module: nn.Module, called: set[str]) -> tuple[dict, dict]:
         first[id(p)] = native
         owner, local = _owner(native, called)
         owned.setdefault(owner, {})[local] = native
-    return owned, aliases
+    buffers: dict[str, dict[str, str]] = {}
+    for native, b in module.named_buffers():
+        if b is not None and b.is_floating_point():
+            owner, local = _owner(native, called)
+            buffers.setdefault(owner, {})[local] = native
+    return owned, buffers, aliases
 
 
-def _known(call: _Call, own: dict[str, str], dtype: str, leaf: bool):
-    """``(layer or None, kind, {local: native}, layouts, note)`` of a called module: its kind
-    from the torch kind table or from its values, else opaque (``module``)."""
-    opaque = (None, "module", dict(own), {}, None)
+def _known(call: _Call, own: dict[str, str], buffers: dict[str, str], dtype: str, leaf: bool):
+    """``(layer or None, kind, params {local: native}, state {local: native}, layouts,
+    note)`` of a called module: its kind from the torch kind table (its parameters and
+    floating buffers exactly those the kind reads: an ``nn.BatchNorm1d``'s running
+    statistics are its state ``mean`` and ``var``) or from its values, else opaque
+    (``module``, its parameters under torch's names, no state)."""
+    opaque = (None, "module", dict(own), {}, {}, None)
     if not leaf or call.output is None:
         return opaque
     ndim = call.inputs[0].ndim if call.inputs else 2
@@ -216,10 +228,18 @@ def _known(call: _Call, own: dict[str, str], dtype: str, leaf: bool):
         return _from_values(call, dtype) or opaque
     if found is None or found.layer is None:
         return opaque
-    natives = {**found.params, **found.state}
-    if set(natives.values()) != set(own.values()):
+    if set(found.params.values()) != set(own.values()) or set(found.state.values()) != set(
+        buffers.values()
+    ):
         return opaque  # a subclass holding more than the kind's weights
-    return found.layer, found.kind, natives, dict(found.layouts), found.note
+    return (
+        found.layer,
+        found.kind,
+        dict(found.params),
+        dict(found.state),
+        dict(found.layouts),
+        found.note,
+    )
 
 
 def _from_values(call: _Call, dtype: str):
@@ -231,7 +251,8 @@ def _from_values(call: _Call, dtype: str):
     name, err = fit_activation(z, a, dtype if dtype in ("float32", "float64") else "float32")
     if name is None:
         return None
-    return Activation(name), "activation", {}, {}, f"identified numerically as {name} ({err:.1e})"
+    note = f"identified numerically as {name} ({err:.1e})"
+    return Activation(name), "activation", {}, {}, {}, note
 
 
 def _as_norm(call: _Call, own: dict[str, str], params: dict, dtype: str):
@@ -252,7 +273,8 @@ def _as_norm(call: _Call, own: dict[str, str], params: dict, dtype: str):
         or found.param_names() != ("scale",)
     ):
         return None
-    return found, found.kind, {"scale": native}, {}, f"identified numerically as {found.describe()}"
+    note = f"identified numerically as {found.describe()}"
+    return found, found.kind, {"scale": native}, {}, {}, note
 
 
 FUSED_WEIGHTS: dict[type, dict[str, tuple[str, tuple[int, ...] | None]]] = {
@@ -313,22 +335,24 @@ def _uncalled_kinds(module: nn.Module, owner: str, own: dict[str, str], dtype: s
 
 def _infos(calls: list[_Call], module: nn.Module, dtype: str) -> tuple[ModuleInfo, ...]:
     called = {c.path for c in calls}
-    owned, aliases = _owners(module, called)
+    owned, buffers, aliases = _owners(module, called)
     scopes = {c.path: _scope(c.path, called) for c in calls}
     parents = set(scopes.values())
     tensors = dict(module.named_parameters())
     out = []
     for c in calls:
-        own = owned.get(c.path, {})
-        layer, kind, natives, layouts, note = _known(c, own, dtype, c.path not in parents)
+        own, leaf = owned.get(c.path, {}), c.path not in parents
+        layer, kind, natives, state, layouts, note = _known(
+            c, own, buffers.get(c.path, {}), dtype, leaf
+        )
         if layer is None:
             natives, layouts = _uncalled_kinds(module, c.path, natives, dtype)
             natives, documented = _documented(c.module, c.path, natives)
             layouts = {**layouts, **documented}
-        if layer is None and c.path not in parents and c.output is not None:
+        if layer is None and leaf and c.output is not None:
             found = _as_norm(c, own, tensors, dtype)
             if found is not None:
-                layer, kind, natives, layouts, note = found
+                layer, kind, natives, state, layouts, note = found
         out.append(
             ModuleInfo(
                 path=c.path,
@@ -336,6 +360,7 @@ def _infos(calls: list[_Call], module: nn.Module, dtype: str) -> tuple[ModuleInf
                 name=c.path or type(c.module).__name__,
                 layer=layer,
                 params=natives,
+                state=state,
                 layouts=layouts,
                 input_shape=tuple(c.inputs[0].shape[1:]) if c.inputs else (),
                 output_shape=tuple(c.output.shape[1:]) if c.output is not None else (),
@@ -466,12 +491,13 @@ class TorchCapturedModel(CapturedModel):
     def native(self) -> nn.Module:
         return self._module
 
-    def _names(self) -> dict[str, tuple[str, tuple | None]]:
-        """Canonical name -> (state-dict name, layout), parameters first, then shared ones'
-        owners are not repeated."""
+    def _names(self, *, state: bool = False) -> dict[str, tuple[str, tuple | None]]:
+        """Canonical name -> (state-dict name, layout) of every parameter (a tied one once,
+        under its owner's name), then, with ``state``, of every state array (a BatchNorm's
+        running statistics: ``mean``, ``var``)."""
         out = {}
         for info in self.layers:
-            for local, native in info.params.items():
+            for local, native in (*info.params.items(), *(info.state.items() if state else ())):
                 name = f"{info.path}.{local}" if info.path else local
                 out[name] = (native, info.layouts.get(local))
         return out
@@ -479,13 +505,13 @@ class TorchCapturedModel(CapturedModel):
     def weights(self) -> Params:
         tensors = self._module.state_dict()
         out = {}
-        for name, (native, layout) in self._names().items():
+        for name, (native, layout) in self._names(state=True).items():
             arr = tensor_numpy(tensors[native])
             out[name] = np.ascontiguousarray(to_canonical(arr, layout)) if layout else arr
         return out
 
     def with_weights(self, weights: Mapping[str, np.ndarray]) -> TorchCapturedModel:
-        names = self._names()
+        names = self._names(state=True)
         unknown = [k for k in weights if k not in names]
         if unknown:
             raise ParamsError(
@@ -544,6 +570,16 @@ class TorchCapturedModel(CapturedModel):
             raise InputError("a torch loss function must return a scalar tensor")
         return value.reshape(())
 
+    def _updated(self, buffers: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """The state arrays an evaluation updated (a BatchNorm in training mode: its running
+        statistics, which torch updates in place in ``buffers``), by canonical name."""
+        return {
+            f"{info.path}.{local}" if info.path else local: tensor_numpy(buffers[native])
+            for info in self.layers
+            if info.layer is not None and info.layer.updates_state
+            for local, native in info.state.items()
+        }
+
     def _evaluate_batch(self, batch: Batch, y, loss, cotangent, capture: bool) -> Gradients:
         module = self._module
         names = self._names()
@@ -591,6 +627,7 @@ class TorchCapturedModel(CapturedModel):
             params=dparams,
             input=first,
             output=tensor_numpy(out),
+            state=self._updated(buffers),
             activations={p: tensor_numpy(v) for p, v in taps.values.items()} if capture else None,
             activation_grads=(
                 {p: tensor_numpy(g) for p, g in zip(taps.paths, grads[n + m :], strict=True)}

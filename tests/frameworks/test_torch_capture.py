@@ -1,0 +1,151 @@
+"""torch models captured module by module (:mod:`xgrad.frameworks.torch.capture`): a
+BatchNorm's running statistics are the module's state (canonical ``mean`` and ``var``), read
+with its kind, listed in ``weights()``, written by ``with_weights`` and returned updated by
+an evaluation in training mode; the user's module never changes."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from conftest import INSTALLED
+
+pytestmark = pytest.mark.skipif("torch" not in INSTALLED, reason="torch is not installed")
+
+if "torch" in INSTALLED:
+    import torch
+    from torch import nn
+
+    from xgrad.frameworks.capture import as_batch
+    from xgrad.frameworks.torch.capture import capture_module
+
+    class Net(nn.Module):
+        """Linear, BatchNorm1d, ReLU, Linear, on two inputs (the second scales the output),
+        so that the model is read module by module."""
+
+        def __init__(self, norm: nn.Module | None = None):
+            super().__init__()
+            self.fc = nn.Linear(6, 8)
+            self.bn = norm if norm is not None else nn.BatchNorm1d(8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x, s):
+            return self.head(torch.relu(self.bn(self.fc(x)))) * s
+
+    class CountingNorm(nn.BatchNorm1d):
+        """A BatchNorm of the user's own holding one more floating buffer than the kind."""
+
+        def __init__(self, d):
+            super().__init__(d)
+            self.register_buffer("seen", torch.zeros(()))
+
+        def forward(self, x):
+            self.seen += 1
+            return super().forward(x)
+
+
+def _net(seed: int = 0) -> Net:
+    torch.manual_seed(seed)
+    net = Net()
+    with torch.no_grad():
+        net.bn.running_mean.normal_()
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _inputs(batch: int = 5):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, 6)).astype(np.float32)
+    return x, rng.uniform(0.5, 1.5, size=(batch, 2)).astype(np.float32)
+
+
+def test_batchnorm_statistics_are_its_state_read_with_its_kind():
+    net = _net()
+    model = capture_module(net, as_batch(_inputs()))
+    bn = model.module("bn")
+    assert (bn.kind, bn.opaque) == ("batchnorm", False)
+    assert bn.params == {"scale": "bn.weight", "bias": "bn.bias"}
+    assert bn.state == {"mean": "bn.running_mean", "var": "bn.running_var"}
+    assert bn.layer.epsilon == pytest.approx(1e-5) and not bn.layer.training
+    weights = model.weights()
+    np.testing.assert_array_equal(weights["bn.mean"], net.bn.running_mean.numpy())
+    np.testing.assert_array_equal(weights["bn.var"], net.bn.running_var.numpy())
+
+
+def test_with_weights_writes_the_statistics_and_the_output_follows_them():
+    net = _net()
+    x, s = _inputs()
+    model = capture_module(net, as_batch((x, s)))
+    mean = np.linspace(-1, 1, 8).astype(np.float32)
+    var = np.linspace(0.5, 3, 8).astype(np.float32)
+    out = model.with_weights({"bn.mean": mean, "bn.var": var}).evaluate((x, s)).output
+    want = copy.deepcopy(net)
+    with torch.no_grad():
+        want.bn.running_mean.copy_(torch.from_numpy(mean))
+        want.bn.running_var.copy_(torch.from_numpy(var))
+        expected = want(torch.from_numpy(x), torch.from_numpy(s)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(model.weights()["bn.mean"], net.bn.running_mean.numpy())
+
+
+def test_training_mode_returns_the_updated_statistics_and_leaves_the_users_module():
+    net = _net().train()
+    x, s = _inputs()
+    before = net.bn.running_mean.clone()
+    grads = capture_module(net, as_batch((x, s))).evaluate((x, s))
+    want = copy.deepcopy(net)
+    with torch.no_grad():
+        want(torch.from_numpy(x), torch.from_numpy(s))
+    np.testing.assert_allclose(grads.state["bn.mean"], want.bn.running_mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(grads.state["bn.var"], want.bn.running_var.numpy(), rtol=1e-6)
+    assert set(grads.params) == {
+        "fc.kernel",
+        "fc.bias",
+        "bn.scale",
+        "bn.bias",
+        "head.kernel",
+        "head.bias",
+    }
+    assert torch.equal(net.bn.running_mean, before)
+
+
+def test_inference_mode_updates_no_state():
+    x, s = _inputs()
+    assert capture_module(_net(), as_batch((x, s))).evaluate((x, s)).state == {}
+
+
+def test_a_batchnorm_holding_another_floating_buffer_is_opaque_without_state():
+    torch.manual_seed(0)
+    net = Net(CountingNorm(8)).eval()
+    bn = capture_module(net, as_batch(_inputs())).module("bn")
+    assert (bn.kind, bn.state) == ("module", {})
+    assert set(bn.params) == {"weight", "bias"}
+
+
+@pytest.mark.skipif("flax" not in INSTALLED, reason="flax is not installed")
+@pytest.mark.parametrize("epsilon", [1e-5, 1e-3], ids=["port", "epsilon-bug"])
+def test_a_port_of_a_batchnorm_model_compares_with_the_statistics_transferred(epsilon):
+    from flax import nnx
+
+    import xgrad
+
+    class Port(nnx.Module):
+        def __init__(self, *, rngs):
+            self.fc = nnx.Linear(6, 8, rngs=rngs)
+            self.bn = nnx.BatchNorm(
+                8, momentum=0.9, epsilon=epsilon, use_running_average=True, rngs=rngs
+            )
+            self.head = nnx.Linear(8, 2, rngs=rngs)
+
+        def __call__(self, x, s):
+            return self.head(nnx.relu(self.bn(self.fc(x)))) * s
+
+    report = xgrad.compare_models(_net(), Port(rngs=nnx.Rngs(0)), _inputs())
+    assert report.unpaired == ()
+    if epsilon == 1e-5:
+        assert report.ok, report.summary()
+        return
+    assert not report.ok
+    assert report.first_divergence["path"] == "bn"
+    assert report.diagnoses[0].cause == "batchnorm-epsilon"
