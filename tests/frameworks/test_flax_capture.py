@@ -525,3 +525,20 @@ def test_linen_refusals_are_xgrad_errors():
         capture_linen(module, {"batch_stats": {}}, x)
     with pytest.raises(InputError, match="also inputs"):
         capture_linen(module, variables, {"x": x, "train": x}, apply_kwargs={"train": False})
+
+
+def test_linen_rngs_given_among_apply_kwargs_as_compare_models_passes_them():
+    module = LinenMLP()
+    x = RNG.normal(size=(6, 5)).astype(np.float32)
+    variables = module.init(jax.random.key(0), x, train=False)
+    key = jax.random.key(7)
+    default = capture_linen(module, variables, x, apply_kwargs={"train": True})
+    assert "apply_kwargs={'rngs'" in default.module("Dropout_0").note
+    given = capture_linen(
+        module, variables, x, apply_kwargs={"train": True, "rngs": {"dropout": key}}
+    )
+    assert "jax.random.key(0)" not in given.module("Dropout_0").note
+    own = module.apply(variables, x, train=True, rngs={"dropout": key})
+    np.testing.assert_allclose(given.evaluate(x).output, own, rtol=1e-6)
+    with pytest.raises(InputError, match="given twice"):
+        capture_linen(module, variables, x, apply_kwargs={"rngs": key}, rngs=key)

@@ -65,7 +65,8 @@ HIDDEN_NOTE = (
     "method): its values are not captured, only its parameters compared"
 )
 RNG_NOTE = (
-    "no rngs= given: its mask comes from jax.random.key(0) (pass rngs={'dropout': key} for another)"
+    "no rngs given: its mask comes from jax.random.key(0) (pass "
+    "apply_kwargs={'rngs': {'dropout': key}} for another)"
 )
 
 
@@ -153,7 +154,9 @@ def capture_linen(
         output: which output the loss sees (see :func:`capture_nnx`).
         training: ``None`` keeps the modes as the module and ``apply_kwargs`` state them;
             ``True`` / ``False`` switches every ``nn.Dropout`` and ``nn.BatchNorm``.
-        apply_kwargs: further keyword arguments of ``apply`` (``{"train": False}``).
+        apply_kwargs: further keyword arguments of ``apply`` (``{"train": False}``); an
+            ``rngs`` among them is ``apply``'s own, taken as ``rngs`` (as
+            ``compare_models(apply_kwargs=...)`` passes it).
         rngs: ``apply``'s ``rngs`` (``{"dropout": key}``; a key alone is the dropout
             key). ``None``: ``{"dropout": jax.random.key(0)}``, said on each active Dropout.
 
@@ -169,6 +172,11 @@ def capture_linen(
             "collection, e.g. module.init(key, x)"
         )
     batch = as_batch(batch)
+    apply_kwargs = dict(apply_kwargs or {})
+    if "rngs" in apply_kwargs:  # apply's own argument, given where users give apply's others
+        if rngs is not None:
+            raise InputError("rngs is given twice (as rngs= and in apply_kwargs); give it once")
+        rngs = apply_kwargs.pop("rngs")
     default_rng = rngs is None
     if rngs is None:
         rngs = {"dropout": jax.random.key(0)}
