@@ -144,3 +144,17 @@ def test_with_weights_returns_the_users_kind_of_object_and_leaves_it_alone():
     assert isinstance(moved.native, MLP)
     assert np.all(np.asarray(moved.native.l1.kernel[...]) == 0)
     np.testing.assert_array_equal(np.asarray(module.l1.kernel[...]), before)
+
+
+def test_a_linen_model_with_an_active_dropout_is_refused_for_its_random_numbers():
+    class Dropped(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.Dropout(0.5, deterministic=False)(nn.Dense(4)(x)))
+
+    x = np.ones((2, 5), np.float32)
+    module = Dropped()
+    variables = module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+    with pytest.raises(xgrad.InputError, match="draws random numbers") as err:
+        xgrad.read_model((module, variables), input_shape=(5,))
+    assert "transposed kernel" not in str(err.value)

@@ -148,6 +148,23 @@ class JaxFunctionModel(AbstractModel):
         dims = sorted({d for leaf in self._p_leaves if np.ndim(leaf) == 2 for d in np.shape(leaf)})
         return [(d,) for d in dims]
 
+    def _run_error(self, shape: tuple[int, ...], exc: Exception) -> str:
+        """Why the model did not run on examples of ``shape``: random numbers it was given no
+        key for (Flax's ``InvalidRngError``: an active Dropout), else a shape problem."""
+        text = " ".join(str(exc).split())[:300]
+        if type(exc).__name__ == "InvalidRngError":
+            return (
+                f"{self.description} draws random numbers (an active Dropout?), which xgrad's "
+                f"layer reader runs without keys: {text}; compare_models reads such a model "
+                "module by module instead (with a fixed key; apply_kwargs={'rngs': ...} for "
+                "another)"
+            )
+        return (
+            f"{self.description} does not run on inputs of shape {shape} (the shape of x's "
+            f"examples): {type(exc).__name__}: {text}; check that x has the model's input "
+            "width and that every kernel has the shape of its layer (a transposed kernel?)"
+        )
+
     def _read(self, input_shape):
         errors, found = [], []
         for shape in self._candidate_shapes(input_shape):
@@ -158,13 +175,7 @@ class JaxFunctionModel(AbstractModel):
                 continue
             except Exception as exc:  # the wrong width, or a broken function
                 if input_shape is not None:
-                    text = " ".join(str(exc).split())[:300]
-                    raise InputError(
-                        f"{self.description} does not run on inputs of shape {tuple(shape)} "
-                        f"(the shape of x's examples): {type(exc).__name__}: {text}; check that "
-                        "x has the model's input width and that every kernel has the shape of "
-                        "its layer (a transposed kernel?)"
-                    ) from None
+                    raise InputError(self._run_error(tuple(shape), exc)) from None
                 continue
             found.append((shape, graph, layers))
         if len(found) != 1:
