@@ -149,3 +149,65 @@ def test_a_port_of_a_batchnorm_model_compares_with_the_statistics_transferred(ep
     assert not report.ok
     assert report.first_divergence["path"] == "bn"
     assert report.diagnoses[0].cause == "batchnorm-epsilon"
+
+
+# -- the model failing on the inputs ----------------------------------------------------------
+
+
+def _bag():
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, ids):
+            return self.head(self.embed(ids).mean(dim=1))
+
+    torch.manual_seed(0)
+    return Bag()
+
+
+@pytest.mark.parametrize(
+    ("make", "inputs", "quoted", "hint"),
+    [
+        (
+            _bag,
+            lambda: np.arange(14).reshape(7, 2),
+            "failed in module 'embed' (Embedding): IndexError: index out of range in self",
+            "its ids must lie in [0, 10) (num_embeddings=10); the inputs hold ids from 0 to 13",
+        ),
+        (
+            _bag,
+            lambda: np.zeros((7, 2), np.float32),
+            "failed in module 'embed' (Embedding): RuntimeError: Expected tensor for argument",
+            "token ids must be integers: pass them as an integer array (int64)",
+        ),
+        (
+            _net,
+            lambda: _inputs(7)[0],
+            "failed: TypeError: Net.forward() missing 1 required positional argument: 's'",
+            "xgrad calls Net(x) for one array x, Net(*x) for a tuple or list and Net(**x) for a "
+            "dict: give x the way Net.forward takes its inputs",
+        ),
+        (
+            _net,
+            lambda: (np.zeros((7, 5), np.float32), np.ones((7, 2), np.float32)),
+            "failed in module 'fc' (Linear): RuntimeError: mat1 and mat2 shapes cannot be "
+            "multiplied (7x5 and 6x8)",
+            "",
+        ),
+    ],
+    ids=["id-out-of-range", "float-ids", "signature", "shape"],
+)
+def test_the_models_own_error_is_quoted_with_the_module_and_the_users_batch(
+    make, inputs, quoted, hint
+):
+    from xgrad.errors import InputError
+
+    x = inputs()
+    with pytest.raises(InputError) as err:
+        capture_module(make(), as_batch(x))
+    message = str(err.value)
+    assert quoted in message and hint in message
+    assert "(7, " in message  # the user's batch of 7, not a probe batch

@@ -129,9 +129,15 @@ def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], o
     the root included); ``(calls in the order they finish, the model's output)``."""
     paths = {id(m): name for name, m in module.named_modules()}
     seen: dict[str, _Call] = {}
+    running: list[str] = []  # the modules whose calls have started and not finished
+
+    def start(mod, args):
+        running.append(paths.get(id(mod), ""))
 
     def hook(mod, args, kwargs, out):
         path = paths.get(id(mod))
+        if running:
+            running.pop()
         if path is None:
             return
         if path in seen:
@@ -143,6 +149,7 @@ def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], o
         seen[path] = _Call(path, mod, inputs, value, key, len(seen))
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for _, m in module.named_modules()]
+    handles += [m.register_forward_pre_hook(start) for _, m in module.named_modules()]
     params, buffers = fresh_tensors(module, grad=False)
     try:
         args, kwargs, _ = _tensors(batch, torch_dtype(dtype), module_device(module), grad=False)
@@ -151,14 +158,41 @@ def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], o
     except XgradError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise InputError(
-            f"running {type(module).__name__} on inputs {batch.describe()} failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
+        raise _failed(module, batch, exc, running[-1] if running else "") from None
     finally:
         for handle in handles:
             handle.remove()
     return sorted(seen.values(), key=lambda c: c.order), out
+
+
+def _failed(module: nn.Module, batch: Batch, exc: Exception, where: str) -> InputError:
+    """The model's own error on the batch, quoted, with the module it was raised in
+    (``where``: its path, ``""`` for the model itself) and, where xgrad can tell, what to
+    change."""
+    name = type(module).__name__
+    sub = module.get_submodule(where) if where else module
+    inside = f" in module {where!r} ({type(sub).__name__})" if where else ""
+    hint = ""
+    if isinstance(exc, TypeError) and not where and "argument" in str(exc):
+        hint = (
+            f"; xgrad calls {name}(x) for one array x, {name}(*x) for a tuple or list and "
+            f"{name}(**x) for a dict: give x the way {name}.forward takes its inputs"
+        )
+    elif isinstance(sub, nn.Embedding):
+        ids = [a for a in batch.leaves.values() if a.dtype.kind in "iu"]
+        if not ids:
+            hint = "; token ids must be integers: pass them as an integer array (int64)"
+        else:
+            low, high = min(int(a.min()) for a in ids), max(int(a.max()) for a in ids)
+            hint = (
+                f"; its ids must lie in [0, {sub.num_embeddings}) (num_embeddings="
+                f"{sub.num_embeddings}); the inputs hold ids from {low} to {high}"
+            )
+    text = " ".join(str(exc).split())[:500]
+    return InputError(
+        f"running {name} on inputs {batch.describe()} failed{inside}: "
+        f"{type(exc).__name__}: {text}{hint}"
+    )
 
 
 def _scope(path: str, called: set[str]) -> str | None:
