@@ -251,6 +251,14 @@ def _read_modules(reference, candidate, batch, mapping, options, why) -> ModelPa
             raise
     pairing = pair_modules(models["reference"], models["candidate"], mapping)
     notes = [f"read module by module ({why})"] if why else ["read module by module"]
+    integer = [name for name in batch.names if name not in batch.floating]
+    if integer:
+        one = len(integer) == 1
+        notes.append(
+            f"{', '.join(integer)} {'holds' if one else 'hold'} integers (token ids or "
+            f"indices): {'it has' if one else 'they have'} no dL/dinput, so no input entry "
+            "compares one"
+        )
     for side, model in models.items():
         if getattr(model, "output_note", None):
             notes.append(f"{side}: {model.output_note}")
