@@ -716,3 +716,23 @@ def test_a_converted_model_with_xgrads_own_activations_saves_and_reloads(tmp_pat
     np.testing.assert_allclose(np.asarray(reloaded(x)), expected, rtol=1e-13)
     read = xgrad.read_model(reloaded)
     assert read.spec() == spec
+
+
+def test_a_layer_called_with_training_true_in_call_is_refused_and_the_model_left_as_it_was():
+    class Trained(keras.Model):  # as the Keras guides write a subclassed model
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(6)
+            self.bn = keras.layers.BatchNormalization()
+            self.out = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.out(self.bn(self.dense(x), training=True))
+
+    model = Trained()
+    model(np.ones((3, 4), np.float32))
+    before = [np.array(v.numpy()) for v in model.non_trainable_variables]
+    with pytest.raises(AlignmentError, match=r"'batch_normalization.*' .* training=True in call"):
+        FRAMEWORK.read(model, input_shape=(4,))
+    for old, var in zip(before, model.non_trainable_variables, strict=True):
+        np.testing.assert_array_equal(var.numpy(), old)  # the moving statistics kept

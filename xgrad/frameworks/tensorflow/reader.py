@@ -63,22 +63,29 @@ CODE = (
 
 PROBE_BATCH = 4
 
+MODAL = (keras.layers.BatchNormalization, keras.layers.Dropout)
+"""The layers read whose computation depends on ``training``: read in inference mode."""
+
 # -- recording one call -----------------------------------------------------------------------
 
 
 @dataclass
 class _Call:
-    """One layer call: the layer, its input (a list for ``Add``) and its output."""
+    """One layer call: the layer, its input (a list for ``Add``), its output, and the
+    ``training`` it was called with (``True`` where ``call()`` passes ``training=True``
+    whatever the model is called with)."""
 
     layer: keras.layers.Layer
     input: object
     output: object
+    training: object = None
 
 
 def _recorder(layer, call, calls: list[_Call]):
     def record(*args, **kwargs):
         out = call(*args, **kwargs)
-        calls.append(_Call(layer, args[0] if args else kwargs.get("inputs"), out))
+        inputs = args[0] if args else kwargs.get("inputs")
+        calls.append(_Call(layer, inputs, out, kwargs.get("training")))
         return out
 
     return record
@@ -410,14 +417,20 @@ def read_keras_model(model, *, input_shape: Shape | None = None) -> ReadModel:
     input_dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else model.compute_dtype
     probe = np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape)).astype(input_dtype)
     calls: list[_Call] = []
+    # a layer that call() runs with training=True updates its state (BatchNormalization's
+    # moving statistics) even in this probe call: kept and restored, the model is not changed
+    saved = [(v, np.array(v.numpy())) for v in model.non_trainable_variables]
     try:
         with _recording(keras_leaves(model), calls):
             output = model(probe, training=False)
     except Exception as exc:  # the user's call: any error, shown with its own text
         raise InputError(
-            f"calling Keras model {model.name!r} on a batch of shape {probe.shape} failed: "
+            f"calling Keras model {model.name!r} on examples of shape {tuple(shape)} failed: "
             f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         ) from exc
+    finally:
+        for var, value in saved:
+            var.assign(value)
     if not calls:
         raise AlignmentError(f"Keras model {model.name!r} calls no layer")
     dtype = _dtype(model, calls)
@@ -427,6 +440,14 @@ def read_keras_model(model, *, input_shape: Shape | None = None) -> ReadModel:
             raise AlignmentError(
                 f"{where(call.layer)} is called {counts[id(call.layer)]} times in one pass "
                 "(shared weights); xgrad reads models that call each layer once"
+            )
+    for call in calls:
+        if call.training is True and isinstance(call.layer, MODAL):
+            raise AlignmentError(
+                f"{where(call.layer)} is called with training=True in call(), so it computes "
+                "in training mode whatever the model is called with; xgrad reads layers in "
+                "inference mode (compare_models reads such a model module by module, in the "
+                "modes call() sets)"
             )
     chain = _Chain(probe, dtype)
     for call in calls:
