@@ -716,3 +716,10 @@ def test_a_layer_called_twice():
     assert captured.module("shared").input_shape == (3,)  # its first call's
     # the gradient sums both uses; dL/d output is the first call's
     check_gradients(case, captured, ["shared.kernel"], "shared", model.shared)
+
+
+def test_modules_are_named_by_their_attribute_paths_not_keras_names():
+    case = feed_forward_case()
+    captured = case.capture()
+    assert [m.name for m in captured.modules[:3]] == ["norm", "dense_1", "dense_2"]
+    assert captured.modules[-1].name == case.model.name  # the model itself: its Keras name

@@ -316,7 +316,7 @@ def _infos(calls: list[_Call], nodes: list[LayerNode]):
             ModuleInfo(
                 path=c.node.path,
                 kind=kind,
-                name=c.node.layer.name,
+                name=c.node.path or c.node.layer.name,  # attribute paths, as torch and Flax
                 layer=layer,
                 params={k: v.path for k, v in params.items()},
                 state={k: v.path for k, v in state.items()},
