@@ -587,6 +587,23 @@ def _forced_children(r: _Node, c: _Node, forced: Mapping[str, str]) -> list[tupl
     ]
 
 
+def _unknown_name(side: str, name: str, model: CapturedModel) -> str:
+    """The message for a mapping name that is neither a module nor a parameter of ``side``:
+    the nearest names first, then every module path and parameter (native names)."""
+    import difflib
+
+    modules = [i.path for i in model.modules if i.path]
+    params = list(model.native_names().values())
+    near = difflib.get_close_matches(name, [*modules, *params], n=3)
+    return (
+        f"mapping names {side} {name!r}, which is neither a module nor a parameter of the "
+        f"{side}"
+        + (f" (nearest: {', '.join(map(repr, near))})" if near else "")
+        + f"; its modules are: {', '.join(map(repr, modules)) or 'none'}; its parameters: "
+        f"{', '.join(map(repr, params)) or 'none'}"
+    )
+
+
 def _apply_param_mapping(mapping, reference, candidate, acc: _Params, left: list, modules: bool):
     """A ``{reference parameter: candidate parameter}`` mapping (canonical or native names)
     pairs those parameters, replacing what was paired for them automatically."""
@@ -598,15 +615,17 @@ def _apply_param_mapping(mapping, reference, candidate, acc: _Params, left: list
     for r, c in mapping.items():
         rn = r if r in ref_w else ref_native.get(r)
         cn = c if c in cand_w else cand_native.get(c)
-        if rn is None:
+        for side, name, found, model in (
+            ("reference", r, rn, reference),
+            ("candidate", c, cn, candidate),
+        ):
+            if found is None and name not in {i.path for i in model.modules if i.path}:
+                raise AlignmentError(_unknown_name(side, name, model))
+        if rn is None or cn is None:
             raise AlignmentError(
-                f"mapping names reference {r!r}, which is neither a module nor a parameter; "
-                f"the reference's parameters are: {', '.join(map(repr, ref_w))}"
-            )
-        if cn is None:
-            raise AlignmentError(
-                f"mapping names candidate {c!r}, which is neither a module nor a parameter; "
-                f"the candidate's parameters are: {', '.join(map(repr, cand_w))}"
+                f"mapping pairs {r!r} with {c!r}: give module paths on both sides, or "
+                "parameters on both sides, for every pair (a module pair is used only when "
+                "every pair names modules)"
             )
         layout = _permutation(np.shape(ref_w[rn]), np.shape(cand_w[cn]))
         if layout is False:
