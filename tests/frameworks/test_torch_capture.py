@@ -211,3 +211,39 @@ def test_the_models_own_error_is_quoted_with_the_module_and_the_users_batch(
     message = str(err.value)
     assert quoted in message and hint in message
     assert "(7, " in message  # the user's batch of 7, not a probe batch
+
+
+@pytest.mark.skipif("flax" not in INSTALLED, reason="flax is not installed")
+def test_a_port_whose_statistics_were_not_loaded_is_not_blamed_on_its_epsilon():
+    # the port holds the reference's parameters but its own fresh statistics (mean 0, var 1),
+    # compared as it is: re-running the reference's BatchNorm with another epsilon on the
+    # port's statistics reproduced the port, which named batchnorm-epsilon wrongly
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import xgrad
+
+    class Port(nnx.Module):
+        def __init__(self, *, rngs):
+            self.fc = nnx.Linear(6, 8, rngs=rngs)
+            self.bn = nnx.BatchNorm(8, momentum=0.9, use_running_average=True, rngs=rngs)
+            self.head = nnx.Linear(8, 2, rngs=rngs)
+
+        def __call__(self, x, s):
+            return self.head(nnx.relu(self.bn(self.fc(x)))) * s
+
+    net, port = _net(), Port(rngs=nnx.Rngs(0))
+    for ours, theirs, attr in [
+        (port.fc.kernel, net.fc.weight, "T"),
+        (port.fc.bias, net.fc.bias, ""),
+        (port.head.kernel, net.head.weight, "T"),
+        (port.head.bias, net.head.bias, ""),
+        (port.bn.scale, net.bn.weight, ""),
+        (port.bn.bias, net.bn.bias, ""),
+    ]:
+        value = theirs.detach().numpy()
+        ours.value = jnp.asarray(value.T if attr else value)
+    report = xgrad.compare_models(net, port, _inputs(), transfer=False)
+    assert report.first_divergence["path"] == "bn"
+    cause = report.diagnoses[0]
+    assert cause.cause == "unexplained" and "were they copied across?" in cause.detail

@@ -93,6 +93,8 @@ def norm_epsilon(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | N
     if not isinstance(main, LayerNorm | RMSNorm | BatchNorm):
         return None
     weights = {**unit.weights_ref, **unit.weights_cand}
+    if rel(_rerun(unit, main, weights), unit.output_cand) <= ev.fit_tol:
+        return None  # its own epsilon on the candidate's weights does it: they differ, not it
     best, best_residual = None, np.inf
     for eps in EPSILONS:
         if abs(eps - main.epsilon) <= 1e-3 * main.epsilon:
