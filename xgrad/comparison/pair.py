@@ -181,7 +181,9 @@ def read_pair(
             if read == "layers" or batch is None:
                 raise
             layers_error = exc
-            why = f"not every layer could be read as one of xgrad's kinds: {exc}"
+            # the reader's problem without its advice (a Flatten, an input_shape=): module
+            # by module, that advice does not apply
+            why = f"not every layer could be read as one of xgrad's kinds: {str(exc).split('; ')[0]}"
         else:  # both read as layers: a structural difference is the user's to fix, by name
             pair = _pair_layers(*models, mapping)
             pair.batch = batch
