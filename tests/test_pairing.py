@@ -134,3 +134,46 @@ def test_parameters_on_one_side_only_are_listed_and_may_be_ignored():
     assert xgrad.compare_models(ref, cand, x, ignore=["1.*"]).ok
     with pytest.raises(xgrad.InputError, match="'1.weight'"):
         xgrad.compare_models(ref, cand, x, ignore=["1.weigth"])
+
+
+def test_each_module_pair_says_what_paired_it_and_the_weakest_are_named_in_a_note():
+    class Scaled(nn.Module):  # weight-free and of no known kind
+        def forward(self, x):
+            return x * 0.5
+
+    class Halved(nn.Module):
+        def forward(self, x):
+            return x / 2
+
+    ref = nn.Sequential(nn.Linear(12, 8), Scaled(), nn.ReLU(), nn.Linear(8, 4))
+    cand = nn.Sequential(nn.Linear(12, 8), Halved(), nn.ReLU(), nn.Linear(8, 4))
+    cand.add_module("extra", nn.Identity())  # never called: no module to pair
+    report = xgrad.compare_models(ref, cand, X)
+    assert report.ok, report.summary()
+    by = {e.path: e.paired_by["torch"] for e in report.layers}
+    # Sequential children are named alike here (0, 1, 2, 3): names and shapes pair them
+    assert set(by.values()) == {"name and shapes", "the models"}
+    assert report.to_dict()["layers"][0]["paired_by"] == {"torch": "name and shapes"}
+
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.halve, self.act, self.out = ref[0], Halved(), nn.ReLU(), ref[3]
+
+        def forward(self, x):
+            return self.out(self.act(self.halve(self.fc(x))))
+
+    report = xgrad.compare_models(ref, Named(), X)
+    assert report.ok, report.summary()
+    by = {e.path: e.paired_by["torch"] for e in report.layers}
+    assert by["0"] == by["3"] == "shapes and call order"
+    assert by["1"] == by["2"] == "output shape and call order"
+    # the ReLU pair shares a known kind; the two scalings share nothing but their place
+    (note,) = [n for n in report.notes if "call order and output shape alone" in n]
+    assert "1 <-> halve" in note and "2 <-> act" not in note and "mapping=" in note
+    # a report read layer by layer says nothing of it
+    flat = X[:, 0, :]
+    plain = xgrad.compare_models(
+        nn.Sequential(nn.Linear(12, 4)), nn.Sequential(nn.Linear(12, 4)), flat
+    )
+    assert all(not e.paired_by for e in plain.layers)

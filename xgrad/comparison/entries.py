@@ -246,6 +246,11 @@ def layer_entries(c: Comparison, captured: Sequence[Side]) -> dict[str, LayerEnt
             shape=tuple(shape),
             forward=forward.compare_many(values, pairs=False).results,
             backward=backward.compare_many(grads, pairs=False).results,
+            paired_by={
+                label: by
+                for label in values
+                if (by := getattr(c.alignments.get(label), "how", {}).get(ref_unit.path))
+            },
         )
     return out
 

@@ -183,7 +183,8 @@ def read_pair(
             layers_error = exc
             # the reader's problem without its advice (a Flatten, an input_shape=): module
             # by module, that advice does not apply
-            why = f"not every layer could be read as one of xgrad's kinds: {str(exc).split('; ')[0]}"
+            problem = str(exc).split("; ")[0]
+            why = f"not every layer could be read as one of xgrad's kinds: {problem}"
         else:  # both read as layers: a structural difference is the user's to fix, by name
             pair = _pair_layers(*models, mapping)
             pair.batch = batch
@@ -296,6 +297,20 @@ def pairing_notes(pairing) -> list[str]:
             if t.side == "reference"
             else f"the {t.side} ties {t.alias} to {t.owner} (one array used twice) where the "
             f"{separate} has a separate parameter {t.other}: compared as tied-weights"
+        )
+    how = getattr(pairing, "how", {})
+    weak = [
+        f"{r.path} <-> {c.path}"
+        for r, c in pairing.pairs
+        if how.get(r.path) == "output shape and call order"
+        and not r.info.kind == c.info.kind != "module"
+    ]
+    if weak:
+        more = f" and {len(weak) - 6} more" if len(weak) > 6 else ""
+        notes.append(
+            f"{len(weak)} module pair(s) without weights, of other names and no common known "
+            f"kind, were paired by call order and output shape alone: {', '.join(weak[:6])}"
+            f"{more}; if one is wrong, pass mapping={{reference module: candidate module}}"
         )
     if getattr(pairing, "assumed", ()):
         notes.append(

@@ -91,6 +91,10 @@ class LayerEntry:
         shape: the output's shape ``(batch, features)``.
         forward: framework -> the layer's output against the reference's.
         backward: framework -> ``dL/d`` output against the reference's.
+        paired_by: for models read module by module, framework -> what paired its module
+            with the reference's (``name and shapes``, ``shapes and call order``, ``output
+            shape and call order``, ``mapping``, ``the models``): how sure the pairing is,
+            strongest first; empty for models read layer by layer.
     """
 
     path: str
@@ -99,6 +103,7 @@ class LayerEntry:
     shape: tuple[int, ...]
     forward: dict[str, Metrics]
     backward: dict[str, Metrics]
+    paired_by: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -113,6 +118,7 @@ class LayerEntry:
             "shape": list(self.shape),
             "forward": {fw: m.to_dict() for fw, m in self.forward.items()},
             "backward": {fw: m.to_dict() for fw, m in self.backward.items()},
+            **({"paired_by": dict(self.paired_by)} if self.paired_by else {}),
         }
 
 
