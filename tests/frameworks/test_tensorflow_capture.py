@@ -200,20 +200,35 @@ def fd_input(case: Case, name, index) -> float:
 
 
 def fd_module_output(case: Case, layer, index) -> float:
-    """``dL/d`` the layer's output at ``index`` (its first call's): that output shifted."""
+    """``dL/d`` the layer's output at ``index`` (its first call's): that output shifted. A
+    Dense's output is taken before its own activation (``Dense(3, activation="tanh")``: the
+    output an ``nn.Linear`` followed by ``tanh`` has)."""
     original = layer.call
+    fn = getattr(layer, "activation", None)
+    if not isinstance(layer, keras.layers.Dense) or fn is keras.activations.linear:
+        fn = None
+
+    def before_activation(*args, **kwargs):
+        if fn is None:
+            return original(*args, **kwargs)
+        object.__setattr__(layer, "activation", keras.activations.linear)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            object.__setattr__(layer, "activation", fn)
 
     def at(delta: float) -> float:
         calls = []
 
         def shifted(*args, **kwargs):
-            out = original(*args, **kwargs)
+            out = before_activation(*args, **kwargs)
             calls.append(1)
             if len(calls) > 1:
-                return out
+                return out if fn is None else fn(out)
             bump = np.zeros(tuple(out.shape))
             bump[index] = delta
-            return out + tf.constant(bump, out.dtype)
+            out = out + tf.constant(bump, out.dtype)
+            return out if fn is None else fn(out)
 
         object.__setattr__(layer, "call", shifted)
         try:
@@ -295,7 +310,9 @@ def test_feed_forward_block_on_tokens():
     ]
     norm, dense_1, dense_2, root = captured.modules
     assert norm.layer == LayerNorm(epsilon=1e-3)
-    assert dense_1.layer == Dense(16, "gelu") and dense_2.layer == Dense(8)
+    # dense_1's gelu runs after its output, as torch's F.gelu after an nn.Linear would
+    assert dense_1.layer == Dense(16) and dense_2.layer == Dense(8)
+    assert dense_1.note.startswith("compared before its activation gelu")
     assert norm.params["scale"].endswith("/gamma") and norm.params["bias"].endswith("/beta")
     assert dense_1.input_shape == (5, 8) and dense_1.output_shape == (5, 16)
     assert root.opaque and not root.params

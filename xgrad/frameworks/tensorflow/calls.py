@@ -29,6 +29,8 @@ from xgrad.frameworks.tensorflow.ops import keras, tf
 __all__ = [
     "Arguments",
     "LayerNode",
+    "activation_apart",
+    "call_apart",
     "attribute_paths",
     "call_failed",
     "calls_wrapped",
@@ -150,6 +152,47 @@ def layer_tree(model: keras.Model) -> list[LayerNode]:
 
     visit(root)
     return nodes
+
+
+def _applies_activation_last() -> tuple[type, ...]:
+    """Keras' own layers whose ``call`` ends with ``self.activation(...)``."""
+    names = (
+        "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
+        "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D",
+        "SeparableConv1D", "SeparableConv2D",
+    )  # fmt: skip
+    return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n))
+
+
+def activation_apart(layer) -> Callable | None:
+    """The activation a Keras layer applies at the end of its own call (``Dense(16,
+    activation="relu")``), or ``None`` (no activation, a linear one, another class).
+
+    Read module by module, such a layer's output is taken before its activation, and the
+    activation is code after it: what a PyTorch ``nn.Linear`` followed by ``F.relu`` or an
+    ``nnx.Linear`` followed by ``jax.nn.relu`` computes, so that a port pairs layer with
+    layer and activation with activation."""
+    fn = getattr(layer, "activation", None)
+    if (
+        fn is None
+        or fn is keras.activations.linear
+        or not isinstance(layer, _applies_activation_last())
+    ):
+        return None
+    return fn
+
+
+def call_apart(layer, call: Callable, args, kwargs):
+    """``(output before the activation, the activation or None)`` of one call of ``layer``
+    (its activation set to linear while ``call`` runs, restored in ``finally``)."""
+    fn = activation_apart(layer)
+    if fn is None:
+        return call(*args, **kwargs), None
+    object.__setattr__(layer, "activation", keras.activations.linear)
+    try:
+        return call(*args, **kwargs), fn
+    finally:
+        object.__setattr__(layer, "activation", fn)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,11 @@ or ``BatchNormalization`` that Keras called with ``training=True`` is read as su
 note. A weight-free layer of another class is named from its values when one of xgrad's
 activations reproduces them, a layer of your own holding one weight vector when one of
 xgrad's norms does; any other layer is opaque: compared and localised, never refused.
+A Keras layer that ends its call with its own activation (``Dense(16, activation="relu")``)
+is captured before it, and the activation runs after it as code
+(:func:`~.calls.call_apart`): the output an ``nn.Linear`` or ``nnx.Linear`` followed by
+``relu`` has, so that a port pairs layer with layer and places an activation that parts
+between two modules.
 
 The model evaluated is your model itself: the batch is passed as you would pass it (one
 array: ``model(x)``; several: ``model([a, b])`` for a model whose ``call`` takes one
@@ -70,6 +75,7 @@ from xgrad.frameworks.kinds import to_canonical, to_native
 from xgrad.frameworks.tensorflow.calls import (
     Arguments,
     LayerNode,
+    call_apart,
     call_failed,
     calls_wrapped,
     first_floating,
@@ -83,6 +89,7 @@ from xgrad.frameworks.tensorflow.kinds import (
     BATCHNORM_NOTE,
     DROPOUT_NOTE,
     KINDS,
+    keras_activation_name,
     read_layer,
     reading_kind,
 )
@@ -112,6 +119,7 @@ class _Call:
     training: object
     order: int
     calls: int = 1
+    activation: Callable | None = None  # applied after the output recorded (calls.call_apart)
 
 
 def _training(call: Callable, args, kwargs):
@@ -133,7 +141,7 @@ def _record(model, nodes: list[LayerNode], batch: Batch, arguments: Arguments):
 
     def wrap(path: str, call: Callable) -> Callable:
         def recorded(*args, **kwargs):
-            out = call(*args, **kwargs)
+            out, activation = call_apart(by_path[path].layer, call, args, kwargs)
             if path in seen:
                 seen[path].calls += 1
             else:
@@ -142,7 +150,8 @@ def _record(model, nodes: list[LayerNode], batch: Batch, arguments: Arguments):
                 seen[path] = _Call(
                     by_path[path], inputs, leaf, _training(call, args, kwargs), len(seen)
                 )
-            return out
+                seen[path].activation = activation
+            return out if activation is None else activation(out)
 
         return recorded
 
@@ -216,7 +225,8 @@ def _as_kind(call: _Call, own: dict[str, object]):
     if kind != "flatten":
         x, out = _vectors(x), _vectors(out)
     try:
-        read = read_layer(layer, x, out, layer.compute_dtype)
+        # a layer's own activation was applied after the output recorded: read it without
+        read = call_apart(layer, read_layer, (layer, x, out, layer.compute_dtype), {})[0]
     except XgradError:
         return None
     if read.config is None:
@@ -226,6 +236,12 @@ def _as_kind(call: _Call, own: dict[str, object]):
     if {id(v) for v in mine.values()} != {id(v) for v in own.values()}:
         return None  # holds more (or other) variables than the kind's
     config, note = read.config, read.note
+    if call.activation is not None:
+        after = keras_activation_name(call.activation) or getattr(
+            call.activation, "__name__", "its activation"
+        )
+        apart = f"compared before its activation {after}, which runs after it as code does"
+        note = apart if note is None else f"{apart}; {note}"
     active = bool(call.training) and layer.trainable
     if read.kind == "batchnorm" and active:
         config = dataclasses.replace(config, training=True)
@@ -595,22 +611,25 @@ class KerasCapturedModel(CapturedModel):
     def _tap(self, taps: _Taps, tape) -> Callable:
         """A wrapper adding a watched zero tensor to each module's first floating output."""
 
+        layers = {node.path: node.layer for node in self._nodes}
+
         def wrap(path: str, call: Callable) -> Callable:
             def tapped(*args, **kwargs):
-                out = call(*args, **kwargs)
+                out, activation = call_apart(layers[path], call, args, kwargs)
+                after = activation or (lambda value: value)
                 if path in taps.inputs:
-                    return out
+                    return after(out)
                 taps.inputs[path] = floating_leaves(args, kwargs)
                 key, leaf = first_floating(out)
                 if leaf is None:
-                    return out
+                    return after(out)
                 eps = tf.zeros_like(leaf)
                 tape.watch(eps)
                 new = leaf + eps
                 taps.paths.append(path)
                 taps.eps.append(eps)
                 taps.values[path] = new
-                return replace_leaf(out, key, new)
+                return after(replace_leaf(out, key, new))
 
             return tapped
 
