@@ -383,14 +383,21 @@ class Report(AbstractReport):
             n = sum(m.status in rounded for e in self.entries for m in e.results.values())
             more = "" if self.ok else "and beside them, passing, "
             verdict += f" ({more}{n} only up to rounding: {', '.join(rounded)}, see the notes)"
-        if worst is None:
+        if worst is not None:
+            entry, fw, _, m = worst
+            label = entry.label
+        if (worst is None or m.status in OK_STATUSES) and self.layer_failures():
+            # only modules' outputs part (the loss sees another output): name the worst
+            layer, fw, where, m = max(self.layer_failures(), key=lambda r: sort_key(r[3]))
+            what = "output" if where == "forward" else "dL/d output"
+            label = f"{what} of {layer.path or '(the model)'} ({layer.names.get(fw, '')})"
+        elif worst is None:
             return verdict
-        entry, fw, _, m = worst
         if m.status == "nonfinite":
             what = f"nonfinite ({m.nan} NaN, {m.inf} Inf, first at {m.first_nonfinite})"
         else:
             what = f"rel_norm {fmt(m.rel_norm)} (tolerance {self.tolerance:g})"
-        return f"{verdict}; worst {entry.label} in {fw}: {what}"
+        return f"{verdict}; worst {label} in {fw}: {what}"
 
     def header(self) -> str:
         loss = f"loss {self.loss}" if self.loss else "given cotangent"
