@@ -247,3 +247,51 @@ def test_a_port_whose_statistics_were_not_loaded_is_not_blamed_on_its_epsilon():
     assert report.first_divergence["path"] == "bn"
     cause = report.diagnoses[0]
     assert cause.cause == "unexplained" and "were they copied across?" in cause.detail
+
+
+# -- weights a module's own code uses ---------------------------------------------------------
+
+
+def _autoencoder(use):
+    class AE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Linear(6, 3)
+            self.out_bias = nn.Parameter(torch.zeros(6))
+
+        def forward(self, x):
+            return use(self, torch.tanh(self.enc(x)))
+
+    torch.manual_seed(0)
+    return AE()
+
+
+def test_a_weight_used_in_the_models_own_code_is_shared_there():
+    x = as_batch(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32))
+    for use in (
+        lambda m, h: nn.functional.linear(h, m.enc.weight.t(), m.out_bias),
+        lambda m, h: h @ m.enc.weight + m.out_bias,
+    ):
+        root = capture_module(_autoencoder(use), x).module("")
+        assert root.shared == {"enc.weight": "enc.kernel"}
+        assert root.params == {"out_bias": "out_bias"}
+    # reading its shape, dtype or size is no use of its values
+    reads = lambda m, h: h @ torch.ones(m.enc.weight.shape, dtype=m.enc.weight.dtype)  # noqa: E731
+    assert capture_module(_autoencoder(reads), x).module("").shared == {}
+
+
+def test_a_tie_registered_twice_is_shared_once():
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(7, 4)
+            self.head = nn.Linear(4, 7, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(self.emb(ids))
+
+    ids = as_batch(np.random.default_rng(0).integers(0, 7, size=(2, 3)))
+    captured = capture_module(LM(), ids)
+    assert len(captured.module("head").shared) == 1
+    assert list(captured.module("head").shared.values()) == ["emb.weight"]

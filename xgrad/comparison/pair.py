@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xgrad.align import Alignment, align
+from xgrad.align import Alignment, align, units
 from xgrad.errors import FrameworkError, InputError, XgradError
 from xgrad.frameworks.base import AbstractModel
 from xgrad.frameworks.capture import Batch, as_batch
@@ -185,10 +185,21 @@ def read_pair(
             # by module, that advice does not apply
             problem = str(exc).split("; ")[0]
             why = f"not every layer could be read as one of xgrad's kinds: {problem}"
-        else:  # both read as layers: a structural difference is the user's to fix, by name
-            pair = _pair_layers(*models, mapping)
-            pair.batch = batch
-            return pair
+        else:
+            unread = [
+                f"{m.description}: {m.structure_error}"
+                for m in models
+                if getattr(m, "structure_error", None) and not units(m.layers)
+            ]
+            if not (read == "auto" and unread and mapping == "auto"):
+                # both read as layers: a structural difference is the user's to fix, by name
+                pair = _pair_layers(*models, mapping)
+                pair.batch = batch
+                return pair
+            # read, but into no layer (shared weights, branches): module by module instead,
+            # and where the frameworks cannot, the layers' own refusal
+            why = f"not every layer could be read as one of xgrad's kinds: {unread[0]}"
+            layers_error = models
     elif read == "auto":
         why = (
             "the inputs are not one floating array"
@@ -198,7 +209,12 @@ def read_pair(
     try:
         return _read_modules(reference, candidate, batch, mapping, (outputs, modes, calls), why)
     except ModulesUnsupported:
-        if layers_error is not None:
+        if isinstance(layers_error, tuple):  # the refusal of the layers read
+            try:
+                _pair_layers(*layers_error, mapping)
+            except XgradError as exc:
+                layers_error = exc
+        if isinstance(layers_error, XgradError):
             raise layers_error from None
         raise
 

@@ -6,7 +6,9 @@ on every submodule, which records each call: the module's path, its floating inp
 output, the order calls finish in. Each called module owns its direct parameters and those of
 its submodules that are never called themselves (``nn.MultiheadAttention`` uses its
 ``out_proj`` weights through ``F.multi_head_attention_forward``); a parameter reached from
-two modules (a tied LM head) is owned by the first and shared by the other.
+two modules (a tied LM head) is owned by the first and shared by the other, and so is one
+that a module's own code uses although another module owns it (a tied autoencoder's
+``F.linear(h, self.enc.weight.t())``: :mod:`.uses`).
 
 A called module without called submodules whose class the torch kind table reads
 (:data:`~xgrad.frameworks.torch.kinds.KINDS`: ``nn.Linear``, ``nn.LayerNorm``, activation
@@ -59,6 +61,7 @@ from xgrad.frameworks.torch.model import (
     torch_dtype,
     write_tensor,
 )
+from xgrad.frameworks.torch.uses import ParamUses, used_elsewhere
 from xgrad.identify import fit_activation, fit_norm
 from xgrad.layers import Activation
 from xgrad.losses import Loss
@@ -124,9 +127,10 @@ def _tensors(batch: Batch, dtype: torch.dtype, device, *, grad: bool):
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], object]:
+def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], object, set]:
     """Run ``module`` once, without grad, recording every module call (hooks on every module,
-    the root included); ``(calls in the order they finish, the model's output)``."""
+    the root included); ``(calls in the order they finish, the model's output, the
+    parameters each module's own code uses)`` (:class:`~.uses.ParamUses`)."""
     paths = {id(m): name for name, m in module.named_modules()}
     seen: dict[str, _Call] = {}
     running: list[str] = []  # the modules whose calls have started and not finished
@@ -153,7 +157,8 @@ def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], o
     params, buffers = fresh_tensors(module, grad=False)
     try:
         args, kwargs, _ = _tensors(batch, torch_dtype(dtype), module_device(module), grad=False)
-        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices(module)):
+        uses = ParamUses(params, running)
+        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices(module)), uses:
             out = torch.func.functional_call(module, {**params, **buffers}, args, kwargs)
     except XgradError:
         raise
@@ -162,7 +167,7 @@ def _record(module: nn.Module, batch: Batch, dtype: str) -> tuple[list[_Call], o
     finally:
         for handle in handles:
             handle.remove()
-    return sorted(seen.values(), key=lambda c: c.order), out
+    return sorted(seen.values(), key=lambda c: c.order), out, uses.found
 
 
 def _failed(module: nn.Module, batch: Batch, exc: Exception, where: str) -> InputError:
@@ -367,9 +372,12 @@ def _uncalled_kinds(module: nn.Module, owner: str, own: dict[str, str], dtype: s
     return renamed, layouts
 
 
-def _infos(calls: list[_Call], module: nn.Module, dtype: str) -> tuple[ModuleInfo, ...]:
+def _infos(
+    calls: list[_Call], module: nn.Module, dtype: str, uses: set = frozenset()
+) -> tuple[ModuleInfo, ...]:
     called = {c.path for c in calls}
     owned, buffers, aliases = _owners(module, called)
+    owner_of = {native: path for path, own in owned.items() for native in own.values()}
     scopes = {c.path: _scope(c.path, called) for c in calls}
     parents = set(scopes.values())
     tensors = dict(module.named_parameters())
@@ -405,12 +413,13 @@ def _infos(calls: list[_Call], module: nn.Module, dtype: str) -> tuple[ModuleInf
                 calls=c.calls,
             )
         )
-    return _with_shared(tuple(out), aliases, called)
+    return _with_shared(tuple(out), aliases, called, used_elsewhere(uses, owner_of, called))
 
 
-def _with_shared(infos: tuple[ModuleInfo, ...], aliases: dict, called: set[str]):
-    """Each module's tied weights: the local name of an alias below it -> the canonical name
-    of the parameter it is."""
+def _with_shared(infos: tuple[ModuleInfo, ...], aliases: dict, called: set[str], used: dict):
+    """Each module's tied weights: the local name of an alias below it (or of another
+    module's parameter its own code uses, ``used``) -> the canonical name of the parameter
+    it is."""
     canonical = {
         native: f"{info.path}.{local}" if info.path else local
         for info in infos
@@ -420,6 +429,10 @@ def _with_shared(infos: tuple[ModuleInfo, ...], aliases: dict, called: set[str])
     for alias, native in aliases.items():
         owner, local = _owner(alias, called)
         shared.setdefault(owner, {})[local] = canonical.get(native, native)
+    for path, natives in used.items():
+        for local, native in natives.items():
+            if native in canonical and canonical[native] not in shared.get(path, {}).values():
+                shared.setdefault(path, {})[local] = canonical[native]
     return tuple(
         dataclasses.replace(info, shared=shared[info.path]) if info.path in shared else info
         for info in infos
@@ -458,7 +471,7 @@ def capture_module(
     if training is not None:
         own.train(bool(training))
     dtype = module_dtype(own)
-    calls, out = _record(own, batch, dtype)
+    calls, out, uses = _record(own, batch, dtype)
     what = f"{type(module).__name__}.forward"
     leaf, path = pick_output(out, output, what=what)
     note = None
@@ -472,7 +485,7 @@ def capture_module(
         raise InputError(f"{what} returned {type(leaf).__name__} at {path!r}, not a tensor")
     model = TorchCapturedModel(
         own,
-        _infos(calls, own, dtype),
+        _infos(calls, own, dtype, uses),
         batch=batch,
         dtype=dtype,
         output_path=path,
