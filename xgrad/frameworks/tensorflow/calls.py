@@ -42,6 +42,7 @@ __all__ = [
     "own_variables",
     "replace_leaf",
     "state_kept",
+    "training_flag",
 ]
 
 # -- the layers and their paths ---------------------------------------------------------------
@@ -193,6 +194,17 @@ def call_apart(layer, call: Callable, args, kwargs):
         return call(*args, **kwargs), fn
     finally:
         object.__setattr__(layer, "activation", fn)
+
+
+def training_flag(call: Callable, args, kwargs):
+    """The ``training`` argument a layer's ``call`` got (by keyword, as Keras passes it, or
+    by position), or ``None``."""
+    if "training" in kwargs:
+        return kwargs["training"]
+    try:
+        return inspect.signature(call).bind_partial(*args, **kwargs).arguments.get("training")
+    except (TypeError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

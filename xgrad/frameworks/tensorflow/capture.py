@@ -62,7 +62,6 @@ Importing this module imports TensorFlow and Keras.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -84,6 +83,7 @@ from xgrad.frameworks.tensorflow.calls import (
     layer_tree,
     replace_leaf,
     state_kept,
+    training_flag,
 )
 from xgrad.frameworks.tensorflow.kinds import (
     BATCHNORM_NOTE,
@@ -122,17 +122,6 @@ class _Call:
     activation: Callable | None = None  # applied after the output recorded (calls.call_apart)
 
 
-def _training(call: Callable, args, kwargs):
-    """The ``training`` argument a layer's ``call`` got (by keyword, as Keras passes it, or
-    by position), or ``None``."""
-    if "training" in kwargs:
-        return kwargs["training"]
-    try:
-        return inspect.signature(call).bind_partial(*args, **kwargs).arguments.get("training")
-    except (TypeError, ValueError):
-        return None
-
-
 def _record(model, nodes: list[LayerNode], batch: Batch, arguments: Arguments):
     """Call ``model`` once, recording every layer's calls: ``(calls in the order they
     finish, the model's output)``."""
@@ -148,7 +137,7 @@ def _record(model, nodes: list[LayerNode], batch: Batch, arguments: Arguments):
                 _, leaf = first_floating(out)
                 inputs = floating_leaves(args, kwargs)
                 seen[path] = _Call(
-                    by_path[path], inputs, leaf, _training(call, args, kwargs), len(seen)
+                    by_path[path], inputs, leaf, training_flag(call, args, kwargs), len(seen)
                 )
                 seen[path].activation = activation
             return out if activation is None else activation(out)
