@@ -19,6 +19,7 @@ from xgrad.comparison.entries import (
 )
 from xgrad.comparison.localize import module_divergence
 from xgrad.comparison.verdicts import consensus_note, judge, wants_explanation
+from xgrad.diagnosis.records import UNEXPLAINED
 from xgrad.metrics import OK_STATUSES
 from xgrad.report import Report
 
@@ -150,11 +151,31 @@ def explain(report: Report, c: Comparison) -> Report:
         if any(d.confirmed for d in tied):  # a structural difference explains the gradients
             diagnoses += [d for d in tied if d.confirmed]
         else:
-            diagnoses += tied + diagnose_side(
+            found = tied + diagnose_side(
                 report, ref, s, alignment, inputs, dtype=c.dtype, tol=c.tol, reference=values
             )
+            diagnoses += _with_config_hint(found, report.config_diffs, s.label)
         repro += _repro_units(report, c, s, values)
     return replace(report, diagnoses=tuple(diagnoses), repro_units=tuple(repro))
+
+
+def _with_config_hint(found: list, diffs, label: str) -> list:
+    """Unexplained diagnoses of a side whose paired layers state another configuration say
+    so: the difference may well be that configuration's, though xgrad could not re-run the
+    model with it (a backward divergence downstream of an epsilon, for one)."""
+    mine = [d for d in diffs if label in d.names]
+    if not mine:
+        return found
+    hint = (
+        f"a configuration differs: {'; '.join(d.text() for d in mine[:3])}. Make it equal "
+        "and compare again: it may be the cause."
+    )
+    return [
+        replace(d, detail=f"{d.detail.rstrip('.')}. {hint[0].upper()}{hint[1:]}")
+        if d.cause == UNEXPLAINED
+        else d
+        for d in found
+    ]
 
 
 def _repro_units(report: Report, c: Comparison, side, values) -> list:

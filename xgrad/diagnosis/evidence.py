@@ -246,6 +246,18 @@ def _identify(layers, weights, x, out, dtype) -> list[AbstractLayer | None]:
     return layers
 
 
+def _token_wise(layers) -> bool:
+    """Whether every layer of a unit on both sides is known and computes each vector of the
+    last axis on its own (:attr:`~xgrad.layers.AbstractLayer.token_wise`)."""
+    return bool(layers) and all(layer is not None and layer.token_wise for layer in layers)
+
+
+def _vectors(a: np.ndarray) -> np.ndarray:
+    """``(batch, tokens, ..., d)`` as ``(batch * tokens * ..., d)``: how a token-wise layer
+    sees it, and how xgrad's NumPy layers take it."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim > 2 else a
+
+
 def build_evidence(
     ref, cand, alignment: Alignment, inputs, *, dtype: str, tol: float, reference=None
 ) -> Evidence:
@@ -288,6 +300,9 @@ def build_evidence(
         wr, wc = local(ref_w, r), local(cand_w, c)
         in_r, in_c = value_before(ref_acts, r, ref.grads), value_before(cand_acts, c, cand.grads)
         out_r, out_c = f64(ref_acts[r.end]), f64(cand_acts[c.end])
+        g_r, g_c = f64(ref_grads[r.end]), f64(cand_grads[c.end])
+        if _token_wise(configs(r, ref_infos) + configs(c, cand_infos)):
+            in_r, in_c, out_r, out_c, g_r, g_c = map(_vectors, (in_r, in_c, out_r, out_c, g_r, g_c))
         ev = UnitEvidence(
             path=r.path,
             label=f"{r.path} {r.info.kind} ({r.info.name} <-> {c.info.name})",
@@ -302,8 +317,8 @@ def build_evidence(
             input_cand=in_c,
             output_ref=out_r,
             output_cand=out_c,
-            grad_ref=f64(ref_grads[r.end]),
-            grad_cand=f64(cand_grads[c.end]),
+            grad_ref=g_r,
+            grad_cand=g_c,
             state_ref=local(ref.grads.state, r),
             state_cand=local(cand.grads.state, c),
             skip_cand=not (r.info.children and not c.info.children),

@@ -27,6 +27,7 @@ class Activation(AbstractLayer):
     """
 
     kind = "activation"
+    token_wise = True
 
     name: str
 

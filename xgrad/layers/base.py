@@ -95,9 +95,16 @@ class AbstractLayer(abc.ABC):
 
     Attributes:
         kind: the kind's name (``dense``, ``layernorm``, ...), used in reports and registries.
+        token_wise: whether the layer computes each vector of the last axis on its own (a
+            Dense, a LayerNorm, an activation): applied to ``(batch, tokens, d)`` it is the
+            same layer on ``(batch * tokens, d)``, its weight gradients summed over both.
+            Diagnosis re-runs such a layer on its values seen that way (the NumPy math takes
+            ``(batch, features)``). ``False`` for a layer whose statistics or shape span
+            other axes (BatchNorm, Flatten, a residual block).
     """
 
     kind: ClassVar[str]
+    token_wise: ClassVar[bool] = False
 
     # -- structure -------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class Dense(AbstractLayer):
     """
 
     kind = "dense"
+    token_wise = True
 
     units: int
     activation: str = "linear"

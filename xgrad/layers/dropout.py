@@ -35,6 +35,7 @@ class Dropout(AbstractLayer):
     """
 
     kind = "dropout"
+    token_wise = True
 
     rate: float
     active: bool = False

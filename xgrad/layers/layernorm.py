@@ -41,6 +41,7 @@ class LayerNorm(AbstractLayer):
     """
 
     kind = "layernorm"
+    token_wise = True
 
     epsilon: float = 1e-3
     center: bool = True

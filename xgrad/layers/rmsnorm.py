@@ -27,6 +27,7 @@ class RMSNorm(AbstractLayer):
     """
 
     kind = "rmsnorm"
+    token_wise = True
 
     epsilon: float = 1e-6
     scale: bool = True
