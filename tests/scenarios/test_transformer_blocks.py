@@ -317,6 +317,40 @@ def test_attention_without_its_scale_is_named_at_the_attention_on_both_sides():
     assert report.diagnoses[0].cause == "unexplained"
 
 
+def test_a_port_to_nnx_multi_head_attention_is_not_ok_and_says_its_kernels_were_not_copied():
+    # nnx.MultiHeadAttention holds (d, heads, head_dim) kernels: no axis order of a torch
+    # (d, d) projection gives one, so they pair with nothing and are never copied across
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(D)
+            self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = (
+                p(self.ln(x)).view(b, t, HEADS, D // HEADS).transpose(1, 2)
+                for p in (self.q, self.k, self.v)
+            )
+            a = torch.softmax(q @ k.transpose(-1, -2) / (D // HEADS) ** 0.5, -1) @ v
+            return x + self.o(a.transpose(1, 2).reshape(b, t, D))
+
+    class AttentionPort(nnx.Module):
+        def __init__(self, rngs):
+            self.ln = nnx.LayerNorm(D, epsilon=1e-5, rngs=rngs)
+            self.attn = nnx.MultiHeadAttention(HEADS, D, decode=False, rngs=rngs)
+
+        def __call__(self, x):
+            return x + self.attn(self.ln(x))
+
+    report = xgrad.compare_models(_torch(Attention), AttentionPort(nnx.Rngs(0)), _tokens())
+    assert not report.ok
+    assert {u["native"] for u in report.unpaired} >= {"q.weight", "attn/query/kernel"}
+    (d,) = report.diagnoses
+    assert d.cause == "unexplained" and d.layer == "o"
+    assert "kernel (4, 4, 16) vs (16, 16)" in d.detail and "not copied" in d.detail
+
+
 # -- 4. LLaMA's RMSNorm and minGPT's NewGELU, modules of the user's own ------------------------
 
 

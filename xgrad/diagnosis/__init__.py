@@ -99,9 +99,12 @@ def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> 
     """The first confirmed cause; else the first specific but unconfirmed finding."""
     layer = None if unit is None else unit.path
     fallback = None
+    misshapen = unit is not None and unit.misshapen
     for cause in CAUSES:
         if cause.where != where or not cause.applies(unit):
             continue
+        if misshapen and (cause.id, cause.where) != ("weight-layout", "forward"):
+            continue  # weights never paired: only the cause that says so applies
         found = cause.test(ev, unit, before)
         if found is None:
             continue

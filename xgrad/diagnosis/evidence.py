@@ -147,6 +147,18 @@ class UnitEvidence:
     skip_cand: bool = True  # False: the candidate has this block's layers without the skip
 
     @property
+    def misshapen(self) -> list[str]:
+        """``name (candidate shape) vs (reference shape)`` of weights both sides name whose
+        shapes are neither equal nor transposed: they were never paired, so never copied
+        across (``nnx.MultiHeadAttention``'s ``(d, heads, head_dim)`` kernels against
+        ``(d, d)`` ones), and the causes that re-run the unit on them do not apply."""
+        return [
+            f"{k} {self.weights_cand[k].shape} vs {self.weights_ref[k].shape}"
+            for k, ref in self.weights_ref.items()
+            if k in self.weights_cand and self.weights_cand[k].shape not in (ref.shape, ref.T.shape)
+        ]
+
+    @property
     def main_ref(self) -> AbstractLayer | None:
         return self.layers_ref[0] if self.layers_ref else None
 

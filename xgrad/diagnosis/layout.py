@@ -30,6 +30,22 @@ def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
         return None
     if any(layer is None for layer in unit.layers_ref):
         return None
+    other = [
+        f"{k} {unit.weights_cand[k].shape} vs {unit.weights_ref[k].shape}"
+        for k in shared
+        if unit.weights_cand[k].shape
+        not in (unit.weights_ref[k].shape, unit.weights_ref[k].T.shape)
+    ]
+    if other:  # not one array in two layouts: never paired, so never copied across
+        return Finding(
+            f"the candidate's layer {unit.path} holds weights of other shapes than the "
+            f"reference's ({', '.join(other)}): they pair with nothing, so the reference's were "
+            "not copied into them; load them yourself (the reference's reshaped) and pass "
+            "transfer=False",
+            None,
+            before,
+            confirmed=False,
+        )
     k, r = unit.weights_cand.get("kernel"), unit.weights_ref.get("kernel")
 
     def rerun(kernel):
