@@ -70,6 +70,7 @@ def show(report, args: argparse.Namespace, out) -> None:
         if not getattr(report, "repro_units", ()):
             out.print("nothing to reproduce: no unit diverges", highlight=False, markup=False)
         else:
-            scripts = report.repro(args.repro)
-            names = ", ".join(str(s) for s in scripts)
-            out.print(f"repro written: {names}", highlight=False, markup=False)
+            names = ", ".join(str(s) for s in report.repro(args.repro))
+            alone = [u.refused for u in report.repro_units if u.refused]
+            tail = f" (data only: {'; '.join(alone)})" if alone else ""
+            out.print(f"repro written: {names}{tail}", highlight=False, markup=False)

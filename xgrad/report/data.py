@@ -497,10 +497,13 @@ class Report(AbstractReport):
         """Write, for each side that diverges, a standalone script and an ``.npz`` into
         ``directory``: the unit where it first parts, rebuilt in both frameworks from the
         captured input and weights, printing the difference and the cause (see
-        :mod:`xgrad.report.repro`). Returns the scripts.
+        :mod:`xgrad.report.repro`). Where that unit is a module of no kind xgrad knows, its
+        code cannot be written out: its ``.npz`` alone is (its input, both outputs, both
+        sides' weights), and :attr:`repro_units` says why. Returns the files written: each
+        script, and each ``.npz`` written alone.
 
         Raises:
-            OutputError: nothing diverges, or only modules of no kind xgrad knows (said why).
+            OutputError: nothing diverges, or the folder cannot be written.
         """
         from xgrad.report.repro import write
 

@@ -10,8 +10,8 @@ input, and prints the difference and the cause xgrad named. It imports NumPy and
 frameworks only, and reads the ``.npz`` with ``allow_pickle=False``.
 
 Units of a layer kind xgrad knows are written out; a module of no known kind (opaque) is not
-(its code cannot be written from outside: :class:`ReproUnit` says so, and the ``.npz`` still
-holds its inputs, outputs and weights).
+(its code cannot be written from outside: :class:`ReproUnit` says why): its ``.npz`` alone is
+written, holding its input, both outputs and both sides' weights, for a script of your own.
 """
 
 from __future__ import annotations
@@ -311,11 +311,12 @@ def _safe(label: str) -> str:
 
 def write(report, directory: str | os.PathLike) -> list[Path]:
     """Write one script and one ``.npz`` per diverging side of ``report`` into
-    ``directory`` (created if missing); returns the scripts written.
+    ``directory`` (created if missing), the ``.npz`` alone for a unit of no kind xgrad knows;
+    returns the files written (scripts, and ``.npz`` files written alone).
 
     Raises:
-        OutputError: the report has no diverging unit to write, every diverging unit is of
-            no kind xgrad knows (the reason says which), or the directory cannot be written.
+        OutputError: the report has no diverging unit to write, or the directory cannot be
+            written.
     """
     units = getattr(report, "repro_units", ())
     if not units:
@@ -325,12 +326,9 @@ def write(report, directory: str | os.PathLike) -> list[Path]:
         )
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    written, refused = [], []
+    written = []
     causes = {d.framework: d for d in getattr(report, "diagnoses", ())}
     for unit in units:
-        if unit.refused:
-            refused.append(unit.refused)
-            continue
         stem = f"repro_{_safe(unit.side)}"
         npz = folder / f"{stem}.npz"
         check_writable(npz)
@@ -342,12 +340,13 @@ def write(report, directory: str | os.PathLike) -> list[Path]:
         for side, weights in zip(("reference", "candidate"), unit.weights, strict=True):
             arrays.update({f"{side}.{k}": np.asarray(v) for k, v in weights.items()})
         atomic_write(npz, lambda f, a=arrays: np.savez(f, **a), binary=True)
+        if unit.refused:  # its data alone, for a script of the user's own
+            written.append(npz)
+            continue
         d = causes.get(unit.side)
         cause = f"{d.cause}: {d.detail}" if d is not None else "not named (no diagnosis)"
         script = folder / f"{stem}.py"
         text = _script(unit, npz.name, report.summary(), cause)
         atomic_write(script, lambda f, t=text: f.write(t), binary=False)
         written.append(script)
-    if not written:
-        raise OutputError("no repro written: " + "; ".join(refused))
     return written
