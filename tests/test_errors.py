@@ -267,6 +267,12 @@ CASES = [
         "seed must be a non-negative integer, got -1",
     ),
     (
+        "compare-models-given-a-class",
+        lambda: xgrad.compare_models(xgrad.MLP, (SPEC, PARAMS), X),
+        InputError,
+        "the reference is the class MLP, not a model: pass an instance (MLP(...))",
+    ),
+    (
         "get-adapter-not-a-string",
         lambda: xgrad.get_framework(3),
         FrameworkError,

@@ -166,6 +166,12 @@ def read_pair(
     """
     if read not in READS:
         raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    for side, obj in (("reference", reference), ("candidate", candidate)):
+        if isinstance(obj, type):
+            raise InputError(
+                f"the {side} is the class {obj.__name__}, not a model: pass an instance "
+                f"({obj.__name__}(...))"
+            )
     modes = _check_training(training)
     outputs = _sides(output, "output")
     calls = _call_kwargs(apply_kwargs)

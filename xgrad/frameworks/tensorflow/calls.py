@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -351,7 +352,10 @@ def first_floating(out) -> tuple[str, object]:
 
 
 def call_failed(model, arguments: Arguments, batch: Batch, exc: Exception) -> InputError:
+    """The model's own error on the batch, quoted on one line (TensorFlow's terminal colour
+    codes taken out)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())[:500]
     return InputError(
         f"calling Keras model {model.name!r} as {arguments.describe(batch)} on inputs "
-        f"{batch.describe()} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+        f"{batch.describe()} failed: {type(exc).__name__}: {text}"
     )
