@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any framework is imported
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Hugging Face models are built from configs only
 
 import numpy as np
 import pytest
