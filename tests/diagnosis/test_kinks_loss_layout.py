@@ -126,6 +126,63 @@ def test_crossentropy_clipping():
     assert "output(s) are saturated" in d.detail and d.residual <= 1e-10
 
 
+@pytest.mark.skipif({"tensorflow", "torch"} - INSTALLED, reason="needs keras and torch")
+def test_from_logits_false_on_logits_is_named_in_both_directions():
+    """A classifier that outputs logits, ported from PyTorch to Keras: the port's
+    CategoricalCrossentropy() (from_logits=False, the default) reads the logits as
+    probabilities. Named whichever side makes the slip, with the side that misreads."""
+    import keras
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    xs = x(5, rows=6)
+    rng = np.random.default_rng(1)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, size=6)]
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    port = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)]
+    )
+
+    def keras_loss(loss):
+        return lambda out, yy: loss(yy, out)  # Keras losses take (y_true, y_pred)
+
+    def torch_cce(out, yy):
+        return F.cross_entropy(out, yy)
+
+    right = keras_loss(keras.losses.CategoricalCrossentropy(from_logits=True))
+    wrong = keras_loss(keras.losses.CategoricalCrossentropy())
+    assert xgrad.compare_models(ref, port, xs, y, loss=(torch_cce, right)).ok
+    for first, second, losses, mistaken in (
+        (ref, port, (torch_cce, wrong), "candidate"),
+        (port, ref, (wrong, torch_cce), "reference"),
+    ):
+        report = xgrad.compare_models(first, second, xs, y, loss=losses)
+        d = report.diagnoses[0]
+        assert (d.cause, d.layer, d.where, d.confirmed) == (
+            "crossentropy-form",
+            "layers.1",
+            "backward",
+            True,
+        ), d.text()
+        assert "divided by their sum (Keras' from_logits=False)" in d.detail
+        assert f"so the {mistaken}'s loss misreads it: pass from_logits=True" in d.detail
+        assert d.residual <= report.tolerance < d.before
+
+    yb = rng.integers(0, 2, size=(6, 3)).astype(np.float32)
+
+    def torch_bce(out, yy):
+        return F.binary_cross_entropy_with_logits(out, yy)
+
+    report = xgrad.compare_models(
+        ref, port, xs, yb, loss=(torch_bce, keras_loss(keras.losses.BinaryCrossentropy()))
+    )
+    d = report.diagnoses[0]
+    assert (d.cause, d.layer, d.confirmed) == ("crossentropy-form", "layers.1", True)
+    assert "the candidate's from probabilities; the output is not a probability" in d.detail
+
+
 def test_missing_transpose_in_dinput():
     spec = xgrad.MLP(4, [xgrad.Dense(4, "tanh"), xgrad.Dense(3)])
     d = one(xgrad.compare(spec, x(4).astype(float), frameworks=[no_transpose()], dtype="float64"))

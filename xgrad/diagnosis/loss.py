@@ -3,6 +3,9 @@ the other, and a reduction (mean vs sum) that scales every gradient by one facto
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from xgrad.diagnosis.activation import pre_activation
@@ -100,47 +103,115 @@ def loss_reduction(ev: Evidence, unit: UnitEvidence | None, before: float) -> Fi
     )
 
 
+def _cce_normalized(out: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``dL/d out`` of Keras' ``categorical_crossentropy(from_logits=False)``: the output
+    divided by its sum over the last axis, clipped to ``[EPSILON, 1 - EPSILON]``, then
+    ``-sum(y * log(p)) / batch``. ``q = out / s`` has ``dq_j / dout_i = (delta_ij - q_j) / s``."""
+    s = out.sum(axis=-1, keepdims=True)
+    q = out / s
+    inside = (q >= EPSILON) & (q <= 1 - EPSILON)
+    dq = np.where(inside, -y / q, 0.0) / out.shape[0]
+    return (dq - (dq * q).sum(axis=-1, keepdims=True)) / s
+
+
+@dataclass(frozen=True)
+class _Form:
+    """One way a crossentropy reads the model's output: its family (``cce``/``bce``), what it
+    takes the output for, and ``dL/d out`` as a function of ``(out, y)``."""
+
+    name: str
+    family: str
+    logits: bool
+    words: str
+    grad: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _xgrad_loss(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    return lambda out, y: get_loss(name).value_and_grad(out, y)[1]
+
+
+FORMS = (
+    _Form("cce", "cce", False, "from probabilities", _xgrad_loss("cce")),
+    _Form(
+        "cce_normalized",
+        "cce",
+        False,
+        "from probabilities divided by their sum (Keras' from_logits=False)",
+        _cce_normalized,
+    ),
+    _Form("cce_logits", "cce", True, "from logits", _xgrad_loss("cce_logits")),
+    _Form("bce", "bce", False, "from probabilities", _xgrad_loss("bce")),
+    _Form("bce_logits", "bce", True, "from logits", _xgrad_loss("bce_logits")),
+)
+"""The forms :func:`crossentropy_form` tells apart (``dL/d out`` of each, on one output)."""
+
+
+def _closest(grad: np.ndarray, forms: dict[str, np.ndarray]):
+    """``(form, factor, error)`` of the form whose gradient, times one factor (a reduction),
+    is nearest ``grad``; ``None`` when no form has a non-zero gradient."""
+    best = None
+    for form, g in forms.items():
+        den = float(np.vdot(g, g))
+        if den == 0:
+            continue
+        factor = float(np.vdot(grad, g)) / den
+        err = rel(grad, factor * g)
+        if best is None or err < best[2]:
+            best = (form, factor, err)
+    return best
+
+
+def _mistaken(family: str, out: np.ndarray, ref: _Form) -> str:
+    """Which side reads the output for what it is not, from the output itself, and the fix."""
+    probabilities = bool(np.all((out >= 0) & (out <= 1)))
+    if family == "cce":
+        probabilities = probabilities and bool(np.allclose(out.sum(axis=-1), 1, atol=1e-4))
+    side = "reference" if ref.logits == probabilities else "candidate"
+    if probabilities:
+        return (
+            f"the output is a probability (a softmax or sigmoid output), so the {side}'s "
+            "loss misreads it: drop from_logits=True (Keras), or give a loss of logits "
+            "(optax's softmax_cross_entropy, PyTorch's CrossEntropyLoss) the logits before "
+            "the softmax"
+        )
+    cut = " or rows not summing to 1" if family == "cce" else ""
+    return (
+        f"the output is not a probability (values outside [0, 1]{cut}), so the {side}'s "
+        "loss misreads it: pass from_logits=True (Keras' default is False), or use a loss "
+        "of logits (optax's softmax_cross_entropy, PyTorch's CrossEntropyLoss, "
+        "BCEWithLogitsLoss)"
+    )
+
+
 def crossentropy_form(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
     """At the output: one side's loss takes the output as logits (``from_logits=True``,
-    ``optax.softmax_cross_entropy``), the other as probabilities."""
+    ``optax.softmax_cross_entropy``), the other as probabilities (Keras' default
+    ``from_logits=False`` divides them by their sum first), in either direction.
+
+    Each side's ``dL/d output`` is matched, up to one factor, with each form's gradient on the
+    reference's output; confirmed when the two sides match two forms of one loss that read the
+    output differently, each within the fit tolerance."""
     if unit is not ev.units[-1] or ev.y is None or ev.y.shape != unit.output_ref.shape:
         return None
     out, y = unit.output_ref, ev.y
     forms = {}
     with np.errstate(all="ignore"):
-        for name in ("cce", "cce_logits", "bce", "bce_logits"):
-            g = get_loss(name).value_and_grad(out, y)[1]
+        for form in FORMS:
+            g = form.grad(out, y)
             if np.all(np.isfinite(g)):
-                forms[name] = g
-
-    def closest(grad):
-        best = None
-        for name, g in forms.items():
-            den = float(np.vdot(g, g))
-            if den == 0:
-                continue
-            factor = float(np.vdot(grad, g)) / den
-            err = rel(grad, factor * g)
-            if best is None or err < best[2]:
-                best = (name, factor, err)
-        return best
-
-    ref_form, cand_form = closest(unit.grad_ref), closest(unit.grad_cand)
+                forms[form] = g
+    ref_form, cand_form = _closest(unit.grad_ref, forms), _closest(unit.grad_cand, forms)
     if ref_form is None or cand_form is None:
         return None
-    if max(ref_form[2], cand_form[2]) > ev.fit_tol or ref_form[0] == cand_form[0]:
+    if max(ref_form[2], cand_form[2]) > ev.fit_tol:
         return None
-    if ref_form[0].rstrip("_logits") != cand_form[0].rstrip("_logits"):
-        return None  # binary against categorical: another loss, not another form
-
-    def words(form):
-        return "from logits" if form.endswith("_logits") else "from probabilities"
-
+    ref, cand = ref_form[0], cand_form[0]
+    if ref.family != cand.family or ref.logits == cand.logits:
+        return None  # another loss, or the same reading of the output: not this cause
     return Finding(
-        f"the reference's loss takes the output {words(ref_form[0])}, the candidate's "
-        f"{words(cand_form[0])} (Keras' from_logits, optax's softmax_cross_entropy takes "
-        f"logits, PyTorch's CrossEntropyLoss takes logits and NLLLoss log-probabilities); "
-        f"dL/d output is that of {cand_form[0]} on the candidate's side to {cand_form[2]:.2g}",
+        f"the reference's loss takes the output {ref.words}, the candidate's {cand.words}; "
+        f"{_mistaken(ref.family, out, ref)}. dL/d output is that of {cand.name} on the "
+        f"candidate's side to {cand_form[2]:.2g}",
         cand_form[2],
         before,
     )
