@@ -55,8 +55,11 @@ from xgrad.frameworks.torch.kinds import ALIAS, ELEMENTWISE, module_layer
 from xgrad.frameworks.torch.losses import torch_loss
 from xgrad.frameworks.torch.model import (
     fresh_tensors,
+    is_floating,
     module_device,
+    numpy_tensor,
     rng_devices,
+    tapped,
     tensor_numpy,
     torch_dtype,
     write_tensor,
@@ -109,7 +112,7 @@ def _tensors(batch: Batch, dtype: torch.dtype, device, *, grad: bool):
     floating = []
 
     def one(arr: np.ndarray) -> torch.Tensor:
-        if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
+        if is_floating(arr.dtype):
             t = torch.from_numpy(np.asarray(arr, dtype=np.float64)).to(device=device, dtype=dtype)
             if grad:
                 t.requires_grad_(True)
@@ -281,12 +284,16 @@ def _known(call: _Call, own: dict[str, str], buffers: dict[str, str], dtype: str
     )
 
 
+def _float64(t: torch.Tensor) -> np.ndarray:
+    return np.asarray(tensor_numpy(t), dtype=np.float64)
+
+
 def _from_values(call: _Call, dtype: str):
     """An activation of xgrad's that reproduces a weight-free module's values, or ``None``."""
     if len(call.inputs) != 1 or call.inputs[0].shape != call.output.shape:
         return None
-    z = call.inputs[0].double().cpu().numpy()
-    a = call.output.double().cpu().numpy()
+    z = _float64(call.inputs[0])
+    a = _float64(call.output)
     name, err = fit_activation(z, a, dtype if dtype in ("float32", "float64") else "float32")
     if name is None:
         return None
@@ -300,11 +307,11 @@ def _as_norm(call: _Call, own: dict[str, str], params: dict, dtype: str):
     if len(own) != 1 or len(call.inputs) != 1 or call.inputs[0].shape != call.output.shape:
         return None
     ((local, native),) = own.items()
-    w = params[native].detach().double().cpu().numpy()
+    w = _float64(params[native])
     if w.ndim != 1 or w.shape[0] != call.output.shape[-1]:
         return None
-    x = call.inputs[0].double().cpu().numpy()
-    out = call.output.double().cpu().numpy()
+    x = _float64(call.inputs[0])
+    out = _float64(call.output)
     found, _ = fit_norm(x, out, {"scale": w}, dtype=dtype if dtype != "float64" else "float64")
     if (
         found is None
@@ -592,8 +599,7 @@ class TorchCapturedModel(CapturedModel):
             taps.inputs[path] = [t.detach().clone() for t in _floating_leaves(args, kwargs)]
             if leaf is None:
                 return None
-            eps = torch.zeros_like(leaf, requires_grad=True)
-            new = leaf + eps
+            new, eps = tapped(leaf)
             taps.paths.append(path)
             taps.eps.append(eps)
             taps.values[path] = new.detach().clone()
@@ -610,8 +616,8 @@ class TorchCapturedModel(CapturedModel):
         yt = None
         if y is not None:
             arr = np.asarray(y)
-            yt = torch.from_numpy(np.ascontiguousarray(arr)).to(out.device)
-            yt = yt.to(out.dtype) if arr.dtype.kind == "f" else yt
+            yt = numpy_tensor(arr).to(out.device)
+            yt = yt.to(out.dtype) if is_floating(arr.dtype) else yt
         value = loss(out, yt)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise InputError("a torch loss function must return a scalar tensor")

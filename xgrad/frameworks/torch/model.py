@@ -47,8 +47,11 @@ __all__ = [
     "TorchModel",
     "call_with",
     "fresh_tensors",
+    "is_floating",
     "module_device",
+    "numpy_tensor",
     "rng_devices",
+    "tapped",
     "tensor_numpy",
     "torch_dtype",
     "write_tensor",
@@ -68,6 +71,20 @@ def torch_dtype(dtype: str) -> torch.dtype:
     return _TORCH_DTYPES[dtype]
 
 
+def tapped(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(value + eps, eps)`` with a fresh zero ``eps`` that requires grad: the sum stands for
+    ``value`` in the rest of the computation, and ``dL/d eps`` is ``dL/d value``.
+
+    torch cannot add float8 tensors (a ``.to(torch.float8_e4m3fn)`` in a user's ``forward``):
+    there ``eps`` is float32 and the sum is cast back, which gives ``value`` exactly.
+    """
+    if value.is_floating_point() and value.element_size() == 1:
+        eps = torch.zeros_like(value, dtype=torch.float32, requires_grad=True)
+        return (value.float() + eps).to(value.dtype), eps
+    eps = torch.zeros_like(value, requires_grad=True)
+    return value + eps, eps
+
+
 class Capture:
     """Per-layer values of one evaluation, filled in by a tap.
 
@@ -82,8 +99,7 @@ class Capture:
 
     def tap(self, path: str, value: torch.Tensor) -> torch.Tensor:
         """``value + eps`` with a fresh zero ``eps``: use the result in place of ``value``."""
-        eps = torch.zeros_like(value, requires_grad=True)
-        out = value + eps
+        out, eps = tapped(value)
         self.values[path] = out.detach().clone()
         self.targets[path] = eps
         return out
@@ -222,15 +238,53 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def tensor_numpy(t: torch.Tensor, *, own: bool = False) -> np.ndarray:
-    """``t`` as a NumPy array; ``own``: ``t`` is a fresh result nothing else refers to, so the
-    array may share its memory (a contiguous one; otherwise it is copied)."""
-    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: ml_dtypes' (via JAX)
-        import ml_dtypes
+# Floating dtypes NumPy holds itself; any other (bfloat16, the float8 kinds) is widened first.
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
-        return t.detach().cpu().float().numpy().astype(ml_dtypes.bfloat16)
-    arr = t.detach().cpu().numpy()
+
+def tensor_numpy(t: torch.Tensor, *, own: bool = False) -> np.ndarray:
+    """``t`` as a NumPy array, whatever its dtype: the one way torch tensors leave torch.
+
+    NumPy holds no bfloat16 and no float8: a bfloat16 tensor comes back as ml_dtypes'
+    bfloat16 (the dtype JAX and TensorFlow give NumPy) when ml_dtypes is installed, and any
+    other floating dtype NumPy lacks (``float8_e4m3fn``, ``float8_e5m2``, ...; bfloat16
+    without ml_dtypes) as float32, which holds each of their values exactly. ``t.numpy()``
+    would raise ``TypeError: Got unsupported ScalarType BFloat16``.
+
+    Args:
+        t: any tensor, on any device, requiring grad or not.
+        own: ``t`` is a fresh result nothing else refers to, so the array may share its
+            memory (a contiguous one on the CPU; otherwise it is copied).
+    """
+    t = t.detach()
+    if t.is_floating_point() and t.dtype not in _NUMPY_FLOATS:
+        wide = t.cpu().float().numpy()  # a new array: nothing else refers to it
+        if t.dtype == torch.bfloat16:
+            try:
+                import ml_dtypes
+            except ImportError:  # pragma: no cover - ml_dtypes comes with jax and tensorflow
+                return wide
+            return wide.astype(ml_dtypes.bfloat16)
+        return wide
+    arr = t.cpu().numpy()
     return arr if own and t.is_contiguous() and t.device.type == "cpu" else arr.copy()
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    """Whether NumPy ``dtype`` holds floats: NumPy's own, or ml_dtypes' (``bfloat16``,
+    ``float8_e4m3fn``, ...), which NumPy reports as kind ``"V"``."""
+    return dtype.kind == "f" or (dtype.kind == "V" and dtype.name.startswith(("bfloat", "float")))
+
+
+def numpy_tensor(arr) -> torch.Tensor:
+    """``arr`` as a CPU tensor, whatever its dtype: the way arrays enter torch, the reverse of
+    :func:`tensor_numpy`. ml_dtypes' floats (a bfloat16 array from JAX or Keras) come in as
+    float32, which holds each of their values exactly: ``torch.from_numpy`` refuses them.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "V" and is_floating(arr.dtype):
+        arr = arr.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _canonical_shape(native: tuple[int, ...], layout) -> tuple[int, ...]:
@@ -251,7 +305,7 @@ def write_tensor(
     already checked (shape, dtype and finiteness)."""
     want = _canonical_shape(tuple(target.shape), layout)
     if check:
-        if arr.dtype.kind != "f":
+        if not is_floating(arr.dtype):
             raise ParamsError(f"weight {name!r} has dtype {arr.dtype}; weights must be floats")
         if arr.shape != want:
             hint = (
@@ -264,7 +318,7 @@ def write_tensor(
             )
         if not np.isfinite(arr).all():
             raise ParamsError(f"weight {name!r} contains NaN/Inf; weights must be finite")
-    source = torch.from_numpy(np.ascontiguousarray(arr))
+    source = numpy_tensor(arr)
     # torch permutes in blocks, in parallel
     target.copy_(source.permute(*layout) if layout else source)
 
@@ -406,8 +460,8 @@ class TorchModel(AbstractModel):
         yt = None
         if y is not None:
             arr = np.asarray(y)
-            yt = torch.from_numpy(np.ascontiguousarray(arr)).to(out.device)
-            if arr.dtype.kind == "f":
+            yt = numpy_tensor(arr).to(out.device)
+            if is_floating(arr.dtype):
                 yt = yt.to(out.dtype)
         value = loss(out, yt)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:

@@ -14,10 +14,10 @@ Importing this module imports torch.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from xgrad.errors import InputError
+from xgrad.frameworks.torch.model import numpy_tensor, tensor_numpy, torch_dtype
 from xgrad.optim import (
     SGD,
     AbstractOptimizer,
@@ -157,7 +157,7 @@ class _TorchRun(AbstractRun):
         self._names = list(params)
         self._dtype = dtype
         self._params = [
-            torch.nn.Parameter(torch.from_numpy(np.array(params[n], dtype=dtype)))
+            torch.nn.Parameter(numpy_tensor(params[n]).to(torch_dtype(dtype), copy=True))
             for n in self._names
         ]
         opt = factory(self._params)
@@ -173,11 +173,9 @@ class _TorchRun(AbstractRun):
 
     def step(self, grads):
         for n, p in zip(self._names, self._params, strict=True):
-            p.grad = torch.from_numpy(np.array(grads[n], dtype=self._dtype))
+            p.grad = numpy_tensor(grads[n]).to(torch_dtype(self._dtype), copy=True)
         self._opt.step()
-        return {
-            n: p.detach().numpy().copy() for n, p in zip(self._names, self._params, strict=True)
-        }
+        return {n: tensor_numpy(p) for n, p in zip(self._names, self._params, strict=True)}
 
 
 class TorchOptimizer(AbstractOptimizer):

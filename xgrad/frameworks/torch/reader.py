@@ -51,6 +51,7 @@ from xgrad.frameworks.torch.model import (
     fresh_tensors,
     module_device,
     rng_devices,
+    tensor_numpy,
     torch_dtype,
 )
 from xgrad.frameworks.torch.modules import HardSigmoid, MaskedDropout, Selu, Softplus
@@ -207,7 +208,7 @@ def _numeric(z: torch.Tensor, a: torch.Tensor, dtype: str, where: str) -> Found:
             f"{where} maps shape {tuple(z.shape)} to {tuple(a.shape)}: it is not a layer "
             "xgrad reads"
         )
-    name, err = fit_activation(z.detach().cpu().numpy(), a.detach().cpu().numpy(), dtype)
+    name, err = fit_activation(tensor_numpy(z), tensor_numpy(a), dtype)
     if name is None:  # like Keras' Dense(activation=my_function): compared as computed
         return Found(
             None,
