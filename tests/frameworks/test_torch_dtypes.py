@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import rel_norm
+from conftest import INSTALLED, rel_norm
 
 torch = pytest.importorskip("torch")
 
@@ -143,3 +143,18 @@ def test_every_floating_dtype_leaves_and_enters_torch_with_its_values(dtype):
     assert np.asarray(arr, np.float64).tolist() == values
     back = numpy_tensor(arr).to(dtype)
     assert back.double().tolist() == values
+
+
+def test_a_bfloat16_torch_reference_against_a_float32_keras_port():
+    """The reference's bfloat16 weights (ml_dtypes' in NumPy) are loaded into a Keras port."""
+    if "tensorflow" not in INSTALLED:
+        pytest.skip("tensorflow is not installed")
+    from xgrad.frameworks.tensorflow.ops import keras
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).to(torch.bfloat16)
+    port = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+    report = xgrad.compare_models(reference, port, X)
+    assert report.dtype == "bfloat16" and report.ok, report.mismatch_message()

@@ -533,9 +533,9 @@ class ReadModel(KerasModel):
                 raise ParamsError(
                     f"weight {name!r} has shape {arr.shape} but the model's is {want}"
                 )
-            if not np.issubdtype(arr.dtype, np.floating):
+            if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":  # ml_dtypes' is kind V
                 raise ParamsError(f"weight {name!r} has dtype {arr.dtype}; weights are floats")
-            if not np.isfinite(arr).all():
+            if not np.isfinite(arr.astype(np.float64)).all():
                 raise ParamsError(
                     f"weight {name!r} contains NaN/Inf values; weights must be finite"
                 )
