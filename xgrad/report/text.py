@@ -7,11 +7,20 @@ import os
 from typing import TYPE_CHECKING
 
 from xgrad.report.format import fmt, fmt_cos, fmt_shape
+from xgrad.report.tables import Column, fitted_table, left_out_line
 
 if TYPE_CHECKING:
     from xgrad.report.data import Report
 
-__all__ = ["STATUS_STYLE", "entry_table", "layer_table", "print_report", "to_text"]
+__all__ = [
+    "STATUS_STYLE",
+    "entry_table",
+    "fitted_entry_table",
+    "fitted_layer_table",
+    "layer_table",
+    "print_report",
+    "to_text",
+]
 
 STATUS_STYLE = {
     "match": "green",
@@ -27,29 +36,51 @@ def styled(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'yellow')}]{status}[/]"
 
 
-def entry_table(report: Report, *, compact: bool = False):
+# The entry table's columns; with ``drop``, the order they are left out in when the console
+# is too narrow: the extra metrics first, then shape, native names, max rel.
+_ENTRY_COLUMNS = (
+    Column("entry", least=24),
+    Column("shape", "word", drop=4),
+    Column("framework", "word"),
+    Column("native name", least=16, drop=3),
+    Column("max abs", "number", drop=7),
+    Column("max rel", "number", drop=2),
+    Column("rel norm", "number"),
+    Column("cosine", "number", drop=8),
+    Column("ULP", "number", drop=9),
+    Column("status", "word"),
+)
+_COMPACT = ("max abs", "cosine", "ULP")
+
+_LAYER_COLUMNS = (
+    Column("layer", least=16),
+    Column("shape", "word", drop=1),
+    Column("framework", "word"),
+    Column("forward rel norm", "number"),
+    Column("forward", "word"),
+    Column("backward rel norm", "number"),
+    Column("backward", "word"),
+)
+
+
+def entry_table(report: Report, *, compact: bool = False, width: int | None = None):
     """A ``rich.table.Table`` of every entry and framework.
 
     Args:
-        compact: leave out max abs, cosine and ULP (for terminals under 150 columns; the
-            JSON and Markdown always hold every metric).
+        compact: leave out max abs, cosine and ULP (the JSON and Markdown always hold every
+            metric).
+        width: the console's width: the columns that do not fit are left out (see
+            :func:`fitted_entry_table`); ``None``: every column.
     """
-    from rich.markup import escape
-    from rich.table import Table
+    return fitted_entry_table(report, compact=compact, width=width)[0]
 
-    title = None if report.title is None else escape(report.title)
-    table = Table(
-        title=title,
-        caption=escape(report.header()),
-        title_justify="left",
-        caption_justify="left",
-    )
-    # entry names stay whole; only the native names fold when the terminal is narrow
-    longest = max((len(e.label) for e in report.entries), default=5)
-    table.add_column("entry", no_wrap=True, min_width=longest)
-    table.add_column("shape", no_wrap=True)
-    table.add_column("framework", no_wrap=True)
-    table.add_column("native name", overflow="fold", min_width=8)
+
+def fitted_entry_table(report: Report, *, compact: bool = False, width: int | None = None):
+    """:func:`entry_table` and the headers of the columns it left out to fit ``width``: ULP,
+    cosine, max abs, shape, native name and max rel, in that order; numbers are never cut."""
+    from rich.markup import escape
+
+    columns = [c for c in _ENTRY_COLUMNS if not (compact and c.header in _COMPACT)]
     metrics = {
         "max abs": lambda m: fmt(m.max_abs),
         "max rel": lambda m: fmt(m.max_rel),
@@ -57,54 +88,68 @@ def entry_table(report: Report, *, compact: bool = False):
         "cosine": lambda m: fmt_cos(m.cosine),
         "ULP": lambda m: "" if m.ulp_max is None else str(m.ulp_max),
     }
-    if compact:
-        metrics = {k: v for k, v in metrics.items() if k in ("max rel", "rel norm")}
-    for col in metrics:
-        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
-    table.add_column("status", no_wrap=True, min_width=9)
+    rows, sections = [], []
     for entry in report.entries:
         for j, (fw, m) in enumerate(entry.results.items()):
-            table.add_row(
-                escape(entry.label) if j == 0 else "",
-                fmt_shape(entry.shape) if j == 0 else "",
-                escape(fw),
-                escape(report.native_pair(entry, fw)),
-                *(show(m) for show in metrics.values()),
-                styled(m.status),
-                end_section=j == len(entry.results) - 1,
-            )
-    return table
-
-
-def layer_table(report: Report):
-    """A ``rich.table.Table`` of the per-layer forward and backward comparisons."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(
-        title="per layer: output (forward) and dL/d output (backward)",
+            cells = {
+                "entry": escape(entry.label) if j == 0 else "",
+                "shape": fmt_shape(entry.shape) if j == 0 else "",
+                "framework": escape(fw),
+                "native name": escape(report.native_pair(entry, fw)),
+                "status": styled(m.status),
+            }
+            rows.append([cells[c.header] if c.header in cells else "" for c in columns])
+            for k, c in enumerate(columns):
+                if c.header in metrics:
+                    rows[-1][k] = metrics[c.header](m)
+            sections.append(j == len(entry.results) - 1)
+    return fitted_table(
+        columns,
+        rows,
+        width,
+        sections=sections,
+        title=None if report.title is None else escape(report.title),
+        caption=escape(report.header()),
         title_justify="left",
+        caption_justify="left",
     )
-    table.add_column("layer", overflow="fold")
-    table.add_column("shape", no_wrap=True)
-    table.add_column("framework", no_wrap=True)
-    for col in ("forward rel norm", "forward", "backward rel norm", "backward"):
-        table.add_column(col, justify="right" if "norm" in col else "left", no_wrap=True)
+
+
+def layer_table(report: Report, *, width: int | None = None):
+    """A ``rich.table.Table`` of the per-layer forward and backward comparisons; ``width``:
+    the console's width (the shape is left out first, then numbers' headers fold)."""
+    return fitted_layer_table(report, width=width)[0]
+
+
+def fitted_layer_table(report: Report, *, width: int | None = None):
+    """:func:`layer_table` and the headers of the columns it left out to fit ``width``."""
+    from rich.markup import escape
+
+    rows, sections = [], []
     for layer in report.layers:
         fws = list(layer.forward)
         for j, fw in enumerate(fws):
             f, b = layer.forward[fw], layer.backward[fw]
-            table.add_row(
-                escape(layer.label) if j == 0 else "",
-                fmt_shape(layer.shape) if j == 0 else "",
-                escape(fw),
-                fmt(f.rel_norm),
-                styled(f.status),
-                fmt(b.rel_norm),
-                styled(b.status),
-                end_section=j == len(fws) - 1,
+            rows.append(
+                [
+                    escape(layer.label) if j == 0 else "",
+                    fmt_shape(layer.shape) if j == 0 else "",
+                    escape(fw),
+                    fmt(f.rel_norm),
+                    styled(f.status),
+                    fmt(b.rel_norm),
+                    styled(b.status),
+                ]
             )
-    return table
+            sections.append(j == len(fws) - 1)
+    return fitted_table(
+        _LAYER_COLUMNS,
+        rows,
+        width,
+        sections=sections,
+        title="per layer: output (forward) and dL/d output (backward)",
+        title_justify="left",
+    )
 
 
 def print_report(report: Report, console=None) -> None:
@@ -116,9 +161,15 @@ def print_report(report: Report, console=None) -> None:
         console = Console()
         if not console.is_terminal:  # piped: do not squeeze the table to 80 columns
             console = Console(width=160)
-    console.print(entry_table(report, compact=console.width < 150))
+    table, left_out = fitted_entry_table(report, width=console.width)
+    console.print(table)
     if report.layers:
-        console.print(layer_table(report))
+        layers, more = fitted_layer_table(report, width=console.width)
+        console.print(layers)
+        left_out += [c for c in more if c not in left_out]
+    line = left_out_line(left_out, console.width)
+    if line is not None:
+        console.print(Text(line, style="dim"))
     if report.pairwise:
         pairs = ", ".join(
             f"{a}~{b} {fmt(p.rel_norm)}" for p in report.pairwise for a, b in [p.frameworks]

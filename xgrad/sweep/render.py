@@ -3,42 +3,61 @@ of a :class:`~xgrad.sweep.SweepResult`, which imports them (never the other way 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from xgrad.report.tables import Column, fit_columns, fitted_table, left_out_line
 
 if TYPE_CHECKING:
     from xgrad.sweep.result import SweepResult
 
 __all__ = ["print_sweep", "sweep_markdown"]
 
-_COLUMNS = ("activation", "loss", "dtype", "batch", "seed", "worst rel norm", "where")
-_RIGHT = ("batch", "seed", "worst rel norm")  # columns of numbers
+_AXES = ("activation", "loss", "dtype", "batch", "seed")
+_COLUMNS = (
+    Column("activation", least=12),
+    Column("loss", least=8),
+    Column("dtype", "word"),
+    Column("batch", "number"),
+    Column("seed", "number"),
+    Column("worst rel norm", "number"),
+    Column("where", least=12, drop=1),
+    Column("status", "word"),
+    Column("cause", least=16),
+)
+_TITLE = "xgrad sweep: worst normwise error per cell"
 
 
 def print_sweep(result: SweepResult, console=None) -> None:
     """The worst normwise error, where, the status and the cause per cell, then the verdict,
-    on ``console`` (a new ``rich`` console when ``None``)."""
+    on ``console`` (a new ``rich`` console when ``None``).
+
+    On a console too narrow for every column, an axis with one value in every cell (one
+    dtype, one seed) is left out and stated in the title, then ``where``; numbers are never
+    cut."""
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
     console = Console() if console is None else console
-    table = Table(title="xgrad sweep: worst normwise error per cell", title_justify="left")
-    for col in (*_COLUMNS, "status", "cause"):
-        table.add_column(col, justify="right" if col in _RIGHT else "left")
+    rows = []
     for c, value, where in result.rows():
         style = {"match": "green", "mismatch": "bold red"}.get(c.status, "bold magenta")
-        table.add_row(
-            c.activation,
-            c.loss,
-            c.dtype,
-            str(c.batch),
-            str(c.seed),
-            value,
-            escape(where),
-            f"[{style}]{c.status}[/]",
-            escape(c.cause),
-        )
+        axes = [c.activation, c.loss, c.dtype, str(c.batch), str(c.seed)]
+        rows.append([*map(escape, axes), value, escape(where), f"[{style}]{c.status}[/]"])
+        rows[-1].append(escape(c.cause))
+    single = {i for i in range(len(_AXES)) if len({row[i] for row in rows}) == 1}
+    # an axis with one value says nothing row by row: it goes first, into the title
+    columns = [replace(col, drop=10) if i in single else col for i, col in enumerate(_COLUMNS)]
+    shown, keep = fit_columns(columns, rows, console.width)
+    stated = [i for i in sorted(single) if i not in keep]
+    title = _TITLE
+    if stated:
+        title += " (every cell: " + ", ".join(f"{_AXES[i]} {rows[0][i]}" for i in stated) + ")"
+    table, left_out = fitted_table(columns, rows, console.width, title=title, title_justify="left")
     console.print(table)
+    line = left_out_line([h for h in left_out if h not in _AXES], console.width)
+    if line is not None:
+        console.print(f"[dim]{escape(line)}[/]")
     style = "green" if result.ok else "bold red"
     console.print(f"[{style}]{escape(result.summary())}[/]")
 

@@ -13,12 +13,20 @@ from typing import TYPE_CHECKING
 from xgrad._io import atomic_write
 from xgrad.report.format import fmt
 from xgrad.report.plot import png_figure
+from xgrad.report.tables import Column, fitted_table, left_out_line
 from xgrad.report.text import styled
 
 if TYPE_CHECKING:
     from xgrad.training.report import Step, TrainingReport
 
-__all__ = ["plot", "print_report", "step_table", "to_markdown", "to_text"]
+__all__ = [
+    "fitted_step_table",
+    "plot",
+    "print_report",
+    "step_table",
+    "to_markdown",
+    "to_text",
+]
 
 COLUMNS = (
     "step",
@@ -66,27 +74,48 @@ def _row(report: TrainingReport, step: Step) -> list[str]:
     ]
 
 
-def step_table(report: TrainingReport):
+# The step table's columns; with ``drop``, the order they are left out in when the console
+# is too narrow: the losses first, then the referee distances, the update, the gradient.
+_STEP_COLUMNS = tuple(
+    Column(header, kind, drop=drop, least=16)
+    for header, kind, drop in zip(
+        COLUMNS,
+        ("number", "number", "number", "text", *["number"] * 6, "word"),
+        (0, 5, 6, 0, 0, 2, 1, 3, 4, 0, 0),
+        strict=True,
+    )
+)
+
+
+def step_table(report: TrainingReport, *, width: int | None = None):
     """A ``rich.table.Table`` with one row per step: the losses, the weight furthest from
     the reference and its weights / update / gradient differences, each side's distance
-    from the float64 referee, the step's tolerance and the status."""
-    from rich.markup import escape
-    from rich.table import Table
+    from the float64 referee, the step's tolerance and the status. ``width``: the console's
+    width; the columns that do not fit are left out (:func:`fitted_step_table`)."""
+    return fitted_step_table(report, width=width)[0]
 
-    table = Table(
+
+def fitted_step_table(report: TrainingReport, *, width: int | None = None):
+    """:func:`step_table` and the headers of the columns it left out to fit ``width``: the
+    losses, the referee distances, the update and the gradient, in that order; numbers are
+    never cut."""
+    from rich.markup import escape
+
+    rows = []
+    for step in report.steps:
+        cells = _row(report, step)
+        cells[3] = escape(cells[3])
+        cells[-1] = styled(cells[-1])
+        rows.append(cells)
+    return fitted_table(
+        _STEP_COLUMNS,
+        rows,
+        width,
         title=None if report.title is None else escape(report.title),
         caption=escape(report.header()),
         title_justify="left",
         caption_justify="left",
     )
-    for i, col in enumerate(COLUMNS):
-        table.add_column(col, justify="left" if i in (3, 10) else "right", no_wrap=True)
-    for step in report.steps:
-        cells = _row(report, step)
-        cells[3] = escape(cells[3])
-        cells[-1] = styled(cells[-1])
-        table.add_row(*cells)
-    return table
 
 
 def _lines(report: TrainingReport) -> list[str]:
@@ -106,7 +135,11 @@ def print_report(report: TrainingReport, console=None) -> None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=160)
-    console.print(step_table(report))
+    table, left_out = fitted_step_table(report, width=console.width)
+    console.print(table)
+    line = left_out_line(left_out, console.width)
+    if line is not None:
+        console.print(Text(line, style="dim"))
     for line in _lines(report):  # names in brackets are text, never markup
         style = "cyan" if line.startswith("note:") else "yellow"
         console.print(Text(line, style=style))
