@@ -91,6 +91,47 @@ def test_compare_nonfinite_exits_1(capsys, tmp_path):
     assert "MISMATCH" in out
 
 
+def test_quiet_prints_the_notes_its_verdict_refers_to(capsys, tmp_path):
+    import xgrad
+
+    spec = xgrad.MLP(3, [xgrad.Dense(4, "relu"), xgrad.Dense(2)])
+    params = xgrad.init_params(spec, seed=3)
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    # one pre-activation 3e-9 above relu's kink: float32 rounds it to the other side, which
+    # the report explains in a note and the verdict refers to
+    params["layers.0.bias"][0] = 3e-9 - x[0] @ params["layers.0.kernel"][:, 0]
+    np.save(tmp_path / "x.npy", x)
+    xgrad.save_params(tmp_path / "p.npz", params)
+    argv = ["compare", "--layers", "4:relu,2", "--input", str(tmp_path / "x.npy")]
+    argv += ["--params", str(tmp_path / "p.npz"), "--frameworks", "numpy", "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "see the notes" in out.splitlines()[-1]
+    text = " ".join(out.split())
+    assert "note: numpy: 1 pre-activation(s) rounded to the other side of a kink" in text
+    assert "'match-kink' (they pass)" in text
+    assert "dL/d layers.0.kernel" not in out  # still quiet: no table
+
+
+def test_an_80_column_terminal_gets_every_number_whole(capsys, tmp_path, monkeypatch):
+    import re
+
+    from xgrad.report.format import fmt
+
+    for name, value in {"TTY_COMPATIBLE": "1", "COLUMNS": "80", "NO_COLOR": "1"}.items():
+        monkeypatch.setenv(name, value)  # a terminal 80 columns wide
+    argv = ["compare", "--input-dim", "4", "--layers", "8:relu,3:tanh", "--frameworks", "numpy"]
+    code, out, err = run(capsys, *argv, "--rtol", "1e-12", "--json", str(tmp_path / "r.json"))
+    assert code == 1, err
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    data = json.loads((tmp_path / "r.json").read_text())
+    for entry in [*data["parameters"], data["input"], data["output"]]:
+        for result in entry["results"].values():
+            assert f" {fmt(result['rel_norm'])} " in text
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -1,5 +1,6 @@
 """What every command does with its report: check the output files first, print the report
-(or, with ``--quiet``, its diagnoses and verdict), write the files asked for, and exit 0 or 1.
+(or, with ``--quiet``, its diagnoses and verdict, and the notes the verdict refers to), write
+the files asked for, and exit 0 or 1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = [
     "EXIT_USAGE",
     "check_outputs",
     "console",
+    "quiet_lines",
     "show",
     "status",
 ]
@@ -50,14 +52,22 @@ def console():
     return out if out.is_terminal else Console(width=160)
 
 
+def quiet_lines(report) -> list[str]:
+    """What ``--quiet`` prints: the diagnoses and the verdict line, and the report's notes
+    when the verdict sends the reader to them (``"... only up to rounding: match-kink, see
+    the notes"``): a line must not point at text that is not printed."""
+    summary = report.summary()
+    notes = [f"note: {n}" for n in report.notes] if "the notes" in summary else []
+    return [*notes, *report.diagnosis_lines(), summary]
+
+
 def show(report, args: argparse.Namespace, out) -> None:
     """Print ``report`` (an :class:`~xgrad.report.base.AbstractReport`) on the console
-    ``out``, or only its diagnoses and verdict with ``--quiet``; write ``--json``,
-    ``--markdown`` and ``--plot``."""
+    ``out``, or only its diagnoses and verdict with ``--quiet`` (:func:`quiet_lines`); write
+    ``--json``, ``--markdown`` and ``--plot``."""
     if args.quiet:
-        for line in report.diagnosis_lines():
+        for line in quiet_lines(report):
             out.print(line, highlight=False, markup=False)
-        out.print(report.summary(), highlight=False, markup=False)
     else:
         report.print(out)
     if args.json:

@@ -135,7 +135,11 @@ def outputs(p: argparse.ArgumentParser, *, plot: bool = False, repro: bool = Fal
             help="write a standalone script and .npz reproducing where each side first parts "
             "(the unit rebuilt in both frameworks, without xgrad)",
         )
-    p.add_argument("--quiet", action="store_true", help="print only the diagnoses and verdict")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only the diagnoses and verdict (and the notes the verdict refers to)",
+    )
 
 
 def keras_file(p: argparse.ArgumentParser, *, seed_help: str, loss_default: str | None) -> None:
