@@ -19,18 +19,24 @@ derivative rules stay in force). Then:
    (:mod:`xgrad.identify`), from values captured by :func:`run`.
 
 Anything else that touches a parameter is reported as unsupported rather than guessed at.
+
+Arrays the function closes over (``mean``, ``var`` of a BatchNorm ported by hand) are code to
+this reading, except where :func:`statistics` finds a normalisation taking them as its mean
+and variance: the reader then passes them in as state (running statistics) and reads again.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
+import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
 from xgrad.errors import AlignmentError
 
-__all__ = ["Graph", "ReadLayer", "analyse", "run"]
+__all__ = ["Graph", "ReadLayer", "analyse", "run", "statistics"]
 
 _CALLS = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"}
 _LAYOUT = {
@@ -117,12 +123,12 @@ class Graph:
         return [ref(v) for v in jaxpr.outvars]
 
 
-def run(graph: Graph, inputs, hook=None):
+def run(graph: Graph, inputs, hook=None, consts=None):
     """Evaluate the graph on ``inputs`` (one per graph input), binding every primitive as
     it was traced (so custom derivative rules stay in force). ``hook(id, value)`` may
-    replace any value as it is produced (used to add perturbations and record values).
-    Returns the graph's outputs."""
-    vals = dict(graph.consts)
+    replace any value as it is produced (used to add perturbations and record values);
+    ``consts`` (id -> value) replaces closed-over constants. Returns the graph's outputs."""
+    vals = {**graph.consts, **(consts or {})}
     for i, v in zip(graph.inputs, inputs, strict=True):
         vals[i] = hook(i, v) if hook else v
     for node in graph.nodes:
@@ -227,9 +233,18 @@ class ReadLayer:
 
 
 class _Analyser:
-    def __init__(self, graph: Graph, names: list[str], n_leaves: int) -> None:
+    """Reads the layers of one flattened jaxpr.
+
+    With ``constants``, every closed-over float array used once is a *constant leaf* too
+    (index ``n_leaves + k``), which may only take a norm's ``mean`` (subtracted from the
+    stream) or ``var`` (under a root): elsewhere it stays code (:func:`statistics`).
+    """
+
+    def __init__(
+        self, graph: Graph, names: list[str], n_leaves: int, *, constants: bool = False
+    ) -> None:
         self.g = graph
-        self.names = names
+        self.names = list(names)
         self.n = n_leaves
         self.x = graph.inputs[n_leaves]
         self.producer: dict[int, int] = {}
@@ -237,7 +252,24 @@ class _Analyser:
             for o in node.outs:
                 self.producer[o] = k
         self._live_nodes()
+        self.constant_leaves: dict[int, int] = {}  # constant leaf index -> const id
+        if constants:
+            self._constant_leaves()
         self._mark()
+
+    def _constant_leaves(self) -> None:
+        uses = Counter(v for k in self.live for v in self.g.nodes[k].ins if not _is_literal(v))
+        for cid, value in self.g.consts.items():
+            dtype = getattr(value, "dtype", None)
+            if (
+                uses[cid] == 1
+                and np.ndim(value) >= 1
+                and dtype is not None
+                and jnp.issubdtype(dtype, jnp.floating)
+            ):
+                leaf = self.n + len(self.constant_leaves)
+                self.constant_leaves[leaf] = cid
+                self.names.append(f"<closed-over array {len(self.constant_leaves)}>")
 
     def fail(self, text: str):
         raise AlignmentError(text)
@@ -257,13 +289,12 @@ class _Analyser:
         g = self.g
         self.stream = {self.x}
         self.axis: dict[int, int | None] = {self.x: 0}
-        self.origin: dict[int, tuple[int, bool]] = {
-            i: (k, False) for k, i in enumerate(g.inputs[: self.n])
-        }
-        self.static: dict[int, dict[int, bool]] = {
-            i: {k: False} for k, i in enumerate(g.inputs[: self.n])
-        }
+        leaves = {i: k for k, i in enumerate(g.inputs[: self.n])}
+        leaves.update({cid: leaf for leaf, cid in self.constant_leaves.items()})
+        self.origin: dict[int, tuple[int, bool]] = {i: (k, False) for i, k in leaves.items()}
+        self.static: dict[int, dict[int, bool]] = {i: {k: False} for i, k in leaves.items()}
         self.random: set[int] = set()
+        self.added: dict[int, list[float]] = {}  # static value -> numbers added on its way
         for k in self.live:
             node = g.nodes[k]
             ins = [v for v in node.ins if not _is_literal(v)]
@@ -280,6 +311,7 @@ class _Analyser:
             for o in node.outs:
                 if deps:
                     self.static[o] = deps
+                    self.added[o] = self._added(node, ins)
                 if rnd:
                     self.random.add(o)
             if node.name in _LAYOUT and len(ins) == 1 and ins[0] in self.origin:
@@ -287,6 +319,20 @@ class _Analyser:
                 if node.name == "transpose" and tuple(node.eqn.params["permutation"]) == (1, 0):
                     t = not t
                 self.origin[node.outs[0]] = (leaf, t)
+
+    def _added(self, node: Node, ins: list[int]) -> list[float]:
+        """The numbers added to a static value so far: ``var + 1e-5`` before its root (the
+        epsilon of a norm whose variance is a parameter, state or closed-over array)."""
+        out = [x for v in ins for x in self.added.get(v, ())]
+        if node.name in ("add", "add_any"):
+            for v in node.ins:
+                value = v.val if _is_literal(v) else self.g.consts.get(v)
+                if value is not None and np.ndim(value) == 0:
+                    try:
+                        out.append(float(value))
+                    except (TypeError, ValueError):  # a key or another non-number
+                        pass
+        return out
 
     # -- cut points ------------------------------------------------------------------------
 
@@ -368,7 +414,11 @@ class _Analyser:
                 if v in self.random:
                     info["random"] = True
                 origin = self._leaf_of(v)
-                if origin is not None:
+                if origin is not None and origin[0] >= self.n:
+                    # a closed-over array: a mean where it is subtracted from the stream
+                    if name == "sub" and node.ins[0] in self.stream:
+                        info["sub"].append(origin[0])
+                elif origin is not None:
                     leaf, t = origin
                     if name == "dot_general":
                         info["dots"].append((k, leaf, t, v))
@@ -382,7 +432,10 @@ class _Analyser:
                         info["other"].append((name, leaf))
                 elif v in self.static:
                     for leaf, rooted in self.static[v].items():
-                        info["static"][leaf] = info["static"].get(leaf, False) or rooted
+                        if leaf < self.n or rooted:  # a closed-over array: a variance
+                            info["static"][leaf] = info["static"].get(leaf, False) or rooted
+                        if rooted:
+                            info["constants"] += self.added.get(v, [])
         return info
 
     def consts_scalar(self) -> set[int]:
@@ -597,3 +650,36 @@ def _unused_ok(analyser: _Analyser, leaf: int) -> bool:
     return analyser.g.inputs[leaf] not in {
         v for k in analyser.live for v in analyser.g.nodes[k].ins if not _is_literal(v)
     }
+
+
+def statistics(graph: Graph, names: list[str], n_leaves: int) -> dict[int, str]:
+    """The closed-over arrays of ``graph`` that a normalisation takes as its moving
+    statistics: ``{const id: "mean" or "var"}``.
+
+    A pure-JAX port of a BatchNorm in inference mode closes over the running statistics:
+    ``(h - mean) / jnp.sqrt(var + eps) * params["gamma"] + params["beta"]``. Read as code,
+    ``h - mean`` is weight-free and joins the Dense before it as its activation. Here a
+    closed-over array counts as a statistic only in a norm that takes one as its mean (it is
+    subtracted from the stream) *and* one as its variance (under a square root), each used
+    once; any other closed-over array stays code. Empty when the layers cannot be read.
+    """
+    analyser = _Analyser(graph, names, n_leaves, constants=True)
+    if not analyser.constant_leaves or graph.outputs[0] not in analyser.stream:
+        return {}
+    try:
+        layers = analyser.chain(analyser.live, analyser.x, graph.outputs[0])
+    except AlignmentError:
+        return {}
+    found: dict[int, str] = {}
+    uses: Counter = Counter()
+
+    def walk(layer_list):
+        for layer in layer_list:
+            walk(layer.children)
+            own = {role: leaf for role, leaf in layer.leaves.items() if leaf >= n_leaves}
+            uses.update(own.values())
+            if layer.kind == "norm" and set(own) == {"mean", "var"}:
+                found.update({leaf: role for role, leaf in own.items()})
+
+    walk(layers)
+    return {analyser.constant_leaves[leaf]: role for leaf, role in found.items() if uses[leaf] == 1}

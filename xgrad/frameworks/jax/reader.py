@@ -22,7 +22,7 @@ import numpy as np
 
 from xgrad.errors import AlignmentError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
-from xgrad.frameworks.jax import jaxpr
+from xgrad.frameworks.jax import closure, jaxpr
 from xgrad.frameworks.jax.ops import jax_loss, key_path_parts, x64
 from xgrad.frameworks.kinds import TRANSPOSED, Layout, to_canonical, to_native
 from xgrad.identify import fit_activation, fit_norm
@@ -295,6 +295,16 @@ class JaxFunctionModel(AbstractModel):
             infos.append(info(layer, f"layers.{i}", s))
             s = infos[-1].output_shape
         return tuple(shape), s, tuple(infos), roles, None
+
+    def closed_over_statistics(self) -> list[tuple[object, str]]:
+        """``(array, "mean" or "var")`` for each array the function closes over that a
+        normalisation takes as its moving statistics (:func:`~xgrad.frameworks.jax.jaxpr.
+        statistics`), in the order of the jaxpr's constants."""
+        if self.structure_error or not self.layers:
+            return []
+        graph = self._analysis((PROBE_BATCH, *self.input_shape))[0]
+        found = jaxpr.statistics(graph, self._names, len(self._names))
+        return [(graph.consts[cid], role) for cid, role in sorted(found.items())]
 
     def _statistics(self, name: str) -> dict[str, int]:
         """The state leaves ``.../mean`` and ``.../var`` of the module called ``name``
@@ -632,13 +642,18 @@ def _hinted(config, hint: dict, layer):
 
 
 def function_model(apply_fn, params, *, input_shape=None) -> JaxFunctionModel:
-    """A pure-JAX ``apply_fn(params, x)`` with its params pytree."""
+    """A pure-JAX ``apply_fn(params, x)`` with its params pytree.
+
+    Arrays ``apply_fn`` closes over that a normalisation takes as its mean and variance
+    (a BatchNorm's running statistics kept out of ``params``) become its state, named as
+    its code names them (:mod:`xgrad.frameworks.jax.closure`).
+    """
     name = getattr(apply_fn, "__name__", type(apply_fn).__name__)
 
     def fn(p, state, x):
         return apply_fn(p, x), state
 
-    return JaxFunctionModel(
+    model = JaxFunctionModel(
         fn,
         params,
         {},
@@ -647,3 +662,22 @@ def function_model(apply_fn, params, *, input_shape=None) -> JaxFunctionModel:
         rebuild=lambda p, state: (apply_fn, p),
         input_shape=input_shape,
     )
+    constants = model.closed_over_statistics()
+    if not constants:
+        return model
+    closed = closure.name_constants(apply_fn, constants)
+    lifted = closure.lift(apply_fn, closed)
+    with x64(model._param_dtype):
+        state = closure.initial_state(closed)
+    try:
+        return JaxFunctionModel(
+            lifted,
+            params,
+            state,
+            framework="jax",
+            description=model.description,
+            rebuild=lambda p, s: (closure.bound(apply_fn, lifted, closed, s), p),
+            input_shape=model.input_shape,
+        )
+    except (AlignmentError, InputError):  # read as code, as it was
+        return model
