@@ -31,13 +31,23 @@ def _rerun(unit: UnitEvidence, main, weights=None) -> np.ndarray:
 
 
 def batchnorm_mode(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
+    """The reference's unit re-run in the other mode, with its own weights, statistics and
+    input, reproduces the candidate: one side normalises by the batch's statistics, the other
+    by the moving ones. The candidate need hold no statistics (a BatchNorm written by hand in
+    training mode has none); a reference in training mode that keeps none is re-run in
+    inference with the candidate's."""
     main = unit.main_ref
-    if not isinstance(main, BatchNorm) or not {"mean", "var"} <= set(unit.weights_cand):
+    if not isinstance(main, BatchNorm):
         return None
     flipped = replace(main, training=not main.training)
-    residual = rel(
-        _rerun(unit, flipped, {**unit.weights_ref, **unit.weights_cand}), unit.output_cand
-    )
+    weights = dict(unit.weights_ref)
+    borrowed = not flipped.training and not {"mean", "var"} <= set(weights)
+    if borrowed:
+        weights.update({k: v for k, v in unit.weights_cand.items() if k in ("mean", "var")})
+        if not {"mean", "var"} <= set(weights):
+            return None
+    layers = [flipped, *unit.layers_ref[1:]]
+    residual = rel(run_unit(layers, weights, unit.input_ref), unit.output_cand)
     if residual > ev.fit_tol:
         return None
     if flipped.training:
@@ -50,6 +60,8 @@ def batchnorm_mode(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
             "the candidate normalises with the moving statistics (inference mode), the "
             "reference with the batch's own (training)"
         )
+        if borrowed:
+            words += ", which the reference does not keep: the candidate's were used"
     return Finding(
         f"{words}; with the candidate's mode on both sides {drop(before, residual)}. Put both "
         f"in the same mode: {FIXES}",
