@@ -431,6 +431,22 @@ def _dense(grad) -> np.ndarray:
     return np.asarray(tf.convert_to_tensor(grad))
 
 
+def _zero_for(leaf):
+    """The zero tensor a tap adds to ``leaf``: float32 for a float8 value (a Keras layer's
+    ``ops.cast(x, "float8_e4m3fn")``), which TensorFlow can neither add nor make zeros of
+    under XLA on the CPU."""
+    if leaf.dtype.is_floating and leaf.dtype.size == 1:
+        return tf.zeros(tf.shape(leaf), tf.float32)
+    return tf.zeros_like(leaf)
+
+
+def _plus(leaf, eps):
+    """``leaf + eps``, in float32 and cast back (exactly) when ``leaf`` is float8."""
+    if eps.dtype == leaf.dtype:
+        return leaf + eps
+    return tf.cast(tf.cast(leaf, eps.dtype) + eps, leaf.dtype)
+
+
 @dataclass
 class _Taps:
     """The zero tensors added to module outputs in one evaluation, and what they saw."""
@@ -612,9 +628,9 @@ class KerasCapturedModel(CapturedModel):
                 key, leaf = first_floating(out)
                 if leaf is None:
                     return after(out)
-                eps = tf.zeros_like(leaf)
+                eps = _zero_for(leaf)
                 tape.watch(eps)
-                new = leaf + eps
+                new = _plus(leaf, eps)
                 taps.paths.append(path)
                 taps.eps.append(eps)
                 taps.values[path] = new
