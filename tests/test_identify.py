@@ -201,3 +201,17 @@ def test_float32_norm_values_are_named_at_the_float32_fit():
 def test_fit_norm_refuses_an_unrelated_function(unrelated):
     layer, err = fit_norm(X, unrelated(X), {"scale": SCALE, "bias": BIAS})
     assert layer is None and err > FIT["float64"]
+
+
+def test_a_function_is_named_by_its_values_on_a_probe_not_by_its_name():
+    from xgrad.activations import get_activation
+    from xgrad.identify import probe_activation
+
+    def gelu(z):  # one name, the tanh form: what keras.ops.gelu computes by default
+        return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+
+    assert probe_activation(gelu) == "gelu_tanh"
+    assert probe_activation(get_activation("gelu")) == "gelu"
+    assert probe_activation(lambda z: np.where(z > 0, z, 0.01 * z)) == "leaky_relu:0.01"
+    assert probe_activation(lambda z: np.sin(z)) is None
+    assert probe_activation(lambda z: z[:, :3]) is None  # not elementwise

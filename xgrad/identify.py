@@ -12,7 +12,7 @@ Everything here is NumPy in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -20,7 +20,16 @@ from xgrad.activations import ACTIVATIONS, get_activation
 from xgrad.layers import BatchNorm, LayerNorm, RMSNorm
 from xgrad.layers.base import AbstractLayer
 
-__all__ = ["EPSILONS", "FIT", "fit_activation", "fit_norm", "leaky_slope", "rel"]
+__all__ = [
+    "EPSILONS",
+    "FIT",
+    "PROBE",
+    "fit_activation",
+    "fit_norm",
+    "leaky_slope",
+    "probe_activation",
+    "rel",
+]
 
 FIT = {"float64": 1e-12, "float32": 2e-6, "bfloat16": 2e-2, "float16": 4e-3}
 """How close a definition must reproduce captured values to name them, per dtype."""
@@ -82,6 +91,29 @@ def fit_activation(z, a, dtype: str = "float64") -> tuple[str | None, float]:
             if err < best_err:
                 best, best_err = name, err
     return (best if best_err <= FIT.get(dtype, 1e-5) else None), best_err
+
+
+PROBE = np.linspace(-8.0, 8.0, 65).reshape(1, -1)
+"""Where :func:`probe_activation` evaluates a function: steps of 0.25 through the kinks (0,
++-3, 6) and both tails of GELU, where its erf and tanh forms part."""
+
+
+def probe_activation(fn: Callable[[np.ndarray], object]) -> str | None:
+    """Name an activation function from its values on :data:`PROBE` (a float32 array in,
+    anything ``np.asarray`` reads out), for a function whose name does not say which form it
+    computes: ``keras.ops.gelu`` (the tanh form by default) and ``keras.activations.gelu``
+    (erf) are both ``"gelu"`` to Keras. ``None`` when none of xgrad's activations computes it.
+
+    Example:
+        >>> probe_activation(lambda z: np.maximum(z, 0.2 * z))
+        'leaky_relu:0.2'
+    """
+    z = PROBE.astype(np.float32)
+    with np.errstate(all="ignore"):
+        a = np.asarray(fn(z), dtype=np.float64)
+    if a.shape != z.shape:
+        return None
+    return fit_activation(z, a, "float32")[0]
 
 
 def _shortest(value: float) -> float:

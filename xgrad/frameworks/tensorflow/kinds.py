@@ -48,7 +48,7 @@ import numpy as np
 from xgrad.errors import AlignmentError, FrameworkError
 from xgrad.frameworks.kinds import KindTable, Layout
 from xgrad.frameworks.tensorflow.ops import XgradActivation, keras, tf_activation
-from xgrad.identify import fit_activation
+from xgrad.identify import fit_activation, probe_activation
 from xgrad.layers import (
     AbstractLayer,
     Activation,
@@ -187,10 +187,17 @@ _KERAS_TO_XGRAD = {
 }
 
 
+# Keras names that stand for several forms: keras.ops.gelu computes the tanh form by default,
+# keras.activations.gelu the exact one, and both serialize as "gelu". Such a function is named
+# from its values on a probe (xgrad.identify.probe_activation), never from the name.
+_PROBED = {"gelu": ("gelu", "gelu_tanh")}
+
+
 def keras_activation_name(fn) -> str | None:
     """xgrad's name of one of Keras' own activation functions, else ``None`` (a user's
     function, a lambda, a ``functools.partial``, or an activation xgrad does not define);
-    xgrad's own :class:`~xgrad.frameworks.tensorflow.ops.XgradActivation` by its name."""
+    xgrad's own :class:`~xgrad.frameworks.tensorflow.ops.XgradActivation` by its name. A
+    name that stands for several forms (``gelu``) is settled by the function's values."""
     if isinstance(fn, XgradActivation):
         return fn.name
     if not (getattr(fn, "__module__", None) or "").startswith("keras"):
@@ -199,7 +206,11 @@ def keras_activation_name(fn) -> str | None:
         name = keras.activations.serialize(fn)
     except (ValueError, TypeError):
         return None
-    return _KERAS_TO_XGRAD.get(name) if isinstance(name, str) else None
+    name = _KERAS_TO_XGRAD.get(name) if isinstance(name, str) else None
+    if name in _PROBED:
+        probed = probe_activation(fn)
+        return probed if probed in _PROBED[name] else None
+    return name
 
 
 def _activation(fn, z: np.ndarray, a: np.ndarray, dtype: str) -> tuple[str | None, str | None]:

@@ -53,6 +53,7 @@ from xgrad.frameworks.torch.modules import (
     Softplus,
     activation_module,
 )
+from xgrad.identify import probe_activation
 from xgrad.layers import (
     AbstractLayer,
     Activation,
@@ -397,6 +398,16 @@ def _activation(name: str, note: str | None = None) -> Found:
     return Found(Activation(name), note=note)
 
 
+def _gelu(fn: Callable[[torch.Tensor], torch.Tensor], where: str) -> Found:
+    """A GELU named by the form it computes on a probe (erf or tanh), never from its name
+    or its ``approximate`` argument's spelling."""
+    with torch.no_grad():
+        name = probe_activation(lambda z: fn(torch.from_numpy(z)).numpy())
+    if name not in ("gelu", "gelu_tanh"):
+        raise _unsupported(where, " that computes neither GELU form on a probe")
+    return _activation(name)
+
+
 def _softplus(beta, threshold, where: str) -> Found:
     if beta != 1:
         raise _unsupported(where, f" with beta={beta:g} (xgrad's softplus has beta 1)")
@@ -428,7 +439,7 @@ ACTIVATION_MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.ReLU6, lambda m, w, dt, nd: _activation("relu6")),
     (nn.Sigmoid, lambda m, w, dt, nd: _activation("sigmoid")),
     (nn.Tanh, lambda m, w, dt, nd: _activation("tanh")),
-    (nn.GELU, lambda m, w, dt, nd: _activation("gelu_tanh" if m.approximate == "tanh" else "gelu")),
+    (nn.GELU, lambda m, w, dt, nd: _gelu(m, w)),
     (nn.LeakyReLU, lambda m, w, dt, nd: _activation(f"leaky_relu:{float(m.negative_slope)!r}")),
     (nn.ELU, lambda m, w, dt, nd: _elu(m.alpha, w)),
     (nn.SELU, lambda m, w, dt, nd: _activation("selu", SELU_NOTE)),
@@ -466,8 +477,8 @@ def _named_activation(name: str, note: str | None = None) -> Callable[[Call], Fo
 _ACTIVATION_FUNCTIONS: dict[Callable, Callable[[Call], Found]] = {
     F.relu: _named_activation("relu"),
     torch.relu: _named_activation("relu"),
-    F.gelu: lambda c: _activation(
-        "gelu_tanh" if _arg(c.node, 1, "approximate", "none") == "tanh" else "gelu"
+    F.gelu: lambda c: _gelu(
+        lambda t: F.gelu(t, approximate=_arg(c.node, 1, "approximate", "none")), c.where
     ),
     F.leaky_relu: lambda c: _activation(
         f"leaky_relu:{float(_arg(c.node, 1, 'negative_slope', 0.01))!r}"
