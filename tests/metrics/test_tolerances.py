@@ -59,3 +59,12 @@ def test_status_is_relative_unless_the_reference_is_zero_up_to_rounding():
         status_of(norm=floor / 2, diff_norm=floor * 1.01, size=100, dtype="float32", tol=1e-5)
         == "mismatch"
     )
+
+
+def test_a_measured_noise_floor_passes_a_difference_of_its_size_whatever_rel_norm():
+    # A gradient of norm 1e-3 that sums terms of order 1: float32 rounding of 3e-7 is 3e-4
+    # of it. Within the measured noise it matches; beyond it the relative rule decides.
+    args = {"norm": 1e-3, "size": 8, "dtype": "float32", "tol": 1e-5}
+    assert status_of(diff_norm=3e-7, **args) == "mismatch"  # 3e-4 relative
+    assert status_of(diff_norm=3e-7, noise=4e-7, **args) == "match"
+    assert status_of(diff_norm=5e-7, noise=4e-7, **args) == "mismatch"

@@ -21,6 +21,7 @@ from xgrad.metrics.fused import PARALLEL_CHUNKS as PARALLEL_CHUNKS
 from xgrad.metrics.fused import EntryComparison, PreparedReference
 from xgrad.metrics.tolerances import (
     NOISE_FLOORS,
+    RELATIVE_NOISE,
     STATUSES,
     TOLERANCES,
     UNIT_ROUNDOFF,
@@ -33,6 +34,7 @@ __all__ = [
     "NOISE_FLOORS",
     "EntryComparison",
     "PreparedReference",
+    "RELATIVE_NOISE",
     "STATUSES",
     "TOLERANCES",
     "UNIT_ROUNDOFF",

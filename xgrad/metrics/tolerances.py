@@ -15,6 +15,7 @@ from xgrad.errors import InputError
 __all__ = [
     "NOISE_FLOORS",
     "OK_STATUSES",
+    "RELATIVE_NOISE",
     "STATUSES",
     "TOLERANCES",
     "UNIT_ROUNDOFF",
@@ -76,13 +77,25 @@ rounding counts as matched (about 10 times the dtype's machine epsilon).
 A relative error means nothing when the reference is 0: the gradient of ``sum(softmax(z))``
 is exactly 0, and a float32 framework returns rounding noise of about 1e-8 there. Only when
 the reference's own RMS is below the floor is the difference judged absolutely; everywhere
-else the status is the normwise relative rule.
+else the status is the normwise relative rule, or the relative noise floor below.
+
+This floor is absolute, for terms of order 1. A gradient that is a small sum of large terms
+that cancel carries rounding of the terms' size, not of its own: the verdicts measure that
+rounding for each gradient (:mod:`xgrad.comparison.spread`) and pass it to
+:func:`status_of` as ``noise`` (:data:`RELATIVE_NOISE` times the measured rounding).
 """
+
+RELATIVE_NOISE = 8.0
+"""A difference within this many times a gradient's own measured rounding (the spread of
+the reference's gradient when only rounding changes, :mod:`xgrad.comparison.spread`) is
+rounding: two correct computations differ by about 1.4 times it (each carries its own),
+and one measurement of a short vector's spread can fall to half its typical size."""
 
 STATUSES = ("match", "match-kink", "match-clip", "mismatch", "nonfinite", "uninformative")
 """Every status a comparison can have. ``uninformative``: every reference gradient is zero up
-to rounding (the loss does not depend on the parameters, e.g. ``sum`` of a softmax output),
-so nothing could be seen; the runner sets it (see :func:`xgrad.runner.assemble`).
+to its own rounding (the loss does not depend on the parameters, e.g. ``sum`` of a softmax
+output), so nothing could be seen; the verdicts set it
+(:func:`xgrad.comparison.verdicts.mark_uninformative`).
 ``match-kink`` and ``match-clip``: a difference that rounding at an activation's kink or at
 crossentropy's clipping bound explains entirely (:mod:`xgrad.diagnosis.rounding`)."""
 
@@ -109,15 +122,21 @@ def tolerance(dtype: str, rtol: float | None = None) -> float:
     return TOLERANCES[dtype]
 
 
-def status_of(*, norm: float, diff_norm: float, size: int, dtype: str, tol: float) -> str:
+def status_of(
+    *, norm: float, diff_norm: float, size: int, dtype: str, tol: float, noise: float = 0.0
+) -> str:
     """``match`` or ``mismatch`` for finite arrays, from the two norms that decide it.
 
     ``rel_norm = diff_norm / norm`` against ``tol``; but when the reference's norm ``norm``
     is itself below the noise floor (:data:`NOISE_FLOORS` times ``sqrt(size)``, i.e. an RMS
     below the floor) the reference is zero up to rounding, and ``diff_norm`` is judged
-    against that floor instead.
+    against that floor instead. ``noise`` (a norm, 0 when not measured) is the relative
+    noise floor: the rounding this gradient carries because its terms cancel; a
+    ``diff_norm`` within it is a match whatever ``rel_norm`` is.
     """
     floor = NOISE_FLOORS.get(dtype, 0.0) * math.sqrt(max(size, 1))
+    if diff_norm <= noise:
+        return "match"
     if norm <= floor:  # the reference is zero up to rounding: judge absolutely
         return "match" if diff_norm <= floor else "mismatch"
     return "match" if diff_norm / norm <= tol else "mismatch"
