@@ -1,13 +1,21 @@
 """The verdict policy: what passes beyond the plain per-entry tolerance, and what cannot pass.
 
-Two rules change statuses after the entries are measured (:mod:`xgrad.comparison.entries`);
-both are stated in docs/tolerances.md:
+Three rules change statuses after the entries are measured (:mod:`xgrad.comparison.entries`);
+each is stated in docs/tolerances.md. The first and the last read the rounding each
+reference gradient carries, measured by re-running the reference with its inputs moved by a
+few units of roundoff (:mod:`xgrad.comparison.spread`), only when a gradient fails or every
+gradient is small:
 
-* **uninformative** (:func:`mark_uninformative`): when every reference gradient is zero up to
-  rounding, nothing can be compared, and every gradient entry fails as ``uninformative``;
+* **uninformative** (:func:`mark_uninformative`): when every reference gradient is within
+  its own rounding (the loss does not depend on the parameters, or nothing flows back to
+  them), nothing can be compared, and every gradient entry fails as ``uninformative``;
 * **an ill-conditioned loss** (:func:`widen_for_conditioning`): when the loss turns a side's
   own output rounding into a gradient difference larger than the tolerance (saturated
-  ``bce``/``cce``), that side's gradients are judged at a wider tolerance, said in a note.
+  ``bce``/``cce``), that side's gradients are judged at a wider tolerance, said in a note;
+* **cancelling sums** (:func:`judge_cancelling`): a gradient that is a small sum of large
+  terms carries rounding of the terms' size; a side that differs from the reference by
+  no more than :data:`~xgrad.metrics.RELATIVE_NOISE` times that rounding matches, said in a
+  note.
 
 :func:`wants_explanation` decides whether the diagnosis phase runs.
 """
@@ -22,26 +30,39 @@ import numpy as np
 from xgrad.comparison.entries import Comparison
 from xgrad.comparison.inputs import Inputs
 from xgrad.comparison.sides import Side
+from xgrad.comparison.spread import NUDGE, Spread, reference_spread
 from xgrad.frameworks.base import DTYPES
 from xgrad.losses import Loss
+from xgrad.metrics.tolerances import RELATIVE_NOISE, status_of
 from xgrad.report import Entry, LayerEntry, Report
 
 __all__ = [
     "CONDITIONING",
+    "INFORMATIVE",
     "MAX_WIDENED",
     "ZERO_GRADIENT",
     "Judged",
     "conditioning",
     "consensus_note",
     "judge",
+    "judge_cancelling",
     "mark_uninformative",
+    "needs_spread",
     "wants_explanation",
     "widen_for_conditioning",
 ]
 
-ZERO_GRADIENT = 64
-"""A reference gradient whose RMS is below this many machine epsilons of the reference's
-dtype, relative to the RMS of dL/d output, is zero up to rounding."""
+ZERO_GRADIENT = 16.0
+"""The reference's gradients are zero up to rounding when, all together, their norm is at
+most this many times their own rounding (how far they move when only rounding changes,
+:mod:`xgrad.comparison.spread`): a relative rounding error of 6% or more, where no digit is
+left for a tolerance to judge. A gradient the loss really depends on sits thousands of
+times above its rounding, even a small sum of cancelling terms."""
+
+INFORMATIVE = 1e4
+"""One gradient more than this many times its own rounding (relative rounding below 1e-4)
+is informative on its own, whatever the others: a ReLU kink crossed in both measuring runs
+moves the gradients before it by far more than rounding, never those after it."""
 
 MAX_WIDENED = 1e-2
 """Beyond this, a tolerance would hide real differences: the float64 reference is re-run
@@ -57,22 +78,28 @@ class Judged:
     """The gradient entries after the verdict rules, and what the rules had to say."""
 
     parameters: list[Entry]
-    input: Entry
+    input: Entry | None
     layers: dict[str, LayerEntry]
     notes: list[str]
     degenerate: bool
 
 
-def _seed_scale(ref: Side, inputs: Inputs) -> float | None:
-    """The RMS of dL/d output: what every gradient of the model is a product of."""
+def _seed(ref: Side, inputs: Inputs) -> np.ndarray | None:
+    """dL/d output (float64), what every gradient of the model is a product of; ``None``
+    for a pair of the user's loss functions."""
     if inputs.cotangent is not None:
-        seed = inputs.cotangent
-    elif isinstance(inputs.loss, Loss):
+        return np.asarray(inputs.cotangent, np.float64)
+    if isinstance(inputs.loss, Loss):
         with np.errstate(all="ignore"):
-            seed = inputs.loss.value_and_grad(np.asarray(ref.grads.output, np.float64), inputs.y)[1]
-    else:
-        return None
-    return float(np.sqrt(np.mean(np.square(seed)))) if np.size(seed) else None
+            out = np.asarray(ref.grads.output, np.float64)
+            return np.asarray(inputs.loss.value_and_grad(out, inputs.y)[1], np.float64)
+    return None
+
+
+def _rms(measured, name: str) -> float:
+    m = measured[name]
+    size = next(iter(m.results.values())).size if m.results else 0
+    return m.ref_norm / math.sqrt(size) if size else 0.0
 
 
 def _mark(entry: Entry, status: str = "uninformative") -> Entry:
@@ -80,37 +107,92 @@ def _mark(entry: Entry, status: str = "uninformative") -> Entry:
     return replace(entry, results=results)
 
 
-def mark_uninformative(ref: Side, entries, input_entry, inputs: Inputs, measured):
-    """When every reference gradient is zero up to rounding, no comparison can see anything:
-    those entries become ``uninformative`` (a failing status) and a note says why and what to
-    do. A single zero gradient among informative ones (a bias before a batch norm) is judged
-    by the absolute noise floor as usual. Each gradient's RMS comes from the reference norm
-    its entry's metric pass measured.
+def _gradient_names(entries, input_entry) -> list[str]:
+    return [e.name for e in entries] + ([input_entry.name] if input_entry is not None else [])
+
+
+def needs_spread(c: Comparison, entries, input_entry, measured) -> bool:
+    """Whether the reference's rounding is worth two more evaluations of it: some side's
+    gradient fails (the cancelling-sums rule may explain it), or the reference's gradients
+    may be degenerate. The second is screened cheaply: degenerate gradients are rounding,
+    the unit roundoff times the terms they sum, so they are far below dL/d output unless
+    those terms are ``1 / sqrt(eps)`` times larger than it; above ``sqrt(eps)`` times it
+    (or with your own loss functions, whose dL/d output xgrad cannot form) they are not
+    looked at. The screen only saves the evaluation; the rule itself never compares with
+    dL/d output."""
+    names = _gradient_names(entries, input_entry)
+    if not names:
+        return False
+    if any(
+        m.status == "mismatch"
+        for e in [*entries, *([input_entry] if input_entry is not None else [])]
+        for m in e.results.values()
+    ):
+        return True
+    largest = max(_rms(measured, n) for n in names)
+    if largest == 0:
+        return True
+    seed = _seed(c.ref, c.inputs)
+    if seed is None or not np.size(seed) or not np.all(np.isfinite(seed)):
+        return False
+    dtype = c.ref.model.dtype
+    eps = float(np.finfo(dtype).eps) if dtype in DTYPES else 1e-2
+    return largest <= math.sqrt(eps) * float(np.sqrt(np.mean(np.square(seed))))
+
+
+def mark_uninformative(ref: Side, entries, input_entry, inputs: Inputs, measured, spread):
+    """When every reference gradient is zero up to its own rounding (``spread``, a
+    :class:`~xgrad.comparison.spread.Spread`, or ``None`` when not measured: nothing is
+    marked), no comparison can see anything: those entries become ``uninformative`` (a
+    failing status) and a note says why and what to do. The gradients are judged together
+    (:data:`ZERO_GRADIENT`; none may be :data:`INFORMATIVE` on its own), never against
+    dL/d output: a saturated ``bce`` has a huge dL/d output that the sigmoid cancels, and
+    gradients of order 1. A single zero gradient among informative ones (a bias before a
+    batch norm) is judged by the noise floor as usual.
 
     Returns:
         ``(entries, input entry, note or None)``.
     """
-    scale = _seed_scale(ref, inputs)
-    names = [e.name for e in entries] + ([input_entry.name] if input_entry is not None else [])
-    if scale is None or scale == 0 or not names:
+    names = _gradient_names(entries, input_entry)
+    if spread is None or not names or any(n not in spread.norms for n in names):
         return entries, input_entry, None
-    rms = []
-    for name in names:
-        m = measured[name]
-        size = next(iter(m.results.values())).size if m.results else 0
-        rms.append(m.ref_norm / math.sqrt(size) if size else 0.0)
-    eps = float(np.finfo(ref.model.dtype).eps) if ref.model.dtype in DTYPES else 1e-2
-    if max(rms) > ZERO_GRADIENT * eps * scale:
+    size = math.fsum(measured[n].ref_norm ** 2 for n in names)
+    rounding = math.fsum(spread.norms[n] ** 2 for n in names)
+    if not math.sqrt(size) <= ZERO_GRADIENT * math.sqrt(rounding):
         return entries, input_entry, None
-    note = (
-        f"every reference gradient is zero up to rounding (largest RMS {max(rms):.2g}, against "
-        f"dL/d output {scale:.2g}): the {inputs.loss_name or 'given cotangent'} does not "
-        "depend on the parameters here (the sum of a softmax output is always 1), so no "
-        "comparison can see anything; use loss='projection' (a seeded random direction, never "
-        "degenerate) or a loss with targets"
-    )
+    if any(0 < spread.norms[n] < measured[n].ref_norm / INFORMATIVE for n in names):
+        return entries, input_entry, None
+    note = _degenerate_note(ref, inputs, measured, names, spread)
     marked_input = None if input_entry is None else _mark(input_entry)
     return [_mark(e) for e in entries], marked_input, note
+
+
+def _degenerate_note(ref: Side, inputs: Inputs, measured, names, spread: Spread) -> str:
+    """Why nothing was compared: dL/d output is zero, nothing flows back, or it cancels."""
+    what = inputs.loss_name or "given cotangent"
+    seed = _seed(ref, inputs)
+    if seed is not None and not np.any(seed):
+        return (
+            f"every reference gradient is zero: dL/d output is zero at every output (each "
+            f"output equals its target, or lies past the clipping bound of the {what}), so no "
+            "comparison can see anything; use loss='projection' (a seeded random direction, "
+            "never degenerate) or other targets"
+        )
+    moved = math.sqrt(math.fsum(spread.norms[n] ** 2 for n in names))
+    total = math.sqrt(math.fsum(measured[n].ref_norm ** 2 for n in names))
+    how = (
+        "exactly zero, and stay so when the inputs move"
+        if total == moved == 0
+        else f"zero up to rounding (norm {total:.2g}; they move by {moved:.2g} when the "
+        f"inputs move by {NUDGE} units of roundoff)"
+    )
+    return (
+        f"every reference gradient is {how}: the {what} does not depend on the parameters "
+        "here (the sum of a softmax output is always 1), or nothing flows back to them (a "
+        "ReLU dead on the whole batch), so no comparison can see anything; use "
+        "loss='projection' (a seeded random direction, never degenerate) or a loss with "
+        "targets, or check the model's activations at this input"
+    )
 
 
 def conditioning(ref: Side, side: Side, inputs: Inputs, tol: float):
@@ -184,17 +266,79 @@ def widen_for_conditioning(c: Comparison, entries, input_entry, layers) -> Judge
     return Judged(list(entries), input_entry, layers, notes, degenerate=False)
 
 
+def judge_cancelling(c: Comparison, parameters, input_entry, measured, spread) -> Judged:
+    """Each side's failing gradient whose difference from the reference is within
+    :data:`~xgrad.metrics.RELATIVE_NOISE` times the reference's own rounding there
+    (``spread``, scaled to the judged dtype) matches: the gradient is a small sum of
+    cancelling terms, and rounding of the terms' size is all that differs. Only up to a
+    relative difference of :data:`MAX_WIDENED`, like the ill-conditioned loss: beyond, a
+    floor would hide real differences. A note per side names the gradients so judged and
+    their rounding."""
+    notes = []
+    by_side: dict[str, list[str]] = {}
+
+    def rejudge(entry: Entry) -> Entry:
+        noise = spread.noise(entry.name)
+        ref_norm = measured[entry.name].ref_norm if entry.name in measured else 0.0
+        if noise is None or not ref_norm > 0:
+            return entry
+        results = dict(entry.results)
+        for label, m in entry.results.items():
+            if m.status != "mismatch" or not m.rel_norm <= MAX_WIDENED:
+                continue  # (beyond, the gradient is mostly rounding: no verdict of ours)
+            diff = m.rel_norm * ref_norm  # (a parameter's or input's norm is its own)
+            status = status_of(
+                norm=ref_norm,
+                diff_norm=diff,
+                size=m.size,
+                dtype=c.dtype,
+                tol=m.tol,
+                noise=RELATIVE_NOISE * noise,
+            )
+            if status == "match":
+                results[label] = replace(m, status="match")
+                by_side.setdefault(label, []).append(
+                    f"{entry.name} (norm {ref_norm:.2g}, its rounding {noise:.2g}, "
+                    f"difference {diff:.2g})"
+                )
+        return replace(entry, results=results)
+
+    parameters = [rejudge(e) for e in parameters]
+    input_entry = None if input_entry is None else rejudge(input_entry)
+    for label, which in by_side.items():
+        notes.append(
+            f"{label}: {len(which)} gradient(s) are small sums of large terms that cancel, so "
+            f"they carry rounding of the terms' size, measured by re-running the reference "
+            f"with its inputs moved by {NUDGE} units of roundoff each way: "
+            f"{'; '.join(which[:3])}{'; ...' if len(which) > 3 else ''}; each difference is "
+            f"within {RELATIVE_NOISE:g} times that rounding, so it matches"
+        )
+    return Judged(parameters, input_entry, {}, notes, degenerate=False)
+
+
 def judge(c: Comparison, entries, input_entry, layers, measured) -> Judged:
-    """Both rules, in order: uninformative first (when nothing flows back, the backward
-    values of layers say nothing either), then the ill-conditioned loss."""
+    """The rules, in order: uninformative first (when nothing flows back, the backward
+    values of layers say nothing either), then the ill-conditioned loss, then cancelling
+    sums. The reference's rounding is measured once per comparison, only when a gradient
+    fails or every gradient is small (:func:`needs_spread`)."""
+    spread = None
+    if needs_spread(c, entries, input_entry, measured):
+        names = _gradient_names(entries, input_entry)
+        spread = reference_spread(c.ref, c.inputs, names, c.dtype, c.tol)
     entries, input_entry, degenerate = mark_uninformative(
-        c.ref, entries, input_entry, c.inputs, measured
+        c.ref, entries, input_entry, c.inputs, measured, spread
     )
     judged = widen_for_conditioning(c, entries, input_entry, layers)
-    if not degenerate:
+    if degenerate:
+        layers = {
+            path: replace(e, backward=_mark_all(e.backward)) for path, e in judged.layers.items()
+        }
+        return Judged(judged.parameters, judged.input, layers, [*judged.notes, degenerate], True)
+    if spread is None:
         return judged
-    layers = {path: replace(e, backward=_mark_all(e.backward)) for path, e in judged.layers.items()}
-    return Judged(judged.parameters, judged.input, layers, [*judged.notes, degenerate], True)
+    cancelling = judge_cancelling(c, judged.parameters, judged.input, measured, spread)
+    notes = [*judged.notes, *cancelling.notes]
+    return Judged(cancelling.parameters, cancelling.input, judged.layers, notes, False)
 
 
 def _mark_all(results: dict) -> dict:
