@@ -9,7 +9,7 @@ import numpy as np
 
 from xgrad.activations import ACTIVATIONS, get_activation
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit
-from xgrad.diagnosis.records import Cause, Finding, drop, grads_residual
+from xgrad.diagnosis.records import Cause, Check, Finding, backward_check, check, drop, rerun
 from xgrad.identify import fit_activation, leaky_slope, rel
 from xgrad.layers import Activation, Dense
 
@@ -77,7 +77,38 @@ def _fit(z, a, tol: float, dtype: str) -> str | None:
     return best if best_err <= tol else None
 
 
+def _with_activation(layers, name: str) -> list | None:
+    """``layers`` with their (first) activation replaced by ``name``: a Dense's own, or an
+    Activation layer's; ``None`` when they have none."""
+    layers = list(layers)
+    for k, layer in enumerate(layers):
+        if k == 0 and isinstance(layer, Dense) and layer.activation != "linear":
+            layers[0] = replace(layer, activation=name)
+            return layers
+        if isinstance(layer, Activation):
+            layers[k] = Activation(name)
+            return layers
+    return None
+
+
+def _confirm(ev: Evidence, unit: UnitEvidence, name: str) -> Check | None:
+    """The rule for another activation ``name``: the reference's unit with ``name`` in
+    place of its own (after a residual block: the layers after it, on the block's own
+    output on the reference's side)."""
+    if unit.block_output_ref is not None:
+        members = _with_activation(unit.members_ref, name)
+        if members is None or any(layer is None for layer in unit.members_ref):
+            return None
+        z = unit.block_output_ref
+        alt, own = run_unit(members, {}, z), run_unit(unit.members_ref, {}, z)
+        return check(ev, unit.output_cand, alt, own, reference=unit.output_ref)
+    layers = _with_activation(unit.layers_ref, name)
+    return None if layers is None else rerun(ev, unit, layers)
+
+
 def _classify(ev: Evidence, unit: UnitEvidence, before: float, want: str) -> Finding | None:
+    """The candidate's activation, fitted to its own values, is the hypothesis; the
+    reference's unit re-run with it confirms it (:func:`~xgrad.diagnosis.records.rerun`)."""
     found = pre_activation(unit, "cand")
     if found is None:
         return None
@@ -98,17 +129,17 @@ def _classify(ev: Evidence, unit: UnitEvidence, before: float, want: str) -> Fin
     )
     if cause != want:
         return None
-    with np.errstate(all="ignore"):
-        residual = rel(cand_act(z_cand), unit.output_cand)
-    if residual > ev.fit_tol:
+    confirmed = _confirm(ev, unit, cand_act.name)
+    if confirmed is None or not confirmed.confirmed:
         return None
+    residual = confirmed.residual
     if cause == "gelu-approximation":
         ref_form = "exact erf GELU" if ref_act.kind == "gelu" else "tanh GELU"
         cand_form = "tanh form" if cand_act.kind == "gelu_tanh" else "exact erf form"
         detail = (
-            f"reference uses the {ref_form}, candidate the {cand_form} (Keras' and "
-            "PyTorch's GELU default to erf, jax.nn.gelu and flax to tanh); with the "
-            f"candidate's form applied to the reference {drop(before, residual)}"
+            f"reference uses the {ref_form}, candidate the {cand_form} (Keras' 'gelu' and "
+            "PyTorch's GELU default to erf; keras.ops.gelu, jax.nn.gelu and flax to tanh); "
+            f"with the candidate's form applied to the reference {drop(before, residual)}"
         )
     elif cause == "leaky-relu-slope":
         detail = (
@@ -144,19 +175,21 @@ def backward_activation(ev: Evidence, unit: UnitEvidence, before: float) -> Find
     if found is None:
         return None
     z, ref_name = found
+    ref_act = get_activation(ref_name)
+    own = ref_act.vjp(z, ref_act(z), unit.grad_ref)
     for name, act in ACTIVATIONS.items():
-        if name in ("softmax", get_activation(ref_name).name) or act.derivative is None:
+        if name in ("softmax", ref_act.name) or act.derivative is None:
             continue
         with np.errstate(all="ignore"):
-            residual = grads_residual(unit, unit.grad_ref * act.derivative(z))
-        if residual <= ev.fit_tol:
-            return Finding(
-                f"the forward values agree, but the candidate back-propagates the derivative "
-                f"of {name} where the reference's is that of {ref_name}; with that "
-                f"derivative {drop(before, residual)}",
-                residual,
-                before,
-            )
+            confirmed = backward_check(ev, unit, unit.grad_ref * act.derivative(z), own)
+        detail = (
+            f"the forward values agree, but the candidate back-propagates the derivative "
+            f"of {name} where the reference's is that of {ref_name}; with that "
+            f"derivative {drop(before, confirmed.residual)}"
+        )
+        finding = confirmed.finding(detail, before)
+        if finding is not None:
+            return finding
     return None
 
 

@@ -20,7 +20,14 @@ from xgrad.layers import Activation, Dense, Dropout, forward_sequence, vjp_seque
 from xgrad.layers.base import AbstractLayer, Step
 from xgrad.losses import Loss
 
-__all__ = ["Evidence", "ReferenceValues", "UnitEvidence", "build_evidence", "run_unit"]
+__all__ = [
+    "Evidence",
+    "ReferenceValues",
+    "UnitEvidence",
+    "build_evidence",
+    "run_unit",
+    "run_unit_grads",
+]
 
 
 def f64(a) -> np.ndarray | None:
@@ -229,6 +236,29 @@ def run_unit(layers, weights: dict, x: np.ndarray, *, path: str = "u") -> np.nda
                 continue
             a = layer.forward(flat if k == 0 else {}, a, path=path).output
     return a
+
+
+def run_unit_grads(
+    layers, weights: dict, x: np.ndarray, grad_output: np.ndarray, *, path: str = "u"
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`run_unit`, and the VJP of ``grad_output`` (``dL/d output``) through it:
+    ``(output, dL/d weights by local name)``."""
+    flat = {f"{path}.{k}": v for k, v in weights.items()}
+    steps = []
+    a = x
+    with np.errstate(all="ignore"):
+        for k, layer in enumerate(layers):
+            if layer is None:
+                raise ValueError("unknown layer")
+            if isinstance(layer, Dropout):
+                continue
+            steps.append(layer.forward(flat if k == 0 else {}, a, path=path))
+            a = steps[-1].output
+        grads: dict[str, np.ndarray] = {}
+        g = grad_output
+        for step in reversed(steps):
+            g = step.layer.vjp(flat, step, g, grads)
+    return a, {k[len(path) + 1 :]: v for k, v in grads.items()}
 
 
 def _identify(layers, weights, x, out, dtype) -> list[AbstractLayer | None]:

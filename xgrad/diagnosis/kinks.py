@@ -8,7 +8,7 @@ import numpy as np
 from xgrad.activations import get_activation
 from xgrad.diagnosis.activation import pre_activation
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence
-from xgrad.diagnosis.records import Cause, Finding, drop, grads_residual
+from xgrad.diagnosis.records import Cause, Finding, backward_check, drop
 from xgrad.layers import Dense
 
 __all__ = ["CAUSES"]
@@ -35,16 +35,16 @@ def kink_convention(ev: Evidence, unit: UnitEvidence, before: float) -> Finding 
             deriv = np.where(mask, v, base)
             if np.array_equal(deriv, base):
                 continue
-            residual = grads_residual(unit, unit.grad_ref * deriv)
-            if residual <= ev.fit_tol:
-                return Finding(
-                    f"{int(mask.sum())} pre-activation(s) are exactly at {act.name}'s kink "
-                    f"{k:g}; the candidate's derivative there is {v:.6g}{_SOURCES.get(v, '')}, "
-                    f"the reference's {float(base[mask][0]):.6g}; with the candidate's value "
-                    f"{drop(before, residual)}",
-                    residual,
-                    before,
-                )
+            confirmed = backward_check(ev, unit, unit.grad_ref * deriv, unit.grad_ref * base)
+            found = confirmed.finding(
+                f"{int(mask.sum())} pre-activation(s) are exactly at {act.name}'s kink "
+                f"{k:g}; the candidate's derivative there is {v:.6g}{_SOURCES.get(v, '')}, "
+                f"the reference's {float(base[mask][0]):.6g}; with the candidate's value "
+                f"{drop(before, confirmed.residual)}",
+                before,
+            )
+            if found is not None:
+                return found
     return None
 
 
@@ -69,16 +69,13 @@ def kink_rounding(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | 
     bound = 1e3 * np.finfo(np.float32).eps * max(float(np.abs(z).max()), 1.0)
     if float(distance.max()) > bound:
         return None
-    residual = grads_residual(unit, unit.grad_ref * side)
-    if residual > ev.fit_tol:
-        return None
-    return Finding(
+    confirmed = backward_check(ev, unit, unit.grad_ref * side, unit.grad_ref * base)
+    return confirmed.finding(
         f"{int(flipped.sum())} pre-activation(s) lie within rounding of {name}'s kink "
         f"(largest distance {float(distance.max()):.2g}); the candidate's rounding puts them "
         "on the other side, which flips the derivative there; with the candidate's side on "
-        f"both {drop(before, residual)}. Both sides are right to their precision: this is "
-        "rounding, not a convention",
-        residual,
+        f"both {drop(before, confirmed.residual)}. Both sides are right to their precision: "
+        "this is rounding, not a convention",
         before,
     )
 

@@ -3,9 +3,9 @@ the backward pass."""
 
 from __future__ import annotations
 
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence
 from xgrad.diagnosis.precision import as_dtype
-from xgrad.diagnosis.records import Cause, Finding, drop
+from xgrad.diagnosis.records import Cause, Finding, check, drop, rerun
 from xgrad.identify import rel
 
 __all__ = ["CAUSES"]
@@ -24,7 +24,39 @@ def _same(ev: Evidence, cand, ref) -> bool:
     )
 
 
+def _as_held(ev: Evidence, unit: UnitEvidence) -> tuple[dict, list[str]] | None:
+    """The reference's own arrays arranged as the candidate holds them: each candidate
+    weight found as the reference's in place, transposed, or another layer's of the same
+    name; ``(weights, what moved)``, or ``None`` when a weight is none of these."""
+    weights, moved = {}, []
+    for k, c in unit.weights_cand.items():
+        r = unit.weights_ref.get(k)
+        if r is None:
+            return None
+        if _same(ev, c, r):
+            weights[k] = r
+        elif r.ndim == 2 and _same(ev, c, r.T):
+            weights[k] = r.T
+            moved.append(f"the candidate's {k} is the reference's transposed ({c.shape})")
+        else:
+            other = next(
+                (o for o in ev.units if o.path != unit.path and _same(ev, c, o.weights_ref.get(k))),
+                None,
+            )
+            if other is None:
+                return None
+            weights[k] = other.weights_ref[k]
+            moved.append(
+                f"the candidate's layer {unit.path} holds the reference's layer {other.path} {k}"
+            )
+    return weights, moved
+
+
 def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
+    """The candidate's weights are not the reference's: the reference's arrays in another
+    layout or at another layer (confirmed when the reference's unit re-run with them as the
+    candidate holds them reproduces the candidate), or other numbers ("weights differ",
+    never confirmed: no convention is tested on weights that differ)."""
     shared = [k for k in unit.weights_ref if k in unit.weights_cand]  # absent: norm-affine's
     if all(_same(ev, unit.weights_cand[k], unit.weights_ref[k]) for k in shared):
         return None
@@ -46,36 +78,30 @@ def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
             before,
             confirmed=False,
         )
-    k, r = unit.weights_cand.get("kernel"), unit.weights_ref.get("kernel")
-
-    def rerun(kernel):
-        return run_unit(unit.layers_ref, {**unit.weights_cand, "kernel": kernel}, unit.input_cand)
-
-    if k is not None and r is not None and k.shape == r.T.shape and rel(k, r.T) <= ev.fit_tol:
-        residual = rel(rerun(r), unit.output_ref)
+    held = _as_held(ev, unit) if set(unit.weights_cand) == set(unit.weights_ref) else None
+    if held is not None:
+        weights, moved = held
+        confirmed = rerun(ev, unit, weights=weights)
+        words = "; ".join(moved)
+        if "transposed" in words:
+            words += " (PyTorch's nn.Linear.weight is (out, in), Keras and Flax kernels (in, out))"
+        else:
+            words += ": layers paired in the wrong order"
+        if confirmed.confirmed:
+            return Finding(
+                f"{words}; the reference's layer with its weights as the candidate holds them "
+                f"reproduces the candidate: {drop(before, confirmed.residual)}",
+                confirmed.residual,
+                before,
+            )
         return Finding(
-            f"the candidate's kernel is the reference's transposed ({k.shape}); with the "
-            f"reference's layout {drop(before, residual)}",
-            residual,
+            f"{words}, but the reference's layer with its weights as the candidate holds "
+            f"them leaves {confirmed.residual:.2g} of the error {before:.2g}: something else "
+            "differs too",
+            confirmed.residual,
             before,
+            confirmed=False,
         )
-    if k is not None:
-        for other in ev.units:
-            o = other.weights_ref.get("kernel")
-            if (
-                other.path != unit.path
-                and o is not None
-                and o.shape == k.shape
-                and rel(k, o) <= ev.fit_tol
-            ):
-                residual = rel(rerun(r), unit.output_ref)
-                return Finding(
-                    f"the candidate's layer {unit.path} holds the reference's layer "
-                    f"{other.path} kernel: layers paired in the wrong order; with its own "
-                    f"kernel {drop(before, residual)}",
-                    residual,
-                    before,
-                )
     diffs = ", ".join(
         f"{name} rel {rel(unit.weights_cand[name], unit.weights_ref[name]):.2g}"
         for name in shared
@@ -83,7 +109,8 @@ def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
     )
     return Finding(
         f"the candidate's weights of layer {unit.path} differ from the reference's ({diffs}), "
-        "and not by a transpose or a reordering of layers; were they copied across?",
+        "and not by a transpose or a reordering of layers; were they copied across? No "
+        "convention is tested on weights that differ",
         None,
         before,
         confirmed=False,
@@ -101,13 +128,11 @@ def untransposed_dinput(ev: Evidence, unit: UnitEvidence, before: float) -> Find
 
     delta = get_activation(unit.activation()).vjp(unit.z(), unit.output_ref, unit.grad_ref)
     before = rel(ev.dinput_cand, ev.dinput_ref)
-    residual = rel(ev.dinput_cand, delta @ k)
-    if residual > ev.fit_tol:
-        return None
-    return Finding(
+    confirmed = check(ev, ev.dinput_cand, delta @ k, delta @ k.T, reference=ev.dinput_ref)
+    return confirmed.finding(
         "the candidate's dL/dinput is delta @ W instead of delta @ W.T (a missing transpose "
-        f"in layer {unit.path}'s backward); recomputed that way {drop(before, residual)}",
-        residual,
+        f"in layer {unit.path}'s backward); recomputed that way "
+        f"{drop(before, confirmed.residual)}",
         before,
     )
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xgrad.activations import get_activation
 from xgrad.diagnosis.activation import pre_activation
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence
-from xgrad.diagnosis.records import Cause, Finding, drop, grads_residual
+from xgrad.diagnosis.records import Cause, Finding, backward_check, check, drop
 from xgrad.identify import rel
 from xgrad.losses import EPSILON, Loss, get_loss
 
@@ -32,15 +33,13 @@ def clipping(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
     if saturated == 0:
         return None
     logits_delta = get_loss(f"{name}_logits").value_and_grad(z, ev.y)[1]
-    residual = grads_residual(unit, logits_delta)
-    if residual > ev.fit_tol:
-        return None
-    return Finding(
+    own = get_activation(act).vjp(z, unit.output_ref, unit.grad_ref)
+    confirmed = backward_check(ev, unit, logits_delta, own)
+    return confirmed.finding(
         f"{saturated} output(s) are saturated (p < 1e-7 or p > 1 - 1e-7): the reference clips "
         "probabilities there (gradient 0), the candidate uses the logits form (as Keras does "
         "on the TensorFlow backend for a sigmoid/softmax output); with the logits form on "
-        f"both sides {drop(before, residual)}",
-        residual,
+        f"both sides {drop(before, confirmed.residual)}",
         before,
     )
 
@@ -79,9 +78,9 @@ def loss_reduction(ev: Evidence, unit: UnitEvidence | None, before: float) -> Fi
     factor = float(cand @ ref) / den
     if abs(factor - 1) < 1e-3 or factor == 0:
         return None
-    residual = rel(cand, factor * ref)
-    before = rel(cand, ref)
-    if residual > ev.fit_tol:
+    confirmed = check(ev, cand, factor * ref, ref)
+    residual, before = confirmed.residual, confirmed.unchanged
+    if not confirmed.confirmed:
         return None
     batch = ev.output_ref.shape[0]
     units = int(np.prod(ev.output_ref.shape[1:]))
@@ -208,6 +207,9 @@ def crossentropy_form(ev: Evidence, unit: UnitEvidence, before: float) -> Findin
     ref, cand = ref_form[0], cand_form[0]
     if ref.family != cand.family or ref.logits == cand.logits:
         return None  # another loss, or the same reading of the output: not this cause
+    alternative, unchanged = cand_form[1] * forms[cand], ref_form[1] * forms[ref]
+    if not check(ev, unit.grad_cand, alternative, unchanged, reference=unit.grad_ref).confirmed:
+        return None
     return Finding(
         f"the reference's loss takes the output {ref.words}, the candidate's {cand.words}; "
         f"{_mistaken(ref.family, out, ref)}. dL/d output is that of {cand.name} on the "

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit
-from xgrad.diagnosis.records import Cause, Finding, drop
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence
+from xgrad.diagnosis.records import Cause, Finding, check, drop, rerun
 from xgrad.identify import EPSILONS, rel
 from xgrad.layers import BatchNorm, LayerNorm, RMSNorm
 
@@ -23,11 +21,6 @@ FIXES = (
     "model.eval() (PyTorch), model.eval() or use_running_average=True (Flax NNX), "
     "use_running_average=True (Flax Linen), training=False (Keras)"
 )
-
-
-def _rerun(unit: UnitEvidence, main, weights=None) -> np.ndarray:
-    layers = [main, *unit.layers_ref[1:]]
-    return run_unit(layers, weights if weights is not None else unit.weights_cand, unit.input_cand)
 
 
 def batchnorm_mode(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
@@ -46,10 +39,10 @@ def batchnorm_mode(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
         weights.update({k: v for k, v in unit.weights_cand.items() if k in ("mean", "var")})
         if not {"mean", "var"} <= set(weights):
             return None
-    layers = [flipped, *unit.layers_ref[1:]]
-    residual = rel(run_unit(layers, weights, unit.input_ref), unit.output_cand)
-    if residual > ev.fit_tol:
+    confirmed = rerun(ev, unit, [flipped, *unit.layers_ref[1:]], weights)
+    if not confirmed.confirmed:
         return None
+    residual = confirmed.residual
     if flipped.training:
         words = (
             "the candidate normalises with the batch's own statistics (training mode), the "
@@ -82,9 +75,12 @@ def norm_affine(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | No
     if not isinstance(main, RMSNorm):
         flags["center"] = "bias" in cand_has
     variant = replace(main, **flags)
-    residual = rel(_rerun(unit, variant), unit.output_cand)
-    if residual > ev.fit_tol:
+    weights = {k: v for k, v in unit.weights_ref.items() if k in cand_has or k not in ref_has}
+    weights.update({k: unit.weights_cand[k] for k in cand_has - ref_has})  # none to take
+    confirmed = rerun(ev, unit, [variant, *unit.layers_ref[1:]], weights)
+    if not confirmed.confirmed:
         return None
+    residual = confirmed.residual
     missing = sorted(ref_has - cand_has)
     extra = sorted(cand_has - ref_has)
     parts = []
@@ -104,18 +100,16 @@ def norm_epsilon(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | N
     main = unit.main_ref
     if not isinstance(main, LayerNorm | RMSNorm | BatchNorm):
         return None
-    weights = {**unit.weights_ref, **unit.weights_cand}
-    if rel(_rerun(unit, main, weights), unit.output_cand) <= ev.fit_tol:
-        return None  # its own epsilon on the candidate's weights does it: they differ, not it
-    best, best_residual = None, np.inf
+    best = None
     for eps in EPSILONS:
         if abs(eps - main.epsilon) <= 1e-3 * main.epsilon:
             continue
-        residual = rel(_rerun(unit, replace(main, epsilon=eps), weights), unit.output_cand)
-        if residual < best_residual:
-            best, best_residual = eps, residual
-    if best is None or best_residual > ev.fit_tol:
+        confirmed = rerun(ev, unit, [replace(main, epsilon=eps), *unit.layers_ref[1:]])
+        if best is None or confirmed.residual < best[1].residual:
+            best = (eps, confirmed)
+    if best is None or not best[1].confirmed:
         return None
+    best, best_residual = best[0], best[1].residual
     return Finding(
         f"reference epsilon {main.epsilon:g}, candidate {best:g} "
         f"({DEFAULT_EPSILONS[main.kind]}); with epsilon {best:g} on both sides "
@@ -152,12 +146,20 @@ def batchnorm_momentum(ev: Evidence, unit: UnitEvidence, before: float) -> Findi
     own = min(options, key=lambda k: error(unit.state_ref, options[k]))
     if error(unit.state_ref, options[own]) > ev.fit_tol:
         own = (m, False)
+    held = [unit.state_cand.get("mean"), unit.state_cand.get("var")]
     for (momentum, unbiased), update in options.items():
         if (momentum, unbiased) == own:
             continue
-        residual = error(unit.state_cand, update)
-        if residual > ev.fit_tol:
+        confirmed = check(
+            ev,
+            held,
+            list(update),
+            list(options[own]),
+            reference=[*map(unit.state_ref.get, ("mean", "var"))],
+        )
+        if not confirmed.confirmed:
             continue
+        residual = confirmed.residual
         parts = []
         if momentum != own[0]:
             parts.append(

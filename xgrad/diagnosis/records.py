@@ -10,6 +10,17 @@ every gradient cause's test shares.
   gradient report's :class:`Diagnosis` says where (layer, forward or backward, framework), a
   training report's :class:`xgrad.training.OptimizerDiagnosis` at which step.
 * :func:`in_order`: the causes of a family in the order of an explicit list of ids.
+* :class:`Check`, :func:`check`, :func:`rerun`, :func:`backward_check`: the one rule that
+  confirms a gradient cause (below).
+
+**The confirmation rule.** A cause is confirmed only when the *reference's* unit, re-run with
+the reference's own weights and input under the alternative convention, reproduces the
+candidate's output (and its gradients, where the cause changes them) within tolerance, while
+the unchanged reference, re-run the same way, does not, and is the reference's own
+computation (at least ten times closer to the reference's captured values than to the
+candidate's: a unit read wrongly confirms nothing). The candidate's own weights or
+pre-activations never enter the re-run, so a candidate that also differs in its weights is
+reproduced by no alternative (it gets ``weights differ`` first, from ``weight-layout``).
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit_grads
 from xgrad.identify import rel
 from xgrad.layers import Dense
 from xgrad.metrics import json_float
@@ -30,12 +41,16 @@ __all__ = [
     "UNEXPLAINED",
     "AbstractCause",
     "Cause",
+    "Check",
     "Diagnosis",
     "Explanation",
     "Finding",
+    "backward_check",
+    "check",
     "drop",
     "grads_residual",
     "in_order",
+    "rerun",
 ]
 
 UNEXPLAINED = "unexplained"
@@ -242,3 +257,137 @@ def grads_residual(unit: UnitEvidence, delta: np.ndarray) -> float:
     if db is not None and "bias" in unit.dweights_cand:
         parts.append(rel(unit.dweights_cand["bias"], db))
     return max(parts)
+
+
+# -- the confirmation rule ----------------------------------------------------------------------
+
+FAITHFUL = 0.1
+"""How much closer to the reference's own values than to the candidate's the unchanged
+re-run must be: a re-run that is not the reference's computation confirms nothing."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """The confirmation rule, measured once for one alternative convention.
+
+    Attributes:
+        residual: the reference re-run under the alternative against the candidate (its
+            output, and its gradients where compared: the largest normwise error).
+        unchanged: the reference re-run unchanged against the candidate.
+        tol: what ``residual`` must reach: the comparison's tolerance (``Evidence.fit_tol``),
+            or a re-run's own precision where it computes in a lower one.
+        apart: what ``unchanged`` must exceed: the comparison's own tolerance.
+        faithful: the unchanged re-run is the reference's own computation.
+    """
+
+    residual: float
+    unchanged: float
+    tol: float
+    apart: float
+    faithful: bool = True
+
+    @property
+    def confirmed(self) -> bool:
+        """The alternative reproduces the candidate, the unchanged reference does not."""
+        return self.faithful and self.residual <= self.tol and self.unchanged > self.apart
+
+    def finding(self, detail: str, before: float | None) -> Finding | None:
+        """A confirmed :class:`Finding` with ``detail``, else ``None``."""
+        return Finding(detail, self.residual, before) if self.confirmed else None
+
+
+def _pairs(a) -> list:
+    return list(a) if isinstance(a, list | tuple) else [a]
+
+
+def _worst(candidate, other) -> float:
+    """The largest normwise error of ``other`` against ``candidate``, pair by pair (a pair
+    with ``None`` is skipped)."""
+    errs = [rel(c, o) for c, o in zip(candidate, other, strict=True) if c is not None]
+    return max(errs) if errs else np.inf
+
+
+def check(
+    ev: Evidence, candidate, alternative, unchanged, *, reference=None, tol: float | None = None
+) -> Check:
+    """The confirmation rule on values: ``candidate``, ``alternative`` and ``unchanged`` are
+    arrays, or lists of arrays in the same order (an output, then gradients).
+
+    Args:
+        ev: the evidence (its ``fit_tol`` and ``tol``).
+        candidate: what the candidate computed.
+        alternative: the reference re-run under the alternative convention, with its own
+            weights and inputs.
+        unchanged: the reference re-run the same way under its own convention.
+        reference: what the reference itself computed, when ``unchanged`` is a re-run of it
+            (``None``: ``unchanged`` is the reference's captured values).
+        tol: what the alternative must reach (default ``ev.fit_tol``).
+    """
+    candidate, alternative, unchanged = _pairs(candidate), _pairs(alternative), _pairs(unchanged)
+    tol = ev.fit_tol if tol is None else tol
+    apart = _worst(candidate, unchanged)
+    faithful = True
+    if reference is not None:
+        own = _worst(_pairs(reference), unchanged[: len(_pairs(reference))])
+        faithful = own <= max(tol, FAITHFUL * apart)
+    return Check(_worst(candidate, alternative), apart, tol, ev.tol, faithful)
+
+
+def rerun(
+    ev: Evidence,
+    unit: UnitEvidence,
+    layers=None,
+    weights: dict[str, np.ndarray] | None = None,
+    *,
+    grads: bool = True,
+    tol: float | None = None,
+) -> Check:
+    """The confirmation rule for one unit: the reference's unit re-run on the reference's
+    input with ``layers`` (the reference's own layers under the alternative convention) and
+    ``weights`` (default: the reference's own), against the candidate's output and, with
+    ``grads``, against its weight gradients (the VJP of the candidate's own ``dL/d output``);
+    the unchanged unit is the reference's layers and weights (and the alternative's arrays of
+    names the reference does not hold: a BatchNorm in training mode keeps no statistics).
+
+    A unit that cannot be re-run (a layer of unknown configuration) confirms nothing.
+    """
+    layers = unit.layers_ref if layers is None else layers
+    weights = unit.weights_ref if weights is None else weights
+    names = [k for k in unit.dweights_cand if grads and k in unit.dweights_ref]
+    try:
+        alt_out, alt_grads = run_unit_grads(layers, weights, unit.input_ref, unit.grad_cand)
+        own_out, own_grads = run_unit_grads(  # arrays the reference lacks: the alternative's
+            unit.layers_ref, {**weights, **unit.weights_ref}, unit.input_ref, unit.grad_cand
+        )
+    except (ValueError, KeyError):
+        return Check(np.inf, np.inf, 0.0, ev.tol, False)
+    if any(k not in alt_grads or k not in own_grads for k in names):
+        names = []
+    return check(
+        ev,
+        [unit.output_cand, *(unit.dweights_cand[k] for k in names)],
+        [alt_out, *(alt_grads[k] for k in names)],
+        [own_out, *(own_grads[k] for k in names)],
+        reference=unit.output_ref,
+        tol=tol,
+    )
+
+
+def dense_grads(unit: UnitEvidence, delta: np.ndarray) -> list[np.ndarray]:
+    """A Dense unit's kernel and bias gradients for ``delta = dL/dz`` on the reference's
+    input (the bias's only where the candidate has one)."""
+    main = unit.main_ref
+    layer = main if isinstance(main, Dense) else Dense(unit.weights_ref["kernel"].shape[1])
+    dk, db, _ = layer.linear_vjp(unit.weights_ref["kernel"], unit.input_ref, delta)
+    return [dk] if db is None or "bias" not in unit.dweights_cand else [dk, db]
+
+
+def backward_check(ev: Evidence, unit: UnitEvidence, delta: np.ndarray, own: np.ndarray) -> Check:
+    """The confirmation rule for a backward cause of a Dense unit: its weight gradients from
+    ``delta`` (``dL/dz`` under the alternative) against the candidate's, and from ``own``
+    (the reference's own ``dL/dz``) against the candidate's and the reference's."""
+    candidate = [unit.dweights_cand.get("kernel"), unit.dweights_cand.get("bias")]
+    reference = [unit.dweights_ref.get("kernel"), unit.dweights_ref.get("bias")]
+    alt, unchanged = dense_grads(unit, delta), dense_grads(unit, own)
+    n = len(alt)
+    return check(ev, candidate[:n], alt, unchanged, reference=reference[:n])

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence
-from xgrad.diagnosis.records import Cause, Finding, drop
-from xgrad.identify import rel
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit
+from xgrad.diagnosis.records import Cause, Finding, check, drop
 
 __all__ = ["CAUSES", "MIN_DROPOUT_RATE"]
 
@@ -20,14 +19,11 @@ def residual_missing(ev: Evidence, unit: UnitEvidence, before: float) -> Finding
     ref, cand = unit.output_ref, unit.output_cand
     if unit.block_output_ref is not None:  # layers after the block: compare before them
         ref, cand = unit.block_output_ref, unit.block_output_cand
-    residual = rel(cand, ref - unit.block_input_ref)
-    if residual > ev.fit_tol:
-        return None
-    return Finding(
+    confirmed = check(ev, cand, ref - unit.block_input_ref, ref)
+    return confirmed.finding(
         f"the reference adds a skip connection around block {unit.path} (x + f(x)); the "
         f"candidate computes the block's layers without it (f(x)); with f(x) on both sides "
-        f"{drop(before, residual)}",
-        residual,
+        f"{drop(before, confirmed.residual)}",
         before,
     )
 
@@ -65,14 +61,28 @@ def dropout_active(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
         if found is None:
             continue
         rate, zeroed, significant, rebuilt = found
-        residual = rel(noisy, rebuilt)
-        other = "reference" if side == "candidate" else "candidate"
+        if side == "candidate":  # the reference under the candidate's mask
+            confirmed = check(ev, cand, rebuilt, ref)
+        else:  # the reference's own layers without its dropout (run_unit skips it)
+            try:
+                clean_ref = run_unit(unit.layers_ref, unit.weights_ref, unit.input_ref)
+            except (ValueError, KeyError):  # a layer unknown, or no moving statistics
+                return None
+            confirmed = check(ev, cand, clean_ref, ref)
+        if not confirmed.confirmed:
+            return None
+        residual = confirmed.residual
+        rerun = (
+            "With that mask applied to the reference"
+            if side == "candidate"
+            else "With the reference's dropout switched off"
+        )
         return Finding(
             f"{zeroed} of {significant} values are zeroed and the rest scaled by "
             f"{1 / (1 - rate):.4g}: the {side} applies dropout with rate {rate:.3g} (training "
             "mode); switch it off for the comparison: module.eval() (PyTorch, Flax NNX), "
-            "deterministic=True (Flax), training=False (Keras). With that mask applied to the "
-            f"{other}, {drop(before, residual)}",
+            "deterministic=True (Flax), training=False (Keras). "
+            f"{rerun}, {drop(before, residual)}",
             residual,
             before,
         )
