@@ -39,3 +39,33 @@ def test_an_activation_that_zeroes_where_the_other_does_not_is_no_dropout():
     row = corpus.run_case(corpus.make_case(66, "activation-mismatch"))
     assert row["outcome"] == "named", row
     assert row["causes"] == ["activation-mismatch@layers.2"]
+
+
+@pytest.mark.parametrize(
+    ("seed", "family", "bug", "outcome"),
+    [
+        (50026, "saturated", "exact", "pass"),  # a sigmoid head and bce near saturation
+        (50003, "batchnorm", "exact", "pass"),  # moving statistics closed over in pure JAX
+        (50005, "batchnorm", "batchnorm-epsilon", "named"),
+        (50001, "dtype16", "dtype", "named"),  # one layer computed in float16
+    ],
+)
+def test_cases_of_the_new_families(seed, family, bug, outcome):
+    corpus = _corpus()
+    row = corpus.run_case(corpus.make_family_case(seed, family, bug))
+    assert row["outcome"] == outcome, row
+    assert row["family"] == family
+
+
+def test_an_exception_out_of_compare_models_is_a_crash_with_its_message():
+    corpus = _corpus()
+    case = corpus.make_case(0, "exact")
+
+    def broken(params, x):
+        raise RuntimeError("the port broke")
+
+    case.port = (broken, case.port[1])
+    row = corpus.run_case(case)
+    assert row["outcome"] == "crash" and "the port broke" in row["error"], row
+    scores = corpus.family_scores([row])["mlp"]
+    assert scores["crashes"] == 1 and scores["false_alarms"] == 0
