@@ -19,6 +19,7 @@ from xgrad.diagnosis import activation, kinks, layout, loss, norms, precision, s
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence, build_evidence
 from xgrad.diagnosis.precision import float32_exact, round_mantissa
 from xgrad.diagnosis.records import UNEXPLAINED, Cause, Diagnosis, Finding, in_order
+from xgrad.identify import rel
 from xgrad.metrics import OK_STATUSES
 
 __all__ = [
@@ -109,8 +110,8 @@ def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> 
         if found is None:
             continue
         made = _make(ev, cause.id, layer, found, None if where == "model" else where)
-        if found.confirmed:
-            return made
+        if found.confirmed or (cause.id, cause.where) == ("weight-layout", "forward"):
+            return made  # weights that differ come first: no convention is tested on them
         fallback = fallback or made
     return fallback
 
@@ -149,10 +150,11 @@ def diagnose(
     Returns:
         The confirmed causes, or one ``unexplained``; empty when nothing differs.
     """
-    with np.errstate(all="ignore"):
-        found = _diagnose(ev, divergence, state)
     lower = _lower_precision(ev)
-    if lower and found and found[0].cause not in ("dtype", UNEXPLAINED):
+    moved = _past_float32(ev, divergence) if lower else None
+    with np.errstate(all="ignore"):
+        found = _diagnose(ev, moved or divergence, state)
+    if lower and found and found[0].cause != UNEXPLAINED and (moved or found[0].cause != "dtype"):
         detail = (
             f"besides, float64 was asked but the candidate computes in float32 ({lower}): "
             "that alone makes differences of about 1e-7, so the cause above was confirmed "
@@ -160,6 +162,24 @@ def diagnose(
         )
         found.append(_make(ev, "dtype", None, Finding(detail, None, None), None))
     return found
+
+
+def _past_float32(ev: Evidence, divergence) -> tuple[str, str, float] | None:
+    """Where a candidate that computes in float32 when float64 was asked parts from the
+    reference beyond float32's rounding: the first unit from the forward divergence on whose
+    output differs by more than float32's tolerance (a 16-bit layer, or another cause), when
+    the divergence itself is within it; else ``None``."""
+    if divergence is None or divergence[1] != "forward":
+        return None
+    fit = max(ev.tol, precision.FLOAT32_TOL)
+    paths = [u.path for u in ev.units]
+    if divergence[2] > fit or divergence[0] not in paths:
+        return None
+    for unit in ev.units[paths.index(divergence[0]) :]:
+        error = rel(unit.output_cand, unit.output_ref)
+        if error > fit:
+            return unit.path, "forward", error
+    return None
 
 
 def _diagnose(ev, divergence, state) -> list[Diagnosis]:
