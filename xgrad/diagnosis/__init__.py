@@ -15,7 +15,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xgrad.diagnosis import activation, kinks, layout, loss, norms, precision, structure
+from xgrad.diagnosis import (
+    activation,
+    kinks,
+    layout,
+    loss,
+    modes,
+    norms,
+    precision,
+    structure,
+)
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence, build_evidence
 from xgrad.diagnosis.precision import float32_exact, round_mantissa
 from xgrad.diagnosis.records import UNEXPLAINED, Cause, Diagnosis, Finding, in_order
@@ -41,6 +50,7 @@ ORDER: dict[str, tuple[str, ...]] = {
     "forward": (
         "residual-missing",
         "weight-layout",
+        "training-mode",
         "dropout-active",
         "batchnorm-mode",
         "norm-affine",
@@ -75,6 +85,7 @@ CAUSES: tuple[Cause, ...] = in_order(
     [(where, cause_id) for where, ids in ORDER.items() for cause_id in ids],
     [
         *structure.CAUSES,
+        *modes.CAUSES,
         *layout.CAUSES,
         *norms.CAUSES,
         *activation.CAUSES,
