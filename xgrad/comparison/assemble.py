@@ -121,7 +121,9 @@ def assemble(c: Comparison, d: Description) -> Report:
 
 def explain(report: Report, c: Comparison) -> Report:
     """Rounding that explains a side's failures entirely makes them pass (``match-kink``,
-    ``match-clip``); the other failing sides are diagnosed.
+    ``match-clip``); the other failing sides are diagnosed: the first divergence first, then
+    every later unit that diverges in its own right; the units that differ only downstream of
+    one are named in a note.
 
     The reference's float64 values are prepared once for every side
     (:class:`~xgrad.diagnosis.evidence.ReferenceValues`): its weights, its forward steps (the
@@ -137,7 +139,7 @@ def explain(report: Report, c: Comparison) -> Report:
     failing = {fw for _, fw, _ in report.failures()}
     failing |= {fw for _, fw, _, _ in report.layer_failures()}
     failing |= {d.framework for d in report.divergences}
-    diagnoses, repro = [], []
+    diagnoses, repro, notes = [], [], []
     for s in c.sides:
         if s.grads.activations is None or s.label not in failing:
             continue
@@ -151,12 +153,18 @@ def explain(report: Report, c: Comparison) -> Report:
         if any(d.confirmed for d in tied):  # a structural difference explains the gradients
             diagnoses += [d for d in tied if d.confirmed]
         else:
-            found = tied + diagnose_side(
+            found, side_notes = diagnose_side(
                 report, ref, s, alignment, inputs, dtype=c.dtype, tol=c.tol, reference=values
             )
-            diagnoses += _with_config_hint(found, report.config_diffs, s.label)
+            diagnoses += _with_config_hint(tied + found, report.config_diffs, s.label)
+            notes += side_notes
         repro += _repro_units(report, c, s, values)
-    return replace(report, diagnoses=tuple(diagnoses), repro_units=tuple(repro))
+    return replace(
+        report,
+        diagnoses=tuple(diagnoses),
+        repro_units=tuple(repro),
+        notes=(*report.notes, *notes),
+    )
 
 
 def _with_config_hint(found: list, diffs, label: str) -> list:

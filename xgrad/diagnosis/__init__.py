@@ -17,6 +17,7 @@ import numpy as np
 
 from xgrad.diagnosis import (
     activation,
+    downstream,
     kinks,
     layout,
     loss,
@@ -25,7 +26,7 @@ from xgrad.diagnosis import (
     precision,
     structure,
 )
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence, build_evidence
+from xgrad.diagnosis.evidence import Evidence, ReferenceValues, UnitEvidence, build_evidence
 from xgrad.diagnosis.precision import float32_exact, round_mantissa
 from xgrad.diagnosis.records import UNEXPLAINED, Cause, Diagnosis, Finding, in_order
 from xgrad.identify import rel
@@ -99,6 +100,14 @@ CAUSES: tuple[Cause, ...] = in_order(
 
 CAUSE_IDS: tuple[str, ...] = (*dict.fromkeys(c.id for c in CAUSES), UNEXPLAINED)
 """Every cause id a diagnosis can carry."""
+
+
+FORWARD_TRIED = (
+    "none of the known causes (activation form or slope, norm epsilon, affine terms or mode, "
+    "dropout, skip connection, loss reduction, matmul precision, dtype, weight layout) "
+    "reproduces the candidate's output here"
+)
+"""What an ``unexplained`` forward divergence says was tried."""
 
 
 def _make(ev: Evidence, cause: str, layer, finding: Finding, where) -> Diagnosis:
@@ -231,11 +240,7 @@ def _diagnose(ev, divergence, state) -> list[Diagnosis]:
     if found is not None:
         return [*out, found]
     if where == "forward":
-        detail = (
-            "none of the known causes (activation form or slope, norm epsilon, affine terms "
-            "or mode, dropout, skip connection, loss reduction, matmul precision, dtype, "
-            "weight layout) reproduces the candidate's output here"
-        )
+        detail = FORWARD_TRIED
     else:
         detail = (
             "the forward values agree; none of the known causes (kink convention or rounding, "
@@ -248,47 +253,111 @@ def _diagnose(ev, divergence, state) -> list[Diagnosis]:
     return [*out, unexplained]
 
 
+def _divergence(report, label: str) -> tuple[str, str, float] | None:
+    """``(path, where, error)`` of the first divergence of side ``label``, or ``None``; a
+    backward one's error is the largest of its ``dL/d output`` and own gradients'."""
+    layers = {layer.path: layer for layer in report.layers}
+    for d in report.divergences:
+        if d.framework != label:
+            continue
+        entry = layers[d.path]
+        m = entry.forward[label] if d.where == "forward" else entry.backward[label]
+        before = m.rel_norm
+        if d.where == "backward":
+            own = [
+                e.results[label].rel_norm
+                for e in report.parameters
+                if e.name.startswith(d.path + ".") and label in e.results
+            ]
+            before = max([before, *own])
+        return d.path, d.where, before
+    return None
+
+
+def _state(report, label: str) -> list[tuple[str, float]]:
+    """``(unit path, error)`` of each unit whose updated state differs on side ``label``."""
+    state: list[tuple[str, float]] = []
+    for entry in report.state:
+        m = entry.results.get(label)
+        if m is not None and m.status not in OK_STATUSES:
+            unit_path = entry.name.rsplit(".", 1)[0]
+            if unit_path not in [s for s, _ in state]:
+                state.append((unit_path, m.rel_norm))
+    return state
+
+
+def _later(
+    report, ev: Evidence, first: str, weights, diagnosed
+) -> tuple[list[Diagnosis], str | None]:
+    """The diagnoses of the units after ``first`` that diverge in their own right (each
+    tested on its rebased evidence, :mod:`xgrad.diagnosis.downstream`; those ``diagnosed``
+    already not again), and the note naming those that differ only downstream."""
+    label = ev.framework
+    failing = [
+        layer.path
+        for layer in report.layers
+        if (m := layer.forward.get(label)) is not None and m.status not in OK_STATUSES
+    ]
+    ev.fit_tol = max(ev.tol, precision.FLOAT32_TOL) if _lower_precision(ev) else ev.tol
+    with np.errstate(all="ignore"):
+        later, below = downstream.later_divergences(ev, failing, first, weights, diagnosed)
+        found = []
+        for item in later:
+            made = _try(ev, "forward", item.unit, item.error)
+            found.append(
+                made
+                or Diagnosis.unexplained(
+                    "it differs in its own right (the reference's unit, fed the candidate's "
+                    f"input to it, does not reproduce its output: {item.error:.2g}); "
+                    + FORWARD_TRIED,
+                    before=item.error,
+                    layer=item.path,
+                    where="forward",
+                    framework=label,
+                )
+            )
+    return found, downstream.downstream_note(label, below)
+
+
 def diagnose_side(
     report, ref, side, alignment, inputs, *, dtype: str, tol: float, reference=None
-) -> list[Diagnosis]:
-    """The diagnoses of one compared side of a report (see :func:`xgrad.runner.assemble`);
-    ``reference`` (:class:`~xgrad.diagnosis.evidence.ReferenceValues`) is shared by the sides
-    of one call."""
+) -> tuple[list[Diagnosis], list[str]]:
+    """The diagnoses of one compared side of a report (see :func:`xgrad.runner.assemble`),
+    and notes for the report; ``reference``
+    (:class:`~xgrad.diagnosis.evidence.ReferenceValues`) is shared by the sides of one call.
+
+    The first divergence is diagnosed first (the headline); then every later unit that
+    diverges in its own right, each once; the units that differ only downstream of one are
+    named in a note, not diagnosed again (:mod:`xgrad.diagnosis.downstream`)."""
     first = next((d for d in report.divergences if d.framework == side.label), None)
+    found = None
     if first is not None and first.between:  # the code between two modules parts
         from xgrad.diagnosis.code import code_before, code_evidence
 
         code = code_evidence(ref, side, first, inputs, dtype=dtype, tol=tol)
         if code is not None:
-            return diagnose(code, (first.path, "forward", code_before(code)))
+            found = diagnose(code, (first.path, "forward", code_before(code)))
     ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
+    if found is None:
+        found = _headline(report, ev, side.label)
+    if first is None or first.where != "forward" or not ev.units:
+        return found, []
+    if any(d.layer is None and d.cause != "dtype" for d in found):
+        return found, []  # the whole model, or NaN/Inf: nothing more to say per unit
+    weights = reference.weights if reference is not None else ReferenceValues(ref, inputs).weights
+    diagnosed = [d.layer for d in found if d.layer is not None and d.where == "forward"]
+    later, note = _later(report, ev, first.path, weights, diagnosed)
+    return [*found, *later], [note] if note else []
+
+
+def _headline(report, ev: Evidence, label: str) -> list[Diagnosis]:
+    """The diagnoses of a side's first divergence and updated state (or of the whole model
+    when no unit parts)."""
     if not ev.units:
         return []
-    layers = {layer.path: layer for layer in report.layers}
-    divergence = None
-    for d in report.divergences:
-        if d.framework == side.label:
-            entry = layers[d.path]
-            m = entry.forward[side.label] if d.where == "forward" else entry.backward[side.label]
-            before = m.rel_norm
-            if d.where == "backward":
-                own = [
-                    e.results[side.label].rel_norm
-                    for e in report.parameters
-                    if e.name.startswith(d.path + ".") and side.label in e.results
-                ]
-                before = max([before, *own])
-            divergence = (d.path, d.where, before)
-    state = []
-    for entry in report.state:
-        m = entry.results.get(side.label)
-        if m is not None and m.status not in OK_STATUSES:
-            unit_path = entry.name.rsplit(".", 1)[0]
-            if unit_path not in [s for s, _ in state]:
-                state.append((unit_path, m.rel_norm))
+    divergence, state = _divergence(report, label), _state(report, label)
     if divergence is None and not state:
-        failing = [e for e, fw, _ in report.failures() if fw == side.label]
-        if not failing:
+        if not any(fw == label for _, fw, _ in report.failures()):
             return []
         whole = _try(ev, "model", None, 0.0)
         if whole is not None:

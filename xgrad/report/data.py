@@ -397,7 +397,19 @@ class Report(AbstractReport):
             what = f"nonfinite ({m.nan} NaN, {m.inf} Inf, first at {m.first_nonfinite})"
         else:
             what = f"rel_norm {fmt(m.rel_norm)} (tolerance {self.tolerance:g})"
-        return f"{verdict}; worst {label} in {fw}: {what}"
+        return f"{verdict}; worst {label} in {fw}: {what}{self._own_right()}"
+
+    def _own_right(self) -> str:
+        """``; N units diverge in their own right: ...`` when more than one unit does (each
+        has its diagnosis), else ``''``."""
+        own = dict.fromkeys(
+            f"{d.layer or '(the model)'} ({d.cause})"
+            for d in self.diagnoses
+            if d.where == "forward" and d.layer is not None
+        )
+        if len(own) < 2:
+            return ""
+        return f"; {len(own)} units diverge in their own right: {', '.join(own)}"
 
     def header(self) -> str:
         loss = f"loss {self.loss}" if self.loss else "given cotangent"
