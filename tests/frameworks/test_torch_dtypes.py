@@ -158,3 +158,13 @@ def test_a_bfloat16_torch_reference_against_a_float32_keras_port():
     )
     report = xgrad.compare_models(reference, port, X)
     assert report.dtype == "bfloat16" and report.ok, report.mismatch_message()
+
+
+def test_a_read_only_array_enters_torch_as_a_copy_without_a_warning():
+    from xgrad.frameworks.torch.model import numpy_tensor
+
+    arr = np.arange(6.0).reshape(2, 3)
+    arr.flags.writeable = False  # torch warns on sharing it (an error under this suite)
+    t = numpy_tensor(arr)
+    t += 1
+    assert arr.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]

@@ -43,8 +43,8 @@ def print_sweep(result: SweepResult, console=None) -> None:
     for c, value, where in result.rows():
         style = {"match": "green", "mismatch": "bold red"}.get(c.status, "bold magenta")
         axes = [c.activation, c.loss, c.dtype, str(c.batch), str(c.seed)]
-        rows.append([*map(escape, axes), value, escape(where), f"[{style}]{c.status}[/]"])
-        rows[-1].append(escape(c.cause))
+        status = f"[{style}]{c.status}[/]"
+        rows.append([*map(escape, axes), value, escape(where), status, escape(c.cause)])
     single = {i for i in range(len(_AXES)) if len({row[i] for row in rows}) == 1}
     # an axis with one value says nothing row by row: it goes first, into the title
     columns = [replace(col, drop=10) if i in single else col for i, col in enumerate(_COLUMNS)]

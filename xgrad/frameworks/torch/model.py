@@ -284,6 +284,8 @@ def numpy_tensor(arr) -> torch.Tensor:
     arr = np.asarray(arr)
     if arr.dtype.kind == "V" and is_floating(arr.dtype):
         arr = arr.astype(np.float32)
+    elif not arr.flags.writeable:  # torch warns that it may not share a read-only array
+        arr = arr.copy()
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
