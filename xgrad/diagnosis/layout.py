@@ -84,7 +84,7 @@ def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding |
         confirmed = rerun(ev, unit, weights=weights)
         words = "; ".join(moved)
         if "transposed" in words:
-            words += " (PyTorch's nn.Linear.weight is (out, in), Keras and Flax kernels (in, out))"
+            words += "; PyTorch's nn.Linear.weight is (out, in), Keras and Flax kernels (in, out)"
         else:
             words += ": layers paired in the wrong order"
         if confirmed.confirmed:

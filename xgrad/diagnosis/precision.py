@@ -106,7 +106,7 @@ def _in_dtype(ev: Evidence, unit: UnitEvidence, dtype: str) -> Check:
     each of its own operations, in an order each compiler chooses, which a re-run approaches
     to one rounding)."""
     own = run_unit(unit.layers_ref, unit.weights_ref, unit.input_ref)
-    tol = None  # float32: the comparison's tolerance, widened to float32's
+    tol = max(ev.fit_tol, FLOAT32_TOL)  # a float32 re-run: float32's own tolerance
     if dtype != "float32":
         tol = FLIPS * UNIT_ROUNDOFF[dtype]
         if exact_in(unit.output_cand, dtype):
