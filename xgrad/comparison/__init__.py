@@ -7,7 +7,8 @@ read a pair        read two users' models, pair them, transfer weights    :mod:`
 inputs             check the batch, targets or cotangent; judged dtype    :mod:`.inputs`
 evaluate           each model evaluated once, with capture                :mod:`.sides`
 entries            every side measured against the reference              :mod:`.entries`
-verdicts           uninformative losses, ill-conditioned losses           :mod:`.verdicts`
+verdicts           uninformative losses, ill-conditioned losses,          :mod:`.verdicts`
+                   cancelling sums (a gradient's measured rounding)       :mod:`.spread`
 report             entries, verdicts, divergences into a Report           :mod:`.assemble`
 explain            rounding explanations, then diagnosis                  :mod:`.assemble`
 =================  =====================================================  ==================
