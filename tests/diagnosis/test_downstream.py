@@ -14,9 +14,12 @@ from conftest import INSTALLED
 import xgrad
 
 needs_torch = pytest.mark.skipif("torch" not in INSTALLED, reason="torch is not installed")
+needs_jax = pytest.mark.skipif("jax" not in INSTALLED, reason="jax is not installed")
 if "torch" in INSTALLED:
     import torch
     from torch import nn
+if "jax" in INSTALLED:
+    import jax.numpy as jnp
 
 
 def _causes(report):
@@ -124,3 +127,75 @@ def test_two_different_causes_in_two_layers():
         ("gelu-approximation", "layers.0", True),
         ("layernorm-epsilon", "layers.1", True),
     ]
+
+
+def _zeros(shapes):
+    return {k: jnp.zeros(shape) for k, shape in shapes.items()}
+
+
+@needs_jax
+def test_two_kink_conventions_backward_are_both_named():
+    """``jnp.maximum(z, 0)`` (derivative 0.5 at 0) in both ReLU layers of a JAX port, with
+    pre-activations exactly at the kink in both: every output agrees, and both layers'
+    backward differ in their own right, the one nearer the output first."""
+    spec, params = reference([xgrad.Dense(6, "relu"), xgrad.Dense(6, "relu"), xgrad.Dense(3)], 4)
+    params["layers.0.bias"][:] = 0
+    params["layers.1.bias"][:] = 0  # zero rows stay exactly at the kink in both layers
+    xs = x(4)
+    xs[::2] = 0.0
+
+    def port(p, x):
+        h = jnp.maximum(x @ p["w0"] + p["b0"], 0)
+        h = jnp.maximum(h @ p["w1"] + p["b1"], 0)
+        return h @ p["w2"] + p["b2"]
+
+    shapes = {"w0": (4, 6), "b0": (6,), "w1": (6, 6), "b1": (6,), "w2": (6, 3), "b2": (3,)}
+    report = xgrad.compare_models((spec, params), (port, _zeros(shapes)), xs)
+    assert all(layer.forward["jax"].status == "match" for layer in report.layers)
+    assert [(d.cause, d.layer, d.where) for d in report.diagnoses] == [
+        ("kink-convention", "layers.1", "backward"),
+        ("kink-convention", "layers.0", "backward"),
+    ]
+    assert all(d.confirmed and "derivative there is 0.5" in d.detail for d in report.diagnoses)
+    assert "2 units diverge in their own right" in report.summary()
+
+
+def _norm_port(relu):
+    """A JAX port of Dense(relu) -> LayerNorm -> Dense whose norm takes PyTorch's epsilon."""
+
+    def port(p, x):
+        h = relu(x @ p["w0"] + p["b0"])
+        mean = h.mean(-1, keepdims=True)
+        var = ((h - mean) ** 2).mean(-1, keepdims=True)
+        h = (h - mean) / jnp.sqrt(var + 1e-5) * p["g"] + p["be"]
+        return h @ p["w2"] + p["b2"]
+
+    return port
+
+
+@needs_jax
+def test_a_backward_difference_before_a_forward_one_is_named_too():
+    """A kink convention in the first layer, a LayerNorm written with PyTorch's epsilon in the
+    second: the forward divergence is the headline, the first layer's own backward follows.
+    With a ReLU whose derivative at 0 is the reference's, the first layer's gradients differ
+    only through the norm's and are not blamed on it."""
+    spec, params = reference([xgrad.Dense(6, "relu"), xgrad.LayerNorm(), xgrad.Dense(3)], 4)
+    params["layers.0.bias"][:] = 0
+    xs = x(4)
+    xs[1] = 0.0
+    shapes = {"w0": (4, 6), "b0": (6,), "g": (6,), "be": (6,), "w2": (6, 3), "b2": (3,)}
+
+    def half_at_zero(z):
+        return jnp.maximum(z, 0)  # derivative 0.5 at 0
+
+    def zero_at_zero(z):
+        return jnp.where(z > 0, z, 0.0)  # derivative 0 at 0, as the reference's
+
+    report = xgrad.compare_models((spec, params), (_norm_port(half_at_zero), _zeros(shapes)), xs)
+    assert [(d.cause, d.layer, d.where, d.confirmed) for d in report.diagnoses] == [
+        ("layernorm-epsilon", "layers.1", "forward", True),
+        ("kink-convention", "layers.0", "backward", True),
+    ]
+    report = xgrad.compare_models((spec, params), (_norm_port(zero_at_zero), _zeros(shapes)), xs)
+    assert [(d.cause, d.layer) for d in report.diagnoses] == [("layernorm-epsilon", "layers.1")]
+    assert "the gradients of layers.0 differ only through those of layers.1" in report.notes[-1]

@@ -109,6 +109,12 @@ FORWARD_TRIED = (
 )
 """What an ``unexplained`` forward divergence says was tried."""
 
+BACKWARD_TRIED = (
+    "none of the known causes (kink convention or rounding, clipping, another activation's "
+    "derivative, loss reduction, a missing transpose) reproduces the candidate's gradients"
+)
+"""What an ``unexplained`` backward divergence says was tried."""
+
 
 def _make(ev: Evidence, cause: str, layer, finding: Finding, where) -> Diagnosis:
     """The diagnosis ``finding`` gives; ``unexplained`` when it is not confirmed."""
@@ -242,11 +248,7 @@ def _diagnose(ev, divergence, state) -> list[Diagnosis]:
     if where == "forward":
         detail = FORWARD_TRIED
     else:
-        detail = (
-            "the forward values agree; none of the known causes (kink convention or rounding, "
-            "clipping, another activation's derivative, loss reduction, a missing transpose) "
-            "reproduces the candidate's gradients"
-        )
+        detail = "the forward values agree; " + BACKWARD_TRIED
     unexplained = Diagnosis.unexplained(
         detail, before=before, layer=path, where=where, framework=ev.framework
     )
@@ -286,37 +288,60 @@ def _state(report, label: str) -> list[tuple[str, float]]:
     return state
 
 
+def _failing(report, label: str) -> tuple[list[str], list[str]]:
+    """The units of side ``label`` whose output differs, and those whose ``dL/d output`` or
+    own parameter gradients differ."""
+    forward, backward = [], []
+    for layer in report.layers:
+        if (m := layer.forward.get(label)) is not None and m.status not in OK_STATUSES:
+            forward.append(layer.path)
+        if (m := layer.backward.get(label)) is not None and m.status not in OK_STATUSES:
+            backward.append(layer.path)
+    for entry in report.parameters:
+        m = entry.results.get(label)
+        if m is not None and m.status not in OK_STATUSES:
+            backward.append(entry.name.rsplit(".", 1)[0] if "." in entry.name else "")
+    return forward, list(dict.fromkeys(backward))
+
+
 def _later(
-    report, ev: Evidence, first: str, weights, diagnosed
+    report, ev: Evidence, first, weights, diagnosed, *, modules: bool
 ) -> tuple[list[Diagnosis], str | None]:
-    """The diagnoses of the units after ``first`` that diverge in their own right (each
-    tested on its rebased evidence, :mod:`xgrad.diagnosis.downstream`; those ``diagnosed``
-    already not again), and the note naming those that differ only downstream."""
+    """The diagnoses of the units other than ``first`` (the first divergence) that diverge
+    in their own right: after it, their outputs; before it, their gradients (each tested on
+    its rebased evidence, :mod:`xgrad.diagnosis.downstream`; those ``diagnosed`` already
+    not again; ``modules``: a model read module by module); and the note naming those that
+    only carry another's difference."""
     label = ev.framework
-    failing = [
-        layer.path
-        for layer in report.layers
-        if (m := layer.forward.get(label)) is not None and m.status not in OK_STATUSES
-    ]
+    forward, backward = _failing(report, label)
     ev.fit_tol = max(ev.tol, precision.FLOAT32_TOL) if _lower_precision(ev) else ev.tol
     with np.errstate(all="ignore"):
-        later, below = downstream.later_divergences(ev, failing, first, weights, diagnosed)
+        later, below = [], {}
+        if first.where == "forward":
+            done = [d.layer for d in diagnosed if d.where == "forward"]
+            later, below = downstream.later_divergences(ev, forward, first.path, weights, done)
+        done = [d.layer for d in diagnosed]
+        earlier, above = downstream.earlier_divergences(
+            ev, backward, first.path, done, inputs=not modules
+        )
         found = []
-        for item in later:
-            made = _try(ev, "forward", item.unit, item.error)
-            found.append(
-                made
-                or Diagnosis.unexplained(
-                    "it differs in its own right (the reference's unit, fed the candidate's "
-                    f"input to it, does not reproduce its output: {item.error:.2g}); "
-                    + FORWARD_TRIED,
-                    before=item.error,
-                    layer=item.path,
-                    where="forward",
-                    framework=label,
+        for where, items, tried in (
+            ("forward", later, FORWARD_TRIED),
+            ("backward", earlier, BACKWARD_TRIED),
+        ):
+            for item in items:
+                own = "output" if where == "forward" else "gradients"
+                detail = (
+                    f"it differs in its own right (the reference's unit, fed the candidate's "
+                    f"values, does not reproduce its {own}: {item.error:.2g}); {tried}"
                 )
-            )
-    return found, downstream.downstream_note(label, below)
+                found.append(
+                    _try(ev, where, item.unit, item.error)
+                    or Diagnosis.unexplained(
+                        detail, before=item.error, layer=item.path, where=where, framework=label
+                    )
+                )
+    return found, downstream.downstream_note(label, below, above)
 
 
 def diagnose_side(
@@ -326,9 +351,10 @@ def diagnose_side(
     and notes for the report; ``reference``
     (:class:`~xgrad.diagnosis.evidence.ReferenceValues`) is shared by the sides of one call.
 
-    The first divergence is diagnosed first (the headline); then every later unit that
-    diverges in its own right, each once; the units that differ only downstream of one are
-    named in a note, not diagnosed again (:mod:`xgrad.diagnosis.downstream`)."""
+    The first divergence is diagnosed first (the headline); then every other unit that
+    diverges in its own right, each once: after it, by its output; before it (outputs agree),
+    by its gradients. The units that only carry another's difference are named in a note, not
+    diagnosed again (:mod:`xgrad.diagnosis.downstream`)."""
     first = next((d for d in report.divergences if d.framework == side.label), None)
     found = None
     if first is not None and first.between:  # the code between two modules parts
@@ -340,13 +366,14 @@ def diagnose_side(
     ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
     if found is None:
         found = _headline(report, ev, side.label)
-    if first is None or first.where != "forward" or not ev.units:
+    if first is None or not ev.units:
         return found, []
     if any(d.layer is None and d.cause != "dtype" for d in found):
         return found, []  # the whole model, or NaN/Inf: nothing more to say per unit
     weights = reference.weights if reference is not None else ReferenceValues(ref, inputs).weights
-    diagnosed = [d.layer for d in found if d.layer is not None and d.where == "forward"]
-    later, note = _later(report, ev, first.path, weights, diagnosed)
+    diagnosed = [d for d in found if d.layer is not None and d.where in ("forward", "backward")]
+    modules = side.grads.module_inputs is not None
+    later, note = _later(report, ev, first, weights, diagnosed, modules=modules)
     return [*found, *later], [note] if note else []
 
 

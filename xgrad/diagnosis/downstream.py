@@ -10,6 +10,12 @@ the same function there, and the difference came in with the input: the unit is 
 When it does not, the unit itself differs, and the causes are tested on it *rebased*: its
 reference side replaced by that re-run, so that both sides start from the candidate's input
 and the unit is diagnosed as if it were the first to part.
+
+Backward, the same question for a unit whose output agrees but whose gradients differ (one
+before the first divergence): fed the candidate's ``dL/d output``, does the reference's unit
+(its own VJP) give the candidate's weight gradients and ``dL/d input``? If so, the unit only
+carries gradients that differ after it; if not, its backward differs itself (a second kink
+convention, another wrong derivative).
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from xgrad.diagnosis.evidence import Evidence, UnitEvidence, run_unit
 from xgrad.identify import rel
 from xgrad.layers import Dropout
 
-__all__ = ["Later", "downstream_note", "later_divergences", "rebase"]
+__all__ = [
+    "Later",
+    "downstream_note",
+    "earlier_divergences",
+    "later_divergences",
+    "rebase",
+    "rebase_backward",
+]
 
 
 @dataclass(frozen=True)
@@ -136,19 +149,147 @@ def later_divergences(
     return later, downstream
 
 
-def downstream_note(framework: str, downstream: Mapping[str, str]) -> str | None:
-    """The note naming the units that differ only downstream of another, or ``None``."""
-    if not downstream:
+def _vjp(layers, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray):
+    """``(output, dL/d weights by local name, dL/d input)`` of a unit's layers, each by its
+    own NumPy forward and VJP (weights go to the first layer; dropout is skipped)."""
+    flat = {f"u.{k}": v for k, v in weights.items()}
+    steps = []
+    a = x
+    for k, layer in enumerate(layers):
+        if isinstance(layer, Dropout):
+            continue
+        steps.append(layer.forward(flat if k == 0 else {}, a, path="u"))
+        a = steps[-1].output
+    grads: dict[str, np.ndarray] = {}
+    g = grad_output
+    for step in reversed(steps):
+        g = step.layer.vjp(flat, step, g, grads)
+    return a, {k[2:]: v for k, v in grads.items()}, g
+
+
+def _grad_input(ev: Evidence, unit: UnitEvidence) -> np.ndarray | None:
+    """The candidate's ``dL/d`` of the value entering ``unit``: the model's ``dL/dinput``
+    for the first unit, else the ``dL/d output`` of the unit whose output it takes; ``None``
+    when neither is found, or when another unit takes the same value (a residual block and its
+    first layer): that gradient is then the sum of what flows back through both."""
+    x = unit.input_cand
+
+    def same(a: np.ndarray) -> bool:
+        return a.shape == x.shape and np.array_equal(a, x)
+
+    if sum(same(other.input_cand) for other in ev.units) > 1:
         return None
+    if ev.x.size == x.size and np.array_equal(ev.x.reshape(x.shape), x):
+        return ev.dinput_cand.reshape(x.shape) if ev.dinput_cand.size == x.size else None
+    return next((other.grad_cand for other in ev.units if same(other.output_cand)), None)
+
+
+def rebase_backward(ev: Evidence, unit: UnitEvidence, *, inputs: bool = True) -> Later | None:
+    """``unit`` (whose output agrees) with its reference side re-run on the candidate's input
+    to it and, backward, on the candidate's ``dL/d output``: when the reference's VJP then
+    gives the candidate's weight gradients and, with ``inputs``, its ``dL/d input``
+    (normwise, all together), its gradients differ only because what flows into it does.
+    ``None`` for a residual block (its layers are units of their own) and where the unit
+    cannot be re-run or nothing of it can be compared."""
+    layers = list(unit.layers_ref)
+    if unit.block_input_ref is not None or not layers or any(lay is None for lay in layers):
+        return None
+    if any(isinstance(layer, Dropout) and layer.active for layer in layers):
+        return None
+    try:
+        out, dweights, dx = _vjp(layers, unit.weights_ref, unit.input_cand, unit.grad_cand)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    names = [k for k in unit.dweights_cand if k in dweights]
+    cand = [unit.dweights_cand[k] for k in names]
+    alt = [dweights[k] for k in names]
+    into = _grad_input(ev, unit) if inputs else None
+    if into is not None and into.shape == dx.shape:
+        cand.append(into)
+        alt.append(dx)
+    if not cand:
+        return None
+    error = rel(
+        np.concatenate([np.ravel(c) for c in cand]), np.concatenate([np.ravel(a) for a in alt])
+    )
+    rebased = replace(
+        unit,
+        input_ref=unit.input_cand,
+        output_ref=out,
+        grad_ref=unit.grad_cand,
+        dweights_ref={**unit.dweights_ref, **dweights},
+    )
+    return Later(unit.path, error, rebased)
+
+
+def earlier_divergences(
+    ev: Evidence,
+    failing: Sequence[str],
+    first: str,
+    diagnosed: Sequence[str] = (),
+    *,
+    inputs: bool = True,
+) -> tuple[list[Later], dict[str, str]]:
+    """The units before ``first`` (the first divergence) whose gradients differ in their own
+    right, from the output back, and the others: ``(earlier, {path: the unit whose gradients
+    they only carry})``.
+
+    Args:
+        ev: the evidence of one side.
+        failing: the paths of the units whose ``dL/d output`` or own gradients differ.
+        first: the path of the first divergence (forward or backward).
+        diagnosed: the units diagnosed already.
+        inputs: compare ``dL/d input`` too; ``False`` for a model read module by module,
+            where code between modules (a skip connection written as ``x + f(x)``) may take
+            the same value as a unit, so its gradient is not the unit's alone.
+
+    Their outputs agree (they come before the first divergence); fed the candidate's
+    ``dL/d output``, the reference's unit either computes the candidate's gradients (they
+    only carry a difference made after them) or not (its backward differs itself).
+    """
+    order = {u.path: k for k, u in enumerate(ev.units)}
+    start = order.get(first, len(ev.units))
+    own = [first]
+    earlier: list[Later] = []
+    upstream: dict[str, str] = {}
+    for unit in reversed(ev.units[:start]):
+        path = unit.path
+        if path not in failing or path in diagnosed or _inside(first, path):
+            continue
+        item = rebase_backward(ev, unit, inputs=inputs)
+        if item is None:
+            continue
+        if item.error <= ev.fit_tol:
+            upstream[path] = own[-1]
+            continue
+        own.append(path)
+        earlier.append(item)
+    return earlier, upstream
+
+
+def downstream_note(
+    framework: str, downstream: Mapping[str, str], upstream: Mapping[str, str] | None = None
+) -> str | None:
+    """The note naming the units that differ only downstream of another (their outputs), or
+    only through another's gradients (theirs), or ``None``."""
+    parts = []
     groups: dict[str, list[str]] = {}
     for path, of in downstream.items():
         groups.setdefault(of, []).append(path or "(the model)")
-    parts = [
-        f"{', '.join(paths)} {'differs' if len(paths) == 1 else 'differ'} only downstream of "
-        f"{of or '(the model)'}"
-        for of, paths in groups.items()
-    ]
+    for of, paths in groups.items():
+        verb = "differs" if len(paths) == 1 else "differ"
+        parts.append(f"{', '.join(paths)} {verb} only downstream of {of or '(the model)'}")
+    groups = {}
+    for path, of in (upstream or {}).items():
+        groups.setdefault(of, []).append(path or "(the model)")
+    for of, paths in groups.items():
+        parts.append(
+            f"the gradients of {', '.join(paths)} differ only through those of "
+            f"{of or '(the model)'}"
+        )
+    if not parts:
+        return None
     return (
-        f"{framework}: {'; '.join(parts)}: the reference's units, fed the candidate's input to "
-        "them, compute the candidate's outputs, so they are not diagnosed again"
+        f"{framework}: {'; '.join(parts)}: the reference's units, fed the candidate's values, "
+        "compute the candidate's, so they are not diagnosed again"
     )

@@ -405,7 +405,7 @@ class Report(AbstractReport):
         own = dict.fromkeys(
             f"{d.layer or '(the model)'} ({d.cause})"
             for d in self.diagnoses
-            if d.where == "forward" and d.layer is not None
+            if d.where in ("forward", "backward") and d.layer is not None
         )
         if len(own) < 2:
             return ""
