@@ -1,8 +1,9 @@
 """Which diverging units diverge in their own right, and which only downstream of another.
 
 A unit whose output differs from the reference's may only carry a difference made before it:
-its input already differs. The rule (docs/pitfalls.md, how xgrad diagnoses, step 4): a unit diverges in its own right only if it still differs when both sides feed
-it the same input. xgrad cannot run the candidate's code on another input, but it can run the
+its input already differs. The rule (docs/pitfalls.md, how xgrad diagnoses, step 4): a
+unit diverges in its own right only if it still differs when both sides feed it the same
+input. xgrad cannot run the candidate's code on another input, but it can run the
 reference's unit (its layers' own NumPy forward, the reference's weights) on the input the
 candidate's unit received. When that reproduces the candidate's output, the two units compute
 the same function there, and the difference came in with the input: the unit is downstream.
