@@ -51,6 +51,7 @@ bench: $(STAMP)
 # than the one the tests run: scores for false alarms, wrong causes, naming, localisation.
 fuzz: $(STAMP)
 	$(BIN)/python scripts/corpus.py --cases 240 --json corpus.json
+	XGRAD_PROPERTY_EXAMPLES=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_properties.py
 
 bench-smoke: $(STAMP)
 	$(BIN)/python scripts/bench.py --smoke

@@ -10,6 +10,8 @@ separately in tests/frameworks/test_contract.py). The probability losses get the
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from _util import ACTIVATION_NAMES, LOSS_NAMES, finite_differences, kink_distance, make_target
 from conftest import INSTALLED
@@ -49,8 +51,13 @@ def _close(a, b, rtol, atol=1e-13):
     return np.linalg.norm(a - b) <= rtol * np.linalg.norm(b) + atol * np.sqrt(b.size)
 
 
+EXAMPLES = int(os.environ.get("XGRAD_PROPERTY_EXAMPLES", "8"))
+"""Hypothesis examples per property: 8 in ``make test`` (its time budget), many more in
+``make fuzz``."""
+
+
 @settings(
-    max_examples=20,
+    max_examples=EXAMPLES,
     deadline=None,
     derandomize=True,
     database=None,
