@@ -37,13 +37,17 @@ from xgrad.frameworks import (
 from xgrad.layers import (
     LAYERS,
     Activation,
+    Attention,
     BatchNorm,
     Dense,
     Dropout,
+    Embedding,
     Flatten,
+    GatedMLP,
     LayerNorm,
     Residual,
     RMSNorm,
+    transformer_block,
 )
 from xgrad.losses import LOSSES, Loss, get_loss
 from xgrad.metrics import TOLERANCES, Metrics
@@ -67,14 +71,17 @@ __all__ = [
     "AbstractFramework",
     "AbstractModel",
     "Activation",
+    "Attention",
     "AlignmentError",
     "BatchNorm",
     "Dense",
     "Dropout",
+    "Embedding",
     "Entry",
     "Flatten",
     "FrameworkError",
     "FrameworkNotInstalledError",
+    "GatedMLP",
     "GradientMismatchError",
     "Gradients",
     "InputError",
@@ -112,4 +119,5 @@ __all__ = [
     "read_model",
     "save_params",
     "testing",
+    "transformer_block",
 ]

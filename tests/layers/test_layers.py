@@ -148,7 +148,7 @@ def test_residual_adds_its_input_and_names_nested_weights():
         (lambda: Residual(Dense(3)), "wrap it"),
         (lambda: Residual([3]), "must be an xgrad layer"),
         (lambda: xgrad.MLP(4, [Residual([Dense(3)])]), "must keep the shape"),
-        (lambda: xgrad.MLP((2, 3), [Dense(3)]), r"put a Flatten\(\) before it"),
+        (lambda: xgrad.MLP((2, 3), [BatchNorm()]), r"put a Flatten\(\) before it"),
         (lambda: Activation("swoosh"), "unknown activation"),
     ],
 )
@@ -167,5 +167,8 @@ def test_registry_lists_every_layer_kind_once():
         "dropout",
         "flatten",
         "residual",
+        "embedding",
+        "attention",
+        "gated_mlp",
     }
     assert all(cls.kind == kind for kind, cls in LAYERS.items())

@@ -11,7 +11,21 @@ batchnorm      :class:`BatchNorm` (epsilon=1e-3, ...)        scale, bias; state 
 dropout        :class:`Dropout` (rate, active=False)         -
 flatten        :class:`Flatten` ()                           -
 residual       :class:`Residual` (layers)                    those of its layers
+embedding      :class:`Embedding` (vocab, dim, ...)          embedding (vocab, dim)
+attention      :class:`Attention` (dim, heads, ...)          query/key/value_kernel
+                                                            (dim, heads, head_dim) or
+                                                            qkv_kernel (dim, H + 2K, hd),
+                                                            out_kernel (heads, hd, dim),
+                                                            biases
+gated_mlp      :class:`GatedMLP` (dim, hidden, activation)  gate/up_kernel (dim, hidden),
+                                                            down_kernel (hidden, dim),
+                                                            biases
 =============  ===========================================  ==========================
+
+Dense, LayerNorm, RMSNorm, Activation, Dropout and GatedMLP act on the last axis of
+examples of any rank (a transformer's ``(tokens, dim)``), their weight gradients summed over
+every leading axis. :func:`transformer_block` composes these kinds into a pre-LN or post-LN
+block (no kind of its own).
 
 A new layer kind is its own module here plus one line in :data:`LAYERS` (or, outside
 xgrad, :func:`register_layer`), and one entry in each framework's kind table that should
@@ -19,23 +33,30 @@ build it (``xgrad/frameworks/<name>/kinds.py``; see docs/design.md, "Add a layer
 """
 
 from xgrad.layers.activation import Activation
+from xgrad.layers.attention import Attention
 from xgrad.layers.base import AbstractLayer, Shape, Step, forward_sequence, vjp_sequence
 from xgrad.layers.batchnorm import BatchNorm
 from xgrad.layers.dense import Dense
 from xgrad.layers.dropout import Dropout
+from xgrad.layers.embedding import Embedding
 from xgrad.layers.flatten import Flatten
+from xgrad.layers.gated_mlp import GatedMLP
 from xgrad.layers.layernorm import LayerNorm
 from xgrad.layers.residual import Residual
 from xgrad.layers.rmsnorm import RMSNorm
+from xgrad.layers.transformer import transformer_block
 
 __all__ = [
     "LAYERS",
     "AbstractLayer",
     "Activation",
+    "Attention",
     "BatchNorm",
     "Dense",
     "Dropout",
+    "Embedding",
     "Flatten",
+    "GatedMLP",
     "LayerNorm",
     "RMSNorm",
     "Residual",
@@ -43,13 +64,26 @@ __all__ = [
     "Step",
     "forward_sequence",
     "register_layer",
+    "transformer_block",
     "unregister_layer",
     "vjp_sequence",
 ]
 
 LAYERS: dict[str, type[AbstractLayer]] = {
     cls.kind: cls
-    for cls in (Dense, Activation, LayerNorm, RMSNorm, BatchNorm, Dropout, Flatten, Residual)
+    for cls in (
+        Dense,
+        Activation,
+        LayerNorm,
+        RMSNorm,
+        BatchNorm,
+        Dropout,
+        Flatten,
+        Residual,
+        Embedding,
+        Attention,
+        GatedMLP,
+    )
 }
 """Every layer kind by name."""
 

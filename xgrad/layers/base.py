@@ -35,6 +35,7 @@ __all__ = [
     "check_positive_int",
     "forward_sequence",
     "steps_by_path",
+    "sum_leading_axes",
     "vjp_sequence",
 ]
 
@@ -49,6 +50,12 @@ def check_positive_int(value, what: str) -> int:
     if value <= 0:
         raise SpecError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def sum_leading_axes(a: np.ndarray) -> np.ndarray:
+    """``a (..., n)`` summed over every axis but the last: the gradient of a weight of shape
+    ``(n,)`` that a token-wise layer applies to each vector of the last axis."""
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
 
 
 def check_float(value, what: str, *, low: float | None = None, high: float | None = None) -> float:

@@ -1,8 +1,9 @@
 """``Dense``: a fully connected layer, ``activation(x @ kernel + bias)``.
 
 Weights: ``kernel`` of shape ``(in, out)`` (Keras' and Flax's layout; PyTorch stores
-``(out, in)``) and ``bias`` of shape ``(out,)`` unless ``use_bias=False``. The backward
-pass is the seed article's chain rule::
+``(out, in)``) and ``bias`` of shape ``(out,)`` unless ``use_bias=False``. Examples of any
+rank are taken on their last axis (``(tokens, in) -> (tokens, out)``), the weight gradients
+summed over every leading axis. The backward pass is the seed article's chain rule::
 
     delta     = grad_output * act'(z)        (softmax: its Jacobian-vector product)
     dW        = input.T @ delta               kernel (in, out)
@@ -63,22 +64,19 @@ class Dense(AbstractLayer):
         return ("kernel", "bias") if self.use_bias else ("kernel",)
 
     def output_shape(self, input_shape: Shape) -> Shape:
-        if len(input_shape) != 1:
-            raise SpecError(
-                f"Dense takes examples of shape (features,), got {input_shape}; "
-                "put a Flatten() before it"
-            )
-        return (self.units,)
+        if len(input_shape) < 1:
+            raise SpecError(f"Dense takes examples of shape (..., features), got {input_shape}")
+        return (*input_shape[:-1], self.units)
 
     def weight_shapes(self, input_shape: Shape) -> dict[str, Shape]:
-        shapes = {"kernel": (input_shape[0], self.units)}
+        shapes = {"kernel": (input_shape[-1], self.units)}
         if self.use_bias:
             shapes["bias"] = (self.units,)
         return shapes
 
     def init(self, rng, input_shape, *, bias_scale=0.1):
         """Glorot-uniform kernel; bias uniform in [-bias_scale, bias_scale]."""
-        n_in = input_shape[0]
+        n_in = input_shape[-1]
         limit = math.sqrt(6.0 / (n_in + self.units))
         out = {"kernel": rng.uniform(-limit, limit, size=(n_in, self.units))}
         if self.use_bias:
@@ -99,8 +97,10 @@ class Dense(AbstractLayer):
 
     def linear_vjp(self, kernel: np.ndarray, x: np.ndarray, delta: np.ndarray):
         """The matmul's part of the VJP, given ``delta = dL/dz``: ``(dkernel, dbias or None,
-        dL/dx)``. Diagnosis re-runs it with other activation derivatives."""
-        return x.T @ delta, (delta.sum(axis=0) if self.use_bias else None), delta @ kernel.T
+        dL/dx)``, the weight gradients summed over every leading axis (batch, tokens).
+        Diagnosis re-runs it with other activation derivatives."""
+        x2, d2 = x.reshape(-1, x.shape[-1]), delta.reshape(-1, delta.shape[-1])
+        return x2.T @ d2, (d2.sum(axis=0) if self.use_bias else None), delta @ kernel.T
 
     def vjp(self, weights, step, grad_output, grads, output_grads=None):
         delta = self.act.vjp(step.cache, step.output, grad_output)

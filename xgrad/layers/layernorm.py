@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from xgrad.errors import SpecError
-from xgrad.layers.base import AbstractLayer, Shape, Step, check_bool, check_float
+from xgrad.layers.base import (
+    AbstractLayer,
+    Shape,
+    Step,
+    check_bool,
+    check_float,
+    sum_leading_axes,
+)
 
 __all__ = ["LayerNorm", "normalise_backward"]
 
@@ -56,24 +63,21 @@ class LayerNorm(AbstractLayer):
         return (("scale",) if self.scale else ()) + (("bias",) if self.center else ())
 
     def output_shape(self, input_shape: Shape) -> Shape:
-        if len(input_shape) != 1:
-            raise SpecError(
-                f"{type(self).__name__} takes examples of shape (features,), got "
-                f"{input_shape}; put a Flatten() before it"
-            )
+        if len(input_shape) < 1:
+            raise SpecError(f"LayerNorm takes examples of shape (..., features), got {input_shape}")
         return tuple(input_shape)
 
     def weight_shapes(self, input_shape: Shape) -> dict[str, Shape]:
-        return {name: tuple(input_shape) for name in self.param_names()}
+        return {name: (input_shape[-1],) for name in self.param_names()}
 
     def init(self, rng, input_shape, *, bias_scale=0.1):
         """``scale`` uniform in [0.5, 1.5] and ``bias`` in [-bias_scale, bias_scale], so that
         neither is the identity."""
         out = {}
         if self.scale:
-            out["scale"] = rng.uniform(0.5, 1.5, size=input_shape)
+            out["scale"] = rng.uniform(0.5, 1.5, size=(input_shape[-1],))
         if self.center:
-            out["bias"] = rng.uniform(-bias_scale, bias_scale, size=input_shape)
+            out["bias"] = rng.uniform(-bias_scale, bias_scale, size=(input_shape[-1],))
         return out
 
     def describe(self) -> str:
@@ -95,8 +99,8 @@ class LayerNorm(AbstractLayer):
     def vjp(self, weights, step, grad_output, grads, output_grads=None):
         xhat, inv = step.cache
         if self.scale:
-            grads[f"{step.path}.scale"] = (grad_output * xhat).sum(axis=0)
+            grads[f"{step.path}.scale"] = sum_leading_axes(grad_output * xhat)
         if self.center:
-            grads[f"{step.path}.bias"] = grad_output.sum(axis=0)
+            grads[f"{step.path}.bias"] = sum_leading_axes(grad_output)
         dxhat = grad_output * weights[f"{step.path}.scale"] if self.scale else grad_output
         return normalise_backward(dxhat, xhat, inv, axis=-1)

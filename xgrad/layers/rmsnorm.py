@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from xgrad.errors import SpecError
-from xgrad.layers.base import AbstractLayer, Shape, Step, check_bool, check_float
+from xgrad.layers.base import (
+    AbstractLayer,
+    Shape,
+    Step,
+    check_bool,
+    check_float,
+    sum_leading_axes,
+)
 
 __all__ = ["RMSNorm"]
 
@@ -40,18 +47,15 @@ class RMSNorm(AbstractLayer):
         return ("scale",) if self.scale else ()
 
     def output_shape(self, input_shape: Shape) -> Shape:
-        if len(input_shape) != 1:
-            raise SpecError(
-                f"RMSNorm takes examples of shape (features,), got {input_shape}; "
-                "put a Flatten() before it"
-            )
+        if len(input_shape) < 1:
+            raise SpecError(f"RMSNorm takes examples of shape (..., features), got {input_shape}")
         return tuple(input_shape)
 
     def weight_shapes(self, input_shape: Shape) -> dict[str, Shape]:
-        return {name: tuple(input_shape) for name in self.param_names()}
+        return {name: (input_shape[-1],) for name in self.param_names()}
 
     def init(self, rng, input_shape, *, bias_scale=0.1):
-        return {"scale": rng.uniform(0.5, 1.5, size=input_shape)} if self.scale else {}
+        return {"scale": rng.uniform(0.5, 1.5, size=(input_shape[-1],))} if self.scale else {}
 
     def describe(self) -> str:
         return f"rmsnorm(eps={self.epsilon:g}{'' if self.scale else ', scale=False'})"
@@ -66,7 +70,7 @@ class RMSNorm(AbstractLayer):
     def vjp(self, weights, step, grad_output, grads, output_grads=None):
         xhat, inv = step.cache
         if self.scale:
-            grads[f"{step.path}.scale"] = (grad_output * xhat).sum(axis=0)
+            grads[f"{step.path}.scale"] = sum_leading_axes(grad_output * xhat)
         d = grad_output * weights[f"{step.path}.scale"] if self.scale else grad_output
         # y = x * r with r = (mean(x^2) + eps)^-1/2:  dx = r * d - x * r^3 * mean(d * x)
         return inv * (d - xhat * (d * xhat).mean(axis=-1, keepdims=True))
