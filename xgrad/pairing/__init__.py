@@ -10,12 +10,15 @@ calls others may pair with one that does not (PyTorch's ``nn.MultiheadAttention`
 with its own weights what Flax's ``MultiHeadAttention`` computes with four submodules): its
 parameters are then paired with the whole subtree's.
 
-Parameters are paired within each pair of modules (:func:`_pair_params`): one to one where
-the shapes are equal or one permutation of the axes makes them so; one to several where one
-side's array is the others' stacked along an axis (a fused ``in_proj_weight (3E, E)`` against
-separate q/k/v projections). A square parameter of a module of no known kind is paired as it
-stands (its layout cannot be told from its shape), and a note says so. What pairs with nothing
-is listed (:attr:`ModulePairing.unpaired`), with the reason.
+Parameters are paired within each pair of modules (:mod:`xgrad.pairing.params`): one to one
+where the shapes are equal or one permutation of the axes makes them so; one to several where
+one side's array is the others' stacked along an axis (a fused ``in_proj_weight (3E, E)``
+against separate q/k/v projections); and either of these through a reshape (a torch ``(d, d)``
+projection against a ``(d, heads, head_dim)`` DenseGeneral kernel, GPT-2's ``c_attn (d, 3d)``
+against three of them), its axis order decided by the names or the values, never guessed. A
+square parameter of a module of no known kind is paired as it stands (its layout cannot be
+told from its shape), and a note says so. What pairs with nothing is listed
+(:attr:`ModulePairing.unpaired`), with the reason.
 
 ``mapping=`` overrides: ``{reference module path: candidate module path}`` pairs modules by
 name, ``{reference parameter: candidate parameter}`` (canonical or native names) pairs
@@ -25,7 +28,6 @@ parameters.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,19 +37,18 @@ from xgrad.align import Alignment, Unit
 from xgrad.errors import AlignmentError
 from xgrad.frameworks.capture import CapturedModel, ModuleInfo
 from xgrad.frameworks.kinds import Layout
+from xgrad.pairing.params import (
+    Join,
+    ParamPairing,
+    Values,
+    fit,
+    last,
+    one_join,
+    pair_params,
+    permutation,
+)
 
 __all__ = ["Join", "ModulePairing", "pair_modules"]
-
-
-@dataclass(frozen=True)
-class Join:
-    """A reference parameter that is several candidate parameters stacked along ``axis``
-    (in the reference's layout), each part in its own ``layout`` relative to its slice
-    (``part = np.transpose(slice, layout)``)."""
-
-    parts: tuple[str, ...]
-    axis: int
-    layouts: tuple[Layout | None, ...]
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,7 @@ class ModulePairing(Alignment):
             return super().candidate_value(name, arrays)
         if not all(p in arrays for p in join.parts):
             return None
-        pieces = [
-            np.asarray(arrays[p]) if not layout else np.transpose(arrays[p], _inv(layout))
-            for p, layout in zip(join.parts, join.layouts, strict=True)
-        ]
-        return np.concatenate(pieces, axis=join.axis)
+        return join.join([arrays[p] for p in join.parts])
 
     def candidate_label(self, name: str, native: Mapping[str, str]) -> str:
         join = self.joins.get(name)
@@ -100,9 +97,7 @@ class ModulePairing(Alignment):
                 out[t.other] = value if t.layout is None else np.transpose(value, t.layout)
         for ref_name, join in self.joins.items():
             if ref_name in weights:
-                pieces = np.split(np.asarray(weights[ref_name]), len(join.parts), axis=join.axis)
-                for cand, piece, layout in zip(join.parts, pieces, join.layouts, strict=True):
-                    out[cand] = piece if not layout else np.transpose(piece, layout)
+                out.update(zip(join.parts, join.split(weights[ref_name]), strict=True))
         return out
 
     def to_reference(self, arrays: Mapping) -> dict:
@@ -112,10 +107,6 @@ class ModulePairing(Alignment):
             if value is not None:
                 out[ref_name] = value
         return out
-
-
-def _inv(layout: Layout) -> Layout:
-    return tuple(int(i) for i in np.argsort(layout))
 
 
 # -- the module trees -----------------------------------------------------------------------------
@@ -198,7 +189,7 @@ class Tied:
     layout: Layout | None
 
 
-def _untie(acc: _Params, left: list, owners: dict[str, dict[str, str]]) -> list[Tied]:
+def _untie(acc: ParamPairing, left: list, owners: dict[str, dict[str, str]]) -> list[Tied]:
     """Tied weights out of the pairing: tied on both sides, nothing to compare; on one side
     only, a :class:`Tied` (the other side's parameter neither paired nor listed unpaired)."""
     found = []
@@ -221,10 +212,6 @@ def _untie(acc: _Params, left: list, owners: dict[str, dict[str, str]]) -> list[
 # -- scoring --------------------------------------------------------------------------------------
 
 
-def _last(path: str) -> str:
-    return path.rsplit(".", 1)[-1]
-
-
 def _compatible(r: _Node, c: _Node) -> bool:
     if bool(r.subtree) != bool(c.subtree):
         return False
@@ -242,7 +229,7 @@ def _score(r: _Node, c: _Node) -> float:
         score += 1.0
     if r.info.kind == c.info.kind and r.info.kind != "module":
         score += 1.0
-    if _last(r.info.path) == _last(c.info.path):
+    if last(r.info.path) == last(c.info.path):
         score += 0.5
     return score
 
@@ -321,127 +308,6 @@ def _line_up(ref: Sequence[_Node], cand: Sequence[_Node]) -> list[tuple[_Node, _
     return pairs
 
 
-# -- parameters -----------------------------------------------------------------------------------
-
-
-def _permutation(rs: tuple, cs: tuple) -> Layout | None | bool:
-    """The layout taking a reference array of shape ``rs`` to ``cs``: ``None`` for the
-    identity, a permutation when exactly one fits (the reversal preferred), ``False`` when
-    none does."""
-    if rs == cs:
-        return None
-    if len(rs) != len(cs):
-        return False
-    reversal = tuple(range(len(rs)))[::-1]
-    if tuple(rs[i] for i in reversal) == tuple(cs):
-        return reversal
-    fits = [p for p in itertools.permutations(range(len(rs))) if tuple(rs[i] for i in p) == cs]
-    return tuple(fits[0]) if len(fits) == 1 else False
-
-
-@dataclass
-class _Params:
-    """The parameter pairing being made."""
-
-    names: dict[str, str] = field(default_factory=dict)
-    layouts: dict[str, Layout] = field(default_factory=dict)
-    joins: dict[str, Join] = field(default_factory=dict)
-    assumed: list[str] = field(default_factory=list)
-
-
-def _join(fused_shape: tuple, parts: list[tuple]) -> tuple[int, tuple] | None:
-    """``(axis, layouts)`` when arrays of ``parts`` shapes, each permuted one way, stack along
-    one axis of ``fused_shape``; else ``None``."""
-    k = len(parts)
-    if k < 2:
-        return None
-    for axis in range(len(fused_shape)):
-        if fused_shape[axis] % k:
-            continue
-        piece = tuple(
-            fused_shape[a] // k if a == axis else fused_shape[a] for a in range(len(fused_shape))
-        )
-        layouts = [_permutation(piece, s) for s in parts]
-        if all(layout is not False for layout in layouts):
-            return axis, tuple(layouts)
-    return None
-
-
-def _pair_params(r: _Node, c: _Node, acc: _Params) -> tuple[list, list]:
-    """Pair the parameters of two paired modules' subtrees (in call order); returns the
-    names left on each side. One to one by the same local name first, then one to several
-    (a fused parameter against consecutive ones of one shape), then one to one by shape."""
-    left_r = list(r.subtree.items())
-    left_c = list(c.subtree.items())
-    _one_to_one(left_r, left_c, acc, by_name=True)
-    _fused(left_r, left_c, acc)
-    _one_to_one(left_r, left_c, acc, by_name=False)
-    return [n for n, _ in left_r], [n for n, _ in left_c]
-
-
-CANONICAL = frozenset({"kernel", "bias", "scale", "mean", "var"})
-"""Local names xgrad gives weights whose layout it knows (a known kind's, or one Keras and
-Flax store as xgrad does); another name of a square 2-D weight leaves its axis order open."""
-
-
-def _canonical(name: str) -> bool:
-    return _last(name) in CANONICAL
-
-
-def _square(shape: tuple) -> bool:
-    return len(shape) == 2 and shape[0] == shape[1]
-
-
-def _one_to_one(left_r: list, left_c: list, acc: _Params, *, by_name: bool):
-    for rn, rs in list(left_r):
-        for k, (cn, cs) in enumerate(left_c):
-            if by_name and rn.split(".")[-2:] != cn.split(".")[-2:]:
-                continue  # the parameter's and its module's names: "bias" alone says little
-            layout = _permutation(rs, cs)
-            if layout is False:
-                continue
-            acc.names[rn] = cn
-            if layout is not None:
-                acc.layouts[rn] = layout
-            if _square(rs) and not (_canonical(rn) and _canonical(cn)):
-                acc.assumed.append(rn)
-            left_r.remove((rn, rs))
-            del left_c[k]
-            break
-
-
-def _fused(left_r: list, left_c: list, acc: _Params) -> None:
-    """A reference parameter against candidate parameters of one shape, in call order, that
-    stack into it along an axis (q, k and v kernels into a fused ``in_proj_weight``)."""
-    for rn, rs in list(left_r):
-        found = _fused_run(rs, left_c)
-        if found is None:
-            continue
-        run, (axis, layouts) = found
-        acc.joins[rn] = Join(tuple(n for n, _ in run), axis, layouts)
-        if any(
-            layout is None and _square(s) and not (_canonical(rn) and _canonical(n))
-            for layout, (n, s) in zip(layouts, run, strict=True)
-        ):
-            acc.assumed.append(rn)
-        left_r.remove((rn, rs))
-        for item in run:
-            left_c.remove(item)
-
-
-def _fused_run(rs: tuple, left_c: list):
-    """The first run of same-shaped candidate parameters (consecutive among those of that
-    shape) that stacks into a reference array of shape ``rs``, with how; else ``None``."""
-    for shape in dict.fromkeys(s for _, s in left_c):
-        same = [(n, s) for n, s in left_c if s == shape]
-        for start in range(len(same)):
-            for k in range(len(same) - start, 1, -1):
-                joined = _join(rs, [shape] * k)
-                if joined is not None:
-                    return same[start : start + k], joined
-    return None
-
-
 # -- pairing --------------------------------------------------------------------------------------
 
 
@@ -470,13 +336,14 @@ def pair_modules(
     Raises:
         AlignmentError: a ``mapping`` naming modules or parameters that do not exist.
     """
-    ref_w = {k: tuple(np.shape(v)) for k, v in reference.weights().items()}
-    cand_w = {k: tuple(np.shape(v)) for k, v in candidate.weights().items()}
+    values = Values(reference.weights(), candidate.weights())
+    ref_w = {k: tuple(np.shape(v)) for k, v in values.reference.items()}
+    cand_w = {k: tuple(np.shape(v)) for k, v in values.candidate.items()}
     rt, ct = _tree(reference, ref_w), _tree(candidate, cand_w)
     forced = _module_mapping(mapping, rt, ct) if isinstance(mapping, Mapping) else None
     pairs: list[tuple[_Node, _Node]] = []
     how: dict[str, str] = {}
-    acc = _Params()
+    acc = ParamPairing()
     left: list[tuple[str, str, str]] = []
     left_modules: list[tuple[str, str, str]] = []
 
@@ -496,13 +363,17 @@ def pair_modules(
             rest_c = _Node(c.info, [], {}, {k: v for k, v in c.subtree.items() if k not in taken_c})
         else:
             rest_r, rest_c = r, c
-        lr, lc = _pair_params(rest_r, rest_c, acc)
-        left.extend(
-            ("reference", n, f"in {_label(r)}, nothing of its shape in {_label(c)}") for n in lr
-        )
-        left.extend(
-            ("candidate", n, f"in {_label(c)}, nothing of its shape in {_label(r)}") for n in lc
-        )
+        lr, lc = list(rest_r.subtree.items()), list(rest_c.subtree.items())
+        pair_params(lr, lc, acc, values)
+        for side, names, (a, b) in (("reference", lr, (r, c)), ("candidate", lc, (c, r))):
+            left.extend(
+                (
+                    side,
+                    n,
+                    f"in {_label(a)}, " + acc.why.get(n, f"nothing of its shape in {_label(b)}"),
+                )
+                for n, _ in names
+            )
 
     visit(rt, ct, "the models")
     owners = {
@@ -573,7 +444,7 @@ def _label(node: _Node) -> str:
 
 
 def _why(r: _Node, c: _Node) -> str:
-    if _last(r.info.path) == _last(c.info.path):
+    if last(r.info.path) == last(c.info.path):
         return "name and shapes"
     return "shapes and call order" if r.subtree else "output shape and call order"
 
@@ -604,7 +475,9 @@ def _unknown_name(side: str, name: str, model: CapturedModel) -> str:
     )
 
 
-def _apply_param_mapping(mapping, reference, candidate, acc: _Params, left: list, modules: bool):
+def _apply_param_mapping(
+    mapping, reference, candidate, acc: ParamPairing, left: list, modules: bool
+):
     """A ``{reference parameter: candidate parameter}`` mapping (canonical or native names)
     pairs those parameters, replacing what was paired for them automatically."""
     if not isinstance(mapping, Mapping) or modules:
@@ -627,18 +500,28 @@ def _apply_param_mapping(mapping, reference, candidate, acc: _Params, left: list
                 "parameters on both sides, for every pair (a module pair is used only when "
                 "every pair names modules)"
             )
-        layout = _permutation(np.shape(ref_w[rn]), np.shape(cand_w[cn]))
-        if layout is False:
+        rs, cs = np.shape(ref_w[rn]), np.shape(cand_w[cn])
+        layout = permutation(rs, cs)
+        # named by the user: a reshape as it stands unless only another axis order fits
+        reshaped = None if layout is not False else fit(rs, cs, known=True)
+        if layout is False and (reshaped is None or isinstance(reshaped, str)):
             raise AlignmentError(
-                f"mapping pairs reference {r!r} of shape {np.shape(ref_w[rn])} with candidate "
-                f"{c!r} of shape {np.shape(cand_w[cn])}; no axis order of the one gives the other"
+                f"mapping pairs reference {r!r} of shape {rs} with candidate {c!r} of shape "
+                f"{cs}; no axis order of the one, reshaped or not, gives the other"
             )
         for name, taken in list(acc.names.items()):
             if taken == cn:
                 del acc.names[name]
+        for name, join in list(acc.joins.items()):
+            if cn in join.parts:
+                del acc.joins[name]
         acc.joins.pop(rn, None)
-        acc.names[rn] = cn
+        acc.names.pop(rn, None)
         acc.layouts.pop(rn, None)
-        if layout is not None:
-            acc.layouts[rn] = layout
+        if reshaped is not None:
+            acc.joins[rn] = one_join(cn, reshaped, rs)
+        else:
+            acc.names[rn] = cn
+            if layout is not None:
+                acc.layouts[rn] = layout
         left[:] = [u for u in left if u[1] not in (rn, cn)]

@@ -1,0 +1,73 @@
+"""xgrad.pairing.params: parameters paired through a reshape of a permutation (a torch
+``(d, d)`` projection against a ``(d, heads, head_dim)`` DenseGeneral kernel, GPT-2's fused
+``c_attn (d, 3d)`` against three of them), the axis order decided by names or values and left
+unpaired, with the reason, when neither tells; transfers through the reshape bit-exact."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+
+from xgrad.pairing import params
+from xgrad.pairing.params import Join, ParamPairing, Values, fit, pair_params, regroups
+
+D, H = 8, 2
+
+
+def test_only_splits_and_merges_of_adjacent_axes_count_as_reshapes():
+    assert regroups((D, D), (D, H, D // H)) and regroups((H, D // H, D), (D, D))
+    assert regroups((3 * D,), (3, D))
+    assert not regroups((D, D), (D, D))  # a permutation, paired elsewhere
+    assert not regroups((4, 16), (8, 2, 4))  # 4 | 16 straddles 8: no axis boundary kept
+    assert doctest.testmod(params).failed == 0
+
+
+def test_known_layouts_reshape_as_they_stand_and_opaque_ones_are_decided_by_values():
+    assert fit((D, D), (D, H, D // H), known=True).layout is None
+    why = fit((D, D), (D, H, D // H), known=False)
+    assert isinstance(why, str) and "2 axis orders" in why and "transfer=False" in why
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(D, D))  # (out, in), as torch stores it
+    loaded = w.T.reshape(D, H, D // H)
+    decided = fit((D, D), (D, H, D // H), known=False, values=(w, loaded))
+    assert decided.layout == (1, 0)
+    # values that are none of the reshapes decide nothing
+    assert isinstance(fit((D, D), (D, H, D // H), known=False, values=(w, loaded + 1)), str)
+
+
+def test_a_fused_kernel_pairs_with_three_head_kernels_and_round_trips_bit_exactly():
+    rng = np.random.default_rng(1)
+    fused = rng.normal(size=(D, 3 * D)).astype(np.float32)  # GPT-2's c_attn (in, 3 out)
+    left_r = [("attn.c_attn.kernel", fused.shape), ("attn.c_attn.bias", (3 * D,))]
+    left_c = [
+        (f"attn.{p}.{w}", (D, H, D // H) if w == "kernel" else (H, D // H))
+        for p in ("query", "key", "value")
+        for w in ("kernel", "bias")
+    ]
+    acc = ParamPairing()
+    pair_params(left_r, left_c, acc, Values({}, {}))
+    assert left_r == [] and left_c == []
+    join = acc.joins["attn.c_attn.kernel"]
+    assert join.parts == ("attn.query.kernel", "attn.key.kernel", "attn.value.kernel")
+    parts = join.split(fused)
+    expected_key = fused[:, D : 2 * D].reshape(D, H, D // H)  # by hand: the middle third
+    assert np.array_equal(parts[1], expected_key) and parts[1].dtype == np.float32
+    back = join.join(parts)
+    assert back.dtype == fused.dtype and np.array_equal(back, fused)
+
+
+def test_an_ambiguous_reshape_stays_unpaired_with_its_reason():
+    acc = ParamPairing()
+    left_r, left_c = [("proj.weight", (D, D))], [("proj.w", (D, H, D // H))]
+    pair_params(left_r, left_c, acc, Values({}, {}))
+    assert left_r and left_c and not acc.joins
+    assert "neither the names nor the values tell which" in acc.why["proj.weight"]
+
+
+def test_a_one_to_one_reshape_of_a_transposed_array_round_trips():
+    join = Join(("o",), 0, ((1, 0),), ((H, D // H, 3),), (3, D))
+    w = np.arange(3 * D, dtype=np.float64).reshape(3, D)
+    (part,) = join.split(w)
+    assert np.array_equal(part, w.T.reshape(H, D // H, 3))
+    assert np.array_equal(join.join([part]), w)
