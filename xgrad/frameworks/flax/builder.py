@@ -5,7 +5,11 @@ entry in :data:`~xgrad.frameworks.flax.kinds.KINDS` builds (``nnx.Linear``, ``nn
 ``nnx.RMSNorm``, ``nnx.BatchNorm``, ``nnx.Dropout``, xgrad's small modules; a residual block
 is a nested module with its own ``layers``). A weight's native name is its state path:
 ``layers/0/kernel``, ``layers/2/layers/0/kernel``, ``layers/3/mean`` (BatchNorm's
-``BatchStat``). ``nnx.Linear`` stores the kernel ``(in, out)`` like the canonical layout.
+``BatchStat``), ``layers/1/query/kernel`` (an attention's submodule). ``nnx.Linear`` stores the
+kernel ``(in, out)`` like the canonical layout.
+
+A spec starting with an ``Embedding`` takes integer ids ``(batch, tokens)``: they go in as
+``int32`` and are not differentiated (``Gradients.input`` is ``None``).
 
 Gradients: the module is split once into (graphdef, params, rest); a jitted function merges
 them and differentiates with respect to the params and the input. NNX rather than Linen:
@@ -25,6 +29,7 @@ from flax import nnx
 from xgrad.errors import FrameworkError
 from xgrad.frameworks.base import AbstractModel, Gradients, as_numpy_dtype, spec_layers
 from xgrad.frameworks.flax.kinds import KINDS
+from xgrad.frameworks.jax.builder import as_ids, takes_ids
 from xgrad.frameworks.jax.ops import jax_loss, key_path_parts, x64
 from xgrad.frameworks.kinds import KindNotSupportedError
 from xgrad.layers import AbstractLayer
@@ -159,7 +164,8 @@ def _grad_fn(spec: MLP, dtype: str, loss: Loss | None):
         out, aux = forward(params, rest, x, eps)
         return loss_fn(out, y), (out, aux)
 
-    grad = jax.value_and_grad(objective, argnums=(0, 2, 3), has_aux=True)
+    # allow_int: integer ids get a float0 "gradient", dropped in _evaluate
+    grad = jax.value_and_grad(objective, argnums=(0, 2, 3), has_aux=True, allow_int=True)
 
     def run(params, rest, x, eps, y):
         (value, (out, aux)), grads = grad(params, rest, x, eps, y)
@@ -213,6 +219,9 @@ class FlaxSpecModel(AbstractModel):
         return FlaxSpecModel(self._spec, check_params(self._spec, merged), self.dtype)
 
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        ids = takes_ids(self._spec)
+        if ids:
+            x = as_ids(x)
         with x64(self.dtype):
             eps = None
             if capture:
@@ -229,7 +238,7 @@ class FlaxSpecModel(AbstractModel):
                     return loss(out, y), (out, aux)
 
                 (value, (out, aux)), (gp, gx, ge) = jax.value_and_grad(
-                    objective, argnums=(0, 1, 2), has_aux=True
+                    objective, argnums=(0, 1, 2), has_aux=True, allow_int=True
                 )(self._params, x, eps)
             else:
                 fn = _grad_fn(self._spec, self.dtype, loss)
@@ -250,7 +259,7 @@ class FlaxSpecModel(AbstractModel):
             return Gradients(
                 loss=None if value is None else float(value),
                 params={k: np.asarray(grads[k]) for k in self._spec.param_names},
-                input=np.asarray(gx),
+                input=None if ids else np.asarray(gx),
                 output=np.asarray(out),
                 state={k: np.asarray(v) for k, v in state.items()},
                 activations={k: np.asarray(v) for k, v in values.items()} if capture else None,

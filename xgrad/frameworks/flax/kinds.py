@@ -18,14 +18,37 @@ kind            built as (NNX) / read from                weights               
 ``flatten``     :class:`~.modules.FlattenLayer`           -                        -
 ``residual``    an :class:`~.builder.XgradModule` of its  those of its layers      -
                 layers, added to its input
+``embedding``   ``nnx.Embed``; its output times ``scale``  ``embedding (vocab,      ``Embed``
+                and, with ``padding_idx``, read through   dim)``
+                ``stop_gradient`` at the padding ids
+``attention``   ``nnx.MultiHeadAttention`` (causal:       ``query/kernel (dim, H,  -
+                ``nnx.make_causal_mask``) without RoPE,   hd)``, ``key/...``,
+                with separate q/k/v and the default       ``value/...`` or
+                scale; else :class:`~.modules.            ``qkv/kernel``;
+                SelfAttention`` (``nnx.LinearGeneral``)   ``out/kernel (H, hd,
+                                                          dim)``, ``*/bias``
+``gated_mlp``   :class:`~.modules.GatedMLPLayer` (three   ``gate/kernel``,         -
+                ``nnx.Linear``)                           ``up/kernel``,
+                                                          ``down/kernel``, biases
 ==============  ========================================  =======================  =============
 
-Flax stores every weight canonically (``nnx.Linear``'s kernel is ``(in, out)``), so no entry
-states a layout. Users' NNX and Linen models are read from their jaxpr
-(:mod:`xgrad.frameworks.jax.reader`); an NNX module of an entry's ``modules`` adds what it
-states and the jaxpr does not (a norm's epsilon, BatchNorm's momentum). A model captured
-module by module (:mod:`xgrad.frameworks.flax.capture`) reads a module of an entry's
-``modules`` (NNX) or ``linen`` class (Linen) as that kind, its configuration from ``hints``.
+Flax stores every weight canonically (``nnx.Linear``'s kernel is ``(in, out)``,
+``nnx.LinearGeneral``'s ``(in, heads, head_dim)``), so no entry states a layout. Every module
+acts on the last axis of a batch of any rank (``(batch, tokens, d)``); ``nnx.Embed`` takes
+integer ids ``(batch, tokens)``.
+
+``nnx.MultiHeadAttention`` in float64 is given :func:`~.modules.weights_attention` (Flax's
+``dot_product_attention_weights``): its default calls ``jax.nn.dot_product_attention``, which
+computes the softmax in float32 whatever the dtype.
+
+Users' NNX and Linen models are read from their jaxpr (:mod:`xgrad.frameworks.jax.reader`);
+an NNX module of an entry's ``modules`` adds what it states and the jaxpr does not (a norm's
+epsilon, BatchNorm's momentum). A model captured module by module
+(:mod:`xgrad.frameworks.flax.capture`) reads a module of an entry's ``modules`` (NNX) or
+``linen`` class (Linen) as that kind, its configuration from ``hints``. The transformer kinds
+(``embedding``, ``attention``, ``gated_mlp``) name no ``modules`` and no ``hints`` yet: a
+captured ``nnx.Embed``, ``nn.Embed`` or ``nnx.MultiHeadAttention`` stays an opaque module
+(compared, localised).
 
 A new kind is one more entry of :data:`KINDS` (:class:`FlaxKind`); see docs/design.md.
 
@@ -38,14 +61,34 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from xgrad.frameworks.flax.modules import ActivationLayer, FlattenLayer, MaskedDropout
+from xgrad.frameworks.flax.modules import (
+    ActivationLayer,
+    FlattenLayer,
+    GatedMLPLayer,
+    MaskedDropout,
+    SelfAttention,
+    weights_attention,
+)
+from xgrad.frameworks.jax.attention import head_sizes
 from xgrad.frameworks.jax.ops import jax_activation
 from xgrad.frameworks.kinds import KindTable
-from xgrad.layers import AbstractLayer, BatchNorm, Dense, Dropout, LayerNorm, RMSNorm, Shape
+from xgrad.layers import (
+    AbstractLayer,
+    Attention,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Embedding,
+    GatedMLP,
+    LayerNorm,
+    RMSNorm,
+    Shape,
+)
 
-__all__ = ["KINDS", "Block", "FlaxKind", "Run"]
+__all__ = ["KINDS", "Block", "FlaxKind", "Run", "flax_attention"]
 
 Block = Callable[[tuple[AbstractLayer, ...], str, Shape], nnx.Module]
 """``(layers, prefix, shape) -> module``: nested layers (a residual block's) built as one NNX
@@ -139,6 +182,63 @@ def _residual(layer, path, shape, dtype, rngs, block) -> nnx.Module:
     return block(layer.children, f"{path}.layers", shape)
 
 
+def _embedding(layer: Embedding, path, shape, dtype, rngs, block) -> nnx.Module:
+    return nnx.Embed(layer.vocab, layer.dim, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+
+def _embedding_call(layer: Embedding, module: nnx.Embed, ids, run):
+    y = module(ids)
+    if layer.padding_idx is not None:
+        # torch's padding_idx (nnx.Embed has none): the row is read, no gradient reaches it
+        y = jnp.where((ids == layer.padding_idx)[..., None], jax.lax.stop_gradient(y), y)
+    return y if layer.scale is None else y * jnp.asarray(layer.scale, y.dtype)
+
+
+def flax_attention(layer: Attention) -> bool:
+    """Whether ``nnx.MultiHeadAttention`` computes ``layer``: no rotary positions, separate
+    q/k/v projections, the scale ``1/sqrt(head_dim)`` (grouped-query heads it has:
+    ``num_kv_heads``, each key/value head serving consecutive query heads)."""
+    return layer.rope is None and layer.qkv == "separate" and layer.scale is None
+
+
+def _attention(layer: Attention, path, shape, dtype, rngs, block) -> nnx.Module:
+    if not flax_attention(layer):
+        return SelfAttention(layer, dtype=dtype, rngs=rngs)
+    heads, kv_heads, head_dim = head_sizes(layer)
+    extra = {"attention_fn": weights_attention} if jnp.dtype(dtype) == jnp.float64 else {}
+    return nnx.MultiHeadAttention(
+        heads,
+        layer.dim,
+        qkv_features=heads * head_dim,
+        out_features=layer.dim,
+        num_kv_heads=kv_heads,
+        use_bias=layer.use_bias,
+        decode=False,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+        **extra,
+    )
+
+
+def _attention_call(layer: Attention, module: nnx.Module, x, run):
+    if not isinstance(module, nnx.MultiHeadAttention):
+        return module(x)
+    # Flax's causal mask (batch, 1, tokens, tokens): True where key j <= query i
+    mask = nnx.make_causal_mask(x[..., 0]) if layer.causal else None
+    return module(x, mask=mask)
+
+
+def _gated_mlp(layer: GatedMLP, path, shape, dtype, rngs, block) -> nnx.Module:
+    return GatedMLPLayer(layer, dtype=dtype, rngs=rngs)
+
+
+def _sublayer_weights(*names: str) -> dict[str, str]:
+    """``query_kernel -> query/kernel``: the canonical names of submodules' kernels and
+    biases."""
+    return {f"{n}_{w}": f"{n}/{w}" for n in names for w in ("kernel", "bias")}
+
+
 _NORM_WEIGHTS = {"scale": "scale", "bias": "bias", "mean": "mean", "var": "var"}
 
 
@@ -179,6 +279,15 @@ KINDS: KindTable[FlaxKind] = KindTable(
         "dropout": FlaxKind(_dropout, modules=(nnx.Dropout,), hints=lambda m: {"rate": m.rate}),
         "flatten": FlaxKind(lambda layer, path, shape, dtype, rngs, block: FlattenLayer()),
         "residual": FlaxKind(_residual, call=lambda layer, module, x, run: x + run(module, x)),
+        "embedding": FlaxKind(
+            _embedding, call=_embedding_call, weights={"embedding": "embedding"}, linen="Embed"
+        ),
+        "attention": FlaxKind(
+            _attention,
+            call=_attention_call,
+            weights=_sublayer_weights("query", "key", "value", "qkv", "out"),
+        ),
+        "gated_mlp": FlaxKind(_gated_mlp, weights=_sublayer_weights("gate", "up", "down")),
     },
     entry_type=FlaxKind,
 )

@@ -16,6 +16,9 @@ A weight's native name is its pytree path as ``jax.tree_util.keystr`` writes it
 ``(apply_fn, params)``, with ``apply_fn(params, x) -> output``: what :func:`xgrad.compare_models`
 reads as a pure-JAX model. Compiled functions are cached per (spec, loss); float64 runs
 inside ``jax.enable_x64(True)``, so the global x64 flag is never left changed.
+
+A spec starting with an ``Embedding`` takes integer ids ``(batch, tokens)``: they go in as
+``int32`` and are not differentiated (ids have no gradient; ``Gradients.input`` is ``None``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,18 @@ from xgrad.losses import Loss
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
 
-__all__ = ["JaxSpecModel", "apply_fn", "native_name", "to_native"]
+__all__ = ["JaxSpecModel", "apply_fn", "as_ids", "native_name", "takes_ids", "to_native"]
+
+
+def takes_ids(spec: MLP) -> bool:
+    """Whether ``spec`` takes integer token ids (its first layer is an ``Embedding``)."""
+    return spec.layers[0].kind == "embedding"
+
+
+def as_ids(x) -> np.ndarray:
+    """Token ids as ``int32`` (checked in range by the caller; they may arrive as whole
+    floats, cast on the way like any input)."""
+    return np.asarray(x).astype(np.int32)
 
 
 def native_name(path: str, local: str) -> str:
@@ -144,7 +158,8 @@ def _grad_fn(spec: MLP, loss: Loss | None):
         out, aux = forward(params, x, eps)
         return loss_fn(out, y), (out, aux)
 
-    grad = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)
+    # allow_int: integer ids get a float0 "gradient", dropped in _pack
+    grad = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True, allow_int=True)
 
     def run(params, x, eps, y):
         (value, (out, aux)), (grad_params, grad_x, grad_eps) = grad(params, x, eps, y)
@@ -186,6 +201,8 @@ class JaxSpecModel(AbstractModel):
         return JaxSpecModel(self._spec, check_params(self._spec, merged), self.dtype)
 
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
+        if takes_ids(self._spec):
+            x = as_ids(x)
         if loss is not None and not isinstance(loss, Loss):
             return self._evaluate_custom(x, y, loss, capture)
         fn = _grad_fn(self._spec, loss)
@@ -213,7 +230,7 @@ class JaxSpecModel(AbstractModel):
                 return loss_fn(out, y), (out, aux)
 
             (value, (out, (values, state))), (gp, gx, ge) = jax.value_and_grad(
-                objective, argnums=(0, 1, 2), has_aux=True
+                objective, argnums=(0, 1, 2), has_aux=True, allow_int=True
             )(self._native, x, eps)
             return self._pack(value, out, values, state, gp, gx, ge, capture)
 
@@ -222,7 +239,7 @@ class JaxSpecModel(AbstractModel):
         return Gradients(
             loss=None if value is None else float(value),
             params={k: np.asarray(grads[k]) for k in self._spec.param_names},
-            input=np.asarray(grad_x),
+            input=None if takes_ids(self._spec) else np.asarray(grad_x),
             output=np.asarray(out),
             state={k: np.asarray(v) for k, v in state.items()},
             activations={k: np.asarray(v) for k, v in values.items()} if capture else None,

@@ -16,7 +16,21 @@ kind            computed as                                          weights
 ``flatten``     ``x.reshape(batch, -1)``                             -
 ``residual``    ``x + block(x)``                                     its layers', under
                                                                      ``layers``
+``embedding``   ``jnp.take(embedding, ids, axis=0) * scale``; the    ``embedding (vocab,
+                padding row read through ``stop_gradient``           dim)``
+``attention``   ``jnp.einsum`` projections, then                     ``query_kernel (dim,
+                :func:`~.attention.attend` (RoPE, ``jnp.repeat``     H, hd)``, ... or
+                of k/v heads, scale, causal ``-inf``, softmax)       ``qkv_kernel``;
+                                                                     ``out_kernel (H, hd,
+                                                                     dim)``, biases
+``gated_mlp``   ``(act(x @ gate) * (x @ up)) @ down``                ``gate_kernel``,
+                                                                     ``up_kernel (dim,
+                                                                     hidden)``,
+                                                                     ``down_kernel``, biases
 ==============  ===================================================  ======================
+
+Every layer takes a batch with any number of axes before the features (``(batch, tokens,
+d)`` for a transformer); an ``embedding`` takes integer ids ``(batch, tokens)``.
 
 Each function is written from the layer's definition (:mod:`xgrad.layers`), as pure JAX code:
 the model a user would write by hand. Weights are stored canonically (no layouts), each layer's
@@ -37,9 +51,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xgrad.activations import get_activation
+from xgrad.frameworks.jax.attention import attend, head_sizes
 from xgrad.frameworks.jax.ops import jax_activation
 from xgrad.frameworks.kinds import KindTable
-from xgrad.layers import AbstractLayer, BatchNorm, Dense, Dropout, LayerNorm, RMSNorm
+from xgrad.layers import (
+    AbstractLayer,
+    Attention,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Embedding,
+    GatedMLP,
+    LayerNorm,
+    RMSNorm,
+)
 
 __all__ = ["KINDS", "Block", "Forward", "JaxKind"]
 
@@ -133,6 +159,51 @@ def _residual(layer, path: str, block: Block) -> Forward:
     return lambda w, x: (x + block(w["layers"], x), {})
 
 
+def _embedding(layer: Embedding, path: str, block: Block) -> Forward:
+    def embedding(w, ids):
+        table = w["embedding"]
+        if layer.padding_idx is not None:
+            # torch's padding_idx: the row is read as it is, and no gradient reaches it
+            row = layer.padding_idx
+            table = table.at[row].set(jax.lax.stop_gradient(table[row]))
+        y = jnp.take(table, ids, axis=0)
+        return (y if layer.scale is None else y * jnp.asarray(layer.scale, y.dtype)), {}
+
+    return embedding
+
+
+def _attention(layer: Attention, path: str, block: Block) -> Forward:
+    heads, kv_heads, _ = head_sizes(layer)
+
+    def project(w, x, name):
+        # x (B, T, dim) . kernel (dim, N, hd) -> (B, T, N, hd)
+        z = jnp.einsum("btd,dnh->btnh", x, w[f"{name}_kernel"])
+        return z + w[f"{name}_bias"] if layer.use_bias else z
+
+    def attention(w, x):
+        if layer.qkv == "fused":  # query heads, then key heads, then value heads
+            q, k, v = jnp.split(project(w, x, "qkv"), [heads, heads + kv_heads], axis=2)
+        else:
+            q, k, v = (project(w, x, name) for name in ("query", "key", "value"))
+        y = jnp.einsum("bthd,hdo->bto", attend(layer, q, k, v), w["out_kernel"])
+        return (y + w["out_bias"] if layer.use_bias else y), {}
+
+    return attention
+
+
+def _gated_mlp(layer: GatedMLP, path: str, block: Block) -> Forward:
+    act = jax_activation(get_activation(layer.activation))
+
+    def gated_mlp(w, x):
+        def dense(name, a):
+            z = a @ w[f"{name}_kernel"]
+            return z + w[f"{name}_bias"] if layer.use_bias else z
+
+        return dense("down", act(dense("gate", x)) * dense("up", x)), {}
+
+    return gated_mlp
+
+
 KINDS: KindTable[JaxKind] = KindTable(
     "jax",
     {
@@ -144,6 +215,9 @@ KINDS: KindTable[JaxKind] = KindTable(
         "dropout": JaxKind(_dropout),
         "flatten": JaxKind(_flatten),
         "residual": JaxKind(_residual),
+        "embedding": JaxKind(_embedding),
+        "attention": JaxKind(_attention),
+        "gated_mlp": JaxKind(_gated_mlp),
     },
     entry_type=JaxKind,
 )
