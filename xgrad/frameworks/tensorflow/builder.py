@@ -6,8 +6,11 @@ use_bias)``, ``LayerNormalization``, ...; a residual block: its layers, then
 ``Add()([x, block(x)])``), and its weights are the attributes the entry names (a Dense's
 ``kernel`` ``(in, out)``, a BatchNorm's ``moving_variance``).
 
-A spec without residual blocks is a ``keras.Sequential`` named ``sequential``; one with them a
-Functional ``keras.Model`` named ``functional``. Layers are named from their canonical path
+A spec without residual blocks or attention layers is a ``keras.Sequential`` named
+``sequential``; one with them (a kind whose entry wires its layer otherwise than
+``layer(h)``: ``MultiHeadAttention(h, h, use_causal_mask=...)``) a Functional
+``keras.Model`` named ``functional``. A spec taking token ids (an ``Embedding`` first) has an
+``int32`` input. Layers are named from their canonical path
 (``layers.2`` -> ``dense_2``, ``layers.2.layers.0`` -> ``dense_2_0``), so native names are
 Keras variable paths such as ``sequential/dense_0/kernel`` (a Functional model's have no model
 prefix: ``dense_2_0/kernel``, as Keras names them). Activations are those of
@@ -25,14 +28,14 @@ import numpy as np
 from xgrad.frameworks.base import spec_layers
 from xgrad.frameworks.kinds import to_native
 from xgrad.frameworks.pool import BuildPool
-from xgrad.frameworks.tensorflow.kinds import KINDS, KerasCall
+from xgrad.frameworks.tensorflow.kinds import KINDS, KerasCall, keras_weight
 from xgrad.frameworks.tensorflow.model import KerasModel, KerasRunner
 from xgrad.frameworks.tensorflow.ops import keras
 from xgrad.layers import AbstractLayer
 from xgrad.params import Params, check_params
 from xgrad.spec import MLP
 
-__all__ = ["POOL", "SpecModel", "build_keras_model", "layer_name"]
+__all__ = ["POOL", "SpecModel", "build_keras_model", "input_dtype", "layer_name"]
 
 
 def layer_name(path: str, layer: AbstractLayer) -> str:
@@ -66,21 +69,29 @@ def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, ker
     def chain(layers, prefix: str, h):
         for i, layer in enumerate(layers):
             path = f"{prefix}.{i}"
+            entry = KINDS[layer.kind]
+            by_path[path] = _keras_layer(layer, path, dtype)
             if layer.children:
                 inner = functools.partial(chain, layer.children, f"{path}.layers")
-                by_path[path] = _keras_layer(layer, path, dtype)
-                h = KINDS[layer.kind].call(KerasCall(by_path[path], layer, run=inner), h)
+                h = entry.call(KerasCall(by_path[path], layer, run=inner), h)
+            elif entry.wire is not None:
+                h = entry.wire(by_path[path], layer, h)
             else:
-                by_path[path] = _keras_layer(layer, path, dtype)
                 h = by_path[path](h)
         return h
 
-    inputs = keras.Input(spec.input_shape, dtype=dtype, name="input")
-    if any(layer.children for layer in spec.layers):
+    inputs = keras.Input(spec.input_shape, dtype=input_dtype(spec, dtype), name="input")
+    if any(layer.children or KINDS[layer.kind].wire for _, layer in spec.walk()):
         return keras.Model(inputs, chain(spec.layers, "layers", inputs), name="functional"), by_path
     for path, layer in spec.walk():
         by_path[path] = _keras_layer(layer, path, dtype)
     return keras.Sequential([inputs, *by_path.values()], name="sequential"), by_path
+
+
+def input_dtype(spec: MLP, dtype: str) -> str:
+    """The dtype of the Keras model's input: ``int32`` for a spec taking token ids (its first
+    layer an :class:`~xgrad.Embedding`), else ``dtype``."""
+    return "int32" if spec.layers[0].kind == "embedding" else dtype
 
 
 POOL = BuildPool(max_idle=4)
@@ -101,8 +112,8 @@ class _Kit:
         for path, layer in spec.walk():
             with KINDS.building(layer.kind, path):
                 for local in (*layer.param_names(), *layer.state_names()):
-                    attribute = KINDS[layer.kind].weights[local]
-                    self.variables[f"{path}.{local}"] = getattr(self.by_path[path], attribute)
+                    variable = keras_weight(KINDS[layer.kind], self.by_path[path], local)
+                    self.variables[f"{path}.{local}"] = variable
         self.layers = spec_layers(
             spec,
             lambda path, local: self.variables[f"{path}.{local}"].path,

@@ -90,6 +90,7 @@ from xgrad.frameworks.tensorflow.kinds import (
     DROPOUT_NOTE,
     KINDS,
     keras_activation_name,
+    keras_weight,
     read_layer,
     reading_kind,
 )
@@ -170,7 +171,8 @@ def _canonical_locals(node: LayerNode) -> dict[str, object]:
     kind = reading_kind(node.layer)
     if kind is None:
         return node.variables
-    attrs = {id(getattr(node.layer, a, None)): local for local, a in KINDS[kind].weights.items()}
+    entry = KINDS[kind]
+    attrs = {id(keras_weight(entry, node.layer, local)): local for local in entry.weights}
     return {attrs.get(id(var), local): var for local, var in node.variables.items()}
 
 
@@ -221,7 +223,7 @@ def _as_kind(call: _Call, own: dict[str, object]):
     if read.config is None:
         return None
     entry = KINDS[read.kind]
-    mine = {local: getattr(layer, entry.weights[local]) for local in (*read.params, *read.state)}
+    mine = {local: keras_weight(entry, layer, local) for local in (*read.params, *read.state)}
     if {id(v) for v in mine.values()} != {id(v) for v in own.values()}:
         return None  # holds more (or other) variables than the kind's
     config, note = read.config, read.note

@@ -39,18 +39,22 @@ Importing this module imports TensorFlow and Keras.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple
-
 import numpy as np
 
 from xgrad.errors import AlignmentError, FrameworkError
-from xgrad.frameworks.kinds import KindTable, Layout
+from xgrad.frameworks.kinds import KindTable
+from xgrad.frameworks.tensorflow.entry import (
+    KerasCall,
+    KerasKind,
+    LayerRead,
+    call_layer,
+    keras_weight,
+    where,
+)
 from xgrad.frameworks.tensorflow.ops import XgradActivation, keras, tf_activation
+from xgrad.frameworks.tensorflow.transformer import TRANSFORMER_KINDS
 from xgrad.identify import fit_activation, probe_activation
 from xgrad.layers import (
-    AbstractLayer,
     Activation,
     BatchNorm,
     Dense,
@@ -69,99 +73,13 @@ __all__ = [
     "KerasKind",
     "LayerRead",
     "call_layer",
+    "keras_weight",
     "keras_activation_name",
     "read_layer",
     "reading_kind",
     "supported_layers",
     "where",
 ]
-
-
-# -- an entry -------------------------------------------------------------------------------------
-
-
-@dataclass
-class LayerRead:
-    """What one Keras layer is in xgrad's terms.
-
-    Attributes:
-        kind: a layer kind of :data:`KINDS`.
-        config: the xgrad layer it computes, ``None`` when its activation is unknown.
-        params: the local names of its trainable weights, held by the Keras attributes its
-            kind's entry names (:attr:`KerasKind.weights`).
-        state: the local names of its state (no gradient), likewise.
-        note: what the reader noticed (an activation identified by its values, ...).
-    """
-
-    kind: str
-    config: AbstractLayer | None
-    params: tuple[str, ...] = ()
-    state: tuple[str, ...] = ()
-    note: str | None = None
-
-
-class KerasCall(NamedTuple):
-    """One layer as :attr:`KerasKind.call` gets it.
-
-    Attributes:
-        keras_layer: the Keras layer computing its output (``None``: an activation written as
-            code in a user's ``call``, or ``x + block(x)`` written as ``+``).
-        layer: its xgrad configuration (``None`` when a reader could not name it).
-        drawn: what :attr:`KerasKind.draw` drew for this evaluation (``None``: nothing).
-        run: calls the layers nested in it (a residual block's) on a value, recording their
-            outputs as every other layer's (for a layer without children: the identity).
-    """
-
-    keras_layer: object
-    layer: AbstractLayer | None
-    drawn: object = None
-    run: Callable = lambda a: a
-
-
-def call_layer(c: KerasCall, a):
-    """The default :attr:`KerasKind.call`: ``keras_layer(a, training=...)``, in training mode
-    only for a layer that updates its state (BatchNorm with ``training=True``: Keras then
-    normalises by the batch statistics and assigns the new moving statistics)."""
-    training = c.layer is not None and c.layer.updates_state
-    return c.keras_layer(a, training=training)
-
-
-@dataclass(frozen=True)
-class KerasKind:
-    """How Keras builds, calls and reads one layer kind: the kind's entry in :data:`KINDS`.
-
-    Attributes:
-        build: ``(layer, name, dtype) -> keras.layers.Layer``: the Keras layer computing
-            ``layer``, named ``name`` (``dense_2``), in ``dtype`` (weights are assigned once
-            the model is built, so it need draw none). A layer with children (a residual
-            block) builds the layer that joins them to its input (``Add``).
-        weights: local name -> the attribute of the Keras layer holding that weight (a
-            ``Dense``'s ``kernel``, a ``BatchNormalization``'s ``moving_variance``).
-        layouts: local name -> the layout Keras stores it in, for those not canonical
-            (:mod:`xgrad.frameworks.kinds`).
-        call: ``(KerasCall, a) -> output`` where calling the Keras layer on ``a`` is not
-            what xgrad's layer computes (an active Dropout multiplies by xgrad's mask); also
-            how a layer with children is wired into a built model. Default:
-            :func:`call_layer`.
-        draw: ``(layer, path, shape, dtype) -> array or None``: values drawn once per
-            evaluation, outside the traced step, for a batch of ``shape`` (an active
-            Dropout's scaled mask); :attr:`KerasCall.drawn` holds them as a tensor.
-        reads: Keras layer class (exact) -> ``(layer, x, out, dtype) -> LayerRead``: how a
-            called layer of that class is read, from its input and output (tensors with the
-            batch axis) in a model computing in ``dtype``.
-    """
-
-    build: Callable[[AbstractLayer, str, str], object]
-    weights: Mapping[str, str] = field(default_factory=dict)
-    layouts: Mapping[str, Layout] = field(default_factory=dict)
-    call: Callable = call_layer
-    draw: Callable[[AbstractLayer, str, Shape, str], np.ndarray | None] | None = None
-    reads: Mapping[type, Callable[..., LayerRead]] = field(default_factory=dict)
-
-
-def where(layer) -> str:
-    """``layer 'dense_1' (Dense)``: how error messages name a Keras layer."""
-    return f"layer {layer.name!r} ({type(layer).__name__})"
 
 
 # -- activations ----------------------------------------------------------------------------------
@@ -287,16 +205,13 @@ def _build_dense(layer: Dense, name: str, dtype: str):
 
 
 def _read_dense(layer, x, out, dtype) -> LayerRead:
-    shape = tuple(x.shape[1:])
-    if len(shape) != 1:
-        raise AlignmentError(
-            f"{where(layer)} is applied to examples of shape {shape}; xgrad's Dense takes "
-            "vectors (put a Flatten before it)"
-        )
-    z = np.asarray(x).astype(np.float64) @ np.asarray(layer.kernel).astype(np.float64)
+    # token-wise: examples (tokens, d) read as the vectors of their last axis
+    x = np.asarray(x).astype(np.float64)
+    z = x.reshape(-1, x.shape[-1]) @ np.asarray(layer.kernel).astype(np.float64)
     if layer.use_bias:
         z = z + np.asarray(layer.bias).astype(np.float64)
-    name, note = _activation(layer.activation, z, np.asarray(out), dtype)
+    out = np.asarray(out)
+    name, note = _activation(layer.activation, z, out.reshape(-1, out.shape[-1]), dtype)
     config = None if name is None else Dense(layer.units, name, layer.use_bias)
     params = ("kernel", "bias") if layer.use_bias else ("kernel",)
     return LayerRead("dense", config, params, note=note)
@@ -305,14 +220,15 @@ def _read_dense(layer, x, out, dtype) -> LayerRead:
 # -- norms ----------------------------------------------------------------------------------------
 
 
-def _vector_axis(layer, shape: Shape) -> None:
-    """Refuse a normalisation over another axis than the features of vector examples."""
+def _last_axis(layer, shape: Shape, *, tokens: bool = True) -> None:
+    """Refuse a normalisation over another axis than the last (the features), or, unless
+    ``tokens``, over examples that are not vectors (BatchNorm keeps that rule)."""
     axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-    if axes not in ([-1], [len(shape)]) or len(shape) != 1:
+    if axes not in ([-1], [len(shape)]) or (len(shape) != 1 and not tokens):
+        what = "the last axis of examples" if tokens else "the features of vector examples"
         raise AlignmentError(
             f"{where(layer)} normalises axis {layer.axis} of examples of shape {shape}; xgrad "
-            "reads normalisations over the features of vector examples (axis=-1; put a "
-            "Flatten before it)"
+            f"reads normalisations over {what} (axis=-1; put a Flatten before it)"
         )
 
 
@@ -323,7 +239,7 @@ def _build_layernorm(layer: LayerNorm, name: str, dtype: str):
 
 
 def _read_layernorm(layer, x, out, dtype) -> LayerRead:
-    _vector_axis(layer, tuple(x.shape[1:]))
+    _last_axis(layer, tuple(x.shape[1:]))
     if layer.rms_scaling:
         raise AlignmentError(
             f"{where(layer)} has rms_scaling=True, which divides by the root of the variance "
@@ -350,7 +266,7 @@ def _build_rmsnorm(layer: RMSNorm, name: str, dtype: str):
 
 
 def _read_rmsnorm(layer, x, out, dtype) -> LayerRead:
-    _vector_axis(layer, tuple(x.shape[1:]))
+    _last_axis(layer, tuple(x.shape[1:]))
     return LayerRead("rmsnorm", RMSNorm(layer.epsilon), ("scale",))
 
 
@@ -366,7 +282,7 @@ def _build_batchnorm(layer: BatchNorm, name: str, dtype: str):
 
 
 def _read_batchnorm(layer, x, out, dtype) -> LayerRead:
-    _vector_axis(layer, tuple(x.shape[1:]))
+    _last_axis(layer, tuple(x.shape[1:]), tokens=False)
     if layer.renorm:
         raise AlignmentError(
             f"{where(layer)} uses batch renormalisation, which xgrad does not read"
@@ -461,6 +377,7 @@ KINDS: KindTable[KerasKind] = KindTable(
             lambda layer, name, dtype: keras.layers.Add(name=name, dtype=dtype),
             call=_call_residual,
         ),
+        **TRANSFORMER_KINDS,
     },
     entry_type=KerasKind,
 )

@@ -16,6 +16,10 @@ makes xgrad's semantics explicit:
   with ``training=True``: Keras normalises by the batch statistics and assigns the new moving
   statistics, which are read and then restored, so evaluating never changes the model;
 * every other layer is called with ``training=False``;
+* a model taking token ids (an ``Embedding`` first) is fed them as ``int32`` (checked
+  against the vocabulary by ``evaluate``); ids have no gradient (``Gradients.input`` is
+  ``None``), and an embedding table's gradient (``IndexedSlices`` from ``tf.gather``) is
+  made dense;
 * with ``capture=True`` every layer's output is watched, so ``dL/d output`` is its total
   derivative (through a residual's skip connection too).
 
@@ -88,20 +92,25 @@ class KerasRunner:
 
         def step(x, target, masks):
             values = {} if capture else None
+            ids = not x.dtype.is_floating  # token ids: no gradient
             with tf.GradientTape() as tape:
-                tape.watch(x)
+                if not ids:
+                    tape.watch(x)
                 out = self.run(self.layers, x, masks, values, tape)
                 value = None if loss_fn is None else loss_fn(out, target)
             # the backend's own variables: TensorFlow cannot give a zero gradient for a Keras
             # variable that the output does not use (a weight a layer ignores)
-            sources = ([getattr(v, "value", v) for v in self.params], x, values or {})
+            params = [getattr(v, "value", v) for v in self.params]
+            sources = (params, tf.zeros((0,)) if ids else x, values or {})
             if loss_fn is None:
                 grads = tape.gradient(
                     out, sources, output_gradients=target, unconnected_gradients=ZERO
                 )
             else:
                 grads = tape.gradient(value, sources, unconnected_gradients=ZERO)
-            return (value, out, *grads, values or {})
+            # a gathered table's gradient (an embedding's) comes as IndexedSlices
+            dparams = [tf.convert_to_tensor(g) for g in grads[0]]
+            return (value, out, dparams, None if ids else grads[1], grads[2], values or {})
 
         return step
 
@@ -225,6 +234,13 @@ class KerasModel(AbstractModel):
                     masks[info.path] = tf.constant(drawn)
         return masks
 
+    @staticmethod
+    def _input(x):
+        """The batch as a tensor: token ids (integers, checked against the vocabulary by
+        :meth:`evaluate`) as int32, floats as given."""
+        x = np.asarray(x)
+        return tf.constant(x.astype(np.int32) if x.dtype.kind in "iu" else x)
+
     def _tensor(self, y):
         y = np.asarray(y)
         return tf.constant(y, dtype=self.dtype) if y.dtype.kind == "f" else tf.constant(y)
@@ -244,7 +260,7 @@ class KerasModel(AbstractModel):
         try:
             with own_traces():
                 value, out, grad_params, grad_x, grad_values, values = step(
-                    tf.constant(x), target, self._masks(x.shape[0])
+                    self._input(x), target, self._masks(x.shape[0])
                 )
             state = {
                 name: self._canonical(name, var.numpy())
@@ -259,7 +275,7 @@ class KerasModel(AbstractModel):
                 n: self._canonical(n, g) if n in self._layouts else np.asarray(g)
                 for n, g in zip(self.param_names, grad_params, strict=True)
             },
-            input=np.asarray(grad_x),
+            input=None if grad_x is None else np.asarray(grad_x),
             output=np.asarray(out),
             state=state,
             activations=_numpy(values) if capture else None,

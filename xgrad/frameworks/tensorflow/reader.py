@@ -43,7 +43,7 @@ from xgrad.errors import AlignmentError, InputError, ParamsError
 from xgrad.frameworks.base import LayerInfo
 from xgrad.frameworks.kinds import Layout, inverse, to_native
 from xgrad.frameworks.tensorflow.backend_worker import keras_leaves
-from xgrad.frameworks.tensorflow.kinds import KINDS, read_layer, where
+from xgrad.frameworks.tensorflow.kinds import KINDS, keras_weight, read_layer, where
 from xgrad.frameworks.tensorflow.model import KerasModel
 from xgrad.frameworks.tensorflow.ops import check_backend, keras, tf
 from xgrad.identify import FIT, fit_activation, leaky_slope, rel
@@ -139,7 +139,7 @@ def _describe(layer, x, out, dtype: str) -> _Draft:
         layer=layer,
         kind=read.kind,
         config=read.config,
-        weights={name: getattr(layer, entry.weights[name]) for name in local},
+        weights={name: keras_weight(entry, layer, name) for name in local},
         input_shape=tuple(x.shape[1:]),
         output_shape=tuple(out.shape[1:]),
         name=layer.name,
@@ -379,6 +379,21 @@ def _input_shape(model: keras.Model, given: Shape | None) -> Shape:
     return tuple(given)
 
 
+def _probe(model: keras.Model, shape: Shape) -> np.ndarray:
+    """The batch a model is read on: standard normal values of its input's dtype, or token
+    ids in ``[0, vocab)`` for an integer input (``vocab`` the smallest ``input_dim`` /
+    ``vocab`` of its layers, 2 when none says)."""
+    rng = np.random.default_rng(0)
+    dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else model.compute_dtype
+    if np.dtype(dtype).kind in "iu":
+        sizes = [
+            getattr(leaf, a, None) for leaf in keras_leaves(model) for a in ("input_dim", "vocab")
+        ]
+        vocab = min((v for v in sizes if isinstance(v, int)), default=2)
+        return rng.integers(0, vocab, (PROBE_BATCH, *shape)).astype(dtype)
+    return rng.standard_normal((PROBE_BATCH, *shape)).astype(dtype)
+
+
 def _dtype(model: keras.Model, calls: list[_Call]) -> str:
     """The dtype the model's output is computed in: its last layer with weights' compute
     dtype (``bfloat16`` under a ``mixed_bfloat16`` policy). Layers of other dtypes inside
@@ -414,8 +429,7 @@ def read_keras_model(model, *, input_shape: Shape | None = None) -> ReadModel:
             "a batch, or start it with keras.Input(shape)"
         )
     shape = _input_shape(model, input_shape)
-    input_dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else model.compute_dtype
-    probe = np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape)).astype(input_dtype)
+    probe = _probe(model, shape)
     calls: list[_Call] = []
     # a layer that call() runs with training=True updates its state (BatchNormalization's
     # moving statistics) even in this probe call: kept and restored, the model is not changed
@@ -560,7 +574,7 @@ class ReadModel(KerasModel):
                 )
         if len(list(self.walk())) != len(list(copy.walk())):
             raise InputError(f"the copy of {self.description} reads differently from the model")
-        probe = np.random.default_rng(0).standard_normal((PROBE_BATCH, *self.input_shape))
+        probe = _probe(self._model, self.input_shape)
         mine = np.asarray(self.evaluate(probe, loss="sum").output, np.float64)
         theirs = np.asarray(copy.evaluate(probe, loss="sum").output, np.float64)
         den = float(np.linalg.norm(mine)) or 1.0
