@@ -2,9 +2,11 @@
 
 ``MLP(input_dim, layers)`` runs ``layers`` (see :mod:`xgrad.layers`) one after another on
 inputs of shape ``(batch, input_dim)`` (or ``(batch, *input_dim)`` when ``input_dim`` is a
-tuple and a :class:`~xgrad.Flatten` comes first). Layer ``i`` owns the weights
-``layers.{i}.{local}``; a layer inside a residual block at ``i`` owns
-``layers.{i}.layers.{j}.{local}``.
+tuple: a :class:`~xgrad.Flatten` first, or a transformer's ``(tokens, dim)``). A spec whose
+first layer is an :class:`~xgrad.Embedding` takes integer token ids ``(batch, tokens)``:
+``MLP((tokens,), [Embedding(vocab, dim), *transformer_block(dim, 4, 32), Dense(vocab)])``.
+Layer ``i`` owns the weights ``layers.{i}.{local}``; a layer inside a residual block at
+``i`` owns ``layers.{i}.layers.{j}.{local}``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class MLP:
         layers: one or more layers (any iterable; stored as a tuple): :class:`~xgrad.Dense`,
             :class:`~xgrad.LayerNorm`, :class:`~xgrad.RMSNorm`, :class:`~xgrad.BatchNorm`,
             :class:`~xgrad.Dropout`, :class:`~xgrad.Activation`, :class:`~xgrad.Flatten`,
-            :class:`~xgrad.Residual`.
+            :class:`~xgrad.Residual`, :class:`~xgrad.Embedding` (first only),
+            :class:`~xgrad.Attention`, :class:`~xgrad.GatedMLP`.
 
     Raises:
         SpecError: a bad ``input_dim``, an empty ``layers``, an item that is not a layer, or
@@ -84,6 +87,12 @@ class MLP:
                     f"{path} ({type(layer).__name__}) is of layer kind {layer.kind!r}, which is "
                     f"not registered; register it first: "
                     f"xgrad.layers.register_layer({type(layer).__name__})"
+                )
+        for path, layer in walk(layers):
+            if layer.kind == "embedding" and path != "layers.0":
+                raise SpecError(
+                    f"{path} ({layer.describe()}): an Embedding takes integer token ids, so it "
+                    "can only be the first layer of a spec; move it to layers[0]"
                 )
         shape = self.input_shape
         for i, layer in enumerate(layers):
@@ -179,10 +188,10 @@ class MLP:
     # -- text ------------------------------------------------------------------------------
 
     def layer_dims(self) -> list[tuple[int, int]]:
-        """``(in, out)`` of every top-level Dense layer, in order (dense-only specs)."""
+        """``(in, out)`` features of every top-level Dense layer, in order (dense-only specs)."""
         shapes = self._shapes[2]
         return [
-            (shapes[f"layers.{i}"][0], layer.units)
+            (shapes[f"layers.{i}"][-1], layer.units)
             for i, layer in enumerate(self.layers)
             if isinstance(layer, Dense)
         ]

@@ -55,6 +55,18 @@ class Description:
     layers: str = "captured"
 
 
+IDS_NOTE = (
+    "the input is integer token ids (an Embedding first): ids have no gradient, so the report "
+    "has no input entry; the embedding's gradient is compared instead"
+)
+
+
+def _ids_note(c: Comparison) -> tuple[str, ...]:
+    """:data:`IDS_NOTE` when the reference has no ``dL/dinput`` (a spec taking token ids)."""
+    grads = c.ref.grads
+    return (IDS_NOTE,) if grads.input is None and grads.inputs is None else ()
+
+
 def assemble(c: Comparison, d: Description) -> Report:
     """The :class:`~xgrad.Report` of ``c.sides`` against ``c.ref``: every entry measured
     (:mod:`~xgrad.comparison.entries`), judged (:mod:`~xgrad.comparison.verdicts`), and
@@ -114,7 +126,7 @@ def assemble(c: Comparison, d: Description) -> Report:
         layers=tuple(judged.layers.values()),
         divergences=tuple(divergences),
         models=d.models,
-        notes=(*d.notes, *judged.notes, *([consensus] if consensus else [])),
+        notes=(*d.notes, *_ids_note(c), *judged.notes, *([consensus] if consensus else [])),
         unpaired=tuple(d.unpaired),
     )
 

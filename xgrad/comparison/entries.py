@@ -27,6 +27,7 @@ from xgrad.align import Alignment, Unit
 from xgrad.comparison.inputs import Inputs, loss_scale
 from xgrad.comparison.sides import Side
 from xgrad.metrics import OK_STATUSES, EntryComparison, PreparedReference
+from xgrad.pairing.params import regroups
 from xgrad.report import Divergence, Entry, LayerEntry, Pairwise
 
 __all__ = [
@@ -174,11 +175,12 @@ def value_entries(c: Comparison, measured: dict[str, EntryComparison]) -> Values
 
 
 def _input_names(c: Comparison) -> list[str]:
-    """The names of the inputs compared: ``input`` for one floating input; each floating
-    input's name (``input.0``, ``input.mask``) for a model read with several inputs."""
+    """The names of the inputs compared: ``input`` for one floating input (none for token
+    ids, which have no gradient); each floating input's name (``input.0``, ``input.mask``)
+    for a model read with several inputs."""
     inputs = c.ref.grads.inputs
     if inputs is None:
-        return ["input"]
+        return [] if c.ref.grads.input is None else ["input"]
     return [n for n in inputs if all(s.grads.inputs and n in s.grads.inputs for s in c.sides)]
 
 
@@ -217,6 +219,8 @@ def _layer_values(c: Comparison, ref_unit: Unit, captured: Sequence[Side], shape
             continue
         a = s.grads.activations.get(cand_unit.end)
         g = s.grads.activation_grads.get(cand_unit.end)
+        if a is not None and g is not None and regroups(np.shape(a)[1:], tuple(shape)[1:]):
+            a, g = np.reshape(a, shape), np.reshape(g, shape)  # (T, H, hd) against (T, d)
         if a is None or g is None or np.shape(a) != shape:
             continue
         names[s.label] = cand_unit.info.name

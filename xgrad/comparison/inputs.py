@@ -62,7 +62,7 @@ def prepare_inputs(model: AbstractModel, x, y=None, loss="projection", cotangent
         batch = model.check_batch(as_batch(x))
         xs = batch.first
     else:
-        xs = check_input(model.input_shape, x)
+        xs = check_input(model.input_shape, x, vocab=model.vocab)
     size = batch.size if batch is not None else xs.shape[0]
     if cotangent is not None:
         cot = check_cotangent(model.output_shape, cotangent, size)

@@ -164,7 +164,8 @@ class Gradients:
     Attributes:
         loss: the loss value, or ``None`` when a cotangent was back-propagated instead.
         params: ``dL/dparam`` by canonical name (trainable parameters only).
-        input: ``dL/dinput``, shape ``(batch, *input_shape)``.
+        input: ``dL/dinput``, shape ``(batch, *input_shape)``; ``None`` for a model taking
+            integer token ids (an :class:`~xgrad.Embedding` first: ids have no gradient).
         output: the model output.
         state: updated state by canonical name (BatchNorm in training mode), else empty.
         activations: with ``capture=True``: layer path -> the layer's output.
@@ -178,7 +179,7 @@ class Gradients:
 
     loss: float | None
     params: dict[str, np.ndarray]
-    input: np.ndarray
+    input: np.ndarray | None
     output: np.ndarray
     state: dict[str, np.ndarray] = field(default_factory=dict)
     activations: dict[str, np.ndarray] | None = None
@@ -243,16 +244,37 @@ def _as_array(x, what: str) -> np.ndarray:
         ) from None
 
 
-def check_input(input_shape: Shape, x) -> np.ndarray:
+def _check_ids(arr: np.ndarray, vocab: int) -> np.ndarray:
+    if arr.dtype.kind not in "iu":
+        raise InputError(
+            f"x must be integer token ids (the model starts with an Embedding of {vocab} "
+            f"tokens), got dtype {arr.dtype}; pass an integer array, e.g. x.astype('int64')"
+        )
+    bad = (arr < 0) | (arr >= vocab)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(
+            f"x holds token id {int(arr[index])} at index {index}, out of range for the "
+            f"model's Embedding of {vocab} tokens (ids must be in [0, {vocab}))"
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def check_input(input_shape: Shape, x, *, vocab: int | None = None) -> np.ndarray:
     """Validate a batch for a model taking examples of ``input_shape``; returns it as an array.
 
     Python lists of numbers become float64; NumPy arrays must have a float dtype and are
-    returned as they are (no copy), for each model to cast once to its own dtype.
+    returned as they are (no copy), for each model to cast once to its own dtype. With
+    ``vocab`` (a model whose first layer is an :class:`~xgrad.Embedding`), ``x`` holds integer
+    token ids in ``[0, vocab)`` instead, returned as int64.
 
     Raises:
-        InputError: a wrong rank or shape, an empty batch, a non-float dtype, or NaN/Inf.
+        InputError: a wrong rank or shape, an empty batch, a non-float dtype, or NaN/Inf;
+            with ``vocab``, ids that are not integers or out of range.
     """
     input_shape = tuple(input_shape)
+    if vocab is not None and not (hasattr(x, "dtype") and hasattr(x, "shape")):
+        x = np.asarray(x)  # a list of ids stays integer
     arr = _as_array(x, "x")
     want = "(batch, " + ", ".join(map(str, input_shape)) + ")"
     if arr.ndim != len(input_shape) + 1:
@@ -271,6 +293,8 @@ def check_input(input_shape: Shape, x) -> np.ndarray:
         raise InputError(f"x has shape {arr.shape} but the model takes {what}")
     if arr.shape[0] == 0:
         raise InputError(f"x has an empty batch (shape {arr.shape}); give at least one row")
+    if vocab is not None:
+        return _check_ids(arr, vocab)
     _check_finite_float(arr, "x", "e.g. x.astype('float32')")
     return arr
 
@@ -343,6 +367,15 @@ class AbstractModel(abc.ABC):
 
     # -- shared ----------------------------------------------------------------------------
 
+    @property
+    def vocab(self) -> int | None:
+        """The vocabulary of a model whose input is integer token ids (its first layer an
+        :class:`~xgrad.Embedding` of known configuration), else ``None`` (it takes floats)."""
+        first = self.layers[0] if self.layers else None
+        if first is None or first.kind != "embedding" or first.layer is None:
+            return None
+        return first.layer.vocab
+
     def walk(self) -> Iterator[LayerInfo]:
         """Every layer, nested ones right after their block, in call order."""
         for info in self.layers:
@@ -384,7 +417,9 @@ class AbstractModel(abc.ABC):
         ``capture=True``) for the batch ``x``.
 
         Args:
-            x: inputs of shape ``(batch, *input_shape)``.
+            x: inputs of shape ``(batch, *input_shape)``; integer token ids for a model whose
+                first layer is an Embedding (:attr:`vocab`): they reach ``_evaluate`` as
+                int64, uncast, and ``dL/dinput`` is ``None``.
             y: targets for the losses that need them.
             loss: a loss name (:data:`xgrad.losses.LOSSES`), or a function of this model's
                 framework ``(output, y) -> scalar``; ignored when ``cotangent`` is given.
@@ -395,14 +430,16 @@ class AbstractModel(abc.ABC):
             InputError: ``x``, ``y`` or ``cotangent`` do not fit the model or the loss.
             SpecError: the loss name is unknown.
         """
-        xs = check_input(self.input_shape, x)
+        vocab = self.vocab
+        xs = check_input(self.input_shape, x, vocab=vocab)
+        xc = xs if vocab is not None else self._cast(xs)  # token ids stay integers
         if cotangent is not None:
             cot = check_cotangent(self.output_shape, cotangent, xs.shape[0])
-            return self._evaluate(self._cast(xs), None, None, self._cast(cot), capture)
+            return self._evaluate(xc, None, None, self._cast(cot), capture)
         loss_fn, ys = prepare_loss(loss, y, xs.shape[0], self.output_shape)
         if ys is not None and isinstance(loss_fn, Loss):
             ys = self._cast(ys)
-        return self._evaluate(self._cast(xs), ys, loss_fn, None, capture)
+        return self._evaluate(xc, ys, loss_fn, None, capture)
 
     def gradients(self, x, y=None, *, loss: LossArg = "sum") -> Gradients:
         """Loss value, ``dL/dparams`` and ``dL/dinput`` for a loss (see :meth:`evaluate`)."""

@@ -67,14 +67,16 @@ class NumpyModel(AbstractModel):
         cache: pre-activations, normalised values), so that a caller re-running part of the
         model in NumPy need not run the forward pass again. The steps' arrays belong to the
         caller; the model keeps none of them."""
-        xs = check_input(self.input_shape, x)
+        vocab = self.vocab
+        xs = check_input(self.input_shape, x, vocab=vocab)
+        xc = xs if vocab is not None else self._cast(xs)  # token ids stay integers
         if cotangent is not None:
             cot = check_cotangent(self.output_shape, cotangent, xs.shape[0])
-            return self._run(self._cast(xs), None, None, self._cast(cot), capture)
+            return self._run(xc, None, None, self._cast(cot), capture)
         loss_fn, ys = prepare_loss(loss, y, xs.shape[0], self.output_shape)
         if ys is not None and isinstance(loss_fn, Loss):
             ys = self._cast(ys)
-        return self._run(self._cast(xs), ys, loss_fn, None, capture)
+        return self._run(xc, ys, loss_fn, None, capture)
 
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
         return self._run(x, y, loss, cotangent, capture)[0]
