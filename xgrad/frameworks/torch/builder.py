@@ -14,6 +14,15 @@ of its ``nn.Sequential``, stored ``(out, in)``::
     layers.1.scale / .bias     -> 1.weight / 1.bias          (LayerNorm, RMSNorm, BatchNorm)
     layers.2.mean / .var       -> 2.running_mean / 2.running_var          (BatchNorm state)
     layers.3.layers.0.kernel   -> 3.0.0.weight               (inside a residual block)
+    layers.0.embedding         -> 0.weight                   (nn.Embedding, (vocab, dim))
+    layers.4.query_kernel      -> 4.query_kernel             (SelfAttention: canonical names,
+                                                              shapes and layouts)
+    layers.5.gate_kernel       -> 5.gate_proj.weight         (GatedMLP: (hidden, dim), the
+                                                              kernel transposed; up_proj,
+                                                              down_proj)
+
+A spec whose first layer is an ``Embedding`` takes token ids: they enter torch as ``int64``
+and have no gradient (``Gradients.input`` is ``None``).
 
 A BatchNorm also holds ``num_batches_tracked``, which is no canonical weight. torch updates
 ``running_var`` with the unbiased batch variance (divided by N - 1) while xgrad's definition

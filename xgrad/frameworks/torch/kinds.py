@@ -19,7 +19,19 @@ kind                       built as / read from                     weights (tor
                            activation modules and functions
 ``flatten``                ``nn.Flatten`` / and ``x.flatten(1)``    -
 ``residual``               :class:`~.modules.Residual`              those of its layers
+``embedding``              :func:`~.modules.embedding_module`:      ``weight`` ``(vocab, dim)``
+                           ``nn.Embedding(padding_idx=...)``
+``attention``              :class:`~.modules.SelfAttention`         the canonical names and
+                           (einsum, ``F.scaled_dot_product_         shapes: ``query_kernel``
+                           attention``)                             ``(dim, H, hd)``, ...
+``gated_mlp``              :class:`~.modules.GatedMLP` (three       ``gate_proj.weight``
+                           ``nn.Linear``)                           ``(hidden, dim)``, layout
+                                                                    ``(1, 0)``; ``up_proj``,
+                                                                    ``down_proj``; ``.bias``
 =========================  =======================================  ==============================
+
+The transformer kinds are built, not read: a user's ``nn.Embedding`` or attention module is
+compared module by module (:mod:`.capture`), not read as a spec.
 
 A read module of another class raises :class:`~xgrad.errors.AlignmentError` naming it, unless
 it holds no weights (then :data:`ELEMENTWISE`: the reader identifies it from its values).
@@ -46,12 +58,15 @@ from torch import nn
 from xgrad.errors import AlignmentError, SpecError
 from xgrad.frameworks.kinds import TRANSPOSED, KindTable, Layout
 from xgrad.frameworks.torch.modules import (
+    GatedMLP,
     HardSigmoid,
     MaskedDropout,
     Residual,
+    SelfAttention,
     Selu,
     Softplus,
     activation_module,
+    embedding_module,
 )
 from xgrad.identify import probe_activation
 from xgrad.layers import (
@@ -391,6 +406,21 @@ def _build_residual(layer, path, shape, dtype, child) -> nn.Module:
     return Residual(*items)
 
 
+# -- transformer kinds ----------------------------------------------------------------------------
+
+
+_ATTENTION_WEIGHTS = tuple(
+    f"{name}_{part}"
+    for name in ("query", "key", "value", "qkv", "out")
+    for part in ("kernel", "bias")
+)
+_MLP_WEIGHTS = {
+    f"{name}_{part}": f"{name}_proj.{torch_name}"
+    for name in ("gate", "up", "down")
+    for part, torch_name in (("kernel", "weight"), ("bias", "bias"))
+}
+
+
 # -- activations ----------------------------------------------------------------------------------
 
 
@@ -562,6 +592,19 @@ KINDS: KindTable[TorchKind] = KindTable(
             read=_read_flatten,
         ),
         "residual": TorchKind(_build_residual),
+        "embedding": TorchKind(
+            lambda layer, path, shape, dtype, child: embedding_module(layer, dtype),
+            weights={"embedding": "weight"},
+        ),
+        "attention": TorchKind(
+            lambda layer, path, shape, dtype, child: SelfAttention.of(layer, shape[-1], dtype),
+            weights={name: name for name in _ATTENTION_WEIGHTS},
+        ),
+        "gated_mlp": TorchKind(
+            lambda layer, path, shape, dtype, child: GatedMLP.of(layer, shape[-1], dtype),
+            weights=_MLP_WEIGHTS,
+            layouts=dict.fromkeys(("gate_kernel", "up_kernel", "down_kernel"), TRANSPOSED),
+        ),
     },
     entry_type=TorchKind,
 )

@@ -36,6 +36,7 @@ from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
 from xgrad.frameworks.kinds import to_canonical
 from xgrad.frameworks.torch.losses import torch_loss
 from xgrad.layers import Shape
+from xgrad.layers.embedding import check_ids
 from xgrad.losses import Loss
 from xgrad.params import Params
 from xgrad.spec import MLP
@@ -486,9 +487,7 @@ class TorchModel(AbstractModel):
             # a built module's forward is xgrad's own and never writes to a parameter: its
             # parameters are used in place; a user's module gets copies
             params, buffers = fresh_tensors(module, grad=True, share=self._spec is not None)
-            dtype = torch_dtype(self.dtype)
-            xt = torch.from_numpy(np.array(x, dtype=np.float64)).to(device=device, dtype=dtype)
-            xt.requires_grad_(True)
+            xt = self._input(x, device)
             cap = Capture() if capture else None
             try:
                 out = call_with(
@@ -508,7 +507,7 @@ class TorchModel(AbstractModel):
                     seed = seed.to(device=device, dtype=out.dtype)
                 paths = [info.path for info in self.walk()] if cap is not None else []
                 wrt = [params[native] for _, _, native in param_names.values()]
-                wrt += [xt] + [cap.targets[p] for p in paths]
+                wrt += ([xt] if xt.is_floating_point() else []) + [cap.targets[p] for p in paths]
                 grads = torch.autograd.grad(root, wrt, grad_outputs=seed, allow_unused=True)
             except XgradError:
                 raise
@@ -518,6 +517,9 @@ class TorchModel(AbstractModel):
                 ) from None
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
         n = len(param_names)
+        # token ids have no gradient: no dL/d input, and the layers' come right after params
+        dx = tensor_numpy(grads[n], own=True) if xt.is_floating_point() else None
+        m = n + (dx is not None)
         dparams = {}
         for (name, (info, local, _)), g in zip(param_names.items(), grads[:n], strict=True):
             arr = tensor_numpy(g, own=True)
@@ -533,18 +535,29 @@ class TorchModel(AbstractModel):
         return Gradients(
             loss=None if value is None else float(value.detach()),
             params=dparams,
-            input=tensor_numpy(grads[n], own=True),
+            input=dx,
             output=tensor_numpy(out, own=True),
             state=state,
             activations={p: tensor_numpy(cap.values[p], own=True) for p in paths}
             if capture
             else None,
             activation_grads=(
-                {p: tensor_numpy(g, own=True) for p, g in zip(paths, grads[n + 1 :], strict=True)}
+                {p: tensor_numpy(g, own=True) for p, g in zip(paths, grads[m:], strict=True)}
                 if capture
                 else None
             ),
         )
+
+    def _input(self, x: np.ndarray, device) -> torch.Tensor:
+        """The batch as a tensor: floats in the model's dtype, requiring grad; token ids (a
+        spec whose first layer is an ``Embedding``) as ``int64``, checked against its
+        vocabulary first (torch's own error names no layer)."""
+        first = self.layers[0].layer if self.layers else None
+        if first is None or first.kind != "embedding":
+            xt = torch.from_numpy(np.array(x, dtype=np.float64))
+            return xt.to(device=device, dtype=torch_dtype(self.dtype)).requires_grad_(True)
+        ids = check_ids(x, first.vocab, f"Embedding {self.layers[0].path}")
+        return torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
 
     def _check_output(self, out, batch: int) -> None:
         want = (batch, *self.output_shape)
