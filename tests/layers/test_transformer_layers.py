@@ -317,6 +317,15 @@ def test_token_wise_layers_are_the_same_layer_on_each_token(layer):
         (lambda: xgrad.MLP((T, 6), [Attention(8, 2)]), r"takes examples of shape \(tokens, 8\)"),
         (lambda: xgrad.MLP((T, 6), [GatedMLP(8, 4)]), "last axis is 8 wide"),
         (lambda: xgrad.MLP((T, 8), [Embedding(5, 8)]), r"token ids of shape \(tokens,\)"),
+        (
+            lambda: xgrad.MLP((T,), [Embedding(5, 8), xgrad.Residual([Embedding(5, 8)])]),
+            r"layers.1.layers.0 \(embedding\(5, 8\)\): an Embedding .* only be the first layer",
+        ),
+        (
+            lambda: xgrad.transformer_block(8, 2, 16, norm="batchnorm"),
+            "norm='batchnorm' is unknown",
+        ),
+        (lambda: xgrad.transformer_block(8, 2, 16, mlp="moe"), "mlp='moe' is unknown"),
     ],
 )
 def test_bad_configurations_raise_spec_error_naming_the_layer_and_fix(make, pattern):
@@ -336,3 +345,28 @@ def test_resolved_defaults_and_text_form():
     got = parse_layers("attention(16, 4, causal, kv_heads=2, rope=half),gated_mlp(16, 32)")
     assert got == [Attention(16, 4, kv_heads=2, causal=True, rope="half"), GatedMLP(16, 32)]
     assert parse_layers("embedding(20, 16, padding_idx=0)") == [Embedding(20, 16, 0)]
+
+
+def test_transformer_block_composes_existing_kinds():
+    pre = xgrad.transformer_block(8, 2, 16, kv_heads=1, norm="rmsnorm", epsilon=1e-5, rope="half")
+    assert [layer.kind for layer in pre] == ["residual", "residual"]
+    assert pre[0].layers == (
+        RMSNorm(1e-5),
+        Attention(8, 2, 1, causal=True, use_bias=False, rope="half"),
+    )
+    assert pre[1].layers == (RMSNorm(1e-5), GatedMLP(8, 16))
+    post = xgrad.transformer_block(8, 2, 16, pre_norm=False, mlp="dense", causal=False)
+    assert post[1] == LayerNorm() and post[3] == LayerNorm()
+    assert post[0].layers == (Attention(8, 2),)
+    assert post[2].layers == (Dense(16, "gelu"), Dense(8))
+
+
+def test_ids_reach_the_model_as_integers_lists_included():
+    from xgrad.frameworks.base import check_input
+
+    got = check_input((3,), [[0, 1, 4]], vocab=5)
+    assert got.dtype == np.int64 and got.tolist() == [[0, 1, 4]]
+    with pytest.raises(xgrad.InputError, match="must be integer token ids"):
+        check_input((3,), np.array([[True, False, True]]), vocab=5)
+    with pytest.raises(xgrad.InputError, match=re.escape("token id 5 at index (0, 2)")):
+        check_input((3,), [[0, 1, 5]], vocab=5)
