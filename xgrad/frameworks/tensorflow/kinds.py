@@ -18,7 +18,16 @@ kind            built as / read from                          weights (Keras att
                 mask)
 ``flatten``     ``Flatten()``                                 -
 ``residual``    its layers, then ``Add()([x, block(x)])``     those of its layers
+``embedding``   ``Embedding(vocab, dim)``, or xgrad's own     ``embeddings`` ``(vocab, dim)``
+                (:mod:`.transformer`)
+``attention``   ``MultiHeadAttention`` /                      kernels ``(dim, heads, hd)``,
+                ``GroupQueryAttention``, or xgrad's own       ``(heads, hd, dim)``
+``gated_mlp``   xgrad's own ``XgradGatedMLP``                 canonical names
 ==============  ============================================  ==================================
+
+The transformer kinds' entries live in :mod:`.transformer` (which Keras layer computes which
+configuration, and why), xgrad's own Keras layers in :mod:`.keras_layers`, the entry types in
+:mod:`.entry`.
 
 Keras stores every weight in xgrad's canonical layout (a ``Dense`` kernel is ``(in, out)``),
 so no entry states a :data:`~xgrad.frameworks.kinds.Layout`; a kind whose Keras layer keeps a
