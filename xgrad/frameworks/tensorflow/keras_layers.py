@@ -117,7 +117,10 @@ class XgradAttention(keras.layers.Layer):
     ``repeat_kv``); RoPE's ``cos``/``sin`` are xgrad's own tables
     (:func:`~xgrad.layers.attention.rope_angles`, float64 cast to the layer's dtype); the
     scores are multiplied by ``scale`` (``1/sqrt(hd)`` when ``None``) as a Python float,
-    converted straight to the layer's dtype; causal: a key after the query scores ``-inf``.
+    converted straight to the layer's dtype; causal: a key after the query scores ``-inf``. In
+    float16 and bfloat16 the scores and the softmax are computed in float32 (as Keras'
+    ``dot_product_attention`` and Hugging Face's LLaMA compute them), the probabilities cast
+    back.
     """
 
     def __init__(
@@ -171,11 +174,13 @@ class XgradAttention(keras.layers.Layer):
             q, key = _rope(q, cos, sin, c.rope), _rope(key, cos, sin, c.rope)
         if c.groups > 1:
             key, v = ops.repeat(key, c.groups, axis=2), ops.repeat(v, c.groups, axis=2)
-        s = ops.einsum("bihd,bjhd->bhij", q, key) * c.score_scale
+        # 16-bit scores and softmax in float32, as Keras' dot_product_attention computes them
+        wide = "float32" if self.compute_dtype in ("float16", "bfloat16") else self.compute_dtype
+        s = ops.cast(ops.einsum("bihd,bjhd->bhij", q, key), wide) * c.score_scale
         if c.causal:
             past = ops.convert_to_tensor(np.tril(np.ones((tokens, tokens), dtype=bool)))
             s = ops.where(past, s, ops.full_like(s, -np.inf))
-        p = ops.softmax(s, axis=-1)
+        p = ops.cast(ops.softmax(s, axis=-1), v.dtype)
         o = ops.einsum("bhij,bjhd->bihd", p, v)
         y = ops.einsum("bihd,hdo->bio", o, self.out_kernel)
         return y + self.out_bias if c.use_bias else y
