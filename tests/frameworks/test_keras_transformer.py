@@ -218,9 +218,12 @@ def test_a_users_keras_attention_is_read_with_its_mask_from_values():
         assert read.evaluate(_batch(read.spec(), 0), loss="sum").input is None
 
 
-def test_a_keras_file_of_xgrads_layers_loads_in_safe_mode_and_reads_back(models, tmp_path):
-    spec, _, model = models["own"]
-    path = tmp_path / "own.keras"
+@pytest.mark.parametrize("name", ["keras", "own"])
+def test_a_keras_file_loads_in_safe_mode_and_reads_back(models, tmp_path, name):
+    """xgrad's own layers (registered) and Keras' (MultiHeadAttention called with
+    use_causal_mask, RMSNormalization on tokens) read back as the spec they were built from."""
+    spec, _, model = models[name]
+    path = tmp_path / "model.keras"
     model.native.save(path)
     read = read_keras_model(load_keras_file(path))
     assert read.spec() == spec
