@@ -37,9 +37,11 @@ Flax stores every weight canonically (``nnx.Linear``'s kernel is ``(in, out)``,
 acts on the last axis of a batch of any rank (``(batch, tokens, d)``); ``nnx.Embed`` takes
 integer ids ``(batch, tokens)``.
 
-``nnx.MultiHeadAttention`` in float64 is given :func:`~.modules.weights_attention` (Flax's
-``dot_product_attention_weights``): its default calls ``jax.nn.dot_product_attention``, which
-computes the softmax in float32 whatever the dtype.
+``nnx.MultiHeadAttention`` in float64 and float16 is given
+:func:`~.modules.weights_attention` (Flax's ``dot_product_attention_weights``) in place of its
+default, ``jax.nn.dot_product_attention``, which computes the softmax in float32 whatever the
+dtype, and in float16 asks for an ``F16_F16_F32`` matmul that the CPU refuses in the backward
+pass (:data:`OWN_ATTENTION_DTYPES`).
 
 Users' NNX and Linen models are read from their jaxpr (:mod:`xgrad.frameworks.jax.reader`);
 an NNX module of an entry's ``modules`` adds what it states and the jaxpr does not (a norm's
@@ -88,7 +90,7 @@ from xgrad.layers import (
     Shape,
 )
 
-__all__ = ["KINDS", "Block", "FlaxKind", "Run", "flax_attention"]
+__all__ = ["KINDS", "OWN_ATTENTION_DTYPES", "Block", "FlaxKind", "Run", "flax_attention"]
 
 Block = Callable[[tuple[AbstractLayer, ...], str, Shape], nnx.Module]
 """``(layers, prefix, shape) -> module``: nested layers (a residual block's) built as one NNX
@@ -194,6 +196,14 @@ def _embedding_call(layer: Embedding, module: nnx.Embed, ids, run):
     return y if layer.scale is None else y * jnp.asarray(layer.scale, y.dtype)
 
 
+OWN_ATTENTION_DTYPES = {
+    "float64": "jax.nn.dot_product_attention computes the softmax in float32",
+    "float16": "jax.nn.dot_product_attention's F16_F16_F32 matmul fails on CPU in the backward",
+}
+"""dtype -> why ``nnx.MultiHeadAttention`` gets :func:`~.modules.weights_attention` there
+instead of its default attention function (float32 and bfloat16 keep the default)."""
+
+
 def flax_attention(layer: Attention) -> bool:
     """Whether ``nnx.MultiHeadAttention`` computes ``layer``: no rotary positions, separate
     q/k/v projections, the scale ``1/sqrt(head_dim)`` (grouped-query heads it has:
@@ -205,7 +215,8 @@ def _attention(layer: Attention, path, shape, dtype, rngs, block) -> nnx.Module:
     if not flax_attention(layer):
         return SelfAttention(layer, dtype=dtype, rngs=rngs)
     heads, kv_heads, head_dim = head_sizes(layer)
-    extra = {"attention_fn": weights_attention} if jnp.dtype(dtype) == jnp.float64 else {}
+    own = jnp.dtype(dtype).name in OWN_ATTENTION_DTYPES
+    extra = {"attention_fn": weights_attention} if own else {}
     return nnx.MultiHeadAttention(
         heads,
         layer.dim,

@@ -61,11 +61,12 @@ class MaskedDropout(nnx.Module):
 def weights_attention(query, key, value, *, mask=None, dtype=None, precision=None, **unused):
     """Flax's attention through its ``dot_product_attention_weights`` (in
     ``flax.nnx.nn.attention``; the softmax in the inputs' dtype), the ``attention_fn`` xgrad
-    gives ``nnx.MultiHeadAttention`` in float64.
+    gives ``nnx.MultiHeadAttention`` in float64 and float16.
 
     Its default, ``nnx.dot_product_attention``, calls ``jax.nn.dot_product_attention`` when
-    there is no dropout, and that computes the softmax in float32 whatever the dtype: a
-    float64 model would hold float32 probabilities. ``query (B, T, H, hd)``, ``key`` and
+    there is no dropout, and that computes the softmax in float32 whatever the dtype (a
+    float64 model would hold float32 probabilities) and, in float16, asks for a matmul
+    precision the CPU refuses when differentiated. ``query (B, T, H, hd)``, ``key`` and
     ``value (B, S, K, hd)``; each key/value head serves ``H // K`` consecutive query heads, as
     in Flax's own grouped-query path; ``unused``: the dropout arguments (no dropout here).
     """
