@@ -333,7 +333,7 @@ def _read_calls(module: nn.Module, sample: torch.Tensor, dtype: str, why: str):
         prev = history[-1][1]
         for at in range(len(history) - 2, -1, -1):  # x + f(x): x an earlier stream value
             index, earlier = history[at]
-            if index < len(entries) - 1 and earlier.shape == value.shape:
+            if index < len(entries) - 1 and earlier.shape == value.shape == prev.shape:
                 if torch.equal(prev + earlier, value):
                     block = entries[index + 1 :]
                     del entries[index + 1 :]
