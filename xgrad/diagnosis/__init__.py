@@ -25,6 +25,8 @@ from xgrad.diagnosis import (
     norms,
     precision,
     structure,
+    tokens,
+    transformer,
 )
 from xgrad.diagnosis.evidence import Evidence, ReferenceValues, UnitEvidence, build_evidence
 from xgrad.diagnosis.precision import float32_exact, round_mantissa
@@ -57,15 +59,27 @@ ORDER: dict[str, tuple[str, ...]] = {
         "norm-affine",
         "layernorm-epsilon",
         "rmsnorm-epsilon",
+        "rmsnorm-epsilon-placement",
+        "rmsnorm-offset",
         "batchnorm-epsilon",
         "gelu-approximation",
         "leaky-relu-slope",
         "activation-mismatch",
+        "embedding-scale",
+        "rope-layout",
+        "rope-base",
+        "attention-scale",
+        "causal-mask",
+        "mask-fill",
+        "qkv-layout",
+        "gqa-repeat",
+        "softmax-precision",
         "dtype",
         "matmul-precision",
     ),
     # outputs agree, gradients differ
     "backward": (
+        "padding-idx",
         "crossentropy-form",
         "crossentropy-clipping",
         "kink-convention",
@@ -93,6 +107,8 @@ CAUSES: tuple[Cause, ...] = in_order(
         *precision.CAUSES,
         *loss.CAUSES,
         *kinks.CAUSES,
+        *transformer.CAUSES,
+        *tokens.CAUSES,
     ],
     key=lambda cause: (cause.where, cause.id),
 )
@@ -104,7 +120,8 @@ CAUSE_IDS: tuple[str, ...] = (*dict.fromkeys(c.id for c in CAUSES), UNEXPLAINED)
 
 FORWARD_TRIED = (
     "none of the known causes (activation form or slope, norm epsilon, affine terms or mode, "
-    "dropout, skip connection, loss reduction, matmul precision, dtype, weight layout) "
+    "dropout, skip connection, loss reduction, matmul precision, dtype, weight layout; "
+    "attention conventions, embedding scale and RMSNorm forms where the unit is one) "
     "reproduces the candidate's output here"
 )
 """What an ``unexplained`` forward divergence says was tried."""
@@ -147,6 +164,30 @@ def _nonfinite(ev: Evidence) -> bool:
     for unit in ev.units:
         arrays += [unit.output_cand, *unit.dweights_cand.values()]
     return any(not np.all(np.isfinite(a)) for a in arrays)
+
+
+def _nonfinite_cause(ev: Evidence) -> Diagnosis | None:
+    """A confirmed cause of the first unit where NaN/Inf starts on the candidate's side only
+    (its input finite, its output not; the reference's finite): a fully masked attention row
+    filled with -inf, from :data:`~xgrad.diagnosis.transformer.NONFINITE`; else ``None``."""
+    unit = next(
+        (
+            u
+            for u in ev.units
+            if np.all(np.isfinite(u.input_cand))
+            and not np.all(np.isfinite(u.output_cand))
+            and np.all(np.isfinite(u.output_ref))
+        ),
+        None,
+    )
+    if unit is None:
+        return None
+    for cause in CAUSES:
+        if cause.id in transformer.NONFINITE and cause.where == "forward" and cause.applies(unit):
+            found = cause.test(ev, unit, np.inf)
+            if found is not None and found.confirmed:
+                return _make(ev, cause.id, unit.path, found, "forward")
+    return None
 
 
 def _lower_precision(ev: Evidence) -> str | None:
@@ -211,6 +252,9 @@ def _past_float32(ev: Evidence, divergence) -> tuple[str, str, float] | None:
 def _diagnose(ev, divergence, state) -> list[Diagnosis]:
     ev.fit_tol = max(ev.tol, precision.FLOAT32_TOL) if _lower_precision(ev) else ev.tol
     if _nonfinite(ev):
+        found = _nonfinite_cause(ev)
+        if found is not None:
+            return [found]
         return [
             Diagnosis.unexplained(
                 "the candidate produced NaN/Inf (an overflow, or a NaN in its code); xgrad "
@@ -364,6 +408,7 @@ def diagnose_side(
         if code is not None:
             found = diagnose(code, (first.path, "forward", code_before(code)))
     ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
+    transformer.attach(ev, ref, side, None if reference is None else reference.weights)
     if found is None:
         found = _headline(report, ev, side.label)
     if first is None or not ev.units:

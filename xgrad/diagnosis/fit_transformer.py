@@ -1,0 +1,583 @@
+"""Naming a captured module's transformer kind from its values: an attention, an embedding
+table, an RMSNorm of another form.
+
+A module xgrad reads as no kind (Hugging Face's ``LlamaAttention``, a user's
+``SelfAttention``, GPT-2's ``Conv1D`` projections, Gemma's ``RMSNorm``) is known only by
+what it was called with, what it returned and the parameters it holds. Its kind is
+identified by behaviour, never by the shape of its code (DECISIONS.md, "Known kinds in
+third-party code"): its parameters are mapped to the canonical weights of the kind, and the
+kind's configuration that reproduces its captured output from its captured input within
+:data:`xgrad.identify.FIT` for its dtype is kept.
+
+* :class:`AttentionWeights`: the canonical attention weights as flat matrices, kernels
+  ``(in, out)``: ``q (D, H*hd)``, ``k``, ``v (D, K*hd)`` or a fused ``qkv (D, (H+2K)*hd)``,
+  ``o (H*hd, D)``, biases ``(out,)``.
+* :class:`Convention`: every convention an attention can be written in (heads, RoPE layout
+  and base, causal mask and its offset, score scale, the split of a fused projection and the
+  order of the head axes, how grouped key/value heads are repeated, the masked score, the
+  precision of the softmax); :func:`attend` computes an attention under one.
+* :func:`fit_attention`, :func:`fit_rmsnorm`, :func:`embedding_table`: the fits.
+
+Everything here is NumPy in float64; no framework is imported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from xgrad.diagnosis.precision import as_dtype
+from xgrad.identify import EPSILONS, FIT, rel
+from xgrad.layers.attention import Attention, apply_rope, rope_angles
+
+__all__ = [
+    "BASES",
+    "AttentionWeights",
+    "Convention",
+    "RMSForm",
+    "attend",
+    "attention_weights",
+    "convention_of",
+    "embedding_table",
+    "fit_attention",
+    "fit_rmsnorm",
+    "ids_of",
+    "rmsnorm",
+]
+
+BASES = (10000.0, 500000.0, 1000000.0, 100000.0, 50000.0)
+"""RoPE bases (theta) tried: LLaMA 1/2, GPT-NeoX and GPT-J 1e4; LLaMA 3 5e5; Mistral, Qwen2
+and Code Llama 1e6; then other round values."""
+
+SOFTMAX = ("float", "bfloat16", "bfloat16-steps")
+"""Where a softmax rounds: ``float`` (the input's precision, or upcast to float32 as Hugging
+Face's ``softmax(..., dtype=torch.float32)``), ``bfloat16`` (scores rounded to bfloat16, the
+softmax computed wider and its output rounded: torch's CPU kernel) or ``bfloat16-steps``
+(every step rounded to bfloat16: ``jax.nn.softmax`` on a bfloat16 array)."""
+
+
+# -- the weights ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """An attention's weights as flat matrices, kernels ``(in, out)``, biases ``(out,)`` or
+    ``None``; ``qkv`` set (and ``q``, ``k``, ``v`` not) for a fused projection.
+
+    Attributes:
+        names: role (``q``, ``k``, ``v``, ``qkv``, ``o``) -> the parameter's local name.
+    """
+
+    q: np.ndarray | None
+    k: np.ndarray | None
+    v: np.ndarray | None
+    qkv: np.ndarray | None
+    o: np.ndarray
+    bq: np.ndarray | None = None
+    bk: np.ndarray | None = None
+    bv: np.ndarray | None = None
+    bqkv: np.ndarray | None = None
+    bo: np.ndarray | None = None
+    names: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def fused(self) -> bool:
+        return self.qkv is not None
+
+    @property
+    def dim(self) -> int:
+        return int((self.qkv if self.fused else self.q).shape[0])
+
+    @property
+    def width(self) -> int:
+        """``H * hd``: the width of the attended values (the output projection's input)."""
+        return int(self.o.shape[0])
+
+
+_ROLES = {
+    "q": re.compile(r"(^|[._/])(q|wq|query|q_proj|to_q)([._/]|$)"),
+    "k": re.compile(r"(^|[._/])(k|wk|key|k_proj|to_k)([._/]|$)"),
+    "v": re.compile(r"(^|[._/])(v|wv|value|v_proj|to_v)([._/]|$)"),
+    "o": re.compile(r"(^|[._/])(o|wo|out|o_proj|out_proj|c_proj|dense|proj|to_out)([._/]|$)"),
+}
+"""Role hints from parameter names: they only order the trials; the fit decides."""
+
+KERNEL_NAMES = ("kernel", "weight", "w")
+BIAS_NAMES = ("bias", "b")
+
+
+def _groups(tree: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Parameters by owner (``q_proj.kernel`` -> ``q_proj``: ``kernel``), in order; a name
+    that is no kernel or bias (``in_proj_weight``) is its own owner's kernel."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, value in tree.items():
+        owner, _, leaf = name.rpartition(".")
+        if leaf in KERNEL_NAMES or leaf.endswith(("_weight", "_kernel")):
+            slot = "kernel"
+            owner = owner or leaf.rsplit("_", 1)[0]
+        elif leaf in BIAS_NAMES or leaf.endswith("_bias"):
+            slot = "bias"
+            owner = owner or leaf.rsplit("_", 1)[0]
+        else:
+            continue
+        out.setdefault(owner, {})[slot] = np.asarray(value, np.float64)
+    return {k: v for k, v in out.items() if "kernel" in v}
+
+
+def _flat_in(kernel: np.ndarray, dim: int) -> list[np.ndarray]:
+    """The readings of a projection's kernel as ``(dim, out)``: a ``(dim, heads, hd)``
+    DenseGeneral kernel flattened; a 2-D one as stored or transposed (torch's ``(out, in)``)."""
+    if kernel.ndim == 3 and kernel.shape[0] == dim:
+        return [kernel.reshape(dim, -1)]
+    if kernel.ndim != 2:
+        return []
+    out = [kernel] if kernel.shape[0] == dim else []
+    if kernel.shape[1] == dim and kernel.shape[0] != kernel.shape[1]:
+        out.append(kernel.T)
+    elif kernel.shape == (dim, dim):
+        out.append(kernel.T)
+    return out
+
+
+def _flat_out(kernel: np.ndarray, dim: int) -> list[np.ndarray]:
+    """The readings of an output projection's kernel as ``(width, dim)``."""
+    if kernel.ndim == 3 and kernel.shape[-1] == dim:
+        return [kernel.reshape(-1, dim)]
+    if kernel.ndim != 2:
+        return []
+    out = [kernel] if kernel.shape[1] == dim else []
+    if kernel.shape[0] == dim and kernel.shape != (dim, dim):
+        out.append(kernel.T)
+    elif kernel.shape == (dim, dim):
+        out.append(kernel.T)
+    return out
+
+
+def _bias(group: dict, width: int) -> np.ndarray | None:
+    b = group.get("bias")
+    return None if b is None or b.size != width else b.reshape(-1)
+
+
+def _hinted(owners: list[str], role: str) -> list[str]:
+    return [o for o in owners if _ROLES[role].search(o.lower())]
+
+
+def attention_weights(tree: Mapping[str, np.ndarray], dim: int) -> list[AttentionWeights]:
+    """The ways ``tree`` (a module's parameters by local name, e.g. ``q_proj.kernel``,
+    ``in_proj.kernel``, ``c_attn.weight``, ``query.kernel (D, H, hd)``) reads as an
+    attention on inputs of width ``dim``: four projections (q, k, v, o) or a fused one and an
+    output one. The orders named by the parameters (``q``, ``query``, ``wq``, ...) come
+    first, then the order they were defined in, then the other orders of q, k and v; empty
+    when the parameters are not an attention's."""
+    groups = _groups(tree)
+    owners = list(groups)
+    found: list[AttentionWeights] = []
+    if len(owners) == 2:
+        for fused_owner, out_owner in (owners, owners[::-1]):
+            for qkv in _flat_in(groups[fused_owner]["kernel"], dim):
+                for o in _flat_out(groups[out_owner]["kernel"], dim):
+                    if qkv.shape[1] <= o.shape[0]:
+                        continue
+                    found.append(
+                        AttentionWeights(
+                            None,
+                            None,
+                            None,
+                            qkv,
+                            o,
+                            bqkv=_bias(groups[fused_owner], qkv.shape[1]),
+                            bo=_bias(groups[out_owner], dim),
+                            names=(("qkv", fused_owner), ("o", out_owner)),
+                        )  # fmt: skip
+                    )
+        return found
+    if len(owners) != 4:
+        return []
+    orders: list[tuple[str, ...]] = []
+    hinted = [_hinted(owners, r) for r in "qkvo"]
+    if all(len(h) == 1 for h in hinted) and len({h[0] for h in hinted}) == 4:
+        orders.append(tuple(h[0] for h in hinted))
+    outs = [o for o in (hinted[3] or owners[-1:]) if o in owners]
+    for out in dict.fromkeys([*outs, owners[-1]]):
+        rest = [o for o in owners if o != out]
+        orders += [(*p, out) for p in itertools.permutations(rest)]
+    for order in dict.fromkeys(orders):
+        g = [groups[o] for o in order]
+        for q, k, v in itertools.product(*(_flat_in(x["kernel"], dim) for x in g[:3])):
+            if k.shape != v.shape:
+                continue
+            for o in _flat_out(g[3]["kernel"], dim):
+                if o.shape[0] != q.shape[1]:
+                    continue
+                found.append(
+                    AttentionWeights(
+                        q,
+                        k,
+                        v,
+                        None,
+                        o,
+                        bq=_bias(g[0], q.shape[1]),
+                        bk=_bias(g[1], k.shape[1]),
+                        bv=_bias(g[2], v.shape[1]),
+                        bo=_bias(g[3], dim),
+                        names=tuple(zip(("q", "k", "v", "o"), order, strict=True)),
+                    )  # fmt: skip
+                )
+    return found
+
+
+def canonical_weights(local: Mapping[str, np.ndarray], layer: Attention) -> AttentionWeights:
+    """The flat weights of an :class:`~xgrad.layers.Attention`'s canonical ones
+    (``query_kernel (D, H, hd)`` ... ``out_kernel (H, hd, D)``)."""
+    d = layer.dim
+
+    def flat(name, shape):
+        a = local.get(name)
+        return None if a is None else np.asarray(a, np.float64).reshape(shape)
+
+    o = flat("out_kernel", (-1, d))
+    bo = flat("out_bias", (-1,))
+    if layer.qkv == "fused":
+        return AttentionWeights(
+            None, None, None, flat("qkv_kernel", (d, -1)), o,
+            bqkv=flat("qkv_bias", (-1,)), bo=bo, names=(("qkv", "qkv_kernel"), ("o", "out_kernel")),
+        )  # fmt: skip
+    return AttentionWeights(
+        flat("query_kernel", (d, -1)), flat("key_kernel", (d, -1)), flat("value_kernel", (d, -1)),
+        None, o, flat("query_bias", (-1,)), flat("key_bias", (-1,)), flat("value_bias", (-1,)),
+        bo=bo, names=(("q", "query_kernel"), ("k", "key_kernel"), ("v", "value_kernel"),
+                      ("o", "out_kernel")),
+    )  # fmt: skip
+
+
+# -- the conventions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How an attention is written, beside its weights.
+
+    Attributes:
+        heads, kv_heads, head_dim: ``H``, ``K`` and ``hd``.
+        rope: ``None``, ``"half"`` (LLaMA, GPT-NeoX, HF ``rotate_half``) or ``"interleaved"``
+            (GPT-J ``rotate_every_two``, Meta's complex multiply); positions ``0 .. T-1``.
+        rope_base: theta.
+        causal: token ``i`` sees keys ``j <= i + causal_offset`` only.
+        causal_offset: 0 (the mask), -1 (the diagonal masked too: the first token sees
+            nothing) or 1 (one future token seen).
+        scale: the factor of the scores, ``None`` for ``1 / sqrt(head_dim)``.
+        split: a fused projection's columns as ``"blocks"`` ``(3, H, hd)`` (GPT-2's
+            ``c_attn``, torch's ``in_proj_weight``) or ``"per-head"`` ``(H, 3, hd)``
+            (GPT-NeoX's and Megatron's ``query_key_value``).
+        head_axes: a projection's columns as ``(H, hd)`` (``"heads-first"``, every code base)
+            or ``(hd, H)`` (``"dim-first"``: a reshape in the other order).
+        gqa: key/value head ``j`` serves query heads ``j*g .. j*g+g-1`` (``"interleave"``:
+            ``repeat_interleave``, LLaMA's ``repeat_kv``) or ``j, j+K, ...`` (``"tile"``).
+        fill: the score of a masked key (``-inf``; ``-1e9`` or ``finfo.min`` in much code):
+            a row with every key masked is NaN with ``-inf``, uniform otherwise.
+        softmax: one of :data:`SOFTMAX`.
+    """
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rope: str | None = None
+    rope_base: float = 10000.0
+    causal: bool = False
+    causal_offset: int = 0
+    scale: float | None = None
+    split: str = "blocks"
+    head_axes: str = "heads-first"
+    gqa: str = "interleave"
+    fill: float = -math.inf
+    softmax: str = "float"
+
+    @property
+    def score_scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim) if self.scale is None else self.scale
+
+
+def convention_of(layer: Attention) -> Convention:
+    """The convention of an :class:`~xgrad.layers.Attention` (xgrad's own definitions)."""
+    return Convention(
+        layer.heads, layer.kv_heads, layer.head_dim, layer.rope, layer.rope_base,
+        layer.causal, 0, layer.scale,
+    )  # fmt: skip
+
+
+def _heads(z: np.ndarray, n: int, hd: int, axes: str) -> np.ndarray:
+    """``(B, T, n * hd)`` as ``(B, T, n, hd)`` under ``axes``."""
+    b, t, _ = z.shape
+    if axes == "heads-first":
+        return z.reshape(b, t, n, hd)
+    return z.reshape(b, t, hd, n).transpose(0, 1, 3, 2)
+
+
+def _affine(x, kernel, bias):
+    z = x @ kernel
+    return z if bias is None else z + bias
+
+
+def project(w: AttentionWeights, c: Convention, x: np.ndarray):
+    """``(q (B, T, H, hd), k, v (B, T, K, hd))`` before RoPE."""
+    h, kv, hd = c.heads, c.kv_heads, c.head_dim
+    if not w.fused:
+        return (
+            _heads(_affine(x, w.q, w.bq), h, hd, c.head_axes),
+            _heads(_affine(x, w.k, w.bk), kv, hd, c.head_axes),
+            _heads(_affine(x, w.v, w.bv), kv, hd, c.head_axes),
+        )
+    z = _affine(x, w.qkv, w.bqkv)
+    if c.split == "per-head":
+        b, t, _ = z.shape
+        z = z.reshape(b, t, h, 3, hd)
+        return z[..., 0, :], z[..., 1, :], z[..., 2, :]
+    cuts = np.cumsum([h * hd, kv * hd])
+    zq, zk, zv = np.split(z, cuts, axis=-1)
+    return (
+        _heads(zq, h, hd, c.head_axes),
+        _heads(zk, kv, hd, c.head_axes),
+        _heads(zv, kv, hd, c.head_axes),
+    )
+
+
+def _softmax(s: np.ndarray, mode: str) -> np.ndarray:
+    def soft(a):
+        e = np.exp(a - a.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    if mode == "float":
+        return soft(s)
+
+    def r(a):
+        return as_dtype(a, "bfloat16")
+
+    if mode == "bfloat16":
+        return r(soft(r(s)))
+    s = r(s)
+    e = r(np.exp(r(s - s.max(axis=-1, keepdims=True))))
+    return r(e / r(e.sum(axis=-1, keepdims=True)))
+
+
+def attend(
+    w: AttentionWeights, c: Convention, x: np.ndarray, keep: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Self-attention of ``x (B, T, D)`` under ``c``: ``(y (B, T, D), o (B, T, H, hd))``, ``o``
+    the attended values of each head before the output projection.
+
+    Args:
+        keep: ``(B, T)`` bool, True = a key to attend to (a padding mask), or ``None``.
+    """
+    q, k, v = project(w, c, x)
+    t = x.shape[1]
+    if c.rope is not None:
+        cos, sin = rope_angles(t, c.head_dim, c.rope_base, np.float64)
+        q, k = apply_rope(q, cos, sin, c.rope), apply_rope(k, cos, sin, c.rope)
+    g = c.heads // c.kv_heads
+    if c.gqa == "interleave":
+        k, v = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
+    else:
+        k, v = np.tile(k, (1, 1, g, 1)), np.tile(v, (1, 1, g, 1))
+    with np.errstate(all="ignore"):
+        s = np.einsum("bihd,bjhd->bhij", q, k) * c.score_scale
+        masked = np.zeros((1, 1, t, t), dtype=bool)
+        if c.causal:
+            masked = masked | np.triu(np.ones((t, t), dtype=bool), k=1 + c.causal_offset)
+        if keep is not None:
+            masked = masked | ~keep[:, None, None, :]
+        s = np.where(masked, c.fill, s)
+        p = _softmax(s, c.softmax)
+        o = np.einsum("bhij,bjhd->bihd", p, v)
+    b = x.shape[0]
+    flat = o.reshape(b, t, -1) if c.head_axes == "heads-first" else o.transpose(0, 1, 3, 2)
+    y = _affine(flat.reshape(b, t, -1), w.o, w.bo)
+    return y, o
+
+
+# -- fitting an attention --------------------------------------------------------------------------
+
+
+def _shapes(w: AttentionWeights) -> Iterator[tuple[int, int, int]]:
+    """``(H, K, hd)`` the weights' widths allow, head widths from the largest down."""
+    width = w.width
+    kv_width = (w.qkv.shape[1] - width) // 2 if w.fused else w.k.shape[1]
+    if w.fused and w.qkv.shape[1] != width + 2 * kv_width:
+        return
+    for hd in sorted((d for d in range(1, width + 1) if width % d == 0), reverse=True):
+        h = width // hd
+        if kv_width % hd == 0 and h % (kv_width // hd) == 0:
+            yield h, kv_width // hd, hd
+
+
+def alternatives(c: Convention, w: AttentionWeights) -> Iterator[Convention]:
+    """Every convention one choice away from ``c`` (the alternatives the causes try)."""
+    hd = c.head_dim
+    for rope in (None, "half", "interleaved"):
+        if rope != c.rope and (rope is None or hd % 2 == 0):
+            yield replace(c, rope=rope)
+    if c.rope is not None:
+        for base in BASES:
+            if base != c.rope_base:
+                yield replace(c, rope_base=base)
+    yield replace(c, causal=not c.causal, causal_offset=0)
+    if c.causal:
+        for offset in (-1, 1):
+            if offset != c.causal_offset:
+                yield replace(c, causal_offset=offset)
+    for scale in scales(c, w.dim):
+        yield replace(c, scale=scale)
+    if c.kv_heads < c.heads:
+        yield replace(c, gqa="tile" if c.gqa == "interleave" else "interleave")
+    yield replace(c, head_axes="dim-first" if c.head_axes == "heads-first" else "heads-first")
+    if w.fused and c.heads == c.kv_heads:
+        yield replace(c, split="per-head" if c.split == "blocks" else "blocks")
+
+
+def scales(c: Convention, dim: int) -> list[float | None]:
+    """The score scales other than ``c``'s: ``1 / sqrt(hd)``, none (1), applied twice
+    (``1 / hd``), ``1 / sqrt(dim)`` (the model's width for the head's), ``sqrt(hd)``."""
+    hd = c.head_dim
+    out = [None, 1.0, 1.0 / hd, 1.0 / math.sqrt(dim), math.sqrt(hd)]
+    own = c.score_scale
+    kept: list[float | None] = []
+    seen = {round(own, 12)}
+    for s in out:
+        value = 1.0 / math.sqrt(hd) if s is None else s
+        if round(value, 12) not in seen:
+            seen.add(round(value, 12))
+            kept.append(s)
+    return kept
+
+
+def fit_attention(
+    options: list[AttentionWeights],
+    x: np.ndarray,
+    y: np.ndarray,
+    dtype: str,
+    keep: np.ndarray | None = None,
+) -> tuple[AttentionWeights, Convention, float] | None:
+    """The weights and convention that reproduce ``y (B, T, D)`` from ``x`` within
+    :data:`~xgrad.identify.FIT` for ``dtype``, or ``None``.
+
+    Tried first for every head count the widths allow: RoPE none, halves or interleaved
+    (base 1e4), causal or not, the ``1 / sqrt(hd)`` scale (key/value heads repeated or tiled,
+    masked scores -inf or finite); then, around the three closest of those,
+    each convention one choice away (:func:`alternatives`): another base, scale, causal
+    offset, GQA repeat, head axis order or fused split.
+    """
+    if x.ndim != 3 or y.shape != x.shape[:2] + (y.shape[-1],):
+        return None
+    fit = FIT.get(dtype, 1e-5)
+    for w in options:
+        if w.dim != x.shape[-1] or w.o.shape[1] != y.shape[-1]:
+            continue
+        for h, kv, hd in _shapes(w):
+            first = []
+            gqas = ("interleave", "tile") if kv < h else ("interleave",)
+            fills = (-math.inf, -1e9) if keep is not None else (-math.inf,)
+            for rope, causal, gqa, fill in itertools.product(
+                (None, "half", "interleaved"), (False, True), gqas, fills
+            ):
+                if rope is not None and hd % 2:
+                    continue
+                c = Convention(h, kv, hd, rope=rope, causal=causal, gqa=gqa, fill=fill)
+                err = rel(attend(w, c, x, keep)[0], y)
+                if err <= fit:
+                    return w, c, err
+                first.append((err, c))
+            first.sort(key=lambda e: e[0])
+            for _, c0 in first[:3]:  # each convention one choice away from the closest
+                for c in alternatives(c0, w):
+                    err = rel(attend(w, c, x, keep)[0], y)
+                    if err <= fit:
+                        return w, c, err
+    return None
+
+
+def differing_heads(o_ref: np.ndarray, o_alt: np.ndarray, tol: float) -> list[int]:
+    """The heads whose attended values ``(B, T, H, hd)`` differ beyond ``tol``."""
+    return [h for h in range(o_ref.shape[2]) if rel(o_alt[:, :, h], o_ref[:, :, h]) > tol]
+
+
+# -- RMSNorm forms ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RMSForm:
+    """An RMSNorm as written: ``x / sqrt(mean(x**2) + eps)`` (``outside=False``) or
+    ``x / (sqrt(mean(x**2)) + eps)``, times ``w`` or ``1 + w`` (``offset``, Gemma)."""
+
+    epsilon: float
+    outside: bool = False
+    offset: bool = False
+
+    def words(self) -> str:
+        root = "sqrt(mean(x**2)) + eps" if self.outside else "sqrt(mean(x**2) + eps)"
+        return f"x / ({root}) * ({'1 + w' if self.offset else 'w'}), eps {self.epsilon:g}"
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray | None, form: RMSForm) -> np.ndarray:
+    """An RMSNorm of ``x (..., d)`` over its last axis in ``form``; ``w (d,)`` or ``None``."""
+    ms = np.mean(x * x, axis=-1, keepdims=True)
+    with np.errstate(all="ignore"):
+        if form.outside:
+            n = x / (np.sqrt(ms) + form.epsilon)
+        else:
+            n = x / np.sqrt(ms + form.epsilon)
+    if w is None:
+        return n
+    return n * (1.0 + w if form.offset else w)
+
+
+def fit_rmsnorm(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray | None, dtype: str
+) -> tuple[RMSForm, float] | None:
+    """The form (epsilon inside or outside the root, ``w`` or ``1 + w``) and epsilon of
+    :data:`~xgrad.identify.EPSILONS` that maps ``x`` to ``y``, or ``None``."""
+    if x.shape != y.shape or (w is not None and w.shape != (x.shape[-1],)):
+        return None
+    fit = FIT.get(dtype, 1e-5)
+    best = None
+    for outside, offset in itertools.product((False, True), (False, True)):
+        if offset and w is None:
+            continue
+        for eps in EPSILONS:
+            form = RMSForm(eps, outside, offset)
+            err = rel(rmsnorm(x, w, form), y)
+            if best is None or err < best[1]:
+                best = (form, err)
+    return best if best is not None and best[1] <= fit else None
+
+
+# -- embedding tables -----------------------------------------------------------------------------
+
+
+def ids_of(x: np.ndarray | None, vocab: int) -> np.ndarray | None:
+    """``x`` as integer token ids in ``[0, vocab)``, or ``None`` when it holds other
+    values."""
+    if x is None or x.size == 0:
+        return None
+    a = np.asarray(x)
+    if a.dtype.kind == "f" and (not np.all(np.isfinite(a)) or not np.all(a == np.round(a))):
+        return None
+    ids = a.astype(np.int64)
+    return ids if ids.min() >= 0 and ids.max() < vocab else None
+
+
+def embedding_table(
+    tree: Mapping[str, np.ndarray], output_dim: int
+) -> tuple[str, np.ndarray] | None:
+    """``(local name, table (vocab, dim))`` when ``tree`` holds exactly one array and it is
+    a 2-D table whose rows are as wide as the output, else ``None``."""
+    if len(tree) != 1:
+        return None
+    ((name, table),) = tree.items()
+    table = np.asarray(table, np.float64)
+    if table.ndim != 2 or table.shape[1] != output_dim:
+        return None
+    return name, table

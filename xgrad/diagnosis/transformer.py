@@ -1,0 +1,388 @@
+"""Attention conventions: RoPE layout and base, the score scale, the causal mask, the masked
+score, the q/k/v layout, the grouped-query repeat and the softmax's precision.
+
+Each cause re-runs the reference's attention (:func:`~xgrad.diagnosis.fit_transformer.attend`)
+with the reference's own weights and input under one other convention, and is confirmed by the
+one rule of :mod:`xgrad.diagnosis.records`: the re-run reproduces the candidate's output within
+tolerance, the unchanged re-run reproduces the reference's and not the candidate's.
+
+The reference's unit is an :class:`~xgrad.layers.Attention` (a spec, or a module a reader
+recognises), or a module xgrad reads as no kind (``LlamaAttention``, a user's own) whose
+parameters and captured values are fitted as an attention
+(:func:`~xgrad.diagnosis.fit_transformer.fit_attention`). The weights of such a module live in
+its submodules; :func:`attach` gives the causes every weight of the reference and every
+module's captured inputs (its padding mask among them).
+
+Confirmed on the output: an opaque module's parameter gradients carry the candidate's own
+names (``in_proj_weight`` against ``q``, ``k``, ``v``), so they are compared by the report, not
+here. Positions are ``0 .. T-1``: position ids are integers and are not captured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence, f64
+from xgrad.diagnosis.fit_transformer import (
+    BASES,
+    AttentionWeights,
+    Convention,
+    alternatives,
+    attend,
+    attention_weights,
+    canonical_weights,
+    convention_of,
+    differing_heads,
+    fit_attention,
+)
+from xgrad.diagnosis.records import Cause, Check, Finding, check, drop
+from xgrad.identify import FIT, rel
+from xgrad.layers.attention import Attention
+
+__all__ = ["CAUSES", "NONFINITE", "Context", "attach", "context", "fitted", "subtree"]
+
+
+# -- what the causes see beyond a unit ---------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What the transformer causes read beyond a :class:`UnitEvidence`: every canonical
+    weight of the reference (float64), and each module's captured floating inputs on both
+    sides (the first is the unit's input; a padding mask may follow).
+
+    Attributes:
+        memo: what was fitted once per unit path.
+    """
+
+    weights: Mapping[str, np.ndarray]
+    inputs_ref: Mapping[str, list]
+    inputs_cand: Mapping[str, list]
+    memo: dict = field(default_factory=dict)
+
+
+def attach(ev: Evidence, ref, side, weights: Mapping[str, np.ndarray] | None) -> None:
+    """Give ``ev`` the :class:`Context` of the reference ``ref`` and the compared ``side``
+    (:class:`~xgrad.runner.Side` objects), ``weights`` the reference's canonical ones."""
+    if weights is None:
+        weights = {k: f64(v) for k, v in ref.model.weights().items()}
+    ev.transformer = Context(  # type: ignore[attr-defined]
+        weights, ref.grads.module_inputs or {}, side.grads.module_inputs or {}
+    )
+
+
+def context(ev: Evidence) -> Context:
+    ctx = getattr(ev, "transformer", None)
+    if ctx is None:
+        ctx = Context({}, {}, {})
+        ev.transformer = ctx  # type: ignore[attr-defined]
+    return ctx
+
+
+def subtree(ev: Evidence, unit: UnitEvidence) -> dict[str, np.ndarray]:
+    """The reference's parameters of ``unit`` and of every module inside it, by their names
+    below the unit's path (``q_proj.kernel``, ``in_proj.kernel``); the whole model's (path
+    ``""``) are never gathered."""
+    if not unit.path:
+        return dict(unit.weights_ref)
+    prefix = unit.path + "."
+    ctx = context(ev)
+    tree = {k[len(prefix) :]: f64(v) for k, v in ctx.weights.items() if k.startswith(prefix)}
+    if tree:
+        return tree
+    tree = dict(unit.weights_ref)
+    for other in ev.units:
+        if other.path.startswith(prefix):
+            rest = other.path[len(prefix) :]
+            tree.update({f"{rest}.{k}": v for k, v in other.weights_ref.items()})
+    return tree
+
+
+def _keep(ev: Evidence, unit: UnitEvidence, x: np.ndarray) -> np.ndarray | None:
+    """The padding mask ``(B, T)`` (True = attend) the reference's module was called with: a
+    floating input after the first, of that shape, holding only 0 and 1; ``None`` if none."""
+    ctx = context(ev)
+    for a in (ctx.inputs_ref.get(unit.path) or [])[1:]:
+        a = f64(a)
+        if a.shape == x.shape[:2] and np.all((a == 0) | (a == 1)):
+            return a.astype(bool)
+    return None
+
+
+# -- the reference's attention --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The reference's attention as re-run here: its weights and convention, its input and
+    padding mask, and the unchanged re-run's output and per-head values."""
+
+    weights: AttentionWeights
+    convention: Convention
+    x: np.ndarray
+    keep: np.ndarray | None
+    y: np.ndarray
+    o: np.ndarray
+    identified: bool  # fitted from the module's values (not a stated Attention)
+
+
+def fitted(ev: Evidence, unit: UnitEvidence) -> Fitted | None:
+    """The reference's attention of ``unit``, fitted once per unit (``None``: not one)."""
+    ctx = context(ev)
+    key = ("attention", unit.path, id(unit))
+    if key not in ctx.memo:
+        ctx.memo[key] = _fit(ev, unit)
+    return ctx.memo[key]
+
+
+def _fit(ev: Evidence, unit: UnitEvidence) -> Fitted | None:
+    x, main = unit.input_ref, unit.main_ref
+    if x is None or x.ndim != 3 or unit.output_ref.shape != x.shape:
+        return None
+    keep = _keep(ev, unit, x)
+    if isinstance(main, Attention) and len(unit.layers_ref) == 1:
+        w, c = canonical_weights(unit.weights_ref, main), convention_of(main)
+        identified = False
+    elif unit.kind == "module" and unit.path:
+        options = attention_weights(subtree(ev, unit), x.shape[-1])
+        dtype = ev.dtype_ref if ev.dtype_ref in FIT else "float32"
+        with np.errstate(all="ignore"):
+            found = fit_attention(options, x, unit.output_ref, dtype, keep)
+        if found is None:
+            return None
+        w, c, _ = found
+        identified = True
+    else:
+        return None
+    y, o = attend(w, c, x, keep)
+    return Fitted(w, c, x, keep, y, o, identified)
+
+
+# -- words -----------------------------------------------------------------------------------------
+
+ROPE = {
+    None: "applies no rotary embedding",
+    "half": "rotates the two halves of each head vector (LLaMA, GPT-NeoX: rotate_half)",
+    "interleaved": "rotates interleaved pairs (x[2m], x[2m+1]) (GPT-J rotate_every_two, "
+    "Meta's original complex multiply)",
+}
+
+GQA = {
+    "interleave": "repeats each key/value head over consecutive query heads "
+    "(repeat_interleave, LLaMA's repeat_kv)",
+    "tile": "tiles the key/value heads (query head h reads kv head h mod kv_heads: tile / repeat)",
+}
+
+AXES = {
+    "heads-first": "reads each projection's columns as (heads, head_dim)",
+    "dim-first": "reads each projection's columns as (head_dim, heads)",
+}
+
+SPLIT = {
+    "blocks": "splits the fused projection as (3, heads, head_dim) blocks (GPT-2's c_attn, "
+    "torch's in_proj_weight)",
+    "per-head": "splits the fused projection per head as (heads, 3, head_dim) (GPT-NeoX's "
+    "and Megatron's query_key_value)",
+}
+
+SOFTMAX = {
+    "float": "computes the softmax in the model's precision (float32 or wider)",
+    "bfloat16": "computes the softmax on bfloat16 scores, its output rounded to bfloat16",
+    "bfloat16-steps": "computes the softmax in bfloat16 throughout",
+}
+
+
+def _scale(c: Convention, dim: int) -> str:
+    hd, s = c.head_dim, c.score_scale
+    named = {
+        1.0 / math.sqrt(hd): f"1/sqrt(head_dim) = 1/sqrt({hd})",
+        1.0: "no scale (1)",
+        1.0 / hd: f"1/head_dim = 1/{hd} (the scale applied twice)",
+        1.0 / math.sqrt(dim): f"1/sqrt(dim) = 1/sqrt({dim}) (the model's width, not the head's)",
+        math.sqrt(hd): f"sqrt(head_dim) = sqrt({hd}) (multiplied, not divided)",
+    }
+    return next((w for v, w in named.items() if math.isclose(v, s, rel_tol=1e-9)), f"{s:g}")
+
+
+def _causal(c: Convention) -> str:
+    if not c.causal:
+        return "attends to every token (no causal mask)"
+    return {
+        0: "masks the future (token i sees keys j <= i)",
+        -1: "masks the diagonal too (token i sees keys j < i: shifted by one; the first "
+        "token sees nothing)",
+        1: "lets each token see the next one (keys j <= i + 1: shifted by one)",
+    }[c.causal_offset]
+
+
+def _fill(value: float) -> str:
+    if value == -math.inf:
+        return "-inf"
+    if value == float(np.finfo(np.float32).min):
+        return "the dtype's lowest value (finfo.min, Hugging Face)"
+    return f"{value:g}"
+
+
+def _sides(ref: str, cand: str) -> str:
+    return f"the reference {ref}; the candidate {cand}"
+
+
+# -- the causes ------------------------------------------------------------------------------------
+
+FILLS = (-math.inf, -1e9, float(np.finfo(np.float32).min), -1e4)
+"""Masked scores seen in code: -inf (``F.scaled_dot_product_attention`` with a bool mask,
+Flax), -1e9 (the Annotated Transformer, many tutorials), finfo.min (Hugging Face), -1e4
+(older BERT code)."""
+
+
+def _alternatives(cause: str, f: Fitted) -> Iterator[Convention]:
+    c = f.convention
+    if cause == "softmax-precision":
+        yield from (replace(c, softmax=s) for s in ("float", "bfloat16", "bfloat16-steps"))
+        return
+    if cause == "mask-fill":
+        if f.keep is not None or (c.causal and c.causal_offset < 0):
+            yield from (replace(c, fill=v) for v in FILLS if v != c.fill)
+        return
+    for alt in alternatives(c, f.weights):
+        changed = {k for k in vars(c) if getattr(alt, k) != getattr(c, k)}
+        if changed and changed <= KNOBS[cause]:
+            yield alt
+
+
+KNOBS = {
+    "rope-layout": {"rope"},
+    "rope-base": {"rope_base"},
+    "attention-scale": {"scale"},
+    "causal-mask": {"causal", "causal_offset"},
+    "gqa-repeat": {"gqa"},
+    "qkv-layout": {"head_axes", "split"},
+}
+
+
+def _words(cause: str, c: Convention, alt: Convention, dim: int) -> str:
+    if cause == "rope-layout":
+        return _sides(ROPE[c.rope], ROPE[alt.rope])
+    if cause == "rope-base":
+        return (
+            f"the reference's RoPE base (theta) is {c.rope_base:g}, the candidate's "
+            f"{alt.rope_base:g} (LLaMA 2 and GPT-NeoX 1e4, LLaMA 3 5e5, Mistral 1e6)"
+        )
+    if cause == "attention-scale":
+        return f"the reference scales the scores by {_scale(c, dim)}, the candidate by " + _scale(
+            alt, dim
+        )
+    if cause == "causal-mask":
+        return _sides(_causal(c), _causal(alt))
+    if cause == "gqa-repeat":
+        return _sides(GQA[c.gqa], GQA[alt.gqa])
+    if cause == "qkv-layout":
+        if alt.split != c.split:
+            return _sides(SPLIT[c.split], SPLIT[alt.split])
+        return _sides(AXES[c.head_axes], AXES[alt.head_axes])
+    if cause == "softmax-precision":
+        return _sides(SOFTMAX[c.softmax], SOFTMAX[alt.softmax])
+    return f"the reference fills masked scores with {_fill(c.fill)}, the candidate with " + _fill(
+        alt.fill
+    )
+
+
+def _nan_check(ev: Evidence, unit: UnitEvidence, y_alt: np.ndarray, f: Fitted) -> Check:
+    """The confirmation rule where the candidate's output holds NaN: the alternative must
+    put NaN exactly where the candidate has it and agree elsewhere."""
+    cand_bad, alt_bad = ~np.isfinite(unit.output_cand), ~np.isfinite(y_alt)
+    if not np.array_equal(cand_bad, alt_bad):
+        return Check(math.inf, math.inf, ev.fit_tol, ev.tol, False)
+    ok = ~cand_bad
+    residual = rel(y_alt[ok], unit.output_cand[ok]) if ok.any() else 0.0
+    faithful = rel(f.y, unit.output_ref) <= ev.fit_tol
+    return Check(residual, math.inf, ev.fit_tol, ev.tol, faithful)
+
+
+def _tol(ev: Evidence, unit: UnitEvidence, f: Fitted, alt: Convention) -> float:
+    """What a re-run must reach: the comparison's tolerance; a re-run in bfloat16, a tenth
+    of the difference it explains (bfloat16's own rounding is no finer), at most
+    bfloat16's fit."""
+    if alt.softmax == "float":
+        return ev.fit_tol
+    apart = rel(unit.output_cand, f.y)
+    return max(ev.fit_tol, min(FIT["bfloat16"], 0.1 * apart))
+
+
+def _test(cause: str):
+    def test(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
+        f = fitted(ev, unit)
+        if f is None:
+            return None
+        nan = not np.all(np.isfinite(unit.output_cand))
+        best = None
+        for alt in _alternatives(cause, f):
+            y_alt, o_alt = attend(f.weights, alt, f.x, f.keep)
+            if nan:
+                confirmed = _nan_check(ev, unit, y_alt, f)
+            else:
+                tol = _tol(ev, unit, f, alt)
+                confirmed = check(
+                    ev, unit.output_cand, y_alt, f.y, reference=unit.output_ref, tol=tol
+                )
+            if confirmed.confirmed and (best is None or confirmed.residual < best[0].residual):
+                best = (confirmed, alt, o_alt)
+        if best is None:
+            return None
+        confirmed, alt, o_alt = best
+        detail = _words(cause, f.convention, alt, f.x.shape[-1])
+        detail += _where(ev, unit, f, alt, o_alt)
+        if nan:
+            rows = int(np.isnan(unit.output_cand).any(axis=-1).sum())
+            detail += (
+                f"; {rows} rows of the candidate's output are NaN: every key of those queries "
+                "is masked, and softmax over scores that are all -inf is 0/0. Fill with a "
+                "finite value (finfo.min) or zero those rows"
+            )
+            return Finding(detail + f"; the rest agrees to {confirmed.residual:.2g}", 0.0, before)
+        return Finding(f"{detail}; {drop(before, confirmed.residual)}", confirmed.residual, before)
+
+    test.__name__ = cause.replace("-", "_")
+    return test
+
+
+def _where(ev: Evidence, unit: UnitEvidence, f: Fitted, alt: Convention, o_alt) -> str:
+    """`` in heads 1, 2 of 4 (path heads 1, 2)`` when only some heads differ, and how the
+    reference's module was read when it was fitted."""
+    words = ""
+    c = f.convention
+    if (alt.head_axes, alt.split) == (c.head_axes, c.split):
+        heads = differing_heads(f.o, o_alt, ev.tol)
+        if heads and len(heads) < c.heads:
+            listed = ", ".join(map(str, heads))
+            words += f" (only heads {listed} of {c.heads} differ: {unit.path} heads {listed})"
+    if f.identified:
+        words += (
+            f"; the reference's {unit.path} was read from its values as attention with "
+            f"{c.heads} heads, {c.kv_heads} key/value heads, head_dim {c.head_dim}"
+        )
+    return words
+
+
+CAUSES = tuple(
+    Cause(cause, "forward", ("attention", "module"), summary, _test(cause))
+    for cause, summary in (
+        ("rope-layout", "RoPE on halves (LLaMA, GPT-NeoX) against interleaved pairs (GPT-J)"),
+        ("rope-base", f"another RoPE base (theta): {', '.join(f'{b:g}' for b in BASES)}"),
+        ("attention-scale", "scores not scaled by 1/sqrt(head_dim), scaled twice or by dim"),
+        ("causal-mask", "a causal mask missing on one side, or shifted by one"),
+        ("mask-fill", "masked scores filled with -inf against -1e9 (NaN on fully masked rows)"),
+        ("qkv-layout", "q/k/v columns split in another order: (heads, head_dim) or (3, heads)"),
+        ("gqa-repeat", "grouped key/value heads tiled instead of repeat_interleave"),
+        ("softmax-precision", "the softmax computed in bfloat16 instead of upcast to float32"),
+    )
+)
+
+
+NONFINITE = ("mask-fill", "causal-mask")
+"""The causes that can explain a candidate's NaN output: tried on the first unit whose output
+is not finite on the candidate's side only."""
