@@ -15,7 +15,11 @@ exact gradients by a few units of roundoff of themselves: each gradient then mov
 its own rounding error, the size of its terms times the unit roundoff. The verdicts
 (:mod:`xgrad.comparison.verdicts`) judge with it twice: a reference whose gradients are all
 within their own rounding is degenerate (``uninformative``), and a side's gradient that
-differs from the reference's by no more than a few times that rounding matches.
+differs from the reference's by no more than a few times that rounding matches. A single
+gradient that is zero up to its rounding (:meth:`Spread.zero`; an attention's key bias,
+which the softmax cancels exactly) is judged absolutely, against the tolerance applied to
+the size of its terms: its rounding over the unit roundoff
+(:func:`~xgrad.metrics.tolerances.zero_floor`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 
 from xgrad.comparison.inputs import Inputs
 from xgrad.comparison.sides import Side, evaluate
-from xgrad.metrics import TOLERANCES, UNIT_ROUNDOFF
+from xgrad.metrics import RELATIVE_NOISE, TOLERANCES, UNIT_ROUNDOFF
 
 __all__ = ["NUDGE", "Spread", "reference_spread"]
 
@@ -48,15 +52,38 @@ class Spread:
         factor: from the reference's dtype to the judged dtype: ``u(judged) / u(reference)``
             (1 when they are the same; ``2**29`` for xgrad's float64 referee judging
             float32 frameworks, whose rounding is that much coarser).
+        unit: the judged dtype's unit roundoff (0 when not known: then no gradient counts
+            as :meth:`zero`).
     """
 
     norms: dict[str, float]
     factor: float = 1.0
+    unit: float = 0.0
 
     def noise(self, name: str) -> float | None:
         """The rounding a gradient ``name`` carries at the judged dtype, or ``None``."""
         norm = self.norms.get(name)
         return None if norm is None else norm * self.factor
+
+    def zero(self, name: str, norm: float, total: float) -> bool:
+        """Whether the gradient ``name`` (reference norm ``norm``) is zero up to rounding at
+        the judged dtype: its value is rounding alone, and only an absolute difference can
+        be judged there (:func:`~xgrad.metrics.tolerances.zero_floor`).
+
+        Two conditions. Its norm is at most :data:`~xgrad.metrics.RELATIVE_NOISE` times its
+        rounding at the judged dtype (:meth:`noise`): it is zero in exact arithmetic (an
+        attention's key bias: the softmax ignores a shift shared by every key) or its
+        terms cancel below the judged dtype's resolution. And that rounding is rounding at
+        all: at most ``sqrt(unit)`` times ``total``, the norm of every reference gradient
+        together. Rounding is the unit roundoff times the terms a gradient sums; a kink
+        crossed in both measuring runs moves a gradient by a fraction of itself, which
+        :attr:`factor` (``2**29`` from float64 to float32) would make a floor that hides
+        anything.
+        """
+        noise = self.noise(name)
+        if noise is None or not self.unit > 0 or not math.isfinite(total):
+            return False
+        return noise <= math.sqrt(self.unit) * total and norm <= RELATIVE_NOISE * noise
 
 
 def reference_spread(ref: Side, inputs: Inputs, names: Iterable[str], dtype: str, tol: float):
@@ -91,7 +118,7 @@ def reference_spread(ref: Side, inputs: Inputs, names: Iterable[str], dtype: str
             return None
         moves.append(_moves(ref.grads, again, names))
     norms = {n: min(m[n] for m in moves) for n in moves[0] if all(n in m for m in moves)}
-    return Spread(norms, max(1.0, u_judged / u_ref))
+    return Spread(norms, max(1.0, u_judged / u_ref), u_judged)
 
 
 def _moves(grads, again, names) -> dict[str, float]:

@@ -15,7 +15,8 @@ gradient is small:
 * **cancelling sums** (:func:`judge_cancelling`): a gradient that is a small sum of large
   terms carries rounding of the terms' size; a side that differs from the reference by
   no more than :data:`~xgrad.metrics.RELATIVE_NOISE` times that rounding matches, said in a
-  note.
+  note; one that is zero up to that rounding (an attention's key bias) is judged against
+  the tolerance applied to the size of its terms instead, whatever its relative difference.
 
 :func:`wants_explanation` decides whether the diagnosis phase runs.
 """
@@ -33,7 +34,7 @@ from xgrad.comparison.sides import Side
 from xgrad.comparison.spread import NUDGE, Spread, reference_spread
 from xgrad.frameworks.base import DTYPES
 from xgrad.losses import Loss
-from xgrad.metrics.tolerances import RELATIVE_NOISE, status_of
+from xgrad.metrics.tolerances import RELATIVE_NOISE, status_of, zero_floor
 from xgrad.report import Entry, LayerEntry, Report
 
 __all__ = [
@@ -272,32 +273,39 @@ def judge_cancelling(c: Comparison, parameters, input_entry, measured, spread) -
     (``spread``, scaled to the judged dtype) matches: the gradient is a small sum of
     cancelling terms, and rounding of the terms' size is all that differs. Only up to a
     relative difference of :data:`MAX_WIDENED`, like the ill-conditioned loss: beyond, a
-    floor would hide real differences. A note per side names the gradients so judged and
-    their rounding."""
-    notes = []
-    by_side: dict[str, list[str]] = {}
+    floor would hide real differences.
+
+    A gradient that is zero up to that rounding (:meth:`~xgrad.comparison.spread.Spread.zero`:
+    zero in exact arithmetic, like an attention's key bias) has no digit a relative
+    difference could judge: its difference is judged absolutely, against the tolerance
+    applied to the size of the terms it sums (:func:`~xgrad.metrics.tolerances.zero_floor`),
+    whatever its relative difference. A note per side names the gradients so judged."""
+    cancelled: dict[str, list[str]] = {}
+    zeros: dict[str, list[str]] = {}
+    names = [n for n in _gradient_names(parameters, input_entry) if n in measured]
+    total = math.sqrt(math.fsum(measured[n].ref_norm ** 2 for n in names))
 
     def rejudge(entry: Entry) -> Entry:
         noise = spread.noise(entry.name)
-        ref_norm = measured[entry.name].ref_norm if entry.name in measured else 0.0
-        if noise is None or not ref_norm > 0:
+        if noise is None or entry.name not in measured:
             return entry
+        ref_norm = measured[entry.name].ref_norm
+        zero = spread.zero(entry.name, ref_norm, total)
+        if not (ref_norm > 0 or zero):
+            return entry
+        floor = zero_floor(noise, c.dtype, c.tol) if zero else RELATIVE_NOISE * noise
         results = dict(entry.results)
         for label, m in entry.results.items():
-            if m.status != "mismatch" or not m.rel_norm <= MAX_WIDENED:
+            if m.status != "mismatch" or not (zero or m.rel_norm <= MAX_WIDENED):
                 continue  # (beyond, the gradient is mostly rounding: no verdict of ours)
-            diff = m.rel_norm * ref_norm  # (a parameter's or input's norm is its own)
+            # (a parameter's or input's norm is its own; of a zero reference, at most this)
+            diff = m.rel_norm * ref_norm if ref_norm > 0 else m.max_abs * math.sqrt(m.size)
             status = status_of(
-                norm=ref_norm,
-                diff_norm=diff,
-                size=m.size,
-                dtype=c.dtype,
-                tol=m.tol,
-                noise=RELATIVE_NOISE * noise,
+                norm=ref_norm, diff_norm=diff, size=m.size, dtype=c.dtype, tol=m.tol, noise=floor
             )
             if status == "match":
                 results[label] = replace(m, status="match")
-                by_side.setdefault(label, []).append(
+                (zeros if zero else cancelled).setdefault(label, []).append(
                     f"{entry.name} (norm {ref_norm:.2g}, its rounding {noise:.2g}, "
                     f"difference {diff:.2g})"
                 )
@@ -305,15 +313,32 @@ def judge_cancelling(c: Comparison, parameters, input_entry, measured, spread) -
 
     parameters = [rejudge(e) for e in parameters]
     input_entry = None if input_entry is None else rejudge(input_entry)
-    for label, which in by_side.items():
-        notes.append(
-            f"{label}: {len(which)} gradient(s) are small sums of large terms that cancel, so "
-            f"they carry rounding of the terms' size, measured by re-running the reference "
-            f"with its inputs moved by {NUDGE} units of roundoff each way: "
-            f"{'; '.join(which[:3])}{'; ...' if len(which) > 3 else ''}; each difference is "
-            f"within {RELATIVE_NOISE:g} times that rounding, so it matches"
-        )
+    notes = [_cancelling_note(label, which, False, c) for label, which in cancelled.items()]
+    notes += [_cancelling_note(label, which, True, c) for label, which in zeros.items()]
     return Judged(parameters, input_entry, {}, notes, degenerate=False)
+
+
+def _cancelling_note(label: str, which: list[str], zero: bool, c: Comparison) -> str:
+    """The note on the gradients of side ``label`` that :func:`judge_cancelling` matched."""
+    listed = f"{'; '.join(which[:3])}{'; ...' if len(which) > 3 else ''}"
+    measured = (
+        f"measured by re-running the reference with its inputs moved by {NUDGE} units of "
+        "roundoff each way"
+    )
+    if not zero:
+        return (
+            f"{label}: {len(which)} gradient(s) are small sums of large terms that cancel, so "
+            f"they carry rounding of the terms' size, {measured}: {listed}; each difference "
+            f"is within {RELATIVE_NOISE:g} times that rounding, so it matches"
+        )
+    return (
+        f"{label}: {len(which)} gradient(s) are zero up to their rounding ({measured}): their "
+        f"terms cancel exactly (as an attention's key bias: the softmax ignores a shift "
+        f"shared by every key) or below {c.dtype}'s resolution, so no relative difference "
+        f"means anything there: {listed}; each difference is within the tolerance "
+        f"({c.tol:g}) of the size of the terms (their rounding over {c.dtype}'s unit "
+        "roundoff), so it matches"
+    )
 
 
 def judge(c: Comparison, entries, input_entry, layers, measured) -> Judged:

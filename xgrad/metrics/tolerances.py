@@ -22,6 +22,7 @@ __all__ = [
     "rtol_note",
     "status_of",
     "tolerance",
+    "zero_floor",
 ]
 
 UNIT_ROUNDOFF: dict[str, float] = {
@@ -82,7 +83,8 @@ else the status is the normwise relative rule, or the relative noise floor below
 This floor is absolute, for terms of order 1. A gradient that is a small sum of large terms
 that cancel carries rounding of the terms' size, not of its own: the verdicts measure that
 rounding for each gradient (:mod:`xgrad.comparison.spread`) and pass it to
-:func:`status_of` as ``noise`` (:data:`RELATIVE_NOISE` times the measured rounding).
+:func:`status_of` as ``noise`` (:data:`RELATIVE_NOISE` times the measured rounding; for a
+gradient that is zero up to that rounding, :func:`zero_floor`).
 """
 
 RELATIVE_NOISE = 8.0
@@ -90,6 +92,27 @@ RELATIVE_NOISE = 8.0
 the reference's gradient when only rounding changes, :mod:`xgrad.comparison.spread`) is
 rounding: two correct computations differ by about 1.4 times it (each carries its own),
 and one measurement of a short vector's spread can fall to half its typical size."""
+
+
+def zero_floor(rounding: float, dtype: str, tol: float) -> float:
+    """The largest difference (a norm) that matches for a gradient that is zero up to its
+    measured ``rounding`` (a norm, at ``dtype``).
+
+    Such a gradient is zero in exact arithmetic, or its terms cancel below ``dtype``'s
+    resolution (an attention's key bias: the softmax ignores a shift shared by every key),
+    so its value, and every side's, is rounding alone: a relative difference means
+    nothing. What is left is the difference against the terms it sums, judged as the plain
+    rule judges a gradient whose terms do not cancel: ``tol`` times their size. Rounding is
+    the unit roundoff times that size, so the size is ``rounding / u(dtype)``. The measured
+    rounding is the reference's own, and another algorithm rounds the same terms by a
+    different factor (torch's CPU flash-attention backward forms ``rowsum(dO * O)`` where
+    xgrad's reference sums ``p * dp``): :data:`RELATIVE_NOISE` times it would be too close, and is
+    the floor only when ``tol`` is below the unit roundoff.
+    """
+    unit = UNIT_ROUNDOFF.get(dtype)
+    multiple = tol / unit if unit else 0.0
+    return rounding * max(RELATIVE_NOISE, multiple)
+
 
 STATUSES = ("match", "match-kink", "match-clip", "mismatch", "nonfinite", "uninformative")
 """Every status a comparison can have. ``uninformative``: every reference gradient is zero up
@@ -131,8 +154,9 @@ def status_of(
     is itself below the noise floor (:data:`NOISE_FLOORS` times ``sqrt(size)``, i.e. an RMS
     below the floor) the reference is zero up to rounding, and ``diff_norm`` is judged
     against that floor instead. ``noise`` (a norm, 0 when not measured) is the relative
-    noise floor: the rounding this gradient carries because its terms cancel; a
-    ``diff_norm`` within it is a match whatever ``rel_norm`` is.
+    noise floor: the rounding this gradient carries because its terms cancel (or, for one
+    that is zero up to it, :func:`zero_floor`); a ``diff_norm`` within it is a match
+    whatever ``rel_norm`` is.
     """
     floor = NOISE_FLOORS.get(dtype, 0.0) * math.sqrt(max(size, 1))
     if diff_norm <= noise:
