@@ -114,10 +114,7 @@ if "torch" in INSTALLED:
                 p = torch.softmax(s.to(torch.bfloat16), dim=-1).float()
             else:
                 p = torch.softmax(s, dim=-1)
-            o = (p @ v).transpose(1, 2)
-            if self.axes == "dim-first":
-                o = o.transpose(2, 3)
-            return self.o_proj(o.reshape(b, t, -1))
+            return self.o_proj((p @ v).transpose(1, 2).reshape(b, t, -1))
 
     class Embeddings(nn.Module):
         """The Annotated Transformer's: ``lut(x) * sqrt(d_model)`` (``scaled=False``: none)."""

@@ -148,7 +148,8 @@ def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> 
         if cause.where != where or not cause.applies(unit):
             continue
         if misshapen and (cause.id, cause.where) != ("weight-layout", "forward"):
-            continue  # weights never paired: only the cause that says so applies
+            if cause not in transformer.CAUSES:  # these re-run the reference's weights only
+                continue  # weights never paired: only the cause that says so applies
         found = cause.test(ev, unit, before)
         if found is None:
             continue

@@ -51,8 +51,8 @@ __all__ = [
 ]
 
 BASES = (10000.0, 500000.0, 1000000.0, 100000.0, 50000.0)
-"""RoPE bases (theta) tried: LLaMA 1/2, GPT-NeoX and GPT-J 1e4; LLaMA 3 5e5; Mistral, Qwen2
-and Code Llama 1e6; then other round values."""
+"""RoPE bases (theta) tried: 1e4 (the default of Hugging Face's LLaMA, Mistral and GPT-NeoX
+configs), then values released checkpoints set in their configs, and other round ones."""
 
 SOFTMAX = ("float", "bfloat16", "bfloat16-steps")
 """Where a softmax rounds: ``float`` (the input's precision, or upcast to float32 as Hugging
@@ -274,8 +274,9 @@ class Convention:
         split: a fused projection's columns as ``"blocks"`` ``(3, H, hd)`` (GPT-2's
             ``c_attn``, torch's ``in_proj_weight``) or ``"per-head"`` ``(H, 3, hd)``
             (GPT-NeoX's and Megatron's ``query_key_value``).
-        head_axes: a projection's columns as ``(H, hd)`` (``"heads-first"``, every code base)
-            or ``(hd, H)`` (``"dim-first"``: a reshape in the other order).
+        head_axes: the q, k and v projections' columns as ``(H, hd)`` (``"heads-first"``,
+            every code base) or ``(hd, H)`` (``"dim-first"``: a reshape in the other order);
+            the attended values enter the output projection as ``(H, hd)`` either way.
         gqa: key/value head ``j`` serves query heads ``j*g .. j*g+g-1`` (``"interleave"``:
             ``repeat_interleave``, LLaMA's ``repeat_kv``) or ``j, j+K, ...`` (``"tile"``).
         fill: the score of a masked key (``-inf``; ``-1e9`` or ``finfo.min`` in much code):
@@ -393,9 +394,7 @@ def attend(
         s = np.where(masked, c.fill, s)
         p = _softmax(s, c.softmax)
         o = np.einsum("bhij,bjhd->bihd", p, v)
-    b = x.shape[0]
-    flat = o.reshape(b, t, -1) if c.head_axes == "heads-first" else o.transpose(0, 1, 3, 2)
-    y = _affine(flat.reshape(b, t, -1), w.o, w.bo)
+    y = _affine(o.reshape(x.shape[0], t, -1), w.o, w.bo)
     return y, o
 
 

@@ -270,7 +270,8 @@ def _words(cause: str, c: Convention, alt: Convention, dim: int) -> str:
     if cause == "rope-base":
         return (
             f"the reference's RoPE base (theta) is {c.rope_base:g}, the candidate's "
-            f"{alt.rope_base:g} (LLaMA 2 and GPT-NeoX 1e4, LLaMA 3 5e5, Mistral 1e6)"
+            f"{alt.rope_base:g} (Hugging Face's LlamaConfig, MistralConfig and GPTNeoXConfig "
+            "default to 10000; a checkpoint's config.json sets its own rope_theta)"
         )
     if cause == "attention-scale":
         return f"the reference scales the scores by {_scale(c, dim)}, the candidate by " + _scale(
@@ -315,7 +316,7 @@ def _tol(ev: Evidence, unit: UnitEvidence, f: Fitted, alt: Convention) -> float:
 
 def _test(cause: str):
     def test(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
-        f = fitted(ev, unit)
+        unit, f = _attention_at(ev, unit)
         if f is None:
             return None
         nan = not np.all(np.isfinite(unit.output_cand))
@@ -350,6 +351,20 @@ def _test(cause: str):
     return test
 
 
+def _attention_at(ev: Evidence, unit: UnitEvidence) -> tuple[UnitEvidence, Fitted | None]:
+    """The unit whose attention the causes re-run: ``unit`` itself, or, for a projection
+    whose input differed too little to place the difference before it (an attention's
+    ``o_proj``), the attention module it belongs to."""
+    f = fitted(ev, unit)
+    if f is not None or unit.kind != "dense" or "." not in unit.path:
+        return unit, f
+    scope = unit.path.rsplit(".", 1)[0]
+    parent = next((u for u in ev.units if u.path == scope), None)
+    if parent is None or parent.kind != "module":
+        return unit, None
+    return parent, fitted(ev, parent)
+
+
 def _where(ev: Evidence, unit: UnitEvidence, f: Fitted, alt: Convention, o_alt) -> str:
     """`` in heads 1, 2 of 4 (path heads 1, 2)`` when only some heads differ, and how the
     reference's module was read when it was fitted."""
@@ -369,7 +384,7 @@ def _where(ev: Evidence, unit: UnitEvidence, f: Fitted, alt: Convention, o_alt) 
 
 
 CAUSES = tuple(
-    Cause(cause, "forward", ("attention", "module"), summary, _test(cause))
+    Cause(cause, "forward", ("attention", "module", "dense"), summary, _test(cause))
     for cause, summary in (
         ("rope-layout", "RoPE on halves (LLaMA, GPT-NeoX) against interleaved pairs (GPT-J)"),
         ("rope-base", f"another RoPE base (theta): {', '.join(f'{b:g}' for b in BASES)}"),
