@@ -22,6 +22,7 @@ import numpy as np
 
 from xgrad.comparison.entries import Comparison
 from xgrad.metrics import OK_STATUSES
+from xgrad.pairing.params import regroups
 from xgrad.report import Divergence, Entry, LayerEntry
 
 __all__ = ["module_divergence"]
@@ -42,6 +43,8 @@ def _inputs_agree(c: Comparison, side, r, k) -> bool | None:
     if len(ref_in) != len(cand_in):  # (q, k, v) against one x: the first of each
         ref_in, cand_in = ref_in[:1], cand_in[:1]
     for a, b in zip(ref_in, cand_in, strict=True):
+        if regroups(np.shape(b)[1:], np.shape(a)[1:]):  # (T, H, hd) against (T, d)
+            b = np.reshape(b, np.shape(a))
         if np.shape(a) != np.shape(b):
             return None
         a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -52,8 +55,22 @@ def _inputs_agree(c: Comparison, side, r, k) -> bool | None:
     return True
 
 
-def _children(pairs, path: str) -> list:
-    return [(r, k) for r, k in pairs if r.info.scope == path]
+def _scope(c: Comparison, pairs, r) -> str | None:
+    """The nearest paired module that ``r`` is called from (through containers that pair
+    with nothing: Hugging Face's ``LlamaModel`` around blocks a port calls from the model
+    itself), ``None`` for the model."""
+    paired = {pr.path for pr, _ in pairs}
+    scope = r.info.scope
+    while scope is not None and scope not in paired:
+        try:
+            scope = c.ref.model.module(scope).scope
+        except (AttributeError, KeyError):
+            return None
+    return scope
+
+
+def _children(c: Comparison, pairs, path: str) -> list:
+    return [(r, k) for r, k in pairs if r.path != path and _scope(c, pairs, r) == path]
 
 
 def _at(side, r, k, where: str, detail: str, between=None) -> Divergence:
@@ -76,7 +93,7 @@ def _between(c: Comparison, side, pairs, layers, scope: str, cr, ck) -> dict | N
     """The submodules around the code that parts in ``scope``: the last paired one before
     ``cr`` (its output agrees, and has the shape ``cr``'s input has), and ``cr``."""
     previous = None
-    for pr, pk in _children(pairs, scope):
+    for pr, pk in _children(c, pairs, scope):
         if pr.path == cr.path:
             break
         entry = layers.get(pr.path)
@@ -108,7 +125,7 @@ def _alone(c: Comparison, side, ref_scope: str, cand_scope: str) -> str:
 def _follow(c, side, pairs, layers, r, k, agree: bool | None = True) -> Divergence:
     """The unit ``r`` (inputs agree, output differs): itself, or the first of its
     submodules whose output differs, followed down."""
-    for cr, ck in _children(pairs, r.path):
+    for cr, ck in _children(c, pairs, r.path):
         entry = layers.get(cr.path)
         if entry is None or not _bad(entry.forward.get(side.label)):
             continue
@@ -119,7 +136,7 @@ def _follow(c, side, pairs, layers, r, k, agree: bool | None = True) -> Divergen
             detail = _code(where, between, side) + _alone(c, side, r.path, k.path)
             return _at(side, r, k, "forward", detail, between)
         return _follow(c, side, pairs, layers, cr, ck, inner)
-    if _children(pairs, r.path):
+    if _children(c, pairs, r.path):
         return _at(
             side,
             r,
@@ -149,13 +166,15 @@ def module_divergence(
         if entry is None or not _bad(entry.forward.get(side.label)):
             continue
         agree = _inputs_agree(c, side, r, k)
-        if agree is False and r.info.scope is not None:
-            found = next(((pr, pk) for pr, pk in pairs if pr.path == r.info.scope), None)
-            if found is not None:
-                where = r.info.name or r.path
-                between = _between(c, side, pairs, layers, r.info.scope, r, k)
-                detail = _code(where, between, side) + _alone(c, side, *(f.path for f in found))
-                return _at(side, *found, "forward", detail, between)
+        while agree is False and (scope := _scope(c, pairs, r)) is not None:
+            found = next((pr, pk) for pr, pk in pairs if pr.path == scope)
+            if _inputs_agree(c, side, *found) is False:
+                r, k = found  # the scope's own inputs differ: the code parts further up
+                continue
+            where = r.info.name or r.path
+            between = _between(c, side, pairs, layers, scope, r, k)
+            detail = _code(where, between, side) + _alone(c, side, *(f.path for f in found))
+            return _at(side, *found, "forward", detail, between)
         return _follow(c, side, pairs, layers, r, k, agree)
     for r, k in reversed(pairs):
         entry = layers.get(r.path)

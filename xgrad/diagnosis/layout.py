@@ -3,10 +3,13 @@ the backward pass."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from xgrad.diagnosis.evidence import Evidence, UnitEvidence
 from xgrad.diagnosis.precision import as_dtype
 from xgrad.diagnosis.records import Cause, Finding, check, drop, rerun
 from xgrad.identify import rel
+from xgrad.pairing.params import regroups
 
 __all__ = ["CAUSES"]
 
@@ -52,13 +55,22 @@ def _as_held(ev: Evidence, unit: UnitEvidence) -> tuple[dict, list[str]] | None:
     return weights, moved
 
 
+def _regrouped(cand: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The candidate's array in the reference's shape where it is a reshape of it (an NNX
+    ``(d, heads, head_dim)`` kernel against a ``(d, d)`` one, paired through a reshape)."""
+    return cand.reshape(ref.shape) if regroups(cand.shape, ref.shape) else cand
+
+
 def weights_differ(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
     """The candidate's weights are not the reference's: the reference's arrays in another
     layout or at another layer (confirmed when the reference's unit re-run with them as the
     candidate holds them reproduces the candidate), or other numbers ("weights differ",
     never confirmed: no convention is tested on weights that differ)."""
     shared = [k for k in unit.weights_ref if k in unit.weights_cand]  # absent: norm-affine's
-    if all(_same(ev, unit.weights_cand[k], unit.weights_ref[k]) for k in shared):
+    if all(
+        _same(ev, _regrouped(unit.weights_cand[k], unit.weights_ref[k]), unit.weights_ref[k])
+        for k in shared
+    ):
         return None
     if any(layer is None for layer in unit.layers_ref):
         return None

@@ -235,10 +235,26 @@ def _score(r: _Node, c: _Node) -> float:
 
 
 def _line_up_deep(ref: Sequence[_Node], cand: Sequence[_Node]) -> list[tuple[_Node, _Node]]:
-    """:func:`_line_up`, then, between the pairs found, the modules left unpaired on both
-    sides opened up one level (a container's children in its place: a ``nn.Sequential`` of
-    layers against the same layers called one by one) and lined up again."""
-    pairs = _line_up(ref, cand)
+    """:func:`_line_up`, then, between the pairs found, the modules left unpaired opened up
+    one level (a container's children in its place: a ``nn.Sequential`` of layers against
+    the same layers called one by one) and lined up again: the reference's side opened, the
+    candidate's, or both, whichever pairs the most parameters (the first of equals). When
+    weighted modules are left unpaired, the whole sequence is also tried with its containers
+    opened the same ways, and kept if it pairs more: a port that calls its embedding, blocks
+    and norm from the model itself, its LM head tied to the embedding, against Hugging Face's
+    ``LlamaModel`` wrapping them beside a separate ``lm_head``."""
+    out = _segments(ref, cand, _line_up(ref, cand))
+    if _covered(out) < _size(ref) + _size(cand):
+        opened = [t for t in _openings(ref, cand) if _has_containers(t, ref, cand)]
+        for t in opened:
+            found = _segments(*t, _line_up(*t))
+            if _covered(found) > _covered(out):
+                out = found
+    return out
+
+
+def _segments(ref, cand, pairs) -> list[tuple[_Node, _Node]]:
+    """``pairs``, and between them the unpaired modules opened up (:func:`_line_up_deep`)."""
     out: list[tuple[_Node, _Node]] = []
     i = j = 0
     for a, b in [*pairs, (None, None)]:
@@ -246,16 +262,35 @@ def _line_up_deep(ref: Sequence[_Node], cand: Sequence[_Node]) -> list[tuple[_No
         cj = cand.index(b) if b is not None else len(cand)
         seg_r, seg_c = list(ref[i:ri]), list(cand[j:cj])
         if seg_r and seg_c:
-            open_r = [g for n in seg_r for g in (n.children or [n])]
-            open_c = [g for n in seg_c for g in (n.children or [n])]
-            if (open_r, open_c) != (seg_r, seg_c):
-                out += _line_up_deep(open_r, open_c)
+            tries = [t for t in _openings(seg_r, seg_c) if t != (seg_r, seg_c)]
+            if tries:
+                out += max((_line_up_deep(*t) for t in tries), key=_covered)
             else:
                 out += _groups(seg_r, seg_c)
         if a is not None:
             out.append((a, b))
         i, j = ri + 1, cj + 1
     return out
+
+
+def _openings(ref: Sequence[_Node], cand: Sequence[_Node]) -> list[tuple[list, list]]:
+    """The reference's containers opened one level, the candidate's, and both's."""
+    open_r = [g for n in ref for g in (n.children or [n])]
+    open_c = [g for n in cand for g in (n.children or [n])]
+    return [(open_r, list(cand)), (list(ref), open_c), (open_r, open_c)]
+
+
+def _has_containers(t, ref, cand) -> bool:
+    return (list(t[0]), list(t[1])) != (list(ref), list(cand))
+
+
+def _size(nodes: Sequence[_Node]) -> int:
+    return sum(n.size for n in nodes)
+
+
+def _covered(pairs: Sequence[tuple[_Node, _Node]]) -> int:
+    """How many parameters the pairs pair, on both sides."""
+    return sum(a.size + b.size for a, b in pairs)
 
 
 def _group(run: Sequence[_Node]) -> _Node:
