@@ -252,7 +252,7 @@ class SelfAttention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.rope, self.rope_base, self.qkv = causal, rope, float(rope_base), qkv
         self.scale = head_dim**-0.5 if scale is None else float(scale)
-        shapes = {"out_kernel": (heads, head_dim, dim)}
+        shapes = {}  # registered in the canonical order: query, key, value, then out
         if qkv == "fused":
             shapes["qkv_kernel"] = (dim, heads + 2 * kv_heads, head_dim)
             if use_bias:
@@ -262,6 +262,7 @@ class SelfAttention(nn.Module):
                 shapes[f"{name}_kernel"] = (dim, n, head_dim)
                 if use_bias:
                     shapes[f"{name}_bias"] = (n, head_dim)
+        shapes["out_kernel"] = (heads, head_dim, dim)
         if use_bias:
             shapes["out_bias"] = (dim,)
         for name, shape in shapes.items():
