@@ -8,7 +8,10 @@ owns ``layers.{i}.{local}`` (nested: ``layers.{i}.layers.{j}.{local}``):
   absent for layers with ``use_bias=False``;
 * LayerNorm / RMSNorm / BatchNorm ``scale`` and ``bias``: ``(features,)``;
 * BatchNorm state ``mean`` and ``var``: ``(features,)``; they travel with the parameters
-  (one dict, one file) but have no gradient.
+  (one dict, one file) but have no gradient;
+* Embedding ``embedding`` ``(vocab, dim)``; Attention ``query_kernel`` ``(dim, heads,
+  head_dim)`` ... ``out_kernel`` ``(heads, head_dim, dim)``; GatedMLP ``gate_kernel`` ``(dim,
+  hidden)`` ...: each kind's own names and shapes (``xgrad/layers/<kind>.py``).
 
 Every framework maps its native names and layout to and from this form.
 """
@@ -233,7 +236,14 @@ def load_params(path: str | os.PathLike) -> Params:
 
 
 _CANONICAL = re.compile(r"layers\.\d+(\.layers\.\d+)*\.[a-z_]+")
-_LOCAL_ORDER = {"kernel": 0, "scale": 1, "bias": 2, "mean": 3, "var": 4}
+_LOCAL_NAMES = (
+    *("kernel", "scale", "bias", "mean", "var", "embedding"),
+    *(f"{p}_{s}" for p in ("query", "key", "value", "qkv", "out") for s in ("kernel", "bias")),
+    *(f"{p}_{s}" for p in ("gate", "up", "down") for s in ("kernel", "bias")),
+)
+_LOCAL_ORDER = {name: i for i, name in enumerate(_LOCAL_NAMES)}
+"""Each layer kind's local names in the order of its ``param_names`` then ``state_names``
+(Dense/norms, Embedding, Attention, GatedMLP), so a file read back keeps canonical order."""
 
 
 def _canonical_order(params: Params) -> Params:
