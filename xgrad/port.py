@@ -4,8 +4,13 @@
 its weights to a file (canonical names, or the target framework's own file such as a PyTorch
 ``state_dict``: :attr:`~xgrad.frameworks.base.AbstractFramework.native_files`), reads the file
 back, rebuilds the model in the target framework from what was read, and compares the two on
-a seeded random batch with :func:`xgrad.compare_models` (``transfer=False``: the written
-weights themselves are checked). ``xgrad port`` is this function on the command line.
+a seeded random batch (:func:`sample_batch`: token ids for a model starting with an
+``Embedding``) with :func:`xgrad.compare_models` (``transfer=False``: the written weights
+themselves are checked). Both sides are compared layer by layer in canonical names (the
+model read from the file, and the target's model of the same spec), so the pairing never has
+to guess among weights of equal shapes. The round trip is bit-exact when every name written
+reads back with exactly its array (whatever order the file keeps). ``xgrad port`` is this
+function on the command line.
 
 Which framework reads a model file, and which writes which weight files, is asked of the
 frameworks (:mod:`xgrad.frameworks.registry`), never listed here.
@@ -20,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from xgrad.convert import spec_of
-from xgrad.errors import InputError
-from xgrad.frameworks.base import AbstractFramework
+from xgrad.errors import InputError, XgradError
+from xgrad.frameworks.base import AbstractFramework, AbstractModel
 from xgrad.frameworks.registry import get_framework, known_frameworks, lookup_framework, read_model
+from xgrad.layers import Embedding
 from xgrad.losses import get_loss, random_targets
 from xgrad.params import FILE_SUFFIXES, load_params, save_params
 from xgrad.report import Report
@@ -34,6 +40,8 @@ __all__ = [
     "is_native_weight_file",
     "model_file_framework",
     "port_model_file",
+    "sample_batch",
+    "sample_inputs",
 ]
 
 
@@ -117,18 +125,62 @@ def is_native_weight_file(to: str, path: str | os.PathLike) -> bool:
 
 def _write(framework: AbstractFramework, out: Path, spec: MLP, source) -> tuple:
     """Write ``source``'s weights to ``out``, read them back and build ``framework``'s model
-    from what was read: ``(native model, round trip bit-exact, arrays written, kind)``."""
+    from what was read: ``(native model, model compared, round trip bit-exact, arrays written,
+    kind)``; the model compared is an :class:`AbstractModel` in canonical names wherever one
+    is known to hold what the file holds (see :func:`_compared`)."""
     weights = source.weights()
     if is_native_weight_file(framework.name, out):  # its own names, layout and loader
         native, exact, count = framework.write_native_file(out, spec, weights, dtype=source.dtype)
-        return native, exact, count, framework.native_file_kind
+        compared = _compared(framework, spec, native, weights, exact, source.dtype)
+        return native, compared, exact, count, framework.native_file_kind
     save_params(out, weights)
     loaded = load_params(out)
-    exact = list(loaded) == list(weights) and all(
+    exact = set(loaded) == set(weights) and all(  # names to arrays, whatever the file's order
         np.array_equal(loaded[k], np.asarray(weights[k], dtype=np.float64)) for k in weights
     )
-    native = framework.build(spec, loaded, dtype=source.dtype).native
-    return native, exact, len(weights), "canonical names"
+    model = framework.build(spec, loaded, dtype=source.dtype)
+    return model.native, model, exact, len(weights), "canonical names"
+
+
+def _compared(framework: AbstractFramework, spec: MLP, native, weights, exact: bool, dtype):
+    """What a native file's port is compared as: the native model read back, read into
+    xgrad's layer kinds when its reader reads it as ``spec``; else, when the file read back is
+    bit-exact (so the native model holds exactly the tensors of ``spec`` built from
+    ``weights``, loaded strictly), that build, whose weights are named canonically: the pairing
+    then goes by name, never by guessing among parameters of equal shapes (attention's
+    kernels); else the native model itself, read module by module."""
+    try:
+        model = read_model(native, input_shape=spec.input_shape)
+    except XgradError:
+        model = None
+    if model is not None and model.spec() == spec:
+        return model
+    return framework.build(spec, weights, dtype=dtype) if exact else native
+
+
+def sample_inputs(
+    input_shape: tuple, batch: int, seed: int, *, vocab: int | None = None
+) -> np.ndarray:
+    """Seeded inputs ``(batch, *input_shape)``: standard-normal floats, or with ``vocab`` (a
+    model whose first layer is an :class:`~xgrad.Embedding`) integer token ids in ``[0,
+    vocab)``."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *input_shape)
+    return rng.standard_normal(shape) if vocab is None else rng.integers(0, vocab, size=shape)
+
+
+def sample_batch(spec: MLP, batch: int, seed: int, loss: str) -> tuple[np.ndarray, object]:
+    """The seeded inputs (:func:`sample_inputs`) and targets a port of ``spec`` is compared
+    on: :func:`~xgrad.losses.random_targets` for an output of shape ``(batch,
+    *spec.output_shape)`` (``None`` for a loss that takes none)."""
+    first = spec.layers[0] if spec.layers else None
+    vocab = first.vocab if isinstance(first, Embedding) else None
+    x = sample_inputs(spec.input_shape, batch, seed, vocab=vocab)
+    out = spec.output_shape
+    y = random_targets(
+        loss, batch, spec.output_dim, seed, shape=(batch, *out) if len(out) > 1 else None
+    )
+    return x, y
 
 
 def port_model_file(
@@ -151,7 +203,8 @@ def port_model_file(
             (kernel ``(in, out)``, in the model's dtype), or one of the target framework's
             own files (:func:`is_native_weight_file`; with ``torch``, ``.pt`` or
             ``.safetensors`` hold its ``state_dict``, weights ``(out, in)``).
-        batch: rows of the random standard-normal input.
+        batch: rows of the random input (standard-normal floats, or token ids in ``[0,
+            vocab)`` for a model whose first layer is an ``Embedding``; :func:`sample_batch`).
         seed: seed of the input (and targets).
         loss: the loss compared (default ``projection``, whose gradients are never degenerate).
 
@@ -175,16 +228,16 @@ def port_model_file(
     reference = reader.load_model_file(path)
     source = read_model(reference)
     spec = spec_of(source)
-    candidate, exact, count, kind = _write(framework, out, spec, source)
-    x = np.random.default_rng(seed).standard_normal((batch, *spec.input_shape))
-    y = random_targets(loss, batch, spec.output_dim, seed)
+    candidate, compared, exact, count, kind = _write(framework, out, spec, source)
+    x, y = sample_batch(spec, batch, seed, loss)
     report = compare_models(
-        reference,
-        candidate,
+        source,  # read already: layer by layer, canonical names (token ids included)
+        compared,
         x,
         y,
         loss=loss,
         transfer=False,
         title=f"{path} -> {to} ({out.name})",
+        read="layers" if isinstance(compared, AbstractModel) else "auto",
     )
     return Port(spec, reference, candidate, out, count, kind, exact, report)

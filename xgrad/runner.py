@@ -321,7 +321,7 @@ def compare_models(
         )
     inputs = prepare_inputs(ref_model, x, y, loss, cotangent)
     if pair.tier == "layers":
-        check_input(pair.candidate.input_shape, inputs.x)
+        check_input(pair.candidate.input_shape, inputs.x, vocab=pair.candidate.vocab)
     unpaired, ignored = _unpaired(pair, ignore)
     pair = transfer_weights(pair, transfer)
     cand_model = pair.candidate
