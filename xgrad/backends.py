@@ -42,8 +42,9 @@ from xgrad.errors import FrameworkError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
 from xgrad.frameworks.registry import get_framework, lookup_framework, read_model
 from xgrad.frameworks.tensorflow.backend_worker import BACKENDS
-from xgrad.layers import Dropout
+from xgrad.layers import Attention, Dropout
 from xgrad.metrics import tolerance
+from xgrad.port import sample_inputs
 from xgrad.report import Report
 
 __all__ = ["BACKENDS", "RecordedModel", "compare_backends"]
@@ -111,10 +112,19 @@ def _check_backends(backends) -> tuple[str, ...]:
 
 
 def _plan(model, infos: Sequence[LayerInfo], leaf_index: dict[int, int]) -> list[dict]:
-    """The layers to call, in order, as the worker calls them."""
+    """The layers to call, in order, as the worker calls them: ``op`` ``call`` (an attention
+    layer with ``args`` 2, query and value both the stream, and ``kwargs``
+    ``{"use_causal_mask": causal}``, as Keras' ``MultiHeadAttention`` is called for
+    self-attention), ``residual`` or ``identity``.
+
+    Raises:
+        InputError: a layer the other backends cannot replay (xgrad's own Keras layers, an
+            active Dropout, a layer updating its state), named.
+    """
     plan = []
     for info in infos:
         layer = model.keras_layer(info.path)
+        _check_replayable(info, layer)
         node = {"path": info.path, "leaf": None if layer is None else leaf_index[id(layer)]}
         if info.children:
             node.update(op="residual", children=_plan(model, info.children, leaf_index))
@@ -129,8 +139,30 @@ def _plan(model, infos: Sequence[LayerInfo], leaf_index: dict[int, int]) -> list
                     "mode), which is not compared across backends"
                 )
             node["op"] = "call"
+            if isinstance(info.layer, Attention):  # Keras' own (xgrad's is refused above)
+                node.update(args=2, kwargs={"use_causal_mask": bool(info.layer.causal)})
         plan.append(node)
     return plan
+
+
+def _check_replayable(info: LayerInfo, layer) -> None:
+    """Refuse a layer whose class is xgrad's own (``xgrad>Attention``, ``xgrad>GatedMLP``,
+    ``xgrad>Embedding``, ``xgrad>Activation``): registered with Keras only in a process that
+    imports xgrad's TensorFlow framework and computed with TensorFlow, it cannot be loaded
+    and run by Keras on JAX or PyTorch."""
+    cls = type(layer)
+    if layer is None or not cls.__module__.startswith("xgrad."):
+        return
+    what = info.layer.describe() if info.layer is not None else info.kind
+    raise InputError(
+        f"layer {info.path} ({what}) is xgrad's own Keras layer {cls.__name__} "
+        f"(registered as 'xgrad>{cls.__name__.removeprefix('Xgrad')}'), which only Keras on "
+        "TensorFlow in a process that imports xgrad can load and run; xgrad backends "
+        "compares Keras' own layers only (attention: MultiHeadAttention or "
+        "GroupQueryAttention, without RoPE, fused qkv or an explicit scale; no GatedMLP; "
+        "Embedding without padding_idx or scale); compare this model with xgrad.compare "
+        "instead"
+    )
 
 
 def _paths(infos: Sequence[LayerInfo]) -> list[str]:
@@ -160,6 +192,7 @@ def _start(backend, model_file, source, plan, inputs, dtypes, loss_name, tmp) ->
         "input_dtype": input_dtype,
         "loss": loss_name,
         "plan": plan,
+        "ids": source.vocab is not None,
         "variables": [source.variable(name).path for name in source.param_names],
     }
     Path(f"{base}.json").write_text(json.dumps(request))
@@ -194,7 +227,7 @@ def _finish(backend, process, request, source, model_file, deadline) -> tuple[Gr
     grads = Gradients(
         loss=float(got["loss"]) if "loss" in got else None,
         params={n: got[f"param{i}"] for i, n in enumerate(source.param_names)},
-        input=got["input"],
+        input=got.get("input"),  # none for token ids
         output=got["output"],
         activations={p: got[f"act{i}"] for i, p in enumerate(paths)},
         activation_grads={p: got[f"grad{i}"] for i, p in enumerate(paths)},
@@ -242,8 +275,9 @@ def compare_backends(
     Args:
         model_file: a Keras 3 ``.keras`` file (loaded in safe mode in every process).
         backends: Keras backends, ``"tensorflow,jax,torch"`` or a list of them.
-        x: inputs, shape ``(batch, *input_shape)``; ``None`` draws a standard normal batch of
-            ``batch`` rows from ``seed``.
+        x: inputs, shape ``(batch, *input_shape)`` (integer token ids for a model whose first
+            layer is an ``Embedding``: not differentiated, no ``dL/d input``); ``None`` draws
+            ``batch`` rows from ``seed`` (standard normal, or ids in ``[0, vocab)``).
         y: targets, for the losses that need them; ``None`` draws them from ``seed``.
         batch: rows of the drawn batch.
         seed: seeds the drawn batch and targets.
@@ -262,7 +296,9 @@ def compare_backends(
     Raises:
         ModelFileError: the file is missing, not a ``.keras`` archive, or holds code.
         FrameworkError: a backend is not installed or failed (its error is quoted).
-        InputError: bad ``x``, ``y``, ``cotangent``, ``batch`` or ``loss``.
+        InputError: bad ``x``, ``y``, ``cotangent``, ``batch`` or ``loss``; a layer the other
+            backends cannot replay (xgrad's own Keras layers: attention with RoPE, GatedMLP,
+            ...), named.
     """
     from xgrad.frameworks.tensorflow.files import load_keras_file
 
@@ -305,14 +341,19 @@ def _check_loss_and_batch(loss, cotangent, x, batch) -> None:
 
 
 def _inputs(source, x, y, batch: int, seed: int, loss: str, cotangent):
-    """The checked batch: ``x`` (or ``batch`` standard normal rows from ``seed``), ``y`` (or
-    targets drawn from ``seed``) or the cotangent."""
+    """The checked batch: ``x`` (or ``batch`` rows from ``seed``: standard normal, or token
+    ids for a model starting with an Embedding), ``y`` (or targets of the output's shape drawn
+    from ``seed``) or the cotangent."""
     from xgrad.losses import random_targets
 
     if x is None:
-        x = np.random.default_rng(seed).standard_normal((batch, *source.input_shape))
+        x = sample_inputs(source.input_shape, batch, seed, vocab=source.vocab)
     if y is None and cotangent is None:
-        y = random_targets(loss, int(np.shape(x)[0]), int(np.prod(source.output_shape)), seed)
+        out = source.output_shape
+        rows = int(np.shape(x)[0])
+        y = random_targets(
+            loss, rows, int(np.prod(out)), seed, shape=(rows, *out) if len(out) > 1 else None
+        )
     return prepare_inputs(source, x, y, loss, cotangent)
 
 

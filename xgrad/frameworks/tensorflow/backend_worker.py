@@ -10,12 +10,14 @@ The request names the model file, the ``.npz`` of inputs (read with ``allow_pick
 the layers to call in order (the *plan*, made by the parent from its reading of the same
 file), the loss or cotangent, and where to write the result. The model is loaded in Keras
 safe mode. Each layer is called with ``training=False`` (Dropout is skipped, as the parent's
-reading says); a zero tensor is added to every layer's output so that ``dL/d output`` of
+reading says), an attention layer as the plan says (``layer(a, a, use_causal_mask=...)``
+for Keras' own); a zero tensor is added to every layer's output so that ``dL/d output`` of
 each layer is the gradient with respect to that zero. The gradients come from the backend's
 own autodiff (``tf.GradientTape``, ``jax.value_and_grad`` / ``jax.vjp``,
 ``torch.autograd.grad``), with the trainable variables replaced by differentiable copies of
 their values inside a ``keras.StatelessScope``. The losses are xgrad's, in the backend's own
-framework (:mod:`xgrad.losses`).
+framework (:mod:`xgrad.losses`). Token ids (the request's ``ids``: a model whose first layer
+is an Embedding) enter as ``int32`` and are not differentiated (no ``dL/d input``).
 
 Importing this module imports no framework.
 """
@@ -54,8 +56,9 @@ def _run(plan, a, leaves, eps, values):
         if node["op"] == "residual":
             inner = _run(node["children"], a, leaves, eps, values)
             a = a + inner if node["leaf"] is None else leaves[node["leaf"]]([a, inner])
-        elif node["op"] == "call":
-            a = leaves[node["leaf"]](a, training=False)
+        elif node["op"] == "call":  # attention: (a, a) and use_causal_mask, as the plan says
+            args = [a] * node.get("args", 1)
+            a = leaves[node["leaf"]](*args, training=False, **node.get("kwargs", {}))
         # "identity": an inactive Dropout
         a = a + eps[node["path"]]
         values[node["path"]] = a
@@ -87,12 +90,19 @@ def _loss_fn(backend: str, name: str):
     return torch_loss(loss)
 
 
-def _evaluate(backend, forward, values, x, eps, loss_fn, y, cotangent):
+def _evaluate(backend, forward, values, x, eps, loss_fn, y, cotangent, ids=False):
     """``(loss, output, dL/dvalues, dL/dx, dL/deps, activations)`` by the backend's autodiff,
-    where ``forward(values, x, eps) -> (output, activations)``."""
+    where ``forward(values, x, eps) -> (output, activations)``; with ``ids`` (``x`` holds
+    integer token ids) ``x`` is not differentiated and ``dL/dx`` is ``None``."""
+    if ids:
+        g_x_free = _evaluate(
+            backend, lambda v, _, e: forward(v, x, e), values, 0.0, eps, loss_fn, y, cotangent
+        )
+        return (*g_x_free[:3], None, *g_x_free[4:])
     if backend == "tensorflow":
         import tensorflow as tf
 
+        x = x if tf.is_tensor(x) else tf.constant(x)  # a stand-in for ids: a float scalar
         with tf.GradientTape() as tape:
             tape.watch([values, x, eps])
             out, acts = forward(values, x, eps)
@@ -104,6 +114,8 @@ def _evaluate(backend, forward, values, x, eps, loss_fn, y, cotangent):
             output_gradients=grads_out,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
+        # an Embedding's gradient comes as IndexedSlices (its rows looked up): made dense
+        grads = tf.nest.map_structure(tf.convert_to_tensor, grads)
         return value, out, *grads, acts
     if backend == "jax":
         import jax
@@ -127,6 +139,8 @@ def _evaluate(backend, forward, values, x, eps, loss_fn, y, cotangent):
         return (value, out, *grads, acts)
     import torch
 
+    if not isinstance(x, torch.Tensor):  # a stand-in for ids, which forward ignores
+        x = torch.zeros((), dtype=values[0].dtype if values else torch.float32)
     for t in [*values, x, *eps.values()]:
         t.requires_grad_(True)
     out, acts = forward(values, x, eps)
@@ -182,7 +196,8 @@ def evaluate_file(request: dict) -> dict:
     variables = [by_path[p] for p in request["variables"]]
     plan = request["plan"]
     ops = keras.ops
-    x = ops.convert_to_tensor(data["x"], dtype=request["input_dtype"])
+    ids = bool(request.get("ids"))  # token ids: integers, never differentiated
+    x = ops.convert_to_tensor(data["x"], dtype="int32" if ids else request["input_dtype"])
     y = ops.convert_to_tensor(data["y"], dtype=dtype) if "y" in data else None
     cot = ops.convert_to_tensor(data["cotangent"], dtype=dtype) if "cotangent" in data else None
     loss_fn = None if request["loss"] is None else _loss_fn(backend, request["loss"])
@@ -208,10 +223,12 @@ def evaluate_file(request: dict) -> dict:
 
     start = time.perf_counter()
     value, out, g_values, g_x, g_eps, acts = _evaluate(
-        backend, forward, values, x, zero, loss_fn, y, cot
+        backend, forward, values, x, zero, loss_fn, y, cot, ids
     )
     seconds = time.perf_counter() - start
-    arrays = {"output": _numpy(out), "input": _numpy(g_x)}
+    arrays = {"output": _numpy(out)}
+    if g_x is not None:
+        arrays["input"] = _numpy(g_x)
     if value is not None:
         arrays["loss"] = _numpy(value)
     for i, g in enumerate(g_values):
