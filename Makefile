@@ -46,6 +46,8 @@ test-numerics: $(STAMP)
 # the kernel it would pick itself. The JSON records which kernel ran.
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python scripts/bench.py --json bench.json
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python scripts/bench_transformer.py \
+		--json bench-transformer.json
 
 # The randomized corpus of hand-written ports with planted bugs (scripts/corpus.py), larger
 # than the one the tests run: scores for false alarms, wrong causes, naming, localisation.
@@ -55,6 +57,7 @@ fuzz: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python scripts/bench.py --smoke
+	$(BIN)/python scripts/bench_transformer.py --smoke
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
