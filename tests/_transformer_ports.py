@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 LLAMA_TINY = {
@@ -283,3 +284,107 @@ def llama_port(reference, *, seed: int = 0, **knobs) -> LlamaPort:
         c.intermediate_size, c.num_hidden_layers, eps=c.rms_norm_eps, rngs=nnx.Rngs(seed),
         **knobs,
     )  # fmt: skip
+
+
+# -- GPT-2: Hugging Face against keras-hub --------------------------------------------------------
+
+
+def hf_gpt2(*, vocab: int = 50, dim: int = 16, heads: int = 2, layers: int = 2, seed: int = 0):
+    """A random Hugging Face ``GPT2LMHeadModel`` in eval mode: ``gelu_new`` (the tanh GELU),
+    LayerNorm epsilon 1e-5, its LM head tied to ``wte``, 32 positions."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=layers, n_embd=dim, n_head=heads, vocab_size=vocab, n_positions=32,
+        bos_token_id=0, eos_token_id=0, attn_implementation="eager",
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GPT2LMHeadModel(config).eval()
+
+
+def _keras_classes():
+    """The Keras classes, defined once keras and keras-hub are imported (they are slow to)."""
+    global _KERAS
+    if _KERAS is not None:
+        return _KERAS
+    import keras
+    import keras_hub
+
+    class PlantedGPT2Backbone(keras_hub.models.GPT2Backbone):
+        """keras-hub's ``GPT2Backbone`` with one difference planted after construction (and
+        kept in its config, so that copies keep it).
+
+        Args:
+            ln_epsilon: ``(block, epsilon)``: that block's attention LayerNorm epsilon.
+            erf_gelu: a block whose feed-forward GELU is the erf form (keras-hub's is
+                ``keras.activations.gelu(approximate=True)``, the tanh form, as GPT-2's).
+        """
+
+        def __init__(self, *, ln_epsilon=None, erf_gelu=None, **kwargs):
+            super().__init__(**kwargs)
+            self.ln_epsilon, self.erf_gelu = ln_epsilon, erf_gelu
+            if ln_epsilon is not None:
+                block, eps = ln_epsilon
+                self.transformer_layers[block]._self_attention_layer_norm.epsilon = eps
+            if erf_gelu is not None:
+                dense = self.transformer_layers[erf_gelu]._feedforward_intermediate_dense
+                dense.activation = keras.activations.gelu  # approximate=False: erf
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "ln_epsilon": self.ln_epsilon,
+                "erf_gelu": self.erf_gelu,
+            }
+
+    class GPT2LM(keras.Model):
+        """A ``GPT2Backbone`` and its LM head tied to its token embedding, as keras-hub's
+        ``GPT2CausalLM`` computes logits (``token_embedding(h, reverse=True)``: ``h @
+        embeddings.T``), called on token ids alone (every position attended)."""
+
+        def __init__(self, backbone, **kwargs):
+            super().__init__(**kwargs)
+            self.backbone = backbone
+
+        def get_config(self):
+            backbone = keras.saving.serialize_keras_object(self.backbone)
+            return {**super().get_config(), "backbone": backbone}
+
+        @classmethod
+        def from_config(cls, config):
+            config = dict(config)  # the backbone's class is known: no registry needed
+            config["backbone"] = PlantedGPT2Backbone.from_config(config["backbone"]["config"])
+            return cls(**config)
+
+        def call(self, token_ids):
+            mask = keras.ops.ones_like(token_ids)
+            h = self.backbone({"token_ids": token_ids, "padding_mask": mask})
+            return self.backbone.token_embedding(h, reverse=True)
+
+    _KERAS = (PlantedGPT2Backbone, GPT2LM)
+    return _KERAS
+
+
+_KERAS = None
+
+
+def keras_gpt2(reference, *, seed: int = 0, ln_epsilon=None, erf_gelu=None):
+    """A Keras ``GPT2LM`` (keras-hub ``GPT2Backbone``, tied head) of a Hugging Face GPT-2's
+    sizes, dropout 0, its own random weights; ``ln_epsilon=(block, eps)`` or
+    ``erf_gelu=block`` plant a difference (:class:`PlantedGPT2Backbone`)."""
+    import keras
+
+    backbone_cls, lm_cls = _keras_classes()
+    c = reference.config
+    keras.utils.set_random_seed(seed)
+    backbone = backbone_cls(
+        vocabulary_size=c.vocab_size, num_layers=c.n_layer, num_heads=c.n_head,
+        hidden_dim=c.n_embd, intermediate_dim=4 * c.n_embd, dropout=0.0,
+        max_sequence_length=c.n_positions, ln_epsilon=ln_epsilon, erf_gelu=erf_gelu,
+    )  # fmt: skip
+    model = lm_cls(backbone)
+    model(np.zeros((1, 4), np.int32))  # built, as a user's model is after its first call
+    return model

@@ -65,8 +65,8 @@ from xgrad.frameworks.torch.model import (
     write_tensor,
 )
 from xgrad.frameworks.torch.uses import ParamUses, used_elsewhere
-from xgrad.identify import fit_activation, fit_norm
-from xgrad.layers import Activation
+from xgrad.identify import FIT, fit_activation, fit_norm, rel
+from xgrad.layers import Activation, Dense
 from xgrad.losses import Loss
 from xgrad.params import Params
 
@@ -323,6 +323,41 @@ def _as_norm(call: _Call, own: dict[str, str], params: dict, dtype: str):
     return found, found.kind, {"scale": native}, {}, {}, note
 
 
+def _as_dense(call: _Call, own: dict[str, str], params: dict, dtype: str):
+    """A module of no known class holding one matrix and maybe one bias vector, named a
+    dense layer when ``x @ W + b`` (or ``x @ W.T + b``) reproduces its values: Hugging Face's
+    GPT-2 ``Conv1D`` stores ``W`` as ``(in, out)``, ``nn.Linear`` as ``(out, in)``; which
+    one a module holds is read from what it computed, so that its matrix pairs with an NNX
+    or Keras kernel in the right axis order. ``None`` when neither reproduces it."""
+    if len(call.inputs) != 1 or not 1 <= len(own) <= 2:
+        return None
+    arrays = {local: _float64(params[native]) for local, native in own.items()}
+    matrices = [k for k, a in arrays.items() if a.ndim == 2]
+    vectors = [k for k, a in arrays.items() if a.ndim == 1]
+    if len(matrices) != 1 or len(vectors) != len(own) - 1:
+        return None
+    w = arrays[matrices[0]]
+    b = arrays[vectors[0]] if vectors else 0.0
+    x, out = _float64(call.inputs[0]), _float64(call.output)
+    tol = FIT.get(dtype, FIT["float32"])
+    fits = [
+        layout
+        for layout, kernel in ((None, w), ((1, 0), w.T))
+        if x.shape[-1] == kernel.shape[0]
+        and out.shape == (*x.shape[:-1], kernel.shape[1])
+        and (not vectors or b.shape == (kernel.shape[1],))
+        and rel(x @ kernel + b, out) <= tol
+    ]
+    if len(fits) != 1:
+        return None
+    natives = {"kernel": own[matrices[0]], **({"bias": own[vectors[0]]} if vectors else {})}
+    layer = Dense(out.shape[-1], "linear", use_bias=bool(vectors))
+    note = "identified numerically as dense, its weight stored " + (
+        "(in, out)" if fits[0] is None else "(out, in)"
+    )
+    return layer, "dense", natives, {}, ({} if fits[0] is None else {"kernel": (1, 0)}), note
+
+
 FUSED_WEIGHTS: dict[type, dict[str, tuple[str, tuple[int, ...] | None]]] = {
     nn.MultiheadAttention: {
         "in_proj_weight": ("in_proj.kernel", (1, 0)),
@@ -399,7 +434,7 @@ def _infos(
             natives, documented = _documented(c.module, c.path, natives)
             layouts = {**layouts, **documented}
         if layer is None and leaf and c.output is not None:
-            found = _as_norm(c, own, tensors, dtype)
+            found = _as_norm(c, own, tensors, dtype) or _as_dense(c, own, tensors, dtype)
             if found is not None:
                 layer, kind, natives, state, layouts, note = found
         out.append(

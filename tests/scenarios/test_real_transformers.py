@@ -1,0 +1,258 @@
+"""Real transformers against hand-written ports, module by module (issue 21, Real models):
+
+* Hugging Face ``LlamaForCausalLM`` against a Flax NNX port (``tests/_transformer_ports.py``:
+  ``nnx.Embed``, ``LinearGeneral`` q/k/v ``(d, heads, head_dim)`` and o ``(heads, head_dim,
+  d)``, RoPE with ``rotate_half``, ``repeat_kv``, ``nnx.RMSNorm``, SwiGLU, LM head): the
+  correct port is OK; ``xgrad.convert(hf, into=port)`` fills it bit-exactly (read back against
+  the torch state dict by hand: q is ``W_q.T`` reshaped, o is ``W_o.T`` reshaped); each planted
+  convention (one keyword knob of the port) is not OK and placed at the module of the first
+  block where it acts, on both sides.
+* Hugging Face ``GPT2LMHeadModel`` against a Keras model around keras-hub's ``GPT2Backbone``
+  with its LM head tied to the token embedding (``token_embedding(h, reverse=True)``, as
+  ``GPT2CausalLM`` computes logits): ``c_attn (d, 3d)`` (a ``Conv1D``, read as dense from its
+  values) pairs with three ``(d, heads, head_dim)`` kernels; OK when correct, both float32 and
+  both the tanh GELU (HF ``gelu_new``; keras-hub ``keras.activations.gelu(approximate=True)``);
+  another LayerNorm epsilon or the erf GELU on the Keras side is named at its block.
+
+The causes each knob is named by are tested in test_real_transformer_causes.py; the models are
+tiny (width 32, 4 heads, 2 kv heads, head_dim 8: RoPE's frequencies then differ by theta).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+from conftest import INSTALLED
+
+pytestmark = pytest.mark.skipif(
+    not {"torch", "flax"} <= INSTALLED or importlib.util.find_spec("transformers") is None,
+    reason="torch, flax and transformers are needed",
+)
+
+IDS = np.random.default_rng(0).integers(0, 32, size=(2, 6))
+ATTN = ("model.layers.0.self_attn", "blocks.0.attn")
+NORM = ("model.layers.0.input_layernorm", "blocks.0.attn_norm")
+BETWEEN_V_O = {
+    "reference": ["model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj"],
+    "flax.nnx": ["blocks.0.attn.v_proj", "blocks.0.attn.o_proj"],
+}
+
+
+def _compare(reference, candidate, x=IDS):
+    import xgrad
+
+    with warnings.catch_warnings():  # transformers' own notices on tiny configs
+        warnings.simplefilter("ignore")
+        return xgrad.compare_models(reference, candidate, x)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from _transformer_ports import hf_llama
+
+    return hf_llama(dim=32, heads=4, kv_heads=2, hidden=64, layers=1)
+
+
+def _first(report) -> dict:
+    assert not report.ok, report.summary()
+    first = report.first_divergence
+    assert first is not None and first["where"] == "forward", report.summary()
+    return first
+
+
+# -- LLaMA -----------------------------------------------------------------------------------------
+
+
+def test_the_nnx_port_of_llama_is_ok_and_pairs_every_parameter(llama):
+    from _transformer_ports import llama_port
+
+    report = _compare(llama, llama_port(llama))
+    assert report.ok, report.summary()
+    assert report.unpaired == ()
+    names = {layer.path: layer.names for layer in report.layers}
+    assert names[ATTN[0]] == {"reference": ATTN[0], "flax.nnx": ATTN[1]}
+    native = {e.native["reference"]: e.native["flax.nnx"] for e in report.parameters}
+    assert native["model.layers.0.self_attn.q_proj.weight"] == "blocks/0/attn/q_proj/kernel"
+
+
+def test_convert_fills_the_nnx_port_bit_exactly(llama):
+    from _transformer_ports import llama_port
+
+    import xgrad
+
+    port = llama_port(llama)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        filled = xgrad.convert(llama, into=port, x=IDS)
+    sd = {k: v.detach().numpy() for k, v in llama.state_dict().items()}
+    d, heads, hd = 32, 4, 8
+    block, attn = filled.blocks[0], filled.blocks[0].attn
+
+    def torch_weight(name):
+        return sd[f"model.layers.0.{name}.weight"].T  # (out, in) -> (in, out)
+
+    expected = {  # by hand: heads lie on torch's out axis, head-major
+        "embed": (filled.embed.embedding, sd["model.embed_tokens.weight"]),
+        "q": (attn.q_proj.kernel, torch_weight("self_attn.q_proj").reshape(d, heads, hd)),
+        "k": (attn.k_proj.kernel, torch_weight("self_attn.k_proj").reshape(d, 2, hd)),
+        "v": (attn.v_proj.kernel, torch_weight("self_attn.v_proj").reshape(d, 2, hd)),
+        "o": (attn.o_proj.kernel, torch_weight("self_attn.o_proj").reshape(heads, hd, d)),
+        "gate": (block.mlp.gate_proj.kernel, torch_weight("mlp.gate_proj")),
+        "down": (block.mlp.down_proj.kernel, torch_weight("mlp.down_proj")),
+        "attn_norm": (block.attn_norm.scale, sd["model.layers.0.input_layernorm.weight"]),
+        "norm": (filled.norm.scale, sd["model.norm.weight"]),
+        "head": (filled.lm_head.kernel, sd["lm_head.weight"].T),
+    }
+    for name, (variable, want) in expected.items():
+        got = np.asarray(variable[...])
+        assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want), name
+    assert not np.array_equal(np.asarray(port.blocks[0].attn.q_proj.kernel[...]), expected["q"][1])
+
+
+ATTENTION_KNOBS = [
+    {"rope": "interleaved"},
+    {"rope_theta": 500000.0},
+    {"scale": "none"},
+    {"scale": "twice"},
+    {"causal": "shifted"},
+    {"causal": "none"},
+    {"gqa": "tile"},
+    {"heads_layout": "head_dim_first"},
+    {"softmax_dtype": "bfloat16"},
+]
+
+
+@pytest.mark.parametrize(
+    "knob", ATTENTION_KNOBS, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items())
+)
+def test_an_attention_convention_is_placed_in_the_first_blocks_attention(llama, knob):
+    from _transformer_ports import llama_port
+
+    first = _first(_compare(llama, llama_port(llama, **knob)))
+    assert (first["path"], first["names"]["flax.nnx"]) == ATTN
+    # q, k and v agree (paired through their reshape): the code after them parts
+    assert first["between"] == BETWEEN_V_O
+
+
+def test_a_minus_inf_mask_fill_gives_nan_rows_placed_in_the_attention(llama):
+    from _transformer_ports import llama_port
+
+    mask = np.ones_like(IDS)
+    mask[0, :2] = 0  # left padding: query rows 0 and 1 of the first sequence see no key
+    x = {"input_ids": IDS, "attention_mask": mask}
+    assert _compare(llama, llama_port(llama), x).ok  # -1e9 rows attend uniformly, as HF's
+    report = _compare(llama, llama_port(llama, mask_fill=float("-inf")), x)
+    first = _first(report)
+    assert (first["path"], first["names"]["flax.nnx"]) == ATTN
+    assert "nonfinite" in report.summary()
+
+
+@pytest.mark.parametrize(
+    "knob", [{"rms_eps": "outside"}, {"rms_offset": True}], ids=["eps-outside", "gemma-offset"]
+)
+def test_an_rmsnorm_form_is_placed_at_the_first_norm(llama, knob):
+    from _transformer_ports import llama_port
+
+    first = _first(_compare(llama, llama_port(llama, **knob)))
+    assert (first["path"], first["names"]["flax.nnx"]) == NORM
+    assert first["detail"] == "its own computation (its inputs agree)"
+
+
+def test_embeddings_scaled_by_sqrt_d_are_placed_between_the_embedding_and_the_first_block(
+    llama,
+):
+    from _transformer_ports import llama_port
+
+    first = _first(_compare(llama, llama_port(llama, embed_scale=True)))
+    assert first["path"] == ""  # the port's own code, no module's
+    assert first["between"] == {
+        "reference": ["model.embed_tokens", "model.layers.0"],
+        "flax.nnx": ["embed", "blocks.0"],
+    }
+
+
+def test_a_head_tied_to_the_embedding_in_the_port_only_is_placed_at_the_head(llama):
+    from _transformer_ports import llama_port
+
+    report = _compare(llama, llama_port(llama, tied=True))
+    first = _first(report)
+    assert first["path"] == "" and "reference lm_head (Linear)" in first["detail"]
+    assert [u["native"] for u in report.unpaired] == ["lm_head.weight"]
+
+
+# -- GPT-2 against keras-hub ----------------------------------------------------------------------
+
+needs_keras_hub = pytest.mark.skipif(
+    "tensorflow" not in INSTALLED or importlib.util.find_spec("keras_hub") is None,
+    reason="tensorflow and keras-hub are needed",
+)
+GPT2_IDS = np.random.default_rng(1).integers(0, 50, size=(2, 7))
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    from _transformer_ports import hf_gpt2
+
+    return hf_gpt2()
+
+
+@needs_keras_hub
+def test_gpt2_against_a_keras_hub_backbone_with_a_tied_head_is_ok_and_filled_bit_exactly(gpt2):
+    from _transformer_ports import keras_gpt2
+
+    import xgrad
+
+    report = _compare(gpt2, keras_gpt2(gpt2), GPT2_IDS)
+    assert report.ok, report.summary()
+    assert report.unpaired == () and report.dtype == "float32"
+    assert any("c_attn: identified numerically as dense" in n for n in report.notes)
+    assert any("gelu_tanh" in n for n in report.notes)  # HF's gelu_new, from its values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        filled = xgrad.convert(gpt2, into=keras_gpt2(gpt2), x=GPT2_IDS)
+    sd = {k: v.detach().numpy() for k, v in gpt2.state_dict().items()}
+    d, heads = 16, 2
+    attn = filled.backbone.transformer_layers[1]._self_attention_layer
+    c_attn_w = sd["transformer.h.1.attn.c_attn.weight"]  # Conv1D: (in, out), columns [q | k | v]
+    c_attn_b = sd["transformer.h.1.attn.c_attn.bias"]
+    c_proj_w = sd["transformer.h.1.attn.c_proj.weight"]
+    expected = {  # by hand
+        "wte": (filled.backbone.token_embedding.embeddings, sd["transformer.wte.weight"]),
+        "key": (attn._key_dense.kernel, c_attn_w[:, d : 2 * d].reshape(d, heads, d // heads)),
+        "key bias": (attn._key_dense.bias, c_attn_b[d : 2 * d].reshape(heads, d // heads)),
+        "out": (attn._output_dense.kernel, c_proj_w.reshape(heads, d // heads, d)),
+    }
+    for name, (variable, want) in expected.items():
+        got = np.asarray(variable.numpy())
+        assert got.dtype == np.float32 and np.array_equal(got, want), name
+
+
+@needs_keras_hub
+def test_another_layernorm_epsilon_in_keras_is_named_at_its_block(gpt2):
+    from _transformer_ports import keras_gpt2
+
+    report = _compare(gpt2, keras_gpt2(gpt2, ln_epsilon=(1, 1e-3)), GPT2_IDS)
+    first = _first(report)
+    assert first["path"] == "transformer.h.1.ln_1"
+    assert first["names"]["tensorflow"] == "backbone.transformer_layers.1.self_attention_layer_norm"
+    assert report.diagnoses[0].cause == "layernorm-epsilon", report.diagnoses[0].detail
+
+
+@needs_keras_hub
+def test_the_erf_gelu_in_keras_is_named_in_its_blocks_feed_forward():
+    import torch
+    from _transformer_ports import hf_gpt2, keras_gpt2
+
+    reference = hf_gpt2()
+    with torch.no_grad():  # pre-activations of order one, as trained: the GELU forms part
+        for block in reference.transformer.h:
+            block.mlp.c_fc.weight.mul_(25.0)
+    first = _first(_compare(reference, keras_gpt2(reference, erf_gelu=1), GPT2_IDS))
+    assert first["path"] == "transformer.h.1"
+    assert first["between"]["reference"] == [
+        "transformer.h.1.mlp.c_fc",
+        "transformer.h.1.mlp.c_proj",
+    ]
