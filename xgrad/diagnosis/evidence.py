@@ -300,6 +300,15 @@ def _vectors(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1]) if a.ndim > 2 else a
 
 
+def _as_taken(x: np.ndarray, shape) -> np.ndarray:
+    """The batch ``x`` as the first unit's layer takes it: ``(batch, *shape)`` (a token-wise
+    ``Dense`` on ``(tokens, d)`` keeps its tokens; after a ``Flatten`` the layer takes
+    vectors), else flattened to vectors."""
+    if shape and int(np.prod(shape)) == x[0].size:
+        return x.reshape(x.shape[0], *shape)
+    return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
+
+
 def build_evidence(
     ref, cand, alignment: Alignment, inputs, *, dtype: str, tol: float, reference=None
 ) -> Evidence:
@@ -318,8 +327,8 @@ def build_evidence(
         captured = (grads.module_inputs or {}).get(unit.path)
         if captured:  # a model read module by module: the module's own first input
             return f64(captured[0])
-        if unit.start is None:
-            return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
+        if unit.start is None:  # the first unit: the input, as its layer takes it
+            return _as_taken(x, unit.info.input_shape)
         return f64(acts[unit.start])
 
     def configs(unit: Unit, infos):

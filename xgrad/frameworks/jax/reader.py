@@ -567,7 +567,7 @@ def _configure(layer, arrays, values, in_shape, dtype):
         act = "linear" if layer.end == layer.pre else fit_activation(z, a, dtype)[0]
         use_bias = "bias" in layer.leaves
         config = None if act is None else Dense(kernel.shape[1], act, use_bias=use_bias)
-        return config, "dense", (kernel.shape[1],), note, layouts
+        return config, "dense", (*in_shape[:-1], kernel.shape[1]), note, layouts
     if layer.kind == "norm":
         local = {role: arrays[leaf].reshape(-1) for role, leaf in layer.leaves.items()}
         config, _ = fit_norm(
