@@ -16,7 +16,7 @@ import numpy as np
 from xgrad.align import Alignment, align, units
 from xgrad.errors import FrameworkError, InputError, XgradError
 from xgrad.frameworks.base import AbstractModel
-from xgrad.frameworks.capture import Batch, as_batch
+from xgrad.frameworks.capture import Batch, CapturedModel, as_batch
 from xgrad.frameworks.registry import capture_model, read_model
 
 __all__ = [
@@ -176,7 +176,13 @@ def read_pair(
     outputs = _sides(output, "output")
     calls = _call_kwargs(apply_kwargs)
     batch = None if x is None else as_batch(x)
-    plain = batch is None or (batch.names == ("input",) and batch.floating == ("input",))
+    # models read already into layer kinds (xgrad's builds) take one input, floats or token
+    # ids, only that way: module by module needs a user's object to capture
+    built = all(
+        isinstance(obj, AbstractModel) and not isinstance(obj, CapturedModel)
+        for obj in (reference, candidate)
+    )
+    plain = batch is None or (batch.names == ("input",) and (batch.floating == ("input",) or built))
     custom = any(v is not None for v in (*modes.values(), *outputs.values(), *calls.values()))
     why = None
     layers_error = None
@@ -197,11 +203,25 @@ def read_pair(
                 for m in models
                 if getattr(m, "structure_error", None) and not units(m.layers)
             ]
-            if not (read == "auto" and unread and mapping == "auto"):
+            tokens = read == "auto" and _token_wise_only(reference, candidate, models)
+            if not (read == "auto" and unread and mapping == "auto") and not tokens:
                 # both read as layers: a structural difference is the user's to fix, by name
                 pair = _pair_layers(*models, mapping)
                 pair.batch = batch
                 return pair
+            if tokens:
+                why = (
+                    f"token-wise modules only, on examples of shape {models[0].input_shape}: "
+                    "each module, and the code between two, is compared under its own name"
+                )
+                try:
+                    return _read_modules(
+                        reference, candidate, batch, mapping, (outputs, modes, calls), why
+                    )
+                except ModulesUnsupported:
+                    pair = _pair_layers(*models, mapping)
+                    pair.batch = batch
+                    return pair
             # read, but into no layer (shared weights, branches): module by module instead,
             # and where the frameworks cannot, the layers' own refusal
             why = f"not every layer could be read as one of xgrad's kinds: {unread[0]}"
@@ -223,6 +243,26 @@ def read_pair(
         if isinstance(layers_error, XgradError):
             raise layers_error from None
         raise
+
+
+_TOKEN_WISE = ("dense", "layernorm", "rmsnorm", "activation", "dropout", "residual")
+"""The kinds that read examples ``(tokens, d)`` vector by vector since issue 21 and were read
+module by module on them before (a user's ``nn.Linear``/``nn.LayerNorm``/``nn.GELU`` model)."""
+
+
+def _token_wise_only(reference, candidate, models) -> bool:
+    """Whether two users' models (neither one read already) take examples of rank 2 or more
+    through layers of :data:`_TOKEN_WISE` kinds only. Read as layers, their activations fold
+    into the ``Dense`` before them and their names give way to ``layers.0.layers.1``; module
+    by module, each keeps its own name and the code between two modules is placed there, as
+    before those kinds took tokens. A model with a transformer kind (an ``Embedding``, an
+    ``Attention``) or a ``Flatten`` stays read as layers."""
+    if any(isinstance(obj, AbstractModel) for obj in (reference, candidate)):
+        return False
+    return all(
+        len(m.input_shape) > 1 and all(info.kind in _TOKEN_WISE for info in m.walk())
+        for m in models
+    )
 
 
 def _read_both(reference, candidate, batch) -> tuple[AbstractModel, AbstractModel]:
