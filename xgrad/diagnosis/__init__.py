@@ -161,10 +161,10 @@ def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> 
 
 
 def _nonfinite(ev: Evidence) -> bool:
-    arrays = [ev.dinput_cand, ev.output_cand]
+    arrays = [ev.dinput_cand, ev.output_cand]  # dL/dinput: None for token ids
     for unit in ev.units:
         arrays += [unit.output_cand, *unit.dweights_cand.values()]
-    return any(not np.all(np.isfinite(a)) for a in arrays)
+    return any(a is not None and not np.all(np.isfinite(a)) for a in arrays)
 
 
 def _nonfinite_cause(ev: Evidence) -> Diagnosis | None:

@@ -180,7 +180,8 @@ def _grad_input(ev: Evidence, unit: UnitEvidence) -> np.ndarray | None:
     if sum(same(other.input_cand) for other in ev.units) > 1:
         return None
     if ev.x.size == x.size and np.array_equal(ev.x.reshape(x.shape), x):
-        return ev.dinput_cand.reshape(x.shape) if ev.dinput_cand.size == x.size else None
+        g = ev.dinput_cand  # None for token ids
+        return g.reshape(x.shape) if g is not None and g.size == x.size else None
     return next((other.grad_cand for other in ev.units if same(other.output_cand)), None)
 
 

@@ -133,6 +133,8 @@ def untransposed_dinput(ev: Evidence, unit: UnitEvidence, before: float) -> Find
     """dL/dinput computed as ``delta @ W`` instead of ``delta @ W.T`` (square kernels)."""
     if unit is not ev.units[0] or unit.activation() is None or unit.z() is None:
         return None
+    if ev.dinput_cand is None or ev.dinput_ref is None:  # token ids: no dL/dinput
+        return None
     k = unit.weights_ref["kernel"]
     if k.shape[0] != k.shape[1]:
         return None

@@ -66,6 +66,8 @@ def reduction_factors(batch: int, units: int) -> dict[float, str]:
 def loss_reduction(ev: Evidence, unit: UnitEvidence | None, before: float) -> Finding | None:
     """Every gradient is the reference's times one factor that a reduction produces."""
     pairs = [(ev.dinput_cand, ev.dinput_ref)]
+    if ev.dinput_cand is None or ev.dinput_ref is None:  # token ids: no dL/dinput
+        pairs = []
     for u in ev.units:
         pairs += [
             (u.dweights_cand[k], g) for k, g in u.dweights_ref.items() if k in u.dweights_cand

@@ -284,7 +284,7 @@ def _rerun_rows(reference, derivatives, rows, seed):
         return None
     full, full_dx = reference.gradients()
     if not index.size:
-        return {k: _Gradient(v, factor) for k, v in full.items()}, full_dx * factor
+        return {k: _Gradient(v, factor) for k, v in full.items()}, _times(full_dx, factor)
     weights = reference.weights
     _, steps = forward_sequence(reference.spec.layers, weights, reference.x[index])
     own_part, side_part, own_low, side_low = {}, {}, {}, {}
@@ -297,9 +297,23 @@ def _rerun_rows(reference, derivatives, rows, seed):
         grads[name] = _Gradient(full[name], factor, X=X, D=d_side - own_low[name][1])
     for name, g in side_part.items():
         grads[name] = _Gradient(full[name], factor, extra=g - own_part[name])
+    if full_dx is None:  # token ids: no dL/dinput
+        return grads, None
     dx = np.array(full_dx, dtype=np.float64)
     dx[index] = dx_rows
     return grads, dx * factor
+
+
+def _times(dx: np.ndarray | None, factor: float) -> np.ndarray | None:
+    return None if dx is None else dx * factor
+
+
+def _input_rel(got, want) -> float:
+    """:func:`~xgrad.identify.rel` of two ``dL/dinput``: 0 when neither exists (token ids),
+    inf when only one does."""
+    if got is None or want is None:
+        return 0.0 if got is None and want is None else math.inf
+    return rel(got, want)
 
 
 def _measured(reference, entry, label) -> tuple[float, float] | None:
@@ -326,7 +340,7 @@ def _reference_rounds(reference, by_ref, inputs, tol) -> bool:
         again = _rerun(reference, own, ref.grads.output, inputs, numpy_dtype(ref.model.dtype))
         ok = again is not None
         if ok:
-            ref_worst = rel(ref.grads.input, again[1])
+            ref_worst = _input_rel(ref.grads.input, again[1])
             for name, g in again[0].items():
                 ref_worst = max(ref_worst, g.rel(ref.grads.params[name]))
             ok = ref_worst <= tol
@@ -360,7 +374,7 @@ def _agreement(report, side, alignment, inputs, reference, rerun, dtype) -> floa
     """How far ``side``'s gradients (and loss value) are from the float64 reference re-run
     from ``side``'s own outputs (``rerun``)."""
     grads, dx, _, _ = rerun
-    worst = rel(side.grads.input, dx)
+    worst = _input_rel(side.grads.input, dx)
     if inputs.cotangent is None and side.grads.loss is not None:  # the value, from its own output
         own = np.asarray(side.grads.output).astype(dtype)
         y = None if inputs.y is None else np.asarray(inputs.y).astype(dtype)
