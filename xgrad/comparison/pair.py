@@ -103,7 +103,9 @@ class ModulesUnsupported(FrameworkError):
 
 READS = ("auto", "layers", "modules")
 """How :func:`read_pair` reads: ``auto`` into xgrad's layer kinds when both models read
-completely, else module by module; ``layers`` or ``modules`` only that way."""
+completely (unless both are users' models of token-wise layers only on examples ``(tokens,
+d)``: :func:`_token_wise_only`), else module by module; ``layers`` or ``modules`` only that
+way."""
 
 
 def _sides(value, what: str) -> dict[str, object]:

@@ -204,8 +204,8 @@ class Evidence:
     framework: str
     units: list[UnitEvidence]
     x: np.ndarray
-    dinput_ref: np.ndarray
-    dinput_cand: np.ndarray
+    dinput_ref: np.ndarray | None  # None for token ids: they have no dL/dinput
+    dinput_cand: np.ndarray | None
     output_ref: np.ndarray
     output_cand: np.ndarray
     loss: object  # a Loss, a pair of loss functions, or None with a cotangent
