@@ -125,15 +125,16 @@ class Attention(nnx.Module):
     def __init__(self, dim, heads, kv_heads, *, rngs, **knobs):
         self.heads, self.kv_heads, self.hd = heads, kv_heads, dim // heads
         self.knobs = knobs
-        out = (self.hd, heads) if knobs["heads_layout"] == "head_dim_first" else (heads, self.hd)
-        kv = (
-            (self.hd, kv_heads)
-            if knobs["heads_layout"] == "head_dim_first"
-            else (kv_heads, self.hd)
-        )
-        self.q_proj = nnx.LinearGeneral(dim, out, use_bias=False, rngs=rngs)
-        self.k_proj = nnx.LinearGeneral(dim, kv, use_bias=False, rngs=rngs)
-        self.v_proj = nnx.LinearGeneral(dim, kv, use_bias=False, rngs=rngs)
+        flip = knobs["heads_layout"] == "head_dim_first"
+        out = (self.hd, heads) if flip else (heads, self.hd)
+        kv = (self.hd, kv_heads) if flip else (kv_heads, self.hd)
+        if knobs["qkv_order"] is not None:  # one projection, split into q, k, v heads
+            fused = (heads + 2 * kv_heads, self.hd)
+            self.qkv_proj = nnx.LinearGeneral(dim, fused, use_bias=False, rngs=rngs)
+        else:
+            self.q_proj = nnx.LinearGeneral(dim, out, use_bias=False, rngs=rngs)
+            self.k_proj = nnx.LinearGeneral(dim, kv, use_bias=False, rngs=rngs)
+            self.v_proj = nnx.LinearGeneral(dim, kv, use_bias=False, rngs=rngs)
         self.o_proj = nnx.LinearGeneral(
             (heads, self.hd), dim, axis=(-2, -1), use_bias=False, rngs=rngs
         )
@@ -143,9 +144,16 @@ class Attention(nnx.Module):
 
     def __call__(self, x, key_mask=None):
         k_ = self.knobs
-        q = self._heads(self.q_proj(x))  # (B, T, H, hd)
-        k = self._heads(self.k_proj(x))  # (B, T, K, hd)
-        v = self._heads(self.v_proj(x))
+        if k_["qkv_order"] is not None:  # heads of q, k and v one after the other, in that order
+            fused, parts, at = self.qkv_proj(x), {}, 0
+            for name in k_["qkv_order"]:
+                n = self.heads if name == "q" else self.kv_heads
+                parts[name], at = fused[..., at : at + n, :], at + n
+            q, k, v = parts["q"], parts["k"], parts["v"]
+        else:
+            q = self._heads(self.q_proj(x))  # (B, T, H, hd)
+            k = self._heads(self.k_proj(x))  # (B, T, K, hd)
+            v = self._heads(self.v_proj(x))
         q, k = rope(q, k_["rope_theta"], k_["rope"]), rope(k, k_["rope_theta"], k_["rope"])
         g = self.heads // self.kv_heads
         if k_["gqa"] == "tile":  # kv head j serves query heads j, j + K, ...: wrong
@@ -218,6 +226,9 @@ class LlamaPort(nnx.Module):
         gqa: kv heads ``"repeat"`` (repeat_interleave, LLaMA's repeat_kv) or ``"tile"``.
         heads_layout: projections' heads as ``"heads_first"`` (heads, head_dim) or
             ``"head_dim_first"`` (head_dim, heads).
+        qkv_order: ``None`` (separate q/k/v projections) or one fused ``(dim, heads + 2
+            kv_heads, head_dim)`` projection split in this order: ``"qkv"`` (correct: the
+            weights are stacked q, k, v), ``"kqv"``, ``"qvk"``, ...
         embed_scale: multiply the embeddings by sqrt(dim) (Gemma's habit; LLaMA does not).
         tied: the LM head reuses the embedding (``nnx.Embed.attend``; LLaMA's is separate).
         softmax_dtype: ``"float32"`` or ``"bfloat16"`` (scores cast down before the softmax).
@@ -245,6 +256,7 @@ class LlamaPort(nnx.Module):
         causal: str = "correct",
         gqa: str = "repeat",
         heads_layout: str = "heads_first",
+        qkv_order: str | None = None,
         embed_scale: bool = False,
         tied: bool = False,
         softmax_dtype: str = "float32",
@@ -254,7 +266,8 @@ class LlamaPort(nnx.Module):
     ):
         knobs = {
             "rope": rope, "rope_theta": rope_theta, "scale": scale, "causal": causal,
-            "gqa": gqa, "heads_layout": heads_layout, "softmax_dtype": softmax_dtype,
+            "gqa": gqa, "heads_layout": heads_layout, "qkv_order": qkv_order,
+            "softmax_dtype": softmax_dtype,
             "rms_eps": rms_eps, "rms_offset": rms_offset, "mask_fill": mask_fill,
         }  # fmt: skip
         self.dim, self.embed_scale, self.tied = dim, embed_scale, tied

@@ -71,3 +71,22 @@ def test_a_one_to_one_reshape_of_a_transposed_array_round_trips():
     (part,) = join.split(w)
     assert np.array_equal(part, w.T.reshape(H, D // H, 3))
     assert np.array_equal(join.join([part]), w)
+
+
+def test_separate_projections_of_two_widths_pair_with_a_fused_kernel_and_round_trip():
+    # LLaMA's q (d, H*hd) and k, v (d, K*hd) kernels against a port's fused (d, H + 2K, hd)
+    rng = np.random.default_rng(2)
+    heads, kv, hd = 4, 2, 2
+    q, k, v = (rng.normal(size=(D, n * hd)) for n in (heads, kv, kv))
+    left_r = [("a.q.kernel", q.shape), ("a.k.kernel", k.shape), ("a.v.kernel", v.shape)]
+    left_c = [("a.qkv.kernel", (D, heads + 2 * kv, hd))]
+    acc = ParamPairing()
+    pair_params(left_r, left_c, acc, Values({}, {}))
+    assert left_r == [] and left_c == []
+    split = acc.splits["a.k.kernel"]
+    assert (split.whole, split.axis, split.sizes) == ("a.qkv.kernel", 1, (8, 4, 4))
+    fused = split.join([q, k, v])
+    expected = np.concatenate([q, k, v], axis=1).reshape(D, heads + 2 * kv, hd)  # by hand
+    assert np.array_equal(fused, expected)
+    assert np.array_equal(split.part("a.k.kernel", fused), k)
+    assert np.array_equal(fused[:, heads : heads + kv, :].reshape(D, kv * hd), k)

@@ -137,6 +137,21 @@ def test_an_attention_convention_is_placed_in_the_first_blocks_attention(llama, 
     assert first["between"] == BETWEEN_V_O
 
 
+def test_a_fused_qkv_projection_pairs_with_the_three_and_a_split_in_another_order_is_placed(
+    llama,
+):
+    from _transformer_ports import llama_port
+
+    ok = _compare(llama, llama_port(llama, qkv_order="qkv"))
+    assert ok.ok, ok.summary()
+    native = {e.native["reference"]: e.native["flax.nnx"] for e in ok.parameters}
+    assert native["model.layers.0.self_attn.k_proj.weight"] == (
+        "blocks/0/attn/qkv_proj/kernel (part 2 of 3)"
+    )
+    first = _first(_compare(llama, llama_port(llama, qkv_order="kqv")))
+    assert (first["path"], first["names"]["flax.nnx"]) == ATTN
+
+
 def test_a_minus_inf_mask_fill_gives_nan_rows_placed_in_the_attention(llama):
     from _transformer_ports import llama_port
 

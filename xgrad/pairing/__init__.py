@@ -13,10 +13,10 @@ parameters are then paired with the whole subtree's.
 Parameters are paired within each pair of modules (:mod:`xgrad.pairing.params`): one to one
 where the shapes are equal or one permutation of the axes makes them so; one to several where
 one side's array is the others' stacked along an axis (a fused ``in_proj_weight (3E, E)``
-against separate q/k/v projections); and either of these through a reshape (a torch ``(d, d)``
-projection against a ``(d, heads, head_dim)`` DenseGeneral kernel, GPT-2's ``c_attn (d, 3d)``
-against three of them), its axis order decided by the names or the values, never guessed. A
-square parameter of a module of no known kind is paired as it stands (its layout cannot be
+against separate q/k/v projections, or separate ones against a port's fused one); and these
+through a reshape (a torch ``(d, d)`` projection against a ``(d, heads, head_dim)``
+DenseGeneral kernel, GPT-2's ``c_attn (d, 3d)`` against three of them), the axis order
+decided by the names or the values, never guessed. A square parameter of a module of no known kind is paired as it stands (its layout cannot be
 told from its shape), and a note says so. What pairs with nothing is listed
 (:attr:`ModulePairing.unpaired`), with the reason.
 
@@ -40,6 +40,7 @@ from xgrad.frameworks.kinds import Layout
 from xgrad.pairing.params import (
     Join,
     ParamPairing,
+    Split,
     Values,
     fit,
     last,
@@ -64,18 +65,24 @@ class ModulePairing(Alignment):
         how: reference module path -> why it was paired (``name``, ``shapes``, ``order``,
             ``mapping``).
         tied: weights tied on one side only (:class:`Tied`).
+        splits: reference name -> :class:`~xgrad.pairing.params.Split`, for parameters
+            that are part of one candidate parameter (a port's fused q/k/v kernel).
     """
 
     joins: dict[str, Join] = field(default_factory=dict)
+    splits: dict[str, Split] = field(default_factory=dict)
     unpaired_modules: tuple[tuple[str, str, str], ...] = ()
     tied: tuple[Tied, ...] = ()
     assumed: tuple[str, ...] = ()
     how: dict[str, str] = field(default_factory=dict)
 
     def paired(self, name: str) -> bool:
-        return name in self.names or name in self.joins
+        return name in self.names or name in self.joins or name in self.splits
 
     def candidate_value(self, name: str, arrays: Mapping):
+        split = self.splits.get(name)
+        if split is not None:
+            return split.part(name, arrays[split.whole]) if split.whole in arrays else None
         join = self.joins.get(name)
         if join is None:
             return super().candidate_value(name, arrays)
@@ -84,6 +91,10 @@ class ModulePairing(Alignment):
         return join.join([arrays[p] for p in join.parts])
 
     def candidate_label(self, name: str, native: Mapping[str, str]) -> str:
+        split = self.splits.get(name)
+        if split is not None:
+            i = split.parts.index(name)
+            return f"{native.get(split.whole, split.whole)} (part {i + 1} of {len(split.parts)})"
         join = self.joins.get(name)
         if join is None:
             return super().candidate_label(name, native)
@@ -98,11 +109,14 @@ class ModulePairing(Alignment):
         for ref_name, join in self.joins.items():
             if ref_name in weights:
                 out.update(zip(join.parts, join.split(weights[ref_name]), strict=True))
+        for split in {id(t): t for t in self.splits.values()}.values():
+            if all(p in weights for p in split.parts):
+                out[split.whole] = split.join([weights[p] for p in split.parts])
         return out
 
     def to_reference(self, arrays: Mapping) -> dict:
         out = super().to_reference(arrays)
-        for ref_name in self.joins:
+        for ref_name in (*self.joins, *self.splits):
             value = self.candidate_value(ref_name, arrays)
             if value is not None:
                 out[ref_name] = value
@@ -442,6 +456,7 @@ def pair_modules(
         names=acc.names,
         layouts=acc.layouts,
         joins=acc.joins,
+        splits=acc.splits,
         unpaired=tuple(left),
         unpaired_modules=tuple(left_modules),
         assumed=tuple(acc.assumed),
@@ -550,6 +565,9 @@ def _apply_param_mapping(
         for name, join in list(acc.joins.items()):
             if cn in join.parts:
                 del acc.joins[name]
+        for name, split in list(acc.splits.items()):
+            if cn == split.whole or rn in split.parts:
+                del acc.splits[name]
         acc.joins.pop(rn, None)
         acc.names.pop(rn, None)
         acc.layouts.pop(rn, None)

@@ -7,6 +7,9 @@ A reference array pairs with a candidate's
   (:func:`permutation`);
 * one to several, where one side's array is the others' stacked along an axis (a fused
   ``in_proj_weight (3E, E)`` against separate q/k/v projections: a :class:`Join`);
+* several to one, where consecutive reference arrays stack into one candidate array (q, k
+  and v projections of two widths against a port's fused ``(d, heads + 2 kv_heads,
+  head_dim)`` kernel: a :class:`Split`);
 * by a **reshape of a permutation**, one to one or one to several: a torch ``(d, d)``
   projection against an NNX / Keras ``(d, heads, head_dim)`` DenseGeneral kernel, a
   ``(heads, head_dim, d)`` output kernel, GPT-2's fused ``c_attn`` ``(d, 3d)`` against three
@@ -39,6 +42,7 @@ __all__ = [
     "last",
     "pair_params",
     "permutation",
+    "Split",
     "regroups",
 ]
 
@@ -79,6 +83,47 @@ class Join:
         return np.concatenate(slices, axis=self.axis)
 
 
+@dataclass(frozen=True)
+class Split:
+    """Several reference parameters stacked along ``axis`` (in the reference's layout) that
+    are one candidate parameter ``whole``: ``whole = np.transpose(stacked, layout)``, reshaped
+    to ``shape`` where one is named (a port's fused q/k/v kernel ``(d, heads + 2 kv_heads,
+    head_dim)`` against separate q, k and v projections of different widths).
+
+    Attributes:
+        whole: the candidate's parameter.
+        parts: the reference's parameters, in the order they are stacked.
+        axis: the axis they are stacked along; ``sizes`` their extents on it.
+        stacked: the stacked array's shape, in the reference's layout.
+    """
+
+    whole: str
+    parts: tuple[str, ...]
+    axis: int
+    sizes: tuple[int, ...]
+    stacked: tuple[int, ...]
+    layout: Layout | None = None
+    shape: tuple[int, ...] | None = None
+
+    def join(self, values: Sequence):
+        """The candidate's array from the reference's ``values`` (in ``parts`` order)."""
+        a = np.concatenate([np.asarray(v) for v in values], axis=self.axis)
+        a = a if not self.layout else np.transpose(a, self.layout)
+        return a if self.shape is None else a.reshape(self.shape)
+
+    def part(self, name: str, whole):
+        """The reference's ``name`` from the candidate's array ``whole``."""
+        a = np.asarray(whole)
+        if self.shape is not None:
+            permuted = (
+                self.stacked if not self.layout else tuple(self.stacked[i] for i in self.layout)
+            )
+            a = a.reshape(permuted)
+        a = a if not self.layout else np.transpose(a, _inv(self.layout))
+        bounds = np.cumsum(self.sizes)[:-1]
+        return np.split(a, bounds, axis=self.axis)[self.parts.index(name)]
+
+
 def _inv(layout: Layout) -> Layout:
     return tuple(int(i) for i in np.argsort(layout))
 
@@ -111,6 +156,7 @@ class ParamPairing:
     joins: dict[str, Join] = field(default_factory=dict)
     assumed: list[str] = field(default_factory=list)
     why: dict[str, str] = field(default_factory=dict)  # name -> why it stays unpaired
+    splits: dict[str, Split] = field(default_factory=dict)  # reference part -> its Split
 
 
 def _join(fused_shape: tuple, parts: list[tuple]) -> tuple[int, tuple] | None:
@@ -350,6 +396,7 @@ def pair_params(left_r: list, left_c: list, acc: ParamPairing, values: Values) -
     _reshaped_one_to_one(left_r, left_c, acc, values, by_name=True)
     _reshaped_fused(left_r, left_c, acc, values)
     _reshaped_one_to_one(left_r, left_c, acc, values, by_name=False)
+    _stacked(left_r, left_c, acc, values)
 
 
 @dataclass(frozen=True)
@@ -364,3 +411,73 @@ class Values:
         if r is None or c is None:
             return None
         return np.split(np.asarray(r), k, axis=axis)[i], c
+
+
+def _stacked(left_r: list, left_c: list, acc: ParamPairing, values) -> None:
+    """Several consecutive reference arrays against one candidate array they stack into
+    (along one axis, then permuted or reshaped): separate q/k/v projections against a port's
+    fused one, of different widths with grouped key/value heads."""
+    for cn, cs in list(left_c):
+        found = _stacked_run(cn, tuple(cs), left_r, values)
+        if found is None:
+            continue
+        split = found
+        for rn in split.parts:
+            acc.splits[rn] = split
+        left_r[:] = [(n, s) for n, s in left_r if n not in split.parts]
+        left_c.remove((cn, cs))
+
+
+def _stacked_run(cn: str, cs: tuple, left_r: list, values) -> Split | None:
+    """The longest run of consecutive ``left_r`` arrays that stacks into ``cs``, else
+    ``None``. Kernels of known layout (``(in..., out...)`` on both sides) stack along their
+    last axis that fits, as they stand; others only where one axis and order fit."""
+    for start in range(len(left_r)):
+        for k in range(len(left_r) - start, 1, -1):
+            run = left_r[start : start + k]
+            names, shapes = [n for n, _ in run], [tuple(s) for _, s in run]
+            known = _canonical(cn) and all(_canonical(n) for n in names)
+            fits = []
+            for axis in _stack_axes(shapes):
+                sizes = tuple(s[axis] for s in shapes)
+                stacked = shapes[0][:axis] + (sum(sizes),) + shapes[0][axis + 1 :]
+                how = _stack_fit(stacked, cs, known, _stacked_values(names, cn, axis, values))
+                if how is not None:
+                    fits.append(Split(cn, tuple(names), axis, sizes, stacked, *how))
+            as_they_stand = [f for f in fits if f.layout is None]
+            if known and as_they_stand:
+                return as_they_stand[-1]
+            if len(fits) == 1:
+                return fits[0]
+    return None
+
+
+def _stack_axes(shapes: list) -> list[int]:
+    """The axes along which arrays of ``shapes`` (one rank, at least two) can stack."""
+    if len({len(s) for s in shapes}) != 1:
+        return []
+    return [
+        axis
+        for axis in range(len(shapes[0]))
+        if len({s[:axis] + s[axis + 1 :] for s in shapes}) == 1
+    ]
+
+
+def _stack_fit(stacked: tuple, cs: tuple, known: bool, values):
+    """``(layout, shape or None)`` taking the stacked array to the candidate's, else
+    ``None`` (a permutation first, then a reshape of one, decided as :func:`fit` decides)."""
+    layout = permutation(stacked, cs)
+    if layout is not False:
+        return layout, None
+    if int(np.prod(stacked)) != int(np.prod(cs)):
+        return None
+    found = fit(stacked, cs, known=known, values=values)
+    return (found.layout, found.shape) if isinstance(found, _Fit) else None
+
+
+def _stacked_values(parts: list, cn: str, axis: int, values):
+    ref = [values.reference.get(n) for n in parts]
+    cand = values.candidate.get(cn)
+    if cand is None or any(r is None for r in ref):
+        return None
+    return np.concatenate([np.asarray(r) for r in ref], axis=axis), cand
