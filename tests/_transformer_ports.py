@@ -49,10 +49,12 @@ def hf_llama(
     hidden: int = 32,
     layers: int = 2,
     eps: float = 1e-5,
+    tied: bool = False,
     seed: int = 0,
 ):
-    """A random Hugging Face ``LlamaForCausalLM`` in eval mode (untied LM head, RoPE theta
-    10000, no padding index), its RMSNorm weights moved away from one as trained ones are."""
+    """A random Hugging Face ``LlamaForCausalLM`` in eval mode (its LM head untied unless
+    ``tied``, RoPE theta 10000, no padding index), its RMSNorm weights moved away from one as
+    trained ones are."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -60,7 +62,7 @@ def hf_llama(
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=eps,
-        max_position_embeddings=64, attn_implementation="eager",
+        max_position_embeddings=64, attn_implementation="eager", tie_word_embeddings=tied,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -53,7 +53,7 @@ def _compare(reference, candidate, x=IDS):
 def llama():
     from _transformer_ports import hf_llama
 
-    return hf_llama(dim=32, heads=4, kv_heads=2, hidden=64, layers=1)
+    return hf_llama(vocab=48, dim=32, heads=4, kv_heads=2, hidden=64, layers=1)
 
 
 def _first(report) -> dict:
@@ -196,6 +196,19 @@ def test_a_head_tied_to_the_embedding_in_the_port_only_is_placed_at_the_head(lla
     first = _first(report)
     assert first["path"] == "" and "reference lm_head (Linear)" in first["detail"]
     assert [u["native"] for u in report.unpaired] == ["lm_head.weight"]
+
+
+def test_a_head_tied_in_the_reference_only_is_named_tied_weights_at_the_embedding():
+    from _transformer_ports import hf_llama, llama_port
+
+    reference = hf_llama(vocab=48, dim=32, heads=4, kv_heads=2, hidden=64, layers=1, tied=True)
+    report = _compare(reference, llama_port(reference))
+    assert not report.ok
+    first = report.first_divergence  # the port's head got the tied array: outputs agree
+    assert (first["path"], first["where"]) == ("model.embed_tokens", "backward")
+    d = report.diagnoses[0]
+    assert (d.cause, d.confirmed, d.layer) == ("tied-weights", True, "model.embed_tokens")
+    assert _compare(reference, llama_port(reference, tied=True)).ok
 
 
 # -- GPT-2 against keras-hub ----------------------------------------------------------------------
