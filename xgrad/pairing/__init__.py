@@ -16,9 +16,9 @@ one side's array is the others' stacked along an axis (a fused ``in_proj_weight 
 against separate q/k/v projections, or separate ones against a port's fused one); and these
 through a reshape (a torch ``(d, d)`` projection against a ``(d, heads, head_dim)``
 DenseGeneral kernel, GPT-2's ``c_attn (d, 3d)`` against three of them), the axis order
-decided by the names or the values, never guessed. A square parameter of a module of no known kind is paired as it stands (its layout cannot be
-told from its shape), and a note says so. What pairs with nothing is listed
-(:attr:`ModulePairing.unpaired`), with the reason.
+decided by the names or the values, never guessed. A square parameter of a module of no
+known kind is paired as it stands (its layout cannot be told from its shape), and a note says
+so. What pairs with nothing is listed (:attr:`ModulePairing.unpaired`), with the reason.
 
 ``mapping=`` overrides: ``{reference module path: candidate module path}`` pairs modules by
 name, ``{reference parameter: candidate parameter}`` (canonical or native names) pairs
