@@ -28,6 +28,8 @@ parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -126,7 +128,7 @@ class ModulePairing(Alignment):
 # -- the module trees -----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # nodes are told apart by identity (list.index, list comparisons)
 class _Node:
     """One module with its subtree's parameters (canonical name -> shape), in call order."""
 
@@ -136,9 +138,9 @@ class _Node:
     subtree: dict[str, tuple[int, ...]] = field(default_factory=dict)
     group: bool = False  # several sibling modules taken as one (:func:`_groups`)
 
-    @property
-    def size(self) -> int:
-        return int(sum(np.prod(s) for s in self.subtree.values()))
+    @functools.cached_property
+    def size(self) -> int:  # read once the subtree is filled (:func:`_tree`)
+        return sum(math.prod(s) for s in self.subtree.values())
 
     def shapes(self) -> list[tuple[int, ...]]:
         return sorted(tuple(sorted(s)) for s in self.subtree.values())
