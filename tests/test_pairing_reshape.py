@@ -8,6 +8,7 @@ from __future__ import annotations
 import doctest
 
 import numpy as np
+import pytest
 
 from xgrad.pairing import params
 from xgrad.pairing.params import Join, ParamPairing, Values, fit, pair_params, regroups
@@ -90,3 +91,34 @@ def test_separate_projections_of_two_widths_pair_with_a_fused_kernel_and_round_t
     assert np.array_equal(fused, expected)
     assert np.array_equal(split.part("a.k.kernel", fused), k)
     assert np.array_equal(fused[:, heads : heads + kv, :].reshape(D, kv * hd), k)
+
+
+def test_an_nnx_attention_reference_fills_a_torch_port_through_the_merge():
+    # the other direction: (d, heads, head_dim) kernels merged into torch's (out, in) weights
+    pytest.importorskip("torch")
+    pytest.importorskip("flax")
+    import torch
+    from flax import nnx
+    from torch import nn
+
+    import xgrad
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = (p(x).view(b, t, H, D // H).transpose(1, 2) for p in (self.q, self.k, self.v))
+            a = torch.softmax(q @ k.transpose(-1, -2) / (D // H) ** 0.5, -1) @ v
+            return self.o(a.transpose(1, 2).reshape(b, t, D))
+
+    reference = nnx.MultiHeadAttention(H, D, decode=False, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(3).normal(size=(2, 5, D)).astype(np.float32)
+    torch.manual_seed(0)
+    report = xgrad.compare_models(reference, Port(), x)
+    assert report.ok and report.unpaired == (), report.summary()
+    filled = xgrad.convert(reference, into=Port(), x=x)
+    out = np.asarray(reference.out.kernel[...])  # (heads, head_dim, d)
+    assert np.array_equal(filled.o.weight.detach().numpy(), out.reshape(D, D).T)
