@@ -122,3 +122,42 @@ def test_an_nnx_attention_reference_fills_a_torch_port_through_the_merge():
     filled = xgrad.convert(reference, into=Port(), x=x)
     out = np.asarray(reference.out.kernel[...])  # (heads, head_dim, d)
     assert np.array_equal(filled.o.weight.detach().numpy(), out.reshape(D, D).T)
+
+
+def test_weights_a_user_loaded_through_a_reshape_are_kept_and_a_slip_in_them_is_found():
+    # transfer='auto' sees the reference's arrays in the candidate through the reshape, so it
+    # compares the user's own loading instead of overwriting it
+    pytest.importorskip("torch")
+    pytest.importorskip("flax")
+    import torch
+    from flax import nnx
+    from torch import nn
+
+    import xgrad
+
+    class Torch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(D, D, bias=False) for _ in range(4))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = (p(x).view(b, t, H, D // H).transpose(1, 2) for p in (self.q, self.k, self.v))
+            a = torch.softmax(q @ k.transpose(-1, -2) / (D // H) ** 0.5, -1) @ v
+            return self.o(a.transpose(1, 2).reshape(b, t, D))
+
+    torch.manual_seed(1)
+    reference = Torch()
+    port = nnx.MultiHeadAttention(H, D, decode=False, use_bias=False, rngs=nnx.Rngs(0))
+    weights = {n: p.detach().numpy() for n, p in reference.named_parameters()}
+    for name, module in (("q", port.query), ("k", port.key), ("v", port.value)):
+        module.kernel[...] = weights[f"{name}.weight"].T.reshape(D, H, D // H)
+    port.out.kernel[...] = weights["o.weight"].T.reshape(H, D // H, D)
+    x = np.random.default_rng(4).normal(size=(2, 5, D)).astype(np.float32)
+    report = xgrad.compare_models(reference, port, x)
+    assert report.ok and "(4 of 4 arrays)" in report.notes[-1], report.notes
+    port.key.kernel[...] = weights["k.weight"].reshape(D, H, D // H)  # the slip: no .T
+    report = xgrad.compare_models(reference, port, x)
+    # still held (transposed), so kept and compared: without the reshape in view the port
+    # was overwritten with the reference's weights and the slip came out OK
+    assert not report.ok and "(4 of 4 arrays)" in report.notes[-1], report.notes

@@ -68,6 +68,13 @@ def loaded_from(ref: AbstractModel, cand: AbstractModel, alignment: Alignment) -
             continue
         informative += 1
         found += _holds(b, pool)
+    reshaped = [*getattr(alignment, "joins", {}), *getattr(alignment, "splits", {})]
+    for ref_name in reshaped:  # paired through a split or a reshape: in the reference's shape
+        a, b = ref_w.get(ref_name), alignment.candidate_value(ref_name, cand_w)
+        if a is None or b is None or a.size < 2 or np.ptp(a) == 0:
+            continue
+        informative += 1
+        found += _holds(np.asarray(b), pool)
     return f"{found} of {informative} arrays" if found else None
 
 
