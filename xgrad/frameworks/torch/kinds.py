@@ -20,18 +20,25 @@ kind                       built as / read from                     weights (tor
 ``flatten``                ``nn.Flatten`` / and ``x.flatten(1)``    -
 ``residual``               :class:`~.modules.Residual`              those of its layers
 ``embedding``              :func:`~.modules.embedding_module`:      ``weight`` ``(vocab, dim)``
-                           ``nn.Embedding(padding_idx=...)``
+                           ``nn.Embedding(padding_idx=...)`` / and
+                           ``F.embedding``, ``ScaledEmbedding``
 ``attention``              :class:`~.modules.SelfAttention`         the canonical names and
                            (einsum, ``F.scaled_dot_product_         shapes: ``query_kernel``
-                           attention``)                             ``(dim, H, hd)``, ...
+                           attention``) / and read from it          ``(dim, H, hd)``, ...
 ``gated_mlp``              :class:`~.modules.GatedMLP` (three       ``gate_proj.weight``
-                           ``nn.Linear``)                           ``(hidden, dim)``, layout
+                           ``nn.Linear``) / and read from it        ``(hidden, dim)``, layout
                                                                     ``(1, 0)``; ``up_proj``,
                                                                     ``down_proj``; ``.bias``
 =========================  =======================================  ==============================
 
-The transformer kinds are built, not read: a user's ``nn.Embedding`` or attention module is
-compared module by module (:mod:`.capture`), not read as a spec.
+Of the transformer kinds, users' ``nn.Embedding`` and ``F.embedding`` are read (the ids'
+vocabulary from the table; ``padding_idx`` from the module), and xgrad's own
+:class:`~.modules.SelfAttention`, :class:`~.modules.GatedMLP` and
+:class:`~.modules.ScaledEmbedding` from their attributes. A hand-written attention (q/k/v
+``nn.Linear``, matmul, softmax) and ``nn.MultiheadAttention`` are not: the first is no chain of
+layers, and the second's fused ``in_proj_weight (3E, E)`` is no axis permutation of the
+canonical ``(dim, H, hd)`` kernels (a :class:`~xgrad.frameworks.kinds.Layout` permutes axes
+only). Both are compared module by module (:mod:`.capture`).
 
 A read module of another class raises :class:`~xgrad.errors.AlignmentError` naming it, unless
 it holds no weights (then :data:`ELEMENTWISE`: the reader identifies it from its values).
@@ -62,6 +69,7 @@ from xgrad.frameworks.torch.modules import (
     HardSigmoid,
     MaskedDropout,
     Residual,
+    ScaledEmbedding,
     SelfAttention,
     Selu,
     Softplus,
@@ -72,14 +80,17 @@ from xgrad.identify import probe_activation
 from xgrad.layers import (
     AbstractLayer,
     Activation,
+    Attention,
     BatchNorm,
     Dense,
     Dropout,
+    Embedding,
     Flatten,
     LayerNorm,
     RMSNorm,
     Shape,
 )
+from xgrad.layers import GatedMLP as GatedMLPLayer
 
 __all__ = [
     "ALIAS",
@@ -96,7 +107,8 @@ __all__ = [
 
 READ_MODULES = (
     "nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.BatchNorm1d, nn.Dropout, nn.Flatten, "
-    "nn.Identity and activation modules (nn.ReLU, nn.GELU, nn.LeakyReLU, ...)"
+    "nn.Embedding (first), nn.Identity and activation modules (nn.ReLU, nn.GELU, "
+    "nn.LeakyReLU, ...)"
 )
 
 DROPOUT_NOTE = (
@@ -178,6 +190,9 @@ class TorchKind:
         read: ``(module, name, dtype, ndim) -> Found`` for an instance of ``modules``
             (``name``: its qualified name; ``ndim``: axes of its input, batch included).
         functions: functional forms read as this kind: callable -> ``(Call) -> Found``.
+        captured: whether module capture (:mod:`.capture`) names instances of ``modules`` as
+            this kind too; the transformer kinds are read by the reader only, so that a
+            captured ``nn.Embedding`` keeps torch's names (``weight``).
     """
 
     build: Callable[..., nn.Module]
@@ -186,6 +201,7 @@ class TorchKind:
     modules: tuple[type, ...] = ()
     read: Callable[..., Found] | None = None
     functions: Mapping[Callable, Callable[[Call], Found]] = field(default_factory=dict)
+    captured: bool = True
 
 
 def _unsupported(what: str, why: str = "") -> AlignmentError:
@@ -421,6 +437,92 @@ _MLP_WEIGHTS = {
 }
 
 
+def _read_embedding(module, name, dtype, ndim) -> Found:
+    """``nn.Embedding`` (and xgrad's :class:`~.modules.ScaledEmbedding`, its ``scale``):
+    ``weight (vocab, dim)`` as it is, ``padding_idx`` as torch normalised it (>= 0)."""
+    where = f"module {name!r} ({type(module).__name__})"
+    _embedding_options(module.max_norm, module.scale_grad_by_freq, module.sparse, where)
+    scale = module.scale if isinstance(module, ScaledEmbedding) else None
+    layer = Embedding(
+        module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx, scale=scale
+    )
+    return Found(layer, params=_named(name, {"embedding": "weight"}))
+
+
+def _embedding_options(max_norm, by_freq, sparse, where: str) -> None:
+    if max_norm is not None:
+        raise _unsupported(
+            where, f" with max_norm={max_norm:g} (it renormalises the rows it reads, in place)"
+        )
+    if by_freq:
+        raise _unsupported(
+            where, " with scale_grad_by_freq=True (xgrad's Embedding sums each row's gradient)"
+        )
+    if sparse:
+        raise _unsupported(where, " with sparse=True (pass a copy built with sparse=False)")
+
+
+def _read_f_embedding(call: Call) -> Found:
+    """``F.embedding(ids, self.weight, padding_idx=...)``: the weight a parameter of the
+    module, ``padding_idx`` negative counted from the end as torch counts it."""
+    node, where = call.node, call.where
+    weight = _get_attr(_arg(node, 1, "weight"), "weight", where)
+    vocab, dim = call.module.get_parameter(weight).shape
+    _embedding_options(
+        _arg(node, 3, "max_norm"),
+        _arg(node, 5, "scale_grad_by_freq", False),
+        _arg(node, 6, "sparse", False),
+        where,
+    )
+    pad = _arg(node, 2, "padding_idx")
+    pad = None if pad is None else int(pad) % int(vocab)
+    return Found(Embedding(int(vocab), int(dim), padding_idx=pad), params={"embedding": weight})
+
+
+def _read_self_attention(module: SelfAttention, name, dtype, ndim) -> Found:
+    """xgrad's own :class:`~.modules.SelfAttention`, from its attributes (a leaf the tracer
+    does not enter): its parameters are the canonical weights, by name and shape."""
+    first = module.qkv_kernel if module.qkv == "fused" else module.query_kernel
+    default = module.head_dim**-0.5
+    layer = Attention(
+        int(first.shape[0]),
+        module.heads,
+        kv_heads=module.kv_heads,
+        head_dim=module.head_dim,
+        causal=module.causal,
+        use_bias=module.use_bias,
+        rope=module.rope,
+        rope_base=module.rope_base,
+        qkv=module.qkv,
+        scale=None if module.scale == default else module.scale,
+    )
+    own = {n: n for n, _ in module.named_parameters(recurse=False)}
+    return Found(layer, params=_named(name, own))
+
+
+def _read_gated_mlp(module: GatedMLP, name, dtype, ndim) -> Found:
+    """xgrad's own :class:`~.modules.GatedMLP`: three ``nn.Linear`` (``(out, in)``, layout
+    ``(1, 0)``) and the activation module between, read as any activation module is."""
+    act = module_layer(module.act_fn, f"{name}.act_fn", dtype, ndim, captured=False)
+    if not isinstance(act, Found) or not isinstance(act.layer, Activation):
+        raise _unsupported(f"module {name!r} (GatedMLP)", ": its act_fn is not an activation")
+    use_bias = module.gate_proj.bias is not None
+    layer = GatedMLPLayer(
+        module.gate_proj.in_features,
+        module.gate_proj.out_features,
+        activation=act.layer.name,
+        use_bias=use_bias,
+    )
+    weights = {k: v for k, v in _MLP_WEIGHTS.items() if use_bias or k.endswith("_kernel")}
+    kernels = ("gate_kernel", "up_kernel", "down_kernel")
+    return Found(
+        layer,
+        params=_named(name, weights),
+        layouts=dict.fromkeys(kernels, TRANSPOSED),
+        note=act.note,
+    )
+
+
 # -- activations ----------------------------------------------------------------------------------
 
 
@@ -595,15 +697,25 @@ KINDS: KindTable[TorchKind] = KindTable(
         "embedding": TorchKind(
             lambda layer, path, shape, dtype, child: embedding_module(layer, dtype),
             weights={"embedding": "weight"},
+            modules=(nn.Embedding,),
+            read=_read_embedding,
+            captured=False,
+            functions={F.embedding: _read_f_embedding},
         ),
         "attention": TorchKind(
             lambda layer, path, shape, dtype, child: SelfAttention.of(layer, shape[-1], dtype),
             weights={name: name for name in _ATTENTION_WEIGHTS},
+            modules=(SelfAttention,),
+            read=_read_self_attention,
+            captured=False,
         ),
         "gated_mlp": TorchKind(
             lambda layer, path, shape, dtype, child: GatedMLP.of(layer, shape[-1], dtype),
             weights=_MLP_WEIGHTS,
             layouts=dict.fromkeys(("gate_kernel", "up_kernel", "down_kernel"), TRANSPOSED),
+            modules=(GatedMLP,),
+            read=_read_gated_mlp,
+            captured=False,
         ),
     },
     entry_type=TorchKind,
@@ -614,7 +726,9 @@ KINDS: KindTable[TorchKind] = KindTable(
 # -- reading ----------------------------------------------------------------------------------
 
 
-def module_layer(module: nn.Module, name: str, dtype: str, ndim: int = 2) -> Found | object:
+def module_layer(
+    module: nn.Module, name: str, dtype: str, ndim: int = 2, *, captured: bool = True
+) -> Found | object:
     """The layer a torch module is (the first :data:`KINDS` entry whose ``modules`` it is an
     instance of), :data:`ALIAS` for ``nn.Identity``, :data:`ELEMENTWISE` for a weight-free
     module of another class.
@@ -625,6 +739,8 @@ def module_layer(module: nn.Module, name: str, dtype: str, ndim: int = 2) -> Fou
             ``{name}.weight`` and so on.
         dtype: the model's dtype (``"float32"``), for ``nn.RMSNorm(eps=None)``.
         ndim: the number of axes of its input, batch included (for a softmax's ``dim``).
+        captured: ``True`` for module capture, which skips the entries read by the reader
+            only (:attr:`TorchKind.captured`); the reader passes ``False``.
 
     Raises:
         AlignmentError: the module is of a kind xgrad does not read, or configured in a way
@@ -633,7 +749,7 @@ def module_layer(module: nn.Module, name: str, dtype: str, ndim: int = 2) -> Fou
     if isinstance(module, nn.Identity):
         return ALIAS
     for _, entry in KINDS.items():
-        if entry.modules and isinstance(module, entry.modules):
+        if entry.modules and isinstance(module, entry.modules) and (entry.captured or not captured):
             return entry.read(module, name, dtype, ndim)
     if not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
         return ELEMENTWISE

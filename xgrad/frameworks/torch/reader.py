@@ -13,8 +13,18 @@ nor its ``.training`` flags) and reads it in one of two ways:
    values): the leaf modules in the order they are called; the code between two of them is
    named numerically, as an activation or as a residual addition.
 
-Both run the module once on a sample batch (standard normal, seeded, in the module's dtype)
-for the shapes and for numeric identification. A ``Linear`` followed only by an activation
+Both run the module once on a sample batch (standard normal, seeded, in the module's dtype;
+token ids in ``[0, vocab)`` when the first layer is an ``nn.Embedding`` or ``F.embedding``,
+``vocab`` the rows of its table) for the shapes and for numeric identification. A module whose
+calls do not form a chain (a hand-written attention: ``q_proj``, ``k_proj`` and ``v_proj`` all
+take the same input, their outputs meet later) is refused with an
+:class:`~xgrad.errors.AlignmentError`, so that :func:`xgrad.compare_models` compares it module
+by module. So is ``nn.MultiheadAttention``: its fused ``in_proj_weight (3E, E)`` is no axis
+permutation of the canonical ``(dim, heads, head_dim)`` kernels of
+:class:`~xgrad.layers.Attention` (a :class:`~xgrad.frameworks.kinds.Layout` permutes axes
+only), so it stays a module compared as computed. xgrad's own ``SelfAttention``, ``GatedMLP``
+and ``ScaledEmbedding`` (:mod:`.modules`) are leaves the tracer does not enter, read from their
+attributes. A ``Linear`` followed only by an activation
 becomes one ``Dense(units, activation)`` (as :class:`xgrad.layers.Activation` describes).
 Layer names are module names (``"0"``, ``"block.fc1"``) or, for functional calls, fx node
 names (``"gelu"``, ``"add"``).
@@ -25,6 +35,7 @@ Importing this module imports torch.
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -54,16 +65,32 @@ from xgrad.frameworks.torch.model import (
     tensor_numpy,
     torch_dtype,
 )
-from xgrad.frameworks.torch.modules import HardSigmoid, MaskedDropout, Selu, Softplus
+from xgrad.frameworks.torch.modules import (
+    GatedMLP,
+    HardSigmoid,
+    MaskedDropout,
+    ScaledEmbedding,
+    SelfAttention,
+    Selu,
+    Softplus,
+)
 from xgrad.identify import fit_activation
-from xgrad.layers import Activation, Dense, Residual, Shape
+from xgrad.layers import Activation, Dense, Embedding, Residual, Shape
 
 __all__ = ["module_dtype", "read_module"]
 
 SAMPLE_BATCH = 5
 """Rows of the sample batch a module is run on when it is read (> 1 for BatchNorm)."""
 
-_XGRAD_LEAVES = (MaskedDropout, Selu, Softplus, HardSigmoid)
+_XGRAD_LEAVES = (
+    MaskedDropout,
+    Selu,
+    Softplus,
+    HardSigmoid,
+    SelfAttention,
+    GatedMLP,
+    ScaledEmbedding,
+)
 
 
 @dataclass
@@ -107,11 +134,14 @@ def _module_input_shape(module: nn.Module) -> Shape | None:
 
 
 def _graph_input_shape(module: nn.Module, graph: torch.fx.Graph) -> Shape | None:
-    """The example shape the first layer with weights takes, unless a reshape comes first."""
+    """The example shape the first layer with weights takes, unless a reshape or an
+    embedding (of ``(tokens,)`` ids, as many as the user passes) comes first."""
     for node in graph.nodes:
+        if node.op == "call_function" and node.target is F.embedding:
+            return None
         if node.op == "call_module":
             sub = module.get_submodule(node.target)
-            if isinstance(sub, nn.Flatten):
+            if isinstance(sub, nn.Flatten | nn.Embedding):
                 return None
             shape = _module_input_shape(sub)
             if shape is not None:
@@ -133,7 +163,7 @@ def _graph_input_shape(module: nn.Module, graph: torch.fx.Graph) -> Shape | None
 
 def _hooks_input_shape(module: nn.Module) -> Shape | None:
     for sub in module.modules():
-        if isinstance(sub, nn.Flatten):
+        if isinstance(sub, nn.Flatten | nn.Embedding):
             return None
         shape = _module_input_shape(sub)
         if shape is not None:
@@ -170,8 +200,37 @@ def _run_sample(module: nn.Module, fn, x: torch.Tensor, what: str):
         ) from None
 
 
-def _sample(shape: Shape, dtype: str, device) -> torch.Tensor:
+def _first_vocab(module: nn.Module, graph: torch.fx.Graph | None) -> int | None:
+    """The vocabulary of the embedding that takes the module's input (the first call on it in
+    the graph; without a graph, the first of its leaf modules with weights), else ``None``."""
+    if graph is None:
+        for sub in module.modules():
+            if isinstance(sub, nn.Embedding):
+                return int(sub.num_embeddings)
+            if not any(True for _ in sub.children()) and any(True for _ in sub.parameters()):
+                return None
+        return None
+    placeholder = next((n for n in graph.nodes if n.op == "placeholder"), None)
+    for node in graph.nodes:
+        if placeholder is None or placeholder not in node.all_input_nodes:
+            continue
+        if node.op == "call_module":
+            sub = module.get_submodule(node.target)
+            return int(sub.num_embeddings) if isinstance(sub, nn.Embedding) else None
+        if node.op == "call_function" and node.target is F.embedding:
+            weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+            if getattr(weight, "op", None) == "get_attr":
+                return int(module.get_parameter(weight.target).shape[0])
+        return None
+    return None
+
+
+def _sample(shape: Shape, dtype: str, device, vocab: int | None = None) -> torch.Tensor:
+    """Standard normal values in ``dtype``, or token ids in ``[0, vocab)`` (int64)."""
     rng = np.random.default_rng(0)
+    if vocab is not None:
+        ids = rng.integers(0, vocab, (SAMPLE_BATCH, *shape))
+        return torch.tensor(ids, dtype=torch.int64, device=device)
     values = rng.standard_normal((SAMPLE_BATCH, *shape))
     return torch.tensor(values, dtype=torch_dtype(dtype), device=device)
 
@@ -267,11 +326,15 @@ def _read_graph(module: nn.Module, graph: torch.fx.Graph, values: dict, dtype: s
         in_shape, out_shape = tuple(values[src].shape), tuple(value.shape)
         if node.op == "call_module":
             sub = module.get_submodule(node.target)
-            found = module_layer(sub, node.target, dtype, len(in_shape))
+            found = module_layer(sub, node.target, dtype, len(in_shape), captured=False)
             name = node.target
             if found is ELEMENTWISE:
                 where = f"module {node.target!r} ({type(sub).__name__})"
                 found = _numeric(values[src], value, dtype, where)
+        elif _scales_embedding(node, entries, src):
+            _fold_scale(entries[-1], node)
+            pos[node] = len(entries) - 1
+            continue
         else:
             found = function_layer(node, in_shape, out_shape, dtype, module)
             name = node.name
@@ -289,6 +352,38 @@ def _read_graph(module: nn.Module, graph: torch.fx.Graph, values: dict, dtype: s
             entries.append(Entry(found, name, node.name, in_shape[1:], out_shape[1:]))
         pos[node] = len(entries) - 1
     return entries
+
+
+_MULS = (operator.mul, torch.mul)
+
+
+def _factor(node) -> float | None:
+    """``c`` of ``h * c`` / ``c * h`` (``torch.mul``, ``h.mul(c)``) for a number ``c``."""
+    if not (node.op == "call_function" and node.target in _MULS) and not (
+        node.op == "call_method" and node.target == "mul"
+    ):
+        return None
+    numbers = [a for a in node.args if isinstance(a, int | float) and not isinstance(a, bool)]
+    return float(numbers[0]) if len(node.args) == 2 and len(numbers) == 1 else None
+
+
+def _scales_embedding(node, entries: list[Entry], src) -> bool:
+    """Whether ``node`` multiplies an unscaled embedding's output, and nothing else reads
+    that output, by a number (the Annotated Transformer's ``lut(x) * math.sqrt(d_model)``)."""
+    last = entries[-1].found if entries else None
+    return (
+        last is not None
+        and isinstance(last.layer, Embedding)
+        and last.layer.scale is None
+        and entries[-1].tap == src.name
+        and len(src.users) == 1
+        and _factor(node) is not None
+    )
+
+
+def _fold_scale(entry: Entry, node) -> None:
+    entry.found = replace(entry.found, layer=replace(entry.found.layer, scale=_factor(node)))
+    entry.tap = node.name
 
 
 def _residual(node, streams, entries: list[Entry], pos: dict, values: dict) -> None:
@@ -363,8 +458,9 @@ def _read_calls(module: nn.Module, sample: torch.Tensor, dtype: str, why: str):
         seen.add(name)
         if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
             raise AlignmentError(f"{where} does not map one tensor to one tensor")
-        found = module_layer(mod, name, dtype, args[0].ndim)
+        found = module_layer(mod, name, dtype, args[0].ndim, captured=False)
         if args[0] is not history[-1][1] and not torch.equal(args[0], history[-1][1]):
+            _check_chain(history, args[0], entries, where)
             gap(args[0], ("input", name), where)
         if found is ELEMENTWISE:
             found = _numeric(args[0], out, dtype, where)
@@ -383,6 +479,26 @@ def _read_calls(module: nn.Module, sample: torch.Tensor, dtype: str, why: str):
     if result is not history[-1][1] and not torch.equal(result, history[-1][1]):
         gap(result, ("result", None), "the output")
     return entries, result
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
+
+
+def _check_chain(history: list, value: torch.Tensor, entries: list[Entry], where: str) -> None:
+    """Refuse a module whose input is an earlier value on the stream, not the latest one: its
+    calls are no chain (a hand-written attention: ``k_proj`` takes the input ``q_proj`` took,
+    and the outputs of both meet later), which the hooks alone would misread as
+    ``q_proj -> code -> k_proj -> ...``."""
+    for index, earlier in history[:-1]:
+        if _same(earlier, value):
+            what = "the module's input" if index < 0 else f"the output of {entries[index].name!r}"
+            raise AlignmentError(
+                f"{where} takes {what}, an earlier value than the output of the module called "
+                "before it: the calls are no chain of layers (a hand-written attention's q/k/v "
+                "projections?); xgrad reads sequential models with residual additions, and "
+                "compare_models compares such a model module by module"
+            )
 
 
 # -- from entries to layers -------------------------------------------------------------------
@@ -489,16 +605,18 @@ def read_module(module, *, input_shape: Shape | None = None) -> TorchModel:
         why = None
     except Exception as exc:  # torch.fx raises many kinds; any means "use hooks"
         graph, why = None, f"{type(exc).__name__}: {exc}"
+    vocab = _first_vocab(own, graph)
     if input_shape is None:
         shape = _graph_input_shape(own, graph) if graph is not None else _hooks_input_shape(own)
         if shape is None:
+            example = "(tokens,): the number of token ids" if vocab else "(28, 28)"
             raise InputError(
                 f"cannot tell the shape of one input example of {cls}; pass input_shape, "
-                "e.g. input_shape=(28, 28)"
+                f"e.g. input_shape={example} (or x to compare_models or convert)"
             )
     else:
         shape = _check_input_shape(input_shape)
-    sample = _sample(shape, dtype, module_device(own))
+    sample = _sample(shape, dtype, module_device(own), vocab)
     taps: dict = {}
     if graph is not None:
         recorder: list = []
