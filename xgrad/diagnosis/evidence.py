@@ -10,6 +10,7 @@ and VJP under another convention.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ from xgrad.layers.base import AbstractLayer, Step
 from xgrad.losses import Loss
 
 __all__ = [
+    "Context",
     "Evidence",
     "ReferenceValues",
     "UnitEvidence",
@@ -198,6 +200,28 @@ class UnitEvidence:
 
 
 @dataclass
+class Context:
+    """What the transformer causes (:mod:`xgrad.diagnosis.transformer`,
+    :mod:`xgrad.diagnosis.tokens`) read beyond one :class:`UnitEvidence`: a module read as
+    no kind (Hugging Face's ``LlamaAttention``) keeps its weights in its submodules, and its
+    padding mask among its inputs.
+
+    Attributes:
+        weights: every canonical weight of the reference, by canonical name, float64.
+        inputs_ref: module path -> the reference module's captured floating inputs, in call
+            order (the first is the module's input; a padding mask or position tables may
+            follow); empty for a model not read module by module.
+        inputs_cand: the same on the candidate's side.
+        memo: what a cause fitted once per unit (keyed by the cause's own tuples).
+    """
+
+    weights: Mapping[str, np.ndarray]
+    inputs_ref: Mapping[str, list]
+    inputs_cand: Mapping[str, list]
+    memo: dict = field(default_factory=dict)
+
+
+@dataclass
 class Evidence:
     """Everything the causes may re-evaluate, for one candidate against the reference."""
 
@@ -218,6 +242,9 @@ class Evidence:
     """The tolerance a re-evaluation must reach to confirm a cause: ``tol``, or float32's when
     the candidate computes in a lower precision than asked (no re-evaluation can get below
     its rounding)."""
+    transformer: Context | None = None
+    """What the transformer causes read beyond the units (:class:`Context`), attached by
+    :func:`xgrad.diagnosis.transformer.attach`; ``None`` until then."""
 
     def unit(self, path: str) -> UnitEvidence:
         return next(u for u in self.units if u.path == path)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence, f64
+from xgrad.diagnosis.evidence import Context, Evidence, UnitEvidence, f64
 from xgrad.diagnosis.fit_transformer import (
     BASES,
     AttentionWeights,
@@ -49,38 +49,21 @@ __all__ = ["CAUSES", "NONFINITE", "Context", "attach", "context", "fitted", "sub
 # -- what the causes see beyond a unit ---------------------------------------------------------
 
 
-@dataclass
-class Context:
-    """What the transformer causes read beyond a :class:`UnitEvidence`: every canonical
-    weight of the reference (float64), and each module's captured floating inputs on both
-    sides (the first is the unit's input; a padding mask may follow).
-
-    Attributes:
-        memo: what was fitted once per unit path.
-    """
-
-    weights: Mapping[str, np.ndarray]
-    inputs_ref: Mapping[str, list]
-    inputs_cand: Mapping[str, list]
-    memo: dict = field(default_factory=dict)
-
-
 def attach(ev: Evidence, ref, side, weights: Mapping[str, np.ndarray] | None) -> None:
-    """Give ``ev`` the :class:`Context` of the reference ``ref`` and the compared ``side``
-    (:class:`~xgrad.runner.Side` objects), ``weights`` the reference's canonical ones."""
+    """Give ``ev`` the :class:`~xgrad.diagnosis.evidence.Context` of the reference ``ref``
+    and the compared ``side`` (:class:`~xgrad.runner.Side` objects), ``weights`` the
+    reference's canonical ones."""
     if weights is None:
         weights = {k: f64(v) for k, v in ref.model.weights().items()}
-    ev.transformer = Context(  # type: ignore[attr-defined]
-        weights, ref.grads.module_inputs or {}, side.grads.module_inputs or {}
-    )
+    ev.transformer = Context(weights, ref.grads.module_inputs or {}, side.grads.module_inputs or {})
 
 
 def context(ev: Evidence) -> Context:
-    ctx = getattr(ev, "transformer", None)
-    if ctx is None:
-        ctx = Context({}, {}, {})
-        ev.transformer = ctx  # type: ignore[attr-defined]
-    return ctx
+    """``ev``'s :class:`~xgrad.diagnosis.evidence.Context` (an empty one, kept, when none
+    was attached)."""
+    if ev.transformer is None:
+        ev.transformer = Context({}, {}, {})
+    return ev.transformer
 
 
 def subtree(ev: Evidence, unit: UnitEvidence) -> dict[str, np.ndarray]:
