@@ -35,6 +35,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from xgrad.errors import AlignmentError
+from xgrad.frameworks.jax import blocks
 
 __all__ = ["Graph", "ReadLayer", "analyse", "run", "statistics"]
 
@@ -209,8 +210,13 @@ class ReadLayer:
     """One layer found in the jaxpr.
 
     Attributes:
-        kind: ``dense``, ``norm``, ``activation``, ``dropout``, ``flatten``, ``residual``.
-        leaves: local role -> leaf index (``kernel``, ``bias``, ``scale``, ``mean``, ``var``).
+        kind: ``dense``, ``norm``, ``activation``, ``dropout``, ``flatten``, ``residual``,
+            ``embedding`` (a gather of rows of a table by the integer input), ``attention``
+            (projections by kernels ``(dim, N, hd)``, the code between, and the output
+            projection by one ``(H, hd, dim)``), ``gated_mlp`` (two kernels on the same
+            input, multiplied, then a third).
+        leaves: local role -> leaf index (``kernel``, ``bias``, ``scale``, ``mean``, ``var``;
+            the canonical names of the transformer kinds: ``query_kernel``, ...).
         transposed: the kernel is stored ``(out, in)``.
         start, end: ids of the values entering and leaving the layer.
         pre: for a dense layer, the id of ``x @ W + b`` (before the activation).
@@ -230,6 +236,7 @@ class ReadLayer:
     children: list[ReadLayer] = field(default_factory=list)
     scaling: bool = False  # only multiplies or divides by constants (a dropout's 1 / keep)
     reduced: bool = False  # computes statistics of its input (LayerNorm, RMSNorm, training BN)
+    flipped: list[str] = field(default_factory=list)  # kernels of a block stored (out, in)
 
 
 class _Analyser:
@@ -273,6 +280,10 @@ class _Analyser:
 
     def fail(self, text: str):
         raise AlignmentError(text)
+
+    def new(self, *args, **kwargs) -> ReadLayer:
+        """A :class:`ReadLayer` (for :mod:`~xgrad.frameworks.jax.blocks`)."""
+        return ReadLayer(*args, **kwargs)
 
     def _live_nodes(self) -> None:
         needed = {self.g.outputs[0]}
@@ -387,12 +398,21 @@ class _Analyser:
             "scaling": all(g.nodes[k].name in ("mul", "div", *_LAYOUT) for k in seg),
             "constants": [],
             "other": [],
+            "gathers": [],
+            "stream_mul": False,
         }
         for k in seg:
             node = g.nodes[k]
             name = node.name
             stream_in = [v for v in node.ins if not _is_literal(v) and v in self.stream]
             other = [v for v in node.ins if _is_literal(v) or v not in self.stream]
+            if name == "mul" and len(stream_in) == 2:
+                info["stream_mul"] = True
+            if name == "gather" and stream_in == node.ins[1:2] and not _is_literal(node.ins[0]):
+                table = self.table(node.ins[0])
+                if table is not None:  # rows of a parameter, picked by integer ids
+                    info["gathers"].append(table)
+                    continue
             for v in other:
                 if _is_literal(v):
                     try:
@@ -437,6 +457,15 @@ class _Analyser:
                         if rooted:
                             info["constants"] += self.added.get(v, [])
         return info
+
+    def table(self, v: int) -> int | None:
+        """The leaf a gather's operand is, through layout ops or code on it alone (a padding
+        row's ``table.at[row].set(stop_gradient(table[row]))``), else ``None``."""
+        origin = self._leaf_of(v)
+        if origin is not None:
+            return origin[0] if origin[0] < self.n and not origin[1] else None
+        deps = self.static.get(v, {})
+        return next(iter(deps)) if len(deps) == 1 and next(iter(deps)) < self.n else None
 
     def consts_scalar(self) -> set[int]:
         return {i for i, c in self.g.consts.items() if np.ndim(c) == 0}
@@ -489,6 +518,8 @@ class _Analyser:
 
     def _add(self, layers: list[ReadLayer], d: dict, a: int, b: int) -> None:
         last = layers[-1] if layers and layers[-1].end == a else None
+        if blocks.read_embedding(self, layers, d, a, b, last) or blocks.extend(last, d, b):
+            return
         for name, leaf in d["other"]:
             self.fail(
                 f"parameter {self._param(leaf)!r} is used by '{name}' in a way xgrad does not "
@@ -498,6 +529,8 @@ class _Analyser:
             )
         reduces = d["reduce_features"] or d["reduce_batch"]
         has_params = bool(d["scale"] or d["shift"] or d["sub"] or d["static"])
+        if d["dots"] and blocks.read_block(self, layers, d, a, b, last):
+            return
         if d["dots"]:
             self._dense(layers, d, a, b)
             return
@@ -512,6 +545,8 @@ class _Analyser:
             self._add_weight_free(layers, d, a, b, last, reduces)
             return
         only_shift = len(d["shift"]) == 1 and not (d["scale"] or d["sub"] or d["static"] or reduces)
+        if only_shift and blocks.read_bias(last, d, b):
+            return
         if (
             only_shift
             and last is not None
@@ -570,6 +605,8 @@ class _Analyser:
             )
         elif last is not None and last.kind in ("dense", "activation"):
             last.end = b  # an elementwise function after a dense layer: its activation
+        elif last is not None and last.kind == "embedding" and d["scaling"]:
+            last.end = b  # rows times a constant: the embedding's scale
         else:
             layers.append(
                 ReadLayer("activation", a, b, constants=d["constants"], scaling=d["scaling"])
@@ -624,6 +661,8 @@ def analyse(closed, names: list[str], n_leaves: int) -> tuple[Graph, list[ReadLa
     if out not in analyser.stream:
         raise AlignmentError("the model's output does not depend on its input")
     layers = analyser.chain(analyser.live, analyser.x, out)
+    if blocks.check_ids(layers):
+        raise AlignmentError(blocks.check_ids(layers))
     used: dict[int, str] = {}
 
     def check(layer_list, where=""):

@@ -6,7 +6,12 @@ state). A pure-JAX ``(apply_fn, params)`` pair has no state pytree; an NNX modul
 Linen ``(module, variables)`` pair are split by the Flax package (:mod:`xgrad.frameworks.flax`).
 
 Layers are read from the jaxpr (:mod:`xgrad.frameworks.jax.jaxpr`) and identified
-numerically on a seeded probe batch. Native names are pytree paths joined with ``/``:
+numerically on a seeded probe batch. A function that does not run on floats of the given
+input shape but does on integers takes token ids (an embedding first: ``jnp.take(table,
+ids)``, ``nnx.Embed``): it is read on ids in ``[0, vocab)`` (``vocab`` the rows of the table
+it gathers from; :mod:`xgrad.frameworks.jax.blocks` reads the embedding, attention and gated
+MLP blocks) and evaluated without an input gradient.
+Native names are pytree paths joined with ``/``:
 ``l1/kernel`` (an NNX attribute), ``params/Dense_0/kernel`` (Linen), ``0/0`` (a list of
 ``(W, b)`` tuples). Gradients come from ``jax.value_and_grad`` / ``jax.vjp`` of the user's
 own function; per-layer values from an interpreter over its jaxpr.
@@ -22,11 +27,10 @@ import numpy as np
 
 from xgrad.errors import AlignmentError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
-from xgrad.frameworks.jax import closure, jaxpr
+from xgrad.frameworks.jax import blocks, closure, configs, jaxpr
 from xgrad.frameworks.jax.ops import jax_loss, key_path_parts, x64
-from xgrad.frameworks.kinds import TRANSPOSED, Layout, to_canonical, to_native
-from xgrad.identify import fit_activation, fit_norm
-from xgrad.layers import Activation, Dense, Flatten, Residual
+from xgrad.frameworks.kinds import Layout, to_canonical, to_native
+from xgrad.layers import Residual
 from xgrad.losses import Loss
 from xgrad.params import Params
 
@@ -77,12 +81,14 @@ class JaxFunctionModel(AbstractModel):
         rebuild: Callable,
         input_shape=None,
         hints: Callable[[str], dict] | None = None,
+        _ids: bool = False,
         _read=None,
         _traces: dict | None = None,
         _grad_fns: dict | None = None,
     ) -> None:
         self._fn = fn
         self._hints = hints
+        self._ids = _ids  # takes integer token ids (found while reading)
         self._params, self._state = params, state
         self._rebuild = rebuild
         self.framework = framework
@@ -105,10 +111,15 @@ class JaxFunctionModel(AbstractModel):
 
     # -- reading -----------------------------------------------------------------------------
 
+    @property
+    def _x_dtype(self) -> str:
+        """The dtype the input goes in as: int32 token ids, else the params' dtype."""
+        return "int32" if self._ids else self._param_dtype
+
     def _compute_dtype(self) -> str:
         """The dtype the output is computed in: lower than the params' for NNX/Linen layers
         built with ``dtype=jnp.bfloat16`` over float32 params."""
-        x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.dtype(self._param_dtype))
+        x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.dtype(self._x_dtype))
         with x64(self._param_dtype):
             out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)[0]
         name = jnp.dtype(out.dtype).name
@@ -133,14 +144,33 @@ class JaxFunctionModel(AbstractModel):
 
     def _analysis(self, shape):
         """``(graph, read layers)`` for inputs of ``shape`` (batch included), cached."""
-        shape = tuple(shape)
-        if shape not in self._traces:
-            x = jax.ShapeDtypeStruct(shape, jnp.dtype(self._param_dtype))
+        key = (tuple(shape), self._x_dtype)
+        if key not in self._traces:
+            x = jax.ShapeDtypeStruct(key[0], jnp.dtype(self._x_dtype))
             with x64(self._param_dtype):
                 closed = jax.make_jaxpr(self._flat_fn())(*self._p_leaves, *self._s_leaves, x)
             n = len(self._p_leaves) + len(self._s_leaves)
-            self._traces[shape] = jaxpr.analyse(closed, self._names, n)
-        return self._traces[shape]
+            self._traces[key] = jaxpr.analyse(closed, self._names, n)
+        return self._traces[key]
+
+    def _trace_given(self, shape):
+        """:meth:`_analysis` of examples of the given ``shape``: on floats, else (they do not
+        run) on integer token ids, which then stay the input's dtype."""
+        try:
+            return self._analysis((PROBE_BATCH, *shape))
+        except AlignmentError:
+            raise
+        except Exception as exc:
+            if self._ids:
+                raise
+            self._ids = True
+            try:
+                return self._analysis((PROBE_BATCH, *shape))
+            except AlignmentError:
+                raise
+            except Exception:
+                self._ids = False
+                raise exc from None
 
     def _candidate_shapes(self, input_shape):
         if input_shape is not None:
@@ -169,7 +199,10 @@ class JaxFunctionModel(AbstractModel):
         errors, found = [], []
         for shape in self._candidate_shapes(input_shape):
             try:
-                graph, layers = self._analysis((PROBE_BATCH, *shape))
+                if input_shape is not None:
+                    graph, layers = self._trace_given(shape)
+                else:
+                    graph, layers = self._analysis((PROBE_BATCH, *shape))
             except AlignmentError as exc:
                 errors.append((shape, exc))
                 continue
@@ -196,7 +229,7 @@ class JaxFunctionModel(AbstractModel):
 
     def _opaque(self, shape, why: str):
         """A model whose layers cannot be read: parameters by native name only."""
-        x = jax.ShapeDtypeStruct((2, *shape), jnp.dtype(self._param_dtype))
+        x = jax.ShapeDtypeStruct((2, *shape), jnp.dtype(self._x_dtype))
         with x64(self._param_dtype):
             out = jax.eval_shape(self._flat_fn(), *self._p_leaves, *self._s_leaves, x)[0]
         return tuple(shape), tuple(out.shape[1:]), (), {}, why
@@ -227,7 +260,7 @@ class JaxFunctionModel(AbstractModel):
 
         ids_set = set(ids)
         with x64(self._param_dtype):
-            xs = jnp.asarray(x, dtype=self._param_dtype)
+            xs = jnp.asarray(x, dtype=self._x_dtype)
             got = jax.jit(values)([*self._p_leaves, *self._s_leaves], xs)
         return {
             i: np.moveaxis(np.asarray(v, dtype=np.float64), graph.axis.get(i) or 0, 0)
@@ -236,7 +269,12 @@ class JaxFunctionModel(AbstractModel):
 
     def _identify(self, shape, graph, read):
         """LayerInfo for each read layer, configs identified on a seeded probe batch."""
-        probe = 4 * np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape))
+        rng = np.random.default_rng(0)
+        if self._ids and read and read[0].kind == "embedding":
+            vocab = int(np.shape(self._p_leaves[read[0].leaves["embedding"]])[0])
+            probe = rng.integers(0, vocab, (PROBE_BATCH, *shape))
+        else:
+            probe = 4 * rng.standard_normal((PROBE_BATCH, *shape))
         values = self._record(graph, read, probe)
         arrays = [_to64(leaf) for leaf in (*self._p_leaves, *self._s_leaves)]
         dtype = self._param_dtype if self._param_dtype in ("float32", "float64") else "bfloat16"
@@ -249,30 +287,33 @@ class JaxFunctionModel(AbstractModel):
                 for j, child in enumerate(layer.children):
                     children.append(info(child, f"{path}.layers.{j}", s))
                     s = children[-1].output_shape
-                configs = [c.layer for c in children]
+                inner = [c.layer for c in children]
                 return LayerInfo(
                     path=path,
                     kind="residual",
                     name=path,
-                    layer=None if any(c is None for c in configs) else Residual(configs),
+                    layer=None if any(c is None for c in inner) else Residual(inner),
                     input_shape=in_shape,
                     output_shape=in_shape,
                     children=tuple(children),
                 )
-            config, kind, out_shape, note, layouts = _configure(
-                layer, arrays, values, in_shape, dtype
-            )
+            if layer.kind in blocks.KINDS:
+                config, kind, out_shape, note, layouts = blocks.configure(
+                    layer, arrays, values, in_shape, dtype
+                )
+                if kind == "embedding" and config is not None and configs.stops_gradients(graph):
+                    config = self._padded(config, layer.leaves["embedding"], shape)
+            else:
+                config, kind, out_shape, note, layouts = configs.configure(
+                    layer, arrays, values, in_shape, dtype
+                )
             natives = [self._names[leaf] for leaf in layer.leaves.values() if leaf < n_p]
-            name = (
-                natives[0].rsplit("/", 1)[0]
-                if natives and "/" in natives[0]
-                else (natives[0] if natives else path)
-            )
+            name = configs.module_name(natives, path, whole=layer.kind in blocks.KINDS)
             if layer.batch_stats:
                 # training mode: the moving statistics only feed the update, not the output
                 layer.leaves.update(self._statistics(name))
             if self._hints is not None and natives:
-                config = _hinted(config, self._hints(name), layer)
+                config = configs.hinted(config, self._hints(name), layer)
             params, state = {}, {}
             for role, leaf in layer.leaves.items():
                 roles[f"{path}.{role}"] = (leaf, layouts.get(role))
@@ -305,6 +346,17 @@ class JaxFunctionModel(AbstractModel):
         graph = self._analysis((PROBE_BATCH, *self.input_shape))[0]
         found = jaxpr.statistics(graph, self._names, len(self._names))
         return [(graph.consts[cid], role) for cid, role in sorted(found.items())]
+
+    def _padded(self, config, leaf: int, shape) -> object:
+        """``config`` with the ``padding_idx`` the function gives its table, if any
+        (:func:`~.configs.padding_row`)."""
+        from dataclasses import replace
+
+        with x64(self._param_dtype):
+            row = configs.padding_row(
+                self._flat_fn(), self._p_leaves, self._s_leaves, leaf, config.vocab, shape
+            )
+        return config if row is None else replace(config, padding_idx=row)
 
     def _statistics(self, name: str) -> dict[str, int]:
         """The state leaves ``.../mean`` and ``.../var`` of the module called ``name``
@@ -341,12 +393,24 @@ class JaxFunctionModel(AbstractModel):
             return {n: (i, None) for i, n in enumerate(self._names)}
         return self._roles
 
+    def _flat(self, name: str, arr) -> bool:
+        """Whether a weight is flattened to a vector in canonical form: a norm's or a
+        bias's stored with extra axes (``(1, d)``); kernels and the transformer kinds'
+        weights keep their shapes."""
+        if self.structure_error or np.ndim(arr) < 2 or name.endswith(".kernel"):
+            return False
+        return name.rsplit(".", 1)[0] not in self._shaped
+
+    @property
+    def _shaped(self) -> set[str]:
+        return {info.path for info in self.walk() if info.kind in blocks.KINDS}
+
     def weights(self) -> Params:
         leaves = [*self._p_leaves, *self._s_leaves]
         out = {}
         for name, (leaf, layout) in self._leaf_index().items():
             arr = np.array(leaves[leaf])
-            if not self.structure_error and arr.ndim > 1 and not name.endswith(".kernel"):
+            if self._flat(name, arr):
                 arr = arr.reshape(-1)
             out[name] = np.ascontiguousarray(to_canonical(arr, layout))
         return out
@@ -379,6 +443,7 @@ class JaxFunctionModel(AbstractModel):
             rebuild=self._rebuild,
             input_shape=self.input_shape,
             hints=self._hints,
+            _ids=self._ids,
             _read=None
             if not self.structure_error
             else (self.input_shape, self.output_shape, (), {}, self.structure_error),
@@ -392,14 +457,17 @@ class JaxFunctionModel(AbstractModel):
         # a user's loss function is its own key (held, so its id cannot be reused)
         key = loss.name if isinstance(loss, Loss) else loss
         if key not in self._grad_fns:
-            fn = self._fn
+            fn, ids = self._fn, self._ids
             if loss is None:
 
                 def run(params, state, x, cot):
-                    (out, new_state), vjp = jax.vjp(lambda p, xx: fn(p, state, xx), params, x)
+                    if ids:  # token ids have no gradient
+                        (out, new_state), vjp = jax.vjp(lambda p: fn(p, state, x), params)
+                    else:
+                        (out, new_state), vjp = jax.vjp(lambda p, xx: fn(p, state, xx), params, x)
                     zeros = jax.tree_util.tree_map(jnp.zeros_like, new_state)
-                    gp, gx = vjp((cot, zeros))
-                    return None, out, new_state, gp, gx
+                    gp, *gx = vjp((cot, zeros))
+                    return None, out, new_state, gp, gx[0] if gx else None
 
                 self._grad_fns[key] = jax.jit(run)
             else:
@@ -409,18 +477,18 @@ class JaxFunctionModel(AbstractModel):
                     out, new_state = fn(params, state, x)
                     return loss_fn(out, y), (out, new_state)
 
-                grad = jax.value_and_grad(objective, argnums=(0, 2), has_aux=True)
+                grad = jax.value_and_grad(objective, argnums=(0,) if ids else (0, 2), has_aux=True)
 
                 def run(params, state, x, y):
-                    (value, (out, new_state)), (gp, gx) = grad(params, state, x, y)
-                    return value, out, new_state, gp, gx
+                    (value, (out, new_state)), (gp, *gx) = grad(params, state, x, y)
+                    return value, out, new_state, gp, gx[0] if gx else None
 
                 self._grad_fns[key] = run if not isinstance(loss, Loss) else jax.jit(run)
         return self._grad_fns[key]
 
     def _evaluate(self, x, y, loss, cotangent, capture) -> Gradients:
         with x64(self._param_dtype):
-            xs = jnp.asarray(x, dtype=self._param_dtype)
+            xs = jnp.asarray(x, dtype=self._x_dtype)
             last = cotangent if loss is None else y
             if last is not None and isinstance(last, np.ndarray) and last.dtype.kind == "f":
                 last = jnp.asarray(last, dtype=self._param_dtype)
@@ -440,11 +508,7 @@ class JaxFunctionModel(AbstractModel):
         for name, (leaf, layout) in self._leaf_index().items():
             if leaf < len(grad_leaves) and name in names:
                 g = to_canonical(np.asarray(grad_leaves[leaf]), layout)
-                params[name] = (
-                    g
-                    if g.ndim < 2 or name.endswith(".kernel") or self.structure_error
-                    else g.reshape(-1)
-                )
+                params[name] = g.reshape(-1) if self._flat(name, g) else g
         if p_new and not self.structure_error:
             n_p = len(self._p_leaves)
             changed = {
@@ -460,7 +524,7 @@ class JaxFunctionModel(AbstractModel):
         return Gradients(
             loss=None if value is None else float(value),
             params=params,
-            input=np.asarray(gx),
+            input=None if gx is None else np.asarray(gx),
             output=np.asarray(out),
             state=state,
             activations=activations,
@@ -500,8 +564,16 @@ class JaxFunctionModel(AbstractModel):
             outs = jaxpr.run(graph, [*leaves, *state, xs], hook)
             return outs[0], (outs[1:], record)
 
+        ids = self._ids
+
         def run(leaves, state, xs, eps, last):
             if loss_fn is None:
+                if ids:  # token ids have no gradient
+                    out, vjp, (new_state, record) = jax.vjp(
+                        lambda p, e: forward(p, state, xs, e), leaves, eps, has_aux=True
+                    )
+                    gp, ge = vjp(last.astype(out.dtype))
+                    return None, out, new_state, gp, None, record, ge
                 out, vjp, (new_state, record) = jax.vjp(
                     lambda p, xx, e: forward(p, state, xx, e), leaves, xs, eps, has_aux=True
                 )
@@ -512,10 +584,12 @@ class JaxFunctionModel(AbstractModel):
                 out, (new_state, record) = forward(p, state, xx, e)
                 return loss_fn(out, last), (out, new_state, record)
 
-            (value, (out, new_state, record)), (gp, gx, ge) = jax.value_and_grad(
-                objective, argnums=(0, 1, 2), has_aux=True
+            argnums = (0, 2) if ids else (0, 1, 2)
+            (value, (out, new_state, record)), grads = jax.value_and_grad(
+                objective, argnums=argnums, has_aux=True
             )(leaves, xs, eps)
-            return value, out, new_state, gp, gx, record, ge
+            gp, ge = grads[0], grads[-1]
+            return value, out, new_state, gp, None if ids else grads[1], record, ge
 
         self._captures[key] = (jax.jit(run), ends, graph)
         return self._captures[key]
@@ -524,7 +598,7 @@ class JaxFunctionModel(AbstractModel):
         """Loss, output, new state, gradients and every layer's values, in one compiled pass."""
         fn, ends, graph = self._captured(np.shape(x), loss)
         with x64(self._param_dtype):
-            xs = jnp.asarray(x, dtype=self._param_dtype)
+            xs = jnp.asarray(x, dtype=self._x_dtype)
             eps = {
                 p: jnp.zeros(graph.shape(i), dtype=graph.avals[i].dtype) for p, i in ends.items()
             }
@@ -551,94 +625,6 @@ def _to64(leaf):
         return np.asarray(leaf, dtype=np.float64)
     except (TypeError, ValueError):
         return None
-
-
-def _configure(layer, arrays, values, in_shape, dtype):
-    """``(config or None, kind, output shape, note, layouts)`` of a read layer; ``layouts``:
-    local name -> the layout its leaf stores it in (a kernel read ``(out, in)``:
-    :data:`~xgrad.frameworks.kinds.TRANSPOSED`), for those not stored canonically."""
-    layouts: dict[str, Layout] = {}
-    note = None
-    if layer.kind == "dense":
-        if layer.transposed:
-            layouts["kernel"] = TRANSPOSED
-        kernel = to_canonical(arrays[layer.leaves["kernel"]], layouts.get("kernel"))
-        z, a = values[layer.pre], values[layer.end]
-        act = "linear" if layer.end == layer.pre else fit_activation(z, a, dtype)[0]
-        use_bias = "bias" in layer.leaves
-        config = None if act is None else Dense(kernel.shape[1], act, use_bias=use_bias)
-        return config, "dense", (*in_shape[:-1], kernel.shape[1]), note, layouts
-    if layer.kind == "norm":
-        local = {role: arrays[leaf].reshape(-1) for role, leaf in layer.leaves.items()}
-        config, _ = fit_norm(
-            values[layer.start],
-            values[layer.end],
-            local,
-            dtype=dtype,
-            epsilons=layer.constants,
-            training=layer.batch_stats,
-        )
-        if config is not None:
-            kind = config.kind
-        elif {"mean", "var"} & set(local) or layer.batch_stats:
-            kind = "batchnorm"
-        else:
-            kind = "layernorm"
-        if layer.batch_stats:
-            note = (
-                "BatchNorm in training mode (batch statistics): call model.eval() (NNX) or "
-                "use_running_average=True (Linen) to compare in inference mode"
-            )
-        return config, kind, in_shape, note, layouts
-    if layer.kind in ("activation", "reduce"):
-        name = fit_activation(values[layer.start], values[layer.end], dtype)[0]
-        if name is not None:
-            return Activation(name), "activation", in_shape, note, layouts
-        if layer.kind == "reduce":  # a normalisation without scale or shift
-            norm, _ = fit_norm(
-                values[layer.start],
-                values[layer.end],
-                {},
-                dtype=dtype,
-                epsilons=layer.constants,
-                training=layer.batch_stats,
-            )
-            if norm is not None:
-                return norm, norm.kind, in_shape, note, layouts
-        note = (
-            "computes a function none of xgrad's activations reproduces on a probe batch "
-            "(its values are still compared; diagnosis cannot name a cause inside it)"
-        )
-        return None, "activation", in_shape, note, layouts
-    if layer.kind == "dropout":
-        note = (
-            "dropout in training mode (random masks): call model.eval() (NNX) or pass "
-            "deterministic=True (Linen)"
-        )
-        return None, "dropout", in_shape, note, layouts
-    return Flatten(), "flatten", (int(np.prod(in_shape)),), note, layouts
-
-
-def _hinted(config, hint: dict, layer):
-    """A norm's configuration completed with what its module states (epsilon, momentum)."""
-    from dataclasses import fields, replace
-
-    from xgrad.layers import LAYERS
-
-    if not hint:
-        return config
-    kind = hint.pop("kind", None)
-    if config is None and kind in ("layernorm", "rmsnorm", "batchnorm"):
-        flags = {"scale": "scale" in layer.leaves}
-        if kind != "rmsnorm":
-            flags["center"] = "bias" in layer.leaves
-        if kind == "batchnorm":
-            flags["training"] = layer.batch_stats
-        config = LAYERS[kind](**flags)
-    if config is None:
-        return None
-    names = {f.name for f in fields(config)}
-    return replace(config, **{k: v for k, v in hint.items() if k in names})
 
 
 def function_model(apply_fn, params, *, input_shape=None) -> JaxFunctionModel:
