@@ -229,11 +229,23 @@ if "torch" in INSTALLED:
             o = torch.softmax(s, dim=-1) @ v
             return self.o_proj(o.transpose(1, 2).reshape(b, t, DIM))
 
+    class Residualish(nn.Module):
+        """``x + fc(x)`` behind Python control flow (read through hooks)."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(DIM, DIM)
+
+        def forward(self, x):
+            if x.shape[1] > 1:
+                return x + self.fc(x)
+            return x
+
     class Block(nn.Module):
         def __init__(self, **kwargs):
             super().__init__()
             self.norm, self.attn = nn.LayerNorm(DIM), HandAttention(**kwargs)
-            self.head = nn.Flatten()  # a Flatten: not token-wise only
+            self.head = nn.Linear(DIM, 3)
 
         def forward(self, x):
             return self.head(self.attn(self.norm(x)))
@@ -249,6 +261,9 @@ def test_a_hand_written_attention_is_no_chain_of_layers():
     chain = nn.Sequential(nn.LayerNorm(DIM), nn.Linear(DIM, DIM), nn.ReLU(), nn.Flatten())
     read = xgrad.read_model(chain, input_shape=(TOKENS, DIM))  # a chain still reads
     assert [i.describe() for i in read.layers] == ["layernorm(eps=1e-05)", "16:relu", "flatten"]
+    nested = nn.Sequential(nn.Linear(DIM, DIM), Residualish())  # hooks, with x + f(x)
+    read = xgrad.read_model(nested, input_shape=(TOKENS, DIM))
+    assert [i.kind for i in read.layers] == ["dense", "residual"]
 
 
 @pytest.mark.skipif("torch" not in INSTALLED, reason="torch is needed")

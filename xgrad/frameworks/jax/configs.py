@@ -138,9 +138,15 @@ def padding_row(flat, p_leaves, s_leaves, leaf: int, vocab: int, shape) -> int |
     return int(zero[0]) if len(zero) == 1 else None
 
 
-def stops_gradients(graph) -> bool:
-    """Whether the function stops a gradient anywhere (a padding row's ``stop_gradient``)."""
-    return any(node.name == "stop_gradient" for node in graph.nodes)
+def stops_gradients(graph, *, before: int) -> bool:
+    """Whether the function stops a gradient before it computes the value ``before`` (an
+    embedding's output: a padding row's ``stop_gradient``, not a softmax's later on)."""
+    for node in graph.nodes:
+        if node.name == "stop_gradient":
+            return True
+        if before in node.outs:
+            return False
+    return False
 
 
 def module_name(natives: list[str], path: str, *, whole: bool) -> str:

@@ -301,7 +301,8 @@ class JaxFunctionModel(AbstractModel):
                 config, kind, out_shape, note, layouts = blocks.configure(
                     layer, arrays, values, in_shape, dtype
                 )
-                if kind == "embedding" and config is not None and configs.stops_gradients(graph):
+                stops = configs.stops_gradients(graph, before=layer.end)
+                if kind == "embedding" and config is not None and stops:
                     config = self._padded(config, layer.leaves["embedding"], shape)
             else:
                 config, kind, out_shape, note, layouts = configs.configure(
