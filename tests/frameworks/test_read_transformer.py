@@ -200,6 +200,37 @@ def test_nnx_embed_and_jnp_take_as_users_write_them():
     assert read.gradients(IDS).input is None
 
 
+@pytest.mark.skipif("jax" not in INSTALLED, reason="jax is needed")
+def test_a_swiglu_as_users_write_it_in_jax():
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    w = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in [("w1", (24, DIM)),
+         ("w3", (24, DIM)), ("w2", (DIM, 24))]}  # fmt: skip
+
+    def swiglu(p, x):  # Meta's LLaMA: w2(silu(w1(x)) * w3(x)), weights (out, in)
+        return (jax.nn.silu(x @ p["w1"].T) * (x @ p["w3"].T)) @ p["w2"].T
+
+    read = xgrad.read_model((swiglu, w), input_shape=(TOKENS, DIM))
+    assert [i.describe() for i in read.layers] == [f"gated_mlp({DIM}, 24, silu)"]
+    assert read.layers[0].params == {"gate_kernel": "w1", "up_kernel": "w3", "down_kernel": "w2"}
+    canonical = read.weights()
+    assert np.array_equal(canonical["layers.0.gate_kernel"], np.asarray(w["w1"]).T)
+
+    def up_first(p, x):  # the same, the up projection computed first: told from its values
+        return ((x @ p["w3"].T) * jax.nn.silu(x @ p["w1"].T)) @ p["w2"].T
+
+    read = xgrad.read_model((up_first, w), input_shape=(TOKENS, DIM))
+    assert read.layers[0].params == {"gate_kernel": "w1", "up_kernel": "w3", "down_kernel": "w2"}
+
+    def bilinear(p, x):  # two products multiplied and no down projection: no layer
+        return jnp.tanh(x @ p["w1"].T) * (x @ p["w3"].T)
+
+    read = xgrad.read_model((bilinear, w), input_shape=(TOKENS, DIM))
+    assert "nor as a gated mlp" in read.structure_error
+
+
 # -- a hand-written attention: no chain ------------------------------------------------------
 
 if "torch" in INSTALLED:

@@ -40,7 +40,7 @@ from xgrad.layers import Attention, Embedding, GatedMLP
 
 __all__ = [
     "KINDS",
-    "check_ids",
+    "check",
     "configure",
     "extend",
     "read_bias",
@@ -87,14 +87,27 @@ def read_embedding(analyser, layers: list, d: dict, a: int, b: int, last) -> boo
     return True
 
 
-def check_ids(layers: list) -> str | None:
-    """Why the integer input is used in a way xgrad does not read, or ``None``."""
-    if any(layer.kind == "ids" for layer in layers):
-        return (
-            "the model's integer input is used in a way xgrad does not read; xgrad reads "
-            "integer token ids as the rows an embedding gathers from its table (jnp.take, "
-            "table[ids], nnx.Embed)"
-        )
+def check(layers: list) -> str | None:
+    """Why the read layers are not a model xgrad reads, or ``None``: the integer input used
+    otherwise than by an embedding, or an attention or gated MLP without its last matmul
+    (two products of one input multiplied and nothing more is no layer xgrad has)."""
+    for layer in layers:
+        if layer.kind == "ids":
+            return (
+                "the model's integer input is used in a way xgrad does not read; xgrad reads "
+                "integer token ids as the rows an embedding gathers from its table (jnp.take, "
+                "table[ids], nnx.Embed)"
+            )
+        closing = {"attention": "out", "gated_mlp": "down"}.get(layer.kind)
+        if closing and f"{closing}_kernel" not in layer.leaves:
+            return (
+                f"parameters {sorted(layer.leaves)} are combined in one step xgrad cannot read "
+                f"as a dense layer, nor as a {layer.kind.replace('_', ' ')} (no {closing} "
+                "projection follows)"
+            )
+        inner = check(layer.children)
+        if inner:
+            return inner
     return None
 
 

@@ -661,8 +661,9 @@ def analyse(closed, names: list[str], n_leaves: int) -> tuple[Graph, list[ReadLa
     if out not in analyser.stream:
         raise AlignmentError("the model's output does not depend on its input")
     layers = analyser.chain(analyser.live, analyser.x, out)
-    if blocks.check_ids(layers):
-        raise AlignmentError(blocks.check_ids(layers))
+    problem = blocks.check(layers)
+    if problem:
+        raise AlignmentError(problem)
     used: dict[int, str] = {}
 
     def check(layer_list, where=""):
