@@ -43,9 +43,11 @@ default, ``jax.nn.dot_product_attention``, which computes the softmax in float32
 dtype, and in float16 asks for an ``F16_F16_F32`` matmul that the CPU refuses in the backward
 pass (:data:`OWN_ATTENTION_DTYPES`).
 
-Users' NNX and Linen models are read from their jaxpr (:mod:`xgrad.frameworks.jax.reader`);
-an NNX module of an entry's ``modules`` adds what it states and the jaxpr does not (a norm's
-epsilon, BatchNorm's momentum). A model captured module by module
+Users' NNX and Linen models are read from their jaxpr (:mod:`xgrad.frameworks.jax.reader`;
+the transformer kinds, ``nnx.Embed`` and ``nnx.MultiHeadAttention`` included, by
+:mod:`xgrad.frameworks.jax.blocks`, identified from their values); an NNX module of an entry's
+``modules`` adds what it states and the jaxpr does not (a norm's epsilon, BatchNorm's
+momentum). A model captured module by module
 (:mod:`xgrad.frameworks.flax.capture`) reads a module of an entry's ``modules`` (NNX) or
 ``linen`` class (Linen) as that kind, its configuration from ``hints``. The transformer kinds
 (``embedding``, ``attention``, ``gated_mlp``) name no ``modules`` and no ``hints`` yet: a

@@ -5,6 +5,15 @@ reader (:class:`~xgrad.frameworks.jax.reader.JaxFunctionModel`): for NNX the ``n
 state is ``params`` and everything else (``BatchStat``, RNG state) ``state``; for Linen
 ``variables["params"]`` and the other collections (``batch_stats``). The user's objects are
 never changed: each call merges a fresh module from the arrays.
+
+The transformer kinds are read from the jaxpr too (:mod:`xgrad.frameworks.jax.blocks`): a
+model whose input is token ids (``nnx.Embed``, Linen ``nn.Embed``, ``jnp.take`` of a table)
+is probed with ids in ``[0, vocab)``; ``nnx.MultiHeadAttention`` (called on ``x`` alone or
+with ``nnx.make_causal_mask``, ``decode=False``) and xgrad's own ``SelfAttention`` and
+``GatedMLPLayer`` (:mod:`.modules`) read as ``attention`` and ``gated_mlp``, their kernels
+``(in, heads, head_dim)`` / ``(heads, head_dim, out)`` as they stand. One whose values no
+configuration of :class:`~xgrad.layers.Attention` reproduces (a mask computed from the input)
+is an attention of unknown configuration, compared as computed.
 """
 
 from __future__ import annotations
