@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from xgrad.pairing import params
-from xgrad.pairing.params import Join, ParamPairing, Values, fit, pair_params, regroups
+from xgrad.pairing.options import pair_params
+from xgrad.pairing.params import Join, ParamPairing, Values, fit, regroups
 
 D, H = 8, 2
 

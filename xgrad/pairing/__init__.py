@@ -10,15 +10,20 @@ calls others may pair with one that does not (PyTorch's ``nn.MultiheadAttention`
 with its own weights what Flax's ``MultiHeadAttention`` computes with four submodules): its
 parameters are then paired with the whole subtree's.
 
-Parameters are paired within each pair of modules (:mod:`xgrad.pairing.params`): one to one
-where the shapes are equal or one permutation of the axes makes them so; one to several where
-one side's array is the others' stacked along an axis (a fused ``in_proj_weight (3E, E)``
-against separate q/k/v projections, or separate ones against a port's fused one); and these
-through a reshape (a torch ``(d, d)`` projection against a ``(d, heads, head_dim)``
-DenseGeneral kernel, GPT-2's ``c_attn (d, 3d)`` against three of them), the axis order
-decided by the names or the values, never guessed. A square parameter of a module of no
-known kind is paired as it stands (its layout cannot be told from its shape), and a note says
-so. What pairs with nothing is listed (:attr:`ModulePairing.unpaired`), with the reason.
+Parameters are paired within each pair of modules (:mod:`xgrad.pairing.options`, the ways
+in :mod:`xgrad.pairing.params`): one to one where the shapes are equal or one permutation of
+the axes makes them so; one to several where one side's array is the others' stacked along
+an axis (a fused ``in_proj_weight (3E, E)`` against separate q/k/v projections, or separate
+ones against a port's fused one); and these through a reshape (a torch ``(d, d)`` projection
+against a ``(d, heads, head_dim)`` DenseGeneral kernel, GPT-2's ``c_attn (d, 3d)`` against
+three of them). Which way, which axis order and which stacking order are decided by the
+names (their roles: ``q_proj``, ``_query_dense``, ``query_kernel``, :mod:`xgrad.pairing.roles`)
+or the values, never guessed: where two ways remain, the parameters stay unpaired with a
+note naming both. A square parameter of a module of no known kind is paired as it stands
+(its layout cannot be told from its shape), and a note says so; a tied weight against a
+separate square one is not (a tied LM head's ``(vocab, d)`` table against a ``(d, vocab)``
+kernel): the values decide its axis order, or it stays unpaired. What pairs with nothing is
+listed (:attr:`ModulePairing.unpaired`), with the reason.
 
 ``mapping=`` overrides: ``{reference module path: candidate module path}`` pairs modules by
 name, ``{reference parameter: candidate parameter}`` (canonical or native names) pairs
@@ -39,7 +44,9 @@ from xgrad.align import Alignment, Unit
 from xgrad.errors import AlignmentError
 from xgrad.frameworks.capture import CapturedModel, ModuleInfo
 from xgrad.frameworks.kinds import Layout
+from xgrad.pairing.options import pair_params
 from xgrad.pairing.params import (
+    TIED,
     Join,
     ParamPairing,
     Split,
@@ -47,7 +54,6 @@ from xgrad.pairing.params import (
     fit,
     last,
     one_join,
-    pair_params,
     permutation,
 )
 
@@ -178,12 +184,6 @@ def _tree(model: CapturedModel, shapes: Mapping[str, tuple[int, ...]]) -> _Node:
 
     fill(root)
     return root
-
-
-TIED = "~"
-"""Prefix of a tied weight's name while pairing: the module uses another module's array (a
-tied LM head); it pairs like a parameter of its own, and :func:`_untie` sorts out what that
-means."""
 
 
 @dataclass(frozen=True)
@@ -387,7 +387,15 @@ def pair_modules(
     Raises:
         AlignmentError: a ``mapping`` naming modules or parameters that do not exist.
     """
-    values = Values(reference.weights(), candidate.weights())
+    owners = {
+        side: {
+            (f"{i.path}.{local}" if i.path else local): owner
+            for i in model.modules
+            for local, owner in i.shared.items()
+        }
+        for side, model in (("reference", reference), ("candidate", candidate))
+    }
+    values = Values(reference.weights(), candidate.weights(), owners)
     ref_w = {k: tuple(np.shape(v)) for k, v in values.reference.items()}
     cand_w = {k: tuple(np.shape(v)) for k, v in values.candidate.items()}
     rt, ct = _tree(reference, ref_w), _tree(candidate, cand_w)
@@ -415,7 +423,7 @@ def pair_modules(
         else:
             rest_r, rest_c = r, c
         lr, lc = list(rest_r.subtree.items()), list(rest_c.subtree.items())
-        pair_params(lr, lc, acc, values)
+        pair_params(lr, lc, acc, values, where=(_where(r), _where(c)))
         for side, names, (a, b) in (("reference", lr, (r, c)), ("candidate", lc, (c, r))):
             left.extend(
                 (
@@ -427,14 +435,6 @@ def pair_modules(
             )
 
     visit(rt, ct, "the models")
-    owners = {
-        side: {
-            (f"{i.path}.{local}" if i.path else local): owner
-            for i in model.modules
-            for local, owner in i.shared.items()
-        }
-        for side, model in (("reference", reference), ("candidate", candidate))
-    }
     tied = _untie(acc, left, owners)
     _apply_param_mapping(mapping, reference, candidate, acc, left, forced is not None)
     paired = {id(n) for pair in pairs for n in pair}
@@ -465,6 +465,12 @@ def pair_modules(
         how=how,
         tied=tuple(tied),
     )
+
+
+def _where(node: _Node) -> str:
+    """The path a module's parameter names are read relative to: its caller's, so that the
+    module's own name counts (``q_proj.weight``, ``qkv_proj.kernel``)."""
+    return node.info.scope or ""
 
 
 def _walk(node: _Node):

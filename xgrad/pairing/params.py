@@ -7,9 +7,9 @@ A reference array pairs with a candidate's
   (:func:`permutation`);
 * one to several, where one side's array is the others' stacked along an axis (a fused
   ``in_proj_weight (3E, E)`` against separate q/k/v projections: a :class:`Join`);
-* several to one, where consecutive reference arrays stack into one candidate array (q, k
-  and v projections of two widths against a port's fused ``(d, heads + 2 kv_heads,
-  head_dim)`` kernel: a :class:`Split`);
+* several to one, where reference arrays stack into one candidate array (q, k and v
+  projections of two widths against a port's fused ``(d, heads + 2 kv_heads, head_dim)``
+  kernel: a :class:`Split`);
 * by a **reshape of a permutation**, one to one or one to several: a torch ``(d, d)``
   projection against an NNX / Keras ``(d, heads, head_dim)`` DenseGeneral kernel, a
   ``(heads, head_dim, d)`` output kernel, GPT-2's fused ``c_attn`` ``(d, 3d)`` against three
@@ -19,6 +19,8 @@ A reference array pairs with a candidate's
   (canonical names, :data:`CANONICAL`: kernels are ``(in..., out...)`` on both sides); else
   from the values, when the candidate already holds the reference's array in exactly one of
   them; else the pair is left unpaired with the reason (:attr:`ParamPairing.why`).
+
+Which of these ways is taken is decided in :mod:`xgrad.pairing.options`.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ from xgrad.identify import rel
 
 __all__ = [
     "CANONICAL",
+    "TIED",
     "Join",
     "ParamPairing",
     "Values",
     "fit",
     "one_join",
     "last",
-    "pair_params",
     "permutation",
     "Split",
     "regroups",
@@ -190,56 +192,6 @@ def _square(shape: tuple) -> bool:
     return len(shape) == 2 and shape[0] == shape[1]
 
 
-def _one_to_one(left_r: list, left_c: list, acc: ParamPairing, *, by_name: bool):
-    for rn, rs in list(left_r):
-        for k, (cn, cs) in enumerate(left_c):
-            if by_name and rn.split(".")[-2:] != cn.split(".")[-2:]:
-                continue  # the parameter's and its module's names: "bias" alone says little
-            layout = permutation(rs, cs)
-            if layout is False:
-                continue
-            acc.names[rn] = cn
-            if layout is not None:
-                acc.layouts[rn] = layout
-            if _square(rs) and not (_canonical(rn) and _canonical(cn)):
-                acc.assumed.append(rn)
-            left_r.remove((rn, rs))
-            del left_c[k]
-            break
-
-
-def _fused(left_r: list, left_c: list, acc: ParamPairing) -> None:
-    """A reference parameter against candidate parameters of one shape, in call order, that
-    stack into it along an axis (q, k and v kernels into a fused ``in_proj_weight``)."""
-    for rn, rs in list(left_r):
-        found = _fused_run(rs, left_c)
-        if found is None:
-            continue
-        run, (axis, layouts) = found
-        acc.joins[rn] = Join(tuple(n for n, _ in run), axis, layouts)
-        if any(
-            layout is None and _square(s) and not (_canonical(rn) and _canonical(n))
-            for layout, (n, s) in zip(layouts, run, strict=True)
-        ):
-            acc.assumed.append(rn)
-        left_r.remove((rn, rs))
-        for item in run:
-            left_c.remove(item)
-
-
-def _fused_run(rs: tuple, left_c: list):
-    """The first run of same-shaped candidate parameters (consecutive among those of that
-    shape) that stacks into a reference array of shape ``rs``, with how; else ``None``."""
-    for shape in dict.fromkeys(s for _, s in left_c):
-        same = [(n, s) for n, s in left_c if s == shape]
-        for start in range(len(same)):
-            for k in range(len(same) - start, 1, -1):
-                joined = _join(rs, [shape] * k)
-                if joined is not None:
-                    return same[start : start + k], joined
-    return None
-
-
 # -- reshapes -------------------------------------------------------------------------------------
 
 
@@ -315,141 +267,38 @@ def _moved(a, layout: Layout | None, shape: tuple):
     return (a if not layout else np.transpose(a, layout)).reshape(shape)
 
 
-def _reshaped_one_to_one(left_r: list, left_c: list, acc: ParamPairing, values, *, by_name: bool):
-    """One to one by a reshape of a permutation (call order; by name first)."""
-    for rn, rs in list(left_r):
-        for k, (cn, cs) in enumerate(left_c):
-            if by_name and rn.split(".")[-2:] != cn.split(".")[-2:]:
-                continue
-            if int(np.prod(rs)) != int(np.prod(cs)):
-                continue
-            found = fit(rs, cs, known=_canonical(rn) and _canonical(cn), values=values(rn, cn))
-            if found is None:
-                continue
-            if isinstance(found, str):
-                acc.why[rn] = acc.why[cn] = f"{rn} against {cn}: {found}"
-                break
-            acc.joins[rn] = one_join(cn, found, rs)
-            left_r.remove((rn, rs))
-            del left_c[k]
-            break
-
-
-def _reshaped_fused(left_r: list, left_c: list, acc: ParamPairing, values) -> None:
-    """One to several by a reshape of a permutation: a fused reference array against a run
-    of same-shaped candidate arrays, in call order (GPT-2's ``c_attn`` against q/k/v
-    ``(d, heads, head_dim)`` kernels)."""
-    for rn, rs in list(left_r):
-        for shape in dict.fromkeys(s for _, s in left_c):
-            run = [(n, s) for n, s in left_c if s == shape]
-            found = _reshaped_run(rn, rs, run, acc, values)
-            if found is None:
-                continue
-            taken, join = found
-            acc.joins[rn] = join
-            left_r.remove((rn, rs))
-            for item in taken:
-                left_c.remove(item)
-            break
-
-
-def _reshaped_run(rn: str, rs: tuple, run: list, acc: ParamPairing, values):
-    """``(the parts taken, their Join)`` for the longest run of ``run`` (consecutive) whose
-    arrays stack into ``rs`` each by a reshape of a permutation, else ``None``."""
-    for start in range(len(run)):
-        for k in range(len(run) - start, 1, -1):
-            parts = run[start : start + k]
-            for axis in range(len(rs)):
-                if rs[axis] % k:
-                    continue
-                piece = tuple(rs[a] // k if a == axis else rs[a] for a in range(len(rs)))
-                known = [_canonical(rn) and _canonical(n) for n, _ in parts]
-                fits = [
-                    fit(piece, s, known=known[i], values=values(rn, n, axis, i, k))
-                    for i, (n, s) in enumerate(parts)
-                ]
-                if any(isinstance(f, str) for f in fits):
-                    reason = next(f for f in fits if isinstance(f, str))
-                    acc.why[rn] = f"{rn} against {' + '.join(n for n, _ in parts)}: {reason}"
-                    continue
-                if all(isinstance(f, _Fit) for f in fits):
-                    join = Join(
-                        tuple(n for n, _ in parts),
-                        axis,
-                        tuple(f.layout for f in fits),
-                        tuple(f.shape for f in fits),
-                        piece,
-                    )
-                    return parts, join
-    return None
-
-
-def pair_params(left_r: list, left_c: list, acc: ParamPairing, values: Values) -> None:
-    """Pair two paired modules' parameters ``(name, shape)`` (in call order), removing those
-    paired from ``left_r`` and ``left_c``. One to one by the same local name first, then one
-    to several (a fused parameter against consecutive ones of one shape), then one to one by
-    shape; then the same by a reshape of a permutation, one to several first (so that a
-    fused ``(d, 3d)`` takes its three kernels before any one of them pairs alone)."""
-    _one_to_one(left_r, left_c, acc, by_name=True)
-    _fused(left_r, left_c, acc)
-    _one_to_one(left_r, left_c, acc, by_name=False)
-    _reshaped_one_to_one(left_r, left_c, acc, values, by_name=True)
-    _reshaped_fused(left_r, left_c, acc, values)
-    _reshaped_one_to_one(left_r, left_c, acc, values, by_name=False)
-    _stacked(left_r, left_c, acc, values)
+TIED = "~"
+"""Prefix of a tied weight's name while pairing: the module uses another module's array (a
+tied LM head); it pairs like a parameter of its own (:class:`Values` reads the owner's array
+for it), and :func:`xgrad.pairing._untie` sorts out what that means."""
 
 
 @dataclass(frozen=True)
 class Values:
-    """Both models' arrays (canonical names), for axis orders the shapes leave open."""
+    """Both models' arrays (canonical names), for axis orders the shapes leave open.
+
+    Attributes:
+        reference, candidate: canonical name -> array.
+        tied: side -> the local path of a tied use (``lm_head.weight``, named
+            ``~lm_head.weight`` while pairing) -> the canonical name of the array it is.
+    """
 
     reference: Mapping
     candidate: Mapping
+    tied: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def array(self, side: str, name: str):
+        """The array of ``name`` on ``side`` (``reference``/``candidate``), or ``None``."""
+        arrays = self.reference if side == "reference" else self.candidate
+        if name.startswith(TIED):
+            name = self.tied.get(side, {}).get(name[len(TIED) :], name)
+        return arrays.get(name)
 
     def __call__(self, rn: str, cn: str, axis: int = 0, i: int = 0, k: int = 1):
-        r, c = self.reference.get(rn), self.candidate.get(cn)
+        r, c = self.array("reference", rn), self.array("candidate", cn)
         if r is None or c is None:
             return None
         return np.split(np.asarray(r), k, axis=axis)[i], c
-
-
-def _stacked(left_r: list, left_c: list, acc: ParamPairing, values) -> None:
-    """Several consecutive reference arrays against one candidate array they stack into
-    (along one axis, then permuted or reshaped): separate q/k/v projections against a port's
-    fused one, of different widths with grouped key/value heads."""
-    for cn, cs in list(left_c):
-        found = _stacked_run(cn, tuple(cs), left_r, values)
-        if found is None:
-            continue
-        split = found
-        for rn in split.parts:
-            acc.splits[rn] = split
-        left_r[:] = [(n, s) for n, s in left_r if n not in split.parts]
-        left_c.remove((cn, cs))
-
-
-def _stacked_run(cn: str, cs: tuple, left_r: list, values) -> Split | None:
-    """The longest run of consecutive ``left_r`` arrays that stacks into ``cs``, else
-    ``None``. Kernels of known layout (``(in..., out...)`` on both sides) stack along their
-    last axis that fits, as they stand; others only where one axis and order fit."""
-    for start in range(len(left_r)):
-        for k in range(len(left_r) - start, 1, -1):
-            run = left_r[start : start + k]
-            names, shapes = [n for n, _ in run], [tuple(s) for _, s in run]
-            known = _canonical(cn) and all(_canonical(n) for n in names)
-            fits = []
-            for axis in _stack_axes(shapes):
-                sizes = tuple(s[axis] for s in shapes)
-                stacked = shapes[0][:axis] + (sum(sizes),) + shapes[0][axis + 1 :]
-                how = _stack_fit(stacked, cs, known, _stacked_values(names, cn, axis, values))
-                if how is not None:
-                    fits.append(Split(cn, tuple(names), axis, sizes, stacked, *how))
-            as_they_stand = [f for f in fits if f.layout is None]
-            if known and as_they_stand:
-                return as_they_stand[-1]
-            if len(fits) == 1:
-                return fits[0]
-    return None
 
 
 def _stack_axes(shapes: list) -> list[int]:
@@ -475,9 +324,9 @@ def _stack_fit(stacked: tuple, cs: tuple, known: bool, values):
     return (found.layout, found.shape) if isinstance(found, _Fit) else None
 
 
-def _stacked_values(parts: list, cn: str, axis: int, values):
-    ref = [values.reference.get(n) for n in parts]
-    cand = values.candidate.get(cn)
+def _stacked_values(parts: Sequence[str], cn: str, axis: int, values: Values):
+    ref = [values.array("reference", n) for n in parts]
+    cand = values.array("candidate", cn)
     if cand is None or any(r is None for r in ref):
         return None
     return np.concatenate([np.asarray(r) for r in ref], axis=axis), cand
