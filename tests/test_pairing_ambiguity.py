@@ -166,3 +166,32 @@ def test_a_square_tied_head_against_an_unrelated_one_is_left_unpaired_with_the_r
     assert "a tied weight against a separate parameter" in unpaired["reason"]
     assert "2 axis orders fit" in unpaired["reason"]
     assert not any("tied-weights" in n for n in report.notes)  # no pairing was guessed
+
+
+@needs_torch
+def test_a_module_holding_two_arrays_of_one_shape_under_meaningless_names_pairs_neither():
+    class Two(nn.Module):
+        def __init__(self, first: str, second: str):
+            super().__init__()
+            self.names = (first, second)
+            for name in self.names:
+                self.register_parameter(name, nn.Parameter(torch.randn(4, 6)))
+
+        def forward(self, x):
+            a, b = (getattr(self, n) for n in self.names)
+            return torch.tanh(x @ a) @ b.T
+
+    torch.manual_seed(0)
+    ref, cand = Two("w1", "w2"), Two("a", "b")
+    x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    report = xgrad.compare_models(nn.Sequential(ref), nn.Sequential(cand), x, read="modules")
+    assert not report.ok
+    reasons = {u["native"]: u["reason"] for u in report.unpaired}
+    assert sorted(reasons) == ["0.a", "0.b", "0.w1", "0.w2"], reasons
+    assert "0.w1 could be 0.a or 0.b: the shapes fit each way" in reasons["0.w1"]
+    # mapping= pairs them as the user says
+    mapping = {"0.w1": "0.a", "0.w2": "0.b"}
+    with torch.no_grad():
+        cand.a.copy_(ref.w1), cand.b.copy_(ref.w2)
+    report = xgrad.compare_models(nn.Sequential(ref), nn.Sequential(cand), x, mapping=mapping)
+    assert report.ok and report.unpaired == (), report.summary()
