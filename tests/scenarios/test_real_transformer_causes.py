@@ -5,13 +5,16 @@ where it acts, and confirmed there (issue 21, items 3 and 4).
 The reference is the tiny LLaMA itself (2 layers, width 16, 4 heads, 2 key/value heads),
 built from its config class; xgrad reads ``LlamaAttention`` and ``LlamaRMSNorm`` as no kind,
 fits them from their values and re-runs them under the port's convention. The expected
-cause and module are what each knob plants.
+cause and module are what each knob plants. Also named, each where it acts:
 
-Not named here, and why: ``softmax_dtype="bfloat16"`` (XLA fuses the jitted bfloat16
-softmax into float32 steps that no re-run of whole bfloat16 steps reproduces; the torch
-form is named in ``tests/diagnosis/test_transformer_causes.py``), ``embed_scale`` (the
-port multiplies in its own code between the embedding and the first block, which is not a
-module) and ``mask_fill`` (needs a padding mask, which the model's ids-only call has none of).
+* ``qkv_order``: a fused q/k/v projection holding LLaMA's q, k and v stacked (loaded by hand,
+  as a user loads them) and split in another order;
+* ``softmax_dtype="bfloat16"``: the jitted port's bfloat16 softmax, as XLA compiles it;
+* ``mask_fill=-inf`` with a padding mask given to both (Hugging Face's ``attention_mask``
+  and the port's argument, one dict of inputs): the NaN rows;
+* ``embed_scale``: the port's sqrt(d) in its own code between the embedding and the first
+  block (no module's);
+* ``tied``: the port's head is its ``nnx.Embed``'s ``attend``, LLaMA's a module of its own.
 """
 
 from __future__ import annotations
@@ -45,14 +48,15 @@ def llama():
     return hf_llama()
 
 
-def _diagnosis(llama, **knob):
+def _diagnosis(llama, x=IDS, port=None, transfer="auto", **knob):
     from _transformer_ports import llama_port
 
     import xgrad
 
     with warnings.catch_warnings():  # transformers' own notices on tiny configs
         warnings.simplefilter("ignore")
-        report = xgrad.compare_models(llama, llama_port(llama, **knob), IDS)
+        candidate = port or llama_port(llama, **knob)
+        report = xgrad.compare_models(llama, candidate, x, transfer=transfer)
     assert not report.ok, report.summary()
     return report.diagnoses[0]
 
@@ -99,3 +103,67 @@ def test_tiled_kv_heads_name_the_heads_that_differ(llama):
     d = _diagnosis(llama, gqa="tile")
     # 4 query heads on 2 kv heads: repeat_kv reads kv 0, 0, 1, 1; tile 0, 1, 0, 1
     assert f"only heads 1, 2 of 4 differ: {ATTN} heads 1, 2" in d.detail, d.detail
+
+
+def test_a_softmax_in_bfloat16_is_named_as_xla_compiles_it(llama):
+    # jitted, XLA rounds the scores, exponentials and their sum to bfloat16 and divides in
+    # float32; no re-run of whole bfloat16 steps reproduces that, the fused one does
+    d = _diagnosis(llama, softmax_dtype="bfloat16")
+    assert (d.cause, d.confirmed, d.layer) == ("softmax-precision", True, ATTN), d.text()
+    assert "the candidate computes the softmax on bfloat16 scores as XLA compiles" in d.detail
+
+
+def _stacked_qkv(llama, port):
+    """The port's fused projections filled by hand from LLaMA's q, k and v (torch's ``(out,
+    in)`` weights transposed, stacked q, k, v, heads of head_dim 4): as a user loads them."""
+    sd = {k: v.detach().numpy() for k, v in llama.state_dict().items()}
+    for i, block in enumerate(port.blocks):
+        parts = [sd[f"model.layers.{i}.self_attn.{p}_proj.weight"].T for p in "qkv"]
+        block.attn.qkv_proj.kernel[...] = np.concatenate(parts, axis=1).reshape(16, 8, 4)
+    return port
+
+
+def test_a_fused_projection_split_in_another_order_is_named(llama):
+    from _transformer_ports import llama_port
+
+    # transfer=True: the other weights copied too (a port partly loaded is left as it is)
+    port = _stacked_qkv(llama, llama_port(llama, qkv_order="kqv"))
+    d = _diagnosis(llama, port=port, transfer=True)
+    assert (d.cause, d.confirmed, d.layer) == ("qkv-layout", True, ATTN), d.text()
+    assert "the candidate splits the fused projection's heads in the order k, q, v" in d.detail
+    assert "separate q, k and v projections" in d.detail
+
+
+def test_a_minus_inf_mask_fill_is_named_with_its_nan_rows(llama):
+    mask = np.ones_like(IDS)
+    mask[0, :2] = 0  # left padding: query rows 0 and 1 of the first sequence see no key
+    x = {"input_ids": IDS, "attention_mask": mask}  # both models take both by name
+    d = _diagnosis(llama, x, mask_fill=float("-inf"))
+    assert (d.cause, d.confirmed, d.layer) == ("mask-fill", True, ATTN), d.text()
+    # Hugging Face adds finfo(float32).min to masked scores: read from its captured mask
+    assert "fills masked scores with the dtype's lowest value (finfo.min, Hugging Face)" in (
+        d.detail
+    )
+    assert "the candidate with -inf" in d.detail and "2 rows of the candidate's output are NaN" in (
+        d.detail
+    )
+
+
+def test_embeddings_scaled_in_the_ports_own_code_are_named(llama):
+    d = _diagnosis(llama, embed_scale=True)
+    assert (d.cause, d.confirmed, d.layer) == ("embedding-scale", True, ""), d.text()
+    assert "in the model's own code between model.embed_tokens and model.layers.0" in d.detail
+    assert "the candidate multiplies them by sqrt(dim) = sqrt(16)" in d.detail
+
+
+def test_a_head_tied_to_the_embedding_in_the_port_only_is_named(llama):
+    # the port's head is self.embed.attend(h): its table used in the port's own code
+    d = _diagnosis(llama, tied=True)
+    assert (d.cause, d.confirmed, d.layer, d.where) == (
+        "tied-weights",
+        True,
+        "lm_head",
+        "forward",
+    ), d.text()
+    assert "the candidate ties embed.attend to embed.embedding" in d.detail
+    assert "separate parameter lm_head.kernel" in d.detail

@@ -12,6 +12,7 @@ Everything here is NumPy in float64; no framework is imported.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -403,24 +404,44 @@ def diagnose_side(
     first = next((d for d in report.divergences if d.framework == side.label), None)
     found = None
     if first is not None and first.between:  # the code between two modules parts
-        from xgrad.diagnosis.code import code_before, code_evidence
-
-        code = code_evidence(ref, side, first, inputs, dtype=dtype, tol=tol)
-        if code is not None:
-            found = diagnose(code, (first.path, "forward", code_before(code)))
+        weights = reference.weights if reference is not None else None
+        found = _code(ref, side, first, inputs, dtype=dtype, tol=tol, weights=weights)
     ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
     transformer.attach(ev, ref, side, None if reference is None else reference.weights)
     if found is None:
         found = _headline(report, ev, side.label)
     if first is None or not ev.units:
         return found, []
-    if any(d.layer is None and d.cause != "dtype" for d in found):
-        return found, []  # the whole model, or NaN/Inf: nothing more to say per unit
+    if any(d.layer is None and d.cause != "dtype" for d in found) or _nonfinite(ev):
+        return found, []  # the whole model, or NaN/Inf: what follows only carries it
     weights = reference.weights if reference is not None else ReferenceValues(ref, inputs).weights
     diagnosed = [d for d in found if d.layer is not None and d.where in ("forward", "backward")]
     modules = side.grads.module_inputs is not None
     later, note = _later(report, ev, first, weights, diagnosed, modules=modules)
     return [*found, *later], [note] if note else []
+
+
+def _code(ref, side, first, inputs, *, dtype: str, tol: float, weights) -> list[Diagnosis] | None:
+    """The diagnoses of the code between two modules where the first divergence ``first``
+    is (an activation written in ``forward``, :mod:`xgrad.diagnosis.code`; an embedding
+    scaled there, :func:`xgrad.diagnosis.tokens.code_evidence`); ``None`` when that code is
+    none of these."""
+    from xgrad.diagnosis.code import code_before, code_evidence
+
+    found = None
+    code = code_evidence(ref, side, first, inputs, dtype=dtype, tol=tol)
+    if code is not None:
+        found = diagnose(code, (first.path, "forward", code_before(code)))
+    if found and found[0].confirmed:
+        return found
+    weights = ref.model.weights() if weights is None else weights
+    code = tokens.code_evidence(ref, side, first, inputs, dtype=dtype, tol=tol, weights=weights)
+    scaled = None if code is None else diagnose(code, (first.path, "forward", code_before(code)))
+    if scaled and scaled[0].confirmed:
+        before, after = first.between["reference"]
+        where = f"in the model's own code between {before} and {after}: "
+        return [replace(scaled[0], detail=where + scaled[0].detail), *scaled[1:]]
+    return found
 
 
 def _headline(report, ev: Evidence, label: str) -> list[Diagnosis]:

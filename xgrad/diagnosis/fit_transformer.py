@@ -13,9 +13,10 @@ kind's configuration that reproduces its captured output from its captured input
   ``(in, out)``: ``q (D, H*hd)``, ``k``, ``v (D, K*hd)`` or a fused ``qkv (D, (H+2K)*hd)``,
   ``o (H*hd, D)``, biases ``(out,)``.
 * :class:`Convention`: every convention an attention can be written in (heads, RoPE layout
-  and base, causal mask and its offset, score scale, the split of a fused projection and the
-  order of the head axes, how grouped key/value heads are repeated, the masked score, the
-  precision of the softmax); :func:`attend` computes an attention under one.
+  and base, causal mask and its offset, score scale, the split of a fused projection and
+  the order of its q, k and v parts, the order of the head axes, how grouped key/value
+  heads are repeated, the masked score, the precision of the softmax); :func:`attend`
+  computes an attention under one.
 * :func:`fit_attention`, :func:`fit_rmsnorm`, :func:`embedding_table`: the fits.
 
 Everything here is NumPy in float64; no framework is imported.
@@ -37,6 +38,7 @@ from xgrad.layers.attention import Attention, apply_rope, rope_angles
 
 __all__ = [
     "BASES",
+    "ORDERS",
     "AttentionWeights",
     "Convention",
     "RMSForm",
@@ -48,17 +50,28 @@ __all__ = [
     "fit_rmsnorm",
     "ids_of",
     "rmsnorm",
+    "stacked",
 ]
 
 BASES = (10000.0, 500000.0, 1000000.0, 100000.0, 50000.0)
 """RoPE bases (theta) tried: 1e4 (the default of Hugging Face's LLaMA, Mistral and GPT-NeoX
 configs), then values released checkpoints set in their configs, and other round ones."""
 
-SOFTMAX = ("float", "bfloat16", "bfloat16-steps")
+ORDERS = ("qkv", "kqv", "qvk", "kvq", "vqk", "vkq")
+"""The orders a fused projection's q, k and v parts can be split in; ``qkv`` is every code
+base's (GPT-2's ``c_attn``, torch's ``in_proj_weight``, a q/k/v stack paired with separate
+projections)."""
+
+SOFTMAX = ("float", "bfloat16", "bfloat16-steps", "bfloat16-fused")
 """Where a softmax rounds: ``float`` (the input's precision, or upcast to float32 as Hugging
 Face's ``softmax(..., dtype=torch.float32)``), ``bfloat16`` (scores rounded to bfloat16, the
-softmax computed wider and its output rounded: torch's CPU kernel) or ``bfloat16-steps``
-(every step rounded to bfloat16: ``jax.nn.softmax`` on a bfloat16 array)."""
+softmax computed wider and its output rounded: torch's CPU kernel), ``bfloat16-steps``
+(every step rounded to bfloat16: ``jax.nn.softmax`` on a bfloat16 array, run eagerly) or
+``bfloat16-fused`` (the scores, their max-shifted differences, the exponentials and their
+sum rounded to bfloat16, the exponentials summed and the division done in float32, the
+output not rounded: the program XLA compiles on CPU for ``jax.nn.softmax`` on bfloat16
+scores under ``jax.jit`` when its result is cast back to float32, read from its HLO with
+JAX 0.10)."""
 
 
 # -- the weights ---------------------------------------------------------------------------------
@@ -274,6 +287,10 @@ class Convention:
         split: a fused projection's columns as ``"blocks"`` ``(3, H, hd)`` (GPT-2's
             ``c_attn``, torch's ``in_proj_weight``) or ``"per-head"`` ``(H, 3, hd)``
             (GPT-NeoX's and Megatron's ``query_key_value``).
+        order: the order of the q, k and v parts of a fused projection (one of
+            :data:`ORDERS`: ``"kqv"`` reads its first ``K`` heads as keys). Separate q, k
+            and v projections are read as their stack in the order q, k, v (how a fused
+            projection paired with them holds them) when it is not ``"qkv"``.
         head_axes: the q, k and v projections' columns as ``(H, hd)`` (``"heads-first"``,
             every code base) or ``(hd, H)`` (``"dim-first"``: a reshape in the other order);
             the attended values enter the output projection as ``(H, hd)`` either way.
@@ -293,6 +310,7 @@ class Convention:
     causal_offset: int = 0
     scale: float | None = None
     split: str = "blocks"
+    order: str = "qkv"
     head_axes: str = "heads-first"
     gqa: str = "interleave"
     fill: float = -math.inf
@@ -324,26 +342,40 @@ def _affine(x, kernel, bias):
     return z if bias is None else z + bias
 
 
+def stacked(w: AttentionWeights) -> tuple[np.ndarray, np.ndarray | None]:
+    """The fused projection ``(kernel (D, (H+2K)*hd), bias or None)``: the weights' own, or
+    separate q, k and v stacked in that order (a missing bias as zeros)."""
+    if w.fused:
+        return w.qkv, w.bqkv
+    kernels, biases = (w.q, w.k, w.v), (w.bq, w.bk, w.bv)
+    kernel = np.concatenate(kernels, axis=1)
+    if all(b is None for b in biases):
+        return kernel, None
+    parts = [np.zeros(k.shape[1]) if b is None else b for k, b in zip(kernels, biases, strict=True)]
+    return kernel, np.concatenate(parts)
+
+
 def project(w: AttentionWeights, c: Convention, x: np.ndarray):
     """``(q (B, T, H, hd), k, v (B, T, K, hd))`` before RoPE."""
     h, kv, hd = c.heads, c.kv_heads, c.head_dim
-    if not w.fused:
+    if not w.fused and c.order == "qkv":
         return (
             _heads(_affine(x, w.q, w.bq), h, hd, c.head_axes),
             _heads(_affine(x, w.k, w.bk), kv, hd, c.head_axes),
             _heads(_affine(x, w.v, w.bv), kv, hd, c.head_axes),
         )
-    z = _affine(x, w.qkv, w.bqkv)
+    z = _affine(x, *stacked(w))
     if c.split == "per-head":
         b, t, _ = z.shape
         z = z.reshape(b, t, h, 3, hd)
-        return z[..., 0, :], z[..., 1, :], z[..., 2, :]
-    cuts = np.cumsum([h * hd, kv * hd])
-    zq, zk, zv = np.split(z, cuts, axis=-1)
+        return tuple(z[..., c.order.index(part), :] for part in "qkv")
+    widths = {"q": h * hd, "k": kv * hd, "v": kv * hd}
+    cuts = np.cumsum([widths[part] for part in c.order[:2]])
+    pieces = dict(zip(c.order, np.split(z, cuts, axis=-1), strict=True))
     return (
-        _heads(zq, h, hd, c.head_axes),
-        _heads(zk, kv, hd, c.head_axes),
-        _heads(zv, kv, hd, c.head_axes),
+        _heads(pieces["q"], h, hd, c.head_axes),
+        _heads(pieces["k"], kv, hd, c.head_axes),
+        _heads(pieces["v"], kv, hd, c.head_axes),
     )
 
 
@@ -360,6 +392,10 @@ def _softmax(s: np.ndarray, mode: str) -> np.ndarray:
 
     if mode == "bfloat16":
         return r(soft(r(s)))
+    if mode == "bfloat16-fused":
+        s = r(s)
+        e = np.exp(r(s - s.max(axis=-1, keepdims=True)))
+        return r(e) / r(e.sum(axis=-1, keepdims=True))
     s = r(s)
     e = r(np.exp(r(s - s.max(axis=-1, keepdims=True))))
     return r(e / r(e.sum(axis=-1, keepdims=True)))
@@ -435,6 +471,9 @@ def alternatives(c: Convention, w: AttentionWeights) -> Iterator[Convention]:
     yield replace(c, head_axes="dim-first" if c.head_axes == "heads-first" else "heads-first")
     if w.fused and c.heads == c.kv_heads:
         yield replace(c, split="per-head" if c.split == "blocks" else "blocks")
+    for order in ORDERS:
+        if order != c.order:
+            yield replace(c, order=order)
 
 
 def scales(c: Convention, dim: int) -> list[float | None]:
@@ -467,7 +506,7 @@ def fit_attention(
     (base 1e4), causal or not, the ``1 / sqrt(hd)`` scale (key/value heads repeated or tiled,
     masked scores -inf or finite); then, around the three closest of those,
     each convention one choice away (:func:`alternatives`): another base, scale, causal
-    offset, GQA repeat, head axis order or fused split.
+    offset, GQA repeat, head axis order, fused split or order of q, k and v.
     """
     if x.ndim != 3 or y.shape != x.shape[:2] + (y.shape[-1],):
         return None

@@ -4,7 +4,9 @@ outside the root, Gemma's ``(1 + w)`` scale.
 The reference's unit is a layer of a stated kind (:class:`~xgrad.layers.Embedding`,
 :class:`~xgrad.layers.RMSNorm`) or a module xgrad reads as no kind whose parameters and
 captured values fit one (a table gathered by the model's token ids; one ``(d,)`` weight and an
-RMSNorm form, :func:`~xgrad.diagnosis.fit_transformer.fit_rmsnorm`). Each cause re-runs it
+RMSNorm form, :func:`~xgrad.diagnosis.fit_transformer.fit_rmsnorm`), or an embedding module
+and the model's own code after it (``embed_tokens(ids) * sqrt(d)`` written in the model's
+``forward``: :func:`code_evidence`). Each cause re-runs it
 with its own weights and input under the other convention (:mod:`xgrad.diagnosis.records`).
 ``rmsnorm-epsilon`` (another epsilon value, inside the root) is :mod:`xgrad.diagnosis.norms`'.
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence, f64
 from xgrad.diagnosis.fit_transformer import (
     RMSForm,
     embedding_table,
@@ -29,7 +31,7 @@ from xgrad.diagnosis.transformer import context, subtree
 from xgrad.identify import EPSILONS, FIT, rel
 from xgrad.layers import Embedding, RMSNorm
 
-__all__ = ["CAUSES"]
+__all__ = ["CAUSES", "code_evidence"]
 
 
 # -- embeddings ------------------------------------------------------------------------------------
@@ -118,6 +120,75 @@ def _table(ev: Evidence, unit: UnitEvidence) -> Table | None:
             pad = _padding_of(_one(unit.dweights_ref), ids, unit.grad_ref, s)
             return Table(t, ids, s, pad)
     return None
+
+
+def code_evidence(
+    ref, side, divergence, inputs, *, dtype: str, tol: float, weights
+) -> Evidence | None:
+    """Evidence with one :class:`~xgrad.layers.Embedding` unit for the code that
+    ``divergence`` names (its ``between``) when the module before it is the reference's
+    embedding: the table, gathered by the model's ids and scaled by the one factor that
+    gives the value entering the module after the code, is the unit (its output that value
+    on each side); ``None`` when the module before is no table or no factor fits.
+
+    Args:
+        ref, side: the reference's and the compared side's :class:`~xgrad.runner.Side`.
+        divergence: the first divergence, at the code between two modules.
+        inputs: the checked batch (:class:`~xgrad.comparison.inputs.Inputs`; ``x`` the ids).
+        weights: the reference's canonical weights, float64.
+    """
+    between = divergence.between or {}
+    if side.label not in between or "reference" not in between:
+        return None
+    (before, after), (_, cand_after) = between["reference"], between[side.label]
+    y_ref = f64(((ref.grads.module_inputs or {}).get(after) or (None,))[0])
+    y_cand = f64(((side.grads.module_inputs or {}).get(cand_after) or (None,))[0])
+    if y_ref is None or y_cand is None or y_ref.shape != y_cand.shape or y_ref.ndim < 2:
+        return None
+    prefix = before + "."
+    tree = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    found = embedding_table(tree, y_ref.shape[-1])
+    ids = None if found is None else ids_of(inputs.x, found[1].shape[0])
+    if ids is None or ids.shape != y_ref.shape[:-1]:
+        return None
+    t = found[1]
+    s = _scale_of(t, ids, y_ref, ref.model.dtype if ref.model.dtype in FIT else "float32")
+    if s is None:
+        return None
+    unit = UnitEvidence(
+        path=divergence.path,
+        label=f"{divergence.path} code ({before} and the code after it -> {after})",
+        kind="embedding",
+        layers_ref=[Embedding(t.shape[0], t.shape[1], scale=None if s == 1.0 else s)],
+        layers_cand=[None],
+        weights_ref={"embedding": t},
+        weights_cand={},
+        dweights_ref={},
+        dweights_cand={},
+        input_ref=ids,
+        input_cand=ids,
+        output_ref=y_ref,
+        output_cand=y_cand,
+        grad_ref=np.zeros_like(y_ref),
+        grad_cand=np.zeros_like(y_cand),
+    )
+    lower = dtype == "float64" and side.model.dtype != "float64"
+    return Evidence(
+        framework=side.label,
+        units=[unit],
+        x=f64(inputs.x),
+        dinput_ref=f64(ref.grads.input),
+        dinput_cand=f64(side.grads.input),
+        output_ref=f64(ref.grads.output),
+        output_cand=f64(side.grads.output),
+        loss=inputs.loss,
+        y=None if inputs.y is None else f64(inputs.y),
+        dtype=dtype,
+        dtype_ref=ref.model.dtype,
+        dtype_cand=side.model.dtype,
+        tol=tol,
+        fit_tol=max(tol, 1e-5) if lower else tol,
+    )
 
 
 def _scale_words(s: float, dim: int) -> str:

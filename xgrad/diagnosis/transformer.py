@@ -29,6 +29,7 @@ import numpy as np
 from xgrad.diagnosis.evidence import Context, Evidence, UnitEvidence, f64
 from xgrad.diagnosis.fit_transformer import (
     BASES,
+    SOFTMAX,
     AttentionWeights,
     Convention,
     alternatives,
@@ -85,15 +86,29 @@ def subtree(ev: Evidence, unit: UnitEvidence) -> dict[str, np.ndarray]:
     return tree
 
 
-def _keep(ev: Evidence, unit: UnitEvidence, x: np.ndarray) -> np.ndarray | None:
-    """The padding mask ``(B, T)`` (True = attend) the reference's module was called with: a
-    floating input after the first, of that shape, holding only 0 and 1; ``None`` if none."""
+def _keep(
+    ev: Evidence, unit: UnitEvidence, x: np.ndarray
+) -> tuple[np.ndarray | None, float | None]:
+    """The padding mask ``(B, T)`` (True = attend) the reference's module was called with,
+    and the score it adds to a masked key where the mask says it; ``(None, None)`` if none.
+
+    Read from a floating input after the first: a ``(B, T)`` mask of 0 and 1, or an additive
+    mask ``(B, 1, T, T)`` or ``(B, T, T)`` of 0 (attend) and one large negative value
+    (Hugging Face's, ``finfo.min``, causal and padding together: a key is kept when some
+    query attends to it)."""
     ctx = context(ev)
+    b, t = x.shape[:2]
     for a in (ctx.inputs_ref.get(unit.path) or [])[1:]:
         a = f64(a)
-        if a.shape == x.shape[:2] and np.all((a == 0) | (a == 1)):
-            return a.astype(bool)
-    return None
+        if a.shape == (b, t) and np.all((a == 0) | (a == 1)):
+            return a.astype(bool), None
+        if a.shape not in ((b, 1, t, t), (b, t, t)):
+            continue
+        blocked = a[a != 0]
+        if blocked.size and np.all(blocked == blocked[0]) and blocked[0] <= -1e4:
+            allowed = (a == 0).reshape(b, -1, t)
+            return allowed.any(axis=1), float(blocked[0])
+    return None, None
 
 
 # -- the reference's attention --------------------------------------------------------------------
@@ -126,7 +141,7 @@ def _fit(ev: Evidence, unit: UnitEvidence) -> Fitted | None:
     x, main = unit.input_ref, unit.main_ref
     if x is None or x.ndim != 3 or unit.output_ref.shape != x.shape:
         return None
-    keep = _keep(ev, unit, x)
+    keep, fill = _keep(ev, unit, x)
     if isinstance(main, Attention) and len(unit.layers_ref) == 1:
         w, c = canonical_weights(unit.weights_ref, main), convention_of(main)
         identified = False
@@ -139,6 +154,10 @@ def _fit(ev: Evidence, unit: UnitEvidence) -> Fitted | None:
             return None
         w, c, _ = found
         identified = True
+        if fill is not None and fill != c.fill:  # the value its mask adds, where it reproduces
+            seen = replace(c, fill=fill)
+            if rel(attend(w, seen, x, keep)[0], unit.output_ref) <= FIT[dtype]:
+                c = seen
     else:
         return None
     y, o = attend(w, c, x, keep)
@@ -172,10 +191,29 @@ SPLIT = {
     "and Megatron's query_key_value)",
 }
 
-SOFTMAX = {
+
+def _order(c: Convention, fused: bool) -> str:
+    parts = ", ".join(c.order)
+    if c.order != "qkv":
+        return f"splits the fused projection's heads in the order {parts}"
+    if fused:
+        return (
+            "splits the fused projection's heads in the order q, k, v (GPT-2's c_attn, "
+            "torch's in_proj_weight)"
+        )
+    return (
+        "has separate q, k and v projections (a fused projection paired with them holds "
+        "them stacked in the order q, k, v)"
+    )
+
+
+SOFTMAX_WORDS = {
     "float": "computes the softmax in the model's precision (float32 or wider)",
     "bfloat16": "computes the softmax on bfloat16 scores, its output rounded to bfloat16",
     "bfloat16-steps": "computes the softmax in bfloat16 throughout",
+    "bfloat16-fused": "computes the softmax on bfloat16 scores as XLA compiles jax.nn.softmax "
+    "under jit (scores, exponentials and their sum rounded to bfloat16, the division in "
+    "float32)",
 }
 
 
@@ -225,7 +263,7 @@ Flax), -1e9 (the Annotated Transformer, many tutorials), finfo.min (Hugging Face
 def _alternatives(cause: str, f: Fitted) -> Iterator[Convention]:
     c = f.convention
     if cause == "softmax-precision":
-        yield from (replace(c, softmax=s) for s in ("float", "bfloat16", "bfloat16-steps"))
+        yield from (replace(c, softmax=s) for s in SOFTMAX if s != c.softmax)
         return
     if cause == "mask-fill":
         if f.keep is not None or (c.causal and c.causal_offset < 0):
@@ -243,11 +281,12 @@ KNOBS = {
     "attention-scale": {"scale"},
     "causal-mask": {"causal", "causal_offset"},
     "gqa-repeat": {"gqa"},
-    "qkv-layout": {"head_axes", "split"},
+    "qkv-layout": {"head_axes", "split", "order"},
 }
 
 
-def _words(cause: str, c: Convention, alt: Convention, dim: int) -> str:
+def _words(cause: str, c: Convention, alt: Convention, f: Fitted) -> str:
+    dim = f.x.shape[-1]
     if cause == "rope-layout":
         return _sides(ROPE[c.rope], ROPE[alt.rope])
     if cause == "rope-base":
@@ -265,11 +304,13 @@ def _words(cause: str, c: Convention, alt: Convention, dim: int) -> str:
     if cause == "gqa-repeat":
         return _sides(GQA[c.gqa], GQA[alt.gqa])
     if cause == "qkv-layout":
+        if alt.order != c.order:
+            return _sides(_order(c, f.weights.fused), _order(alt, True))
         if alt.split != c.split:
             return _sides(SPLIT[c.split], SPLIT[alt.split])
         return _sides(AXES[c.head_axes], AXES[alt.head_axes])
     if cause == "softmax-precision":
-        return _sides(SOFTMAX[c.softmax], SOFTMAX[alt.softmax])
+        return _sides(SOFTMAX_WORDS[c.softmax], SOFTMAX_WORDS[alt.softmax])
     return f"the reference fills masked scores with {_fill(c.fill)}, the candidate with " + _fill(
         alt.fill
     )
@@ -316,9 +357,9 @@ def _test(cause: str):
             if confirmed.confirmed and (best is None or confirmed.residual < best[0].residual):
                 best = (confirmed, alt, o_alt)
         if best is None:
-            return None
+            return _rounding_hint(ev, unit, f, before) if cause == "softmax-precision" else None
         confirmed, alt, o_alt = best
-        detail = _words(cause, f.convention, alt, f.x.shape[-1])
+        detail = _words(cause, f.convention, alt, f)
         detail += _where(ev, unit, f, alt, o_alt)
         if nan:
             rows = int(np.isnan(unit.output_cand).any(axis=-1).sum())
@@ -332,6 +373,32 @@ def _test(cause: str):
 
     test.__name__ = cause.replace("-", "_")
     return test
+
+
+def _rounding_hint(ev: Evidence, unit: UnitEvidence, f: Fitted, before: float) -> Finding | None:
+    """An unconfirmed finding, when the candidate's attention output is apart from the
+    reference's by about as much as a bfloat16 softmax moves it (within a factor of ten of
+    the re-runs' distances) and no re-run reproduced it: a reduced-precision softmax that
+    rounds at steps none of :data:`~xgrad.diagnosis.fit_transformer.SOFTMAX` names."""
+    if f.convention.softmax != "float" or not np.all(np.isfinite(unit.output_cand)):
+        return None
+    apart = rel(unit.output_cand, f.y)
+    modes = [m for m in SOFTMAX if m != "float"]
+    moved = [
+        rel(attend(f.weights, replace(f.convention, softmax=m), f.x, f.keep)[0], f.y) for m in modes
+    ]
+    low, high = min(moved), max(moved)
+    if apart <= ev.tol or not low / 10 <= apart <= 10 * high:
+        return None
+    detail = (
+        f"the attention's output differs from the reference's re-run by {apart:.2g}, the size "
+        f"of bfloat16 rounding (the reference's attention re-run with its softmax in bfloat16 "
+        f"moves its output by {low:.2g} to {high:.2g}): a reduced-precision softmax is a "
+        "candidate, not confirmed: no re-run of it in bfloat16 (output rounded, every step "
+        "rounded, or as XLA fuses it) reproduces the candidate's values, so it rounds at "
+        "other steps, or the difference has another cause"
+    )
+    return Finding(detail, None, before, confirmed=False)
 
 
 def _attention_at(ev: Evidence, unit: UnitEvidence) -> tuple[UnitEvidence, Fitted | None]:
@@ -353,7 +420,7 @@ def _where(ev: Evidence, unit: UnitEvidence, f: Fitted, alt: Convention, o_alt) 
     reference's module was read when it was fitted."""
     words = ""
     c = f.convention
-    if (alt.head_axes, alt.split) == (c.head_axes, c.split):
+    if (alt.head_axes, alt.split, alt.order) == (c.head_axes, c.split, c.order):
         heads = differing_heads(f.o, o_alt, ev.tol)
         if heads and len(heads) < c.heads:
             listed = ", ".join(map(str, heads))
@@ -374,7 +441,7 @@ CAUSES = tuple(
         ("attention-scale", "scores not scaled by 1/sqrt(head_dim), scaled twice or by dim"),
         ("causal-mask", "a causal mask missing on one side, or shifted by one"),
         ("mask-fill", "masked scores filled with -inf against -1e9 (NaN on fully masked rows)"),
-        ("qkv-layout", "q/k/v columns split in another order: (heads, head_dim) or (3, heads)"),
+        ("qkv-layout", "q/k/v split another way: k, q, v parts, (head_dim, heads) or (3, heads)"),
         ("gqa-repeat", "grouped key/value heads tiled instead of repeat_interleave"),
         ("softmax-precision", "the softmax computed in bfloat16 instead of upcast to float32"),
     )

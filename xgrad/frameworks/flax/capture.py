@@ -13,7 +13,10 @@ compiled per input shapes.
 Parameter native names are pytree paths joined with ``/`` as the JAX reader writes them:
 ``attn/query/kernel`` (NNX), ``params/Dense_0/kernel`` (Linen). Each called module owns the
 parameters below its path not owned by a called submodule (a tied weight: the module whose
-call finishes first). A module that calls no other module is read as a layer kind from its
+call finishes first). An ``nnx.Embed``'s table used by ``attend`` from another module's code
+(a tied LM head: ``self.embed.attend(h)``) is a tied weight of that module, named
+``{embed path}.attend``: the run that reads the modules sees each ``attend`` call and the
+module whose code made it. A module that calls no other module is read as a layer kind from its
 class or its values where it can be (:mod:`xgrad.frameworks.flax.module_kinds`); anything
 else (``nnx.MultiHeadAttention``, ``nnx.Embed``) is opaque: compared and localised, never
 refused.
@@ -23,8 +26,9 @@ Importing this module imports JAX and Flax.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import jax
@@ -197,6 +201,50 @@ def capture_linen(
     return _capture(source, batch, output)
 
 
+# -- nnx.Embed.attend: a table used outside its module's call ---------------------------------
+
+
+class _UseTaps(Taps):
+    """:class:`~xgrad.frameworks.flax.taps.Taps` that also know which module's code is
+    running, and record ``(that module's path, the Embed's path)`` for each
+    ``nnx.Embed.attend`` call (:func:`_attends_seen`)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.running: list[tuple[str, object]] = []  # (path, module), outermost first
+        self.attends: set[tuple[str, str]] = set()
+
+    def call(self, path, module, fn, args, kwargs):
+        if path is None:
+            return super().call(path, module, fn, args, kwargs)
+        self.running.append((path, module))
+        try:
+            return super().call(path, module, fn, args, kwargs)
+        finally:
+            self.running.pop()
+
+
+@contextlib.contextmanager
+def _attends_seen(taps: _UseTaps) -> Iterator[None]:
+    """``nnx.Embed.attend`` records its caller in ``taps`` for the block (restored on exit,
+    errors included)."""
+    original = nnx.Embed.attend
+
+    def attend(self, query):
+        if taps.running:
+            root = taps.running[0][1]
+            paths = {id(m): ".".join(map(str, parts)) for parts, m in nnx.iter_modules(root)}
+            if id(self) in paths:
+                taps.attends.add((taps.running[-1][0], paths[id(self)]))
+        return original(self, query)
+
+    nnx.Embed.attend = attend  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nnx.Embed.attend = original  # type: ignore[method-assign]
+
+
 # -- reading --------------------------------------------------------------------------------------
 
 
@@ -248,9 +296,10 @@ def _record(source: _Source, batch: Batch, dtype: str) -> tuple[Taps, object]:
     overlap = sorted(set(batch.kwargs) & set(source.kwargs))
     if overlap:
         raise InputError(f"apply_kwargs {overlap} are also inputs; give each argument once")
-    taps = Taps(eager=True)
+    taps = _UseTaps(eager=True)
+    seen = _attends_seen(taps) if source.framework == "flax.nnx" else contextlib.nullcontext()
     try:
-        with x64(dtype):
+        with x64(dtype), seen:
             floats, others = input_arrays(batch, dtype)
             args, kwargs = call_inputs(batch, floats, others, source.kwargs)
             tree = source.forward(source.params, source.state, args, kwargs, taps)
@@ -351,12 +400,20 @@ def _infos(taps: Taps, source: _Source, arrays: dict, dtype: str) -> tuple[Modul
                 calls=c.calls,
             )
         )
-    return _with_shared(tuple(out), aliases, source.depth, called)
+    attends = getattr(taps, "attends", set())
+    return _with_shared(tuple(out), aliases, source.depth, called, attends)
 
 
-def _with_shared(infos: tuple[ModuleInfo, ...], aliases: dict, depth: int, called: set[str]):
+def _with_shared(
+    infos: tuple[ModuleInfo, ...],
+    aliases: dict,
+    depth: int,
+    called: set[str],
+    attends: set[tuple[str, str]] = frozenset(),
+):
     """Each module's tied weights: the local name of an alias below it -> the canonical name
-    of the parameter it is."""
+    of the parameter it is; and, for each ``(module, embed)`` of ``attends``, the Embed's
+    table used by that module's code (local name ``{embed}.attend``)."""
     canonical = {
         native: f"{info.path}.{local}" if info.path else local
         for info in infos
@@ -366,6 +423,11 @@ def _with_shared(infos: tuple[ModuleInfo, ...], aliases: dict, depth: int, calle
     for alias, native in aliases.items():
         owner, local = _owner(alias, depth, called)
         shared.setdefault(owner, {})[local] = canonical.get(native, native)
+    tables = {info.path: info.params.get("embedding") for info in infos}
+    for user, embed in sorted(attends):
+        if user != embed and tables.get(embed) is not None:
+            table = f"{embed}.embedding" if embed else "embedding"
+            shared.setdefault(user, {})[f"{embed}.attend"] = table
     return tuple(
         dataclasses.replace(info, shared=shared[info.path]) if info.path in shared else info
         for info in infos
