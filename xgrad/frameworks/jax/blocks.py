@@ -68,13 +68,19 @@ def read_embedding(analyser, layers: list, d: dict, a: int, b: int, last) -> boo
     if not d["gathers"]:
         if not jnp.issubdtype(analyser.g.avals[b].dtype, jnp.integer):
             return False
+        if not jnp.issubdtype(analyser.g.avals[a].dtype, jnp.integer):
+            analyser.fail(
+                "the function computes integer indices from a float value; xgrad reads an "
+                "embedding of the integer token ids the function is given"
+            )
         if last is not None and last.kind == "ids":
             last.end = b
         else:
             layers.append(analyser.new("ids", a, b))
         return True
     extra = d["dots"] or d["scale"] or d["shift"] or d["sub"] or d["other"]
-    if len(d["gathers"]) != 1 or extra:
+    ids_given = last is not None or jnp.issubdtype(analyser.g.avals[a].dtype, jnp.integer)
+    if len(d["gathers"]) != 1 or extra or not ids_given:
         names = [analyser.names[leaf] for leaf in d["gathers"]]
         analyser.fail(f"parameters {names} are gathered in a way xgrad cannot read as an embedding")
     if (last is not None and last.kind != "ids") or len(layers) > (last is not None):
