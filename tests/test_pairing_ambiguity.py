@@ -195,3 +195,14 @@ def test_a_module_holding_two_arrays_of_one_shape_under_meaningless_names_pairs_
         cand.a.copy_(ref.w1), cand.b.copy_(ref.w2)
     report = xgrad.compare_models(nn.Sequential(ref), nn.Sequential(cand), x, mapping=mapping)
     assert report.ok and report.unpaired == (), report.summary()
+
+
+def test_the_same_local_name_in_two_paired_modules_agrees_unless_roles_differ():
+    from xgrad.pairing.roles import names_say
+
+    # a torch BatchNorm1d and an nnx.BatchNorm, both in canonical local names: the names
+    # decide between scale, mean and var, which have one shape and often one value
+    assert names_say(["3.scale"], ["bn.scale"]) == "agree"
+    assert names_say(["3.mean"], ["bn.mean"]) == "agree"
+    assert names_say(["3.scale"], ["bn.mean"]) is None
+    assert names_say(["q_proj.weight"], ["k_proj.weight"]) == "conflict"

@@ -103,16 +103,16 @@ def names_say(refs: Sequence[str], cands: Sequence[str]) -> str | None:
     kinds = {bias_like(n) for n in (*refs, *cands)} - {None}
     if len(kinds) > 1:
         return "conflict"
-    if len(refs) == len(cands) == 1 and refs[0] == cands[0]:
-        return "agree"
-    if len(refs) == len(cands) == 1 and refs[0].split(".")[-2:] == cands[0].split(".")[-2:]:
-        return "agree"
     r_roles, c_roles = [role(n) for n in refs], [role(n) for n in cands]
     r_known = [x for r in r_roles if r for x in r]
     c_known = [x for r in c_roles if r for x in r]
     r_all, c_all = None not in r_roles, None not in c_roles
     if r_all and c_all:
         return "agree" if Counter(r_known) == Counter(c_known) else "conflict"
+    if len(refs) == len(cands) == 1 and refs[0].split(".")[-1] == cands[0].split(".")[-1]:
+        # the same local name in the two paired modules (a norm's scale, mean and var, in
+        # canonical names on both sides), no role saying otherwise
+        return "agree"
     if (c_all and _exceeds(r_known, c_known)) or (r_all and _exceeds(c_known, r_known)):
         return "conflict"
     return None
