@@ -492,6 +492,12 @@ def scales(c: Convention, dim: int) -> list[float | None]:
     return kept
 
 
+SHAPES_TRIED = 3
+"""How many head shapes (weights read one way, heads, kv heads, head size) get the second pass
+of :func:`fit_attention` around their three closest first-pass conventions (those whose closest
+came closest); every other shape gets it around its closest one only."""
+
+
 def fit_attention(
     options: list[AttentionWeights],
     x: np.ndarray,
@@ -504,13 +510,15 @@ def fit_attention(
 
     Tried first for every head count the widths allow: RoPE none, halves or interleaved
     (base 1e4), causal or not, the ``1 / sqrt(hd)`` scale (key/value heads repeated or tiled,
-    masked scores -inf or finite); then, around the three closest of those,
-    each convention one choice away (:func:`alternatives`): another base, scale, causal
-    offset, GQA repeat, head axis order, fused split or order of q, k and v.
+    masked scores -inf or finite); then, around the closest of those of each head shape (the
+    three closest in the :data:`SHAPES_TRIED` shapes that came closest), each convention one
+    choice away (:func:`alternatives`): another base, scale, causal offset, GQA repeat, head
+    axis order, fused split or order of q, k and v.
     """
     if x.ndim != 3 or y.shape != x.shape[:2] + (y.shape[-1],):
         return None
     fit = FIT.get(dtype, 1e-5)
+    groups = []  # per weights and head shape: its first conventions, closest first
     for w in options:
         if w.dim != x.shape[-1] or w.o.shape[1] != y.shape[-1]:
             continue
@@ -529,11 +537,17 @@ def fit_attention(
                     return w, c, err
                 first.append((err, c))
             first.sort(key=lambda e: e[0])
-            for _, c0 in first[:3]:  # each convention one choice away from the closest
-                for c in alternatives(c0, w):
-                    err = rel(attend(w, c, x, keep)[0], y)
-                    if err <= fit:
-                        return w, c, err
+            if first:
+                groups.append((first[0][0], w, first))
+    # each convention one choice away from the closest, in the head shapes that came closest
+    # (every shape's alternatives cost as much as the whole first pass, many times over)
+    groups.sort(key=lambda g: g[0])
+    for rank, (_, w, first) in enumerate(groups):
+        for _, c0 in first[: 3 if rank < SHAPES_TRIED else 1]:
+            for c in alternatives(c0, w):
+                err = rel(attend(w, c, x, keep)[0], y)
+                if err <= fit:
+                    return w, c, err
     return None
 
 
