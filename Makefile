@@ -54,6 +54,7 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python scripts/corpus.py --cases 240 --json corpus.json
 	XGRAD_PROPERTY_EXAMPLES=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_properties.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m exhaustive tests
 
 bench-smoke: $(STAMP)
 	$(BIN)/python scripts/bench.py --smoke
