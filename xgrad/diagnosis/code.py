@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence, f64
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence, f64, one_unit_evidence
 from xgrad.identify import fit_activation, rel
 from xgrad.layers import Activation
 
@@ -61,19 +61,12 @@ def code_evidence(ref, side, divergence, inputs, *, dtype: str, tol: float) -> E
         grad_ref=np.zeros_like(y_ref),
         grad_cand=np.zeros_like(y_cand),
     )
-    return Evidence(
-        framework=side.label,
-        units=[unit],
-        x=f64(inputs.x),
-        dinput_ref=f64(ref.grads.input),
-        dinput_cand=f64(side.grads.input),
-        output_ref=f64(ref.grads.output),
-        output_cand=f64(side.grads.output),
-        loss=inputs.loss,
-        y=None if inputs.y is None else f64(inputs.y),
+    return one_unit_evidence(
+        ref,
+        side,
+        inputs,
+        unit,
         dtype=dtype,
-        dtype_ref=ref.model.dtype,
-        dtype_cand=side.model.dtype,
         tol=tol,
         fit_tol=max(tol, 1e-5) if side.model.dtype != "float64" else tol,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "ReferenceValues",
     "UnitEvidence",
     "build_evidence",
+    "one_unit_evidence",
     "run_unit",
     "run_unit_grads",
 ]
@@ -424,4 +425,28 @@ def build_evidence(
         dtype_cand=cand.model.dtype,
         tol=tol,
         fit_tol=max(tol, 1e-5) if lower else tol,
+    )
+
+
+def one_unit_evidence(
+    ref, side, inputs, unit: UnitEvidence, *, dtype: str, tol: float, fit_tol: float
+):
+    """Evidence of one side holding only ``unit``: code between two modules read as a layer
+    (an activation, an embedding's scale), diagnosed like a unit of its own. ``ref`` and
+    ``side`` are evaluated sides (:class:`~xgrad.runner.Side`), ``inputs`` the checked batch."""
+    return Evidence(
+        framework=side.label,
+        units=[unit],
+        x=f64(inputs.x),
+        dinput_ref=f64(ref.grads.input),
+        dinput_cand=f64(side.grads.input),
+        output_ref=f64(ref.grads.output),
+        output_cand=f64(side.grads.output),
+        loss=inputs.loss,
+        y=None if inputs.y is None else f64(inputs.y),
+        dtype=dtype,
+        dtype_ref=ref.model.dtype,
+        dtype_cand=side.model.dtype,
+        tol=tol,
+        fit_tol=fit_tol,
     )

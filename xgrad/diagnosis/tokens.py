@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xgrad.diagnosis.evidence import Evidence, UnitEvidence, f64
+from xgrad.diagnosis.evidence import Evidence, UnitEvidence, f64, one_unit_evidence
 from xgrad.diagnosis.fit_transformer import (
     RMSForm,
     embedding_table,
@@ -173,21 +173,8 @@ def code_evidence(
         grad_cand=np.zeros_like(y_cand),
     )
     lower = dtype == "float64" and side.model.dtype != "float64"
-    return Evidence(
-        framework=side.label,
-        units=[unit],
-        x=f64(inputs.x),
-        dinput_ref=f64(ref.grads.input),
-        dinput_cand=f64(side.grads.input),
-        output_ref=f64(ref.grads.output),
-        output_cand=f64(side.grads.output),
-        loss=inputs.loss,
-        y=None if inputs.y is None else f64(inputs.y),
-        dtype=dtype,
-        dtype_ref=ref.model.dtype,
-        dtype_cand=side.model.dtype,
-        tol=tol,
-        fit_tol=max(tol, 1e-5) if lower else tol,
+    return one_unit_evidence(
+        ref, side, inputs, unit, dtype=dtype, tol=tol, fit_tol=max(tol, 1e-5) if lower else tol
     )
 
 
