@@ -43,6 +43,9 @@ LAYER_CASES = [
     pytest.param(RMSNorm(1e-6, scale=False), (6,), id="rmsnorm-noscale"),
     pytest.param(BatchNorm(), (6,), id="batchnorm-inference"),
     pytest.param(BatchNorm(training=True), (6,), id="batchnorm-training"),
+    pytest.param(BatchNorm(training=True), (3, 4), id="batchnorm-training-lc"),
+    pytest.param(BatchNorm(training=True, center=False), (2, 2, 3), id="batchnorm-training-hwc"),
+    pytest.param(BatchNorm(), (2, 2, 3), id="batchnorm-inference-hwc"),
     pytest.param(Dropout(0.4, active=True), (6,), id="dropout-active"),
     pytest.param(Flatten(), (2, 3), id="flatten"),
     pytest.param(Residual([Dense(4, "tanh"), LayerNorm()]), (4,), id="residual"),
@@ -107,6 +110,38 @@ def test_batchnorm_modes_and_state_update_by_hand():
     np.testing.assert_allclose(training.state["b.var"], 0.9 * w["b.var"] + 0.1 * np.array([1, 4]))
 
 
+@pytest.mark.parametrize("shape", [(6,), (5, 3), (2, 3, 3)], ids=["c", "lc", "hwc"])
+def test_batchnorm_over_the_last_axis_matches_torch(shape):
+    """Channels last: batch statistics over the batch and every spatial position, as torch's
+    F.batch_norm computes them on the channels-first copy from the same weights. torch
+    updates running_var with the unbiased variance (N - 1): the biased update is recovered
+    from it by hand."""
+    torch = pytest.importorskip("torch")
+    f_batch_norm = torch.nn.functional.batch_norm
+    local = BatchNorm().init(np.random.default_rng(3), shape)
+    w = {f"b.{k}": v for k, v in local.items()}
+    t = {k: torch.tensor(v) for k, v in local.items()}  # copies: torch updates them in place
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, *shape)) * rng.uniform(0.5, 3, shape[-1]) + np.arange(shape[-1])
+    x_first = torch.tensor(np.moveaxis(x, -1, 1))
+
+    def last(a):
+        return np.moveaxis(a.numpy(), 1, -1)
+
+    training = BatchNorm(1e-3, momentum=0.9, training=True).forward(w, x, path="b")
+    want = f_batch_norm(x_first, t["mean"], t["var"], t["scale"], t["bias"], True, 0.1, 1e-3)
+    np.testing.assert_allclose(training.output, last(want), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(training.state["b.mean"], t["mean"].numpy(), rtol=1e-12)
+    n = x.size // shape[-1]  # values per channel
+    new_unbiased = t["var"].numpy() - 0.9 * local["var"]  # 0.1 * var * n / (n - 1)
+    want_var = 0.9 * local["var"] + new_unbiased * (n - 1) / n
+    np.testing.assert_allclose(training.state["b.var"], want_var, rtol=1e-12)
+    inference = BatchNorm(1e-3).forward(w, x, path="b").output
+    t = {k: torch.tensor(v) for k, v in local.items()}
+    want = f_batch_norm(x_first, t["mean"], t["var"], t["scale"], t["bias"], False, 0.1, 1e-3)
+    np.testing.assert_allclose(inference, last(want), rtol=1e-12, atol=1e-12)
+
+
 def test_dropout_is_identity_inactive_and_a_fixed_mask_active():
     x = RNG.normal(size=(4, 10))
     assert Dropout(0.5).forward({}, x, path="layers.0").output is x
@@ -148,7 +183,7 @@ def test_residual_adds_its_input_and_names_nested_weights():
         (lambda: Residual(Dense(3)), "wrap it"),
         (lambda: Residual([3]), "must be an xgrad layer"),
         (lambda: xgrad.MLP(4, [Residual([Dense(3)])]), "must keep the shape"),
-        (lambda: xgrad.MLP((2, 3), [BatchNorm()]), r"put a Flatten\(\) before it"),
+        (lambda: BatchNorm().output_shape(()), r"examples of shape \(\.\.\., channels\)"),
         (lambda: Activation("swoosh"), "unknown activation"),
     ],
 )
@@ -164,11 +199,14 @@ def test_registry_lists_every_layer_kind_once():
         "layernorm",
         "rmsnorm",
         "batchnorm",
+        "groupnorm",
         "dropout",
         "flatten",
         "residual",
         "embedding",
         "attention",
         "gated_mlp",
+        "lstm",
+        "gru",
     }
     assert all(cls.kind == kind for kind, cls in LAYERS.items())
