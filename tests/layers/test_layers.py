@@ -206,6 +206,10 @@ def test_registry_lists_every_layer_kind_once():
         "embedding",
         "attention",
         "gated_mlp",
+        "conv",
+        "maxpool",
+        "avgpool",
+        "global_avgpool",
         "lstm",
         "gru",
     }
