@@ -1,4 +1,11 @@
-"""``BatchNorm``: normalise each feature by batch or moving statistics.
+"""``BatchNorm``: normalise each feature (channel) by batch or moving statistics.
+
+Examples have any rank >= 1 with the features (channels) on the last axis: ``(features,)``,
+``(length, channels)``, ``(height, width, channels)`` (channels-last, as Keras' and Flax's
+default ``axis=-1``; torch's ``nn.BatchNorm1d/2d`` normalise axis 1 of channels-first
+values). Scale, bias and the moving statistics have shape ``(channels,)``; batch statistics
+are taken over the batch and every spatial position (``N`` values per channel: the batch
+size times the spatial positions).
 
 Inference (``training=False``): ``y = (x - mean) / sqrt(var + epsilon) * scale + bias`` with
 the moving statistics ``mean`` and ``var`` (state: no gradient).
@@ -12,6 +19,11 @@ gradients flow through them, and the moving statistics are updated as Keras and 
 PyTorch's ``momentum=0.1`` means the opposite weighting (0.1 on the new value: Keras'
 0.9), and it updates ``running_var`` with the unbiased variance (divides by N - 1) while
 normalising with the biased one.
+
+Training-mode backward: with ``d = dL/dy * scale`` and the means over the ``N`` values of a
+channel, ``dL/dx = inv * (d - mean(d) - xhat * mean(d * xhat))`` (LayerNorm's backward over
+the batch and spatial axes instead of the features); in inference mode the statistics are
+constants and ``dL/dx = d * inv``.
 """
 
 from __future__ import annotations
@@ -29,7 +41,8 @@ __all__ = ["BatchNorm"]
 
 @dataclass(frozen=True)
 class BatchNorm(AbstractLayer):
-    """Batch normalisation of each feature (Keras' ``BatchNormalization`` conventions).
+    """Batch normalisation of each feature, the last axis (Keras' ``BatchNormalization``
+    conventions). Weights and state have shape ``(channels,)``.
 
     Args:
         epsilon: added to the variance, > 0 (Keras 1e-3; Flax and PyTorch 1e-5).
@@ -68,26 +81,28 @@ class BatchNorm(AbstractLayer):
         return ("mean", "var")
 
     def output_shape(self, input_shape: Shape) -> Shape:
-        if len(input_shape) != 1:
+        if len(input_shape) < 1:
             raise SpecError(
-                f"BatchNorm takes examples of shape (features,), got {input_shape}; "
-                "put a Flatten() before it"
+                f"BatchNorm takes examples of shape (..., channels), got {input_shape}; "
+                "it normalises the last axis"
             )
         return tuple(input_shape)
 
     def weight_shapes(self, input_shape: Shape) -> dict[str, Shape]:
-        return {name: tuple(input_shape) for name in (*self.param_names(), *self.state_names())}
+        names = (*self.param_names(), *self.state_names())
+        return {name: (input_shape[-1],) for name in names}
 
     def init(self, rng, input_shape, *, bias_scale=0.1):
         """Scale in [0.5, 1.5], bias in [-bias_scale, bias_scale], moving mean in
         [-0.1, 0.1], moving var in [0.5, 1.5]."""
+        size = (input_shape[-1],)
         out = {}
         if self.scale:
-            out["scale"] = rng.uniform(0.5, 1.5, size=input_shape)
+            out["scale"] = rng.uniform(0.5, 1.5, size=size)
         if self.center:
-            out["bias"] = rng.uniform(-bias_scale, bias_scale, size=input_shape)
-        out["mean"] = rng.uniform(-0.1, 0.1, size=input_shape)
-        out["var"] = rng.uniform(0.5, 1.5, size=input_shape)
+            out["bias"] = rng.uniform(-bias_scale, bias_scale, size=size)
+        out["mean"] = rng.uniform(-0.1, 0.1, size=size)
+        out["var"] = rng.uniform(0.5, 1.5, size=size)
         return out
 
     @property
@@ -102,9 +117,10 @@ class BatchNorm(AbstractLayer):
         eps = x.dtype.type(self.epsilon)
         state = {}
         if self.training:
-            mean = x.mean(axis=0)
+            axes = _statistics_axes(x)
+            mean = x.mean(axis=axes)
             centred = x - mean
-            var = (centred * centred).mean(axis=0)
+            var = (centred * centred).mean(axis=axes)
             m = x.dtype.type(self.momentum)
             state = {
                 f"{path}.mean": m * weights[f"{path}.mean"] + (1 - m) * mean,
@@ -122,11 +138,17 @@ class BatchNorm(AbstractLayer):
 
     def vjp(self, weights, step, grad_output, grads, output_grads=None):
         xhat, inv = step.cache
+        axes = _statistics_axes(grad_output)
         if self.scale:
-            grads[f"{step.path}.scale"] = (grad_output * xhat).sum(axis=0)
+            grads[f"{step.path}.scale"] = (grad_output * xhat).sum(axis=axes)
         if self.center:
-            grads[f"{step.path}.bias"] = grad_output.sum(axis=0)
+            grads[f"{step.path}.bias"] = grad_output.sum(axis=axes)
         dxhat = grad_output * weights[f"{step.path}.scale"] if self.scale else grad_output
         if not self.training:
             return dxhat * inv
-        return normalise_backward(dxhat, xhat, inv, axis=0)
+        return normalise_backward(dxhat, xhat, inv, axis=axes)
+
+
+def _statistics_axes(x: np.ndarray) -> tuple[int, ...]:
+    """The axes of ``x (batch, *spatial, channels)`` a channel's batch statistics span."""
+    return tuple(range(x.ndim - 1))

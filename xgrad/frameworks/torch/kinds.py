@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xgrad.errors import AlignmentError, SpecError
+from xgrad.errors import AlignmentError, FrameworkError, SpecError
 from xgrad.frameworks.kinds import TRANSPOSED, KindTable, Layout
 from xgrad.frameworks.torch.modules import (
     GatedMLP,
@@ -346,6 +346,11 @@ def _read_f_norm(call: Call) -> Found:
 
 
 def _build_batchnorm(layer: BatchNorm, path, shape, dtype, child) -> nn.Module:
+    if len(shape) != 1:  # nn.BatchNorm1d normalises axis 1: channels-first (issue 22)
+        raise FrameworkError(
+            f"layer {path} ({layer.describe()}): xgrad cannot build a BatchNorm over examples "
+            f"of shape {shape} in torch yet, only over (features,); put a Flatten() before it"
+        )
     module = nn.BatchNorm1d(
         shape[-1],
         eps=layer.epsilon,
@@ -362,6 +367,8 @@ def _read_batchnorm(module, name, dtype, ndim) -> Found:
         raise _unsupported(
             where, " with track_running_stats=False (xgrad's BatchNorm keeps moving statistics)"
         )
+    if ndim != 2:  # torch normalises axis 1 (channels-first); xgrad's channels are last
+        raise _unsupported(where, f" over inputs of {ndim} axes (xgrad reads (batch, features))")
     note = None
     if module.momentum is None:
         # cumulative average: the next update weights the new value 1 / (batches + 1)
