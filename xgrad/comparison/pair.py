@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xgrad.align import Alignment, align, units
-from xgrad.errors import FrameworkError, InputError, XgradError
+from xgrad.errors import AlignmentError, FrameworkError, InputError, XgradError
 from xgrad.frameworks.base import AbstractModel
 from xgrad.frameworks.capture import Batch, CapturedModel, as_batch
 from xgrad.frameworks.registry import capture_model, read_model
@@ -22,6 +22,8 @@ from xgrad.frameworks.registry import capture_model, read_model
 __all__ = [
     "READS",
     "ModelPair",
+    "ModulesUnsupported",
+    "NoCommonReading",
     "input_shape_of",
     "loaded_from",
     "model_text",
@@ -134,7 +136,22 @@ class ModelPair:
 
 
 class ModulesUnsupported(FrameworkError):
-    """A model's framework does not read models module by module."""
+    """A model's framework does not read models module by module.
+
+    Attributes:
+        side: ``"reference"`` or ``"candidate"``: which model.
+    """
+
+    def __init__(self, message: str, side: str = "") -> None:
+        super().__init__(message)
+        self.side = side
+
+
+class NoCommonReading(AlignmentError):
+    """Two models share no way of being read: one reads only as layers of xgrad's kinds (a
+    pure JAX function: it has no modules to capture) and the other not as layers, or a
+    model reads neither way. Nothing is compared; the message names both reasons and the
+    fix."""
 
 
 READS = ("auto", "layers", "modules")
@@ -272,15 +289,98 @@ def read_pair(
         )
     try:
         return _read_modules(reference, candidate, batch, mapping, (outputs, modes, calls), why)
-    except ModulesUnsupported:
-        if isinstance(layers_error, tuple):  # the refusal of the layers read
-            try:
-                _pair_layers(*layers_error, mapping)
-            except XgradError as exc:
-                layers_error = exc
-        if isinstance(layers_error, XgradError):
-            raise layers_error from None
-        raise
+    except ModulesUnsupported as exc:
+        if read == "modules":
+            raise
+        return _layers_instead(reference, candidate, batch, mapping, exc, layers_error, custom)
+
+
+def _layers_instead(reference, candidate, batch, mapping, unsupported, tried, custom) -> ModelPair:
+    """Read two models as layers because one of them cannot be read module by module
+    (``unsupported``: a pure JAX function has no modules to capture), or refuse.
+
+    ``tried`` is what reading them as layers gave already: the reader's refusal (raised as
+    it is: it names the input or kernel to fix), both models read (one into no layer), or
+    ``None``: not tried (token ids, or ``output=``/``training=``/``apply_kwargs=`` given), so
+    each side is read now. Where they cannot be paired as layers either, a
+    :class:`NoCommonReading` names both reasons (a model read into no layer: the layer
+    pairing's words, naming ``mapping=``)."""
+    if isinstance(tried, XgradError):
+        raise tried from None
+    sides = {"reference": reference, "candidate": candidate}
+    errors: dict[str, str] = {}
+    models = tried
+    if custom:
+        errors["both"] = (
+            "output=, training= and apply_kwargs= are options of reading module by module"
+        )
+    elif models is None:
+        models = _read_each(sides, batch, errors)
+    if not errors:
+        try:
+            pair = _pair_layers(*models, mapping)
+        except XgradError as exc:
+            unread = [
+                side
+                for side, m in zip(sides, models, strict=True)
+                if getattr(m, "structure_error", None) and not units(m.layers)
+            ]
+            if not unread:  # both read: a structural difference is the user's to fix, by name
+                raise
+            errors[unread[0]] = str(exc)  # with its advice: mapping= pairs parameters
+        else:
+            pair.batch = batch
+            pair.notes.insert(
+                0,
+                f"read as layers of xgrad's kinds: the {unsupported.side} cannot be read "
+                f"module by module ({unsupported})",
+            )
+            return pair
+    raise NoCommonReading(_no_common_text(sides, unsupported, errors))
+
+
+def _read_each(sides, batch, errors: dict[str, str]) -> tuple[AbstractModel, ...]:
+    """Each side read as layers on its own, so that a refusal names its side; the reasons
+    (the readers' words without their advice) go to ``errors``."""
+    shape = input_shape_of(batch.args[0]) if batch.args else None
+    models = []
+    for side, obj in sides.items():
+        try:
+            models.append(read_model(obj, input_shape=shape))
+        except XgradError as exc:
+            errors[side] = str(exc).split("; ")[0]
+    return tuple(models)
+
+
+def _what(obj) -> str:
+    """A model in a few words: ``(apply_fn, params)`` for a function, else its class."""
+    if isinstance(obj, tuple) and obj and callable(obj[0]):
+        return f"({getattr(obj[0], '__name__', 'apply_fn')}, params)"
+    return type(obj).__name__
+
+
+def _no_common_text(sides, unsupported: ModulesUnsupported, errors: dict[str, str]) -> str:
+    """The refusal: which side reads neither way or which two ways differ, and the fix."""
+    side = unsupported.side or "reference"
+    other = "candidate" if side == "reference" else "reference"
+    head = f"the {side}, {_what(sides[side])}, cannot be read module by module ({unsupported})"
+    if side in errors or "both" in errors:
+        why = errors.get(side) or errors["both"]
+        body = f"{head}, nor as layers of xgrad's kinds ({why})"
+    else:
+        body = (
+            f"{head}, only as layers of xgrad's kinds, and the {other}, "
+            f"{_what(sides[other])}, not as layers ({errors[other]}), only module by module: "
+            "xgrad compares two models read the same way, so nothing was compared"
+        )
+    return (
+        f"{body}. Fix: write the function as an nnx.Module whose parts are modules "
+        "(nnx.Embed, nnx.LinearGeneral, nnx.RMSNorm, ...: both models are then read module "
+        "by module), or write its attention with q/k/v kernels (dim, heads, head_dim) and an "
+        "output kernel (heads, head_dim, dim) so that it reads as layers, and compare it "
+        "against a model that reads as layers too (an NNX port, or xgrad.MLP(...) with "
+        "params, a spec of xgrad's kinds)"
+    )
 
 
 _TOKEN_WISE = ("dense", "layernorm", "rmsnorm", "activation", "dropout", "residual")
@@ -350,7 +450,7 @@ def _read_modules(reference, candidate, batch, mapping, options, why) -> ModelPa
             )
         except FrameworkError as exc:
             if "module by module" in str(exc):
-                raise ModulesUnsupported(str(exc)) from None
+                raise ModulesUnsupported(str(exc), side) from None
             raise
     pairing = pair_modules(models["reference"], models["candidate"], mapping)
     notes = [f"read module by module ({why})"] if why else ["read module by module"]
