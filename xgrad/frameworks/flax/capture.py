@@ -13,8 +13,9 @@ compiled per input shapes.
 Parameter native names are pytree paths joined with ``/`` as the JAX reader writes them:
 ``attn/query/kernel`` (NNX), ``params/Dense_0/kernel`` (Linen). Each called module owns the
 parameters below its path not owned by a called submodule (a tied weight: the module whose
-call finishes first). An ``nnx.Embed``'s table used by ``attend`` from another module's code
-(a tied LM head: ``self.embed.attend(h)``) is a tied weight of that module, named
+call finishes first). An Embed's table (``nnx.Embed``, Linen's ``nn.Embed``) used by
+``attend`` from another module's code (a tied LM head: ``self.embed.attend(h)``) is a tied
+weight of that module, named
 ``{embed path}.attend``: the run that reads the modules sees each ``attend`` call and the
 module whose code made it. A module that calls no other module is read as a layer kind from its
 class or its values where it can be (:mod:`xgrad.frameworks.flax.module_kinds`); anything
@@ -206,8 +207,9 @@ def capture_linen(
 
 class _UseTaps(Taps):
     """:class:`~xgrad.frameworks.flax.taps.Taps` that also know which module's code is
-    running, and record ``(that module's path, the Embed's path)`` for each
-    ``nnx.Embed.attend`` call (:func:`_attends_seen`)."""
+    running, and record ``(that module's path, the Embed's path)`` for each ``attend`` call
+    of an Embed (NNX: :func:`_attends_seen`; Linen: its interceptor, in
+    :func:`~xgrad.frameworks.flax.taps.linen_forward`)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -223,6 +225,12 @@ class _UseTaps(Taps):
         finally:
             self.running.pop()
 
+    def attended(self, embed: str) -> None:
+        """The Embed at path ``embed`` computed ``attend``, called from the code of the
+        innermost module running (a tied LM head)."""
+        if self.running:
+            self.attends.add((self.running[-1][0], embed))
+
 
 @contextlib.contextmanager
 def _attends_seen(taps: _UseTaps) -> Iterator[None]:
@@ -235,7 +243,7 @@ def _attends_seen(taps: _UseTaps) -> Iterator[None]:
             root = taps.running[0][1]
             paths = {id(m): ".".join(map(str, parts)) for parts, m in nnx.iter_modules(root)}
             if id(self) in paths:
-                taps.attends.add((taps.running[-1][0], paths[id(self)]))
+                taps.attended(paths[id(self)])
         return original(self, query)
 
     nnx.Embed.attend = attend  # type: ignore[method-assign]
@@ -297,6 +305,7 @@ def _record(source: _Source, batch: Batch, dtype: str) -> tuple[Taps, object]:
     if overlap:
         raise InputError(f"apply_kwargs {overlap} are also inputs; give each argument once")
     taps = _UseTaps(eager=True)
+    # Linen's interceptor sees attend calls itself (taps.linen_forward)
     seen = _attends_seen(taps) if source.framework == "flax.nnx" else contextlib.nullcontext()
     try:
         with x64(dtype), seen:

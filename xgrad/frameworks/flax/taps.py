@@ -259,10 +259,14 @@ def _linen_mode(module, training: bool | None, kwargs: dict) -> Iterator[dict]:
 def linen_forward(module, rngs, mutable, training) -> Forward:
     def forward(params, state, args, kwargs, taps: Taps):
         def intercept(next_fun, call_args, call_kwargs, context):
-            if context.method_name != "__call__":
-                return next_fun(*call_args, **call_kwargs)
             m = context.module
             path = ".".join(map(str, m.path))
+            if context.method_name != "__call__":
+                if context.method_name == "attend" and isinstance(m, nn.Embed):
+                    seen = getattr(taps, "attended", None)  # a tied head (flax/capture.py)
+                    if seen is not None:
+                        seen(path)
+                return next_fun(*call_args, **call_kwargs)
             if training is not None and isinstance(m, nn.Dropout | nn.BatchNorm):
                 # the flag, if given positionally, is set below (Dropout's rng by keyword)
                 if len(call_args) > 2:
