@@ -41,6 +41,7 @@ from xgrad.errors import InputError
 from xgrad.frameworks.base import ALL_DTYPES, AbstractFramework, check_dtype, check_input
 from xgrad.frameworks.registry import resolve_frameworks
 from xgrad.metrics import rtol_note, tolerance
+from xgrad.pairing.layouts import layouts_of
 from xgrad.params import check_params, init_params
 from xgrad.report import Report
 from xgrad.spec import MLP
@@ -224,6 +225,7 @@ def compare_models(
     ignore=(),
     read: str = "auto",
     apply_kwargs=None,
+    layout=None,
 ) -> Report:
     """Compare a model with its port: outputs, loss, gradients and every layer or module.
 
@@ -280,6 +282,15 @@ def compare_models(
         apply_kwargs: keyword arguments of the models' calls beside their inputs, for Flax
             (Linen's ``apply(variables, x, train=False)``: ``{"train": False}``); one dict,
             or ``{"reference": ..., "candidate": ...}``.
+        layout: the layout of ``x``'s axes (``N`` batch, ``C`` channels, ``H``/``W`` or
+            ``L`` spatial, ``T`` time; :data:`xgrad.pairing.layouts.LAYOUTS`): one string
+            when both sides take ``x`` as it is (``"NCHW"``), or ``{"reference": "NCHW",
+            "candidate": "NHWC"}`` when the candidate takes its inputs in another layout:
+            ``x`` is given in the reference's layout, permuted for the candidate, and the
+            candidate's output, gradients and every module's activations are compared in
+            the reference's layout (module by module). ``None`` (default): both take ``x``
+            as it is; a batch whose layout the shapes cannot tell (channels and width of
+            one size before a convolution) is then refused.
 
     Returns:
         A :class:`~xgrad.Report` whose reference is the reference model; the candidate is
@@ -291,13 +302,16 @@ def compare_models(
         AlignmentError: the layers cannot be paired (depth, kind, width, bias); the message
             names the layer on both sides and what to change.
         InputError: ``x``, ``y``, ``cotangent`` or ``mapping`` are malformed.
+        LayoutError: ``layout`` is malformed or does not fit ``x``, or is needed (shapes
+            that do not tell the layout) and missing.
     """
 
     start = time.perf_counter()
-    pair = read_pair(
+    pair = _read(
         reference,
         candidate,
         x,
+        layouts_of(layout),
         mapping=mapping,
         read=read,
         output=output,
@@ -360,6 +374,75 @@ def compare_models(
         ),
     )
     return finish(with_config_diffs(report, c), c, explain)
+
+
+_LAYOUT_HINT = (
+    "; if the two models take x in different layouts (NCHW against NHWC, time-first against "
+    "batch-first), pass layout={'reference': ..., 'candidate': ...} with x in the reference's"
+)
+
+
+def _for_side(value, side: str, keyed: bool = True):
+    """One side's ``output=``/``training=`` (``keyed``) or ``apply_kwargs=`` value: the same
+    for both, or the side's entry of a ``{"reference": ..., "candidate": ...}`` dict."""
+    if isinstance(value, Mapping) and value and set(value) <= {"reference", "candidate"}:
+        return value.get(side)
+    return value
+
+
+def _read(reference, candidate, x, layouts, **options):
+    """:func:`read_pair`, with the candidate captured on ``x`` in its own layout where
+    ``layouts`` differ (:mod:`xgrad.pairing.layouts`)."""
+    from xgrad.frameworks.capture import as_batch
+    from xgrad.frameworks.registry import capture_model
+    from xgrad.pairing.layouts import (
+        LaidOutModel,
+        LayoutError,
+        batch_to_candidate,
+        check_unambiguous,
+        relayout,
+    )
+
+    if layouts is not None:
+        cand_batch = batch_to_candidate(as_batch(x), layouts)  # checks the rank
+    if layouts is None or not layouts.differ:
+        try:
+            pair = read_pair(reference, candidate, x, **options)
+        except InputError as exc:
+            batch = as_batch(x)
+            deep = batch.floating and batch.leaves[batch.floating[0]].ndim >= 3
+            if layouts is None and deep and "failed" in str(exc):
+                raise type(exc)(f"{exc}{_LAYOUT_HINT}") from None
+            raise
+        if layouts is None and pair.tier == "modules":
+            check_unambiguous(pair.reference, pair.candidate, pair.batch)
+        return pair
+    if options["read"] == "layers":
+        raise LayoutError(
+            f"layout gives the sides different layouts ({layouts.reference} against "
+            f"{layouts.candidate}), which xgrad compares module by module: pass read='modules' "
+            "or 'auto'"
+        )
+    captured = capture_model(
+        candidate,
+        cand_batch,
+        output=_for_side(options["output"], "candidate"),
+        training=_for_side(options["training"], "candidate"),
+        apply_kwargs=_for_side(options["apply_kwargs"], "candidate"),
+    )
+    laid = LaidOutModel(captured, layouts, as_batch(x))
+    pair = read_pair(reference, laid, x, **{**options, "read": "modules"})
+    pair.alignment, pair.candidate, notes = relayout(
+        pair.alignment, pair.reference, pair.candidate, options["mapping"]
+    )
+    axes = layouts.to_candidate(layouts.rank)
+    pair.notes += [
+        f"layout: the reference takes x as {layouts.reference}, the candidate as "
+        f"{layouts.candidate} (x permuted by axes {axes}); its output, gradients and modules' "
+        f"activations are compared in the reference's layout",
+        *notes,
+    ]
+    return pair
 
 
 def _unpaired(pair, ignore) -> tuple[list[dict], list[str]]:

@@ -363,12 +363,19 @@ FUSED_WEIGHTS: dict[type, dict[str, tuple[str, tuple[int, ...] | None]]] = {
         "in_proj_weight": ("in_proj.kernel", (1, 0)),
         "in_proj_bias": ("in_proj.bias", None),
     },
+    # convolutions: weight (out, in // groups, *kernel) is the kernel (*kernel, in // groups,
+    # out) that Keras and Flax store (their HWIO order), so that the two pair by name
+    nn.Conv1d: {"weight": ("kernel", (2, 1, 0))},
+    nn.Conv2d: {"weight": ("kernel", (3, 2, 0, 1))},
+    nn.Conv3d: {"weight": ("kernel", (4, 3, 0, 1, 2))},
 }
 """torch modules of no xgrad kind whose own weights' layout torch documents: class -> native
 local name -> (xgrad's local name, layout). ``nn.MultiheadAttention``'s ``in_proj_weight``
 ``(3E, E)`` holds the q, k and v projections' ``(out, in)`` weights one above the other: as
 ``in_proj.kernel (E, 3E)`` it is their ``(in, out)`` kernels side by side, as separate q/k/v
-projections store them."""
+projections store them. A convolution's ``weight (out, in // groups, *kernel)`` is
+``kernel (*kernel, in // groups, out)``, the order Keras and Flax store (a transposed
+convolution's weight is ``(in, out // groups, *kernel)``: not listed)."""
 
 
 def _documented(module: nn.Module, owner: str, own: dict[str, str]):
