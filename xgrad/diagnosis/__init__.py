@@ -24,6 +24,7 @@ from xgrad.diagnosis import (
     loss,
     modes,
     norms,
+    positions,
     precision,
     structure,
     tokens,
@@ -108,7 +109,7 @@ CAUSES: tuple[Cause, ...] = in_order(
         *precision.CAUSES,
         *loss.CAUSES,
         *kinks.CAUSES,
-        *transformer.CAUSES,
+        *positions.guarded(transformer.CAUSES),
         *tokens.CAUSES,
     ],
     key=lambda cause: (cause.where, cause.id),
@@ -408,6 +409,7 @@ def diagnose_side(
         found = _code(ref, side, first, inputs, dtype=dtype, tol=tol, weights=weights)
     ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
     transformer.attach(ev, ref, side, None if reference is None else reference.weights)
+    transformer.context(ev).positions = positions.other_positions(getattr(inputs, "batch", None))
     if found is None:
         found = _headline(report, ev, side.label)
     if first is None or not ev.units:

@@ -214,12 +214,16 @@ class Context:
             follow); empty for a model not read module by module.
         inputs_cand: the same on the candidate's side.
         memo: what a cause fitted once per unit (keyed by the cause's own tuples).
+        positions: words naming the batch's position ids where a row is not consecutive
+            (:func:`xgrad.diagnosis.positions.other_positions`): the RoPE causes are then
+            not re-run; ``None``: positions ``0 .. T-1`` (up to a shift) or none given.
     """
 
     weights: Mapping[str, np.ndarray]
     inputs_ref: Mapping[str, list]
     inputs_cand: Mapping[str, list]
     memo: dict = field(default_factory=dict)
+    positions: str | None = None
 
 
 @dataclass
