@@ -157,6 +157,7 @@ def test_shapes_and_text_form():
         (lambda: GRU(4, reset_after=1), "GRU reset_after must be True or False"),
         (lambda: MLP(6, [LSTM(4)]), r"layers\[0\] \(lstm\(4\)\): LSTM takes examples of shape "),
         (lambda: MLP((2, 3, 4), [GRU(4)]), r"\(time, features\), got \(2, 3, 4\); give the"),
+        (lambda: MLP((2, 3), [LSTM(4), GRU(4)]), r"layers\[1\].*set return_sequences=True on a"),
     ],
 )
 def test_bad_fields_raise_spec_error_naming_the_fix(make, pattern):

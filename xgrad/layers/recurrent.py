@@ -42,8 +42,8 @@ def _check_sequence_shape(name: str, input_shape: Shape) -> None:
     if len(input_shape) != 2:
         raise SpecError(
             f"{name} takes examples of shape (time, features), got {tuple(input_shape)}; "
-            "give the model input a time axis, e.g. MLP((time, features), ...), or put an "
-            "Embedding before it"
+            "give the model input a time axis, e.g. MLP((time, features), ...), put an "
+            "Embedding before it, or set return_sequences=True on a recurrent layer before it"
         )
 
 
