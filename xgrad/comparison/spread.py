@@ -20,6 +20,13 @@ gradient that is zero up to its rounding (:meth:`Spread.zero`; an attention's ke
 which the softmax cancels exactly) is judged absolutely, against the tolerance applied to
 the size of its terms: its rounding over the unit roundoff
 (:func:`~xgrad.metrics.tolerances.zero_floor`).
+
+A 16-bit side is judged by a second measurement, :func:`low_precision_rounding`: how far
+the reference's gradients move when the same model is computed in float16, every weight and
+every operation rounded to 11 bits. Scaling the float64 measurement above by
+``u(bfloat16) / u(float64)`` misses what matters there: the weights themselves are rounded
+to 8 bits before anything is computed (token ids, the input of a language model, cannot be
+moved at all), and a deep model's error is the sum of every operation's rounding.
 """
 
 from __future__ import annotations
@@ -32,9 +39,14 @@ import numpy as np
 
 from xgrad.comparison.inputs import Inputs
 from xgrad.comparison.sides import Side, evaluate
+from xgrad.errors import XgradError
+from xgrad.frameworks.numpy import NumpyModel
 from xgrad.metrics import RELATIVE_NOISE, TOLERANCES, UNIT_ROUNDOFF
 
-__all__ = ["NUDGE", "Spread", "reference_spread"]
+__all__ = ["LOW_PRECISION", "NUDGE", "Spread", "low_precision_rounding", "reference_spread"]
+
+LOW_PRECISION = ("float16", "bfloat16")
+"""The dtypes whose sides :func:`low_precision_rounding` measures the rounding of."""
 
 NUDGE = 4
 """Units of roundoff (of the reference's dtype) each floating input is moved by: one to
@@ -119,6 +131,55 @@ def reference_spread(ref: Side, inputs: Inputs, names: Iterable[str], dtype: str
         moves.append(_moves(ref.grads, again, names))
     norms = {n: min(m[n] for m in moves) for n in moves[0] if all(n in m for m in moves)}
     return Spread(norms, max(1.0, u_judged / u_ref), u_judged)
+
+
+def low_precision_rounding(
+    ref: Side, inputs: Inputs, names: Iterable[str], dtype: str, ends: Iterable[str] = ()
+):
+    """The rounding each gradient ``names`` carries in a ``dtype`` (16-bit) computation of
+    the reference's model, as a :class:`Spread`, or ``None``.
+
+    The reference, xgrad's float64 NumPy model of the spec, is evaluated once more in
+    float16, from its weights rounded to float16, on the same inputs and loss: a correct
+    computation whose every weight and every operation is rounded to 11 bits (its matmuls
+    accumulate in float32, as the frameworks' 16-bit matmuls do on CPU). Each gradient's
+    rounding is how far it lands from the float64 one; :attr:`Spread.factor` scales it to
+    ``dtype`` (``u(bfloat16) / u(float16) = 8``; 1 for float16, where it is the rounding of
+    another float16 computation itself). This measures what the float64 re-run cannot: the
+    rounding of the weights every 16-bit side starts from, and the sum of the roundings of
+    every operation a gradient passes through, which grows with depth.
+
+    ``ends``: layer outputs the reference captured (:attr:`Gradients.activations` keys);
+    each gets two more entries, ``"<end>:output"`` and ``"<end>:grad"`` (``dL/d`` it).
+
+    ``None``: ``dtype`` is not 16-bit, or the reference is not a float64 NumPy model
+    (:func:`xgrad.compare_models`' reference is your own model, which xgrad cannot
+    recompute in another dtype), or the float16 output is not finite (float16 overflowed:
+    range, not rounding). A value that is not finite in float16 has no entry.
+    """
+    u_judged, u_half = UNIT_ROUNDOFF.get(dtype), UNIT_ROUNDOFF["float16"]
+    model, ends = ref.model, list(ends)
+    if dtype not in LOW_PRECISION or not isinstance(model, NumpyModel):
+        return None
+    if model.dtype != "float64" or u_judged is None:
+        return None
+    half = NumpyModel(model.spec(), model.weights(), "float16")  # weights cast to float16
+    try:
+        again = evaluate("reference", half, inputs, capture=bool(ends), side=0).grads
+    except XgradError:
+        return None
+    if not np.all(np.isfinite(np.asarray(again.output, np.float64))):
+        return None
+    norms = _moves(ref.grads, again, list(names))
+    for end in ends:
+        for key, values in (("output", "activations"), ("grad", "activation_grads")):
+            a, b = getattr(ref.grads, values) or {}, getattr(again, values) or {}
+            if end in a and end in b and np.shape(a[end]) == np.shape(b[end]):
+                with np.errstate(all="ignore"):
+                    moved = float(np.linalg.norm(np.subtract(b[end], a[end], dtype=np.float64)))
+                if math.isfinite(moved):
+                    norms[f"{end}:{key}"] = moved
+    return Spread(norms, u_judged / u_half, u_judged)
 
 
 def _moves(grads, again, names) -> dict[str, float]:

@@ -16,7 +16,13 @@ gradient is small:
   terms carries rounding of the terms' size; a side that differs from the reference by
   no more than :data:`~xgrad.metrics.RELATIVE_NOISE` times that rounding matches, said in a
   note; one that is zero up to that rounding (an attention's key bias) is judged against
-  the tolerance applied to the size of its terms instead, whatever its relative difference.
+  the tolerance applied to the size of its terms instead, whatever its relative difference;
+* **16-bit rounding** (:func:`judge_low_precision`): a 16-bit side's gradient that differs
+  from the float64 reference by no more than
+  :data:`~xgrad.metrics.tolerances.LOW_PRECISION_NOISE` times the rounding of the same
+  model computed in 16 bits (:func:`~xgrad.comparison.spread.low_precision_rounding`)
+  matches, said in a note; the fixed 16-bit tolerances do not grow with depth, a 16-bit
+  computation's error does.
 
 :func:`wants_explanation` decides whether the diagnosis phase runs.
 """
@@ -31,10 +37,22 @@ import numpy as np
 from xgrad.comparison.entries import Comparison
 from xgrad.comparison.inputs import Inputs
 from xgrad.comparison.sides import Side
-from xgrad.comparison.spread import NUDGE, Spread, reference_spread
+from xgrad.comparison.spread import (
+    LOW_PRECISION,
+    NUDGE,
+    Spread,
+    low_precision_rounding,
+    reference_spread,
+)
 from xgrad.frameworks.base import DTYPES
 from xgrad.losses import Loss
-from xgrad.metrics.tolerances import RELATIVE_NOISE, status_of, zero_floor
+from xgrad.metrics.tolerances import (
+    LOW_PRECISION_NOISE,
+    RELATIVE_NOISE,
+    UNIT_ROUNDOFF,
+    status_of,
+    zero_floor,
+)
 from xgrad.report import Entry, LayerEntry, Report
 
 __all__ = [
@@ -47,6 +65,7 @@ __all__ = [
     "consensus_note",
     "judge",
     "judge_cancelling",
+    "judge_low_precision",
     "mark_uninformative",
     "needs_spread",
     "wants_explanation",
@@ -341,11 +360,117 @@ def _cancelling_note(label: str, which: list[str], zero: bool, c: Comparison) ->
     )
 
 
+def _failing(parameters, input_entry, layers) -> bool:
+    entries = [*parameters, *([input_entry] if input_entry is not None else [])]
+    results = [m for e in entries for m in e.results.values()]
+    results += [m for e in layers.values() for m in (*e.forward.values(), *e.backward.values())]
+    return any(m.status == "mismatch" for m in results)
+
+
+def _layer_ends(c: Comparison) -> dict[str, str]:
+    """Layer path -> the key of its output among the reference's captured values."""
+    if c.ref.grads.activations is None or not c.alignments:
+        return {}
+    return {u.path: u.end for u, _ in next(iter(c.alignments.values())).pairs}
+
+
+def judge_low_precision(c: Comparison, parameters, input_entry, layers, measured) -> Judged:
+    """Each 16-bit side's failing gradient (or layer output, or ``dL/d`` it) whose
+    difference from the float64 reference is within
+    :data:`~xgrad.metrics.tolerances.LOW_PRECISION_NOISE` times the rounding of the same
+    model computed in 16 bits there (:func:`~xgrad.comparison.spread.low_precision_rounding`,
+    measured once, only when such a value fails) matches, and a note per side names the
+    gradients. Never a relative difference above ``LOW_PRECISION_NOISE * sqrt(u)`` (0.25 in
+    bfloat16, 0.088 in float16): a value whose 16-bit rounding comes near that has no digit
+    left to judge in 16 bits; its mismatch stands, and a note says so and to compare in
+    float32. Nothing changes for other dtypes, for :func:`xgrad.compare_models` (its
+    reference is your own model) or when nothing fails."""
+    unchanged = Judged(list(parameters), input_entry, dict(layers), [], degenerate=False)
+    if c.dtype not in LOW_PRECISION or not _failing(parameters, input_entry, layers):
+        return unchanged
+    names = [n for n in _gradient_names(parameters, input_entry) if n in measured]
+    ends = _layer_ends(c)
+    rounding = low_precision_rounding(
+        c.ref, c.inputs, names, c.dtype, [ends[p] for p in layers if p in ends]
+    )
+    if rounding is None:
+        return unchanged
+    limit = math.sqrt(UNIT_ROUNDOFF[c.dtype])
+    matched: dict[str, list[str]] = {}
+    beyond: dict[str, str] = {}
+
+    def rejudge(results: dict, name: str, key: str, ref_norm: float) -> dict:
+        noise = rounding.noise(key)
+        if noise is None or not ref_norm > 0:
+            return results
+        results = dict(results)
+        for label, m in results.items():
+            if m.status != "mismatch":
+                continue
+            if m.rel_norm * ref_norm <= LOW_PRECISION_NOISE * min(noise, limit * ref_norm):
+                results[label] = replace(m, status="match")
+                matched.setdefault(label, []).append(
+                    f"{name} (difference {m.rel_norm:.2g}, its {c.dtype} rounding "
+                    f"{noise / ref_norm:.2g})"
+                )
+            elif noise > limit * ref_norm:
+                beyond[name] = f"{name} ({noise / ref_norm:.2g} of it)"
+        return results
+
+    def entry(e: Entry) -> Entry:
+        ref_norm = measured[e.name].ref_norm if e.name in measured else 0.0
+        return replace(e, results=rejudge(e.results, e.name, e.name, ref_norm))
+
+    def layer(path: str, e: LayerEntry) -> LayerEntry:
+        end = ends.get(path)
+        if end is None:
+            return e
+        out = c.ref.grads.activations.get(end)
+        grad = (c.ref.grads.activation_grads or {}).get(end)
+        if out is not None:
+            norm = float(np.linalg.norm(np.asarray(out, np.float64)))
+            e = replace(e, forward=rejudge(e.forward, f"{path} output", f"{end}:output", norm))
+        if grad is not None:
+            norm = float(np.linalg.norm(np.asarray(grad, np.float64)))
+            e = replace(e, backward=rejudge(e.backward, f"dL/d {path}", f"{end}:grad", norm))
+        return e
+
+    parameters = [entry(e) for e in parameters]
+    input_entry = None if input_entry is None else entry(input_entry)
+    layers = {path: layer(path, e) for path, e in layers.items()}
+    notes = [_low_precision_note(label, which, c.dtype) for label, which in matched.items()]
+    if beyond:
+        which = list(beyond.values())
+        listed = f"{'; '.join(which[:3])}{'; ...' if len(which) > 3 else ''}"
+        notes.append(
+            f"{len(which)} failing value(s) carry {c.dtype} rounding of more than "
+            f"{limit:.2g} of themselves (this model computed in float16, scaled to "
+            f"{c.dtype}): {listed}; a {c.dtype} comparison has no digit left to judge "
+            "there, so their mismatch says nothing about the port: compare in float32"
+        )
+    return Judged(parameters, input_entry, layers, notes, degenerate=False)
+
+
+def _low_precision_note(label: str, which: list[str], dtype: str) -> str:
+    """The note on the gradients of side ``label`` that :func:`judge_low_precision` matched."""
+    listed = f"{'; '.join(which[:3])}{'; ...' if len(which) > 3 else ''}"
+    scaled = "" if dtype == "float16" else f", scaled to {dtype}'s unit roundoff"
+    return (
+        f"{label}: {len(which)} value(s) differ from the float64 reference by {dtype} "
+        f"rounding: each difference is within {LOW_PRECISION_NOISE:g} times how far this "
+        f"model computed in float16 (every weight and operation rounded to 11 bits{scaled}) "
+        f"lands from the reference there, so it matches ({listed}). A 16-bit error grows with "
+        f"the operations a value passes through; at {dtype} a difference below that "
+        "cannot be seen: compare in float32 to check conventions"
+    )
+
+
 def judge(c: Comparison, entries, input_entry, layers, measured) -> Judged:
     """The rules, in order: uninformative first (when nothing flows back, the backward
     values of layers say nothing either), then the ill-conditioned loss, then cancelling
-    sums. The reference's rounding is measured once per comparison, only when a gradient
-    fails or every gradient is small (:func:`needs_spread`)."""
+    sums, then 16-bit rounding. The reference's rounding is measured once per comparison,
+    only when a gradient fails or every gradient is small (:func:`needs_spread`); its
+    16-bit rounding only when a 16-bit gradient still fails."""
     spread = None
     if needs_spread(c, entries, input_entry, measured):
         names = _gradient_names(entries, input_entry)
@@ -359,11 +484,12 @@ def judge(c: Comparison, entries, input_entry, layers, measured) -> Judged:
             path: replace(e, backward=_mark_all(e.backward)) for path, e in judged.layers.items()
         }
         return Judged(judged.parameters, judged.input, layers, [*judged.notes, degenerate], True)
-    if spread is None:
-        return judged
-    cancelling = judge_cancelling(c, judged.parameters, judged.input, measured, spread)
-    notes = [*judged.notes, *cancelling.notes]
-    return Judged(cancelling.parameters, cancelling.input, judged.layers, notes, False)
+    if spread is not None:
+        cancelling = judge_cancelling(c, judged.parameters, judged.input, measured, spread)
+        notes = [*judged.notes, *cancelling.notes]
+        judged = Judged(cancelling.parameters, cancelling.input, judged.layers, notes, False)
+    low = judge_low_precision(c, judged.parameters, judged.input, judged.layers, measured)
+    return Judged(low.parameters, low.input, low.layers, [*judged.notes, *low.notes], False)
 
 
 def _mark_all(results: dict) -> dict:
