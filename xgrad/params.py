@@ -237,13 +237,14 @@ def load_params(path: str | os.PathLike) -> Params:
 
 _CANONICAL = re.compile(r"layers\.\d+(\.layers\.\d+)*\.[a-z_]+")
 _LOCAL_NAMES = (
-    *("kernel", "scale", "bias", "mean", "var", "embedding"),
+    *("kernel", "recurrent_kernel", "scale", "bias", "mean", "var", "embedding"),
     *(f"{p}_{s}" for p in ("query", "key", "value", "qkv", "out") for s in ("kernel", "bias")),
     *(f"{p}_{s}" for p in ("gate", "up", "down") for s in ("kernel", "bias")),
 )
 _LOCAL_ORDER = {name: i for i, name in enumerate(_LOCAL_NAMES)}
 """Each layer kind's local names in the order of its ``param_names`` then ``state_names``
-(Dense/norms, Embedding, Attention, GatedMLP), so a file read back keeps canonical order."""
+(Dense/norms/Conv, LSTM/GRU, Embedding, Attention, GatedMLP), so a file read back keeps
+canonical order."""
 
 
 def _canonical_order(params: Params) -> Params:
