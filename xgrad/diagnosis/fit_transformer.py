@@ -459,11 +459,12 @@ def alternatives(c: Convention, w: AttentionWeights) -> Iterator[Convention]:
         for base in BASES:
             if base != c.rope_base:
                 yield replace(c, rope_base=base)
-    yield replace(c, causal=not c.causal, causal_offset=0)
+    # the causal mask is one choice of four: none, or keys j <= i + offset for -1, 0, 1
     if c.causal:
-        for offset in (-1, 1):
-            if offset != c.causal_offset:
-                yield replace(c, causal_offset=offset)
+        yield replace(c, causal=False, causal_offset=0)
+    for offset in (0, -1, 1):
+        if not c.causal or offset != c.causal_offset:
+            yield replace(c, causal=True, causal_offset=offset)
     for scale in scales(c, w.dim):
         yield replace(c, scale=scale)
     if c.kv_heads < c.heads:
@@ -498,6 +499,41 @@ of :func:`fit_attention` around their three closest first-pass conventions (thos
 came closest); every other shape gets it around its closest one only."""
 
 
+def distance_to(y: np.ndarray):
+    """``rel(a, y)`` as a function of ``a``; where ``y`` holds NaN or inf (a fully masked row
+    filled with -inf), ``inf`` unless ``a`` is not finite at exactly those places, else
+    ``rel`` of the finite rest."""
+    bad = ~np.isfinite(y)
+    if not bad.any():
+        return lambda a: rel(a, y)
+    ok = ~bad
+
+    def distance(a: np.ndarray) -> float:
+        if not np.array_equal(~np.isfinite(a), bad):
+            return math.inf
+        return rel(a[ok], y[ok]) if ok.any() else 0.0
+
+    return distance
+
+
+def _first_pass(
+    shape: tuple[int, int, int], keep: np.ndarray | None, axes: str
+) -> Iterator[Convention]:
+    """Every first-pass convention of one head shape ``(heads, kv_heads, head_dim)``:
+    RoPE none, halves or interleaved (base 1e4), causal or not, the ``1 / sqrt(hd)`` scale,
+    key/value heads repeated or tiled, masked scores -inf or finite, head axes ``axes``."""
+    h, kv, hd = shape
+    gqas = ("interleave", "tile") if kv < h else ("interleave",)
+    fills = (-math.inf, -1e9) if keep is not None else (-math.inf,)
+    for rope, causal, gqa, fill in itertools.product(
+        (None, "half", "interleaved"), (False, True), gqas, fills
+    ):
+        if rope is not None and hd % 2:
+            continue
+        c = Convention(h, kv, hd, rope=rope, causal=causal, gqa=gqa, fill=fill, head_axes=axes)
+        yield c
+
+
 def fit_attention(
     options: list[AttentionWeights],
     x: np.ndarray,
@@ -512,42 +548,49 @@ def fit_attention(
     (base 1e4), causal or not, the ``1 / sqrt(hd)`` scale (key/value heads repeated or tiled,
     masked scores -inf or finite); then, around the closest of those of each head shape (the
     three closest in the :data:`SHAPES_TRIED` shapes that came closest), each convention one
-    choice away (:func:`alternatives`): another base, scale, causal offset, GQA repeat, head
-    axis order, fused split or order of q, k and v.
+    choice away (:func:`alternatives`): another base, scale, causal mask or offset, GQA
+    repeat, head axis order, fused split or order of q, k and v, or a softmax in bfloat16;
+    last, the first pass again with the projections' columns read as ``(head_dim, heads)``
+    (a port's head axes swapped together with RoPE or a mask of its own is two choices away
+    from every first-pass convention).
     """
     if x.ndim != 3 or y.shape != x.shape[:2] + (y.shape[-1],):
         return None
-    fit = FIT.get(dtype, 1e-5)
+    fit, error = FIT.get(dtype, 1e-5), distance_to(y)
+    shapes = [
+        (w, shape)
+        for w in options
+        if w.dim == x.shape[-1] and w.o.shape[1] == y.shape[-1]
+        for shape in _shapes(w)
+    ]
     groups = []  # per weights and head shape: its first conventions, closest first
-    for w in options:
-        if w.dim != x.shape[-1] or w.o.shape[1] != y.shape[-1]:
-            continue
-        for h, kv, hd in _shapes(w):
-            first = []
-            gqas = ("interleave", "tile") if kv < h else ("interleave",)
-            fills = (-math.inf, -1e9) if keep is not None else (-math.inf,)
-            for rope, causal, gqa, fill in itertools.product(
-                (None, "half", "interleaved"), (False, True), gqas, fills
-            ):
-                if rope is not None and hd % 2:
-                    continue
-                c = Convention(h, kv, hd, rope=rope, causal=causal, gqa=gqa, fill=fill)
-                err = rel(attend(w, c, x, keep)[0], y)
-                if err <= fit:
-                    return w, c, err
-                first.append((err, c))
-            first.sort(key=lambda e: e[0])
-            if first:
-                groups.append((first[0][0], w, first))
+    for w, shape in shapes:
+        first = []
+        for c in _first_pass(shape, keep, "heads-first"):
+            err = error(attend(w, c, x, keep)[0])
+            if err <= fit:
+                return w, c, err
+            first.append((err, c))
+        first.sort(key=lambda e: e[0])
+        if first:
+            groups.append((first[0][0], w, first))
     # each convention one choice away from the closest, in the head shapes that came closest
     # (every shape's alternatives cost as much as the whole first pass, many times over)
     groups.sort(key=lambda g: g[0])
     for rank, (_, w, first) in enumerate(groups):
         for _, c0 in first[: 3 if rank < SHAPES_TRIED else 1]:
-            for c in alternatives(c0, w):
-                err = rel(attend(w, c, x, keep)[0], y)
+            softmax = (replace(c0, softmax=m) for m in SOFTMAX if m != c0.softmax)
+            for c in itertools.chain(alternatives(c0, w), softmax):
+                err = error(attend(w, c, x, keep)[0])
                 if err <= fit:
                     return w, c, err
+    for w, shape in shapes:
+        if shape[0] == 1 or shape[2] == 1:  # (head_dim, heads) reads as (heads, head_dim)
+            continue
+        for c in _first_pass(shape, keep, "dim-first"):
+            err = error(attend(w, c, x, keep)[0])
+            if err <= fit:
+                return w, c, err
     return None
 
 

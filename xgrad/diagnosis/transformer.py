@@ -38,6 +38,7 @@ from xgrad.diagnosis.fit_transformer import (
     canonical_weights,
     convention_of,
     differing_heads,
+    distance_to,
     fit_attention,
 )
 from xgrad.diagnosis.records import Cause, Check, Finding, check, drop
@@ -219,14 +220,15 @@ SOFTMAX_WORDS = {
 
 def _scale(c: Convention, dim: int) -> str:
     hd, s = c.head_dim, c.score_scale
-    named = {
-        1.0 / math.sqrt(hd): f"1/sqrt(head_dim) = 1/sqrt({hd})",
-        1.0: "no scale (1)",
-        1.0 / hd: f"1/head_dim = 1/{hd} (the scale applied twice)",
-        1.0 / math.sqrt(dim): f"1/sqrt(dim) = 1/sqrt({dim}) (the model's width, not the head's)",
-        math.sqrt(hd): f"sqrt(head_dim) = sqrt({hd}) (multiplied, not divided)",
-    }
-    return next((w for v, w in named.items() if math.isclose(v, s, rel_tol=1e-9)), f"{s:g}")
+    named = (  # pairs, not a dict: at dim = head_dim**2, 1/head_dim is 1/sqrt(dim) too
+        (1.0 / math.sqrt(hd), f"1/sqrt(head_dim) = 1/sqrt({hd})"),
+        (1.0, "no scale (1)"),
+        (1.0 / hd, f"1/head_dim = 1/{hd} (the scale applied twice)"),
+        (1.0 / math.sqrt(dim), f"1/sqrt(dim) = 1/sqrt({dim}) (the model's width, not the head's)"),
+        (math.sqrt(hd), f"sqrt(head_dim) = sqrt({hd}) (multiplied, not divided)"),
+    )
+    words = [w for v, w in named if math.isclose(v, s, rel_tol=1e-9)]
+    return " or ".join(words) if words else f"{s:g}"
 
 
 def _causal(c: Convention) -> str:
@@ -317,15 +319,12 @@ def _words(cause: str, c: Convention, alt: Convention, f: Fitted) -> str:
 
 
 def _nan_check(ev: Evidence, unit: UnitEvidence, y_alt: np.ndarray, f: Fitted) -> Check:
-    """The confirmation rule where the candidate's output holds NaN: the alternative must
-    put NaN exactly where the candidate has it and agree elsewhere."""
-    cand_bad, alt_bad = ~np.isfinite(unit.output_cand), ~np.isfinite(y_alt)
-    if not np.array_equal(cand_bad, alt_bad):
-        return Check(math.inf, math.inf, ev.fit_tol, ev.tol, False)
-    ok = ~cand_bad
-    residual = rel(y_alt[ok], unit.output_cand[ok]) if ok.any() else 0.0
-    faithful = rel(f.y, unit.output_ref) <= ev.fit_tol
-    return Check(residual, math.inf, ev.fit_tol, ev.tol, faithful)
+    """The confirmation rule where the candidate's or the reference's output holds NaN: the
+    alternative must put NaN exactly where the candidate has it and agree elsewhere, the
+    unchanged re-run likewise with the reference."""
+    residual = distance_to(unit.output_cand)(y_alt)
+    faithful = distance_to(unit.output_ref)(f.y) <= ev.fit_tol
+    return Check(residual, math.inf, ev.fit_tol, ev.tol, faithful and residual < math.inf)
 
 
 def _tol(ev: Evidence, unit: UnitEvidence, f: Fitted, alt: Convention) -> float:
@@ -343,7 +342,8 @@ def _test(cause: str):
         unit, f = _attention_at(ev, unit)
         if f is None:
             return None
-        nan = not np.all(np.isfinite(unit.output_cand))
+        outputs = {"candidate": unit.output_cand, "reference": unit.output_ref}
+        nan = next((k for k, a in outputs.items() if not np.all(np.isfinite(a))), None)
         best = None
         for alt in _alternatives(cause, f):
             y_alt, o_alt = attend(f.weights, alt, f.x, f.keep)
@@ -362,9 +362,9 @@ def _test(cause: str):
         detail = _words(cause, f.convention, alt, f)
         detail += _where(ev, unit, f, alt, o_alt)
         if nan:
-            rows = int(np.isnan(unit.output_cand).any(axis=-1).sum())
+            rows = int(np.isnan(outputs[nan]).any(axis=-1).sum())
             detail += (
-                f"; {rows} rows of the candidate's output are NaN: every key of those queries "
+                f"; {rows} rows of the {nan}'s output are NaN: every key of those queries "
                 "is masked, and softmax over scores that are all -inf is 0/0. Fill with a "
                 "finite value (finfo.min) or zero those rows"
             )
