@@ -44,11 +44,17 @@ def layer_name(path: str, layer: AbstractLayer) -> str:
     return f"{layer.kind}_" + "_".join(path.split(".")[1::2])
 
 
-def _keras_layer(layer: AbstractLayer, path: str, dtype: str) -> keras.layers.Layer:
+def _keras_layer(
+    layer: AbstractLayer, path: str, dtype: str, shapes: Mapping[str, tuple]
+) -> keras.layers.Layer:
     """Keras' layer for the xgrad layer at ``path`` (weights are assigned once the model is
-    built)."""
+    built), given the examples' shape at each path's input (``shapes``) for an entry that
+    builds from it."""
+    entry = KINDS[layer.kind]
     with KINDS.building(layer.kind, path):
-        return KINDS[layer.kind].build(layer, layer_name(path, layer), dtype)
+        if entry.shaped:
+            return entry.build(layer, layer_name(path, layer), dtype, tuple(shapes[path]))
+        return entry.build(layer, layer_name(path, layer), dtype)
 
 
 def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, keras.layers.Layer]]:
@@ -65,12 +71,13 @@ def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, ker
     """
     KINDS.check(spec)
     by_path: dict[str, keras.layers.Layer] = {}
+    shapes = spec.layer_input_shapes()
 
     def chain(layers, prefix: str, h):
         for i, layer in enumerate(layers):
             path = f"{prefix}.{i}"
             entry = KINDS[layer.kind]
-            by_path[path] = _keras_layer(layer, path, dtype)
+            by_path[path] = _keras_layer(layer, path, dtype, shapes)
             if layer.children:
                 inner = functools.partial(chain, layer.children, f"{path}.layers")
                 h = entry.call(KerasCall(by_path[path], layer, run=inner), h)
@@ -84,7 +91,7 @@ def build_keras_model(spec: MLP, dtype: str) -> tuple[keras.Model, dict[str, ker
     if any(layer.children or KINDS[layer.kind].wire for _, layer in spec.walk()):
         return keras.Model(inputs, chain(spec.layers, "layers", inputs), name="functional"), by_path
     for path, layer in spec.walk():
-        by_path[path] = _keras_layer(layer, path, dtype)
+        by_path[path] = _keras_layer(layer, path, dtype, shapes)
     return keras.Sequential([inputs, *by_path.values()], name="sequential"), by_path
 
 

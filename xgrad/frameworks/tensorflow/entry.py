@@ -33,6 +33,12 @@ class LayerRead:
             kind's entry names (:attr:`KerasKind.weights`).
         state: the local names of its state (no gradient), likewise.
         note: what the reader noticed (an activation identified by its values, ...).
+        layouts: local name -> the layout this layer stores the weight in, where it is not
+            the entry's (:attr:`KerasKind.layouts`): a ``DepthwiseConv2D`` kernel
+            ``(kh, kw, C, 1)`` read as a grouped Conv's ``(kh, kw, 1, C)``.
+        activation: the function the Keras layer applies at the end of its call, outside
+            the kind (a ``Conv2D(activation="relu")``; ``None``: none): read as an
+            Activation layer after it, the kind's call running the layer without it.
     """
 
     kind: str
@@ -40,6 +46,8 @@ class LayerRead:
     params: tuple[str, ...] = ()
     state: tuple[str, ...] = ()
     note: str | None = None
+    layouts: Mapping[str, Layout] | None = None
+    activation: Callable | None = None
 
 
 class KerasCall(NamedTuple):
@@ -99,6 +107,8 @@ class KerasKind:
             Keras layer on the symbolic value ``h`` when that is not ``keras_layer(h)``
             (attention: ``mha(h, h, use_causal_mask=...)``); a spec holding such a layer is
             built as a Functional model. ``None``: ``keras_layer(h)``.
+        shaped: whether :attr:`build` takes a fourth argument, the shape of one example of
+            the layer's input (a Conv builds ``Conv1D`` or ``Conv2D`` from its rank).
     """
 
     build: Callable[[AbstractLayer, str, str], object]
@@ -109,6 +119,7 @@ class KerasKind:
     reads: Mapping[type, Callable[..., LayerRead]] = field(default_factory=dict)
     weights_of: Mapping[type, Mapping[str, str]] = field(default_factory=dict)
     wire: Callable | None = None
+    shaped: bool = False
 
 
 def keras_weight(entry: KerasKind, keras_layer, local: str):

@@ -61,6 +61,8 @@ from xgrad.frameworks.tensorflow.entry import (
     where,
 )
 from xgrad.frameworks.tensorflow.ops import XgradActivation, keras, tf_activation
+from xgrad.frameworks.tensorflow.recurrent import RECURRENT_KINDS
+from xgrad.frameworks.tensorflow.spatial import SPATIAL_KINDS, ZERO_PADDING
 from xgrad.frameworks.tensorflow.transformer import TRANSFORMER_KINDS
 from xgrad.identify import fit_activation, probe_activation
 from xgrad.layers import (
@@ -84,6 +86,7 @@ __all__ = [
     "call_layer",
     "keras_weight",
     "keras_activation_name",
+    "name_activation",
     "read_layer",
     "reading_kind",
     "supported_layers",
@@ -140,8 +143,9 @@ def keras_activation_name(fn) -> str | None:
     return name
 
 
-def _activation(fn, z: np.ndarray, a: np.ndarray, dtype: str) -> tuple[str | None, str | None]:
-    """``(xgrad name or None, note)`` of an activation function applied as ``a = fn(z)``."""
+def name_activation(fn, z: np.ndarray, a: np.ndarray, dtype: str) -> tuple[str | None, str | None]:
+    """``(xgrad name or None, note)`` of an activation function applied as ``a = fn(z)``:
+    by its Keras name, else from its values."""
     name = keras_activation_name(fn)
     if name is not None:
         return name, None
@@ -162,7 +166,7 @@ def _call_activation(c: KerasCall, a):
 
 
 def _read_activation_layer(layer, x, out, dtype) -> LayerRead:
-    name, note = _activation(layer.activation, np.asarray(x), np.asarray(out), dtype)
+    name, note = name_activation(layer.activation, np.asarray(x), np.asarray(out), dtype)
     return LayerRead("activation", None if name is None else Activation(name), note=note)
 
 
@@ -220,7 +224,7 @@ def _read_dense(layer, x, out, dtype) -> LayerRead:
     if layer.use_bias:
         z = z + np.asarray(layer.bias).astype(np.float64)
     out = np.asarray(out)
-    name, note = _activation(layer.activation, z, out.reshape(-1, out.shape[-1]), dtype)
+    name, note = name_activation(layer.activation, z, out.reshape(-1, out.shape[-1]), dtype)
     config = None if name is None else Dense(layer.units, name, layer.use_bias)
     params = ("kernel", "bias") if layer.use_bias else ("kernel",)
     return LayerRead("dense", config, params, note=note)
@@ -229,15 +233,13 @@ def _read_dense(layer, x, out, dtype) -> LayerRead:
 # -- norms ----------------------------------------------------------------------------------------
 
 
-def _last_axis(layer, shape: Shape, *, tokens: bool = True) -> None:
-    """Refuse a normalisation over another axis than the last (the features), or, unless
-    ``tokens``, over examples that are not vectors (BatchNorm keeps that rule)."""
+def _last_axis(layer, shape: Shape) -> None:
+    """Refuse a normalisation over another axis than the last (the features or channels)."""
     axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-    if axes not in ([-1], [len(shape)]) or (len(shape) != 1 and not tokens):
-        what = "the last axis of examples" if tokens else "the features of vector examples"
+    if axes not in ([-1], [len(shape)]):
         raise AlignmentError(
             f"{where(layer)} normalises axis {layer.axis} of examples of shape {shape}; xgrad "
-            f"reads normalisations over {what} (axis=-1; put a Flatten before it)"
+            "reads normalisations over the last axis of examples (axis=-1: channels last)"
         )
 
 
@@ -291,7 +293,8 @@ def _build_batchnorm(layer: BatchNorm, name: str, dtype: str):
 
 
 def _read_batchnorm(layer, x, out, dtype) -> LayerRead:
-    _last_axis(layer, tuple(x.shape[1:]), tokens=False)
+    # channels last: statistics over the batch and every other axis, as the kind's
+    _last_axis(layer, tuple(x.shape[1:]))
     if layer.renorm:
         raise AlignmentError(
             f"{where(layer)} uses batch renormalisation, which xgrad does not read"
@@ -387,6 +390,8 @@ KINDS: KindTable[KerasKind] = KindTable(
             call=_call_residual,
         ),
         **TRANSFORMER_KINDS,
+        **SPATIAL_KINDS,
+        **RECURRENT_KINDS,
     },
     entry_type=KerasKind,
 )
@@ -417,9 +422,10 @@ _REFUSED = {
 
 def supported_layers() -> tuple[str, ...]:
     """The names of the Keras layer classes xgrad reads (exactly these classes, not
-    subclasses of them): those of :data:`KINDS`' readers, ``Add`` and ``InputLayer``."""
+    subclasses of them): those of :data:`KINDS`' readers, ``Add``, ``InputLayer`` and
+    ``ZeroPadding1D/2D`` (read into the convolution or pooling after it)."""
     names = [cls.__name__ for _, entry in KINDS.items() for cls in entry.reads]
-    return (*names, "Add", "InputLayer")
+    return (*names, "Add", "InputLayer", *(cls.__name__ for cls in ZERO_PADDING))
 
 
 def reading_kind(layer) -> str | None:

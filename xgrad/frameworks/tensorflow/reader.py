@@ -43,9 +43,18 @@ from xgrad.errors import AlignmentError, InputError, ParamsError
 from xgrad.frameworks.base import LayerInfo
 from xgrad.frameworks.kinds import Layout, inverse, to_native
 from xgrad.frameworks.tensorflow.backend_worker import keras_leaves
-from xgrad.frameworks.tensorflow.kinds import KINDS, keras_weight, read_layer, where
+from xgrad.frameworks.tensorflow.calls import call_apart
+from xgrad.frameworks.tensorflow.entry import LayerRead
+from xgrad.frameworks.tensorflow.kinds import (
+    KINDS,
+    keras_weight,
+    name_activation,
+    read_layer,
+    where,
+)
 from xgrad.frameworks.tensorflow.model import KerasModel
 from xgrad.frameworks.tensorflow.ops import check_backend, keras, tf
+from xgrad.frameworks.tensorflow.spatial import absorb, padding_of
 from xgrad.identify import FIT, fit_activation, leaky_slope, rel
 from xgrad.layers import AbstractLayer, Activation, Residual, Shape
 
@@ -79,6 +88,7 @@ class _Call:
     input: object
     output: object
     training: object = None
+    padded: object = None  # the input after a ZeroPadding read into this layer
 
 
 def _recorder(layer, call, calls: list[_Call]):
@@ -129,12 +139,13 @@ class _Draft:
     layouts: dict[str, Layout] = field(default_factory=dict)  # those not canonical
 
 
-def _describe(layer, x, out, dtype: str) -> _Draft:
-    """Read one called layer (see :func:`.kinds.read_layer`); its weights are the Keras
-    attributes its kind's entry names."""
-    read = read_layer(layer, x, out, dtype)
+def _describe(layer, x, out, dtype: str, read: LayerRead | None = None) -> _Draft:
+    """Read one called layer (see :func:`.kinds.read_layer`, unless ``read`` is given); its
+    weights are the Keras attributes its kind's entry names."""
+    read = read_layer(layer, x, out, dtype) if read is None else read
     entry = KINDS[read.kind]
     local = (*read.params, *read.state)
+    layouts = {**entry.layouts, **(read.layouts or {})}
     return _Draft(
         layer=layer,
         kind=read.kind,
@@ -145,7 +156,7 @@ def _describe(layer, x, out, dtype: str) -> _Draft:
         name=layer.name,
         note=read.note,
         state=read.state,
-        layouts={name: entry.layouts[name] for name in local if name in entry.layouts},
+        layouts={name: layouts[name] for name in local if name in layouts},
     )
 
 
@@ -295,6 +306,45 @@ class _Chain:
                 f"the output of Keras model {model.name!r} is not the output of its last layer "
                 f"(code after it?){_closest(err)}; {CHAIN}"
             )
+
+
+PADDED = (
+    "xgrad reads a ZeroPadding1D/2D only directly before the Conv, DepthwiseConv or "
+    "AveragePooling (padding='valid') that takes its output, as its explicit padding"
+)
+
+
+def _read_call(chain: _Chain, call: _Call, dtype: str, read: LayerRead | None = None) -> None:
+    """Read one call of a layer into the chain: its kind, then, for a layer applying an
+    activation outside its kind (a ``Conv2D(activation="relu")``), that activation as a
+    layer of its own, on the layer's output without it."""
+    read = read_layer(call.layer, call.input, call.output, dtype) if read is None else read
+    if read.activation is None:
+        chain.append(call, _describe(call.layer, call.input, call.output, dtype, read))
+        return
+    layer = call.layer
+    inner = call.input if call.padded is None else call.padded
+    z = call_apart(layer, layer, (tf.convert_to_tensor(inner),), {"training": False})[0]
+    chain.append(_Call(layer, call.input, z), _describe(layer, call.input, z, dtype, read))
+    name, note = name_activation(read.activation, np.asarray(z), np.asarray(call.output), dtype)
+    if name is None:
+        raise AlignmentError(f"{where(layer)}: {note}; {CODE}")
+    shape = tuple(z.shape[1:])
+    draft = _Draft(None, "activation", Activation(name), {}, shape, shape, None, note)
+    chain.push(draft, call.output)
+
+
+def _read_padded(chain: _Chain, pad: _Call, call: _Call, dtype: str) -> None:
+    """Read ``call``, the call after the ZeroPadding call ``pad``, with the padding read
+    into it (:func:`~.spatial.absorb`)."""
+    if type(call.layer) is keras.layers.Add or not chain.same(call.input, pad.output):
+        raise AlignmentError(
+            f"{where(pad.layer)} is followed by {where(call.layer)}, which does not take its "
+            f"output alone; {PADDED}"
+        )
+    read = absorb(pad.layer, read_layer(call.layer, call.input, call.output, dtype), call.layer)
+    padded = _Call(call.layer, pad.input, call.output, call.training, padded=call.input)
+    _read_call(chain, padded, dtype, read)
 
 
 def _keras_float64(z: np.ndarray, a: np.ndarray) -> tuple[str | None, keras.layers.Layer | None]:
@@ -464,11 +514,19 @@ def read_keras_model(model, *, input_shape: Shape | None = None) -> ReadModel:
                 "modes call() sets)"
             )
     chain = _Chain(probe, dtype)
+    pad = None  # a ZeroPadding call, read into the layer called next
     for call in calls:
-        if type(call.layer) is keras.layers.Add:
+        if pad is not None:
+            _read_padded(chain, pad, call, dtype)
+            pad = None
+        elif padding_of(call.layer) is not None:
+            pad = call
+        elif type(call.layer) is keras.layers.Add:
             chain.add(call)
         else:
-            chain.append(call, _describe(call.layer, call.input, call.output, dtype))
+            _read_call(chain, call, dtype)
+    if pad is not None:
+        raise AlignmentError(f"{where(pad.layer)} ends the model; {PADDED}")
     chain.end(output, model)
     by_path: dict[str, keras.layers.Layer | None] = {}
     variables: dict[str, object] = {}
