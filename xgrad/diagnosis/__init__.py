@@ -98,6 +98,9 @@ ORDER: dict[str, tuple[str, ...]] = {
 ``where``; an id may be tried on two kinds of evidence). Every cause of the family modules
 is listed once; a new cause is a record in its family's module and an id here."""
 
+_ATTENTION: tuple[Cause, ...] = tuple(positions.guarded(transformer.CAUSES))
+"""The attention causes, the RoPE ones not re-run at positions other than 0..T-1."""
+
 CAUSES: tuple[Cause, ...] = in_order(
     [(where, cause_id) for where, ids in ORDER.items() for cause_id in ids],
     [
@@ -109,7 +112,7 @@ CAUSES: tuple[Cause, ...] = in_order(
         *precision.CAUSES,
         *loss.CAUSES,
         *kinks.CAUSES,
-        *positions.guarded(transformer.CAUSES),
+        *_ATTENTION,
         *tokens.CAUSES,
     ],
     key=lambda cause: (cause.where, cause.id),
@@ -150,7 +153,7 @@ def _try(ev: Evidence, where: str, unit: UnitEvidence | None, before: float) -> 
         if cause.where != where or not cause.applies(unit):
             continue
         if misshapen and (cause.id, cause.where) != ("weight-layout", "forward"):
-            if cause not in transformer.CAUSES:  # these re-run the reference's weights only
+            if cause not in _ATTENTION:  # these re-run the reference's weights only
                 continue  # weights never paired: only the cause that says so applies
         found = cause.test(ev, unit, before)
         if found is None:

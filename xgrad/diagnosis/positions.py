@@ -53,7 +53,11 @@ def other_positions(batch) -> str | None:
 
 def _attention_like(ev: Evidence, unit: UnitEvidence) -> bool:
     """Whether the RoPE causes would look at ``unit``: an attention, stated or fitted, or a
-    module whose parameters are an attention's (its fit may fail at the wrong positions)."""
+    module whose parameters are an attention's (its fit may fail at the wrong positions); a
+    projection inside one (``o_proj``) stands for it, as the attention causes take it."""
+    if unit.kind == "dense" and "." in unit.path:
+        scope = unit.path.rsplit(".", 1)[0]
+        unit = next((u for u in ev.units if u.path == scope), unit)
     if unit.kind == "attention" or fitted(ev, unit) is not None:
         return True
     x = unit.input_ref
