@@ -10,8 +10,8 @@ kind            built as (NNX) / read from                weights               
 ``layernorm``   ``nnx.LayerNorm`` / and read from it      ``scale``, ``bias``      ``LayerNorm``
 ``rmsnorm``     ``nnx.RMSNorm`` / and read from it        ``scale``                ``RMSNorm``
 ``batchnorm``   ``nnx.BatchNorm`` / and read from it      ``scale``, ``bias``;     ``BatchNorm``
-                                                          ``BatchStat`` ``mean``,
-                                                          ``var``
+                (statistics over every axis but the       ``BatchStat`` ``mean``,
+                last: the batch and spatial positions)    ``var``
 ``dropout``     ``nnx.Dropout(deterministic=True)``;      -                        -
                 active: :class:`~.modules.MaskedDropout`
                 / read from ``nnx.Dropout``
@@ -30,6 +30,9 @@ kind            built as (NNX) / read from                weights               
 ``gated_mlp``   :class:`~.modules.GatedMLPLayer` (three   ``gate/kernel``,         -
                 ``nnx.Linear``)                           ``up/kernel``,
                                                           ``down/kernel``, biases
+``conv``, ...   :mod:`~.cnn` (``nnx.Conv``, Flax's        see there                ``Conv``,
+                pooling functions, ``nnx.GroupNorm``)                              ``GroupNorm``
+                and :mod:`~.recurrent` (``nnx.RNN``)
 ==============  ========================================  =======================  =============
 
 Flax stores every weight canonically (``nnx.Linear``'s kernel is ``(in, out)``,
@@ -68,6 +71,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xgrad.frameworks.flax import cnn, recurrent
 from xgrad.frameworks.flax.modules import (
     ActivationLayer,
     FlattenLayer,
@@ -301,6 +305,33 @@ KINDS: KindTable[FlaxKind] = KindTable(
             weights=_sublayer_weights("query", "key", "value", "qkv", "out"),
         ),
         "gated_mlp": FlaxKind(_gated_mlp, weights=_sublayer_weights("gate", "up", "down")),
+        "conv": FlaxKind(
+            cnn.build_conv,
+            weights={"kernel": "kernel", "bias": "bias"},
+            linen="Conv",
+            modules=(nnx.Conv,),
+            hints=cnn.conv_hints,
+        ),
+        "maxpool": FlaxKind(lambda layer, path, shape, *_: cnn.PoolLayer(layer, shape)),
+        "avgpool": FlaxKind(lambda layer, path, shape, *_: cnn.PoolLayer(layer, shape)),
+        "global_avgpool": FlaxKind(lambda *_: cnn.GlobalAvgPoolLayer()),
+        "groupnorm": FlaxKind(
+            cnn.build_groupnorm,
+            weights={"scale": "scale", "bias": "bias"},
+            linen="GroupNorm",
+            modules=(nnx.GroupNorm,),
+            hints=cnn.groupnorm_hints,
+        ),
+        "lstm": FlaxKind(
+            recurrent.build_lstm,
+            call=recurrent.recurrent_call,
+            weights=recurrent.LSTM_WEIGHTS,
+            modules=(nnx.RNN,),
+            hints=recurrent.lstm_hints,
+        ),
+        "gru": FlaxKind(
+            recurrent.build_gru, call=recurrent.recurrent_call, weights=recurrent.GRU_WEIGHTS
+        ),
     },
     entry_type=FlaxKind,
 )

@@ -9,9 +9,9 @@ kind            computed as                                          weights
 ``layernorm``   ``(x - mean) * rsqrt(mean square + eps)``, then      ``scale``, ``bias``
                 scale and shift
 ``rmsnorm``     ``x * rsqrt(mean square + eps)``, then scale         ``scale``
-``batchnorm``   batch statistics (training; the new ``mean`` and     ``scale``, ``bias``;
-                ``var`` returned as state) or the moving ones        state ``mean``,
-                                                                     ``var``
+``batchnorm``   batch statistics over the batch and every spatial    ``scale``, ``bias``;
+                position (training; the new ``mean`` and ``var``     state ``mean``,
+                returned as state) or the moving ones                ``var``
 ``dropout``     ``x`` (inactive), or ``x`` times xgrad's mask        -
 ``flatten``     ``x.reshape(batch, -1)``                             -
 ``residual``    ``x + block(x)``                                     its layers', under
@@ -27,6 +27,10 @@ kind            computed as                                          weights
                                                                      ``up_kernel (dim,
                                                                      hidden)``,
                                                                      ``down_kernel``, biases
+``conv``, ...   :mod:`~xgrad.frameworks.jax.cnn` (``conv``,          see there
+                ``maxpool``, ``avgpool``, ``global_avgpool``,
+                ``groupnorm``) and :mod:`~xgrad.frameworks.jax.
+                recurrent` (``lstm``, ``gru``)
 ==============  ===================================================  ======================
 
 Every layer takes a batch with any number of axes before the features (``(batch, tokens,
@@ -52,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xgrad.activations import get_activation
+from xgrad.frameworks.jax import cnn, recurrent
 from xgrad.frameworks.jax.attention import attend, head_sizes
 from xgrad.frameworks.jax.ops import jax_activation
 from xgrad.frameworks.kinds import KindTable
@@ -130,8 +135,9 @@ def _batchnorm(layer: BatchNorm, path: str, block: Block) -> Forward:
         eps = jnp.asarray(layer.epsilon, x.dtype)
         state = {}
         if layer.training:
-            mean = jnp.mean(x, axis=0)
-            var = jnp.mean(jnp.square(x - mean), axis=0)
+            axes = tuple(range(x.ndim - 1))  # the batch and every spatial position
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
             m = jnp.asarray(layer.momentum, x.dtype)
             state = {"mean": m * w["mean"] + (1 - m) * mean, "var": m * w["var"] + (1 - m) * var}
         else:
@@ -218,6 +224,13 @@ KINDS: KindTable[JaxKind] = KindTable(
         "embedding": JaxKind(_embedding),
         "attention": JaxKind(_attention),
         "gated_mlp": JaxKind(_gated_mlp),
+        "conv": JaxKind(cnn.conv),
+        "maxpool": JaxKind(cnn.maxpool),
+        "avgpool": JaxKind(cnn.avgpool),
+        "global_avgpool": JaxKind(cnn.global_avgpool),
+        "groupnorm": JaxKind(cnn.groupnorm),
+        "lstm": JaxKind(recurrent.lstm),
+        "gru": JaxKind(recurrent.gru),
     },
     entry_type=JaxKind,
 )
