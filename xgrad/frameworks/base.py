@@ -27,7 +27,7 @@ import numpy as np
 
 from xgrad._checks import require_finite
 from xgrad.errors import FrameworkError, InputError
-from xgrad.frameworks.kinds import TRANSPOSED, KindTable, Layout
+from xgrad.frameworks.kinds import TRANSPOSED, KindTable, Layout, NativeParts
 from xgrad.layers import AbstractLayer, Residual, Shape
 from xgrad.losses import Loss, get_loss
 from xgrad.optim import AbstractOptimizer, OptimizerSpec
@@ -82,7 +82,9 @@ class LayerInfo:
         state: local name -> native name of each state array (no gradient).
         layouts: local name -> the axis permutation the framework stores it in, for the
             weights not stored canonically (:mod:`xgrad.frameworks.kinds`: ``native =
-            np.transpose(canonical, layout)``; PyTorch's ``(out, in)`` kernel is ``(1, 0)``).
+            np.transpose(canonical, layout)``; PyTorch's ``(out, in)`` kernel is ``(1, 0)``),
+            or a :class:`~xgrad.frameworks.kinds.NativeParts` for one held by two native
+            arrays or in another gate order (torch's LSTM and GRU; ``params`` names part 0).
         input_shape, output_shape: the shapes of one example in and out.
         children: the layers of a residual block.
         note: what the reader noticed (e.g. a layer left in training mode).
@@ -108,7 +110,11 @@ class LayerInfo:
     @property
     def transposed(self) -> frozenset[str]:
         """Local names of the 2-D weights stored transposed (layout ``(1, 0)``)."""
-        return frozenset(k for k, layout in self.layouts.items() if tuple(layout) == TRANSPOSED)
+        return frozenset(
+            k
+            for k, layout in self.layouts.items()
+            if not isinstance(layout, NativeParts) and tuple(layout) == TRANSPOSED
+        )
 
     def walk(self) -> Iterator[LayerInfo]:
         """This layer and every nested one, in call order."""

@@ -14,12 +14,20 @@ np.transpose(canonical, layout)``. PyTorch's ``nn.Linear`` weight ``(out, in)`` 
 canonical kernel ``(in, out)`` with layout ``(1, 0)``; a torch convolution kernel
 ``(out, in, kh, kw)`` against a canonical ``(kh, kw, in, out)`` has layout ``(3, 2, 0, 1)``.
 A parameter stored canonically has no entry (the identity).
+
+Where no axis permutation says it, a :class:`NativeParts` does: a canonical weight held by
+two native arrays (torch's LSTM bias ``bias_ih_l0 + bias_hh_l0``; a GRU's ``(2, 3u)`` bias as
+``bias_ih_l0`` and ``bias_hh_l0``), or by one whose gate blocks come in another order (torch's
+GRU ``r, z, n`` against the canonical ``z, r, h``). Code that moves weights between a native
+module and canonical arrays (torch's :mod:`~xgrad.frameworks.torch.model`) handles it; the
+functions :func:`to_native` and :func:`to_canonical` handle permutations only.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -33,6 +41,7 @@ __all__ = [
     "KindNotSupportedError",
     "KindTable",
     "Layout",
+    "NativeParts",
     "inverse",
     "to_canonical",
     "to_native",
@@ -59,6 +68,85 @@ def to_canonical(array, layout: Layout | None):
     """A native ``array`` stored in ``layout`` in canonical order (a view; ``None``:
     unchanged)."""
     return array if not layout else np.transpose(array, inverse(layout))
+
+
+@dataclass(frozen=True)
+class NativeParts:
+    """A canonical weight stored natively as parts, where an axis permutation cannot say it.
+
+    Part 0 is the native array the kind's ``weights`` entry names; ``others`` name the other
+    parts, siblings in the same module (the native name's last component replaced: part 0
+    ``3.bias_ih_l0`` and other ``bias_hh_l0`` give ``3.bias_hh_l0``). Each part is the
+    canonical array (``"sum"``) or its slice ``[i]`` (``"stack"``), axes permuted by
+    ``layout`` and then, with ``blocks = (axis, order)``, cut along native ``axis`` into
+    ``len(order)`` equal blocks, native block ``j`` holding canonical block ``order[j]``.
+
+    Attributes:
+        others: the other parts' sibling names, in order.
+        combine: ``"sum"``: the canonical array is the parts' sum; written as ``(value, 0,
+            ...)``; its gradient is each part's gradient (they are equal). ``"stack"``:
+            canonical axis 0 indexes the parts; gradients stack the same way.
+        layout: each part's axis permutation (:data:`Layout`), ``None``: none.
+        blocks: ``(native axis, order)`` of gate blocks, ``None``: same order.
+
+    Example:
+        >>> import numpy as np
+        >>> lstm_bias = NativeParts(("bias_hh_l0",), "sum")
+        >>> lstm_bias.names("0.bias_ih_l0")
+        ('0.bias_ih_l0', '0.bias_hh_l0')
+        >>> [a.tolist() for a in lstm_bias.to_native(np.array([1.0, 2.0]))]
+        [[1.0, 2.0], [0.0, 0.0]]
+        >>> gru_bias = NativeParts(("bias_hh_l0",), "stack", blocks=(0, (1, 0, 2)))
+        >>> gru_bias.to_canonical([np.array([1.0, 2, 3]), np.array([4.0, 5, 6])]).tolist()
+        [[2.0, 1.0, 3.0], [5.0, 4.0, 6.0]]
+    """
+
+    others: tuple[str, ...] = ()
+    combine: str = "sum"
+    layout: Layout | None = None
+    blocks: tuple[int, tuple[int, ...]] | None = None
+
+    def names(self, native: str) -> tuple[str, ...]:
+        """The parts' native names, part 0 ``native`` first."""
+        head = native.rsplit(".", 1)[0] + "." if "." in native else ""
+        return (native, *(head + other for other in self.others))
+
+    def _reorder(self, arr, order: Sequence[int]):
+        axis = self.blocks[0]
+        pieces = np.split(arr, len(order), axis=axis)
+        return np.concatenate([pieces[i] for i in order], axis=axis)
+
+    def _part_to_native(self, canonical):
+        arr = to_native(canonical, self.layout)
+        return arr if self.blocks is None else self._reorder(arr, self.blocks[1])
+
+    def _part_to_canonical(self, native):
+        arr = native
+        if self.blocks is not None:
+            arr = self._reorder(arr, inverse(self.blocks[1]))
+        return to_canonical(arr, self.layout)
+
+    def to_native(self, canonical) -> tuple[np.ndarray, ...]:
+        """The native parts of a canonical array, in the order of :meth:`names`."""
+        canonical = np.asarray(canonical)
+        if self.combine == "stack":
+            return tuple(self._part_to_native(part) for part in canonical)
+        first = self._part_to_native(canonical)
+        return (first, *(np.zeros_like(first) for _ in self.others))
+
+    def to_canonical(self, parts: Sequence) -> np.ndarray:
+        """The canonical array held by native ``parts`` (in the order of :meth:`names`)."""
+        arrays = [self._part_to_canonical(np.asarray(p)) for p in parts]
+        if self.combine == "stack":
+            return np.stack(arrays)
+        return np.sum(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+
+    def grad_to_canonical(self, grads: Sequence) -> np.ndarray:
+        """The canonical array's gradient from its parts' gradients: a sum's is part 0's
+        (every part's is the same), a stack's is the parts' stacked."""
+        if self.combine == "stack":
+            return self.to_canonical(grads)
+        return self._part_to_canonical(np.asarray(grads[0]))
 
 
 class KindNotSupportedError(FrameworkError):

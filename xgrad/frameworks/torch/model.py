@@ -33,7 +33,7 @@ from torch import nn
 
 from xgrad.errors import InputError, ParamsError, XgradError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
-from xgrad.frameworks.kinds import to_canonical
+from xgrad.frameworks.kinds import NativeParts, to_canonical
 from xgrad.frameworks.torch.losses import torch_loss
 from xgrad.layers import Shape
 from xgrad.layers.embedding import check_ids
@@ -290,6 +290,12 @@ def numpy_tensor(arr) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def _parts(info: LayerInfo, local: str, native: str) -> tuple[str, ...]:
+    """The state-dict names holding a weight: its own, or its :class:`NativeParts`'."""
+    layout = info.layouts.get(local)
+    return layout.names(native) if isinstance(layout, NativeParts) else (native,)
+
+
 def _canonical_shape(native: tuple[int, ...], layout) -> tuple[int, ...]:
     """The canonical shape of a tensor of shape ``native`` stored in ``layout``."""
     if not layout:
@@ -346,7 +352,22 @@ def write_weights(
     with torch.no_grad():
         for name, value in weights.items():
             info, local, native = infos[name]
-            write_tensor(tensors[native], np.asarray(value), info.layouts.get(local), name, check)
+            layout = info.layouts.get(local)
+            if isinstance(layout, NativeParts):
+                _write_parts(tensors, native, np.asarray(value), layout, name, check)
+            else:
+                write_tensor(tensors[native], np.asarray(value), layout, name, check)
+
+
+def _write_parts(tensors, native: str, arr: np.ndarray, parts: NativeParts, name, check) -> None:
+    """Write a canonical array held by several native tensors (:class:`NativeParts`: torch's
+    LSTM bias as ``(bias, 0)``, a GRU's gates reordered)."""
+    targets = [tensors[n] for n in parts.names(native)]
+    want = parts.to_canonical([np.empty(tuple(t.shape)) for t in targets]).shape
+    if check and arr.shape != want:
+        raise ParamsError(f"weight {name!r} has shape {arr.shape} but the model needs {want}")
+    for target, part in zip(targets, parts.to_native(arr), strict=True):
+        write_tensor(target, np.ascontiguousarray(part), None, name, check)
 
 
 class TorchModel(AbstractModel):
@@ -420,8 +441,12 @@ class TorchModel(AbstractModel):
         tensors = self._module.state_dict()
         out = {}
         for name, (info, local, native) in self._infos().items():
-            arr = tensor_numpy(tensors[native])
             layout = info.layouts.get(local)
+            if isinstance(layout, NativeParts):
+                parts = [tensor_numpy(tensors[n]) for n in layout.names(native)]
+                out[name] = np.ascontiguousarray(layout.to_canonical(parts))
+                continue
+            arr = tensor_numpy(tensors[native])
             out[name] = np.ascontiguousarray(to_canonical(arr, layout)) if layout else arr
         return out
 
@@ -479,7 +504,7 @@ class TorchModel(AbstractModel):
         module = self._module
         device = module_device(module)
         param_names = {
-            f"{info.path}.{local}": (info, local, native)
+            f"{info.path}.{local}": (info, local, _parts(info, local, native))
             for info in self.walk()
             for local, native in info.params.items()
         }
@@ -506,7 +531,7 @@ class TorchModel(AbstractModel):
                     seed = torch.from_numpy(np.array(cotangent, dtype=np.float64))
                     seed = seed.to(device=device, dtype=out.dtype)
                 paths = [info.path for info in self.walk()] if cap is not None else []
-                wrt = [params[native] for _, _, native in param_names.values()]
+                wrt = [params[n] for _, _, natives in param_names.values() for n in natives]
                 wrt += ([xt] if xt.is_floating_point() else []) + [cap.targets[p] for p in paths]
                 grads = torch.autograd.grad(root, wrt, grad_outputs=seed, allow_unused=True)
             except XgradError:
@@ -516,16 +541,20 @@ class TorchModel(AbstractModel):
                     f"torch could not evaluate {self.description}: {type(exc).__name__}: {exc}"
                 ) from None
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
-        n = len(param_names)
+        n = sum(len(natives) for _, _, natives in param_names.values())
         # token ids have no gradient: no dL/d input, and the layers' come right after params
         dx = tensor_numpy(grads[n], own=True) if xt.is_floating_point() else None
         m = n + (dx is not None)
-        dparams = {}
-        for (name, (info, local, _)), g in zip(param_names.items(), grads[:n], strict=True):
-            arr = tensor_numpy(g, own=True)
+        dparams, k = {}, 0
+        for name, (info, local, natives) in param_names.items():
+            layout, parts = info.layouts.get(local), grads[k : k + len(natives)]
+            k += len(natives)
+            if isinstance(layout, NativeParts):
+                dparams[name] = layout.grad_to_canonical([tensor_numpy(g) for g in parts])
+                continue
             # a permuted weight's gradient is handed over as a permuted view (canonical
             # shape, another memory order): the metrics read it in that order, no copy is made
-            dparams[name] = to_canonical(arr, info.layouts.get(local))
+            dparams[name] = to_canonical(tensor_numpy(parts[0], own=True), layout)
         state = {
             f"{info.path}.{local}": tensor_numpy(buffers[native], own=True)
             for info in self.walk()
