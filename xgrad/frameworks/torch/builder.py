@@ -20,6 +20,11 @@ of its ``nn.Sequential``, stored ``(out, in)``::
     layers.5.gate_kernel       -> 5.gate_proj.weight         (GatedMLP: (hidden, dim), the
                                                               kernel transposed; up_proj,
                                                               down_proj)
+    layers.6.kernel            -> 6.weight                   (Conv: (F, C/G, *k), channels-
+                                                              last module, :mod:`.cnn`)
+    layers.7.bias              -> 7.bias_ih_l0 + 7.bias_hh_l0  (LSTM: written (bias, 0);
+                                                              GRU: gates reordered,
+                                                              :mod:`.recurrent`)
 
 A spec whose first layer is an ``Embedding`` takes token ids: they enter torch as ``int64``
 and have no gradient (``Gradients.input`` is ``None``).
@@ -65,11 +70,20 @@ def _module(layer: AbstractLayer, path: str, shape: Shape, dtype: torch.dtype) -
 
 def _layers(spec: MLP):
     by_path = dict(spec.walk())
+    inputs = spec.layer_input_shapes()
+    # an entry's layouts may depend on the layer's input (a convolution's rank); one layer
+    # object used twice in a spec sees inputs of one rank
+    shapes = {id(layer): inputs[path] for path, layer in by_path.items()}
+
+    def layouts(layer: AbstractLayer):
+        entry = KINDS[layer.kind].layouts
+        return entry(layer, shapes[id(layer)]) if callable(entry) else entry
+
     return spec_layers(
         spec,
         lambda path, local: native_name(path, local, by_path[path]),
         lambda path, layer: module_name(path),
-        lambda layer: KINDS[layer.kind].layouts,
+        layouts,
     )
 
 

@@ -62,8 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xgrad.errors import AlignmentError, FrameworkError, SpecError
+from xgrad.errors import AlignmentError, SpecError
 from xgrad.frameworks.kinds import TRANSPOSED, KindTable, Layout
+from xgrad.frameworks.torch import cnn, recurrent
+from xgrad.frameworks.torch.found import Found
 from xgrad.frameworks.torch.modules import (
     GatedMLP,
     HardSigmoid,
@@ -78,7 +80,6 @@ from xgrad.frameworks.torch.modules import (
 )
 from xgrad.identify import probe_activation
 from xgrad.layers import (
-    AbstractLayer,
     Activation,
     Attention,
     BatchNorm,
@@ -108,7 +109,8 @@ __all__ = [
 READ_MODULES = (
     "nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.BatchNorm1d, nn.Dropout, nn.Flatten, "
     "nn.Embedding (first), nn.Identity and activation modules (nn.ReLU, nn.GELU, "
-    "nn.LeakyReLU, ...)"
+    "nn.LeakyReLU, ...), xgrad's channels-last Conv1d/2d, MaxPool1d/2d, AvgPool1d/2d, "
+    "GroupNorm, BatchNorm1d/2d, GlobalAvgPool and batch-first LSTM and GRU"
 )
 
 DROPOUT_NOTE = (
@@ -128,31 +130,6 @@ SOFTPLUS_NOTE = (
     "torch's Softplus returns x itself above threshold={threshold:g}: value and derivative "
     "there differ from log(1 + exp(x))'s by up to exp(-threshold)"
 )
-
-
-@dataclass
-class Found:
-    """One layer as read from torch.
-
-    Attributes:
-        layer: its xgrad configuration.
-        params: local name -> state-dict name of each parameter.
-        state: local name -> state-dict name of each state buffer.
-        layouts: local name -> the layout torch stores it in (``kernel`` of a Linear:
-            ``(1, 0)``).
-        note: a torch convention that differs from xgrad's definition, or a training mode.
-    """
-
-    layer: AbstractLayer | None
-    params: dict[str, str] = field(default_factory=dict)
-    state: dict[str, str] = field(default_factory=dict)
-    layouts: dict[str, Layout] = field(default_factory=dict)
-    note: str | None = None
-
-    @property
-    def kind(self) -> str:
-        # an elementwise function none of xgrad's activations reproduces: compared as computed
-        return self.layer.kind if self.layer is not None else "activation"
 
 
 ALIAS = object()
@@ -185,7 +162,10 @@ class TorchKind:
             for each weight (xgrad writes their values next); ``child(layer, path, shape)``
             builds a nested layer (a residual block's).
         weights: local name -> the weight's name inside the built module (``0.weight``).
-        layouts: local name -> the layout torch stores it in, for those not canonical.
+        layouts: local name -> the layout torch stores it in, for those not canonical (an
+            axis permutation or a :class:`~xgrad.frameworks.kinds.NativeParts`); or a
+            function ``(layer, input_shape) -> that mapping`` where it depends on them (a
+            convolution's rank, a GRU's ``reset_after``).
         modules: torch module classes read as this kind.
         read: ``(module, name, dtype, ndim) -> Found`` for an instance of ``modules``
             (``name``: its qualified name; ``ndim``: axes of its input, batch included).
@@ -197,7 +177,7 @@ class TorchKind:
 
     build: Callable[..., nn.Module]
     weights: Mapping[str, str] = field(default_factory=dict)
-    layouts: Mapping[str, Layout] = field(default_factory=dict)
+    layouts: Mapping[str, Layout] | Callable[..., Mapping] = field(default_factory=dict)
     modules: tuple[type, ...] = ()
     read: Callable[..., Found] | None = None
     functions: Mapping[Callable, Callable[[Call], Found]] = field(default_factory=dict)
@@ -207,7 +187,8 @@ class TorchKind:
 def _unsupported(what: str, why: str = "") -> AlignmentError:
     return AlignmentError(
         f"{what} is not a layer xgrad reads{why}; xgrad reads {READ_MODULES}, and in forward "
-        "the functional forms of these, residual additions x + f(x) and x.flatten(1)"
+        "the functional forms of torch's ones (F.linear, F.layer_norm, F.relu, ...), residual "
+        "additions x + f(x) and x.flatten(1)"
     )
 
 
@@ -345,29 +326,14 @@ def _read_f_norm(call: Call) -> Found:
     return Found(layer, params=params)
 
 
-def _build_batchnorm(layer: BatchNorm, path, shape, dtype, child) -> nn.Module:
-    if len(shape) != 1:  # nn.BatchNorm1d normalises axis 1: channels-first (issue 22)
-        raise FrameworkError(
-            f"layer {path} ({layer.describe()}): xgrad cannot build a BatchNorm over examples "
-            f"of shape {shape} in torch yet, only over (features,); put a Flatten() before it"
-        )
-    module = nn.BatchNorm1d(
-        shape[-1],
-        eps=layer.epsilon,
-        momentum=1 - layer.momentum,
-        affine=layer.scale and layer.center,
-        dtype=dtype,
-    )
-    return _affine_slots(module, layer, shape[-1], dtype)
-
-
 def _read_batchnorm(module, name, dtype, ndim) -> Found:
     where = f"module {name!r} ({type(module).__name__})"
     if not module.track_running_stats or module.running_mean is None:
         raise _unsupported(
             where, " with track_running_stats=False (xgrad's BatchNorm keeps moving statistics)"
         )
-    if ndim != 2:  # torch normalises axis 1 (channels-first); xgrad's channels are last
+    if ndim != 2 and not isinstance(module, cnn.ChannelsLast):
+        # torch normalises axis 1 (channels-first); xgrad's channels are last
         raise _unsupported(where, f" over inputs of {ndim} axes (xgrad reads (batch, features))")
     note = None
     if module.momentum is None:
@@ -677,10 +643,46 @@ KINDS: KindTable[TorchKind] = KindTable(
             functions={F.rms_norm: _read_f_norm},
         ),
         "batchnorm": TorchKind(
-            _build_batchnorm,
+            cnn.build_batchnorm,
             weights=_NORM_WEIGHTS,
-            modules=(nn.BatchNorm1d,),
+            modules=(nn.BatchNorm1d, cnn.BatchNorm2d),
             read=_read_batchnorm,
+        ),
+        "conv": TorchKind(
+            cnn.build_conv,
+            weights={"kernel": "weight", "bias": "bias"},
+            layouts=cnn.conv_layouts,
+            modules=(cnn.Conv1d, cnn.Conv2d),
+            read=cnn.read_conv,
+        ),
+        "maxpool": TorchKind(
+            cnn.build_maxpool, modules=(cnn.MaxPool1d, cnn.MaxPool2d), read=cnn.read_maxpool
+        ),
+        "avgpool": TorchKind(
+            cnn.build_avgpool, modules=(cnn.AvgPool1d, cnn.AvgPool2d), read=cnn.read_avgpool
+        ),
+        "global_avgpool": TorchKind(
+            cnn.build_global_avgpool, modules=(cnn.GlobalAvgPool,), read=cnn.read_global_avgpool
+        ),
+        "groupnorm": TorchKind(
+            cnn.build_groupnorm,
+            weights=_NORM_WEIGHTS,
+            modules=(cnn.GroupNorm,),
+            read=cnn.read_groupnorm,
+        ),
+        "lstm": TorchKind(
+            recurrent.build_lstm,
+            weights=recurrent.LSTM_WEIGHTS,
+            layouts=recurrent.LSTM_LAYOUTS,
+            modules=(recurrent.LSTM,),
+            read=recurrent.read_lstm,
+        ),
+        "gru": TorchKind(
+            recurrent.build_gru,
+            weights=recurrent.GRU_WEIGHTS,
+            layouts=recurrent.gru_layouts,
+            modules=(recurrent.GRU, recurrent.GRUResetBefore),
+            read=recurrent.read_gru,
         ),
         "dropout": TorchKind(
             _build_dropout,
@@ -760,7 +762,7 @@ def module_layer(
             return entry.read(module, name, dtype, ndim)
     if not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
         return ELEMENTWISE
-    raise _unsupported(f"module {name!r} ({type(module).__name__})")
+    raise _unsupported(f"module {name!r} ({type(module).__name__})", cnn.not_read_why(module))
 
 
 _METHODS: dict[str, Callable[[Call], Found]] = {

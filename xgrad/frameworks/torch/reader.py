@@ -46,6 +46,7 @@ from torch import nn
 
 from xgrad.errors import AlignmentError, InputError, SpecError, XgradError
 from xgrad.frameworks.base import LayerInfo
+from xgrad.frameworks.torch import cnn, recurrent
 from xgrad.frameworks.torch.kinds import (
     ALIAS,
     ELEMENTWISE,
@@ -90,6 +91,11 @@ _XGRAD_LEAVES = (
     SelfAttention,
     GatedMLP,
     ScaledEmbedding,
+    cnn.ChannelsLast,
+    cnn.GlobalAvgPool,
+    recurrent.LSTM,
+    recurrent.GRU,
+    recurrent.GRUResetBefore,
 )
 
 
@@ -409,7 +415,7 @@ def _residual(node, streams, entries: list[Entry], pos: dict, values: dict) -> N
 
 def _read_calls(module: nn.Module, sample: torch.Tensor, dtype: str, why: str):
     """The entries of a module that fx cannot trace, from the calls of its leaf modules."""
-    leaves = [(n, m) for n, m in module.named_modules() if not any(True for _ in m.children())]
+    leaves = _hooked(module)
     calls: list = []
     handles = [
         m.register_forward_hook(lambda mod, args, out, n=n: calls.append((n, mod, args, out)))
@@ -479,6 +485,26 @@ def _read_calls(module: nn.Module, sample: torch.Tensor, dtype: str, why: str):
     if result is not history[-1][1] and not torch.equal(result, history[-1][1]):
         gap(result, ("result", None), "the output")
     return entries, result
+
+
+def _hooked(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose calls the hooks record: those without submodules, and those holding
+    parameters of their own, as one unit with nothing inside hooked (``nn.MultiheadAttention``
+    computes with its ``in_proj_weight`` and its ``out_proj``'s weights, never calling
+    ``out_proj``: unhooked, its work was seen only as code between two modules and read as an
+    activation of no known kind, its weights in no layer)."""
+    out: list[tuple[str, nn.Module]] = []
+    units: list[str] = []
+    for name, sub in module.named_modules():
+        if any(name.startswith(f"{unit}.") for unit in units):
+            continue
+        parent = any(True for _ in sub.children())
+        if parent and name and any(True for _ in sub.parameters(recurse=False)):
+            units.append(name)
+            out.append((name, sub))
+        elif not parent:
+            out.append((name, sub))
+    return out
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
