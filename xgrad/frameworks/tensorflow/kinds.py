@@ -23,11 +23,24 @@ kind            built as / read from                          weights (Keras att
 ``attention``   ``MultiHeadAttention`` /                      kernels ``(dim, heads, hd)``,
                 ``GroupQueryAttention``, or xgrad's own       ``(heads, hd, dim)``
 ``gated_mlp``   xgrad's own ``XgradGatedMLP``                 canonical names
+``conv``        ``Conv1D/2D`` (explicit padding:              ``kernel`` ``(*k, C/G, F)``,
+                ``ZeroPadding`` first); read also from        ``bias``
+                ``DepthwiseConv1D/2D``
+``maxpool``,    ``MaxPooling1D/2D``, ``AveragePooling1D/2D``  -
+``avgpool``     (``count_include_pad=True``: ``ZeroPadding``
+                first)
+``global_       ``GlobalAveragePooling1D/2D``                 -
+avgpool``
+``groupnorm``   ``GroupNormalization(groups, epsilon)``       ``gamma``, ``beta``
+``lstm``,       ``LSTM(units)``, ``GRU(units, reset_after)``  ``cell.kernel``,
+``gru``                                                       ``cell.recurrent_kernel``,
+                                                              ``cell.bias``
 ==============  ============================================  ==================================
 
 The transformer kinds' entries live in :mod:`.transformer` (which Keras layer computes which
-configuration, and why), xgrad's own Keras layers in :mod:`.keras_layers`, the entry types in
-:mod:`.entry`.
+configuration, and why), the channels-last kinds' in :mod:`.spatial` (which paddings Keras
+computes, and how the others are built or refused), the recurrent kinds' in :mod:`.recurrent`,
+xgrad's own Keras layers in :mod:`.keras_layers`, the entry types in :mod:`.entry`.
 
 Keras stores every weight in xgrad's canonical layout (a ``Dense`` kernel is ``(in, out)``),
 so no entry states a :data:`~xgrad.frameworks.kinds.Layout`; a kind whose Keras layer keeps a

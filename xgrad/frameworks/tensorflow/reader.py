@@ -22,7 +22,14 @@ layer. Each layer is read by the reader of its exact class in
 :data:`~xgrad.frameworks.tensorflow.kinds.KINDS`: Keras' own ``Dense``, ``Activation``,
 ``ReLU``, ``LeakyReLU``, ``Softmax``, ``ELU``, ``LayerNormalization``, ``RMSNormalization``,
 ``BatchNormalization`` (inference, as when the model is called normally), ``Dropout``
-(inference: the identity) and ``Flatten``.
+(inference: the identity), ``Flatten``, ``Embedding``, the attention layers, the
+convolutions, poolings, ``GroupNormalization``, ``LSTM`` and ``GRU``
+(:mod:`.spatial`, :mod:`.recurrent`). Two calls may read as one layer and one call as two:
+
+* a ``ZeroPadding1D/2D`` directly before a convolution or an average pooling with
+  ``padding="valid"`` is read into it (an explicit padding; ``count_include_pad=True``);
+* a convolution's own ``activation`` is read as an Activation layer after it (the
+  convolution's output is taken without it, as a port's ``conv`` then ``relu`` computes).
 
 Native names are Keras variable paths (``sequential/dense_1/kernel``); layers keep their
 Keras names. The model returned evaluates the Keras layers themselves
