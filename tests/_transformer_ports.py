@@ -50,11 +50,12 @@ def hf_llama(
     layers: int = 2,
     eps: float = 1e-5,
     tied: bool = False,
+    rope_theta: float = 10000.0,
     seed: int = 0,
 ):
     """A random Hugging Face ``LlamaForCausalLM`` in eval mode (its LM head untied unless
-    ``tied``, RoPE theta 10000, no padding index), its RMSNorm weights moved away from one as
-    trained ones are."""
+    ``tied``, RoPE theta ``rope_theta`` as its config sets it, no padding index), its RMSNorm
+    weights moved away from one as trained ones are."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -63,6 +64,7 @@ def hf_llama(
         vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=eps,
         max_position_embeddings=64, attn_implementation="eager", tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -299,6 +301,160 @@ def llama_port(reference, *, seed: int = 0, **knobs) -> LlamaPort:
         c.intermediate_size, c.num_hidden_layers, eps=c.rms_norm_eps, rngs=nnx.Rngs(seed),
         **knobs,
     )  # fmt: skip
+
+
+# -- the same conventions planted on the Hugging Face side ----------------------------------------
+
+HF_KNOBS = {
+    "rope": "half", "scale": "once", "causal": "correct", "gqa": "repeat",
+    "heads_layout": "heads_first", "softmax_dtype": "float32", "mask_fill": "finfo.min",
+    "qkv_order": None,
+}  # fmt: skip
+"""The attention knobs of :func:`plant_llama` and the Hugging Face LLaMA's own values."""
+
+
+def _torch_classes():
+    """The torch modules that plant a convention in a Hugging Face LLaMA, defined once torch
+    and transformers are imported."""
+    global _TORCH
+    if _TORCH is not None:
+        return _TORCH
+    import torch
+    from transformers.models.llama import modeling_llama as ml
+
+    class PlantedLlamaAttention(ml.LlamaAttention):
+        """``LlamaAttention`` computing what its ``forward`` computes, with one convention
+        changed by ``self.knobs`` (:data:`HF_KNOBS`'s keys; values as :class:`LlamaPort`'s,
+        ``mask_fill`` ``"-inf"``: the finfo.min of Hugging Face's additive mask made -inf).
+        Weights and submodules are ``LlamaAttention``'s own."""
+
+        def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kw):
+            k_, hd = self.knobs, self.head_dim
+            b, t, _ = hidden_states.shape
+
+            def heads(z):  # (B, T, n * hd) -> (B, n, T, hd)
+                if k_["heads_layout"] == "head_dim_first":
+                    return z.view(b, t, hd, -1).transpose(2, 3).transpose(1, 2)
+                return z.view(b, t, -1, hd).transpose(1, 2)
+
+            if k_["qkv_order"] is not None:  # one projection, its q, k, v parts cut in order
+                widths = {"q": self.q_width, "k": self.kv_width, "v": self.kv_width}
+                cuts = [widths[name] for name in k_["qkv_order"]]
+                parts = self.qkv_proj(hidden_states).split(cuts, dim=-1)
+                named = dict(zip(k_["qkv_order"], parts, strict=True))
+                q, k, v = heads(named["q"]), heads(named["k"]), heads(named["v"])
+            else:
+                q, k = heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states))
+                v = heads(self.v_proj(hidden_states))
+            cos, sin = position_embeddings  # (B, T, hd): the frequencies twice
+            if k_["rope"] == "half":
+                q, k = ml.apply_rotary_pos_emb(q, k, cos, sin)
+            else:  # pairs (2m, 2m + 1) rotated by frequency m
+                c, s = cos[:, None, :, : hd // 2], sin[:, None, :, : hd // 2]
+
+                def rotate(z):
+                    a, e = z[..., 0::2], z[..., 1::2]
+                    return torch.stack([a * c - e * s, a * s + e * c], dim=-1).flatten(-2)
+
+                q, k = rotate(q), rotate(k)
+            g = self.num_key_value_groups
+            if k_["gqa"] == "tile":  # kv head j serves query heads j, j + K, ...
+                k, v = k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1)
+            else:
+                k, v = ml.repeat_kv(k, g), ml.repeat_kv(v, g)
+            scale = {"once": self.scaling, "none": 1.0, "twice": self.scaling**2}[k_["scale"]]
+            scores = torch.matmul(q, k.transpose(2, 3)) * scale
+            low = torch.finfo(scores.dtype).min
+            i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+            if k_["causal"] == "none":  # no padding in these cases: no mask at all
+                attention_mask = None
+            elif k_["causal"] == "shifted":
+                attention_mask = torch.where(j <= i + 1, 0.0, low)[None, None]
+            if attention_mask is not None:
+                if k_["mask_fill"] == "-inf":
+                    attention_mask = torch.where(attention_mask < 0, -torch.inf, 0.0)
+                scores = scores + attention_mask
+            if k_["softmax_dtype"] == "bfloat16":
+                p = torch.softmax(scores.to(torch.bfloat16), dim=-1).to(scores.dtype)
+            else:
+                p = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            o = torch.matmul(p, v).transpose(1, 2).reshape(b, t, -1)
+            return self.o_proj(o), p
+
+    class OutsideEpsRMSNorm(ml.LlamaRMSNorm):
+        """``x / (sqrt(mean(x**2)) + eps) * w``: the epsilon outside the root."""
+
+        def forward(self, hidden_states):
+            ms = hidden_states.pow(2).mean(-1, keepdim=True)
+            return hidden_states / (ms.sqrt() + self.variance_epsilon) * self.weight
+
+    class EmbedScaledLlama(ml.LlamaForCausalLM):
+        """``LlamaForCausalLM`` whose own ``forward`` multiplies the token embeddings by
+        sqrt(hidden_size) (Gemma's habit) before the decoder layers."""
+
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            x = self.model.embed_tokens(input_ids) * self.config.hidden_size**0.5
+            return super().forward(inputs_embeds=x, attention_mask=attention_mask, **kwargs)
+
+    _TORCH = (PlantedLlamaAttention, OutsideEpsRMSNorm, EmbedScaledLlama)
+    return _TORCH
+
+
+_TORCH = None
+
+
+def plant_llama(reference, *, rms_eps="inside", rms_offset=False, embed_scale=False, **knobs):
+    """A copy of a Hugging Face LLaMA (:func:`hf_llama`) with one convention planted on its
+    side, in every layer, its weights unchanged: the other direction of :class:`LlamaPort`'s
+    knobs.
+
+    Args:
+        rms_eps: ``"outside"``: every RMSNorm computes ``x / (sqrt(mean(x**2)) + eps) * w``.
+        rms_offset: every RMSNorm is Hugging Face's own ``GemmaRMSNorm`` holding the same
+            weight ``w`` (it computes ``x * rsqrt(mean(x**2) + eps) * (1 + w)``).
+        embed_scale: the model's ``forward`` multiplies the embeddings by sqrt(hidden_size).
+        knobs: attention conventions (:data:`HF_KNOBS`), set on every ``LlamaAttention``
+            (its class becomes ``PlantedLlamaAttention``); ``qkv_order="kqv"`` (...) replaces
+            its q, k and v projections by one ``qkv_proj`` holding their weights stacked q, k,
+            v, its output cut in that order.
+    """
+    import copy
+
+    import torch
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+
+    attention_cls, outside_cls, scaled_cls = _torch_classes()
+    unknown = set(knobs) - set(HF_KNOBS)
+    if unknown:
+        raise TypeError(f"plant_llama: no knob {sorted(unknown)}")
+    model = copy.deepcopy(reference)
+    if embed_scale:
+        model.__class__ = scaled_cls
+    for layer in model.model.layers:
+        if knobs:
+            attn = layer.self_attn
+            attn.__class__ = attention_cls
+            attn.knobs = {**HF_KNOBS, **knobs}
+        if knobs.get("qkv_order"):  # q, k and v fused as a user fuses them: stacked q, k, v
+            q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+            attn.q_width, attn.kv_width = q.out_features, k.out_features
+            attn.qkv_proj = torch.nn.Linear(q.in_features, q.out_features + 2 * k.out_features,
+                                            bias=False)  # fmt: skip
+            with torch.no_grad():
+                attn.qkv_proj.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+            del attn.q_proj, attn.k_proj, attn.v_proj
+    norms = [(layer, n) for layer in model.model.layers for n in ("input_layernorm",
+             "post_attention_layernorm")] + [(model.model, "norm")]  # fmt: skip
+    for owner, name in norms:
+        norm = getattr(owner, name)
+        if rms_eps == "outside":
+            norm.__class__ = outside_cls
+        elif rms_offset:
+            gemma = GemmaRMSNorm(norm.weight.shape[0], eps=norm.variance_epsilon)
+            with torch.no_grad():
+                gemma.weight.copy_(norm.weight)
+            setattr(owner, name, gemma)
+    return model
 
 
 # -- GPT-2: Hugging Face against keras-hub --------------------------------------------------------
