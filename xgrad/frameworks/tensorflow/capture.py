@@ -220,7 +220,9 @@ def _as_kind(call: _Call, own: dict[str, object]):
         read = call_apart(layer, read_layer, (layer, x, out, layer.compute_dtype), {})[0]
     except XgradError:
         return None
-    if read.config is None:
+    if read.config is None or read.layouts:
+        # a weight in another layout than its kind's (a DepthwiseConv2D kernel): captured
+        # modules keep Keras' layout, so such a layer is compared as a module
         return None
     entry = KINDS[read.kind]
     mine = {local: keras_weight(entry, layer, local) for local in (*read.params, *read.state)}
