@@ -22,8 +22,12 @@ or the values, never guessed: where two ways remain, the parameters stay unpaire
 note naming both. A square parameter of a module of no known kind is paired as it stands
 (its layout cannot be told from its shape), and a note says so; a tied weight against a
 separate square one is not (a tied LM head's ``(vocab, d)`` table against a ``(d, vocab)``
-kernel): the values decide its axis order, or it stays unpaired. What pairs with nothing is
-listed (:attr:`ModulePairing.unpaired`), with the reason.
+kernel): the values decide its axis order, or it stays unpaired. A query or key projection
+whose candidate values are the reference's with its rows permuted within each head into the
+other RoPE order (Meta's LLaMA against Hugging Face's, :mod:`xgrad.pairing.rope`) pairs
+through that permutation, with a note; the projection's output is then not compared as it
+stands (its attention module's is). What pairs with nothing is listed
+(:attr:`ModulePairing.unpaired`), with the reason.
 
 ``mapping=`` overrides: ``{reference module path: candidate module path}`` pairs modules by
 name, ``{reference parameter: candidate parameter}`` (canonical or native names) pairs
@@ -56,6 +60,7 @@ from xgrad.pairing.params import (
     one_join,
     permutation,
 )
+from xgrad.pairing.rope import rope_note, rope_orders
 
 __all__ = ["Join", "ModulePairing", "pair_modules"]
 
@@ -75,6 +80,8 @@ class ModulePairing(Alignment):
         tied: weights tied on one side only (:class:`Tied`).
         splits: reference name -> :class:`~xgrad.pairing.params.Split`, for parameters
             that are part of one candidate parameter (a port's fused q/k/v kernel).
+        notes: what the report should say of how parameters were paired (query/key
+            projections stored in the other RoPE order, :mod:`xgrad.pairing.rope`).
     """
 
     joins: dict[str, Join] = field(default_factory=dict)
@@ -83,6 +90,7 @@ class ModulePairing(Alignment):
     tied: tuple[Tied, ...] = ()
     assumed: tuple[str, ...] = ()
     how: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def paired(self, name: str) -> bool:
         return name in self.names or name in self.joins or name in self.splits
@@ -436,7 +444,12 @@ def pair_modules(
 
     visit(rt, ct, "the models")
     tied = _untie(acc, left, owners)
+    reordered = rope_orders(acc, values)
     _apply_param_mapping(mapping, reference, candidate, acc, left, forced is not None)
+    reordered = {n: j for n, j in reordered.items() if acc.joins.get(n) is j}
+    # a projection whose output is the other's permuted is paired by its weights only: its
+    # output (heads in the other RoPE order) is not compared as it stands
+    permuted = {n.rsplit(".", 1)[0] for n in reordered}
     paired = {id(n) for pair in pairs for n in pair}
     paired |= {id(g) for pair in pairs for n in pair if n.group for g in n.children}
     for side, root in (("reference", rt), ("candidate", ct)):
@@ -452,7 +465,9 @@ def pair_modules(
     units = [
         (_unit(r), _unit(c))
         for r, c in sorted(pairs, key=lambda rc: _order(reference, rc[0].info.path))
+        if not (r.info.path in permuted and not r.children and not r.group)
     ]
+    note = rope_note(reordered, candidate.native_names())
     return ModulePairing(
         pairs=tuple(units),
         names=acc.names,
@@ -464,6 +479,7 @@ def pair_modules(
         assumed=tuple(acc.assumed),
         how=how,
         tied=tuple(tied),
+        notes=(note,) if note else (),
     )
 
 
