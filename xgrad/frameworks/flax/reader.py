@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from xgrad.errors import InputError
+from xgrad.errors import InputError, SpecError
 from xgrad.frameworks.flax.kinds import KINDS
 from xgrad.frameworks.jax.reader import JaxFunctionModel
 
@@ -64,10 +64,14 @@ def module_hints(module) -> dict:
     from the first entry of :data:`~xgrad.frameworks.flax.kinds.KINDS` with ``hints`` whose
     ``modules`` it is an instance of (``nnx.LayerNorm`` -> ``{"kind": "layernorm", "epsilon":
     1e-06}``); empty for any other module (``nnx.Linear`` states nothing the jaxpr does not),
-    or none."""
+    for one configured beyond its kind (an ``nnx.Conv`` with circular padding: its entry's
+    ``hints`` refuse it, and its values alone decide what it is read as), or none."""
     for kind, entry in KINDS.items():
         if entry.modules and entry.hints and isinstance(module, entry.modules):
-            return {"kind": kind, **(entry.hints(module) if entry.hints else {})}
+            try:
+                return {"kind": kind, **entry.hints(module)}
+            except SpecError:  # configured beyond the kind (circular padding): values decide
+                return {}
     return {}
 
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xgrad.frameworks.jax import windows
 from xgrad.frameworks.kinds import TRANSPOSED, Layout, to_canonical
 from xgrad.identify import fit_activation, fit_norm
 from xgrad.layers import Activation, Dense, Flatten
@@ -26,6 +27,8 @@ def configure(layer, arrays, values, in_shape, dtype):
     :data:`~xgrad.frameworks.kinds.TRANSPOSED`), for those not stored canonically."""
     layouts: dict[str, Layout] = {}
     note = None
+    if layer.kind in windows.KINDS:
+        return windows.configure(layer, arrays, values, in_shape, dtype)
     if layer.kind == "dense":
         if layer.transposed:
             layouts["kernel"] = TRANSPOSED
@@ -45,6 +48,10 @@ def configure(layer, arrays, values, in_shape, dtype):
             epsilons=layer.constants,
             training=layer.batch_stats,
         )
+        if config is None and not ({"mean", "var"} & set(local) or layer.batch_stats):
+            config = windows.fit_groupnorm(
+                values[layer.start], values[layer.end], local, layer.constants, dtype
+            )
         if config is not None:
             kind = config.kind
         elif {"mean", "var"} & set(local) or layer.batch_stats:

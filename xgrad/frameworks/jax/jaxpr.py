@@ -35,7 +35,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from xgrad.errors import AlignmentError
-from xgrad.frameworks.jax import blocks
+from xgrad.frameworks.jax import blocks, windows
 
 __all__ = ["Graph", "ReadLayer", "analyse", "run", "statistics"]
 
@@ -237,6 +237,8 @@ class ReadLayer:
     scaling: bool = False  # only multiplies or divides by constants (a dropout's 1 / keep)
     reduced: bool = False  # computes statistics of its input (LayerNorm, RMSNorm, training BN)
     flipped: list[str] = field(default_factory=list)  # kernels of a block stored (out, in)
+    op: tuple | None = None  # a conv's or pool's (op, primitive params, operand shape)
+    layout: tuple[int, ...] | None = None  # the layout a conv's kernel is stored in
 
 
 class _Analyser:
@@ -400,6 +402,8 @@ class _Analyser:
             "other": [],
             "gathers": [],
             "stream_mul": False,
+            "convs": [],
+            "seg": seg,
         }
         for k in seg:
             node = g.nodes[k]
@@ -442,6 +446,8 @@ class _Analyser:
                     leaf, t = origin
                     if name == "dot_general":
                         info["dots"].append((k, leaf, t, v))
+                    elif name == "conv_general_dilated":
+                        info["convs"].append((k, leaf, t, v))
                     elif name == "mul":
                         info["scale"].append(leaf)
                     elif name == "add" or name == "add_any":
@@ -520,12 +526,15 @@ class _Analyser:
         last = layers[-1] if layers and layers[-1].end == a else None
         if blocks.read_embedding(self, layers, d, a, b, last) or blocks.extend(last, d, b):
             return
+        if windows.read_window(self, layers, d, a, b, last):
+            return
         for name, leaf in d["other"]:
             self.fail(
                 f"parameter {self._param(leaf)!r} is used by '{name}' in a way xgrad does not "
-                "read (an embedding, convolution or custom layer?); xgrad reads dense layers, "
-                "layer/RMS/batch norms, dropout, flatten, elementwise activations and residual "
-                "blocks"
+                "read (a recurrent scan or custom layer?); xgrad reads dense layers, "
+                "embeddings, convolutions (lax.conv_general_dilated), max/average pooling "
+                "(lax.reduce_window), layer/RMS/batch/group norms, dropout, flatten, "
+                "elementwise activations and residual blocks"
             )
         reduces = d["reduce_features"] or d["reduce_batch"]
         has_params = bool(d["scale"] or d["shift"] or d["sub"] or d["static"])
