@@ -460,16 +460,19 @@ def plant_llama(reference, *, rms_eps="inside", rms_offset=False, embed_scale=Fa
 # -- GPT-2: Hugging Face against keras-hub --------------------------------------------------------
 
 
-def hf_gpt2(*, vocab: int = 50, dim: int = 16, heads: int = 2, layers: int = 2, seed: int = 0):
+def hf_gpt2(
+    *, vocab: int = 50, dim: int = 16, heads: int = 2, layers: int = 2, seed: int = 0, **config
+):
     """A random Hugging Face ``GPT2LMHeadModel`` in eval mode: ``gelu_new`` (the tanh GELU),
-    LayerNorm epsilon 1e-5, its LM head tied to ``wte``, 32 positions."""
+    LayerNorm epsilon 1e-5, its LM head tied to ``wte``, 32 positions; ``config``: more
+    ``GPT2Config`` fields (``scale_attn_weights=False`` plants scores not scaled)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     config = GPT2Config(
         n_layer=layers, n_embd=dim, n_head=heads, vocab_size=vocab, n_positions=32,
-        bos_token_id=0, eos_token_id=0, attn_implementation="eager",
+        bos_token_id=0, eos_token_id=0, attn_implementation="eager", **config,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -492,11 +495,15 @@ def _keras_classes():
             ln_epsilon: ``(block, epsilon)``: that block's attention LayerNorm epsilon.
             erf_gelu: a block whose feed-forward GELU is the erf form (keras-hub's is
                 ``keras.activations.gelu(approximate=True)``, the tanh form, as GPT-2's).
+            unscaled: a block whose attention scores are not scaled by 1/sqrt(head_dim).
         """
 
-        def __init__(self, *, ln_epsilon=None, erf_gelu=None, **kwargs):
+        def __init__(self, *, ln_epsilon=None, erf_gelu=None, unscaled=None, **kwargs):
             super().__init__(**kwargs)
-            self.ln_epsilon, self.erf_gelu = ln_epsilon, erf_gelu
+            self.ln_epsilon, self.erf_gelu, self.unscaled = ln_epsilon, erf_gelu, unscaled
+            if unscaled is not None:  # Keras' MultiHeadAttention scales queries by this
+                attention = self.transformer_layers[unscaled]._self_attention_layer
+                attention._inverse_sqrt_key_dim = 1.0
             if ln_epsilon is not None:
                 block, eps = ln_epsilon
                 self.transformer_layers[block]._self_attention_layer_norm.epsilon = eps
@@ -509,6 +516,7 @@ def _keras_classes():
                 **super().get_config(),
                 "ln_epsilon": self.ln_epsilon,
                 "erf_gelu": self.erf_gelu,
+                "unscaled": self.unscaled,
             }
 
     class GPT2LM(keras.Model):
@@ -542,10 +550,10 @@ def _keras_classes():
 _KERAS = None
 
 
-def keras_gpt2(reference, *, seed: int = 0, ln_epsilon=None, erf_gelu=None):
+def keras_gpt2(reference, *, seed: int = 0, ln_epsilon=None, erf_gelu=None, unscaled=None):
     """A Keras ``GPT2LM`` (keras-hub ``GPT2Backbone``, tied head) of a Hugging Face GPT-2's
-    sizes, dropout 0, its own random weights; ``ln_epsilon=(block, eps)`` or
-    ``erf_gelu=block`` plant a difference (:class:`PlantedGPT2Backbone`)."""
+    sizes, dropout 0, its own random weights; ``ln_epsilon=(block, eps)``, ``erf_gelu=block``
+    or ``unscaled=block`` plant a difference (:class:`PlantedGPT2Backbone`)."""
     import keras
 
     backbone_cls, lm_cls = _keras_classes()
@@ -555,6 +563,7 @@ def keras_gpt2(reference, *, seed: int = 0, ln_epsilon=None, erf_gelu=None):
         vocabulary_size=c.vocab_size, num_layers=c.n_layer, num_heads=c.n_head,
         hidden_dim=c.n_embd, intermediate_dim=4 * c.n_embd, dropout=0.0,
         max_sequence_length=c.n_positions, ln_epsilon=ln_epsilon, erf_gelu=erf_gelu,
+        unscaled=unscaled,
     )  # fmt: skip
     model = lm_cls(backbone)
     model(np.zeros((1, 4), np.int32))  # built, as a user's model is after its first call

@@ -293,3 +293,32 @@ def test_the_erf_gelu_in_keras_is_named_in_its_blocks_feed_forward():
         "transformer.h.1.mlp.c_fc",
         "transformer.h.1.mlp.c_proj",
     ]
+
+
+@needs_keras_hub
+@pytest.mark.parametrize(
+    ("reference_config", "unscaled", "words"),
+    [
+        # the candidate's first block leaves its scores unscaled (Keras' query scale set to 1)
+        ({}, 0, "the reference scales the scores by 1/sqrt(head_dim) = 1/sqrt(8), the "
+         "candidate by no scale (1)"),
+        # the other direction: Hugging Face's GPT2Config(scale_attn_weights=False)
+        pytest.param({"scale_attn_weights": False}, None, "the reference scales the scores by "
+                     "no scale (1), the candidate by 1/sqrt(head_dim) = 1/sqrt(8)",
+                     marks=pytest.mark.exhaustive),
+    ],
+    ids=["keras-unscaled", "hf-unscaled"],
+)  # fmt: skip
+def test_attention_scores_unscaled_on_one_side_are_named_at_the_first_blocks_attention(
+    reference_config, unscaled, words
+):
+    from _transformer_ports import hf_gpt2, keras_gpt2
+
+    reference = hf_gpt2(**reference_config)
+    report = _compare(reference, keras_gpt2(reference, unscaled=unscaled), GPT2_IDS)
+    first = _first(report)
+    assert first["path"] == "transformer.h.0.attn"
+    assert first["names"]["tensorflow"] == "backbone.transformer_layers.0.self_attention"
+    d = report.diagnoses[0]
+    assert (d.cause, d.confirmed, d.layer) == ("attention-scale", True, "transformer.h.0.attn")
+    assert d.detail.startswith(words), d.detail
