@@ -254,6 +254,22 @@ def _sides(ref: str, cand: str) -> str:
     return f"the reference {ref}; the candidate {cand}"
 
 
+def _equivalent(ref: str | None, cand: str | None) -> str:
+    """What makes halves and interleaved RoPE equivalent (:mod:`xgrad.pairing.rope`): the
+    permutation of Hugging Face's LLaMA conversion, in the direction the candidate needs."""
+    rows = {"interleaved": "(heads, 2, head_dim/2)", "half": "(heads, head_dim/2, 2)"}
+    if {ref, cand} != set(rows):
+        return ""
+    return (
+        "; the two are equivalent when the candidate's query and key projection rows are "
+        "permuted within each head (a port of Meta's LLaMA code holding Hugging Face's "
+        "weights, or the other way round): permute q/k rows as Hugging Face's "
+        f"convert_llama_weights_to_hf.py does (rows read as {rows[cand]}, the last two axes "
+        "swapped; xgrad then pairs them through that permutation), or change the candidate's "
+        "RoPE to the reference's"
+    )
+
+
 # -- the causes ------------------------------------------------------------------------------------
 
 FILLS = (-math.inf, -1e9, float(np.finfo(np.float32).min), -1e4)
@@ -290,7 +306,7 @@ KNOBS = {
 def _words(cause: str, c: Convention, alt: Convention, f: Fitted) -> str:
     dim = f.x.shape[-1]
     if cause == "rope-layout":
-        return _sides(ROPE[c.rope], ROPE[alt.rope])
+        return _sides(ROPE[c.rope], ROPE[alt.rope]) + _equivalent(c.rope, alt.rope)
     if cause == "rope-base":
         return (
             f"the reference's RoPE base (theta) is {c.rope_base:g}, the candidate's "
