@@ -219,6 +219,9 @@ def test_the_pairing_says_q_and_k_are_stored_in_the_interleaved_order(llama):
     )
     (note,) = [n for n in pairing.notes if "interleaved" in n]
     assert "Meta" in note and "equivalent" in note and "4 heads" in note and "2 heads" in note
+    # the other way round: Meta's port is the reference, HF's halves the candidate's order
+    back = pair_modules(cand, ref).joins["layers.0.attention.wk.kernel"]
+    assert isinstance(back, RopeOrder) and back.to == "half"
 
 
 def test_the_meta_port_without_the_permutation_is_rope_layout_at_the_attention(llama):
