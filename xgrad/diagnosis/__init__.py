@@ -18,6 +18,7 @@ import numpy as np
 
 from xgrad.diagnosis import (
     activation,
+    conv,
     downstream,
     kinks,
     layout,
@@ -67,6 +68,11 @@ ORDER: dict[str, tuple[str, ...]] = {
         "gelu-approximation",
         "leaky-relu-slope",
         "activation-mismatch",
+        "conv-kernel-layout",
+        "channel-order",
+        "padding-convention",
+        "pool-padding",
+        "norm-axis",
         "embedding-scale",
         "rope-layout",
         "rope-base",
@@ -114,6 +120,7 @@ CAUSES: tuple[Cause, ...] = in_order(
         *kinks.CAUSES,
         *_ATTENTION,
         *tokens.CAUSES,
+        *conv.CAUSES,
     ],
     key=lambda cause: (cause.where, cause.id),
 )
@@ -413,6 +420,8 @@ def diagnose_side(
     ev = build_evidence(ref, side, alignment, inputs, dtype=dtype, tol=tol, reference=reference)
     transformer.attach(ev, ref, side, None if reference is None else reference.weights)
     transformer.context(ev).positions = positions.other_positions(getattr(inputs, "batch", None))
+    if first is not None and first.between and not (found and found[0].confirmed):
+        found = conv.flatten_between(ev, first) or found  # a flatten before a Dense
     if found is None:
         found = _headline(report, ev, side.label)
     if first is None or not ev.units:
