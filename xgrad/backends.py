@@ -40,6 +40,7 @@ from xgrad.comparison import (
 )
 from xgrad.errors import FrameworkError, InputError
 from xgrad.frameworks.base import AbstractModel, Gradients, LayerInfo
+from xgrad.frameworks.kinds import to_canonical
 from xgrad.frameworks.registry import get_framework, lookup_framework, read_model
 from xgrad.frameworks.tensorflow.backend_worker import BACKENDS
 from xgrad.layers import Attention, Dropout
@@ -139,10 +140,24 @@ def _plan(model, infos: Sequence[LayerInfo], leaf_index: dict[int, int]) -> list
                     "mode), which is not compared across backends"
                 )
             node["op"] = "call"
+            pads = _zero_padding(info, layer)
+            if pads is not None:
+                node["pad"] = pads
             if isinstance(info.layer, Attention):  # Keras' own (xgrad's is refused above)
                 node.update(args=2, kwargs={"use_causal_mask": bool(info.layer.causal)})
         plan.append(node)
     return plan
+
+
+def _zero_padding(info: LayerInfo, layer) -> list | None:
+    """The ``[[lo, hi], ...]`` zeros per spatial axis the worker adds before calling
+    ``layer``: a convolution or pooling read with a ``ZeroPadding`` folded into it (the
+    layer's windows padded, the Keras layer's own ``padding="valid"``), else ``None``."""
+    window = getattr(info.layer, "window", None)
+    if window is None or layer is None or getattr(layer, "padding", None) != "valid":
+        return None
+    pads = [[int(lo), int(hi)] for lo, hi in window(info.input_shape).pads]
+    return pads if any(lo or hi for lo, hi in pads) else None
 
 
 def _check_replayable(info: LayerInfo, layer) -> None:
@@ -224,9 +239,19 @@ def _finish(backend, process, request, source, model_file, deadline) -> tuple[Gr
     with np.load(request["out"], allow_pickle=False) as data:
         got = {k: data[k] for k in data.files}
     paths = _paths(source.layers)
+    # Keras variables' gradients, in canonical layout where Keras stores a weight otherwise
+    # (a DepthwiseConv2D kernel read as a grouped Conv's)
+    layouts = {
+        f"{info.path}.{local}": layout
+        for info in source.walk()
+        for local, layout in info.layouts.items()
+    }
     grads = Gradients(
         loss=float(got["loss"]) if "loss" in got else None,
-        params={n: got[f"param{i}"] for i, n in enumerate(source.param_names)},
+        params={
+            n: np.ascontiguousarray(to_canonical(got[f"param{i}"], layouts.get(n)))
+            for i, n in enumerate(source.param_names)
+        },
         input=got.get("input"),  # none for token ids
         output=got["output"],
         activations={p: got[f"act{i}"] for i, p in enumerate(paths)},

@@ -310,3 +310,25 @@ def test_recurrent_layers_with_another_gate_activation_or_direction_fail(planted
         ),
     )
     assert not _compare(MLP((T,), [Embedding(VOCAB, 3), GRU(4), Dense(2)]), ids).ok
+
+
+def test_xgrad_backends_replays_a_zero_padding_read_into_a_conv():
+    from xgrad.backends import _plan
+    from xgrad.frameworks.tensorflow.backend_worker import _run, keras_leaves
+
+    net = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            L.ZeroPadding2D(((0, 1), (1, 0))),
+            L.DepthwiseConv2D(3, strides=2),
+            L.Flatten(),
+        ]
+    )
+    model = FRAMEWORK.read(net)
+    leaves = keras_leaves(net)
+    plan = _plan(model, model.layers, {id(leaf): i for i, leaf in enumerate(leaves)})
+    assert plan[0]["pad"] == [[0, 1], [1, 0]]  # the worker pads before the DepthwiseConv2D
+    x = np.random.default_rng(7).standard_normal((2, 6, 6, 2)).astype("float32")
+    eps = {node["path"]: 0.0 for node in plan}
+    replayed = _run(plan, keras.ops.convert_to_tensor(x), leaves, eps, {})
+    np.testing.assert_allclose(np.asarray(replayed), np.asarray(net(x)), rtol=1e-6)

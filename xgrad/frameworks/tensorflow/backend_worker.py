@@ -57,6 +57,10 @@ def _run(plan, a, leaves, eps, values):
             inner = _run(node["children"], a, leaves, eps, values)
             a = a + inner if node["leaf"] is None else leaves[node["leaf"]]([a, inner])
         elif node["op"] == "call":  # attention: (a, a) and use_causal_mask, as the plan says
+            if "pad" in node:  # a ZeroPadding read into this convolution or pooling
+                import keras
+
+                a = keras.ops.pad(a, [[0, 0], *node["pad"], [0, 0]])
             args = [a] * node.get("args", 1)
             a = leaves[node["leaf"]](*args, training=False, **node.get("kwargs", {}))
         # "identity": an inactive Dropout
