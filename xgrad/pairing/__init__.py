@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +62,7 @@ from xgrad.pairing.params import (
     permutation,
 )
 from xgrad.pairing.rope import rope_note, rope_orders
+from xgrad.pairing.sums import Sum, pair_sums, sums_note
 
 __all__ = ["Join", "ModulePairing", "pair_modules"]
 
@@ -82,6 +84,8 @@ class ModulePairing(Alignment):
             that are part of one candidate parameter (a port's fused q/k/v kernel).
         notes: what the report should say of how parameters were paired (query/key
             projections stored in the other RoPE order, :mod:`xgrad.pairing.rope`).
+        sums: arrays paired as a sum with one array of the other side (PyTorch's LSTM
+            ``bias_ih + bias_hh`` against one bias, :mod:`xgrad.pairing.sums`).
     """
 
     joins: dict[str, Join] = field(default_factory=dict)
@@ -91,11 +95,23 @@ class ModulePairing(Alignment):
     assumed: tuple[str, ...] = ()
     how: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    sums: tuple[Sum, ...] = ()
+
+    def _sum(self, name: str) -> Sum | None:
+        return next((s for s in self.sums if name in s.refs), None)
 
     def paired(self, name: str) -> bool:
-        return name in self.names or name in self.joins or name in self.splits
+        return (
+            name in self.names
+            or name in self.joins
+            or name in self.splits
+            or self._sum(name) is not None
+        )
 
     def candidate_value(self, name: str, arrays: Mapping):
+        summed = self._sum(name)
+        if summed is not None:  # a gradient: each part's is the sum's
+            return summed.gradient(arrays)
         split = self.splits.get(name)
         if split is not None:
             return split.part(name, arrays[split.whole]) if split.whole in arrays else None
@@ -107,6 +123,9 @@ class ModulePairing(Alignment):
         return join.join([arrays[p] for p in join.parts])
 
     def candidate_label(self, name: str, native: Mapping[str, str]) -> str:
+        summed = self._sum(name)
+        if summed is not None:
+            return summed.label(native)
         split = self.splits.get(name)
         if split is not None:
             i = split.parts.index(name)
@@ -128,6 +147,8 @@ class ModulePairing(Alignment):
         for split in {id(t): t for t in self.splits.values()}.values():
             if all(p in weights for p in split.parts):
                 out[split.whole] = split.join([weights[p] for p in split.parts])
+        for summed in self.sums:
+            out.update(summed.to_candidate(weights))
         return out
 
     def to_reference(self, arrays: Mapping) -> dict:
@@ -136,6 +157,8 @@ class ModulePairing(Alignment):
             value = self.candidate_value(ref_name, arrays)
             if value is not None:
                 out[ref_name] = value
+        for summed in self.sums:
+            out.update(summed.to_reference(arrays))
         return out
 
 
@@ -240,8 +263,17 @@ def _compatible(r: _Node, c: _Node) -> bool:
     if bool(r.subtree) != bool(c.subtree):
         return False
     if r.subtree:
-        return r.size == c.size
+        return r.size == c.size or _summed(r, c)
     return r.info.output_shape == c.info.output_shape
+
+
+def _summed(r: _Node, c: _Node) -> bool:
+    """Whether two modules' parameters differ only in how many vectors of a shape each holds,
+    both holding one at least (PyTorch's LSTM's two biases against a port's one: they may pair
+    as a sum, :mod:`xgrad.pairing.sums`)."""
+    count_r, count_c = Counter(r.shapes()), Counter(c.shapes())
+    differ = [s for s in count_r.keys() | count_c.keys() if count_r[s] != count_c[s]]
+    return bool(differ) and all(len(s) == 1 and count_r[s] and count_c[s] for s in differ)
 
 
 def _score(r: _Node, c: _Node) -> float:
@@ -431,7 +463,9 @@ def pair_modules(
         else:
             rest_r, rest_c = r, c
         lr, lc = list(rest_r.subtree.items()), list(rest_c.subtree.items())
+        all_r, all_c = list(lr), list(lc)
         pair_params(lr, lc, acc, values, where=(_where(r), _where(c)))
+        pair_sums(all_r, all_c, lr, lc, acc, values)
         for side, names, (a, b) in (("reference", lr, (r, c)), ("candidate", lc, (c, r))):
             left.extend(
                 (
@@ -468,6 +502,7 @@ def pair_modules(
         if not (r.info.path in permuted and not r.children and not r.group)
     ]
     note = rope_note(reordered, candidate.native_names())
+    summed = sums_note(acc.sums, reference.native_names(), candidate.native_names())
     return ModulePairing(
         pairs=tuple(units),
         names=acc.names,
@@ -479,7 +514,8 @@ def pair_modules(
         assumed=tuple(acc.assumed),
         how=how,
         tied=tuple(tied),
-        notes=(note,) if note else (),
+        notes=tuple(n for n in (note, summed) if n),
+        sums=tuple(acc.sums),
     )
 
 

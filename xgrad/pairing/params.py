@@ -159,6 +159,7 @@ class ParamPairing:
     assumed: list[str] = field(default_factory=list)
     why: dict[str, str] = field(default_factory=dict)  # name -> why it stays unpaired
     splits: dict[str, Split] = field(default_factory=dict)  # reference part -> its Split
+    sums: list = field(default_factory=list)  # pairing.sums.Sum records
 
 
 def _join(fused_shape: tuple, parts: list[tuple]) -> tuple[int, tuple] | None:
