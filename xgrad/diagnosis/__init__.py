@@ -27,6 +27,7 @@ from xgrad.diagnosis import (
     norms,
     positions,
     precision,
+    recurrent,
     structure,
     tokens,
     transformer,
@@ -73,6 +74,9 @@ ORDER: dict[str, tuple[str, ...]] = {
         "padding-convention",
         "pool-padding",
         "norm-axis",
+        "lstm-gate-order",
+        "lstm-bias",
+        "gru-reset-after",
         "embedding-scale",
         "rope-layout",
         "rope-base",
@@ -121,6 +125,7 @@ CAUSES: tuple[Cause, ...] = in_order(
         *_ATTENTION,
         *tokens.CAUSES,
         *conv.CAUSES,
+        *recurrent.CAUSES,
     ],
     key=lambda cause: (cause.where, cause.id),
 )
@@ -148,6 +153,7 @@ BACKWARD_TRIED = (
 def _make(ev: Evidence, cause: str, layer, finding: Finding, where) -> Diagnosis:
     """The diagnosis ``finding`` gives; ``unexplained`` when it is not confirmed."""
     cause = cause if finding.confirmed else UNEXPLAINED
+    layer = getattr(finding, "at", None) or layer  # a recurrent module inside the unit
     return Diagnosis.of(cause, finding, layer=layer, where=where, framework=ev.framework)
 
 
