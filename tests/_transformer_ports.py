@@ -479,6 +479,41 @@ def hf_gpt2(
         return GPT2LMHeadModel(config).eval()
 
 
+def plant_gpt2(reference, block: int, *, causal: str = "correct", qkv_order: str = "qkv"):
+    """A copy of a Hugging Face GPT-2 (:func:`hf_gpt2`) whose ``block``'s attention computes
+    what ``GPT2Attention`` computes (eager, no cache) with one convention changed, its weights
+    unchanged.
+
+    Args:
+        causal: ``"none"``: no mask added to the scores (every token sees every other).
+        qkv_order: the order ``c_attn``'s output ``(B, T, 3 d)`` is cut into q, k and v
+            (GPT-2's is ``"qkv"``; ``"kqv"`` reads its first third as the keys).
+    """
+    import copy
+
+    import torch
+    from transformers.models.gpt2 import modeling_gpt2 as mg
+
+    class PlantedGPT2Attention(mg.GPT2Attention):
+        def forward(self, hidden_states, past_key_values=None, attention_mask=None, **kw):
+            b, t, d = hidden_states.shape
+            thirds = self.c_attn(hidden_states).split(d, dim=2)
+            parts = dict(zip(self.qkv_order, thirds, strict=True))
+            q, k, v = (parts[n].view(b, t, -1, self.head_dim).transpose(1, 2) for n in "qkv")
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+            if self.causal != "none" and attention_mask is not None:
+                scores = scores + attention_mask
+            p = torch.softmax(scores, dim=-1)
+            o = torch.matmul(p, v).transpose(1, 2).reshape(b, t, d)
+            return self.c_proj(o), p
+
+    model = copy.deepcopy(reference)
+    attn = model.transformer.h[block].attn
+    attn.__class__ = PlantedGPT2Attention
+    attn.causal, attn.qkv_order = causal, qkv_order
+    return model
+
+
 def _keras_classes():
     """The Keras classes, defined once keras and keras-hub are imported (they are slow to)."""
     global _KERAS
@@ -496,11 +531,24 @@ def _keras_classes():
             erf_gelu: a block whose feed-forward GELU is the erf form (keras-hub's is
                 ``keras.activations.gelu(approximate=True)``, the tanh form, as GPT-2's).
             unscaled: a block whose attention scores are not scaled by 1/sqrt(head_dim).
+            uncausal: a block whose self-attention gets no causal mask (keras-hub's
+                ``TransformerDecoder`` called with ``use_causal_mask=False``).
         """
 
-        def __init__(self, *, ln_epsilon=None, erf_gelu=None, unscaled=None, **kwargs):
+        def __init__(
+            self, *, ln_epsilon=None, erf_gelu=None, unscaled=None, uncausal=None, **kwargs
+        ):
             super().__init__(**kwargs)
             self.ln_epsilon, self.erf_gelu, self.unscaled = ln_epsilon, erf_gelu, unscaled
+            self.uncausal = uncausal
+            if uncausal is not None:  # the mask is computed at each call: no causal part
+                layer = self.transformer_layers[uncausal]
+                own = layer._compute_self_attention_mask
+
+                def padding_only(*args, **kw):
+                    return own(*args, **{**kw, "use_causal_mask": False})
+
+                layer._compute_self_attention_mask = padding_only
             if unscaled is not None:  # Keras' MultiHeadAttention scales queries by this
                 attention = self.transformer_layers[unscaled]._self_attention_layer
                 attention._inverse_sqrt_key_dim = 1.0
@@ -517,6 +565,7 @@ def _keras_classes():
                 "ln_epsilon": self.ln_epsilon,
                 "erf_gelu": self.erf_gelu,
                 "unscaled": self.unscaled,
+                "uncausal": self.uncausal,
             }
 
     class GPT2LM(keras.Model):
@@ -550,10 +599,13 @@ def _keras_classes():
 _KERAS = None
 
 
-def keras_gpt2(reference, *, seed: int = 0, ln_epsilon=None, erf_gelu=None, unscaled=None):
+def keras_gpt2(
+    reference, *, seed: int = 0, ln_epsilon=None, erf_gelu=None, unscaled=None, uncausal=None
+):
     """A Keras ``GPT2LM`` (keras-hub ``GPT2Backbone``, tied head) of a Hugging Face GPT-2's
-    sizes, dropout 0, its own random weights; ``ln_epsilon=(block, eps)``, ``erf_gelu=block``
-    or ``unscaled=block`` plant a difference (:class:`PlantedGPT2Backbone`)."""
+    sizes, dropout 0, its own random weights; ``ln_epsilon=(block, eps)``, ``erf_gelu=block``,
+    ``unscaled=block`` or ``uncausal=block`` plant a difference
+    (:class:`PlantedGPT2Backbone`)."""
     import keras
 
     backbone_cls, lm_cls = _keras_classes()
@@ -563,7 +615,7 @@ def keras_gpt2(reference, *, seed: int = 0, ln_epsilon=None, erf_gelu=None, unsc
         vocabulary_size=c.vocab_size, num_layers=c.n_layer, num_heads=c.n_head,
         hidden_dim=c.n_embd, intermediate_dim=4 * c.n_embd, dropout=0.0,
         max_sequence_length=c.n_positions, ln_epsilon=ln_epsilon, erf_gelu=erf_gelu,
-        unscaled=unscaled,
+        unscaled=unscaled, uncausal=uncausal,
     )  # fmt: skip
     model = lm_cls(backbone)
     model(np.zeros((1, 4), np.int32))  # built, as a user's model is after its first call

@@ -322,3 +322,99 @@ def test_attention_scores_unscaled_on_one_side_are_named_at_the_first_blocks_att
     d = report.diagnoses[0]
     assert (d.cause, d.confirmed, d.layer) == ("attention-scale", True, "transformer.h.0.attn")
     assert d.detail.startswith(words), d.detail
+
+
+@needs_keras_hub
+def test_gpt2s_scale_by_inverse_layer_index_is_fitted_and_named_at_the_second_blocks_attention():
+    from _transformer_ports import hf_gpt2, keras_gpt2
+
+    # GPT2Config(scale_attn_by_inverse_layer_idx=True): block l scales by 1/(sqrt(hd) (l + 1)),
+    # so block 0 agrees with keras-hub's 1/sqrt(hd) and block 1 scales by half of it
+    reference = hf_gpt2(scale_attn_by_inverse_layer_idx=True)
+    report = _compare(reference, keras_gpt2(reference), GPT2_IDS)
+    first = _first(report)
+    assert first["path"] == "transformer.h.1.attn"
+    d = report.diagnoses[0]
+    assert (d.cause, d.confirmed, d.layer) == ("attention-scale", True, "transformer.h.1.attn")
+    fitted = f"{1 / (8**0.5 * 2):g}"  # head_dim 8, layer index 1: 0.176777
+    assert d.detail.startswith(
+        f"the reference scales the scores by {fitted}, the candidate by 1/sqrt(head_dim)"
+    ), d.detail
+
+
+@needs_keras_hub
+@pytest.mark.parametrize(
+    "side",
+    ["keras", pytest.param("hf", marks=pytest.mark.exhaustive)],
+)
+def test_a_missing_causal_mask_is_named_at_the_first_blocks_attention(gpt2, side):
+    from _transformer_ports import keras_gpt2, plant_gpt2
+
+    if side == "keras":  # keras-hub's TransformerDecoder called with use_causal_mask=False
+        reference, candidate = gpt2, keras_gpt2(gpt2, uncausal=0)
+        words = "the reference masks the future (token i sees keys j <= i); the candidate "
+        words += "attends to every token (no causal mask)"
+    else:  # GPT2Attention adding no mask to its scores
+        reference, candidate = plant_gpt2(gpt2, 0, causal="none"), keras_gpt2(gpt2)
+        words = "the reference attends to every token (no causal mask); the candidate masks "
+        words += "the future (token i sees keys j <= i)"
+    report = _compare(reference, candidate, GPT2_IDS)
+    assert _first(report)["path"] == "transformer.h.0.attn"
+    d = report.diagnoses[0]
+    assert (d.cause, d.confirmed, d.layer) == ("causal-mask", True, "transformer.h.0.attn")
+    assert d.detail.startswith(words), d.detail
+
+
+def _loaded_in_order(reference, order: str):
+    """A keras-hub port holding ``reference``'s weights, its block 0's query, key and value
+    kernels and biases filled from c_attn's thirds in ``order`` (a loader's slip)."""
+    from _transformer_ports import keras_gpt2
+
+    import xgrad
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        port = xgrad.convert(reference, into=keras_gpt2(reference), x=GPT2_IDS)
+    sd = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+    w, b = sd["transformer.h.0.attn.c_attn.weight"], sd["transformer.h.0.attn.c_attn.bias"]
+    d, heads = w.shape[0], reference.config.n_head
+    attn = port.backbone.transformer_layers[0]._self_attention_layer
+    dense = {"q": attn._query_dense, "k": attn._key_dense, "v": attn._value_dense}
+    for third, name in enumerate(order):  # c_attn's columns are [q | k | v]
+        cols = slice(third * d, (third + 1) * d)
+        dense[name].kernel.assign(w[:, cols].reshape(d, heads, d // heads))
+        dense[name].bias.assign(b[cols].reshape(heads, d // heads))
+    return port
+
+
+@needs_keras_hub
+@pytest.mark.parametrize(
+    "side",
+    ["keras", pytest.param("hf", marks=pytest.mark.exhaustive)],
+)
+def test_c_attn_split_in_another_order_is_named_qkv_layout_at_the_first_blocks_attention(
+    gpt2, side
+):
+    from _transformer_ports import keras_gpt2, plant_gpt2
+
+    qkv = "in the order q, k, v (GPT-2's c_attn, torch's in_proj_weight)"
+    if side == "keras":  # c_attn's first third loaded into the keys, its second into queries
+        reference, candidate = gpt2, _loaded_in_order(gpt2, "kqv")
+        words = f"the reference splits the fused projection's heads {qkv}; the candidate "
+        words += "splits the fused projection's heads in the order k, q, v"
+    else:  # GPT2Attention cutting c_attn's output as k, q, v
+        reference, candidate = plant_gpt2(gpt2, 0, qkv_order="kqv"), keras_gpt2(gpt2)
+        words = "the reference splits the fused projection's heads in the order k, q, v; the "
+        words += f"candidate splits the fused projection's heads {qkv}"
+    report = _compare(reference, candidate, GPT2_IDS)
+    assert _first(report)["path"] == "transformer.h.0.attn"
+    d = report.diagnoses[0]
+    assert (d.cause, d.confirmed, d.layer) == ("qkv-layout", True, "transformer.h.0.attn")
+    assert d.detail.startswith(words), d.detail
+
+
+@needs_keras_hub
+@pytest.mark.exhaustive
+def test_a_keras_hub_port_loaded_in_c_attns_own_order_is_ok(gpt2):
+    report = _compare(gpt2, _loaded_in_order(gpt2, "qkv"), GPT2_IDS)
+    assert report.ok, report.summary()

@@ -48,6 +48,7 @@ __all__ = [
     "embedding_table",
     "fit_attention",
     "fit_rmsnorm",
+    "fit_scale",
     "ids_of",
     "rmsnorm",
     "stacked",
@@ -552,7 +553,8 @@ def fit_attention(
     repeat, head axis order, fused split or order of q, k and v, or a softmax in bfloat16;
     last, the first pass again with the projections' columns read as ``(head_dim, heads)``
     (a port's head axes swapped together with RoPE or a mask of its own is two choices away
-    from every first-pass convention).
+    from every first-pass convention); at the very last, a score scale of any value, fitted
+    around the closest conventions (:func:`fit_scale`).
     """
     if x.ndim != 3 or y.shape != x.shape[:2] + (y.shape[-1],):
         return None
@@ -591,6 +593,75 @@ def fit_attention(
             err = error(attend(w, c, x, keep)[0])
             if err <= fit:
                 return w, c, err
+    # last, a score scale none of the above names (GPT-2's scale_attn_by_inverse_layer_idx:
+    # 1 / (sqrt(hd) * (layer + 1))), fitted around the closest conventions
+    for rank, (_, w, first) in enumerate(groups[:SHAPES_TRIED]):
+        for _, c0 in first[: 3 if rank == 0 else 1]:
+            found = fit_scale(w, c0, x, error, fit, keep)
+            if found is not None:
+                return w, *found
+    return None
+
+
+def _scale_error(w, c: Convention, x, error, keep):
+    """The error of ``c`` with its scores scaled by ``2**u / sqrt(hd)``, as a function of
+    ``u``."""
+    base = 1.0 / math.sqrt(c.head_dim)
+    return lambda u: error(attend(w, replace(c, scale=base * 2.0**u), x, keep)[0])
+
+
+def fit_scale(
+    w: AttentionWeights,
+    c: Convention,
+    x: np.ndarray,
+    error,
+    fit: float,
+    keep: np.ndarray | None = None,
+) -> tuple[Convention, float] | None:
+    """``(c with the score scale that reproduces the output, its error)``, or ``None``.
+
+    A one-parameter fit: the scale ``2**u / sqrt(hd)`` is searched on a grid of ``u`` from
+    -6 to 6 (steps of a quarter), then refined by golden section around the grid's best. A
+    simple value within 1% of the fitted one (``1 / (k sqrt(hd))``, ``k / sqrt(hd)``,
+    ``1 / k``, ``k`` for ``k`` up to 64, ``1 / sqrt(dim)``) is kept when it reproduces the
+    output too, else the fitted value; either is confirmed by re-running ``attend`` with it
+    (its error within ``fit``).
+
+    Args:
+        error: ``distance_to(y)``: the distance of an output to the captured one.
+        fit: the distance within which the output counts as reproduced.
+    """
+    f = _scale_error(w, c, x, error, keep)
+    grid = np.arange(-24, 25) / 4.0
+    errs = [f(u) for u in grid]
+    i = int(np.argmin(errs))
+    if not math.isfinite(errs[i]):
+        return None
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = f(a), f(b)
+    while hi - lo > 1e-9:
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = f(b)
+    fitted = 2.0 ** ((lo + hi) / 2.0) / math.sqrt(c.head_dim)
+    root, ks = math.sqrt(c.head_dim), range(1, 65)
+    simple = [1 / (k * root) for k in ks] + [k / root for k in ks] + [1 / k for k in ks]
+    simple += [float(k) for k in ks] + [1 / math.sqrt(w.dim)]
+    near = sorted((v for v in simple if abs(v / fitted - 1) < 1e-2), key=lambda v: abs(v - fitted))
+    for scale in [*near, fitted]:
+        if math.isclose(scale, 1 / root, rel_tol=1e-12):
+            continue  # the first pass's own
+        alt = replace(c, scale=scale)
+        err = error(attend(w, alt, x, keep)[0])
+        if err <= fit:
+            return alt, err
     return None
 
 
