@@ -103,3 +103,25 @@ def test_bad_backends_and_failures_are_clear_errors(keras_file, monkeypatch, cap
         xgrad.compare_backends(keras_file, "torch")
     assert main(["backends", str(keras_file), "--backends", "torch"]) == 2
     assert "needs torch, which is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.exhaustive
+def test_a_keras_applications_mobilenet_agrees_across_the_three_backends(tmp_path):
+    """issue 22: a keras.applications model built with weights=None (52 convs, depthwise
+    convs with stride-2 'same' padding folded into ZeroPadding, 52 BatchNorms, 10 residual
+    blocks) is read as xgrad's layers and replayed on each Keras backend against the float64
+    NumPy reference. About 1-3 minutes, hence make fuzz only."""
+    import keras
+
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10
+    )
+    path = tmp_path / "mobilenet.keras"
+    model.save(path)
+    out = tmp_path / "r.json"
+    code = main(["backends", str(path), "--json", str(out), "--quiet", "--batch", "2"])
+    data = json.loads(out.read_text())
+    assert code == 0 and data["ok"], data.get("summary")
+    assert data["frameworks"] == ["keras[tensorflow]", "keras[jax]", "keras[torch]"]
+    convs = [e for e in data["parameters"] if e["name"].endswith(".kernel")]
+    assert len(convs) >= 50
