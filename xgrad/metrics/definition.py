@@ -36,13 +36,16 @@ class Metrics:
         worst_index: the index of the largest ``|g - ref|``.
         worst_value, worst_reference: ``g`` and ``ref`` there.
         nan, inf: NaN and Inf counts in ``g``.
-        first_nonfinite: the index of the first NaN/Inf in ``g`` (or in ``ref``), else None.
+        first_nonfinite: the index of the first NaN/Inf in ``g`` (or, when ``g`` has none,
+            in ``ref``), else None.
         status: ``match`` (``rel_norm <= tol``; or, for a reference that is zero up to
             rounding, an RMS difference below :data:`~xgrad.metrics.NOISE_FLOORS`),
             ``mismatch``, or ``nonfinite`` (NaN/Inf in ``g`` or in the reference). For
             ``nonfinite``, the distance metrics cover the finite elements only, so they
             still say whether the rest agrees.
         tol: the tolerance the status was decided with.
+        ref_nan, ref_inf: NaN and Inf counts in ``ref`` (a reference that is not finite
+            itself, e.g. a fully masked attention row filled with -inf).
     """
 
     max_abs: float
@@ -60,6 +63,20 @@ class Metrics:
     first_nonfinite: tuple[int, ...] | None
     status: str
     tol: float
+    ref_nan: int = 0
+    ref_inf: int = 0
+
+    def nonfinite_text(self, name: str) -> str:
+        """Which side holds the NaN/Inf, how many, and where the first is, for a
+        ``nonfinite`` status: ``"the reference has 12 NaN and 0 Inf, the first at (1, 0);
+        torch's values are finite"``; ``name`` is the compared side's (a framework)."""
+        first = "" if self.first_nonfinite is None else f", the first at {self.first_nonfinite}"
+        cand, ref = self.nan or self.inf, self.ref_nan or self.ref_inf
+        ref_words = f"the reference has {self.ref_nan} NaN and {self.ref_inf} Inf"
+        if not cand:
+            return f"{ref_words}{first}; {name}'s values are finite"
+        words = f"{name} has {self.nan} NaN and {self.inf} Inf{first}; "
+        return words + (ref_words if ref else "the reference's values are finite")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (lists for indices, None for undefined numbers)."""
@@ -165,8 +182,8 @@ def compare_arrays(candidate, reference, *, dtype: str, tol: float) -> Metrics:
     if g.shape != ref.shape:
         raise InputError(f"shapes differ: candidate {g.shape}, reference {ref.shape}")
     g64 = g.astype(np.float64)
-    nan = int(np.isnan(g64).sum())
-    inf = int(np.isinf(g64).sum())
+    nan, inf = int(np.isnan(g64).sum()), int(np.isinf(g64).sum())
+    ref_nan, ref_inf = int(np.isnan(ref).sum()), int(np.isinf(ref).sum())
     finite = np.isfinite(g64) & np.isfinite(ref)
     first = _first(~np.isfinite(g64))
     if first is None:
@@ -226,4 +243,6 @@ def compare_arrays(candidate, reference, *, dtype: str, tol: float) -> Metrics:
         first_nonfinite=first,
         status=status,
         tol=tol,
+        ref_nan=ref_nan,
+        ref_inf=ref_inf,
     )

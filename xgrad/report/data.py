@@ -329,7 +329,7 @@ class Report(AbstractReport):
             pct = 100.0 * m.mismatched / m.size if m.size else 0.0
             lines.append(f"Mismatched elements: {m.mismatched} / {m.size} ({pct:.3g}%)")
             if m.status == "nonfinite":
-                lines.append(f"NaN: {m.nan}, Inf: {m.inf}, first at index {m.first_nonfinite}")
+                lines.append(f"Not finite: {m.nonfinite_text(who.split()[0])}")
             lines.append(f"Max absolute difference: {m.max_abs:.6g}")
             lines.append(f"Max relative difference: {m.max_rel:.6g}")
             lines.append(f"Normwise relative error: {m.rel_norm:.6g} (tolerance {m.tol:g})")
@@ -394,7 +394,7 @@ class Report(AbstractReport):
         elif worst is None:
             return verdict
         if m.status == "nonfinite":
-            what = f"nonfinite ({m.nan} NaN, {m.inf} Inf, first at {m.first_nonfinite})"
+            what = f"nonfinite ({m.nonfinite_text(fw)})"
         else:
             what = f"rel_norm {fmt(m.rel_norm)} (tolerance {self.tolerance:g})"
         return f"{verdict}; worst {label} in {fw}: {what}{self._own_right()}"
