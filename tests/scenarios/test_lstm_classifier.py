@@ -202,9 +202,10 @@ def test_correct_port_is_ok_with_every_parameter_paired(torch_model, keras_model
     ("pair", "plant", "cause"),
     [
         ("torch-keras", "gate-order", "lstm-gate-order"),
-        ("torch-nnx", "bias-ih-only", "lstm-bias"),
+        ("torch-keras", "bias-ih-only", "lstm-bias"),
+        # NNX's scan compiles for ~12 s: its cases run in make fuzz
+        pytest.param("torch-nnx", "bias-ih-only", "lstm-bias", marks=pytest.mark.exhaustive),
         pytest.param("torch-nnx", "gate-order", "lstm-gate-order", marks=pytest.mark.exhaustive),
-        pytest.param("torch-keras", "bias-ih-only", "lstm-bias", marks=pytest.mark.exhaustive),
         pytest.param("keras-nnx", "gate-order", "lstm-gate-order", marks=pytest.mark.exhaustive),
         pytest.param("keras-torch", "gate-order", "lstm-gate-order", marks=pytest.mark.exhaustive),
     ],
