@@ -35,7 +35,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from xgrad.errors import AlignmentError
-from xgrad.frameworks.jax import blocks, windows
+from xgrad.frameworks.jax import blocks, chains, windows
 
 __all__ = ["Graph", "ReadLayer", "analyse", "run", "statistics"]
 
@@ -402,6 +402,7 @@ class _Analyser:
             "other": [],
             "gathers": [],
             "stream_mul": False,
+            "entering": [],  # (value, primitive): parameters added or multiplied in
             "convs": [],
             "seg": seg,
         }
@@ -438,6 +439,8 @@ class _Analyser:
                 if v in self.random:
                     info["random"] = True
                 origin = self._leaf_of(v)
+                if name in chains.ENTERING and (origin is not None or v in self.static):
+                    info["entering"].append((v, name))
                 if origin is not None and origin[0] >= self.n:
                     # a closed-over array: a mean where it is subtracted from the stream
                     if name == "sub" and node.ins[0] in self.stream:
@@ -553,6 +556,7 @@ class _Analyser:
         if not has_params:
             self._add_weight_free(layers, d, a, b, last, reduces)
             return
+        chains.refuse_tables(self, d["entering"])
         only_shift = len(d["shift"]) == 1 and not (d["scale"] or d["sub"] or d["static"] or reduces)
         if only_shift and blocks.read_bias(last, d, b):
             return
@@ -665,12 +669,13 @@ def analyse(closed, names: list[str], n_leaves: int) -> tuple[Graph, list[ReadLa
         AlignmentError: something touches a parameter in a way xgrad does not read.
     """
     graph = Graph(closed)
+    chains.regroup_biases(graph, graph.inputs[n_leaves])
     analyser = _Analyser(graph, names, n_leaves)
     out = graph.outputs[0]
     if out not in analyser.stream:
         raise AlignmentError("the model's output does not depend on its input")
     layers = analyser.chain(analyser.live, analyser.x, out)
-    problem = blocks.check(layers)
+    problem = blocks.check(layers) or chains.shape_problem(graph, analyser.axis, layers, names)
     if problem:
         raise AlignmentError(problem)
     used: dict[int, str] = {}
