@@ -260,8 +260,13 @@ def read_pair(
             ]
             tokens = read == "auto" and _token_wise_only(reference, candidate, models)
             if not (read == "auto" and unread and mapping == "auto") and not tokens:
-                # both read as layers: a structural difference is the user's to fix, by name
-                pair = _pair_layers(*models, mapping)
+                try:
+                    pair = _pair_layers(*models, mapping)
+                except AlignmentError as exc:
+                    if read == "layers":  # a structural difference is the user's to fix
+                        raise
+                    options = (outputs, modes, calls)
+                    return _modules_instead(reference, candidate, batch, mapping, options, exc)
                 pair.batch = batch
                 return pair
             if tokens:
@@ -315,7 +320,7 @@ def _layers_instead(reference, candidate, batch, mapping, unsupported, tried, cu
             "output=, training= and apply_kwargs= are options of reading module by module"
         )
     elif models is None:
-        models = _read_each(sides, batch, errors)
+        models = _read_each(sides, batch, errors, opaque=mapping == "auto")
     if not errors:
         try:
             pair = _pair_layers(*models, mapping)
@@ -325,8 +330,8 @@ def _layers_instead(reference, candidate, batch, mapping, unsupported, tried, cu
                 for side, m in zip(sides, models, strict=True)
                 if getattr(m, "structure_error", None) and not units(m.layers)
             ]
-            if not unread:  # both read: a structural difference is the user's to fix, by name
-                raise
+            if not unread:  # both read, into layers that do not pair
+                raise _unchecked(exc, unsupported) from None
             errors[unread[0]] = str(exc)  # with its advice: mapping= pairs parameters
         else:
             pair.batch = batch
@@ -339,9 +344,11 @@ def _layers_instead(reference, candidate, batch, mapping, unsupported, tried, cu
     raise NoCommonReading(_no_common_text(sides, unsupported, errors))
 
 
-def _read_each(sides, batch, errors: dict[str, str]) -> tuple[AbstractModel, ...]:
+def _read_each(sides, batch, errors: dict[str, str], opaque: bool) -> tuple[AbstractModel, ...]:
     """Each side read as layers on its own, so that a refusal names its side; the reasons
-    (the readers' words without their advice) go to ``errors``."""
+    (the readers' words without their advice) go to ``errors``, and so, where ``opaque``
+    (no ``mapping=`` of parameters to pair it by), does why a model read into no layer
+    (a pure JAX function with a position table: it is no chain of xgrad's kinds)."""
     shape = input_shape_of(batch.args[0]) if batch.args else None
     models = []
     for side, obj in sides.items():
@@ -349,7 +356,68 @@ def _read_each(sides, batch, errors: dict[str, str]) -> tuple[AbstractModel, ...
             models.append(read_model(obj, input_shape=shape))
         except XgradError as exc:
             errors[side] = str(exc).split("; ")[0]
+            continue
+        why = getattr(models[-1], "structure_error", None)
+        if opaque and why and not units(models[-1].layers):
+            errors[side] = why.split("; ")[0]
     return tuple(models)
+
+
+_DIFFER = "; the models differ in structure here"
+"""The layer pairing's words for a difference in structure (:mod:`xgrad.align`), which
+:func:`_as_read` qualifies: one reading of a model may not be what it computes."""
+
+
+def _as_read(exc: XgradError, then: str) -> str:
+    """The layer pairing's refusal, said of the two readings, not of the models, and what
+    was then tried (``then``)."""
+    text = str(exc).replace(_DIFFER, ": so read, they differ in structure here")
+    return f"read as layers of xgrad's kinds, the two models do not pair ({text}); {then}"
+
+
+def _modules_instead(reference, candidate, batch, mapping, options, exc) -> ModelPair:
+    """Read two models module by module because, read as layers, they do not pair (``exc``:
+    a depth or a structure that differs). A reader may read a model into layers that are
+    not what it computes (torch's ``nn.TransformerEncoderLayer``, whose attention the hooks
+    saw only as code between modules), so the layers' refusal stands only where module by
+    module agrees: its pairing refuses too, or leaves parameters unpaired. Where the models
+    cannot be read module by module, the refusal says so and is said of the readings."""
+    if batch is None:
+        raise AlignmentError(
+            _as_read(exc, "pass x to compare_models to read both module by module instead")
+        ) from None
+    why = f"read as layers of xgrad's kinds, the two do not pair: {str(exc).split('; ')[0]}"
+    try:
+        pair = _read_modules(reference, candidate, batch, mapping, options, why)
+    except ModulesUnsupported as unsupported:
+        raise _unchecked(exc, unsupported) from None
+    except AlignmentError:  # module by module they do not pair either: as the layers said
+        raise exc from None
+    except XgradError as other:
+        raise AlignmentError(
+            _as_read(
+                exc,
+                f"reading them module by module failed too ({other}); read='modules' reads "
+                "them only that way and shows where",
+            )
+        ) from None
+    if pair.alignment.unpaired:  # module by module agrees: weights without a counterpart
+        raise exc from None
+    return pair
+
+
+def _unchecked(exc: XgradError, unsupported: ModulesUnsupported) -> AlignmentError:
+    """The layers' refusal where one model cannot be read module by module to check it."""
+    return AlignmentError(
+        _as_read(
+            exc,
+            f"the {unsupported.side} cannot be read module by module ({unsupported}), so this "
+            "could not be checked that way. If a layer listed is not what its model computes "
+            "(an activation(?) where the model has weights), write the function as an "
+            "nnx.Module whose parts are modules and pass read='modules'; if the models differ, "
+            "make them equal or pass mapping={reference layer: candidate layer}",
+        )
+    )
 
 
 def _what(obj) -> str:
@@ -373,10 +441,15 @@ def _no_common_text(sides, unsupported: ModulesUnsupported, errors: dict[str, st
             f"{_what(sides[other])}, not as layers ({errors[other]}), only module by module: "
             "xgrad compares two models read the same way, so nothing was compared"
         )
-    return (
+    fix = (
         f"{body}. Fix: write the function as an nnx.Module whose parts are modules "
         "(nnx.Embed, nnx.LinearGeneral, nnx.RMSNorm, ...: both models are then read module "
-        "by module), or write its attention with q/k/v kernels (dim, heads, head_dim) and an "
+        "by module)"
+    )
+    if "position table" in body:  # no kind of xgrad's holds it: no reading as layers
+        return f"{fix}, a position table an nnx.Embed called on jnp.arange(T)"
+    return (
+        f"{fix}, or write its attention with q/k/v kernels (dim, heads, head_dim) and an "
         "output kernel (heads, head_dim, dim) so that it reads as layers, and compare it "
         "against a model that reads as layers too (an NNX port, or xgrad.MLP(...) with "
         "params, a spec of xgrad's kinds)"
