@@ -10,8 +10,10 @@ nor its ``.training`` flags) and reads it in one of two ways:
    ``h`` and an earlier one ``x`` is a residual block around the layers between them. An
    unknown elementwise call is named numerically (:func:`xgrad.identify.fit_activation`).
 2. **forward hooks**, when ``forward`` cannot be traced (Python control flow on tensor
-   values): the leaf modules in the order they are called; the code between two of them is
-   named numerically, as an activation or as a residual addition.
+   values): the leaf modules in the order they are called, a module holding parameters of
+   its own counting as one (``nn.MultiheadAttention``, as torch's ``TransformerEncoderLayer``
+   calls it: never code between two modules); the code between two of them is named
+   numerically, as an activation or as a residual addition.
 
 Both run the module once on a sample batch (standard normal, seeded, in the module's dtype;
 token ids in ``[0, vocab)`` when the first layer is an ``nn.Embedding`` or ``F.embedding``,
