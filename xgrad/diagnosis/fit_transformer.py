@@ -641,7 +641,9 @@ def fit_scale(
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = f(a), f(b)
-    while hi - lo > 1e-9:
+    for _ in range(100):  # to the precision of float64 (a V-shaped error: no quadratic fit)
+        if hi - lo <= 1e-14:
+            break
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
