@@ -18,13 +18,14 @@ frameworks (:mod:`xgrad.frameworks.registry`), never listed here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xgrad.convert import spec_of
+from xgrad.convert import read_sum_notes, spec_of, split_notes
 from xgrad.errors import InputError, XgradError
 from xgrad.frameworks.base import AbstractFramework, AbstractModel
 from xgrad.frameworks.registry import get_framework, known_frameworks, lookup_framework, read_model
@@ -58,7 +59,10 @@ class Port:
         kind: what the file holds: ``canonical names``, or the target framework's
             :attr:`~xgrad.frameworks.base.AbstractFramework.native_file_kind`.
         round_trip: whether the file read back holds exactly what was written, bit for bit.
-        report: the comparison of ``reference`` with ``candidate``.
+        report: the comparison of ``reference`` with ``candidate``; its notes include
+            :attr:`notes`.
+        notes: what the port did that is not a copy: a weight the target holds as a sum of
+            arrays (PyTorch's LSTM ``bias_ih_l0 + bias_hh_l0``) written as ``(bias, 0)``.
     """
 
     spec: MLP
@@ -69,6 +73,7 @@ class Port:
     kind: str
     round_trip: bool
     report: Report
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -76,7 +81,8 @@ class Port:
         return self.round_trip and self.report.ok
 
     def summary(self) -> str:
-        """``weights written to PATH (N arrays, KIND); round trip bit-exact``."""
+        """``weights written to PATH (N arrays, KIND); round trip bit-exact`` (the notes are
+        the report's)."""
         exact = "bit-exact" if self.round_trip else "NOT bit-exact"
         return (
             f"weights written to {self.path} ({self.count} arrays, {self.kind}); round trip {exact}"
@@ -240,4 +246,9 @@ def port_model_file(
         title=f"{path} -> {to} ({out.name})",
         read="layers" if isinstance(compared, AbstractModel) else "auto",
     )
-    return Port(spec, reference, candidate, out, count, kind, exact, report)
+    notes = read_sum_notes(source)
+    if isinstance(compared, AbstractModel):
+        notes += split_notes(compared)
+    if notes:
+        report = dataclasses.replace(report, notes=(*report.notes, *notes))
+    return Port(spec, reference, candidate, out, count, kind, exact, report, notes)

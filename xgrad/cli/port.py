@@ -84,5 +84,8 @@ def run(args: argparse.Namespace) -> int:
     )
     out = console()
     show(port.report, args, out)
+    if args.quiet:  # what the port wrote that is not a copy is said even then
+        for note in port.notes:
+            out.print(f"note: {note}", highlight=False, markup=False)
     out.print(port.summary(), highlight=False)
     return status(port.ok)
