@@ -227,7 +227,11 @@ def test_a_port_without_the_attention_scale_is_named_at_self_attn(encoders):
     ]
 
 
-@BOTH
+@pytest.mark.parametrize(
+    "norm_first",
+    [False, pytest.param(True, marks=pytest.mark.exhaustive)],  # the same path: a depth
+    ids=["post-LN", "norm_first"],
+)
 def test_readings_as_layers_that_do_not_pair_are_checked_module_by_module(
     encoders, norm_first, monkeypatch
 ):
