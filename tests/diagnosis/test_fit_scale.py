@@ -41,3 +41,26 @@ def test_no_scale_reproduces_an_output_that_is_no_scaled_attention():
     options, x, y = _by_hand(0.2345)
     y = y + 1e-3 * np.random.default_rng(1).normal(size=y.shape)  # not an attention's
     assert fit_attention(options, x, y, "float64") is None
+
+
+def test_a_scale_of_one_over_sqrt_head_dim_times_k_is_worded_as_such():
+    """GPT-2's scale_attn_by_inverse_layer_idx scales layer l by 1/(sqrt(hd) * (l + 1))."""
+    from types import SimpleNamespace
+
+    from xgrad.diagnosis.transformer import _scale
+
+    words = _scale(SimpleNamespace(head_dim=8, score_scale=1 / (8**0.5 * 3)), 16)
+    assert words.startswith("1/(sqrt(head_dim) * 3)")
+    assert _scale(SimpleNamespace(head_dim=8, score_scale=0.2345), 16) == "0.2345"
+
+
+def test_only_an_output_projection_is_hinted_as_the_output():
+    """A bare 'proj' names the output (timm's attn.proj), 'q_proj' never does."""
+    from xgrad.diagnosis.fit_transformer import _ROLES
+
+    hinted = [
+        n
+        for n in ("q_proj.kernel", "k_proj", "o_proj", "attn.proj", "c_proj")
+        if _ROLES["o"].search(n)
+    ]
+    assert hinted == ["o_proj", "attn.proj", "c_proj"]

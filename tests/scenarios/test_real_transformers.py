@@ -338,7 +338,8 @@ def test_gpt2s_scale_by_inverse_layer_index_is_fitted_and_named_at_the_second_bl
     assert (d.cause, d.confirmed, d.layer) == ("attention-scale", True, "transformer.h.1.attn")
     fitted = f"{1 / (8**0.5 * 2):g}"  # head_dim 8, layer index 1: 0.176777
     assert d.detail.startswith(
-        f"the reference scales the scores by {fitted}, the candidate by 1/sqrt(head_dim)"
+        f"the reference scales the scores by 1/(sqrt(head_dim) * 2) = {fitted}, the candidate "
+        "by 1/sqrt(head_dim)"
     ), d.detail
 
 

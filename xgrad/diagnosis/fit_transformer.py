@@ -117,7 +117,10 @@ _ROLES = {
     "q": re.compile(r"(^|[._/])(q|wq|query|q_proj|to_q)([._/]|$)"),
     "k": re.compile(r"(^|[._/])(k|wk|key|k_proj|to_k)([._/]|$)"),
     "v": re.compile(r"(^|[._/])(v|wv|value|v_proj|to_v)([._/]|$)"),
-    "o": re.compile(r"(^|[._/])(o|wo|out|o_proj|out_proj|c_proj|dense|proj|to_out)([._/]|$)"),
+    # a bare "proj" (timm's attn.proj) only after a dot or slash: "q_proj" is no output
+    "o": re.compile(
+        r"(^|[._/])(o|wo|out|o_proj|out_proj|c_proj|dense|to_out)([._/]|$)|(^|[./])proj([._/]|$)"
+    ),
 }
 """Role hints from parameter names: they only order the trials; the fit decides."""
 

@@ -228,6 +228,10 @@ def _scale(c: Convention, dim: int) -> str:
         (math.sqrt(hd), f"sqrt(head_dim) = sqrt({hd}) (multiplied, not divided)"),
     )
     words = [w for v, w in named if math.isclose(v, s, rel_tol=1e-9)]
+    k = 1.0 / (s * math.sqrt(hd)) if s > 0 else 0.0
+    if not words and round(k) >= 2 and math.isclose(k, round(k), rel_tol=1e-6):
+        # GPT-2's scale_attn_by_inverse_layer_idx: 1/(sqrt(hd) * (layer + 1))
+        words = [f"1/(sqrt(head_dim) * {round(k)}) = {s:g}"]
     return " or ".join(words) if words else f"{s:g}"
 
 
