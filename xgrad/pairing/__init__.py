@@ -61,6 +61,7 @@ from xgrad.pairing.params import (
     one_join,
     permutation,
 )
+from xgrad.pairing.blocks import blocks_note, found_blocks, pair_blocks
 from xgrad.pairing.rope import rope_note, rope_orders
 from xgrad.pairing.sums import Sum, pair_sums, sums_note
 
@@ -466,6 +467,7 @@ def pair_modules(
         all_r, all_c = list(lr), list(lc)
         pair_params(lr, lc, acc, values, where=(_where(r), _where(c)))
         pair_sums(all_r, all_c, lr, lc, acc, values)
+        pair_blocks(all_r, all_c, lr, lc, acc, values)
         for side, names, (a, b) in (("reference", lr, (r, c)), ("candidate", lc, (c, r))):
             left.extend(
                 (
@@ -503,6 +505,7 @@ def pair_modules(
     ]
     note = rope_note(reordered, candidate.native_names())
     summed = sums_note(acc.sums, reference.native_names(), candidate.native_names())
+    blocks = blocks_note(found_blocks(acc.joins, acc.splits), reference.native_names())
     return ModulePairing(
         pairs=tuple(units),
         names=acc.names,
@@ -514,7 +517,7 @@ def pair_modules(
         assumed=tuple(acc.assumed),
         how=how,
         tied=tuple(tied),
-        notes=tuple(n for n in (note, summed) if n),
+        notes=tuple(n for n in (note, summed, blocks) if n),
         sums=tuple(acc.sums),
     )
 
