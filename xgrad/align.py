@@ -19,6 +19,8 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from xgrad.errors import AlignmentError, InputError
 from xgrad.frameworks.base import AbstractModel, LayerInfo
 from xgrad.frameworks.kinds import TRANSPOSED, Layout, to_canonical, to_native
@@ -278,30 +280,62 @@ def _pair(ref: Sequence[Unit], cand: Sequence[Unit], where: str) -> list[tuple[U
     return out
 
 
-def _names(pairs) -> dict[str, str]:
+Shapes = Mapping[str, tuple]
+"""Each side's canonical weight name -> its shape (``{"reference": ..., "candidate": ...}``)."""
+
+
+def _shapes_of(reference: AbstractModel, candidate: AbstractModel) -> dict[str, Shapes]:
+    return {
+        side: {k: tuple(np.shape(v)) for k, v in model.weights().items()}
+        for side, model in (("reference", reference), ("candidate", candidate))
+    }
+
+
+def _differ(r: Unit, c: Unit, local: str, shapes: Mapping[str, Shapes]) -> tuple | None:
+    """``(reference shape, candidate shape)`` of a weight both layers name when the two
+    differ (layers of another configuration: a Keras GRU's ``(2, 3u)`` bias with
+    ``reset_after=True`` against its ``(3u,)`` one), else ``None``."""
+    rs = shapes.get("reference", {}).get(f"{r.path}.{local}")
+    cs = shapes.get("candidate", {}).get(f"{c.path}.{local}")
+    return None if rs is None or cs is None or rs == cs else (rs, cs)
+
+
+def _names(pairs, shapes: Mapping[str, Shapes]) -> dict[str, str]:
+    """Weights of paired layers paired by their local name, where their shapes agree."""
     names = {}
     for r, c in pairs:
         for local in r.info.weights:
-            if local in c.info.weights:
+            if local in c.info.weights and _differ(r, c, local, shapes) is None:
                 names[f"{r.path}.{local}"] = f"{c.path}.{local}"
     return names
 
 
-def _unpaired(pairs) -> tuple[tuple[str, str, str], ...]:
-    """The weights of paired layers that the other side's layer lacks."""
+def _unpaired(pairs, shapes: Mapping[str, Shapes]) -> tuple[tuple[str, str, str], ...]:
+    """The weights of paired layers that the other side's layer lacks, or holds in another
+    shape."""
     out = []
     for r, c in pairs:
         for side, own, other in (("reference", r, c), ("candidate", c, r)):
             for local in own.info.params:
                 if local not in other.info.params:
-                    out.append(
-                        (
-                            side,
-                            f"{own.path}.{local}",
-                            f"{own.info.name} ({own.info.describe()}) has a {local} and "
-                            f"{other.info.name} ({other.info.describe()}) none",
-                        )
+                    why = f"{other.info.name} ({other.info.describe()}) none"
+                else:
+                    differ = _differ(r, c, local, shapes)
+                    if differ is None:
+                        continue
+                    mine, theirs = differ if side == "reference" else differ[::-1]
+                    why = (
+                        f"{other.info.name} ({other.info.describe()}) one of shape {theirs} "
+                        f"where this one's is {mine}: the layers are configured differently "
+                        "(see the configuration differences), so the two are not paired"
                     )
+                out.append(
+                    (
+                        side,
+                        f"{own.path}.{local}",
+                        f"{own.info.name} ({own.info.describe()}) has a {local} and {why}",
+                    )
+                )
     return tuple(out)
 
 
@@ -429,7 +463,8 @@ def align(
                     "loss and every mapped parameter's gradient without per-layer localisation"
                 )
         pairs = _pair(ref_tree, cand_tree, "")
-        return Alignment(tuple(pairs), _names(pairs), unpaired=_unpaired(pairs))
+        shapes = _shapes_of(reference, candidate)
+        return Alignment(tuple(pairs), _names(pairs, shapes), unpaired=_unpaired(pairs, shapes))
     if not isinstance(mapping, Mapping) or not mapping:
         raise InputError(f"mapping must be 'auto' or a non-empty dict of names, got {mapping!r}")
     ref_params = set(reference.native_names().values())
@@ -440,4 +475,5 @@ def align(
     if not ref_tree or not cand_tree:
         return _param_mapping(reference, candidate, mapping)
     pairs = _layer_mapping(ref_tree, cand_tree, mapping)
-    return Alignment(tuple(pairs), _names(pairs), unpaired=_unpaired(pairs))
+    shapes = _shapes_of(reference, candidate)
+    return Alignment(tuple(pairs), _names(pairs, shapes), unpaired=_unpaired(pairs, shapes))
