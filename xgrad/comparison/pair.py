@@ -384,7 +384,7 @@ def _modules_instead(reference, candidate, batch, mapping, options, exc) -> Mode
     cannot be read module by module, the refusal says so and is said of the readings."""
     if batch is None:
         raise AlignmentError(
-            _as_read(exc, "pass x to compare_models to read both module by module instead")
+            _as_read(exc, "pass x, the inputs, to read both module by module instead")
         ) from None
     why = f"read as layers of xgrad's kinds, the two do not pair: {str(exc).split('; ')[0]}"
     try:
