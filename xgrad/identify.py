@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from xgrad.activations import ACTIVATIONS, get_activation
+from xgrad.errors import AlignmentError, XgradError
 from xgrad.layers import BatchNorm, LayerNorm, RMSNorm
 from xgrad.layers.base import AbstractLayer
 
@@ -52,8 +53,43 @@ def rel(a, b) -> float:
     return num / den
 
 
-def leaky_slope(z: np.ndarray, a: np.ndarray) -> float | None:
-    """The negative slope if ``a`` is a leaky ReLU of ``z`` with one slope, else ``None``."""
+UNREADABLE_FIX = (
+    "Fix: write that step with the framework's own module (nnx.LayerNorm, nn.GELU, "
+    "keras.layers.LayerNormalization, ...) so that it is read by its kind, or pass "
+    "mapping={reference parameter: candidate parameter} to compare outputs, loss and mapped "
+    "gradients without per-layer localisation"
+)
+"""What a user can do when a step's captured values cannot be what it was read as."""
+
+
+def _unreadable(name: str | None, what: str, why: str) -> AlignmentError:
+    """The error of a step read as ``what`` (a normalisation, an activation) whose values
+    cannot be one: ``why``, then :data:`UNREADABLE_FIX`."""
+    step = f"{name!r}" if name else "a step"
+    return AlignmentError(f"cannot identify {step} as {what}: {why}. {UNREADABLE_FIX}")
+
+
+def _elementwise(z: np.ndarray, a: np.ndarray, name: str | None) -> None:
+    """Raise :class:`~xgrad.AlignmentError` unless ``a`` has ``z``'s shape (an activation
+    keeps it)."""
+    if np.shape(z) != np.shape(a):
+        why = (
+            f"its input has shape {np.shape(z)} and its output {np.shape(a)}, but an "
+            "activation keeps the shape of what it is applied to"
+        )
+        raise _unreadable(name, "an activation", why)
+
+
+def leaky_slope(z: np.ndarray, a: np.ndarray, *, name: str | None = None) -> float | None:
+    """The negative slope if ``a`` is a leaky ReLU of ``z`` with one slope, else ``None``.
+
+    Raises:
+        AlignmentError: ``z`` and ``a`` differ in shape (``name``: the step, for the message).
+    """
+    z, a = np.asarray(z), np.asarray(a)
+    _elementwise(z, a, name)
+    if z.size == 0:
+        return None
     # Only clearly negative z: near 0, rounding of z makes a / z noisy.
     neg = z < -1e-2 * max(float(np.abs(z).max()), 1e-30)
     if not neg.any():
@@ -68,10 +104,16 @@ def leaky_slope(z: np.ndarray, a: np.ndarray) -> float | None:
     return round(slope, 6)
 
 
-def fit_activation(z, a, dtype: str = "float64") -> tuple[str | None, float]:
+def fit_activation(
+    z, a, dtype: str = "float64", *, name: str | None = None
+) -> tuple[str | None, float]:
     """The activation that maps ``z`` to ``a`` best: ``(name or None, relative error)``.
 
     ``None`` when nothing reproduces ``a`` within :data:`FIT` for ``dtype``.
+
+    Raises:
+        AlignmentError: ``z`` and ``a`` differ in shape (``name``: the step read, for the
+            message).
 
     Example:
         >>> z = np.linspace(-3, 3, 13)
@@ -81,15 +123,15 @@ def fit_activation(z, a, dtype: str = "float64") -> tuple[str | None, float]:
     z = np.asarray(z, dtype=np.float64)
     a = np.asarray(a, dtype=np.float64)
     candidates = list(ACTIVATIONS)
-    slope = leaky_slope(z, a)
+    slope = leaky_slope(z, a, name=name)
     if slope is not None:
         candidates.append(f"leaky_relu:{slope!r}")
     best, best_err = None, math.inf
     with np.errstate(all="ignore"):
-        for name in candidates:
-            err = rel(get_activation(name)(z), a)
+        for candidate in candidates:
+            err = rel(get_activation(candidate)(z), a)
             if err < best_err:
-                best, best_err = name, err
+                best, best_err = candidate, err
     return (best if best_err <= FIT.get(dtype, 1e-5) else None), best_err
 
 
@@ -147,18 +189,54 @@ def fit_norm(
     kinds: Iterable[str] = ("layernorm", "rmsnorm", "batchnorm"),
     epsilons: Iterable[float] = (),
     training: bool = False,
+    name: str | None = None,
 ) -> tuple[AbstractLayer | None, float]:
     """The normalisation layer that maps ``x`` to ``y`` with ``weights`` (local names
-    ``scale``, ``bias``, ``mean``, ``var``): ``(layer or None, relative error)``.
+    ``scale``, ``bias``, ``mean``, ``var``, each ``(features,)``: the last axis of ``x``):
+    ``(layer or None, relative error)``.
 
     Tries LayerNorm, RMSNorm and inference-mode BatchNorm (when ``mean``/``var`` are given),
     or only training-mode BatchNorm (batch statistics) with ``training=True``, with the
     epsilons in ``epsilons`` (e.g. constants read from the model's code) and then
     :data:`EPSILONS`. ``None`` when nothing fits within :data:`FIT`.
+
+    Raises:
+        AlignmentError: ``x`` and ``y`` differ in shape, or a weight does not hold one value
+            per feature of ``x`` (``name``: the step read, for the message).
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    _per_feature(x, y, w, name)
+    try:
+        return _fit_norm(x, y, w, dtype, kinds, epsilons, training)
+    except XgradError:
+        raise
+    except (ValueError, IndexError, TypeError) as exc:  # xgrad's own layers refused them
+        raise _unreadable(name, "a normalisation", f"{type(exc).__name__}: {exc}") from None
+
+
+def _per_feature(x: np.ndarray, y: np.ndarray, w: Mapping[str, np.ndarray], name) -> None:
+    """Raise :class:`~xgrad.AlignmentError` unless ``y`` has ``x``'s shape and each weight
+    ``(features,)`` matches its last axis."""
+    if x.shape != y.shape:
+        why = (
+            f"its input has shape {x.shape} and its output {y.shape}, but a normalisation "
+            "keeps the shape of what it normalises"
+        )
+        raise _unreadable(name, "a normalisation", why)
+    for local, v in w.items():
+        if x.ndim == 0 or v.shape != (x.shape[-1],):
+            why = (
+                f"its parameter {local!r} has shape {v.shape}, but a normalisation of an "
+                f"input of shape {x.shape} holds one value per feature of its last axis, "
+                f"({x.shape[-1] if x.ndim else 0},)"
+            )
+            raise _unreadable(name, "a normalisation", why)
+
+
+def _fit_norm(x, y, w, dtype, kinds, epsilons, training) -> tuple[AbstractLayer | None, float]:
+    """:func:`fit_norm` on checked float64 arrays."""
     flags = {"center": "bias" in w, "scale": "scale" in w}
     eps_list = list(dict.fromkeys([*(_shortest(e) for e in epsilons if e > 0), *EPSILONS]))
     best, best_err = None, math.inf
