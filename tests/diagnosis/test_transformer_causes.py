@@ -344,7 +344,7 @@ def test_embedding_scale_in_the_models_own_code_is_named_in_both_directions(refe
     d = _cause(
         _model(ScaledInCode, scaled=reference), _model(ScaledInCode, scaled=candidate, seed=1), IDS
     )
-    _named(d, "embedding-scale", "")  # the model's own code, no module's
+    _named(d, "embedding-scale", "(the model)")  # the model's own code, no module's
     assert "in the model's own code between embed and head" in d.detail, d.detail
     assert "sqrt(dim) = sqrt(16)" in d.detail
 

@@ -151,7 +151,7 @@ def test_a_minus_inf_mask_fill_is_named_with_its_nan_rows(llama):
 
 def test_embeddings_scaled_in_the_ports_own_code_are_named(llama):
     d = _diagnosis(llama, embed_scale=True)
-    assert (d.cause, d.confirmed, d.layer) == ("embedding-scale", True, ""), d.text()
+    assert (d.cause, d.confirmed, d.layer) == ("embedding-scale", True, "(the model)"), d.text()
     assert "in the model's own code between model.embed_tokens and model.layers.0" in d.detail
     assert "the candidate multiplies them by sqrt(dim) = sqrt(16)" in d.detail
 
@@ -289,6 +289,6 @@ def test_a_minus_inf_mask_fill_in_the_reference_is_named_with_its_nan_rows(llama
 @pytest.mark.exhaustive
 def test_embeddings_scaled_in_the_references_own_code_are_named(llama):
     d = _reversed(llama, _planted(llama, {"embed_scale": True}))
-    assert (d.cause, d.confirmed, d.layer) == ("embedding-scale", True, ""), d.text()
+    assert (d.cause, d.confirmed, d.layer) == ("embedding-scale", True, "(the model)"), d.text()
     assert "in the model's own code between model.embed_tokens and model.layers.0" in d.detail
     assert "the reference multiplies them by sqrt(dim) = sqrt(16)" in d.detail

@@ -33,6 +33,7 @@ from xgrad.diagnosis import (
     transformer,
 )
 from xgrad.diagnosis.evidence import Evidence, ReferenceValues, UnitEvidence, build_evidence
+from xgrad.diagnosis.fit_transformer import attend
 from xgrad.diagnosis.precision import float32_exact, round_mantissa
 from xgrad.diagnosis.records import UNEXPLAINED, Cause, Diagnosis, Finding, in_order
 from xgrad.identify import rel
@@ -369,22 +370,24 @@ def _failing(report, label: str) -> tuple[list[str], list[str]]:
 
 def _later(
     report, ev: Evidence, first, weights, diagnosed, *, modules: bool
-) -> tuple[list[Diagnosis], str | None]:
+) -> tuple[list[Diagnosis], list[str]]:
     """The diagnoses of the units other than ``first`` (the first divergence) that diverge
     in their own right: after it, their outputs; before it, their gradients (each tested on
     its rebased evidence, :mod:`xgrad.diagnosis.downstream`; those ``diagnosed`` already
     not again; ``modules``: a model read module by module); and the note naming those that
-    only carry another's difference."""
+    only carry another's difference, and those that could not be re-run."""
     label = ev.framework
     forward, backward = _failing(report, label)
     ev.fit_tol = max(ev.tol, precision.FLOAT32_TOL) if _lower_precision(ev) else ev.tol
     with np.errstate(all="ignore"):
-        later, below = [], {}
+        later, below, after = [], {}, {}
         if first.where == "forward":
             done = [d.layer for d in diagnosed if d.where == "forward"]
-            later, below = downstream.later_divergences(ev, forward, first.path, weights, done)
+            later, below, after = downstream.later_divergences(
+                ev, forward, first.path, weights, done, rerun=lambda u: _rerun_attention(ev, u)
+            )
         done = [d.layer for d in diagnosed]
-        earlier, above = downstream.earlier_divergences(
+        earlier, above, before = downstream.earlier_divergences(
             ev, backward, first.path, done, inputs=not modules
         )
         found = []
@@ -404,7 +407,26 @@ def _later(
                         detail, before=item.error, layer=item.path, where=where, framework=label
                     )
                 )
-    return found, downstream.downstream_note(label, below, above)
+    notes = (
+        downstream.downstream_note(label, below, above),
+        downstream.unchecked_note(label, after, before),
+    )
+    return found, [n for n in notes if n]
+
+
+def _rerun_attention(ev: Evidence, unit: UnitEvidence) -> UnitEvidence | None:
+    """``unit``, a module of no kind that fits as the reference's attention
+    (:func:`~xgrad.diagnosis.transformer.fitted`), with its reference side re-run on the
+    candidate's input to it (its weights, convention and padding mask); ``None`` where it
+    is not one or that input has another shape."""
+    f = transformer.fitted(ev, unit)
+    x = unit.input_cand
+    if f is None or x is None or np.shape(x) != np.shape(f.x):
+        return None
+    y = attend(f.weights, f.convention, np.asarray(x, np.float64), f.keep)[0]
+    if np.shape(y) != np.shape(unit.output_cand) or not np.all(np.isfinite(y)):
+        return None
+    return replace(unit, input_ref=np.asarray(x, np.float64), output_ref=y)
 
 
 def diagnose_side(
@@ -437,8 +459,8 @@ def diagnose_side(
     weights = reference.weights if reference is not None else ReferenceValues(ref, inputs).weights
     diagnosed = [d for d in found if d.layer is not None and d.where in ("forward", "backward")]
     modules = side.grads.module_inputs is not None
-    later, note = _later(report, ev, first, weights, diagnosed, modules=modules)
-    return [*found, *later], [note] if note else []
+    later, notes = _later(report, ev, first, weights, diagnosed, modules=modules)
+    return [*found, *later], notes
 
 
 def _code(ref, side, first, inputs, *, dtype: str, tol: float, weights) -> list[Diagnosis] | None:
@@ -453,15 +475,30 @@ def _code(ref, side, first, inputs, *, dtype: str, tol: float, weights) -> list[
     if code is not None:
         found = diagnose(code, (first.path, "forward", code_before(code)))
     if found and found[0].confirmed:
-        return found
+        return _placed(found, first)
     weights = ref.model.weights() if weights is None else weights
     code = tokens.code_evidence(ref, side, first, inputs, dtype=dtype, tol=tol, weights=weights)
     scaled = None if code is None else diagnose(code, (first.path, "forward", code_before(code)))
     if scaled and scaled[0].confirmed:
-        before, after = first.between["reference"]
-        where = f"in the model's own code between {before} and {after}: "
-        return [replace(scaled[0], detail=where + scaled[0].detail), *scaled[1:]]
-    return found
+        return _placed(scaled, first)
+    return None if found is None else _placed(found, first)
+
+
+MODEL = "(the model)"
+"""The ``layer`` of a diagnosis of the model's own code (its path, ``""``, reads as none)."""
+
+
+def _placed(found: list[Diagnosis], first) -> list[Diagnosis]:
+    """The diagnoses of the code between two modules that ``first`` names, each saying where
+    that code is (``in the code of encoder.layers.0 between ... and ...: ``), and the
+    model's own code named :data:`MODEL` rather than by its empty path."""
+    before, after = first.between["reference"]
+    owner = f"the code of {first.path}" if first.path else "the model's own code"
+    where = f"in {owner} between {before} and {after}: "
+    return [
+        replace(d, layer=d.layer or MODEL, detail=where + d.detail) if d.layer == first.path else d
+        for d in found
+    ]
 
 
 def _headline(report, ev: Evidence, label: str) -> list[Diagnosis]:

@@ -20,7 +20,7 @@ convention, another wrong derivative).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -36,6 +36,7 @@ __all__ = [
     "later_divergences",
     "rebase",
     "rebase_backward",
+    "unchecked_note",
 ]
 
 
@@ -104,9 +105,12 @@ def later_divergences(
     first: str,
     weights: Mapping[str, np.ndarray],
     diagnosed: Sequence[str] = (),
-) -> tuple[list[Later], dict[str, str]]:
+    *,
+    rerun: Callable[[UnitEvidence], UnitEvidence | None] | None = None,
+) -> tuple[list[Later], dict[str, str], dict[str, str]]:
     """The units after ``first`` (the first divergence) that diverge in their own right,
-    and the others, downstream: ``(later, {path: the unit it is downstream of})``.
+    the others, downstream, and those that could not be re-run:
+    ``(later, {path: the unit it is downstream of}, {path: the unit it comes after})``.
 
     Args:
         ev: the evidence of one side.
@@ -115,17 +119,21 @@ def later_divergences(
         weights: every canonical weight of the reference (float64).
         diagnosed: the units diagnosed already (the headline's): they diverge in their own
             right and are not diagnosed again.
+        rerun: the reference's side of a unit :func:`rebase` cannot re-run (a module of no
+            kind, such as an attention fitted from its values), re-run on the candidate's
+            input to it, or ``None``.
 
     A unit is considered after ``first`` when it finishes later or lies inside it (the code
     of a module that parts runs before its later submodules finish); a unit holding one that
-    diverges in its own right (a residual block around it) is not considered again, and a
-    unit that cannot be re-run (:func:`rebase`) is neither.
+    diverges in its own right (a residual block around it) is not considered again; a unit
+    that cannot be re-run either way is returned as such, never dropped.
     """
     order = {u.path: k for k, u in enumerate(ev.units)}
     start = order.get(first, -1)
     own = [first]
     later: list[Later] = []
     downstream: dict[str, str] = {}
+    unchecked: dict[str, str] = {}
     for k, unit in enumerate(ev.units):
         path = unit.path
         if path not in failing or path == first or _inside(first, path):
@@ -138,7 +146,10 @@ def later_divergences(
         if any(_inside(p, path) for p in own):
             continue  # it holds a unit that diverges in its own right
         rebased = rebase(unit, weights)
+        if rebased is None and rerun is not None:
+            rebased = rerun(unit)
         if rebased is None:
+            unchecked[path] = own[-1]
             continue
         error = rel(unit.output_cand, rebased.output_ref)
         if error <= ev.fit_tol:
@@ -146,7 +157,7 @@ def later_divergences(
             continue
         own.append(path)
         later.append(Later(path, error, rebased))
-    return later, downstream
+    return later, downstream, unchecked
 
 
 def _vjp(layers, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray):
@@ -230,10 +241,11 @@ def earlier_divergences(
     diagnosed: Sequence[str] = (),
     *,
     inputs: bool = True,
-) -> tuple[list[Later], dict[str, str]]:
+) -> tuple[list[Later], dict[str, str], dict[str, str]]:
     """The units before ``first`` (the first divergence) whose gradients differ in their own
-    right, from the output back, and the others: ``(earlier, {path: the unit whose gradients
-    they only carry})``.
+    right, from the output back, the others, and those whose backward cannot be re-run (a
+    module of no kind; a residual block's layers are units of their own): ``(earlier,
+    {path: the unit whose gradients they only carry}, {path: the unit they come before})``.
 
     Args:
         ev: the evidence of one side.
@@ -253,19 +265,22 @@ def earlier_divergences(
     own = [first]
     earlier: list[Later] = []
     upstream: dict[str, str] = {}
+    unchecked: dict[str, str] = {}
     for unit in reversed(ev.units[:start]):
         path = unit.path
         if path not in failing or path in diagnosed or _inside(first, path):
             continue
         item = rebase_backward(ev, unit, inputs=inputs)
         if item is None:
+            if unit.block_input_ref is None:
+                unchecked[path] = own[-1]
             continue
         if item.error <= ev.fit_tol:
             upstream[path] = own[-1]
             continue
         own.append(path)
         earlier.append(item)
-    return earlier, upstream
+    return earlier, upstream, unchecked
 
 
 def downstream_note(
@@ -293,4 +308,35 @@ def downstream_note(
     return (
         f"{framework}: {'; '.join(parts)}: the reference's units, fed the candidate's values, "
         "compute the candidate's, so they are not diagnosed again"
+    )
+
+
+def _grouped(found: Mapping[str, str]) -> dict[str, list[str]]:
+    """``{unit: [paths named against it]}`` of ``{path: unit}``, the model shown by name."""
+    groups: dict[str, list[str]] = {}
+    for path, of in found.items():
+        groups.setdefault(of or "(the model)", []).append(path or "(the model)")
+    return groups
+
+
+def unchecked_note(
+    framework: str, after: Mapping[str, str], before: Mapping[str, str] | None = None
+) -> str | None:
+    """The note naming the diverging units that could not be re-run on the candidate's values
+    (``after``: their outputs differ after the unit named; ``before``: their gradients differ,
+    upstream of it), so that none is left unsaid; ``None`` when there are none."""
+    parts = []
+    for of, paths in _grouped(after).items():
+        verb = "differs" if len(paths) == 1 else "differ"
+        parts.append(f"{', '.join(paths)} {verb} after {of}")
+    for of, paths in _grouped(before or {}).items():
+        parts.append(f"the gradients of {', '.join(paths)} differ upstream of {of}")
+    if not parts:
+        return None
+    return (
+        f"{framework}: {'; '.join(parts)}, but xgrad could not re-run the reference's unit on "
+        "the candidate's values there (a module of no kind it runs, or inputs in another "
+        "layout): whether they also differ in their own right is not known; compare such a "
+        "module pair on its own (compare_models(reference_module, candidate_module, its "
+        "input)) to tell"
     )
