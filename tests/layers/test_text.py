@@ -45,3 +45,10 @@ def test_every_kind_reads_from_text():
 def test_bad_text_is_a_spec_error(text, pattern):
     with pytest.raises(xgrad.SpecError, match=pattern):
         parse_layers(text)
+
+
+@pytest.mark.parametrize("item", ["²", "3²:relu", "-¹"])
+def test_a_digit_that_is_no_number_is_a_spec_error_not_a_crash(item):
+    """str.isdigit() holds for superscripts, which int() refuses (found by the property test)."""
+    with pytest.raises(xgrad.SpecError, match="no number of units"):
+        parse_layers(item)

@@ -64,12 +64,16 @@ def _layer(item: str, use_bias: bool) -> AbstractLayer:
     if not item:
         raise SpecError("an empty layer item; write e.g. 8:relu,5:sigmoid")
     head = item.split(":", 1)[0]
-    if head.strip().isdigit() or head.strip().lstrip("-").isdigit():
+    if head.strip().lstrip("-").isdigit():  # isdigit: '²' too, which int() refuses
         units_text, _, activation = item.partition(":")
         try:
             return Dense(int(units_text), activation or "linear", use_bias=use_bias)
         except SpecError as exc:
             raise SpecError(f"layer {item!r}: {exc}") from None
+        except ValueError:
+            raise SpecError(
+                f"layer {item!r}: {units_text.strip()!r} is no number of units; write e.g. 8:relu"
+            ) from None
     name, _, rest = item.partition("(")
     name = name.strip().lower()
     if rest and not rest.endswith(")"):
