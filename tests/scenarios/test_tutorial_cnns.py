@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 from conftest import INSTALLED
 
+from xgrad.errors import AlignmentError
+
 pytestmark = pytest.mark.skipif(
     not {"torch", "flax", "tensorflow"} <= INSTALLED, reason="torch, flax and tensorflow are needed"
 )
@@ -239,15 +241,18 @@ def _rows(kernel: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return kernel.reshape(*grid, -1).transpose(1, 0, 2).reshape(kernel.shape)
 
 
-def ported(weights, source: str, target: str, flat: tuple[int, int], *, regroup=True):
+def ported(weights, source: str, target: str, flat: tuple[int, int], *, regroup=True, swap=False):
     """``weights`` of ``source`` as ``target`` stores them; the first dense layer after the
     flatten, of ``flat`` = (channels, positions), gets its rows regrouped between torch's
-    ``(C, H, W)`` and the channels-last ``(H, W, C)`` (unless ``regroup=False``: the slip)."""
+    ``(C, H, W)`` and the channels-last ``(H, W, C)`` (unless ``regroup=False``: the slip);
+    ``swap``: the first kernel's kh and kw swapped (a slip)."""
     out, first_dense = [], True
     for kernel, bias in weights:
         conv = kernel.ndim == 4
         if source == "torch":  # to channels-last, (in, out)
             kernel = kernel.transpose(2, 3, 1, 0) if conv else kernel.T
+        if conv and swap and not out:
+            kernel = kernel.transpose(1, 0, 2, 3)
         if not conv and first_dense and (source == "torch") != (target == "torch") and regroup:
             kernel = _rows(kernel, flat if source == "torch" else flat[::-1])
         first_dense = first_dense and conv
@@ -269,16 +274,12 @@ def original(tutorial: str):
     return model
 
 
-def port(tutorial: str, framework: str, *, regroup=True):
+def port(tutorial: str, framework: str, **slips):
     model = BUILD[(tutorial, framework)]()
     if framework == "torch":
         model.eval()
     weights = ported(
-        weights_of(original(tutorial), tutorial),
-        tutorial,
-        framework,
-        FLAT[tutorial],
-        regroup=regroup,
+        weights_of(original(tutorial), tutorial), tutorial, framework, FLAT[tutorial], **slips
     )
     load(model, framework, weights)
     return model
@@ -385,6 +386,32 @@ def test_rows_not_regrouped_behind_a_dropout_is_localised_at_the_classifier():
 def test_rows_not_regrouped_behind_a_dropout_is_named_channel_order():
     found = [(d.cause, d.layer, d.confirmed) for d in planted("keras", "torch").diagnoses]
     assert found == [("channel-order", _classifier("keras")[0], True)], found
+
+
+SWAPPED = [
+    ("torch", "keras"),
+    pytest.param(
+        "keras",
+        "nnx",
+        marks=pytest.mark.xfail(
+            strict=True,
+            raises=AlignmentError,
+            reason="read layer by layer, the unit is conv, relu and pooling: "
+            "diagnosis/activation.py _classify fits an activation from the conv's output to the "
+            "unit's pooled output and raises (shapes differ) instead of passing the cause by",
+        ),
+    ),
+]
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize(("tutorial", "framework"), SWAPPED)
+def test_first_kernel_with_kh_and_kw_swapped_is_localised_at_the_first_conv(tutorial, framework):
+    report = compare(tutorial, framework, port(tutorial, framework, swap=True))
+    assert not report.ok and not report.unpaired
+    first_conv = _weighted(original(tutorial), tutorial)[0]
+    name = first_conv.name if tutorial == "keras" else "conv1"
+    assert report.first_divergence["path"] in (name, "layers.0"), report.first_divergence
 
 
 @pytest.mark.parametrize("framework", ["keras", "nnx"])
