@@ -35,6 +35,9 @@ __all__ = ["CAUSES", "FindingAt", "Recurrent", "read_recurrent"]
 LSTM_GATES = ("i", "f", "g", "o")
 """The canonical LSTM gate blocks (PyTorch, Keras (``c`` for ``g``) and Flax alike)."""
 
+GRU_GATES = ("z", "r", "h")
+"""The canonical (Keras) GRU gate blocks; PyTorch's ``r, z, n`` are ``(1, 0, 2)`` of them."""
+
 NAMED_ORDERS = {
     (0, 2, 1, 3): "i, g, f, o: TensorFlow 1's LSTMCell order i, j, f, o",
     (2, 0, 1, 3): "g, i, f, o (cuDNN's canonical order is i, f, g, o: not this)",
@@ -219,16 +222,25 @@ def _test(alternatives, words):
 
 
 def _gate_orders(rec: Recurrent):
-    if rec.layer.kind != "lstm":
-        return
-    for order in itertools.permutations(range(4)):
-        if order == (0, 1, 2, 3):
+    gates = 4 if rec.layer.kind == "lstm" else 3  # a GRU's bias (2, 3u) has its blocks last
+    for order in itertools.permutations(range(gates)):
+        if order == tuple(range(gates)):
             continue
         weights = {k: _blocks(v, order) for k, v in rec.weights.items()}
         yield None, weights, order
 
 
 def _gate_words(rec: Recurrent, order) -> str:
+    if rec.layer.kind == "gru":
+        held = ", ".join(GRU_GATES[i] for i in order)
+        torch = " (PyTorch's order r, z, n)" if order == (1, 0, 2) else ""
+        return (
+            f"the candidate's GRU reads its gate blocks as z, r, h but they hold the "
+            f"reference's {held}{torch}: its weights were copied in another gate order. "
+            "PyTorch's nn.GRU (and Flax's nnx.GRUCell) orders the gates r, z, n, Keras z, r, "
+            "h; swap the first two blocks of kernel, recurrent_kernel and each bias row when "
+            "porting"
+        )
     held = ", ".join(LSTM_GATES[i] for i in order)
     name = NAMED_ORDERS.get(order)
     return (
@@ -311,9 +323,10 @@ CAUSES = (
     Cause(
         "lstm-gate-order",
         "forward",
-        ("lstm", "module"),
-        "LSTM weights copied in another gate-block order (PyTorch, Keras, Flax: i, f, g(c), "
-        "o; TensorFlow 1's LSTMCell: i, j, f, o)",
+        ("lstm", "gru", "module"),
+        "LSTM or GRU weights copied in another gate-block order (LSTM in PyTorch, Keras, Flax: "
+        "i, f, g(c), o; TensorFlow 1's LSTMCell: i, j, f, o; GRU: PyTorch r, z, n, Keras z, "
+        "r, h)",
         _test(_gate_orders, _gate_words),
     ),
     Cause(
