@@ -196,6 +196,7 @@ def test_the_meta_port_with_hf_s_permutation_undone_is_ok_and_pairs_every_parame
     assert len(native) == len(dict(llama.named_parameters()))
     assert native[f"{ATTN}.q_proj.weight"] == "layers.0.attention.wq.weight"
     assert native[f"{ATTN}.k_proj.weight"] == "layers.0.attention.wk.weight"
+    assert any("interleaved RoPE order" in n for n in report.notes), report.notes
 
 
 def test_the_pairing_says_q_and_k_are_stored_in_the_interleaved_order(llama):

@@ -592,6 +592,7 @@ def pairing_notes(pairing) -> list[str]:
             "they differ there, check that layout (or load the weights yourself and pass "
             "transfer=False)"
         )
+    notes += list(getattr(pairing, "notes", ()))  # pairs through a permutation, sum, blocks
     return notes
 
 
