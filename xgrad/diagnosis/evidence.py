@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xgrad.align import Alignment, Unit
+from xgrad.errors import AlignmentError
 from xgrad.identify import fit_activation, fit_norm
 from xgrad.layers import Activation, Dense, Dropout, forward_sequence, vjp_sequence
 from xgrad.layers.base import AbstractLayer, Step
@@ -313,9 +314,14 @@ def _identify(layers, weights, x, out, dtype) -> list[AbstractLayer | None]:
             else None
         )
     elif main is None and ({"scale", "bias"} & set(weights) or not weights):
-        found, _ = fit_norm(
-            x, out, weights, dtype=dtype if dtype in ("float32", "float64") else "float32"
-        )
+        if any(np.shape(w) != (np.shape(x)[-1],) for w in weights.values()):
+            return layers  # channels first (torch's BatchNorm2d, GroupNorm): no last-axis norm
+        try:
+            found, _ = fit_norm(
+                x, out, weights, dtype=dtype if dtype in ("float32", "float64") else "float32"
+            )
+        except AlignmentError:
+            return layers  # not a norm xgrad has: the unit stays as it is read
         layers[0] = found
     return layers
 
