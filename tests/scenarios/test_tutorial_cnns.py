@@ -29,8 +29,6 @@ import numpy as np
 import pytest
 from conftest import INSTALLED
 
-from xgrad.errors import AlignmentError
-
 pytestmark = pytest.mark.skipif(
     not {"torch", "flax", "tensorflow"} <= INSTALLED, reason="torch, flax and tensorflow are needed"
 )
@@ -378,30 +376,12 @@ def test_rows_not_regrouped_behind_a_dropout_is_localised_at_the_classifier():
 
 @pytest.mark.exhaustive
 @pytest.mark.skipif(not CAUSES_LANDED, reason="xgrad.diagnosis.conv has not landed")
-@pytest.mark.xfail(
-    strict=True,
-    reason="diagnosis/conv.py flatten_between looks only at the module right after the "
-    "flatten (the Dropout here), not past weight-free modules to the Dense",
-)
 def test_rows_not_regrouped_behind_a_dropout_is_named_channel_order():
     found = [(d.cause, d.layer, d.confirmed) for d in planted("keras", "torch").diagnoses]
     assert found == [("channel-order", _classifier("keras")[0], True)], found
 
 
-SWAPPED = [
-    ("torch", "keras"),
-    pytest.param(
-        "keras",
-        "nnx",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=AlignmentError,
-            reason="read layer by layer, the unit is conv, relu and pooling: "
-            "diagnosis/activation.py _classify fits an activation from the conv's output to the "
-            "unit's pooled output and raises (shapes differ) instead of passing the cause by",
-        ),
-    ),
-]
+SWAPPED = [("torch", "keras"), ("keras", "nnx")]
 
 
 @pytest.mark.exhaustive

@@ -60,7 +60,10 @@ def describe(name: str) -> str:
 
 def _fit(z, a, tol: float, dtype: str) -> str | None:
     """The activation that maps ``z`` to ``a`` within the candidate's rounding, or within
-    ``tol`` when none does that well."""
+    ``tol`` when none does that well; ``None`` when the two differ in shape (a unit of a
+    conv, its activation and a pooling: no activation maps one to the other)."""
+    if np.shape(z) != np.shape(a):
+        return None
     name, err = fit_activation(z, a, dtype if dtype in ("float32", "float64") else "float32")
     if name is not None:
         return name

@@ -671,7 +671,17 @@ def flatten_between(ev: Evidence, first) -> list | None:
     from xgrad.diagnosis.records import Diagnosis
 
     after = (first.between or {}).get("reference", (None, None))[1]
-    unit = next((u for u in ev.units if u.path == after), None)
+    at = next((i for i, u in enumerate(ev.units) if u.path == after), None)
+    unit = None if at is None else ev.units[at]
+    # Keras' convnet flattens, then drops out: walk past weight-free units on the vectors
+    while (
+        unit is not None
+        and not unit.weights_ref
+        and unit.input_ref.ndim == 2
+        and at + 1 < len(ev.units)
+    ):
+        at += 1
+        unit = ev.units[at]
     if unit is None or not isinstance(unit.main_ref, Dense) or unit.input_ref.ndim != 2:
         return None
     before = rel(unit.output_cand, unit.output_ref)
