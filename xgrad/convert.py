@@ -4,8 +4,10 @@
   spec holds them (see :data:`TARGETS`).
 * ``convert(model, into=my_module)``: a copy of *your* model (an NNX module, a Linen
   ``(module, variables)`` pair, a pure-JAX ``(apply_fn, params)`` pair, a Keras model, a
-  PyTorch module) holding the weights, under its own names and layout, paired layer by layer
-  exactly as :func:`xgrad.compare_models` pairs them. Your object is not changed.
+  PyTorch module, or one of xgrad's own built models) holding the weights, under its own
+  names and layout: read as layers of xgrad's kinds where both read so, else paired as
+  :func:`xgrad.compare_models` pairs them. Every parameter of the target is written, or none
+  (:class:`IncompleteConversion`). Your object is not changed.
 
 Every weight is carried bit-exactly (convolution kernels ``(*k, in/groups, out)`` against
 PyTorch's ``(out, in/groups, *k)``, LSTM/GRU kernels transposed and GRU gates reordered
@@ -25,14 +27,23 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from xgrad.errors import InputError
+from xgrad.errors import AlignmentError, InputError, XgradError
 from xgrad.frameworks.base import AbstractModel, LayerInfo
+from xgrad.frameworks.capture import CapturedModel
 from xgrad.frameworks.kinds import NativeParts
 from xgrad.frameworks.registry import get_framework, known_frameworks, lookup_framework, read_model
 from xgrad.layers import Activation, Dense, Residual
 from xgrad.spec import MLP
 
-__all__ = ["TARGETS", "convert", "read_sum_notes", "spec_of", "split_notes", "summed_weights"]
+__all__ = [
+    "TARGETS",
+    "IncompleteConversion",
+    "convert",
+    "read_sum_notes",
+    "spec_of",
+    "split_notes",
+    "summed_weights",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -145,6 +156,85 @@ def read_sum_notes(model: AbstractModel) -> tuple[str, ...]:
     return tuple(notes)
 
 
+class IncompleteConversion(AlignmentError):
+    """``convert(into=...)`` would leave some of the target's parameters holding their own
+    values (no parameter of the source pairs with them): nothing is written, the target is
+    not returned half-filled.
+
+    Attributes:
+        unwritten: ``{target parameter: why it pairs with nothing}``.
+    """
+
+    def __init__(self, message: str, unwritten: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.unwritten = dict(unwritten)
+
+
+def _unwritten(pair) -> dict[str, str]:
+    """The candidate's parameters the reference's weights do not reach through the pairing,
+    each with the pairing's reason where it gave one."""
+    written = pair.alignment.to_candidate(pair.reference.weights())
+    reasons = {
+        name: why
+        for side, name, why in getattr(pair.alignment, "unpaired", ())
+        if side != "reference"
+    }
+    return {
+        name: reasons.get(name, "no parameter of the source pairs with it")
+        for name in pair.candidate.weights()
+        if name not in written
+    }
+
+
+def _built(obj) -> bool:
+    """Whether ``obj`` is one of xgrad's own models (read as layers already, never module by
+    module)."""
+    return isinstance(obj, AbstractModel) and not isinstance(obj, CapturedModel)
+
+
+def _read_into(model, into, x, mapping):
+    """Read ``model`` and ``into`` for :func:`convert`, paired so that, where it can be, every
+    parameter of ``into`` is written.
+
+    Both are read as layers of xgrad's kinds first: each reader knows its framework's layout
+    of each kind (torch's two LSTM biases as one sum, a GRU's gate order and ``(2, 3u)``
+    bias), where pairing modules infers layouts from shapes and values, which a target of
+    another initialisation cannot show. Where that fails or leaves a parameter of ``into``
+    unpaired, they are read as :func:`xgrad.compare_models` reads them (module by module for
+    users' models on token ids). xgrad's own built models are read as layers only."""
+    from xgrad.comparison import read_pair
+
+    try:
+        layers = read_pair(model, into, x, mapping=mapping, read="layers")
+    except XgradError:
+        if _built(model) or _built(into):
+            raise
+        layers = None
+    if layers is not None and (_built(model) or _built(into) or not _unwritten(layers)):
+        return layers
+    try:
+        return read_pair(model, into, x, mapping=mapping)
+    except XgradError:
+        if layers is None:
+            raise
+        return layers  # refused by the caller, naming what it leaves unwritten
+
+
+def _refusal(into, unwritten: Mapping[str, str]) -> IncompleteConversion:
+    listed = "; ".join(f"{name} ({why})" for name, why in list(unwritten.items())[:6])
+    more = f" and {len(unwritten) - 6} more" if len(unwritten) > 6 else ""
+    return IncompleteConversion(
+        f"xgrad.convert: {len(unwritten)} parameter(s) of the target {type(into).__name__} "
+        f"pair with nothing of the source, so they would keep their own values: {listed}"
+        f"{more}. Nothing was written. Fix: where the source holds them under other names "
+        "or layouts, pass mapping={source parameter: target parameter}, or convert from a "
+        "spec and its canonical weights (into= from (spec, params), or to=<framework>: laid "
+        "out by xgrad's kinds) and load that; where the source has no such parameter, the "
+        "two models differ: make them equal",
+        unwritten,
+    )
+
+
 def _say(notes) -> None:
     for note in notes:
         _log.warning("xgrad.convert: %s", note)
@@ -156,9 +246,12 @@ def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
     Args:
         model: any model :func:`xgrad.compare_models` accepts.
         to: a target of :data:`TARGETS`.
-        into: your own model (any kind :func:`xgrad.compare_models` accepts); a copy of it
-            holding ``model``'s weights is returned, paired layer by layer as
-            ``compare_models`` pairs them (``mapping`` as there).
+        into: your own model (any kind :func:`xgrad.compare_models` accepts, or one of
+            xgrad's built models); a copy of it holding ``model``'s weights is returned
+            (xgrad's model: a model of its framework, else the native object), paired as
+            layers of xgrad's kinds where both read so (each reader knows its framework's
+            layout: torch's two LSTM biases, a GRU's gate order), else as ``compare_models``
+            pairs them (``mapping`` as there).
         x: an example input, for JAX functions whose input shape cannot be told from their
             params.
         mapping: how to pair the layers with ``into`` (``"auto"``: in call order).
@@ -167,19 +260,23 @@ def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
         InputError: neither or both of ``to`` and ``into``, an unknown target, or a layer
             whose configuration is unknown where the target needs it.
         AlignmentError: ``into`` does not pair with ``model`` (depth, widths, kinds).
+        IncompleteConversion: some parameter of ``into`` pairs with nothing of ``model``;
+            nothing is written (an :class:`~xgrad.errors.AlignmentError`).
     """
     if (to is None) == (into is None):
         raise InputError(
             "convert takes exactly one of to=... (a framework) and into=... (your model)"
         )
     if into is not None:
-        from xgrad.comparison import read_pair, transfer
-
-        pair = transfer(read_pair(model, into, x, mapping=mapping), True)
+        pair = _read_into(model, into, x, mapping)
+        unwritten = _unwritten(pair)
+        if unwritten:
+            raise _refusal(into, unwritten)
+        filled = pair.candidate.with_weights(pair.alignment.to_candidate(pair.reference.weights()))
         _say(read_sum_notes(pair.reference))
-        for note in split_notes(pair.candidate):
+        for note in split_notes(filled):
             _log.info("xgrad.convert: %s", note)
-        return pair.candidate.native
+        return filled if _built(into) else filled.native
     shape = None if x is None else tuple(np.shape(x)[1:])
     source = read_model(model, input_shape=shape)
     if to not in TARGETS:
