@@ -26,7 +26,10 @@ kernel): the values decide its axis order, or it stays unpaired. A query or key 
 whose candidate values are the reference's with its rows permuted within each head into the
 other RoPE order (Meta's LLaMA against Hugging Face's, :mod:`xgrad.pairing.rope`) pairs
 through that permutation, with a note; the projection's output is then not compared as it
-stands (its attention module's is). What pairs with nothing is listed
+stands (its attention module's is). A recurrent weight whose candidate values are the
+reference's with its gate blocks in another order (PyTorch's GRU ``r, z, n`` against Keras'
+``z, r, h``, :mod:`xgrad.pairing.blocks`) pairs through that permutation of the blocks, with a
+note. What pairs with nothing is listed
 (:attr:`ModulePairing.unpaired`), with the reason.
 
 ``mapping=`` overrides: ``{reference module path: candidate module path}`` pairs modules by
@@ -49,6 +52,7 @@ from xgrad.align import Alignment, Unit
 from xgrad.errors import AlignmentError
 from xgrad.frameworks.capture import CapturedModel, ModuleInfo
 from xgrad.frameworks.kinds import Layout
+from xgrad.pairing.blocks import blocks_note, found_blocks, pair_blocks
 from xgrad.pairing.options import pair_params
 from xgrad.pairing.params import (
     TIED,
@@ -61,7 +65,6 @@ from xgrad.pairing.params import (
     one_join,
     permutation,
 )
-from xgrad.pairing.blocks import blocks_note, found_blocks, pair_blocks
 from xgrad.pairing.rope import rope_note, rope_orders
 from xgrad.pairing.sums import Sum, pair_sums, sums_note
 

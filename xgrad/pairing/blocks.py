@@ -50,6 +50,7 @@ __all__ = ["BlockOrder", "BlockSplit", "blocks_note", "pair_blocks", "permute_bl
 BLOCKS = (3, 4)
 """How many gate blocks an axis may hold: a GRU's three, an LSTM's four."""
 _HELD = 1e-6  # the relative difference at which an array holds another's values (a copy)
+_PROBE = 16  # entries of each block looked at before the whole block
 GRU_SWAP = (1, 0, 2)
 """PyTorch's GRU blocks ``r, z, n`` as Keras' ``z, r, h`` (and back: it is its own inverse)."""
 
@@ -129,16 +130,32 @@ def _orders(n: int) -> list[tuple[int, ...]]:
     return out
 
 
-def _ways(r: np.ndarray, as_candidate, c: np.ndarray) -> list[tuple[int, tuple[int, ...]]]:
-    """Every ``(axis, order)`` under which ``as_candidate(permute_blocks(r, axis, order))``
-    holds ``c``, each distinct permutation of the entries once."""
+def _probe(a: np.ndarray, b: np.ndarray) -> bool:
+    """A cheap first look: the first entries of two blocks agree (loosely)."""
+    return rel(np.asarray(a.flat[:_PROBE]), np.asarray(b.flat[:_PROBE])) <= 1e-4
+
+
+def _ways(r: np.ndarray, c: np.ndarray) -> list[tuple[int, tuple[int, ...]]]:
+    """Every ``(axis, order)`` under which ``permute_blocks(r, axis, order)`` holds ``c``
+    (the candidate's array in the reference's layout), each distinct permutation of the
+    entries once. Each block of ``c`` is matched with ``r``'s blocks first (a look at their
+    first entries, then the whole block), so only consistent permutations are built."""
     found: dict[bytes, tuple[int, tuple[int, ...]]] = {}
     index = np.arange(r.size).reshape(r.shape)
     for axis in range(r.ndim):
-        for order in _orders(r.shape[axis]):
-            if _held(as_candidate(permute_blocks(r, axis, order)), c):
-                key = permute_blocks(index, axis, order).tobytes()
-                found.setdefault(key, (axis, order))
+        for k in BLOCKS:
+            n = r.shape[axis]
+            if n % k or n // k < 2:
+                continue
+            rb, cb = np.split(r, k, axis=axis), np.split(c, k, axis=axis)
+            match = [
+                [_probe(cb[i], rb[j]) and _held(rb[j], cb[i]) for j in range(k)] for i in range(k)
+            ]
+            for order in itertools.permutations(range(k)):
+                if order == tuple(range(k)) or not all(match[i][order[i]] for i in range(k)):
+                    continue
+                if _held(permute_blocks(r, axis, order), c):
+                    found.setdefault(permute_blocks(index, axis, order).tobytes(), (axis, order))
     return list(found.values())
 
 
@@ -154,13 +171,10 @@ def _reorder_one_to_one(names: set, acc: ParamPairing, values: Values) -> None:
             continue
         layout = acc.layouts.get(rn)
         inner = None if layout is None else Join((cn,), 0, (layout,))
-
-        def as_candidate(a, inner=inner):
-            return a if inner is None else inner.split(a)[0]
-
-        if _held(as_candidate(r), c):
+        back = c if inner is None else inner.join([c])  # the candidate's, as the reference's
+        if back.shape != r.shape or _held(r, back):
             continue
-        ways = _ways(r, as_candidate, c)
+        ways = _ways(r, back)
         if len(ways) != 1:
             continue
         axis, order = ways[0]
