@@ -136,6 +136,7 @@ def _check_correct(report):
     assert not report.unpaired, report.unpaired
     names = {e.name for e in report.parameters}
     assert TORCH_NAMES <= names and len(names) == 7, names
+    assert any("torch orders the GRU gates r, z, n; Keras z, r, h" in n for n in report.notes)
 
 
 def test_correct_keras_port_is_ok_with_every_parameter_paired(torch_model, keras_port, ids):
