@@ -98,3 +98,18 @@ def test_xgrads_own_torch_model_is_a_target(x):
     for name, src_name in where.items():
         np.testing.assert_array_equal(got[name], src[src_name], err_msg=name)
         np.testing.assert_array_equal(_state(target.native)[name], before[name], err_msg=name)
+
+
+def test_compare_models_reads_xgrads_own_torch_model_as_layers_on_token_ids():
+    """Token ids send users' models module by module, which xgrad's built models are not:
+    they are read as layers, with a note saying why (it raised AttributeError 'modules')."""
+    from torch import nn
+
+    spec = MLP((5,), [Embedding(10, 4), Dense(3)])
+    rng = np.random.default_rng(2)
+    other = {k: rng.standard_normal(s) for k, s in spec.weight_shapes().items()}
+    built = xgrad.get_framework("torch").build(spec, other, dtype="float32")
+    user = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    report = xgrad.compare_models(user, built, IDS)
+    assert report.ok, report.summary()
+    assert "xgrad's own torch model is read as the layers of its spec" in report.notes[0]

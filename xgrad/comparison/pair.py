@@ -517,6 +517,12 @@ def _read_modules(reference, candidate, batch, mapping, options, why) -> ModelPa
     outputs, modes, calls = options
     models = {}
     for side, obj in (("reference", reference), ("candidate", candidate)):
+        if isinstance(obj, AbstractModel) and not isinstance(obj, CapturedModel):
+            raise ModulesUnsupported(
+                f"xgrad's own {obj.framework} model is read as the layers of its spec, not "
+                "module by module",
+                side,
+            )
         try:
             models[side] = capture_model(
                 obj, batch, output=outputs[side], training=modes[side], apply_kwargs=calls[side]
