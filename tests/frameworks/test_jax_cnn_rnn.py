@@ -18,10 +18,13 @@ from xgrad import (
     GRU,
     LSTM,
     MLP,
+    Activation,
     AvgPool,
     Conv,
     Dense,
     Flatten,
+    GlobalAvgPool,
+    GroupNorm,
     MaxPool,
 )
 
@@ -190,3 +193,36 @@ def test_a_function_computing_nchw_throughout_is_not_named_a_channels_last_conv(
     model = xgrad.read_model((apply, params), input_shape=(3, 4, 4))
     conv = next(i for i in model.walk() if i.kind == "conv")
     assert conv.layer is None and "channels-first (NCHW)" in conv.note
+
+
+# -- xgrad's own JAX function, read back ----------------------------------------------------
+
+ROUND_TRIP = MLP(
+    (12, 12, 3),
+    [
+        Conv(4, 3, strides=2, padding="same"),
+        Activation("relu"),
+        MaxPool(2),  # after the ReLU: once left unread (its segment took GroupNorm's reshape)
+        GroupNorm(2),  # statistics on (..., G, C/G), reshaped back
+        Conv(6, 3, groups=2),
+        GlobalAvgPool(),  # a 1x1 mean: jnp.mean's division by 1 once read as an activation
+        Dense(5),
+    ],
+)
+
+
+def test_a_cnn_converted_to_jax_reads_back_as_its_spec_and_weights():
+    rng = np.random.default_rng(3)
+    weights = {
+        k: (0.4 * rng.standard_normal(s)).astype(np.float32)
+        for k, s in ROUND_TRIP.weight_shapes().items()
+    }
+    native = xgrad.convert((ROUND_TRIP, weights), to="jax")  # a list of per-layer dicts
+    apply = xgrad.get_framework("jax").build(ROUND_TRIP, None, dtype="float32").native[0]
+    model = xgrad.read_model((apply, native), input_shape=ROUND_TRIP.input_dim)
+    assert model.structure_error is None
+    assert model.spec() == ROUND_TRIP
+    got = model.weights()
+    assert set(got) == set(weights)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(np.asarray(got[name], np.float32), value, err_msg=name)

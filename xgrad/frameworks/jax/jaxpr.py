@@ -601,6 +601,8 @@ class _Analyser:
             # layer's bias (vmap's transposes), where the bias add still follows
             if last is not None and last.kind == "dense" and last.pre == last.end:
                 last.pre = last.end = b
+            elif last is not None and last.kind == "reduce":
+                windows.regroup(self, last, b)  # a GroupNorm's (..., G, C/G) statistics
         elif reduces and last is not None and last.kind in ("reduce", "norm") and not last.leaves:
             last.end = b
             last.batch_stats |= d["reduce_batch"]

@@ -39,7 +39,7 @@ from xgrad.identify import rel
 from xgrad.layers import AvgPool, Conv, GlobalAvgPool, GroupNorm, MaxPool
 from xgrad.layers.conv import conv_padding
 
-__all__ = ["KINDS", "configure", "fit_groupnorm", "read_window"]
+__all__ = ["KINDS", "configure", "fit_groupnorm", "read_window", "regroup"]
 
 KINDS = ("conv", "pool")
 """The read-layer kinds made here (``pool``: a max or average pool, told apart by its op)."""
@@ -167,10 +167,43 @@ def read_window(analyser, layers: list, d: dict, a: int, b: int, last) -> bool:
         if last.kind == "conv":
             last.pre = b
         return True
-    if last.kind == "pool" and last.op is not None and d["scaling"] and not d["reshape"]:
-        last.end = b  # an average pool's division
+    if _divides(analyser, last, seg, a, b):
+        last.end = b  # an average pool's division (jnp.mean's, after its sum)
         return True
     return False
+
+
+def _divides(analyser, last, seg: list[int], a: int, b: int) -> bool:
+    """``seg`` divides (or multiplies) the values of an average pool or a mean over the
+    spatial axes by constants, their shape unchanged: the end of that pool. A reshape (the
+    grouping of a GroupNorm after it) or a max pool's scaling is not."""
+    if last.kind != "pool" or (last.op is not None and last.op[0] != "sum"):
+        return False
+    names = [analyser.g.nodes[k].name for k in seg]
+    scaled = any(n in ("div", "mul") for n in names)
+    only = all(n in ("div", "mul", "broadcast_in_dim", "convert_element_type") for n in names)
+    return scaled and only and analyser.g.shape(a) == analyser.g.shape(b)
+
+
+def regroup(analyser, layer, b: int) -> bool:
+    """Extend ``layer`` (a normalisation's statistics so far) over ``b`` where ``b`` reshapes
+    its values back to the shape they had before a reshape into groups ``(..., G, C/G)`` (a
+    GroupNorm's): the layer then starts before the first reshape and ends after the second.
+    ``False`` (nothing changed) for any other segment."""
+    start = analyser.g.shape(layer.start)
+    node = (
+        analyser.g.nodes[analyser.producer[layer.start]]
+        if layer.start in analyser.producer
+        else None
+    )
+    if node is None or node.name != "reshape" or analyser.g.shape(b) == start:
+        return False
+    before = node.ins[0]
+    grouped = start[:-2] == analyser.g.shape(before)[:-1]
+    if not grouped or analyser.g.shape(b) != analyser.g.shape(before):
+        return False
+    layer.start, layer.end = before, b
+    return True
 
 
 # -- what they compute --------------------------------------------------------------------------
@@ -268,6 +301,13 @@ def configure(layer, arrays: list, values: dict, in_shape: tuple, dtype: str):
     return None, kind, out_shape, note, {}
 
 
+def _as_written(value: float) -> float:
+    """An epsilon read from float32 code (9.99999974e-06) as it was written (1e-05), as
+    :func:`xgrad.identify.fit_norm` reads one."""
+    short = float(str(np.float32(value)))
+    return short if abs(short - value) <= 1e-6 * abs(value) else float(value)
+
+
 def fit_groupnorm(x, y, local: dict, constants, dtype: str):
     """The :class:`~xgrad.layers.GroupNorm` (groups, epsilon, scale, bias) whose float64
     forward reproduces ``y`` from ``x`` (batch first, channels last) with the read
@@ -280,7 +320,7 @@ def fit_groupnorm(x, y, local: dict, constants, dtype: str):
     if x.ndim < 2 or x.shape != y.shape:
         return None
     channels = x.shape[-1]
-    eps_list = [c for c in constants if 0 < c < 0.1] + [1e-5, 1e-6, 1e-3]
+    eps_list = [_as_written(c) for c in constants if 0 < c < 0.1] + [1e-5, 1e-6, 1e-3]
     extra = {k: v.reshape(-1) for k, v in local.items() if k in ("scale", "bias")}
     for groups in range(2, channels):
         if channels % groups:
