@@ -256,6 +256,18 @@ def _sublayer_weights(*names: str) -> dict[str, str]:
     return {f"{n}_{w}": f"{n}/{w}" for n in names for w in ("kernel", "bias")}
 
 
+def _conv_hints(module: nnx.Conv) -> dict:
+    """:func:`~.cnn.conv_hints`, a size equal on every axis written once (``kernel=3``, not
+    ``(3, 3)``), as a spec writes it and the JAX reader reads it: a spec built in Flax reads
+    back equal to itself."""
+    hints = cnn.conv_hints(module)
+    for key in ("kernel", "strides", "dilation"):
+        sizes = hints[key]
+        if isinstance(sizes, tuple) and len(set(sizes)) == 1:
+            hints[key] = sizes[0]
+    return hints
+
+
 _NORM_WEIGHTS = {"scale": "scale", "bias": "bias", "mean": "mean", "var": "var"}
 
 
@@ -310,7 +322,7 @@ KINDS: KindTable[FlaxKind] = KindTable(
             weights={"kernel": "kernel", "bias": "bias"},
             linen="Conv",
             modules=(nnx.Conv,),
-            hints=cnn.conv_hints,
+            hints=_conv_hints,
         ),
         "maxpool": FlaxKind(lambda layer, path, shape, *_: cnn.PoolLayer(layer, shape)),
         "avgpool": FlaxKind(lambda layer, path, shape, *_: cnn.PoolLayer(layer, shape)),
