@@ -256,7 +256,7 @@ def _known(call: _Call, own: dict[str, str], buffers: dict[str, str], dtype: str
     floating buffers exactly those the kind reads: an ``nn.BatchNorm1d``'s running
     statistics are its state ``mean`` and ``var``) or from its values, else opaque
     (``module``, its parameters under torch's names, no state)."""
-    opaque = (None, "module", dict(own), {}, {}, None)
+    opaque = (None, "module", dict(own), _running_stats(call.module, buffers), {}, None)
     if not leaf or call.output is None:
         return opaque
     ndim = call.inputs[0].ndim if call.inputs else 2
@@ -282,6 +282,17 @@ def _known(call: _Call, own: dict[str, str], buffers: dict[str, str], dtype: str
         dict(found.layouts),
         found.note,
     )
+
+
+def _running_stats(module: nn.Module, buffers: dict[str, str]) -> dict[str, str]:
+    """The state ``{mean, var}`` of a BatchNorm that stays opaque (a user's channels-first
+    ``nn.BatchNorm2d``, an ``nn.BatchNorm1d`` on ``(B, C, L)``): its ``running_mean`` and
+    ``running_var`` ``(C,)``, the shape a channels-last port's moving statistics have, so
+    that they count as state, never as parameters; ``{}`` for any other module."""
+    stats = ("running_mean", "running_var")
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or set(buffers) != set(stats):
+        return {}  # a subclass holding another floating buffer stays as it is
+    return {"mean": buffers["running_mean"], "var": buffers["running_var"]}
 
 
 def _float64(t: torch.Tensor) -> np.ndarray:
@@ -444,6 +455,8 @@ def _infos(
             found = _as_norm(c, own, tensors, dtype) or _as_dense(c, own, tensors, dtype)
             if found is not None:
                 layer, kind, natives, state, layouts, note = found
+        if isinstance(c.module, nn.RNNBase) and c.output_key == "0":
+            note = _rnn_note(c.module) if note is None else f"{note}; {_rnn_note(c.module)}"
         out.append(
             ModuleInfo(
                 path=c.path,
@@ -556,6 +569,58 @@ class _Taps:
     eps: list[torch.Tensor] = field(default_factory=list)
     values: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    hidden: dict[str, tuple[nn.RNNBase, torch.Tensor]] = field(default_factory=dict)
+
+
+def _rnn_hidden(mod: nn.Module, out) -> tuple[str, torch.Tensor] | None:
+    """``(key, h_n)`` of a torch RNN's ``(output, h_n)`` / ``(output, (h_n, c_n))``, else
+    ``None``."""
+    if not isinstance(mod, nn.RNNBase) or not isinstance(out, tuple) or len(out) != 2:
+        return None
+    if not isinstance(out[0], torch.Tensor):  # a PackedSequence
+        return None
+    hidden = out[1][0] if isinstance(out[1], tuple) else out[1]
+    return ("1.0" if isinstance(out[1], tuple) else "1"), hidden
+
+
+def _fold_hidden(mod: nn.RNNBase, grad: torch.Tensor, d_hidden: torch.Tensor) -> torch.Tensor:
+    """``dL/d output`` of a torch RNN with ``dL/d h_n`` of its last layer added where that
+    state is in the output: ``h_n[-1]`` (forward direction) is ``output`` at the last step,
+    ``h_n[-1]`` of a bidirectional RNN's backward direction ``output`` at the first step, in
+    its second half of features.
+
+    ``grad`` is ``(B, T, D * H)`` (``batch_first``), ``(T, B, D * H)`` or ``(T, D * H)``
+    (unbatched); ``d_hidden`` ``(D * layers, B, H)`` or ``(D * layers, H)``."""
+    dirs = 2 if mod.bidirectional else 1
+    units = d_hidden.shape[-1]
+    time = 1 if grad.ndim == 3 and mod.batch_first else 0
+    grad = grad.clone()
+    for d in range(dirs):
+        step = -1 if d == 0 else 0
+        index = [slice(None)] * grad.ndim
+        index[time] = step
+        index[-1] = slice(d * units, (d + 1) * units)
+        grad[tuple(index)] += d_hidden[d_hidden.shape[0] - dirs + d]
+    return grad
+
+
+def _rnn_note(mod: nn.RNNBase) -> str:
+    """The note on a torch RNN module read module by module: how its ``dL/d output`` is
+    taken, and what it does not show."""
+    hidden = [*(["c_n"] if isinstance(mod, nn.LSTM) else []), "h_n of an earlier layer"]
+    hidden = hidden[: len(hidden) - (mod.num_layers == 1)]
+    rest = (
+        f"; a loss reading {' or '.join(hidden)} reaches the module by a path its output does "
+        "not show, so there its dL/d output is not the whole gradient through it"
+        if hidden
+        else ""
+    )
+    return (
+        "returns (output, h_n): its dL/d output is compared with dL/d h_n of the last layer "
+        "added where that state is in output (h_n[-1] is output at the last step), the "
+        "gradient a port returning the sequence alone (Keras return_sequences=True, Flax "
+        f"nnx.RNN) shows{rest}"
+    )
 
 
 class TorchCapturedModel(CapturedModel):
@@ -645,6 +710,11 @@ class TorchCapturedModel(CapturedModel):
             taps.paths.append(path)
             taps.eps.append(eps)
             taps.values[path] = new.detach().clone()
+            hidden = _rnn_hidden(mod, out) if key == "0" else None
+            if hidden is not None:  # dL/d h_n, folded onto dL/d output after the backward
+                h_new, h_eps = tapped(hidden[1])
+                taps.hidden[path] = (mod, h_eps)
+                out = replace_leaf(out, hidden[0], h_new)
             return replace_leaf(out, key, new)
 
         if not capture:
@@ -671,7 +741,11 @@ class TorchCapturedModel(CapturedModel):
         return {
             f"{info.path}.{local}" if info.path else local: tensor_numpy(buffers[native])
             for info in self.layers
-            if info.layer is not None and info.layer.updates_state
+            if (
+                info.layer.updates_state
+                if info.layer is not None
+                else self._module.get_submodule(info.path).training
+            )
             for local, native in info.state.items()
         }
 
@@ -705,10 +779,15 @@ class TorchCapturedModel(CapturedModel):
                 seed = torch.from_numpy(np.asarray(cotangent, dtype=np.float64)).to(
                     out.device, out.dtype
                 )
-            wrt = [params[native] for native, _ in names.values()] + floating + taps.eps
+            hidden = [eps for _, eps in taps.hidden.values()]
+            wrt = [params[native] for native, _ in names.values()] + floating + taps.eps + hidden
             grads = torch.autograd.grad(root, wrt, grad_outputs=seed, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
         n, m = len(names), len(floating)
+        grads, d_hidden = grads[: len(grads) - len(hidden)], grads[len(grads) - len(hidden) :]
+        for (path, (mod, _)), dh in zip(taps.hidden.items(), d_hidden, strict=True):
+            i = n + m + taps.paths.index(path)
+            grads[i] = _fold_hidden(mod, grads[i], dh)
         dparams = {
             name: to_canonical(tensor_numpy(g, own=True), layout)
             for (name, (_, layout)), g in zip(names.items(), grads[:n], strict=True)
