@@ -8,6 +8,7 @@ the same way and gets the same notes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -532,7 +533,9 @@ def _read_modules(reference, candidate, batch, mapping, options, why) -> ModelPa
                 raise ModulesUnsupported(str(exc), side) from None
             raise
     pairing = pair_modules(models["reference"], models["candidate"], mapping)
+    pairing, apart = _state_apart(pairing, models)
     notes = [f"read module by module ({why})"] if why else ["read module by module"]
+    notes += [apart] if apart else []
     integer = [name for name in batch.names if name not in batch.floating]
     if integer:
         one = len(integer) == 1
@@ -553,6 +556,38 @@ def _read_modules(reference, candidate, batch, mapping, options, why) -> ModelPa
     pair = ModelPair(models["reference"], models["candidate"], pairing, notes, tier="modules")
     pair.batch = batch
     return pair
+
+
+def _state_apart(pairing, models: dict):
+    """``(pairing, note or None)``: state arrays (running statistics read as state) that
+    pair with nothing are never unpaired *parameters* (their gradient is not a question);
+    they leave ``pairing.unpaired`` and the note names them, on either side, as not
+    compared (an opaque module's state, a channels-first ``nn.BatchNorm2d``'s running
+    statistics, is never paired and would otherwise go unsaid)."""
+    state = {
+        side: [
+            f"{info.path}.{local}" if info.path else local
+            for info in model.modules
+            for local in info.state
+        ]
+        for side, model in models.items()
+    }
+    paired = {"reference": set(pairing.names), "candidate": set(pairing.names.values())}
+    apart = [(side, n) for side, names in state.items() for n in names if n not in paired[side]]
+    if not apart:
+        return pairing, None
+    gone = set(apart)
+    kept = tuple(u for u in pairing.unpaired if (u[0], u[1]) not in gone)
+    listed = ", ".join(f"{side} {name}" for side, name in apart[:6])
+    more = f" and {len(apart) - 6} more" if len(apart) > 6 else ""
+    note = (
+        f"{len(apart)} state array(s) (buffers such as running statistics, not parameters) "
+        "pair with nothing "
+        f"on the other side: {listed}{more}; they were not compared, so neither their values "
+        "nor how an evaluation in training mode updates them (a BatchNorm's momentum) is "
+        "checked here"
+    )
+    return dataclasses.replace(pairing, unpaired=kept), note
 
 
 def pairing_notes(pairing) -> list[str]:
