@@ -222,6 +222,8 @@ def _first_vocab(module: nn.Module, graph: torch.fx.Graph | None) -> int | None:
     for node in graph.nodes:
         if placeholder is None or placeholder not in node.all_input_nodes:
             continue
+        if _metadata_only(node):  # b, t = idx.size(), before the embedding (nanoGPT)
+            continue
         if node.op == "call_module":
             sub = module.get_submodule(node.target)
             return int(sub.num_embeddings) if isinstance(sub, nn.Embedding) else None
@@ -231,6 +233,19 @@ def _first_vocab(module: nn.Module, graph: torch.fx.Graph | None) -> int | None:
                 return int(module.get_parameter(weight.target).shape[0])
         return None
     return None
+
+
+_METADATA_METHODS = frozenset({"size", "dim", "numel", "get_device", "type"})
+_METADATA_ATTRIBUTES = frozenset({"shape", "device", "dtype", "ndim", "is_cuda"})
+
+
+def _metadata_only(node: torch.fx.Node) -> bool:
+    """Whether ``node`` reads only the shape, device or dtype of a tensor, not its values."""
+    if node.op == "call_method":
+        return node.target in _METADATA_METHODS and not (node.target == "type" and node.args[1:])
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _METADATA_ATTRIBUTES
+    return False
 
 
 def _sample(shape: Shape, dtype: str, device, vocab: int | None = None) -> torch.Tensor:
