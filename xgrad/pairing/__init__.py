@@ -53,6 +53,7 @@ from xgrad.errors import AlignmentError
 from xgrad.frameworks.capture import CapturedModel, ModuleInfo
 from xgrad.frameworks.kinds import Layout
 from xgrad.pairing.blocks import blocks_note, found_blocks, pair_blocks
+from xgrad.pairing.known import known_note, pair_known
 from xgrad.pairing.options import pair_params
 from xgrad.pairing.params import (
     TIED,
@@ -449,6 +450,7 @@ def pair_modules(
     acc = ParamPairing()
     left: list[tuple[str, str, str]] = []
     left_modules: list[tuple[str, str, str]] = []
+    known: list[str] = []  # reference names paired by the documented layouts
 
     def visit(r: _Node, c: _Node, why: str) -> None:
         pairs.append((r, c))
@@ -471,6 +473,7 @@ def pair_modules(
         pair_params(lr, lc, acc, values, where=(_where(r), _where(c)))
         pair_sums(all_r, all_c, lr, lc, acc, values)
         pair_blocks(all_r, all_c, lr, lc, acc, values)
+        known.extend(pair_known(_types(r), _types(c), all_r, all_c, lr, lc, acc, values))
         for side, names, (a, b) in (("reference", lr, (r, c)), ("candidate", lc, (c, r))):
             left.extend(
                 (
@@ -507,8 +510,11 @@ def pair_modules(
         if not (r.info.path in permuted and not r.children and not r.group)
     ]
     note = rope_note(reordered, candidate.native_names())
-    summed = sums_note(acc.sums, reference.native_names(), candidate.native_names())
-    blocks = blocks_note(found_blocks(acc.joins, acc.splits), reference.native_names())
+    by_values = [s for s in acc.sums if not set(s.refs) & set(known)]
+    summed = sums_note(by_values, reference.native_names(), candidate.native_names())
+    found = [f for f in found_blocks(acc.joins, acc.splits) if f[0] not in known]
+    blocks = blocks_note(found, reference.native_names())
+    documented = known_note(known, reference.native_names())
     return ModulePairing(
         pairs=tuple(units),
         names=acc.names,
@@ -520,7 +526,7 @@ def pair_modules(
         assumed=tuple(acc.assumed),
         how=how,
         tied=tuple(tied),
-        notes=tuple(n for n in (note, summed, blocks) if n),
+        notes=tuple(n for n in (note, summed, blocks, documented) if n),
         sums=tuple(acc.sums),
     )
 
@@ -529,6 +535,11 @@ def _where(node: _Node) -> str:
     """The path a module's parameter names are read relative to: its caller's, so that the
     module's own name counts (``q_proj.weight``, ``qkv_proj.kernel``)."""
     return node.info.scope or ""
+
+
+def _types(node: _Node) -> set[str]:
+    """The class names of a module and its descendants (a Keras ``GRU`` and its ``GRUCell``)."""
+    return {n.info.type for n in _walk(node)}
 
 
 def _walk(node: _Node):
