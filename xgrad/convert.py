@@ -192,7 +192,7 @@ def _built(obj) -> bool:
     return isinstance(obj, AbstractModel) and not isinstance(obj, CapturedModel)
 
 
-def _read_into(model, into, x, mapping):
+def _read_into(model, into, x, mapping, layout=None):
     """Read ``model`` and ``into`` for :func:`convert`, paired so that, where it can be, every
     parameter of ``into`` is written.
 
@@ -201,8 +201,18 @@ def _read_into(model, into, x, mapping):
     bias), where pairing modules infers layouts from shapes and values, which a target of
     another initialisation cannot show. Where that fails or leaves a parameter of ``into``
     unpaired, they are read as :func:`xgrad.compare_models` reads them (module by module for
-    users' models on token ids). xgrad's own built models are read as layers only."""
+    users' models on token ids). xgrad's own built models are read as layers only. A
+    ``layout`` giving the two sides different layouts (a torch CNN's NCHW into a Keras
+    port's NHWC) reads them module by module as :func:`xgrad.compare_models` does."""
     from xgrad.comparison import read_pair
+    from xgrad.pairing.layouts import layouts_of
+
+    layouts = layouts_of(layout)
+    if layouts is not None and layouts.differ:
+        from xgrad.runner import _read
+
+        options = {"output": None, "training": None, "apply_kwargs": None}
+        return _read(model, into, x, layouts, mapping=mapping, read="modules", **options)
 
     try:
         layers = read_pair(model, into, x, mapping=mapping, read="layers")
@@ -240,7 +250,7 @@ def _say(notes) -> None:
         _log.warning("xgrad.convert: %s", note)
 
 
-def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
+def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto", layout=None):
     """A model's weights in another framework's native form, or inside your own model.
 
     Args:
@@ -255,6 +265,10 @@ def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
         x: an example input, for JAX functions whose input shape cannot be told from their
             params.
         mapping: how to pair the layers with ``into`` (``"auto"``: in call order).
+        layout: with ``into``, the layout of ``x``'s axes as :func:`xgrad.compare_models`
+            takes it (``{"reference": "NCHW", "candidate": "NHWC"}``: ``model``'s and
+            ``into``'s), ``x`` in ``model``'s layout; kernels and a classifier after a flatten
+            are then carried across the layouts, or refused by name where they cannot be.
 
     Raises:
         InputError: neither or both of ``to`` and ``into``, an unknown target, or a layer
@@ -267,8 +281,10 @@ def convert(model, *, to: str | None = None, into=None, x=None, mapping="auto"):
         raise InputError(
             "convert takes exactly one of to=... (a framework) and into=... (your model)"
         )
+    if layout is not None and into is None:
+        raise InputError("convert takes layout= with into=... only (to= converts a spec)")
     if into is not None:
-        pair = _read_into(model, into, x, mapping)
+        pair = _read_into(model, into, x, mapping, layout)
         unwritten = _unwritten(pair)
         if unwritten:
             raise _refusal(into, unwritten)
