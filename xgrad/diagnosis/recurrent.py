@@ -194,8 +194,22 @@ def _units(ev: Evidence, unit: UnitEvidence) -> list[UnitEvidence]:
     return [u for u in ev.units if u.path]
 
 
+def _candidate_biases(unit: UnitEvidence) -> tuple[str, np.ndarray] | None:
+    """The candidate's recurrent unit's two biases, when it holds PyTorch's
+    ``bias_ih_l0`` and ``bias_hh_l0``: ``(kind, (2, G u) in canonical gate order)``."""
+    try:
+        found = _from_tree(dict(unit.weights_cand))
+    except (ValueError, IndexError, AttributeError):
+        return None
+    if found is None or not found[2].startswith("PyTorch"):
+        return None
+    kind, weights, _, biases = found
+    return kind, (np.stack(biases) if kind == "lstm" else weights["bias"])
+
+
 def _test(alternatives, words):
     """A cause's test: each alternative ``(layer, weights, what)`` of each recurrent unit
+    (from the reference's unit and the candidate's two PyTorch biases, where it holds them)
     re-run; the first confirmed one, worded by ``words(rec, what)``."""
 
     def test(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None:
@@ -207,7 +221,7 @@ def _test(alternatives, words):
             ref_out, cand_out = _last(inner.output_ref, inner.output_cand)
             if _as(own, ref_out) is None or _as(own, cand_out) is None:
                 continue
-            for layer, weights, what in alternatives(rec):
+            for layer, weights, what in alternatives(rec, _candidate_biases(inner)):
                 alt = _as(rec.run(layer, **weights), cand_out)
                 confirmed = check(ev, cand_out, alt, _as(own, cand_out), reference=ref_out)
                 if confirmed.confirmed:
@@ -221,7 +235,7 @@ def _test(alternatives, words):
     return test
 
 
-def _gate_orders(rec: Recurrent):
+def _gate_orders(rec: Recurrent, cand=None):
     gates = 4 if rec.layer.kind == "lstm" else 3  # a GRU's bias (2, 3u) has its blocks last
     for order in itertools.permutations(range(gates)):
         if order == tuple(range(gates)):
@@ -252,14 +266,21 @@ def _gate_words(rec: Recurrent, order) -> str:
     )
 
 
-def _biases(rec: Recurrent):
+def _biases(rec: Recurrent, cand=None):
     if rec.layer.kind != "lstm":
         return
     b = rec.weights["bias"]
     if rec.biases is not None:
-        yield None, {"bias": rec.biases[0]}, "bias_ih"
-        yield None, {"bias": rec.biases[1]}, "bias_hh"
+        b_ih, b_hh = rec.biases
+        if np.array_equal(b_ih, b_hh) and np.any(b_ih):
+            yield None, {"bias": b_ih}, "ref-twice"
+        yield None, {"bias": b_ih}, "bias_ih"
+        yield None, {"bias": b_hh}, "bias_hh"
     yield None, {"bias": 2 * b}, "twice"
+    if rec.biases is None and cand is not None and cand[0] == "lstm":
+        # the reference holds one bias, the candidate PyTorch's two: the reference dropped one
+        yield None, {"bias": b + cand[1][1]}, "ref-bias_ih"
+        yield None, {"bias": b + cand[1][0]}, "ref-bias_hh"
     yield None, {"bias": np.zeros_like(b)}, "none"
 
 
@@ -275,6 +296,16 @@ BIAS_WORDS = {
     "zeros into the other",
     "none": "the candidate's LSTM adds no bias where the reference's adds one (PyTorch's "
     "bias_ih_l0 + bias_hh_l0, Keras' and Flax's one bias)",
+    "ref-twice": "the reference's PyTorch LSTM holds one bias in both bias_ih_l0 and "
+    "bias_hh_l0 (adds it twice) where the candidate adds it once: the reference was written "
+    "from a one-bias LSTM (Keras, Flax) with its bias in both; write it into one and zeros "
+    "into the other",
+    "ref-bias_ih": "the reference's LSTM bias is the candidate's bias_ih_l0 alone: the "
+    "reference dropped PyTorch's bias_hh_l0 (the reference re-run with the candidate's "
+    "bias_hh_l0 added). A one-bias port (Keras, Flax) holds bias_ih_l0 + bias_hh_l0",
+    "ref-bias_hh": "the reference's LSTM bias is the candidate's bias_hh_l0 alone: the "
+    "reference dropped PyTorch's bias_ih_l0 (the reference re-run with the candidate's "
+    "bias_ih_l0 added). A one-bias port (Keras, Flax) holds bias_ih_l0 + bias_hh_l0",
 }
 
 
@@ -282,10 +313,11 @@ def _bias_words(rec: Recurrent, what: str) -> str:
     return BIAS_WORDS[what]
 
 
-def _reset_forms(rec: Recurrent):
+def _reset_forms(rec: Recurrent, cand=None):
     if rec.layer.kind != "gru":
         return
     b = rec.weights["bias"]
+    split = cand[1] if cand is not None and cand[0] == "gru" else None  # (2, 3u): PyTorch's
     if rec.layer.reset_after:
         flipped = GRU(rec.layer.units, return_sequences=True, reset_after=False)
         yield flipped, {"bias": b[0] + b[1]}, "before"
@@ -293,30 +325,47 @@ def _reset_forms(rec: Recurrent):
         u = rec.layer.units
         gates = np.concatenate([b[1][: 2 * u], np.zeros(u)])
         yield None, {"bias": np.stack([b[0] + gates, np.zeros_like(b[1])])}, "flax"
+        yield None, {"bias": np.stack([b[0] + b[1], np.zeros_like(b[1])])}, "flax-moved"
+        if split is not None and not np.any(b[1]):  # Flax's form against PyTorch's b_hn
+            yield None, {"bias": np.stack([b[0] - split[1], split[1]])}, "flax-ref"
     else:
         after = GRU(rec.layer.units, return_sequences=True, reset_after=True)
         yield after, {"bias": np.stack([b, np.zeros_like(b)])}, "after"
+        if split is not None:  # the one bias the sum of the candidate's two
+            yield after, {"bias": np.stack([b - split[1], split[1]])}, "after-split"
+
+
+AFTER = (
+    "(n = tanh(W_in x + b_in + r * (U_n h + b_hn)): Keras' default reset_after=True, PyTorch's "
+    "and cuDNN's only form)"
+)
+BEFORE = "(n = tanh(W_in x + U_n (r * h)): Keras reset_after=False, the original paper)"
+RESET_WORDS = {
+    "before": "the candidate's GRU applies the reset gate before the recurrent matmul "
+    f"{BEFORE} where the reference's applies it after {AFTER}",
+    "after": "the candidate's GRU applies the reset gate after the recurrent matmul "
+    f"{AFTER} where the reference's applies it before {BEFORE}",
+    "after-split": "the candidate's GRU applies the reset gate after the recurrent matmul "
+    f"{AFTER} where the reference's applies it before {BEFORE}; the reference's one bias is "
+    "the sum of the candidate's bias_ih_l0 and bias_hh_l0 (re-run with the candidate's "
+    "bias_hh_l0 as its recurrent row)",
+    "flax": "the candidate's GRU has no recurrent bias inside the reset product (n = "
+    "tanh(W_in x + b_in + r * U_n h): Flax nnx.GRUCell, whose dense_h has no bias) where the "
+    "reference's adds b_hn there (PyTorch nn.GRU, Keras reset_after=True); b_hn was dropped",
+    "flax-moved": "the candidate's GRU has no recurrent bias inside the reset product (Flax "
+    "nnx.GRUCell, whose dense_h has no bias): b_hn was added to the input bias, outside the "
+    "product (n = tanh(W_in x + b_in + b_hn + r * U_n h)), where the reference's adds it "
+    "inside (PyTorch nn.GRU, Keras reset_after=True)",
+    "flax-ref": "the reference's GRU has no recurrent bias inside the reset product (n = "
+    "tanh(W_in x + b_in + r * U_n h): Flax nnx.GRUCell, whose dense_h has no bias) where the "
+    "candidate's adds its bias_hh_l0's b_hn there (PyTorch nn.GRU): re-run with the "
+    "candidate's recurrent bias row",
+}
+"""The words of each GRU form, by what the alternative was."""
 
 
 def _reset_words(rec: Recurrent, what: str) -> str:
-    if what == "before":
-        return (
-            "the candidate's GRU applies the reset gate before the recurrent matmul "
-            "(n = tanh(W_in x + U_n (r * h)): Keras reset_after=False, the original paper) "
-            "where the reference's applies it after (n = tanh(W_in x + r * (U_n h + b_hn)): "
-            "Keras' default reset_after=True, PyTorch's and cuDNN's only form)"
-        )
-    if what == "after":
-        return (
-            "the candidate's GRU applies the reset gate after the recurrent matmul "
-            "(reset_after=True: Keras' default, PyTorch's and cuDNN's form) where the "
-            "reference's applies it before (Keras reset_after=False)"
-        )
-    return (
-        "the candidate's GRU has no recurrent bias inside the reset product (n = tanh(W_in x "
-        "+ b_in + r * U_n h): Flax nnx.GRUCell, whose dense_h has no bias) where the "
-        "reference's adds b_hn there (PyTorch nn.GRU, Keras reset_after=True)"
-    )
+    return RESET_WORDS[what]
 
 
 CAUSES = (
