@@ -53,6 +53,7 @@ from xgrad.errors import AlignmentError
 from xgrad.frameworks.capture import CapturedModel, ModuleInfo
 from xgrad.frameworks.kinds import Layout
 from xgrad.pairing.blocks import blocks_note, found_blocks, pair_blocks
+from xgrad.pairing.heads import explain_widths, widths_differ
 from xgrad.pairing.known import known_note, pair_known
 from xgrad.pairing.options import pair_params
 from xgrad.pairing.params import (
@@ -268,7 +269,7 @@ def _compatible(r: _Node, c: _Node) -> bool:
     if bool(r.subtree) != bool(c.subtree):
         return False
     if r.subtree:
-        return r.size == c.size or _summed(r, c)
+        return r.size == c.size or _summed(r, c) or widths_differ(r, c)
     return r.info.output_shape == c.info.output_shape
 
 
@@ -486,6 +487,7 @@ def pair_modules(
 
     visit(rt, ct, "the models")
     tied = _untie(acc, left, owners)
+    widths = explain_widths(pairs, left)  # attention heads of another width
     reordered = rope_orders(acc, values)
     _apply_param_mapping(mapping, reference, candidate, acc, left, forced is not None)
     reordered = {n: j for n, j in reordered.items() if acc.joins.get(n) is j}
@@ -526,7 +528,7 @@ def pair_modules(
         assumed=tuple(acc.assumed),
         how=how,
         tied=tuple(tied),
-        notes=tuple(n for n in (note, summed, blocks, documented) if n),
+        notes=tuple(n for n in (note, summed, blocks, documented, widths) if n),
         sums=tuple(acc.sums),
     )
 
