@@ -333,3 +333,14 @@ def test_groupnorm_groups_interleaved_in_the_port(normed, x):
     report = xgrad.compare_models(normed, port, x)
     d = _named(report, "norm-axis", "norm")
     assert "interleaved groups (channel c in group c % 2)" in d.detail
+
+
+def test_groupnorm_groups_interleaved_in_the_reference(normed, x):
+    # the hand-written GroupNorm is the reference; torch's own nn.GroupNorm the candidate
+    ref = TorchNormed(interleaved=True)
+    ref.load_state_dict(normed.state_dict())
+    report = xgrad.compare_models(ref, normed, x)
+    d = _named(report, "norm-axis", "norm")
+    assert "the reference's groupnorm takes interleaved groups (channel c in group c % 2)" in (
+        d.detail
+    )

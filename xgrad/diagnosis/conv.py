@@ -51,12 +51,16 @@ class Fitted:
         weights: the weights by the kind's local names.
         names: the kind's local name -> the unit's own (its gradients' names).
         first: the unit's values hold their channels on axis 1 (channels-first), not last.
+        order: the channel order the kind takes the unit's channels in (a norm grouping
+            channel ``c`` with ``c % G``: interleaved groups made contiguous), else ``None``;
+            ``weights`` are in that order.
     """
 
     layers: list
     weights: dict[str, np.ndarray]
     names: dict[str, str] = field(default_factory=dict)
     first: bool = False
+    order: np.ndarray | None = None
 
     @property
     def main(self):
@@ -64,10 +68,12 @@ class Fitted:
 
     def last(self, a: np.ndarray) -> np.ndarray:
         """A value of the unit, in the reference's layout, as the kind takes it."""
-        return np.moveaxis(a, 1, -1) if self.first and a.ndim > 2 else a
+        a = np.moveaxis(a, 1, -1) if self.first and a.ndim > 2 else a
+        return a if self.order is None else a[..., self.order]
 
     def back(self, a: np.ndarray) -> np.ndarray:
-        """A channels-last value in the reference's layout."""
+        """A channels-last value (or a per-channel weight) in the reference's layout."""
+        a = a if self.order is None else a[..., np.argsort(self.order)]
         return np.moveaxis(a, -1, 1) if self.first and a.ndim > 2 else a
 
     def with_main(self, main, weights=None) -> Fitted:
@@ -85,6 +91,8 @@ def _run(fitted: Fitted, unit: UnitEvidence) -> tuple[np.ndarray, dict[str, np.n
     out, grads = run_unit_grads(
         fitted.layers, fitted.weights, fitted.last(unit.input_ref), fitted.last(unit.grad_cand)
     )
+    if fitted.order is not None:  # per-channel gradients back in the unit's channel order
+        grads = {k: fitted.back(v) if v.ndim == 1 else v for k, v in grads.items()}
     return fitted.back(out), {fitted.names.get(k, k): v for k, v in grads.items()}
 
 
@@ -238,7 +246,8 @@ def _named(weights: dict, names: tuple[str, ...]) -> str | None:
 def _fit_norm(ev: Evidence, unit: UnitEvidence) -> Fitted | None:
     """A unit holding a scale and/or bias of ``(C,)`` (and maybe moving statistics) that keeps
     its input's shape, as a BatchNorm (batch or moving statistics) or a GroupNorm with
-    contiguous groups, on the channel axis 1 or last."""
+    contiguous groups, on the channel axis 1 or last; else as a GroupNorm with interleaved
+    groups (channel ``c`` in group ``c % G``: :attr:`Fitted.order`)."""
     w = {**unit.weights_ref, **unit.state_ref}
     scale, bias = _named(w, SCALE_NAMES), _named(w, BIAS_NAMES)
     mean, var = _named(w, MEAN_NAMES), _named(w, VAR_NAMES)
@@ -267,12 +276,20 @@ def _fit_norm(ev: Evidence, unit: UnitEvidence) -> Fitted | None:
         for g in divisors
         for eps in EPSILONS
     ]
+    orders = [(None, form) for form in forms] + [
+        (_interleaved(form.groups, channels), form)
+        for form in forms
+        if isinstance(form, GroupNorm) and 1 < form.groups < channels
+    ]
     for first in _layouts(unit, unit.input_ref.ndim):
         if Fitted([None], {}, first=first).last(unit.input_ref).shape[-1] != channels:
             continue
-        for form in forms:
+        for order, form in orders:
             layer, extra = form if isinstance(form, tuple) else (form, {})
-            fitted = Fitted([layer], {**weights, **extra}, names, first)
+            own = {**weights, **extra}
+            if order is not None:
+                own = {k: v[order] for k, v in own.items()}
+            fitted = Fitted([layer], own, names, first, order)
             if _reproduces(ev, fitted, unit):
                 return fitted
     return None
@@ -543,6 +560,8 @@ def norm_axis(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None
     fitted = fit_unit(ev, unit, "norm")
     if fitted is None or unit.input_ref.ndim < 3:
         return None
+    if fitted.order is not None:  # the reference's groups interleaved: try contiguous ones
+        return _contiguous(ev, unit, fitted, before)
     x = fitted.last(unit.input_ref)
     for words, axis, order in _norm_alternatives(fitted, x):
         confirmed = _norm_check(ev, unit, fitted, axis, order)
@@ -556,6 +575,25 @@ def norm_axis(ev: Evidence, unit: UnitEvidence, before: float) -> Finding | None
                 before,
             )
     return None
+
+
+def _contiguous(ev: Evidence, unit: UnitEvidence, fitted: Fitted, before: float):
+    """The reference's GroupNorm of interleaved groups re-run with contiguous ones."""
+    back = np.argsort(fitted.order)
+    weights = {k: v[back] for k, v in fitted.weights.items()}
+    contiguous = replace(fitted, weights=weights, order=None)
+    confirmed = confirm(ev, unit, fitted, contiguous, tuple(fitted.names.values()))
+    if not confirmed.confirmed:
+        return None
+    groups, channels = fitted.main.groups, len(fitted.order)
+    return Finding(
+        f"the reference's groupnorm takes interleaved groups (channel c in group c % {groups}),"
+        f" the candidate's contiguous ones (c // {channels // groups}: torch, Keras and Flax "
+        f"GroupNorm); re-run so {drop(before, confirmed.residual)}. A hand-written GroupNorm's "
+        "view(N, C // G, G, ...) interleaves; view(N, G, C // G, ...) is the frameworks' own",
+        confirmed.residual,
+        before,
+    )
 
 
 # -- channel-order -------------------------------------------------------------------------------
