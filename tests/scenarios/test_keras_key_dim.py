@@ -3,7 +3,8 @@
 (its query kernel is ``(d, heads, key_dim)``), torch's ``nn.MultiheadAttention(embed_dim, 2)``
 heads ``embed_dim // 2`` wide. The port with the wrong width is placed at the attention, and
 a note names both widths and the fix; the port whose Keras side takes
-``key_dim=embed_dim // num_heads`` is OK (issue 21, newcomer trial t3 ``torchmha``).
+``key_dim=embed_dim // num_heads`` is OK, torch's fused ``in_proj_weight`` paired with the
+three Keras kernels head by head (issue 21, newcomer trial t3 ``torchmha``).
 """
 
 from __future__ import annotations
@@ -108,15 +109,38 @@ def test_heads_of_one_width_written_by_hand_ok():
     assert not [n for n in report.notes if "heads of different widths" in n]
 
 
-@pytest.mark.xfail(
-    reason="Keras MultiHeadAttention against nn.MultiheadAttention of the same widths is a "
-    "MISMATCH at the attention although the two compute the same (checked by hand to 2e-7): "
-    "a bug of the pairing or capture, not of the head widths",
-    strict=True,
-)
 def test_heads_of_the_torch_width_ok():
+    """Keras' q/k/v kernels ``(d, heads, head_dim)`` are torch's ``in_proj_weight`` rows
+    ``[q; k; v]``, each head's ``head_dim`` rows together (once paired each head's q, k and
+    v side by side, a false MISMATCH)."""
     report = xgrad.compare_models(keras_model(key_dim=D // HEADS), _port(), IDS)
     assert report.ok and report.unpaired == (), report.summary()
+    (key,) = [e for e in report.parameters if e.name.endswith("att._key_dense.kernel")]
+    assert key.native["torch"] == "block.att.in_proj_weight (part 2 of 3)", key.native
+
+
+def test_torch_weights_from_keras_by_hand():
+    """The derivation the test above rests on, independent of xgrad: torch's
+    ``in_proj_weight`` is ``[q; k; v]`` with row ``h * head_dim + j`` of each the Keras
+    kernel's ``[:, h, j]``, ``out_proj.weight`` the output kernel ``(heads, head_dim, d)``
+    flattened to ``(d, d)`` and transposed; so loaded, the two attentions agree."""
+    model, port = keras_model(key_dim=D // HEADS), _port()
+    att = next(la for la in model.layers if isinstance(la, KerasBlock)).att
+    kernels = [att._query_dense, att._key_dense, att._value_dense]
+    x = np.random.default_rng(1).normal(size=(2, TOKENS, D)).astype("float32")
+    mha = port.block.att
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(
+            torch.tensor(np.concatenate([k.kernel.numpy().reshape(D, D).T for k in kernels]))
+        )
+        mha.in_proj_bias.copy_(
+            torch.tensor(np.concatenate([k.bias.numpy().reshape(D) for k in kernels]))
+        )
+        mha.out_proj.weight.copy_(torch.tensor(att._output_dense.kernel.numpy().reshape(D, D).T))
+        mha.out_proj.bias.copy_(torch.tensor(att._output_dense.bias.numpy()))
+        got = mha(*(torch.tensor(x),) * 3, need_weights=False)[0].numpy()
+    want = np.asarray(att(x, x))
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_key_dim_of_embed_dim_named_at_the_attention():

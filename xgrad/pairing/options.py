@@ -175,8 +175,14 @@ def _join_for(rn: str, rs: tuple, parts: Sequence, values: Values) -> Join | str
 
 def _split_for(cn: str, cs: tuple, parts: Sequence, values: Values) -> Split | None:
     """The :class:`Split` stacking the reference's ``parts`` (in this order) into the
-    candidate's ``cs`` array: kernels of known layout along their last axis that fits, as
-    they stand; others only where one axis and layout fit."""
+    candidate's ``cs`` array: kernels of known layout as they stand, along the axis that
+    starts one of the candidate's axes (the parts lie one after the other on it); others
+    only where one axis and layout fit.
+
+    Keras' query/key/value kernels ``(d, heads, head_dim)`` against torch's
+    ``in_proj.kernel (d, 3 * heads * head_dim)`` stack along ``heads``: stacked along
+    ``head_dim`` they also reshape into ``(d, 3 * heads * head_dim)``, but each head's
+    q, k and v would lie side by side (their biases ``(heads, head_dim)`` alike)."""
     names, shapes = [n for n, _ in parts], [tuple(s) for _, s in parts]
     known = _canonical(cn) and all(_canonical(n) for n in names)
     fits = []
@@ -186,7 +192,10 @@ def _split_for(cn: str, cs: tuple, parts: Sequence, values: Values) -> Split | N
         how = _stack_fit(stacked, cs, known, _stacked_values(names, cn, axis, values))
         if how is not None:
             fits.append(Split(cn, tuple(names), axis, sizes, stacked, *how))
-    as_they_stand = [f for f in fits if f.layout is None]
+    starts = {math.prod(cs[:j]) for j in range(len(cs))}
+    as_they_stand = [
+        f for f in fits if f.layout is None and math.prod(f.stacked[: f.axis]) in starts
+    ]
     if known and as_they_stand:
         return as_they_stand[-1]
     return fits[0] if len(fits) == 1 else None
