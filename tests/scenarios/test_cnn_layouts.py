@@ -108,7 +108,8 @@ def x():
     return np.random.default_rng(0).normal(size=(2, 1, HW, HW)).astype(np.float32)
 
 
-@pytest.mark.parametrize("port", ["keras", "nnx"])
+# the NNX ports of the tutorial CNNs (test_tutorial_cnns.py) cover NNX in make test
+@pytest.mark.parametrize("port", ["keras", pytest.param("nnx", marks=pytest.mark.exhaustive)])
 def test_correct_port_matches_with_every_parameter_paired(torch_cnn, x, port):
     cand = _keras_port(torch_cnn) if port == "keras" else _nnx_port(torch_cnn)
     report = xgrad.compare_models(torch_cnn, cand, x, layout=LAYOUT)
@@ -131,7 +132,7 @@ def test_same_x_without_layout_is_the_ports_own_error_with_the_fix(torch_cnn, x)
         xgrad.compare_models(torch_cnn, _keras_port(torch_cnn), x)
 
 
-@pytest.mark.parametrize("port", ["keras", "nnx"])
+@pytest.mark.parametrize("port", ["keras", pytest.param("nnx", marks=pytest.mark.exhaustive)])
 def test_kernel_copied_without_swapping_its_spatial_axes_is_named_at_the_conv(torch_cnn, x, port):
     make = _keras_port if port == "keras" else _nnx_port
     report = xgrad.compare_models(torch_cnn, make(torch_cnn, flip=True), x, layout=LAYOUT)
